@@ -1,0 +1,243 @@
+//! The product list and its priority order, read from
+//! `config/product_config.json` (top-down: the first product is the most
+//! wanted). Products that are not in the file rank after every listed one,
+//! ordered by product id so the order is stable across restarts.
+
+use std::{collections::HashMap, path::Path};
+
+use serde::Deserialize;
+
+use crate::types::Tcin;
+
+/// One configured product.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductSpec {
+    pub tcin: Tcin,
+    pub name: String,
+    /// Highest price the user pays, in cents; `None` means no limit.
+    pub max_price_cents: Option<u64>,
+    /// How many to buy (normal mode) before the product is final.
+    pub quantity: u32,
+    /// A disabled product is listed (and keeps its place) but never granted.
+    pub enabled: bool,
+}
+
+/// Why the product configuration could not be used. Every variant names the
+/// file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read product config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("product config {path} is not valid: line {line}, column {column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("product config {path}: product #{index} ({tcin:?}): {message}")]
+    Product {
+        path: String,
+        index: usize,
+        tcin: String,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct FileFormat {
+    products: Vec<FileProduct>,
+}
+
+#[derive(Deserialize)]
+struct FileProduct {
+    tcin: String,
+    #[serde(default)]
+    name: String,
+    /// Dollars, as the original bot's config had it.
+    #[serde(default)]
+    max_price: Option<f64>,
+    #[serde(default)]
+    quantity: Option<u32>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// The configured products in priority order, with a lookup by id.
+#[derive(Debug, Clone, Default)]
+pub struct PriorityList {
+    products: Vec<ProductSpec>,
+    rank: HashMap<Tcin, usize>,
+}
+
+impl PriorityList {
+    /// Builds a list from products already in priority order.
+    ///
+    /// # Panics
+    /// Never for distinct ids; duplicate ids keep the first place.
+    pub fn new(products: Vec<ProductSpec>) -> Self {
+        let mut rank = HashMap::with_capacity(products.len());
+        for (i, p) in products.iter().enumerate() {
+            rank.entry(p.tcin.clone()).or_insert(i);
+        }
+        Self { products, rank }
+    }
+
+    /// Reads and validates a product config file.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the JSON text of a product config; `path` is only used in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, CatalogError> {
+        let file: FileFormat = serde_json::from_str(text).map_err(|e| CatalogError::Syntax {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        let mut products = Vec::with_capacity(file.products.len());
+        let mut seen = HashMap::new();
+        for (i, p) in file.products.into_iter().enumerate() {
+            let index = i + 1;
+            let bad = |message: String| CatalogError::Product {
+                path: path.to_owned(),
+                index,
+                tcin: p.tcin.clone(),
+                message,
+            };
+            let tcin = Tcin::parse(&p.tcin).map_err(|e| bad(e.to_string()))?;
+            if let Some(first) = seen.insert(tcin.clone(), index) {
+                return Err(bad(format!("listed twice (first as product #{first})")));
+            }
+            let max_price_cents = match p.max_price {
+                None => None,
+                Some(d) if (0.0..1e9).contains(&d) => Some((d * 100.0).round() as u64),
+                Some(d) => return Err(bad(format!("max_price {d} is not a price in dollars"))),
+            };
+            let quantity = match p.quantity {
+                None => 1,
+                Some(0) => return Err(bad("quantity must be at least 1".into())),
+                Some(q) => q,
+            };
+            products.push(ProductSpec {
+                name: if p.name.is_empty() {
+                    tcin.to_string()
+                } else {
+                    p.name
+                },
+                tcin,
+                max_price_cents,
+                quantity,
+                enabled: p.enabled.unwrap_or(true),
+            });
+        }
+        Ok(Self::new(products))
+    }
+
+    /// The configured products, top priority first.
+    pub fn products(&self) -> &[ProductSpec] {
+        &self.products
+    }
+
+    pub fn get(&self, tcin: &Tcin) -> Option<&ProductSpec> {
+        self.rank.get(tcin).map(|&i| &self.products[i])
+    }
+
+    /// Sort key: configured products by their place, then every other
+    /// product after them by id.
+    pub fn rank_key<'a>(&self, tcin: &'a Tcin) -> (usize, &'a str) {
+        match self.rank.get(tcin) {
+            Some(&i) => (i, ""),
+            None => (usize::MAX, tcin.as_str()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.products.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_products_in_order_with_defaults() {
+        let list = PriorityList::parse(
+            r#"{"products":[{"tcin":"2","name":"Two","max_price":19.99,"quantity":3},{"tcin":"1","extra":"ignored"}]}"#,
+            "p.json",
+        )
+        .unwrap();
+        let p = list.products();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].tcin.as_str(), "2");
+        assert_eq!(p[0].max_price_cents, Some(1999));
+        assert_eq!(p[0].quantity, 3);
+        assert_eq!(p[1].name, "1");
+        assert_eq!(p[1].quantity, 1);
+        assert!(p[1].enabled);
+    }
+
+    #[test]
+    fn unlisted_products_rank_after_listed_ones_in_a_stable_order() {
+        let list = PriorityList::parse(r#"{"products":[{"tcin":"z"},{"tcin":"a"}]}"#, "p").unwrap();
+        let ids = ["b", "a", "c", "z"].map(|s| Tcin::parse(s).unwrap());
+        let mut sorted: Vec<&Tcin> = ids.iter().collect();
+        sorted.sort_by_key(|t| list.rank_key(t));
+        let names: Vec<&str> = sorted.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["z", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let err = PriorityList::parse(
+            "{\n  \"products\": [\n    {\"tcin\": }\n  ]\n}",
+            "conf/p.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("conf/p.json"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_products_are_refused_with_their_place() {
+        let cases = [
+            (r#"{"products":[{"tcin":"1"},{"tcin":"bad id"}]}"#, "#2"),
+            (
+                r#"{"products":[{"tcin":"1"},{"tcin":"1"}]}"#,
+                "listed twice",
+            ),
+            (r#"{"products":[{"tcin":"1","quantity":0}]}"#, "quantity"),
+            (r#"{"products":[{"tcin":"1","max_price":-1}]}"#, "max_price"),
+            (r#"{"items":[]}"#, "products"),
+        ];
+        for (text, want) in cases {
+            let err = PriorityList::parse(text, "p.json").unwrap_err().to_string();
+            assert!(
+                err.contains(want) && err.contains("p.json"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = PriorityList::load(Path::new("/nonexistent/p.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/p.json"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Command-line flags, each with an environment variable, and their defaults.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum, builder::BoolishValueParser};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+pub const DEFAULT_CONFIG: &str = "config/product_config.json";
+pub const DEFAULT_STATE_FILE: &str = "data/arbiter-state.json";
+pub const DEFAULT_LEASE_TTL: &str = "30s";
+pub const DEFAULT_STOCK_TTL: &str = "10s";
+pub const DEFAULT_FAILURE_COOLDOWN: &str = "15s";
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{s:?} has no unit; write it like 500ms, 30s or 2m"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The purchase arbiter's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "purchase-arbiter",
+    version,
+    about = "Holds the one global purchase slot and grants it, as a lease with a fencing token, in priority order"
+)]
+pub struct ArbiterConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "RESTOCK_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Product list in priority order (top first).
+    #[arg(long, env = "RESTOCK_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// Where the durable state lives. An empty value keeps state in memory
+    /// only (nothing survives a restart).
+    #[arg(long, env = "RESTOCK_STATE_FILE", default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+
+    /// How long a lease lasts unless renewed.
+    #[arg(long, env = "RESTOCK_LEASE_TTL", default_value = DEFAULT_LEASE_TTL, value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// How long an in-stock report counts unless a watcher repeats it.
+    #[arg(long, env = "RESTOCK_STOCK_TTL", default_value = DEFAULT_STOCK_TTL, value_parser = parse_duration)]
+    pub stock_ttl: Duration,
+
+    /// How long a failed (or expired) product waits before it is eligible again.
+    #[arg(long, env = "RESTOCK_FAILURE_COOLDOWN", default_value = DEFAULT_FAILURE_COOLDOWN, value_parser = parse_duration)]
+    pub failure_cooldown: Duration,
+
+    /// A completed purchase puts the product straight back to ready, so the
+    /// cycle repeats forever (for testing).
+    #[arg(
+        long,
+        env = "TEST_MODE",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub test_mode: bool,
+
+    /// Skip fsync when writing state (faster, NOT crash-safe; benchmarks only).
+    #[arg(
+        long,
+        env = "RESTOCK_NO_FSYNC",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub no_fsync: bool,
+
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "RESTOCK_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Log line format.
+    #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ArbiterConfig {
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        let min = Duration::from_millis(100);
+        if self.lease_ttl < min {
+            return Err(format!(
+                "--lease-ttl {:?} is too short; at least 100ms",
+                self.lease_ttl
+            ));
+        }
+        if self.stock_ttl < min {
+            return Err(format!(
+                "--stock-ttl {:?} is too short; at least 100ms",
+                self.stock_ttl
+            ));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(format!(
+                "--max-message-bytes {} is too small; at least 1024",
+                self.max_message_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The state file, or `None` for memory only.
+    pub fn state_path(&self) -> Option<PathBuf> {
+        (!self.state_file.as_os_str().is_empty()).then(|| self.state_file.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        let c = ArbiterConfig::try_parse_from(["purchase-arbiter"]).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert!(!c.test_mode);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn test_mode_takes_a_bare_flag_or_a_value() {
+        let on = ArbiterConfig::try_parse_from(["a", "--test-mode"]).unwrap();
+        assert!(on.test_mode);
+        let off = ArbiterConfig::try_parse_from(["a", "--test-mode=false"]).unwrap();
+        assert!(!off.test_mode);
+        let yes = ArbiterConfig::try_parse_from(["a", "--test-mode", "yes"]).unwrap();
+        assert!(yes.test_mode);
+    }
+
+    #[test]
+    fn too_short_ttls_are_refused() {
+        let c = ArbiterConfig::try_parse_from(["a", "--lease-ttl", "10ms"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("--lease-ttl"));
+    }
+}

@@ -1,0 +1,670 @@
+//! The `restock.v1.PurchaseArbiter` gRPC service: takes each request apart,
+//! validates it into domain types, calls the arbiter task, and maps errors to
+//! `Status` in one place ([`to_status`]).
+
+use std::{path::PathBuf, pin::Pin, time::Duration};
+
+use futures::Stream;
+use restock_proto::v1::{self as pb, purchase_arbiter_server::PurchaseArbiter};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::{
+    catalog::PriorityList,
+    slot::{AcquireAnswer, Event, EventKind, Lease, Observation, SlotError, StatusView},
+    task::{ArbiterError, ArbiterHandle, CatalogInfo, CloseReason, STREAM_BUFFER, WatcherMessage},
+    types::{FencingToken, Outcome, ProductState, Tcin, WatcherId},
+};
+
+/// How long a new stream may take to name its watcher.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most observations in one report message.
+pub const MAX_OBSERVATIONS_PER_REPORT: usize = 10_000;
+
+/// Maps every arbiter error to a status code and a message that says what
+/// was wrong.
+pub fn to_status(e: ArbiterError) -> Status {
+    match e {
+        ArbiterError::Slot(SlotError::Stale(m)) => Status::failed_precondition(m),
+        ArbiterError::Slot(e @ SlotError::UnknownLease(_)) => Status::not_found(e.to_string()),
+        ArbiterError::Slot(e @ SlotError::UnknownProduct(_)) => Status::not_found(e.to_string()),
+        ArbiterError::Slot(SlotError::Invalid(m)) => Status::invalid_argument(m),
+        ArbiterError::Slot(SlotError::Full(m)) => Status::resource_exhausted(m),
+        e @ ArbiterError::Persist(_) => Status::unavailable(e.to_string()),
+        e @ ArbiterError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn tcin(value: &str) -> Result<Tcin, Status> {
+    Tcin::parse(value).map_err(invalid)
+}
+
+fn watcher_id(value: &str) -> Result<WatcherId, Status> {
+    WatcherId::parse(value).map_err(invalid)
+}
+
+fn lease_ref(lease_id: &str, token: u64) -> Result<(String, FencingToken), Status> {
+    if lease_id.is_empty() {
+        return Err(Status::invalid_argument("lease_id is empty"));
+    }
+    if lease_id.len() > 128 {
+        return Err(Status::invalid_argument(format!(
+            "lease_id is {} bytes long; lease ids are at most 128",
+            lease_id.len()
+        )));
+    }
+    if token == 0 {
+        return Err(Status::invalid_argument(
+            "fencing_token is 0; pass the token that came with the lease",
+        ));
+    }
+    Ok((lease_id.to_owned(), FencingToken(token)))
+}
+
+// ----- domain -> protocol -----
+
+pub fn lease_to_pb(l: &Lease, remaining_ms: u64) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease_id.clone(),
+        tcin: l.tcin.to_string(),
+        watcher_id: l.watcher_id.to_string(),
+        fencing_token: l.token.0,
+        ttl_ms: l.ttl.as_millis() as u64,
+        expires_at_unix_ms: l.expires_at_unix_ms,
+        granted_at_unix_ms: l.granted_at_unix_ms,
+        remaining_ms,
+    }
+}
+
+fn live_lease_to_pb(l: &Lease) -> pb::Lease {
+    let remaining = l
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    lease_to_pb(l, remaining.as_millis() as u64)
+}
+
+fn state_to_pb(s: ProductState) -> pb::ProductState {
+    match s {
+        ProductState::Ready => pb::ProductState::Ready,
+        ProductState::Queued => pb::ProductState::Queued,
+        ProductState::Attempting => pb::ProductState::Attempting,
+        ProductState::Purchased => pb::ProductState::Purchased,
+        ProductState::Failed => pb::ProductState::Failed,
+    }
+}
+
+fn outcome_to_pb(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Purchased => pb::Outcome::Purchased,
+        Outcome::Failed => pb::Outcome::Failed,
+        Outcome::OutOfStock => pb::Outcome::OutOfStock,
+        Outcome::Aborted => pb::Outcome::Aborted,
+        Outcome::Expired => pb::Outcome::Expired,
+    }
+}
+
+fn outcome_from_pb(value: i32) -> Result<Outcome, Status> {
+    match pb::Outcome::try_from(value) {
+        Ok(pb::Outcome::Purchased) => Ok(Outcome::Purchased),
+        Ok(pb::Outcome::Failed) => Ok(Outcome::Failed),
+        Ok(pb::Outcome::OutOfStock) => Ok(Outcome::OutOfStock),
+        Ok(pb::Outcome::Aborted) => Ok(Outcome::Aborted),
+        Ok(pb::Outcome::Expired) => Err(Status::invalid_argument(
+            "outcome OUTCOME_EXPIRED is set by the arbiter only",
+        )),
+        Ok(pb::Outcome::Unspecified) => Err(Status::invalid_argument(
+            "outcome is missing: say OUTCOME_PURCHASED, OUTCOME_FAILED, OUTCOME_OUT_OF_STOCK or OUTCOME_ABORTED",
+        )),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "outcome {value} is not a known outcome"
+        ))),
+    }
+}
+
+fn event_kind_to_pb(k: EventKind) -> pb::event::Kind {
+    use pb::event::Kind as K;
+    match k {
+        EventKind::Granted => K::Granted,
+        EventKind::Released => K::Released,
+        EventKind::Expired => K::Expired,
+        EventKind::Queued => K::Queued,
+        EventKind::Unqueued => K::Unqueued,
+        EventKind::Reset => K::Reset,
+        EventKind::Paused => K::Paused,
+        EventKind::Resumed => K::Resumed,
+        EventKind::WatcherJoined => K::WatcherJoined,
+        EventKind::WatcherLeft => K::WatcherLeft,
+        EventKind::ConfigReloaded => K::ConfigReloaded,
+        EventKind::CooledDown => K::CooledDown,
+        EventKind::ArbiterStarted => K::ArbiterStarted,
+        EventKind::Renewed => K::Renewed,
+    }
+}
+
+pub fn event_to_pb(e: &Event) -> pb::Event {
+    pb::Event {
+        sequence: e.sequence,
+        unix_ms: e.unix_ms,
+        kind: event_kind_to_pb(e.kind) as i32,
+        tcin: e.tcin.as_ref().map(Tcin::to_string).unwrap_or_default(),
+        watcher_id: e
+            .watcher_id
+            .as_ref()
+            .map(WatcherId::to_string)
+            .unwrap_or_default(),
+        lease_id: e.lease_id.clone().unwrap_or_default(),
+        fencing_token: e.fencing_token.map_or(0, |t| t.0),
+        outcome: e.outcome.map_or(pb::Outcome::Unspecified, outcome_to_pb) as i32,
+        from_state: e
+            .from_state
+            .map_or(pb::ProductState::Unspecified, state_to_pb) as i32,
+        to_state: e
+            .to_state
+            .map_or(pb::ProductState::Unspecified, state_to_pb) as i32,
+        detail: e.detail.clone(),
+    }
+}
+
+fn catalog_to_pb(info: &CatalogInfo) -> pb::Catalog {
+    pb::Catalog {
+        products: info
+            .catalog
+            .products()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::CatalogProduct {
+                tcin: p.tcin.to_string(),
+                name: p.name.clone(),
+                priority: (i + 1) as u32,
+                max_price_cents: p.max_price_cents.unwrap_or(0),
+                quantity: p.quantity,
+                enabled: p.enabled,
+            })
+            .collect(),
+        lease_ttl_ms: info.timing.lease_ttl.as_millis() as u64,
+        stock_ttl_ms: info.timing.stock_ttl.as_millis() as u64,
+        test_mode: info.timing.test_mode,
+    }
+}
+
+fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status> {
+    use pb::arbiter_message::Kind;
+    let kind = match m {
+        WatcherMessage::Catalog(info) => Kind::Catalog(catalog_to_pb(&info)),
+        WatcherMessage::Grant(lease) => Kind::Grant(live_lease_to_pb(&lease)),
+        WatcherMessage::Revoked {
+            lease_id,
+            token,
+            reason,
+        } => Kind::Revoked(pb::LeaseRevoked {
+            lease_id,
+            fencing_token: token.0,
+            reason,
+        }),
+        WatcherMessage::Closed(reason, message) => {
+            return Err(match reason {
+                CloseReason::ShuttingDown => Status::unavailable(message),
+                CloseReason::Replaced => Status::aborted(message),
+                CloseReason::TooManyProducts => Status::resource_exhausted(message),
+                CloseReason::NotReading => Status::resource_exhausted(message),
+            });
+        }
+    };
+    Ok(pb::ArbiterMessage { kind: Some(kind) })
+}
+
+fn status_to_pb(v: StatusView, config_path: &str) -> pb::GetStatusResponse {
+    pb::GetStatusResponse {
+        active_lease: v.lease.as_ref().map(live_lease_to_pb),
+        products: v
+            .products
+            .into_iter()
+            .map(|p| pb::ProductStatus {
+                tcin: p.tcin.to_string(),
+                name: p.name,
+                priority: p.priority,
+                state: state_to_pb(p.state) as i32,
+                purchases: p.purchases,
+                quantity: p.quantity,
+                configured: p.configured,
+                in_stock_at: p.in_stock_at.iter().map(WatcherId::to_string).collect(),
+                cooldown_remaining_ms: p.cooldown_remaining_ms,
+                last_outcome: p
+                    .last_outcome
+                    .map_or(pb::Outcome::Unspecified, outcome_to_pb)
+                    as i32,
+                last_detail: p.last_detail,
+            })
+            .collect(),
+        watchers: v
+            .watchers
+            .into_iter()
+            .map(|w| pb::WatcherStatus {
+                watcher_id: w.watcher_id.to_string(),
+                connected: w.connected,
+                last_report_unix_ms: w.last_report_unix_ms,
+                connected_since_unix_ms: w.connected_since_unix_ms,
+                reports: w.reports,
+                polling: w.polling,
+            })
+            .collect(),
+        test_mode: v.timing.test_mode,
+        paused: v.paused,
+        counters: Some(pb::Counters {
+            grants: v.counters.grants,
+            purchases: v.counters.purchases,
+            failures: v.counters.failures,
+            expirations: v.counters.expirations,
+            refusals: v.counters.refusals,
+            observations: v.counters.observations,
+        }),
+        next_fencing_token: v.next_token.0,
+        last_event_sequence: v.last_sequence,
+        lease_ttl_ms: v.timing.lease_ttl.as_millis() as u64,
+        stock_ttl_ms: v.timing.stock_ttl.as_millis() as u64,
+        failure_cooldown_ms: v.timing.failure_cooldown.as_millis() as u64,
+        config_path: config_path.to_owned(),
+    }
+}
+
+/// The gRPC face of the arbiter task.
+#[derive(Debug, Clone)]
+pub struct ArbiterService {
+    handle: ArbiterHandle,
+    config_path: PathBuf,
+    shutdown: CancellationToken,
+}
+
+impl ArbiterService {
+    pub fn new(handle: ArbiterHandle, config_path: PathBuf, shutdown: CancellationToken) -> Self {
+        Self {
+            handle,
+            config_path,
+            shutdown,
+        }
+    }
+
+    /// Re-reads the product config; a bad file keeps the current list.
+    pub async fn reload(&self) -> Result<usize, Status> {
+        let path = self.config_path.clone();
+        let list = tokio::task::spawn_blocking(move || PriorityList::load(&path))
+            .await
+            .map_err(|e| Status::internal(format!("config reader failed: {e}")))?
+            .map_err(|e| {
+                warn!(error = %e, "product config reload refused; keeping the current list");
+                Status::invalid_argument(format!("{e}; the current product list is kept"))
+            })?;
+        let n = self.handle.reload(list).await.map_err(to_status)?;
+        info!(config = %self.config_path.display(), products = n, "product config reloaded");
+        Ok(n)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl PurchaseArbiter for ArbiterService {
+    async fn acquire_purchase(
+        &self,
+        request: Request<pb::AcquirePurchaseRequest>,
+    ) -> Result<Response<pb::AcquirePurchaseResponse>, Status> {
+        let r = request.into_inner();
+        let product = tcin(&r.tcin)?;
+        let watcher = watcher_id(&r.watcher_id)?;
+        if r.request_id.len() > 128 {
+            return Err(Status::invalid_argument(format!(
+                "request_id is {} bytes long; at most 128 are allowed",
+                r.request_id.len()
+            )));
+        }
+        let answer = self
+            .handle
+            .acquire(product.clone(), watcher.clone(), r.request_id)
+            .await
+            .map_err(to_status)?;
+        let mut resp = pb::AcquirePurchaseResponse::default();
+        match answer {
+            AcquireAnswer::Granted(lease) => {
+                info!(tcin = %product, watcher_id = %watcher, fencing_token = lease.token.0, "slot granted by AcquirePurchase");
+                resp.granted = true;
+                resp.lease = Some(live_lease_to_pb(&lease));
+            }
+            AcquireAnswer::Refused(refusal) => {
+                use crate::slot::Refusal as R;
+                resp.reason = refusal.reason().to_owned();
+                resp.detail = refusal.detail();
+                match refusal {
+                    R::AnotherPurchaseActive {
+                        holder_tcin,
+                        holder_watcher_id,
+                    } => {
+                        resp.holder_tcin = holder_tcin.to_string();
+                        resp.holder_watcher_id = holder_watcher_id.to_string();
+                    }
+                    R::HigherPriorityPending { pending_tcin } => {
+                        resp.pending_tcin = pending_tcin.to_string();
+                    }
+                    R::CoolingDown { retry_after_ms } => resp.retry_after_ms = retry_after_ms,
+                    R::AlreadyPurchased { .. } | R::Paused | R::Disabled => {}
+                }
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let r = request.into_inner();
+        let (lease_id, token) = lease_ref(&r.lease_id, r.fencing_token)?;
+        let lease = self
+            .handle
+            .renew(lease_id, token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RenewLeaseResponse {
+            lease: Some(live_lease_to_pb(&lease)),
+        }))
+    }
+
+    async fn release_purchase(
+        &self,
+        request: Request<pb::ReleasePurchaseRequest>,
+    ) -> Result<Response<pb::ReleasePurchaseResponse>, Status> {
+        let r = request.into_inner();
+        let (lease_id, token) = lease_ref(&r.lease_id, r.fencing_token)?;
+        let outcome = outcome_from_pb(r.outcome)?;
+        if r.detail.len() > 4_096 {
+            return Err(Status::invalid_argument(format!(
+                "detail is {} bytes long; at most 4096 are kept",
+                r.detail.len()
+            )));
+        }
+        let (released, state) = self
+            .handle
+            .release(lease_id.clone(), token, outcome, r.detail)
+            .await
+            .map_err(|e| {
+                warn!(lease_id = %lease_id, fencing_token = token.0, error = %e, "release refused");
+                to_status(e)
+            })?;
+        info!(lease_id = %lease_id, fencing_token = token.0, outcome = outcome.as_str(), released, "lease released");
+        Ok(Response::new(pb::ReleasePurchaseResponse {
+            released,
+            product_state: state_to_pb(state) as i32,
+        }))
+    }
+
+    type StreamStockStream = BoxStream<pb::ArbiterMessage>;
+
+    async fn stream_stock(
+        &self,
+        request: Request<Streaming<pb::StockReport>>,
+    ) -> Result<Response<Self::StreamStockStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        // The watcher names itself in its first message.
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no first StockReport naming the watcher within {HELLO_TIMEOUT:?}"
+                )));
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before its first StockReport",
+                ));
+            }
+            Ok(Ok(Some(m))) => m,
+        };
+        if first.watcher_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "the first StockReport on a stream must set watcher_id",
+            ));
+        }
+        let watcher = watcher_id(&first.watcher_id)?;
+        let (polling, observations) = parse_report(&watcher, first)?;
+        let conn = self.handle.new_conn();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.handle
+            .connect(watcher.clone(), conn, tx)
+            .await
+            .map_err(to_status)?;
+        info!(watcher_id = %watcher, conn, peer = %peer, "watcher stream opened");
+        let handle = self.handle.clone();
+        let shutdown = self.shutdown.clone();
+        let (err_tx, err_rx) = mpsc::channel::<Status>(1);
+        tokio::spawn(async move {
+            let mut why = "stream ended by the watcher".to_owned();
+            let mut next = Some((polling, observations));
+            loop {
+                if let Some((polling, observations)) = next.take()
+                    && handle
+                        .report(watcher.clone(), conn, polling, observations)
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+                let msg = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        why = "arbiter shutting down".into();
+                        break;
+                    }
+                    m = inbound.message() => m,
+                };
+                match msg {
+                    Ok(Some(report)) => {
+                        if !report.watcher_id.is_empty() && report.watcher_id != watcher.as_str() {
+                            let _ = err_tx.try_send(Status::invalid_argument(format!(
+                                "this stream belongs to watcher {watcher}; a report names {:?}",
+                                report.watcher_id
+                            )));
+                            why = "report named another watcher".into();
+                            break;
+                        }
+                        match parse_report(&watcher, report) {
+                            Ok(parsed) => next = Some(parsed),
+                            Err(status) => {
+                                why = format!("bad report: {}", status.message());
+                                let _ = err_tx.try_send(status);
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        why = format!("stream error: {}", status.message());
+                        break;
+                    }
+                }
+            }
+            info!(watcher_id = %watcher, conn, why = %why, "watcher stream closed");
+            handle.disconnect(watcher, conn, why).await;
+        });
+        // Protocol errors found while reading end the reply stream too.
+        let errors = ReceiverStream::new(err_rx).map(Err);
+        let messages = ReceiverStream::new(rx).map(watcher_message_to_pb);
+        let out = messages.merge(errors);
+        // After the first error the stream ends (tonic sends it as the status).
+        Ok(Response::new(Box::pin(out) as Self::StreamStockStream))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let view = self.handle.status().await.map_err(to_status)?;
+        Ok(Response::new(status_to_pb(
+            view,
+            &self.config_path.display().to_string(),
+        )))
+    }
+
+    type WatchEventsStream = BoxStream<pb::Event>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let from = request.into_inner().from_sequence;
+        let (history, live) = self.handle.events(from.max(1)).await.map_err(to_status)?;
+        // from_sequence 0 means "only what happens from now on".
+        let history = if from == 0 { Vec::new() } else { history };
+        let (tx, rx) = mpsc::channel(256);
+        let handle = self.handle.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(follow_events(handle, history, live, tx, shutdown));
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as Self::WatchEventsStream
+        ))
+    }
+
+    async fn reset_product(
+        &self,
+        request: Request<pb::ResetProductRequest>,
+    ) -> Result<Response<pb::ResetProductResponse>, Status> {
+        let product = tcin(&request.into_inner().tcin)?;
+        let previous = self
+            .handle
+            .reset(product.clone())
+            .await
+            .map_err(to_status)?;
+        info!(tcin = %product, previous = previous.as_str(), "product reset");
+        Ok(Response::new(pb::ResetProductResponse {
+            previous_state: state_to_pb(previous) as i32,
+        }))
+    }
+
+    async fn set_paused(
+        &self,
+        request: Request<pb::SetPausedRequest>,
+    ) -> Result<Response<pb::SetPausedResponse>, Status> {
+        let paused = request.into_inner().paused;
+        let paused = self.handle.set_paused(paused).await.map_err(to_status)?;
+        info!(paused, "pause switch set");
+        Ok(Response::new(pb::SetPausedResponse { paused }))
+    }
+
+    async fn reload_config(
+        &self,
+        _request: Request<pb::ReloadConfigRequest>,
+    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        let n = self.reload().await?;
+        Ok(Response::new(pb::ReloadConfigResponse {
+            products: n as u32,
+            config_path: self.config_path.display().to_string(),
+        }))
+    }
+}
+
+type ParsedReport = (Option<Vec<String>>, Vec<Observation>);
+
+fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport, Status> {
+    if r.observations.len() > MAX_OBSERVATIONS_PER_REPORT {
+        return Err(Status::invalid_argument(format!(
+            "a StockReport from {watcher} has {} observations; at most {MAX_OBSERVATIONS_PER_REPORT} are allowed per message",
+            r.observations.len()
+        )));
+    }
+    let observations = r
+        .observations
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let t = Tcin::parse(&o.tcin).map_err(|e| {
+                Status::invalid_argument(format!("observation #{} from {watcher}: {e}", i + 1))
+            })?;
+            Ok(Observation {
+                tcin: t,
+                in_stock: o.in_stock,
+                price_cents: o.price_cents,
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    let polling = if r.polling.is_empty() {
+        None
+    } else {
+        for p in &r.polling {
+            Tcin::parse(p).map_err(|e| {
+                Status::invalid_argument(format!("polling list from {watcher}: {e}"))
+            })?;
+        }
+        Some(r.polling)
+    };
+    Ok((polling, observations))
+}
+
+/// Sends history, then live events, to one `WatchEvents` follower. A follower
+/// that falls behind the live buffer catches up from history.
+async fn follow_events(
+    handle: ArbiterHandle,
+    history: Vec<Event>,
+    mut live: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Result<pb::Event, Status>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = 0u64;
+    for e in history {
+        last = e.sequence;
+        if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the arbiter is shutting down"))).await;
+                return;
+            }
+            () = tx.closed() => return,
+            n = live.recv() => n,
+        };
+        match next {
+            Ok(e) => {
+                if e.sequence <= last {
+                    continue;
+                }
+                last = e.sequence;
+                if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Catch up from history, then follow again.
+                match handle.events(last + 1).await {
+                    Ok((missed, rx)) => {
+                        live = rx;
+                        for e in missed {
+                            last = e.sequence;
+                            if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                let _ = tx
+                    .send(Err(Status::unavailable("the arbiter is shutting down")))
+                    .await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The purchase arbiter: the one global purchase slot shared by every stock
+//! watcher, served over gRPC.
+//!
+//! # Layout
+//!
+//! - [`types`]: product ids, watcher ids, fencing tokens, states, outcomes.
+//! - [`catalog`]: the product list and its priority order.
+//! - [`slot`]: the rules — leases, fencing, priority, expiry, events — as
+//!   plain data with no I/O, unit-tested with paused time.
+//! - [`store`]: the state file, written atomically.
+//! - [`task`]: the one task that owns the slot; batches commands, persists,
+//!   then answers.
+//! - [`grpc`]: the `restock.v1.PurchaseArbiter` service over the task.
+//! - [`config`]: flags and environment variables.
+//!
+//! [`run`] takes an already bound listener and a shutdown future, so tests
+//! bind port 0 and run the server in-process.
+
+pub mod catalog;
+pub mod config;
+pub mod grpc;
+pub mod slot;
+pub mod store;
+pub mod task;
+pub mod types;
+
+use std::future::Future;
+
+use restock_proto::v1::purchase_arbiter_server::PurchaseArbiterServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    catalog::{CatalogError, PriorityList},
+    config::ArbiterConfig,
+    grpc::ArbiterService,
+    slot::{Arbiter, Clock, SlotError, Timing},
+    store::{StateFile, StoreError},
+};
+
+/// Why the arbiter could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("state file {path} cannot be used: {source}")]
+    Restore { path: String, source: SlotError },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Loads the product list and the saved state, then serves until `shutdown`
+/// completes. SIGHUP reloads the product list. Streams end on shutdown and
+/// the state is written a last time.
+pub async fn run(
+    listener: TcpListener,
+    config: ArbiterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let catalog = PriorityList::load(&config.config)?;
+    let store = StateFile::new(config.state_path(), !config.no_fsync);
+    store.check_writable()?;
+    let timing = Timing {
+        lease_ttl: config.lease_ttl,
+        stock_ttl: config.stock_ttl,
+        failure_cooldown: config.failure_cooldown,
+        test_mode: config.test_mode,
+    };
+    let clock = Clock::new();
+    let now = clock.now();
+    let arbiter = match store.load()? {
+        Some(snapshot) => Arbiter::restore(snapshot, catalog, timing, now).map_err(|source| {
+            StartError::Restore {
+                path: store.describe(),
+                source,
+            }
+        })?,
+        None => Arbiter::new(catalog, timing, now),
+    };
+    if let Some(lease) = arbiter.lease() {
+        info!(
+            tcin = %lease.tcin,
+            watcher_id = %lease.watcher_id,
+            fencing_token = lease.token.0,
+            remaining_ms = lease.remaining(now).as_millis() as u64,
+            "lease carried over from before the restart"
+        );
+    }
+    let products = arbiter.catalog().len();
+
+    let stop = CancellationToken::new();
+    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone());
+    let service = ArbiterService::new(handle, config.config.clone(), stop.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PurchaseArbiterServer<ArbiterService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    spawn_reload_on_sighup(service.clone(), stop.clone());
+
+    let arbiter_server = PurchaseArbiterServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let local = listener.local_addr().ok();
+    info!(
+        listen = ?local,
+        config = %config.config.display(),
+        state_file = %store.describe(),
+        products,
+        lease_ttl_ms = config.lease_ttl.as_millis() as u64,
+        stock_ttl_ms = config.stock_ttl.as_millis() as u64,
+        test_mode = config.test_mode,
+        "purchase arbiter serving"
+    );
+    let stopping = stop.clone();
+    let health_on_stop = health.clone();
+    let signal = async move {
+        tokio::select! {
+            () = shutdown => {},
+            () = stopping.cancelled() => {},
+        }
+        info!("shutting down: ending streams");
+        health_on_stop
+            .set_not_serving::<PurchaseArbiterServer<ArbiterService>>()
+            .await;
+        // Ends watcher and event streams, so graceful shutdown does not wait
+        // for them forever.
+        stopping.cancel();
+    };
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(arbiter_server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    stop.cancel();
+    if let Err(e) = task.await {
+        warn!(error = %e, "arbiter task ended abnormally");
+    }
+    info!("purchase arbiter stopped");
+    served.map_err(StartError::from)
+}
+
+#[cfg(unix)]
+fn spawn_reload_on_sighup(service: ArbiterService, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; reload by RPC only");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            info!("SIGHUP: reloading the product config");
+            // A bad file is logged and the current list kept.
+            let _ = service.reload().await;
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn spawn_reload_on_sighup(_service: ArbiterService, _stop: CancellationToken) {}
