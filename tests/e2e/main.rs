@@ -1,1 +1,10 @@
-fn main() {}
+//! End-to-end tests: the real binaries, started as processes on free ports,
+//! spoken to over real gRPC (and, where installed, the real `grpcurl`).
+//!
+//! Build the binaries first: `cargo build --workspace --bins` (the README's
+//! test command does). Set `TEST_LOG=1` to see every service's log.
+
+mod arbiter;
+mod arbiter_faults;
+mod arbiter_grpcurl;
+mod helpers;

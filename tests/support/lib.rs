@@ -252,8 +252,9 @@ pub async fn wait_healthy(addr: &str, limit: Duration) {
 #[derive(Debug)]
 pub struct ArbiterProcess {
     pub addr: String,
-    pub dir: tempfile::TempDir,
+    // Dropped before `dir`, so its log can still be printed.
     pub process: Process,
+    pub dir: tempfile::TempDir,
 }
 
 /// Settings for [`ArbiterProcess::start`].
@@ -310,7 +311,7 @@ impl ArbiterProcess {
             HashMap::new(),
             dir.path().join("arbiter.log"),
         );
-        let a = Self { addr, dir, process };
+        let a = Self { addr, process, dir };
         wait_healthy(&a.addr, Duration::from_secs(20)).await;
         a
     }

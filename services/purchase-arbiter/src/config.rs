@@ -10,6 +10,7 @@ pub const DEFAULT_STATE_FILE: &str = "data/arbiter-state.json";
 pub const DEFAULT_LEASE_TTL: &str = "30s";
 pub const DEFAULT_STOCK_TTL: &str = "10s";
 pub const DEFAULT_FAILURE_COOLDOWN: &str = "15s";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "3s";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
@@ -90,6 +91,11 @@ pub struct ArbiterConfig {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, env = "RESTOCK_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+
+    /// On SIGTERM/SIGINT, how long to wait for clients to close their
+    /// connections after every stream has ended.
+    #[arg(long, env = "RESTOCK_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// Log line format.
     #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]

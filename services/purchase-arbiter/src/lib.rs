@@ -145,15 +145,30 @@ pub async fn run(
         // for them forever.
         stopping.cancel();
     };
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(arbiter_server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Graceful shutdown waits for clients to close their connections; a
+    // client that keeps an ended stream's connection open must not hold the
+    // process (docker stop kills after 10 s), so the wait is bounded.
+    let grace = config.shutdown_grace;
+    let forced = stop.clone();
+    let served = tokio::select! {
+        served = serve => served,
+        () = async move {
+            forced.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            warn!(grace_ms = grace.as_millis() as u64, "clients kept connections open past the shutdown grace; closing them");
+            Ok(())
+        }
+    };
+    info!("gRPC server stopped; waiting for the final state write");
     stop.cancel();
     if let Err(e) = task.await {
         warn!(error = %e, "arbiter task ended abnormally");

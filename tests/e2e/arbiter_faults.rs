@@ -1,0 +1,237 @@
+//! Bad input, bad files and signals: the arbiter answers with the right
+//! status code and a message that says what was wrong, refuses to start on a
+//! broken file (naming it), and shuts down cleanly, ending open streams.
+
+use std::{collections::HashMap, time::Duration};
+
+use restock_e2e::{ArbiterOptions, ArbiterProcess, Process, bin, free_port, write_product_config};
+use restock_proto::v1::{
+    self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
+    WatchEventsRequest,
+};
+use tonic::Code;
+
+use crate::helpers::{WatcherStream, must_acquire, status};
+
+async fn acquire_err(c: &mut crate::helpers::Client, tcin: &str, watcher: &str) -> tonic::Status {
+    c.acquire_purchase(AcquirePurchaseRequest {
+        tcin: tcin.into(),
+        watcher_id: watcher.into(),
+        request_id: String::new(),
+    })
+    .await
+    .expect_err("the request must be refused")
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let mut c = arbiter.client().await;
+
+    let cases = [
+        ("", "w1", "product id (tcin) is empty"),
+        ("12 34", "w1", "' '"),
+        (&"9".repeat(65) as &str, "w1", "at most 64"),
+        ("100", "", "watcher id is empty"),
+        ("100", "w 1", "watcher id"),
+    ];
+    for (tcin, watcher, want) in cases {
+        let e = acquire_err(&mut c, tcin, watcher).await;
+        assert_eq!(e.code(), Code::InvalidArgument, "{tcin:?}/{watcher:?}: {e}");
+        assert!(e.message().contains(want), "{tcin:?}/{watcher:?}: {e}");
+    }
+
+    // Unknown lease, missing token, missing outcome.
+    let e = c
+        .renew_lease(RenewLeaseRequest {
+            lease_id: "lease-does-not-exist".into(),
+            fencing_token: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert!(e.message().contains("lease-does-not-exist"), "{e}");
+    let e = c
+        .release_purchase(ReleasePurchaseRequest {
+            lease_id: "x".into(),
+            fencing_token: 0,
+            outcome: pb::Outcome::Purchased as i32,
+            detail: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("fencing_token"), "{e}");
+    let lease = must_acquire(&mut c, "100", "w1").await;
+    for (outcome, want) in [
+        (0, "outcome is missing"),
+        (42, "not a known outcome"),
+        (5, "arbiter only"),
+    ] {
+        let e = c
+            .release_purchase(ReleasePurchaseRequest {
+                lease_id: lease.lease_id.clone(),
+                fencing_token: lease.fencing_token,
+                outcome,
+                detail: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains(want), "{e}");
+    }
+
+    // An oversize message is refused by the decode limit (1 MiB by default).
+    let e = acquire_err(&mut c, &"7".repeat(2 * 1024 * 1024), "w1").await;
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "oversize message: {e}"
+    );
+
+    // Nothing above lost or changed anything.
+    let s = status(&mut c).await;
+    assert_eq!(s.active_lease.unwrap().lease_id, lease.lease_id);
+}
+
+#[tokio::test]
+async fn a_stream_with_bad_reports_is_closed_with_invalid_argument() {
+    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let mut w = WatcherStream::open(&arbiter, "w1").await;
+    w.report(&[("not a tcin", true)]).await;
+    let e = match w.next(Duration::from_secs(5)).await {
+        Some(Err(e)) => e,
+        other => panic!("expected the stream to fail, got {other:?}"),
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("observation #1"), "{e}");
+
+    // A stream without a watcher id is refused at once.
+    let mut c = arbiter.client().await;
+    let first = pb::StockReport::default();
+    let e = match c.stream_stock(tokio_stream::iter(vec![first])).await {
+        Ok(_) => panic!("a stream without a watcher id must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("watcher_id"), "{e}");
+    // The arbiter still serves.
+    status(&mut c).await;
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_cleanly() {
+    let mut arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let mut w = WatcherStream::open(&arbiter, "w1").await;
+    let mut c = arbiter.client().await;
+    let mut events = c
+        .watch_events(WatchEventsRequest { from_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let code = arbiter.process.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "SIGTERM is a clean exit");
+    match w.next(Duration::from_secs(5)).await {
+        Some(Err(e)) => assert!(
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::Cancelled | Code::Unknown
+            ),
+            "{e}"
+        ),
+        other => panic!("the watcher stream must end, got {other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("the event stream ends");
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "no event after shutdown: {ended:?}"
+    );
+    assert!(
+        arbiter
+            .process
+            .log_text()
+            .contains("purchase arbiter stopped")
+    );
+}
+
+/// Starts the arbiter binary expecting it to fail; returns its log.
+fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
+    let log = dir.join("failed-start.log");
+    let mut p = Process::start(
+        "purchase-arbiter (bad start)",
+        bin("purchase-arbiter"),
+        args.to_vec(),
+        HashMap::new(),
+        log,
+    );
+    let code = p.wait_exit(Duration::from_secs(10));
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "start-up must fail, exit {code:?}"
+    );
+    p.log_text()
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_product_config(dir.path(), &["100"]);
+    let state = dir.path().join("state.json");
+    let garbage = b"{\"version\": 1, \"next_fencing_token\": 12, \"produ";
+    std::fs::write(&state, garbage).unwrap();
+    let args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-file".into(),
+        state.display().to_string(),
+    ];
+    let log = start_expecting_failure(dir.path(), &args);
+    assert!(log.contains(&state.display().to_string()), "{log}");
+    assert!(log.contains("corrupt"), "{log}");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        garbage,
+        "never silently replaced"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_product_config_stops_start_up_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("products.json");
+    std::fs::write(
+        &config,
+        "{\n  \"products\": [\n    {\"tcin\": \"1\",}\n  ]\n}\n",
+    )
+    .unwrap();
+    let args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-file".into(),
+        dir.path().join("s.json").display().to_string(),
+    ];
+    let log = start_expecting_failure(dir.path(), &args);
+    assert!(log.contains(&config.display().to_string()), "{log}");
+    assert!(log.contains("line 3"), "{log}");
+
+    // A duplicate id is named too.
+    std::fs::write(&config, r#"{"products":[{"tcin":"1"},{"tcin":"1"}]}"#).unwrap();
+    let log = start_expecting_failure(dir.path(), &args);
+    assert!(log.contains("listed twice"), "{log}");
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_with_the_flag_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = start_expecting_failure(dir.path(), &["--lease-ttl".into(), "30".into()]);
+    assert!(
+        log.contains("--lease-ttl") && log.contains("no unit"),
+        "{log}"
+    );
+}
