@@ -838,10 +838,16 @@ impl Arbiter {
                 refused => refused.clone(),
             });
         }
+        let new_product = !self.products.contains_key(tcin);
         self.product_mut(tcin)?;
         let answer = match self.refusal(now, tcin) {
             Some(r) => {
                 self.counters.refusals += 1;
+                if new_product {
+                    // A refused request for an id never seen before leaves no
+                    // trace, so random ids cannot fill the product table.
+                    self.products.remove(tcin);
+                }
                 AcquireAnswer::Refused(r)
             }
             None => AcquireAnswer::Granted(self.grant(now, tcin, watcher_id, "AcquirePurchase")),

@@ -1444,3 +1444,22 @@ async fn status_shows_each_watcher_with_its_last_report() {
     );
     assert_eq!(a.status(c.now()).counters.observations, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_acquire_for_a_new_id_leaves_no_product_behind() {
+    let (mut a, c) = fixture(r#"[{"tcin":"100"}]"#);
+    let held = granted(acquire(&mut a, &c, "100", "w1", ""));
+    for i in 0..50 {
+        let answer = acquire(&mut a, &c, &format!("random-{i}"), "w2", "");
+        assert!(matches!(
+            refused(answer),
+            Refusal::AnotherPurchaseActive { .. }
+        ));
+    }
+    let status = a.status(c.now());
+    assert_eq!(status.products.len(), 1, "refused ids are not tracked");
+    // A granted new id is tracked, as it must be while it holds the slot.
+    release(&mut a, &c, &held, Outcome::Aborted);
+    granted(acquire(&mut a, &c, "new-one", "w2", ""));
+    assert_eq!(a.status(c.now()).products.len(), 2);
+}
