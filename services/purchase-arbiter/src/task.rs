@@ -611,7 +611,9 @@ impl ArbiterTask {
         match &result {
             Ok(()) => self.dirty_since = None,
             Err(e) => {
-                error!(state_file = %self.store.describe(), error = %e, "could not persist state")
+                error!(state_file = %self.store.describe(), error = %e, "could not persist state");
+                // Try again soon even if no further change asks for a write.
+                self.dirty_since.get_or_insert_with(Instant::now);
             }
         }
         result
