@@ -1,6 +1,50 @@
-//! stock-watcher: work in progress, see its issue.
+//! `stock-watcher`: parses flags, sets up logging, binds, and runs the
+//! watcher until SIGTERM or SIGINT.
 
-fn main() {
-    eprintln!("stock-watcher is not built yet");
-    std::process::exit(2);
+use clap::Parser;
+use stock_watcher::config::{LogFormat, WatcherConfig};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = WatcherConfig::parse();
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+            eprintln!("stock-watcher: cannot listen on {}: {e}", config.listen);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match stock_watcher::run(listener, config, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stock watcher stopped");
+            eprintln!("stock-watcher: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,233 @@
+//! The HTTP checkout: `POST {url}` with
+//! `{"tcin", "fencing_token", "lease_id", "watcher_id", "test_mode"}`.
+//! A 2xx answer with `"result": "purchased"` is a purchase; `"out_of_stock"`
+//! (with any status) is out of stock; everything else (a `stale_token`
+//! refusal, a 5xx, a transport error, the time limit) is a failure whose
+//! detail says what came back. Cancelling drops the request, which closes
+//! the connection.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{CheckoutJob, CheckoutOutcome, CheckoutResult};
+
+#[derive(Debug, Serialize)]
+struct CheckoutRequest<'a> {
+    tcin: &'a str,
+    fencing_token: u64,
+    lease_id: &'a str,
+    watcher_id: &'a str,
+    test_mode: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct HttpCheckout {
+    url: Url,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl HttpCheckout {
+    pub fn new(url: Url, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("restock-stock-watcher/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            url,
+            timeout,
+            client,
+        })
+    }
+
+    pub async fn run(&self, job: &CheckoutJob, cancel: &CancellationToken) -> CheckoutResult {
+        let body = CheckoutRequest {
+            tcin: job.tcin.as_str(),
+            fencing_token: job.fencing_token,
+            lease_id: &job.lease_id,
+            watcher_id: job.watcher_id.as_str(),
+            test_mode: job.test_mode,
+        };
+        let call = async {
+            let resp = self
+                .client
+                .post(self.url.clone())
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            Ok::<_, reqwest::Error>((status, text))
+        };
+        let answer = tokio::select! {
+            biased;
+            a = call => a,
+            () = cancel.cancelled() => {
+                return CheckoutResult::new(CheckoutOutcome::Aborted, "checkout cancelled: the HTTP request was dropped");
+            }
+        };
+        match answer {
+            Ok((status, text)) => judge(status.as_u16(), &text),
+            Err(e) if e.is_timeout() => CheckoutResult::new(
+                CheckoutOutcome::Failed,
+                format!("checkout {} timed out after {:?}", self.url, self.timeout),
+            ),
+            Err(e) => CheckoutResult::new(
+                CheckoutOutcome::Failed,
+                format!("checkout {} failed: {}", self.url, error_chain(&e)),
+            ),
+        }
+    }
+}
+
+/// Maps the checkout's answer to an outcome.
+pub fn judge(status: u16, body: &str) -> CheckoutResult {
+    let doc: Option<Value> = serde_json::from_str(body).ok();
+    let result = doc
+        .as_ref()
+        .and_then(|d| d.get("result"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let summary = format!("HTTP {status}: {}", body.trim());
+    match result {
+        "purchased" if (200..300).contains(&status) => {
+            CheckoutResult::new(CheckoutOutcome::Purchased, summary)
+        }
+        "out_of_stock" => CheckoutResult::new(CheckoutOutcome::OutOfStock, summary),
+        _ => CheckoutResult::new(
+            CheckoutOutcome::Failed,
+            format!("checkout answered {summary}"),
+        ),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+
+    use super::*;
+    use crate::types::{Tcin, WatcherId};
+
+    #[test]
+    fn answers_map_to_outcomes() {
+        let o = |s, b| judge(s, b).outcome;
+        assert_eq!(
+            o(200, r#"{"result":"purchased","order_id":"o-1"}"#),
+            CheckoutOutcome::Purchased
+        );
+        assert_eq!(
+            o(409, r#"{"result":"out_of_stock"}"#),
+            CheckoutOutcome::OutOfStock
+        );
+        assert_eq!(
+            o(409, r#"{"result":"stale_token"}"#),
+            CheckoutOutcome::Failed
+        );
+        assert_eq!(o(500, "oops"), CheckoutOutcome::Failed);
+        assert_eq!(o(500, r#"{"result":"purchased"}"#), CheckoutOutcome::Failed);
+        assert_eq!(o(200, "not json"), CheckoutOutcome::Failed);
+        let d = judge(409, r#"{"result":"stale_token","highest":9}"#).detail;
+        assert!(d.contains("409") && d.contains("stale_token"), "{d}");
+    }
+
+    fn job(test_mode: bool) -> CheckoutJob {
+        CheckoutJob {
+            tcin: Tcin::parse("100").unwrap(),
+            lease_id: "lease-7-x".into(),
+            fencing_token: 7,
+            watcher_id: WatcherId::parse("w1").unwrap(),
+            test_mode,
+        }
+    }
+
+    type Seen = Arc<Mutex<Vec<Value>>>;
+
+    async fn stub(hang: bool) -> (Url, Seen) {
+        let seen: Seen = Arc::default();
+        let app = Router::new()
+            .route(
+                "/checkout",
+                post(
+                    |State((seen, hang)): State<(Seen, bool)>, Json(body): Json<Value>| async move {
+                        seen.lock().unwrap().push(body);
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        (
+                            StatusCode::OK,
+                            Json(serde_json::json!({"result": "purchased", "order_id": "o-1"})),
+                        )
+                    },
+                ),
+            )
+            .with_state((seen.clone(), hang));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (
+            Url::parse(&format!("http://{addr}/checkout")).unwrap(),
+            seen,
+        )
+    }
+
+    #[tokio::test]
+    async fn posts_the_lease_and_reads_the_answer() {
+        let (url, seen) = stub(false).await;
+        let c = HttpCheckout::new(url, Duration::from_secs(5)).unwrap();
+        let r = c.run(&job(true), &CancellationToken::new()).await;
+        assert_eq!(r.outcome, CheckoutOutcome::Purchased, "{r:?}");
+        let body = seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            body,
+            serde_json::json!({"tcin": "100", "fencing_token": 7, "lease_id": "lease-7-x", "watcher_id": "w1", "test_mode": true})
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_and_timeout() {
+        let (url, _) = stub(true).await;
+        let c = HttpCheckout::new(url.clone(), Duration::from_secs(30)).unwrap();
+        let cancel = CancellationToken::new();
+        let started = std::time::Instant::now();
+        let j = job(false);
+        let run = c.run(&j, &cancel);
+        let canceller = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        };
+        let (r, ()) = tokio::join!(run, canceller);
+        assert_eq!(r.outcome, CheckoutOutcome::Aborted);
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let c = HttpCheckout::new(url, Duration::from_millis(300)).unwrap();
+        let r = c.run(&job(false), &CancellationToken::new()).await;
+        assert_eq!(r.outcome, CheckoutOutcome::Failed);
+        assert!(r.detail.contains("timed out"), "{r:?}");
+
+        let c = HttpCheckout::new(
+            Url::parse("http://127.0.0.1:9/checkout").unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let r = c.run(&job(false), &CancellationToken::new()).await;
+        assert_eq!(r.outcome, CheckoutOutcome::Failed);
+    }
+}

@@ -1,0 +1,111 @@
+//! Checkouts: what the watcher does with a granted lease.
+//!
+//! - [`http`]: POST the product and the fencing token to a checkout URL.
+//! - [`command`]: run the user's own program (a browser-automation script)
+//!   with the product and the token in its environment.
+//!
+//! A checkout runs until it ends by itself, its time limit passes, or its
+//! cancellation token fires (the lease was lost or the watcher is stopping);
+//! a cancelled checkout stops at once and ends [`CheckoutOutcome::Aborted`].
+
+pub mod command;
+pub mod http;
+
+use restock_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::types::{Tcin, WatcherId};
+
+pub use command::CommandCheckout;
+pub use http::HttpCheckout;
+
+/// Most bytes of detail kept for the release (the arbiter keeps 4096).
+pub const MAX_DETAIL: usize = 1_000;
+
+/// What a checkout is asked to buy, and under which lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutJob {
+    pub tcin: Tcin,
+    pub lease_id: String,
+    pub fencing_token: u64,
+    pub watcher_id: WatcherId,
+    /// The simulator voids the order (the cart is emptied) so the cycle can
+    /// repeat forever.
+    pub test_mode: bool,
+}
+
+/// How a checkout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutOutcome {
+    Purchased,
+    OutOfStock,
+    Failed,
+    /// Stopped by us: the lease was lost or the watcher is stopping.
+    Aborted,
+}
+
+impl CheckoutOutcome {
+    pub fn to_pb(self) -> pb::Outcome {
+        match self {
+            Self::Purchased => pb::Outcome::Purchased,
+            Self::OutOfStock => pb::Outcome::OutOfStock,
+            Self::Failed => pb::Outcome::Failed,
+            Self::Aborted => pb::Outcome::Aborted,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purchased => "purchased",
+            Self::OutOfStock => "out_of_stock",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// The outcome and a line for the event history (order number, error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutResult {
+    pub outcome: CheckoutOutcome,
+    pub detail: String,
+}
+
+impl CheckoutResult {
+    pub fn new(outcome: CheckoutOutcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: truncate(detail.into(), MAX_DETAIL),
+        }
+    }
+}
+
+/// The configured checkout.
+#[derive(Debug, Clone)]
+pub enum Checkout {
+    Http(HttpCheckout),
+    Command(CommandCheckout),
+}
+
+impl Checkout {
+    /// Runs one checkout to its end. See the module documentation.
+    pub async fn run(&self, job: &CheckoutJob, cancel: &CancellationToken) -> CheckoutResult {
+        match self {
+            Self::Http(h) => h.run(job, cancel).await,
+            Self::Command(c) => c.run(job, cancel).await,
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

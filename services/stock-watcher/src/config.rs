@@ -1,0 +1,417 @@
+//! Command-line flags, each with an environment variable, their defaults, and
+//! the checks that turn them into settings the watcher can trust.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::types::{Tcin, WatcherId};
+
+pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:50052";
+pub const DEFAULT_POLL_INTERVAL: &str = "1s";
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "5s";
+pub const DEFAULT_SOURCE_URL: &str = "https://redsky.target.com";
+/// The key Target's own product pages send with every fulfillment request;
+/// it is public and it rotates, hence the flag.
+pub const DEFAULT_TARGET_API_KEY: &str = "9f36aeafbe60771e321a7cc95a78140772ab3e96";
+pub const DEFAULT_SOURCE_BACKOFF_INITIAL: &str = "2s";
+pub const DEFAULT_SOURCE_BACKOFF_MAX: &str = "60s";
+pub const DEFAULT_CHECKOUT_TIMEOUT: &str = "120s";
+pub const DEFAULT_RPC_TIMEOUT: &str = "5s";
+pub const DEFAULT_RECONNECT_INITIAL: &str = "250ms";
+pub const DEFAULT_RECONNECT_MAX: &str = "10s";
+/// The watcher id when neither the flag nor a host name gives one.
+pub const FALLBACK_WATCHER_ID: &str = "stock-watcher";
+
+/// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{s:?} has no unit; write it like 500ms, 30s or 2m"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
+}
+
+/// Where stock information comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Target's product fulfillment JSON API (or anything serving its format,
+    /// such as the store simulator).
+    Target,
+}
+
+/// How a granted purchase is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckoutKind {
+    /// POST the product and fencing token as JSON to `--checkout-url`.
+    Http,
+    /// Run `--checkout-command` with `sh -c`; exit 0 means purchased.
+    Command,
+}
+
+impl CheckoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Command => "command",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The stock watcher's flags.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "stock-watcher",
+    version,
+    about = "Polls a stock source, reports in-stock products to the purchase arbiter, and runs a checkout only when the arbiter grants one"
+)]
+pub struct WatcherConfig {
+    /// The purchase arbiter's gRPC URL.
+    #[arg(long, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
+    pub arbiter: String,
+
+    /// This watcher's name at the arbiter (letters, digits, '-', '_').
+    /// Default: the host name.
+    #[arg(long, env = "RESTOCK_WATCHER_ID")]
+    pub watcher_id: Option<String>,
+
+    /// Poll only these products (comma-separated ids) of the arbiter's
+    /// catalog. Default: every enabled product of the catalog.
+    #[arg(long, env = "RESTOCK_PRODUCTS", value_delimiter = ',')]
+    pub products: Vec<String>,
+
+    /// Address to serve this watcher's own gRPC (status, health, reflection) on.
+    #[arg(long, env = "RESTOCK_WATCHER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// How often every product is polled (each round is jittered by ±10%).
+    #[arg(long, env = "RESTOCK_POLL_INTERVAL", default_value = DEFAULT_POLL_INTERVAL, value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Most source requests in flight at once.
+    #[arg(long, env = "RESTOCK_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+
+    /// Time limit of one source request.
+    #[arg(long, env = "RESTOCK_REQUEST_TIMEOUT", default_value = DEFAULT_REQUEST_TIMEOUT, value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// The stock source.
+    #[arg(long, env = "RESTOCK_SOURCE", value_enum, default_value = "target")]
+    pub source: SourceKind,
+
+    /// Base URL of the source (the store simulator's URL for demos and tests).
+    #[arg(long, env = "RESTOCK_SOURCE_URL", default_value = DEFAULT_SOURCE_URL)]
+    pub source_url: String,
+
+    /// The `key` query parameter of the fulfillment API.
+    #[arg(long, env = "RESTOCK_TARGET_API_KEY", default_value = DEFAULT_TARGET_API_KEY)]
+    pub api_key: String,
+
+    /// The store whose pickup stock is asked for (`store_id`); omitted when unset.
+    #[arg(long, env = "RESTOCK_STORE_ID")]
+    pub store_id: Option<String>,
+
+    /// The ZIP code for shipping and delivery stock (`zip`); omitted when unset.
+    #[arg(long, env = "RESTOCK_ZIP")]
+    pub zip: Option<String>,
+
+    /// First pause after the source answers 403, 429, 435 or 5xx; it doubles
+    /// while the source keeps refusing.
+    #[arg(long, env = "RESTOCK_SOURCE_BACKOFF_INITIAL", default_value = DEFAULT_SOURCE_BACKOFF_INITIAL, value_parser = parse_duration)]
+    pub source_backoff_initial: Duration,
+
+    /// Longest pause after source refusals.
+    #[arg(long, env = "RESTOCK_SOURCE_BACKOFF_MAX", default_value = DEFAULT_SOURCE_BACKOFF_MAX, value_parser = parse_duration)]
+    pub source_backoff_max: Duration,
+
+    /// How a granted purchase is carried out.
+    #[arg(long, env = "RESTOCK_CHECKOUT", value_enum, default_value = "http")]
+    pub checkout: CheckoutKind,
+
+    /// With `--checkout http`: the URL the checkout is POSTed to.
+    #[arg(long, env = "RESTOCK_CHECKOUT_URL")]
+    pub checkout_url: Option<String>,
+
+    /// With `--checkout command`: the command, run with `sh -c`.
+    #[arg(long, env = "RESTOCK_CHECKOUT_COMMAND")]
+    pub checkout_command: Option<String>,
+
+    /// Time limit of one checkout (it is also stopped when the lease is lost).
+    #[arg(long, env = "RESTOCK_CHECKOUT_TIMEOUT", default_value = DEFAULT_CHECKOUT_TIMEOUT, value_parser = parse_duration)]
+    pub checkout_timeout: Duration,
+
+    /// Time limit of one unary call to the arbiter (renewals use at most a
+    /// third of the lease TTL).
+    #[arg(long, env = "RESTOCK_RPC_TIMEOUT", default_value = DEFAULT_RPC_TIMEOUT, value_parser = parse_duration)]
+    pub rpc_timeout: Duration,
+
+    /// First pause before reconnecting to the arbiter; it doubles (with
+    /// jitter) while reconnecting fails.
+    #[arg(long, env = "RESTOCK_RECONNECT_INITIAL", default_value = DEFAULT_RECONNECT_INITIAL, value_parser = parse_duration)]
+    pub reconnect_initial: Duration,
+
+    /// Longest pause between reconnect attempts.
+    #[arg(long, env = "RESTOCK_RECONNECT_MAX", default_value = DEFAULT_RECONNECT_MAX, value_parser = parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How the checkout is done, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckoutSettings {
+    Http { url: reqwest::Url },
+    Command { command: String },
+}
+
+/// The flags, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub arbiter: String,
+    pub watcher_id: WatcherId,
+    /// Empty means every product of the catalog.
+    pub products: Vec<Tcin>,
+    pub poll_interval: Duration,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+    pub source: SourceKind,
+    pub source_url: reqwest::Url,
+    pub api_key: String,
+    pub store_id: Option<String>,
+    pub zip: Option<String>,
+    pub source_backoff_initial: Duration,
+    pub source_backoff_max: Duration,
+    pub checkout: CheckoutSettings,
+    pub checkout_timeout: Duration,
+    pub rpc_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl WatcherConfig {
+    /// Checks every value and resolves defaults (the host name). The error
+    /// names the flag.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let watcher_id = match &self.watcher_id {
+            Some(id) => WatcherId::parse(id.trim()).map_err(|e| format!("--watcher-id: {e}"))?,
+            None => default_watcher_id(),
+        };
+        let arbiter = self.arbiter.trim().to_owned();
+        let parsed = reqwest::Url::parse(&arbiter)
+            .map_err(|e| format!("--arbiter {arbiter:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "--arbiter {arbiter:?} must start with http:// or https://"
+            ));
+        }
+        let mut products = Vec::new();
+        for p in self
+            .products
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+        {
+            let t = Tcin::parse(p).map_err(|e| format!("--products: {e}"))?;
+            if !products.contains(&t) {
+                products.push(t);
+            }
+        }
+        let min = Duration::from_millis(10);
+        for (flag, d) in [
+            ("--poll-interval", self.poll_interval),
+            ("--request-timeout", self.request_timeout),
+            ("--source-backoff-initial", self.source_backoff_initial),
+            ("--checkout-timeout", self.checkout_timeout),
+            ("--rpc-timeout", self.rpc_timeout),
+            ("--reconnect-initial", self.reconnect_initial),
+        ] {
+            if d < min {
+                return Err(format!("{flag} {d:?} is too short; at least 10ms"));
+            }
+        }
+        if self.source_backoff_max < self.source_backoff_initial {
+            return Err(format!(
+                "--source-backoff-max {:?} is below --source-backoff-initial {:?}",
+                self.source_backoff_max, self.source_backoff_initial
+            ));
+        }
+        if self.reconnect_max < self.reconnect_initial {
+            return Err(format!(
+                "--reconnect-max {:?} is below --reconnect-initial {:?}",
+                self.reconnect_max, self.reconnect_initial
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
+        let source_url = reqwest::Url::parse(self.source_url.trim())
+            .map_err(|e| format!("--source-url {:?} is not a URL: {e}", self.source_url))?;
+        if self.api_key.trim().is_empty() {
+            return Err("--api-key is empty".into());
+        }
+        let checkout = match self.checkout {
+            CheckoutKind::Http => {
+                let url = self
+                    .checkout_url
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .ok_or("--checkout http needs --checkout-url (RESTOCK_CHECKOUT_URL)")?;
+                let url = reqwest::Url::parse(url)
+                    .map_err(|e| format!("--checkout-url {url:?} is not a URL: {e}"))?;
+                CheckoutSettings::Http { url }
+            }
+            CheckoutKind::Command => {
+                let command = self
+                    .checkout_command
+                    .as_deref()
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or(
+                        "--checkout command needs --checkout-command (RESTOCK_CHECKOUT_COMMAND)",
+                    )?;
+                CheckoutSettings::Command {
+                    command: command.to_owned(),
+                }
+            }
+        };
+        let non_empty = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Ok(Settings {
+            arbiter,
+            watcher_id,
+            products,
+            poll_interval: self.poll_interval,
+            max_in_flight: self.max_in_flight,
+            request_timeout: self.request_timeout,
+            source: self.source,
+            source_url,
+            api_key: self.api_key.trim().to_owned(),
+            store_id: non_empty(&self.store_id),
+            zip: non_empty(&self.zip),
+            source_backoff_initial: self.source_backoff_initial,
+            source_backoff_max: self.source_backoff_max,
+            checkout,
+            checkout_timeout: self.checkout_timeout,
+            rpc_timeout: self.rpc_timeout,
+            reconnect_initial: self.reconnect_initial,
+            reconnect_max: self.reconnect_max,
+        })
+    }
+}
+
+impl Settings {
+    pub fn checkout_kind(&self) -> CheckoutKind {
+        match self.checkout {
+            CheckoutSettings::Http { .. } => CheckoutKind::Http,
+            CheckoutSettings::Command { .. } => CheckoutKind::Command,
+        }
+    }
+}
+
+/// The host name as a watcher id: from the kernel, else `/etc/hostname`,
+/// else [`FALLBACK_WATCHER_ID`].
+pub fn default_watcher_id() -> WatcherId {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|h| WatcherId::from_host_name(&h))
+        .unwrap_or_else(|| WatcherId::parse(FALLBACK_WATCHER_ID).expect("valid id"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut all = vec!["stock-watcher"];
+        all.extend_from_slice(args);
+        WatcherConfig::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .settings()
+    }
+
+    #[test]
+    fn the_documented_command_line_parses() {
+        let s = parse(&[
+            "--arbiter",
+            "http://127.0.0.1:50051",
+            "--watcher-id",
+            "w1",
+            "--source",
+            "target",
+            "--source-url",
+            "http://127.0.0.1:8080",
+            "--checkout",
+            "http",
+            "--checkout-url",
+            "http://127.0.0.1:8080/checkout",
+            "--poll-interval",
+            "200ms",
+            "--products",
+            "100,200, 100",
+        ])
+        .unwrap();
+        assert_eq!(s.watcher_id.as_str(), "w1");
+        assert_eq!(s.poll_interval, Duration::from_millis(200));
+        assert_eq!(
+            s.products,
+            vec![Tcin::parse("100").unwrap(), Tcin::parse("200").unwrap()]
+        );
+        assert_eq!(s.checkout_kind(), CheckoutKind::Http);
+    }
+
+    #[test]
+    fn checkout_needs_its_target() {
+        let e = parse(&["--checkout", "http"]).unwrap_err();
+        assert!(e.contains("--checkout-url"), "{e}");
+        let e = parse(&["--checkout", "command"]).unwrap_err();
+        assert!(e.contains("--checkout-command"), "{e}");
+        let s = parse(&["--checkout", "command", "--checkout-command", "exit 0"]).unwrap();
+        assert_eq!(s.checkout_kind(), CheckoutKind::Command);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let url = ["--checkout-url", "http://x/checkout"];
+        let with = |more: &[&'static str]| {
+            let mut v: Vec<&str> = url.to_vec();
+            v.extend_from_slice(more);
+            parse(&v).unwrap_err()
+        };
+        assert!(with(&["--watcher-id", "a.b"]).contains("--watcher-id"));
+        assert!(with(&["--products", "1 2"]).contains("--products"));
+        assert!(with(&["--max-in-flight", "0"]).contains("--max-in-flight"));
+        assert!(with(&["--arbiter", "127.0.0.1:1"]).contains("--arbiter"));
+        assert!(with(&["--poll-interval", "1ms"]).contains("--poll-interval"));
+        assert!(
+            parse(&["--poll-interval", "5"])
+                .unwrap_err()
+                .contains("no unit")
+        );
+    }
+
+    #[test]
+    fn default_watcher_id_is_valid() {
+        let id = default_watcher_id();
+        assert!(WatcherId::parse(id.as_str()).is_ok());
+    }
+}

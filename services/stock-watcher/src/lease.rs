@@ -1,0 +1,524 @@
+//! The lease keeper: runs a checkout under a lease, renews the lease about
+//! every third of its TTL, and stops the checkout the moment the lease can no
+//! longer be trusted.
+//!
+//! The lease is timed with this watcher's own monotonic clock: from when the
+//! grant was *received*, and after each successful renewal from when that
+//! renewal was *sent* (the arbiter extended it later than that, so this errs
+//! on the safe side). The checkout is stopped at `deadline - margin`, with
+//! `margin = max(ttl/5, 500ms)` (at most half the TTL), so it has ended before
+//! the arbiter can expire the lease and grant the slot to someone else, even
+//! when the arbiter is unreachable or frozen. It is also stopped at once when
+//! the arbiter revokes the lease or refuses a renewal, or when the watcher
+//! shuts down. A lease given up is never renewed again.
+
+use std::{future::Future, pin::pin, time::Duration};
+
+use futures::future::BoxFuture;
+use restock_proto::v1 as pb;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{checkout::CheckoutResult, types::Tcin};
+
+/// Smallest time limit of one renewal call.
+const MIN_CALL_LIMIT: Duration = Duration::from_millis(50);
+
+/// A lease as this watcher holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub lease_id: String,
+    pub tcin: Tcin,
+    pub fencing_token: u64,
+    pub ttl: Duration,
+    /// What the arbiter said was left when it made the message.
+    pub remaining: Duration,
+    /// When the grant arrived, by the local monotonic clock.
+    pub received_at: Instant,
+}
+
+impl HeldLease {
+    /// Takes a pushed grant apart; the error says what is wrong with it.
+    pub fn from_pb(l: &pb::Lease, received_at: Instant) -> Result<Self, String> {
+        if l.lease_id.is_empty() {
+            return Err("the grant has no lease_id".into());
+        }
+        if l.fencing_token == 0 {
+            return Err(format!("grant {} has fencing token 0", l.lease_id));
+        }
+        if l.ttl_ms == 0 {
+            return Err(format!("grant {} has a TTL of 0", l.lease_id));
+        }
+        let tcin = Tcin::parse(&l.tcin).map_err(|e| format!("grant {}: {e}", l.lease_id))?;
+        let ttl = Duration::from_millis(l.ttl_ms);
+        // remaining_ms 0 is read as "not filled in": the full TTL.
+        let remaining = match l.remaining_ms {
+            0 => ttl,
+            r => Duration::from_millis(r).min(ttl),
+        };
+        Ok(Self {
+            lease_id: l.lease_id.clone(),
+            tcin,
+            fencing_token: l.fencing_token,
+            ttl,
+            remaining,
+            received_at,
+        })
+    }
+}
+
+/// How much before the lease's deadline (by our clock) the checkout stops.
+pub fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_millis(500)).min(ttl / 2)
+}
+
+/// How often a running checkout renews its lease.
+pub fn renew_every(ttl: Duration) -> Duration {
+    ttl / 3
+}
+
+/// How soon a failed renewal is tried again.
+pub fn renew_retry(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Why a renewal did not extend the lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    /// The arbiter says this lease is not (or no longer) the current one.
+    #[error("renewal refused: {0}")]
+    Refused(String),
+    /// No answer (arbiter down, frozen or unreachable): try again.
+    #[error("renewal failed: {0}")]
+    Unreachable(String),
+}
+
+/// Renews leases at the arbiter.
+pub trait Renewer: Send + Sync {
+    /// Extends the lease; answers how long it now has left.
+    fn renew(
+        &self,
+        lease_id: &str,
+        fencing_token: u64,
+    ) -> impl Future<Output = Result<Duration, RenewError>> + Send;
+}
+
+/// Why the checkout ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndedBy {
+    /// It ended by itself.
+    Finished,
+    /// The arbiter revoked the lease (the reason it gave).
+    Revoked(String),
+    /// The arbiter refused a renewal: the lease is gone.
+    RenewRefused(String),
+    /// Renewals failed until the lease could no longer be trusted.
+    TrustLost,
+    /// The watcher is stopping.
+    Shutdown,
+}
+
+impl EndedBy {
+    /// Does the arbiter still (maybe) hold this lease for us, so a release
+    /// makes sense? Not after it revoked the lease or refused a renewal.
+    pub fn may_release(&self) -> bool {
+        matches!(self, Self::Finished | Self::TrustLost | Self::Shutdown)
+    }
+}
+
+/// What [`keep`] returns.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub result: CheckoutResult,
+    pub ended_by: EndedBy,
+    pub renewals: u64,
+    /// Until when the lease was trusted (local clock): releases are worth
+    /// retrying until about then.
+    pub trusted_until: Instant,
+}
+
+/// Runs `checkout` under `lease`. See the module documentation.
+///
+/// `cancel` must be the token `checkout` watches: it is cancelled when the
+/// lease is lost, and the checkout is then awaited (it stops at once).
+/// `revoked` completes with a reason when the arbiter revokes the lease.
+/// `on_renewed` is told the number of successful renewals so far.
+#[allow(clippy::too_many_arguments)]
+pub async fn keep<R, F, V>(
+    lease: &HeldLease,
+    renewer: &R,
+    rpc_timeout: Duration,
+    checkout: F,
+    cancel: &CancellationToken,
+    revoked: V,
+    shutdown: &CancellationToken,
+    mut on_renewed: impl FnMut(u64),
+) -> Kept
+where
+    R: Renewer,
+    F: Future<Output = CheckoutResult>,
+    V: Future<Output = String>,
+{
+    let ttl = lease.ttl;
+    let margin = safety_margin(ttl);
+    let call_limit = rpc_timeout.min(renew_every(ttl)).max(MIN_CALL_LIMIT);
+    let mut trusted_until = lease.received_at + lease.remaining.saturating_sub(margin);
+    let mut next_renew = lease.received_at + renew_every(ttl);
+    let mut renewal: Option<BoxFuture<'_, (Instant, Result<Duration, RenewError>)>> = None;
+    let mut renewals = 0u64;
+    let mut checkout = pin!(checkout);
+    let mut revoked = pin!(revoked);
+    let ended_by = loop {
+        tokio::select! {
+            biased;
+            result = &mut checkout => {
+                return Kept { result, ended_by: EndedBy::Finished, renewals, trusted_until };
+            }
+            reason = &mut revoked => break EndedBy::Revoked(reason),
+            () = shutdown.cancelled() => break EndedBy::Shutdown,
+            () = sleep_until(trusted_until) => break EndedBy::TrustLost,
+            (sent_at, answer) = async { renewal.as_mut().expect("guarded by is_some").await }, if renewal.is_some() => {
+                renewal = None;
+                match answer {
+                    Ok(left) => {
+                        renewals += 1;
+                        on_renewed(renewals);
+                        let until = sent_at + left.min(ttl).saturating_sub(margin);
+                        trusted_until = trusted_until.max(until);
+                        next_renew = sent_at + renew_every(ttl);
+                        debug!(lease_id = %lease.lease_id, renewals, "lease renewed");
+                    }
+                    Err(RenewError::Refused(why)) => break EndedBy::RenewRefused(why),
+                    Err(RenewError::Unreachable(why)) => {
+                        let now = Instant::now();
+                        next_renew = now + renew_retry(ttl);
+                        warn!(
+                            lease_id = %lease.lease_id,
+                            tcin = %lease.tcin,
+                            error = %why,
+                            trusted_ms_left = trusted_until.saturating_duration_since(now).as_millis() as u64,
+                            "renewing the lease failed; retrying, and the checkout stops if the lease cannot be trusted any longer"
+                        );
+                    }
+                }
+            }
+            () = sleep_until(next_renew), if renewal.is_none() => {
+                let sent_at = Instant::now();
+                renewal = Some(Box::pin(async move {
+                    let answer = match tokio::time::timeout(
+                        call_limit,
+                        renewer.renew(&lease.lease_id, lease.fencing_token),
+                    )
+                    .await
+                    {
+                        Ok(a) => a,
+                        Err(_) => Err(RenewError::Unreachable(format!("no answer within {call_limit:?}"))),
+                    };
+                    (sent_at, answer)
+                }));
+            }
+        }
+    };
+    // Given up: a renewal in flight is dropped and none is sent again.
+    drop(renewal);
+    cancel.cancel();
+    let result = checkout.await;
+    Kept {
+        result,
+        ended_by,
+        renewals,
+        trusted_until,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+    use crate::checkout::CheckoutOutcome;
+
+    /// What a fake renewal does.
+    #[derive(Debug, Clone)]
+    enum Answer {
+        Ok,
+        Refused,
+        Down,
+        Hang,
+    }
+
+    /// A renewer that follows a script (the last answer repeats) and records
+    /// when it was called.
+    #[derive(Clone)]
+    struct FakeRenewer {
+        script: Arc<Mutex<VecDeque<Answer>>>,
+        last: Arc<Mutex<Answer>>,
+        calls: Arc<Mutex<Vec<Instant>>>,
+        ttl: Duration,
+    }
+
+    impl FakeRenewer {
+        fn new(script: Vec<Answer>, ttl: Duration) -> Self {
+            Self {
+                last: Arc::new(Mutex::new(script.last().cloned().unwrap())),
+                script: Arc::new(Mutex::new(script.into())),
+                calls: Arc::default(),
+                ttl,
+            }
+        }
+        fn calls(&self) -> Vec<Instant> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Renewer for FakeRenewer {
+        async fn renew(&self, _lease_id: &str, _token: u64) -> Result<Duration, RenewError> {
+            self.calls.lock().unwrap().push(Instant::now());
+            let next = self.script.lock().unwrap().pop_front();
+            let a = next.unwrap_or_else(|| self.last.lock().unwrap().clone());
+            *self.last.lock().unwrap() = a.clone();
+            // A little network time.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            match a {
+                Answer::Ok => Ok(self.ttl),
+                Answer::Refused => Err(RenewError::Refused("lease already ended: expired".into())),
+                Answer::Down => Err(RenewError::Unreachable("connection refused".into())),
+                Answer::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    fn lease() -> HeldLease {
+        HeldLease {
+            lease_id: "lease-1".into(),
+            tcin: Tcin::parse("100").unwrap(),
+            fencing_token: 1,
+            ttl: TTL,
+            remaining: TTL,
+            received_at: Instant::now(),
+        }
+    }
+
+    /// A checkout that takes `takes` unless cancelled; records when it
+    /// noticed the cancellation.
+    async fn checkout(
+        takes: Duration,
+        cancel: CancellationToken,
+        stopped_at: Arc<Mutex<Option<Instant>>>,
+    ) -> CheckoutResult {
+        tokio::select! {
+            () = tokio::time::sleep(takes) => CheckoutResult::new(CheckoutOutcome::Purchased, "done"),
+            () = cancel.cancelled() => {
+                *stopped_at.lock().unwrap() = Some(Instant::now());
+                CheckoutResult::new(CheckoutOutcome::Aborted, "cancelled")
+            }
+        }
+    }
+
+    struct Run {
+        kept: Kept,
+        start: Instant,
+        stopped_at: Option<Instant>,
+        renew_calls: Vec<Instant>,
+    }
+
+    async fn run_with(
+        script: Vec<Answer>,
+        takes: Duration,
+        revoke_after: Option<Duration>,
+        shutdown_after: Option<Duration>,
+    ) -> Run {
+        let l = lease();
+        let start = l.received_at;
+        let renewer = FakeRenewer::new(script, TTL);
+        let cancel = CancellationToken::new();
+        let shutdown = CancellationToken::new();
+        let stopped_at = Arc::new(Mutex::new(None));
+        let revoked = async move {
+            match revoke_after {
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    "expired".to_owned()
+                }
+                None => std::future::pending().await,
+            }
+        };
+        if let Some(d) = shutdown_after {
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                s.cancel();
+            });
+        }
+        let kept = keep(
+            &l,
+            &renewer,
+            Duration::from_secs(5),
+            checkout(takes, cancel.clone(), stopped_at.clone()),
+            &cancel,
+            revoked,
+            &shutdown,
+            |_| {},
+        )
+        .await;
+        // Let anything that would still run (it must not) show itself.
+        tokio::time::sleep(TTL * 3).await;
+        let stopped_at = *stopped_at.lock().unwrap();
+        Run {
+            kept,
+            start,
+            stopped_at,
+            renew_calls: renewer.calls(),
+        }
+    }
+
+    fn secs(start: Instant, at: Instant) -> f64 {
+        at.duration_since(start).as_secs_f64()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_every_third_of_the_ttl_until_the_checkout_ends() {
+        let r = run_with(vec![Answer::Ok], Duration::from_secs(10), None, None).await;
+        assert_eq!(r.kept.ended_by, EndedBy::Finished);
+        assert_eq!(r.kept.result.outcome, CheckoutOutcome::Purchased);
+        let times: Vec<f64> = r.renew_calls.iter().map(|t| secs(r.start, *t)).collect();
+        assert_eq!(times.len(), 9, "{times:?}"); // at 1s, 2s, ..., 9s
+        for (i, t) in times.iter().enumerate() {
+            assert!((t - (i as f64 + 1.0)).abs() < 0.1, "{times:?}");
+        }
+        assert_eq!(r.kept.renewals, 9);
+        assert!(r.stopped_at.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_arbiter_stops_the_checkout_before_the_ttl() {
+        let r = run_with(vec![Answer::Down], Duration::from_secs(60), None, None).await;
+        assert_eq!(r.kept.ended_by, EndedBy::TrustLost);
+        assert_eq!(r.kept.result.outcome, CheckoutOutcome::Aborted);
+        let stopped = secs(r.start, r.stopped_at.unwrap());
+        // TTL 3s, margin max(600ms, 500ms) = 600ms: stops at 2.4s.
+        assert!((stopped - 2.4).abs() < 0.01, "stopped at {stopped}");
+        // It retried meanwhile, and never after giving up.
+        assert!(r.renew_calls.len() >= 5, "{}", r.renew_calls.len());
+        assert!(r.renew_calls.iter().all(|c| *c <= r.stopped_at.unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frozen_arbiter_is_the_same_as_a_down_one() {
+        let r = run_with(vec![Answer::Hang], Duration::from_secs(60), None, None).await;
+        assert_eq!(r.kept.ended_by, EndedBy::TrustLost);
+        let stopped = secs(r.start, r.stopped_at.unwrap());
+        assert!(stopped < TTL.as_secs_f64() - 0.5, "stopped at {stopped}");
+        assert!(r.renew_calls.iter().all(|c| *c <= r.stopped_at.unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trust_runs_from_the_last_renewal_sent() {
+        // Renewals at 1s and 2s succeed, then the arbiter goes away: the lease
+        // is trusted until 2s + 3s - 0.6s = 4.4s.
+        let r = run_with(
+            vec![Answer::Ok, Answer::Ok, Answer::Down],
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(r.kept.ended_by, EndedBy::TrustLost);
+        let stopped = secs(r.start, r.stopped_at.unwrap());
+        assert!((stopped - 4.4).abs() < 0.01, "stopped at {stopped}");
+        assert_eq!(r.kept.renewals, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_renewal_stops_at_once() {
+        let r = run_with(
+            vec![Answer::Ok, Answer::Refused],
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .await;
+        assert!(matches!(r.kept.ended_by, EndedBy::RenewRefused(_)));
+        assert!(!r.kept.ended_by.may_release());
+        let stopped = secs(r.start, r.stopped_at.unwrap());
+        assert!((stopped - 2.005).abs() < 0.01, "stopped at {stopped}");
+        assert_eq!(r.renew_calls.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revocation_stops_at_once() {
+        let r = run_with(
+            vec![Answer::Ok],
+            Duration::from_secs(60),
+            Some(Duration::from_millis(1_500)),
+            None,
+        )
+        .await;
+        assert_eq!(r.kept.ended_by, EndedBy::Revoked("expired".into()));
+        let stopped = secs(r.start, r.stopped_at.unwrap());
+        assert!((stopped - 1.5).abs() < 0.01, "stopped at {stopped}");
+        assert_eq!(r.renew_calls.len(), 1, "no renewal after the revocation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_aborts_and_may_release() {
+        let r = run_with(
+            vec![Answer::Ok],
+            Duration::from_secs(60),
+            None,
+            Some(Duration::from_millis(700)),
+        )
+        .await;
+        assert_eq!(r.kept.ended_by, EndedBy::Shutdown);
+        assert!(r.kept.ended_by.may_release());
+        assert_eq!(r.kept.result.outcome, CheckoutOutcome::Aborted);
+    }
+
+    #[test]
+    fn margins() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(30)),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_millis(600)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            renew_every(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn grants_are_checked() {
+        let now = Instant::now();
+        let good = pb::Lease {
+            lease_id: "lease-1".into(),
+            tcin: "100".into(),
+            watcher_id: "w".into(),
+            fencing_token: 4,
+            ttl_ms: 30_000,
+            remaining_ms: 29_990,
+            ..Default::default()
+        };
+        let l = HeldLease::from_pb(&good, now).unwrap();
+        assert_eq!(l.remaining, Duration::from_millis(29_990));
+        let mut bad = good.clone();
+        bad.fencing_token = 0;
+        assert!(HeldLease::from_pb(&bad, now).is_err());
+        let mut bad = good;
+        bad.ttl_ms = 0;
+        assert!(HeldLease::from_pb(&bad, now).is_err());
+    }
+}

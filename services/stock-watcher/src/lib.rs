@@ -1,0 +1,231 @@
+//! The stock watcher: polls a stock source for its products, streams
+//! in-stock sightings to the purchase arbiter over one long-lived stream, and
+//! runs a checkout only when the arbiter grants one.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and environment variables, checked into [`config::Settings`].
+//! - [`types`]: product ids and watcher ids.
+//! - [`catalog`]: the arbiter's product list and the watch list derived from it.
+//! - [`source`]: stock sources (Target's fulfillment API format).
+//! - [`poller`]: the poll loop, with jitter, a bound on requests in flight,
+//!   time limits and the source's back-off.
+//! - [`book`]: what the source said and what the arbiter was told; decides
+//!   each stock report.
+//! - [`session`]: the `StreamStock` stream, reconnecting with back-off.
+//! - [`runner`]: turns a grant into one checkout and releases it.
+//! - [`lease`]: the lease keeper: renews, and stops the checkout when the
+//!   lease can no longer be trusted (unit-tested with paused time).
+//! - [`checkout`]: the HTTP and command checkouts.
+//! - [`arbiter`]: unary calls to the arbiter (renew, release).
+//! - [`status`]: the `restock.v1.StockWatcher` status service.
+//! - [`state`]: the shared state behind those.
+//!
+//! [`run`] takes an already bound listener and a shutdown future, so tests
+//! bind port 0 and run the watcher in-process.
+
+pub mod arbiter;
+pub mod backoff;
+pub mod book;
+pub mod catalog;
+pub mod checkout;
+pub mod config;
+pub mod lease;
+pub mod poller;
+pub mod runner;
+pub mod session;
+pub mod source;
+pub mod state;
+pub mod status;
+pub mod types;
+
+use std::{future::Future, sync::Arc};
+
+use restock_proto::v1::stock_watcher_server::StockWatcherServer;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::{
+    arbiter::ArbiterCalls,
+    checkout::{Checkout, CommandCheckout, HttpCheckout},
+    config::{CheckoutSettings, SourceKind, WatcherConfig},
+    poller::PollSettings,
+    runner::CheckoutRunner,
+    session::Session,
+    source::{
+        StockSource,
+        target::{TargetSettings, TargetSource},
+    },
+    state::SharedState,
+    status::StatusService,
+};
+
+/// Why the watcher could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("stock source: {0}")]
+    Source(#[from] source::SourceError),
+    #[error("checkout HTTP client: {0}")]
+    CheckoutClient(#[from] reqwest::Error),
+    #[error("arbiter URL: {0}")]
+    ArbiterUrl(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(String),
+}
+
+/// Runs the watcher until `shutdown` completes: then it stops polling,
+/// aborts a running checkout (released ABORTED), closes the stream and
+/// returns.
+pub async fn run(
+    listener: TcpListener,
+    config: WatcherConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let settings = config.settings().map_err(StartError::Config)?;
+    let source = match settings.source {
+        SourceKind::Target => Arc::new(TargetSource::new(TargetSettings {
+            base_url: settings.source_url.clone(),
+            api_key: settings.api_key.clone(),
+            store_id: settings.store_id.clone(),
+            zip: settings.zip.clone(),
+            request_timeout: settings.request_timeout,
+        })?),
+    };
+    let checkout = match &settings.checkout {
+        CheckoutSettings::Http { url } => {
+            Checkout::Http(HttpCheckout::new(url.clone(), settings.checkout_timeout)?)
+        }
+        CheckoutSettings::Command { command } => Checkout::Command(CommandCheckout::new(
+            command.clone(),
+            settings.checkout_timeout,
+        )),
+    };
+    let endpoint = arbiter::endpoint(&settings.arbiter)?;
+    let calls = ArbiterCalls::new(&endpoint, settings.rpc_timeout);
+    let state = SharedState::new();
+    let (catalog_tx, catalog_rx) = watch::channel(None);
+    let runner = CheckoutRunner::new(
+        checkout,
+        calls,
+        state.clone(),
+        settings.watcher_id.clone(),
+        settings.rpc_timeout,
+        catalog_rx.clone(),
+    );
+
+    let status = StatusService {
+        state: state.clone(),
+        watcher_id: settings.watcher_id.to_string(),
+        arbiter: settings.arbiter.clone(),
+        source: source.describe(),
+        checkout_kind: settings.checkout_kind().as_str().to_owned(),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<StockWatcherServer<StatusService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    info!(
+        listen = ?listener.local_addr().ok(),
+        watcher_id = %settings.watcher_id,
+        arbiter = %settings.arbiter,
+        source = %source.describe(),
+        checkout = settings.checkout_kind().as_str(),
+        poll_interval_ms = settings.poll_interval.as_millis() as u64,
+        products = ?settings.products.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "stock watcher starting"
+    );
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = server_stop.clone();
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(StockWatcherServer::new(status))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            })
+    });
+
+    let poll_stop = CancellationToken::new();
+    let poller = tokio::spawn(poller::run(
+        source,
+        state.clone(),
+        PollSettings {
+            interval: settings.poll_interval,
+            max_in_flight: settings.max_in_flight,
+            request_timeout: settings.request_timeout,
+            backoff_initial: settings.source_backoff_initial,
+            backoff_max: settings.source_backoff_max,
+            only: settings.products.clone(),
+        },
+        catalog_rx,
+        poll_stop.clone(),
+    ));
+    let session_stop = CancellationToken::new();
+    let session = tokio::spawn(
+        Session {
+            url: settings.arbiter.clone(),
+            endpoint,
+            watcher_id: settings.watcher_id.clone(),
+            state: state.clone(),
+            runner: runner.clone(),
+            catalogs: catalog_tx,
+            reconnect_initial: settings.reconnect_initial,
+            reconnect_max: settings.reconnect_max,
+        }
+        .run(session_stop.clone()),
+    );
+
+    let mut server = server;
+    let mut failed = None;
+    tokio::select! {
+        () = shutdown => info!("shutting down: stopping polls and any checkout"),
+        served = &mut server => {
+            let why = match served {
+                Ok(Ok(())) => "the gRPC server stopped".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            error!(error = %why, "gRPC server failed; stopping");
+            failed = Some(why);
+        }
+    }
+    health
+        .set_not_serving::<StockWatcherServer<StatusService>>()
+        .await;
+    poll_stop.cancel();
+    // A running checkout is stopped and released ABORTED before the stream
+    // closes.
+    runner.shutdown().await;
+    session_stop.cancel();
+    let _ = session.await;
+    let _ = poller.await;
+    server_stop.cancel();
+    if failed.is_none() {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(e.to_string()),
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    info!("stock watcher stopped");
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(StartError::Serve(why)),
+    }
+}

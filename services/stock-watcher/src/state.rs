@@ -1,0 +1,75 @@
+//! The watcher's shared state: the stock book, the arbiter link, the source's
+//! back-off and the checkout in progress, behind one cloneable handle that the
+//! poller, the arbiter session, the checkout runner and the status service
+//! share.
+//!
+//! A `std::sync::Mutex`, not a tokio one: every critical section is a few
+//! field reads or writes and nothing awaits while the lock is held.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use restock_proto::v1 as pb;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::book::StockBook;
+
+/// Wall-clock milliseconds since the epoch (display only).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Everything the status call shows, and the stock book.
+#[derive(Debug, Default)]
+pub struct Inner {
+    pub book: StockBook,
+    pub arbiter_connected: bool,
+    pub arbiter_connected_since_unix_ms: u64,
+    pub reconnects: u64,
+    /// The source asked us to pause until then.
+    pub backoff_until: Option<Instant>,
+    pub checkout: Option<pb::CheckoutStatus>,
+    pub checkouts_purchased: u64,
+    pub checkouts_failed: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState {
+    inner: Arc<Mutex<Inner>>,
+    report_due: Arc<Notify>,
+}
+
+impl SharedState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks the state. A panic elsewhere while the lock was held leaves the
+    /// data usable (it is plain counters and maps), so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the arbiter session: a stock report is due.
+    pub fn report_due(&self) {
+        self.report_due.notify_one();
+    }
+
+    /// Completes when [`Self::report_due`] was called (a call made while
+    /// nobody waits is kept for the next wait).
+    pub async fn wait_report_due(&self) {
+        self.report_due.notified().await;
+    }
+
+    /// Time left of the source's back-off (zero when none).
+    pub fn backoff_remaining(&self, now: Instant) -> Duration {
+        self.lock()
+            .backoff_until
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+    }
+}

@@ -1,0 +1,55 @@
+//! The `restock.v1.StockWatcher` gRPC service: this watcher's arbiter link,
+//! the last poll of every product, the source's back-off and the checkout in
+//! progress, read from the shared state.
+
+use restock_proto::v1::{self as pb, stock_watcher_server::StockWatcher};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::state::SharedState;
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct StatusService {
+    pub state: SharedState,
+    pub watcher_id: String,
+    pub arbiter: String,
+    pub source: String,
+    pub checkout_kind: String,
+}
+
+impl StatusService {
+    /// The status as the protocol shows it.
+    pub fn snapshot(&self) -> pb::GetWatcherStatusResponse {
+        let backoff_remaining_ms = self.state.backoff_remaining(Instant::now()).as_millis() as u64;
+        let st = self.state.lock();
+        pb::GetWatcherStatusResponse {
+            watcher_id: self.watcher_id.clone(),
+            arbiter: self.arbiter.clone(),
+            arbiter_connected: st.arbiter_connected,
+            arbiter_connected_since_unix_ms: if st.arbiter_connected {
+                st.arbiter_connected_since_unix_ms
+            } else {
+                0
+            },
+            reconnects: st.reconnects,
+            source: self.source.clone(),
+            backoff_remaining_ms,
+            products: st.book.poll_statuses(),
+            checkout: st.checkout.clone(),
+            checkouts_purchased: st.checkouts_purchased,
+            checkouts_failed: st.checkouts_failed,
+            checkout_kind: self.checkout_kind.clone(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl StockWatcher for StatusService {
+    async fn get_watcher_status(
+        &self,
+        _request: Request<pb::GetWatcherStatusRequest>,
+    ) -> Result<Response<pb::GetWatcherStatusResponse>, Status> {
+        Ok(Response::new(self.snapshot()))
+    }
+}

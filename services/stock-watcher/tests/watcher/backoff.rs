@@ -1,0 +1,112 @@
+//! A source that refuses us (429) makes the watcher back off, never report
+//! its products out of stock because of it, and recover by itself.
+
+use std::time::{Duration, Instant};
+
+use restock_e2e::{ArbiterOptions, ArbiterProcess, eventually};
+use restock_proto::v1::{SetPausedRequest, event::Kind};
+
+use crate::{
+    helpers::{WatcherProcess, arbiter_status, events, kind, product},
+    stub::StoreStub,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_makes_it_back_off_and_recover() {
+    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    // Paused: the in-stock product stays queued, so we can watch what the
+    // arbiter believes during the fault.
+    arbiter
+        .client()
+        .await
+        .set_paused(SetPausedRequest { paused: true })
+        .await
+        .unwrap();
+    let store = StoreStub::start().await;
+    store.set_stock("100", true);
+    let watcher = WatcherProcess::start(
+        &arbiter,
+        &store.url(),
+        "w1",
+        &[
+            "--checkout",
+            "http",
+            "--checkout-url",
+            &store.checkout_url(),
+            "--source-backoff-initial",
+            "400ms",
+            "--source-backoff-max",
+            "800ms",
+        ],
+    )
+    .await;
+    eventually("100 queued", Duration::from_secs(10), || async {
+        let s = arbiter_status(&arbiter).await;
+        (!product(&s, "100").in_stock_at.is_empty()).then_some(())
+    })
+    .await;
+
+    let fault = Duration::from_secs(3);
+    let fault_start = Instant::now();
+    store.set_fault(429, fault);
+    let s = eventually(
+        "the watcher to back off",
+        Duration::from_secs(5),
+        || async {
+            let s = watcher.status().await;
+            (s.backoff_remaining_ms > 0).then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        s.products.iter().any(|p| p.last_error.contains("429")),
+        "{s:?}"
+    );
+    // Meanwhile the product is still in stock as far as the arbiter knows.
+    let a = arbiter_status(&arbiter).await;
+    assert_eq!(product(&a, "100").in_stock_at, ["w1"]);
+    tokio::time::sleep(fault + Duration::from_millis(200) - fault_start.elapsed()).await;
+
+    // Far fewer requests than polling 3 products every 100ms would make
+    // (about 90 in 3s).
+    let refused = store.polls().iter().filter(|(_, s)| *s == 429).count();
+    assert!(
+        (1..=20).contains(&refused),
+        "{refused} requests during the fault"
+    );
+    assert!(
+        !events(&arbiter)
+            .await
+            .iter()
+            .any(|e| kind(e) == Kind::Unqueued && e.tcin == "100"),
+        "the fault must not make product 100 out of stock"
+    );
+    let log = watcher.process.log_text();
+    assert!(log.contains("backing off"), "the log says it backs off");
+
+    // It recovers by itself: polls succeed again and the purchase happens.
+    eventually("polls succeed again", Duration::from_secs(5), || async {
+        let s = watcher.status().await;
+        (s.backoff_remaining_ms == 0 && s.products.iter().all(|p| p.last_error.is_empty()))
+            .then_some(())
+    })
+    .await;
+    arbiter
+        .client()
+        .await
+        .set_paused(SetPausedRequest { paused: false })
+        .await
+        .unwrap();
+    eventually(
+        "bought after the fault",
+        Duration::from_secs(10),
+        || async {
+            store
+                .checkouts()
+                .iter()
+                .any(|c| c.tcin() == "100")
+                .then_some(())
+        },
+    )
+    .await;
+}
