@@ -337,6 +337,102 @@ mod tests {
         }
     }
 
+    /// Serves one canned answer per product id on the real endpoint path.
+    type Canned = (
+        &'static str,
+        u16,
+        Option<(&'static str, &'static str)>,
+        String,
+    );
+
+    async fn serve(answers: Vec<Canned>) -> Url {
+        use std::collections::HashMap;
+
+        use axum::{Router, extract::Query, http::StatusCode, routing::get};
+        let app = Router::new().route(
+            &format!("/{FULFILLMENT_PATH}"),
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let answers = answers.clone();
+                async move {
+                    let tcin = q.get("tcin").cloned().unwrap_or_default();
+                    let (_, status, header, body) = answers
+                        .into_iter()
+                        .find(|a| a.0 == tcin)
+                        .expect("a canned answer");
+                    let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+                    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                    if let Some((k, v)) = header {
+                        resp.headers_mut().insert(k, v.parse().unwrap());
+                    }
+                    resp
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Url::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    fn source(base: Url) -> TargetSource {
+        TargetSource::new(TargetSettings {
+            base_url: base,
+            api_key: "k".into(),
+            store_id: None,
+            zip: None,
+            request_timeout: Duration::from_secs(2),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_http() {
+        let off = "UNAVAILABLE";
+        let base = serve(vec![
+            ("1", 200, None, sample("IN_STOCK", off, off, off)),
+            ("2", 200, None, sample("OUT_OF_STOCK", off, off, off)),
+            ("3", 429, Some(("retry-after", "7")), "slow down".into()),
+            (
+                "4",
+                404,
+                None,
+                r#"{"errors":[{"message":"not found"}]}"#.into(),
+            ),
+            ("5", 503, None, String::new()),
+        ])
+        .await;
+        let src = source(base);
+        let check = |t: &str| {
+            let t = Tcin::parse(t).unwrap();
+            let src = &src;
+            async move { src.check(&t).await }
+        };
+        assert!(check("1").await.unwrap().in_stock);
+        assert!(!check("2").await.unwrap().in_stock);
+        assert_eq!(
+            check("3").await.unwrap_err(),
+            SourceError::Throttled {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert!(matches!(
+            check("4").await.unwrap_err(),
+            SourceError::Http { status: 404, .. }
+        ));
+        assert!(matches!(
+            check("5").await.unwrap_err(),
+            SourceError::Throttled { status: 503, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_transport_error() {
+        let src = source(Url::parse("http://127.0.0.1:9").unwrap());
+        let e = src.check(&Tcin::parse("1").unwrap()).await.unwrap_err();
+        assert!(matches!(e, SourceError::Transport(_)), "{e:?}");
+    }
+
     #[test]
     fn request_url() {
         let src = TargetSource::new(TargetSettings {

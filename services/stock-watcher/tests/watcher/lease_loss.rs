@@ -161,6 +161,16 @@ async fn a_killed_arbiter_makes_it_kill_the_checkout_command_then_it_reconnects(
         "{:?}",
         s.watchers
     );
+    // Its first report on the new stream says what it sees in stock.
+    eventually(
+        "100 in stock at w1 again",
+        Duration::from_secs(2),
+        || async {
+            let s = arbiter_status(&arbiter).await;
+            (product(&s, "100").in_stock_at == ["w1"]).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@
 //! `TEST_LOG=1` to see every process's log.
 
 mod backoff;
+mod fake_arbiter;
 mod helpers;
 mod lease_loss;
 mod purchase;
+mod scripted;
 mod stub;

@@ -1,0 +1,315 @@
+//! The watcher (run in-process through the library's `run`) against a
+//! scripted arbiter: what a correct arbiter does not do on demand.
+
+use std::time::Duration;
+
+use clap::Parser;
+use restock_e2e::{eventually, wait_healthy};
+use restock_proto::v1::{self as pb, arbiter_message::Kind};
+use stock_watcher::config::WatcherConfig;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::{
+    fake_arbiter::{Call, FakeArbiter, lease},
+    stub::{CheckoutMode, StoreStub},
+};
+
+const TTL: Duration = Duration::from_secs(3);
+
+/// A watcher running in this process; stopped by [`InProcess::stop`].
+pub struct InProcess {
+    pub addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), stock_watcher::StartError>>,
+}
+
+impl InProcess {
+    pub async fn start(arbiter_url: &str, store: &StoreStub) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let checkout_url = store.checkout_url();
+        let source_url = store.url();
+        let config = WatcherConfig::try_parse_from([
+            "stock-watcher",
+            "--arbiter",
+            arbiter_url,
+            "--watcher-id",
+            "w1",
+            "--source-url",
+            &source_url,
+            "--checkout",
+            "http",
+            "--checkout-url",
+            &checkout_url,
+            "--poll-interval",
+            "100ms",
+        ])
+        .unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(stock_watcher::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        wait_healthy(&addr, Duration::from_secs(10)).await;
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the watcher stops within 10s")
+            .unwrap()
+            .expect("the watcher stops cleanly");
+    }
+}
+
+fn releases(a: &FakeArbiter) -> Vec<(String, pb::Outcome, String)> {
+    a.calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Release {
+                lease_id,
+                outcome,
+                detail,
+            } => Some((lease_id, outcome, detail)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout() {
+    let arbiter = FakeArbiter::start().await;
+    let store = StoreStub::start().await;
+    store.set_checkout_mode(CheckoutMode::Hang);
+    let watcher = InProcess::start(&arbiter.url, &store).await;
+    eventually("the stream", Duration::from_secs(10), || async {
+        arbiter.connected().then_some(())
+    })
+    .await;
+
+    arbiter
+        .push(Kind::Grant(lease("lease-1", "100", "w1", 1, TTL)))
+        .await;
+    eventually("the checkout POST", Duration::from_secs(5), || async {
+        store.checkouts().into_iter().next()
+    })
+    .await;
+
+    // A second grant while the first checkout runs: released ABORTED, and
+    // the running checkout carries on.
+    arbiter
+        .push(Kind::Grant(lease("lease-2", "100", "w1", 2, TTL)))
+        .await;
+    let r = eventually(
+        "the second lease's release",
+        Duration::from_secs(5),
+        || async { releases(&arbiter).into_iter().next() },
+    )
+    .await;
+    assert_eq!(r.0, "lease-2");
+    assert_eq!(r.1, pb::Outcome::Aborted);
+    assert!(r.2.contains("one checkout at a time"), "{r:?}");
+    assert_eq!(store.checkouts().len(), 1);
+    assert!(store.checkouts()[0].ended_at.is_none());
+
+    // The first lease keeps being renewed (every TTL/3).
+    eventually("a renewal", Duration::from_secs(3), || async {
+        arbiter
+            .calls()
+            .iter()
+            .any(|c| *c == Call::Renew("lease-1".into()))
+            .then_some(())
+    })
+    .await;
+
+    // A revocation stops the checkout at once, and it is not released.
+    arbiter
+        .push(Kind::Revoked(pb::LeaseRevoked {
+            lease_id: "lease-1".into(),
+            fencing_token: 1,
+            reason: "expired".into(),
+        }))
+        .await;
+    let revoked_at = std::time::Instant::now();
+    let ended = eventually(
+        "the checkout to be dropped",
+        Duration::from_secs(2),
+        || async { store.checkouts()[0].ended_at },
+    )
+    .await;
+    assert!(ended.duration_since(revoked_at) < Duration::from_millis(500));
+    assert!(store.checkouts()[0].dropped);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        releases(&arbiter).iter().all(|r| r.0 != "lease-1"),
+        "a revoked lease is not released"
+    );
+    let renewals_after = arbiter.calls().len();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(
+        !arbiter.calls()[renewals_after..]
+            .iter()
+            .any(|c| *c == Call::Renew("lease-1".into())),
+        "a lease given up is never renewed"
+    );
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_retried_while_the_arbiter_answers_unavailable() {
+    let arbiter = FakeArbiter::start().await;
+    let store = StoreStub::start().await;
+    store.set_checkout_mode(CheckoutMode::Purchase(Duration::from_millis(1_300)));
+    arbiter.fail_releases(2);
+    let watcher = InProcess::start(&arbiter.url, &store).await;
+    eventually("the stream", Duration::from_secs(10), || async {
+        arbiter.connected().then_some(())
+    })
+    .await;
+    arbiter
+        .push(Kind::Grant(lease("lease-7", "100", "w1", 7, TTL)))
+        .await;
+    let rs = eventually("an accepted release", Duration::from_secs(10), || async {
+        let r = releases(&arbiter);
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    assert_eq!(rs.len(), 3, "two UNAVAILABLE answers, then accepted");
+    assert!(
+        rs.iter()
+            .all(|r| r.0 == "lease-7" && r.1 == pb::Outcome::Purchased)
+    );
+    let c = &store.checkouts()[0];
+    assert_eq!(c.token(), 7);
+    assert_eq!(c.body["lease_id"], "lease-7");
+    assert!(
+        arbiter
+            .calls()
+            .iter()
+            .any(|c| *c == Call::Renew("lease-7".into())),
+        "renewed at TTL/3 = 1s during the 1.3s checkout"
+    );
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_carry_the_watcher_id_polling_list_and_price() {
+    let arbiter = FakeArbiter::start().await;
+    let store = StoreStub::start().await;
+    store.set_price("100", 12.5);
+    store.set_stock("100", true);
+    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let reports = eventually("an in-stock report", Duration::from_secs(10), || async {
+        let reports: Vec<pb::StockReport> = arbiter
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Report(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        reports
+            .iter()
+            .any(|r| r.observations.iter().any(|o| o.in_stock))
+            .then_some(reports)
+    })
+    .await;
+    assert_eq!(
+        reports[0].watcher_id, "w1",
+        "the first report names the watcher"
+    );
+    assert!(reports[1..].iter().all(|r| r.watcher_id.is_empty()));
+    assert!(reports.iter().any(|r| r.polling == ["100"]));
+    let o = reports
+        .iter()
+        .flat_map(|r| &r.observations)
+        .find(|o| o.in_stock)
+        .unwrap();
+    assert_eq!(o.tcin, "100");
+    assert_eq!(o.price_cents, Some(1_250));
+    assert!(o.observed_at_unix_ms > 0);
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let arbiter = FakeArbiter::start().await;
+    let store = StoreStub::start().await;
+    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let url = format!("http://{}", watcher.addr);
+
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let requests = tokio_stream::iter([
+        v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        },
+        v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    "grpc.health.v1.Health".into(),
+                ),
+            ),
+        },
+    ]);
+    let mut answers = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        first.message_response
+    else {
+        panic!("not a service list: {first:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "restock.v1.StockWatcher",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let second = answers.next().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            second.message_response,
+            Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "the health descriptor is registered: {second:?}"
+    );
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = alpha
+        .server_reflection_info(tokio_stream::iter([v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.next().await.unwrap().is_ok());
+    watcher.stop().await;
+}
