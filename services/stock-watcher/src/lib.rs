@@ -80,8 +80,8 @@ pub enum StartError {
 }
 
 /// Runs the watcher until `shutdown` completes: then it stops polling,
-/// aborts a running checkout (released ABORTED), closes the stream and
-/// returns.
+/// aborts a running checkout, closes the stream, releases the lease ABORTED
+/// and returns.
 pub async fn run(
     listener: TcpListener,
     config: WatcherConfig,
@@ -209,11 +209,14 @@ pub async fn run(
         .set_not_serving::<StockWatcherServer<StatusService>>()
         .await;
     poll_stop.cancel();
-    // A running checkout is stopped and released ABORTED before the stream
-    // closes.
-    runner.shutdown().await;
+    // The checkout stops now; the stream closes next, so the arbiter drops
+    // this watcher's sightings; then the lease is released ABORTED (released
+    // earlier, the slot would come straight back to this leaving watcher).
+    runner.begin_shutdown();
     session_stop.cancel();
     let _ = session.await;
+    runner.stream_closed();
+    runner.wait_idle().await;
     let _ = poller.await;
     server_stop.cancel();
     if failed.is_none() {

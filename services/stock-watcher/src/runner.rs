@@ -5,6 +5,11 @@
 //! violation (the arbiter holds one slot), so it is released ABORTED at once
 //! and logged as an error. A repeated grant for the running lease is ignored.
 //! A grant is the only thing that starts a checkout.
+//!
+//! On shutdown the checkout is stopped at once, but its ABORTED release waits
+//! until the stock stream is closed (see [`CheckoutRunner::stream_closed`]):
+//! the arbiter then no longer counts this watcher's sightings, so it does not
+//! hand the freed slot straight back to a watcher that is leaving.
 
 use std::{
     sync::{Arc, Mutex},
@@ -47,6 +52,8 @@ struct Inner {
     active: Mutex<Option<Active>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled once the stream is closed during shutdown.
+    stream_closed: CancellationToken,
 }
 
 /// See the module documentation. Cheap to clone.
@@ -83,6 +90,7 @@ impl CheckoutRunner {
                 active: Mutex::new(None),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                stream_closed: CancellationToken::new(),
             }),
         }
     }
@@ -182,19 +190,38 @@ impl CheckoutRunner {
         self.active().is_some()
     }
 
-    /// Stops a running checkout (released ABORTED) and waits for every
-    /// checkout and release to end.
-    pub async fn shutdown(&self) {
+    /// Starts shutting down: a running checkout stops at once, and new
+    /// grants are released ABORTED. Releases wait for [`Self::stream_closed`].
+    pub fn begin_shutdown(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// The stream is closed: releases held back by the shutdown may go.
+    pub fn stream_closed(&self) {
+        self.inner.stream_closed.cancel();
+    }
+
+    /// Waits for every checkout and release to end.
+    pub async fn wait_idle(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
 
+    /// While shutting down, waits (a bounded time) for the stream to close.
+    async fn hold_release_while_stream_open(inner: &Inner) {
+        if inner.shutdown.is_cancelled() {
+            let _ =
+                tokio::time::timeout(SHUTDOWN_RELEASE_LIMIT, inner.stream_closed.cancelled()).await;
+        }
+    }
+
     fn release_unused(&self, held: HeldLease, detail: String) {
-        let calls = self.inner.calls.clone();
+        let inner = self.inner.clone();
         let until = held.received_at + held.remaining;
         self.inner.tasks.spawn(async move {
-            calls
+            Self::hold_release_while_stream_open(&inner).await;
+            inner
+                .calls
                 .release(
                     &held,
                     CheckoutOutcome::Aborted,
@@ -301,6 +328,7 @@ impl CheckoutRunner {
             }
             return;
         }
+        Self::hold_release_while_stream_open(inner).await;
         // Worth retrying while the arbiter may still hold the lease for us.
         let mut until = kept.trusted_until + lease::safety_margin(held.ttl);
         if kept.ended_by == EndedBy::Shutdown {

@@ -110,3 +110,56 @@ async fn a_429_makes_it_back_off_and_recover() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_stock_products_are_refreshed_before_the_stock_ttl() {
+    // A short stock TTL: the arbiter forgets a sighting after 600ms unless
+    // the watcher repeats it (the watcher refreshes every TTL/3 = 200ms).
+    let arbiter = ArbiterProcess::start(ArbiterOptions {
+        stock_ttl: "600ms".into(),
+        ..Default::default()
+    })
+    .await;
+    arbiter
+        .client()
+        .await
+        .set_paused(SetPausedRequest { paused: true })
+        .await
+        .unwrap();
+    let store = StoreStub::start().await;
+    store.set_stock("100", true);
+    let _watcher = WatcherProcess::start(
+        &arbiter,
+        &store.url(),
+        "w1",
+        &[
+            "--checkout",
+            "http",
+            "--checkout-url",
+            &store.checkout_url(),
+        ],
+    )
+    .await;
+    eventually("100 queued", Duration::from_secs(10), || async {
+        let s = arbiter_status(&arbiter).await;
+        (!product(&s, "100").in_stock_at.is_empty()).then_some(())
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let s = arbiter_status(&arbiter).await;
+        assert_eq!(
+            product(&s, "100").in_stock_at,
+            ["w1"],
+            "the sighting went stale"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !events(&arbiter)
+            .await
+            .iter()
+            .any(|e| kind(e) == Kind::Unqueued),
+        "never unqueued"
+    );
+}
