@@ -185,3 +185,56 @@ async fn a_product_above_its_max_price_is_not_bought() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arbiter_restarted_mid_checkout_takes_the_release() {
+    let mut arbiter = ArbiterProcess::start(ArbiterOptions {
+        lease_ttl: "8s".into(),
+        ..Default::default()
+    })
+    .await;
+    let store = StoreStub::start().await;
+    store.set_checkout_mode(crate::stub::CheckoutMode::Purchase(Duration::from_secs(3)));
+    let watcher = WatcherProcess::start(
+        &arbiter,
+        &store.url(),
+        "w1",
+        &[
+            "--checkout",
+            "http",
+            "--checkout-url",
+            &store.checkout_url(),
+        ],
+    )
+    .await;
+    store.set_stock("100", true);
+    eventually("a checkout POST", Duration::from_secs(10), || async {
+        store.checkouts().into_iter().next()
+    })
+    .await;
+    arbiter.kill9_and_restart().await;
+    eventually(
+        "100 purchased after the restart",
+        Duration::from_secs(15),
+        || async {
+            let s = arbiter_status(&arbiter).await;
+            let p = product(&s, "100");
+            (p.state == pb::ProductState::Purchased as i32).then_some(())
+        },
+    )
+    .await;
+    let c = &store.checkouts()[0];
+    assert!(!c.dropped, "the checkout finished");
+    assert_eq!(store.checkouts().len(), 1);
+    let s = watcher.status().await;
+    assert_eq!(s.checkouts_purchased, 1);
+    eventually(
+        "the watcher to reconnect",
+        Duration::from_secs(10),
+        || async {
+            let s = watcher.status().await;
+            (s.arbiter_connected && s.reconnects >= 1).then_some(())
+        },
+    )
+    .await;
+}
