@@ -1,6 +1,67 @@
-//! store-sim: work in progress, see its issue.
+//! `store-sim`: parses flags, sets up logging, loads the product list (and
+//! scenario), binds, and serves until SIGTERM or SIGINT.
 
-fn main() {
-    eprintln!("store-sim is not built yet");
-    std::process::exit(2);
+use clap::Parser;
+use store_sim::{
+    Simulator,
+    config::{LogFormat, SimConfig},
+};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = SimConfig::parse();
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let sim = match Simulator::from_config(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("store-sim: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+            eprintln!("store-sim: cannot listen on {}: {e}", config.listen);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match store_sim::run(listener, sim, config.shutdown_grace, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "store simulator stopped");
+            eprintln!("store-sim: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("SIGINT received");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,483 @@
+//! The HTTP API (axum). Handlers take the request apart, validate it, call
+//! the [`Simulator`], and map refusals to status codes in one place
+//! ([`ApiError`]). Every error answer is JSON: `{"error": "..."}`.
+//!
+//! | Route | Does |
+//! |---|---|
+//! | `GET /redsky_aggregations/v1/web/product_fulfillment_v1?key=&tcin=[&store_id=&zip=]` | the retailer's fulfillment JSON |
+//! | `POST /checkout` | a checkout, fenced and recorded |
+//! | `GET /admin/stock`, `PUT /admin/stock/{tcin}` | list / set stock and price |
+//! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the fulfillment endpoint |
+//! | `GET`, `PUT /admin/checkout` | checkout delay and failure |
+//! | `GET`, `DELETE /admin/orders` | every attempt and the violations |
+//! | `GET /healthz` | 200 when serving |
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRequest, Path, Query, Request, State, rejection::QueryRejection},
+    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::{
+    fulfillment,
+    ledger::{Attempt, Begin, CheckoutResult, Order},
+    sim::{Lookup, Simulator},
+    stock::StockError,
+    types::{Price, Tcin},
+};
+
+/// The fulfillment endpoint's path.
+pub const FULFILLMENT_PATH: &str = "/redsky_aggregations/v1/web/product_fulfillment_v1";
+/// Longest `lease_id` / `watcher_id` accepted in a checkout.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Every route, over one simulator.
+pub fn router(sim: Simulator) -> Router {
+    Router::new()
+        .route(FULFILLMENT_PATH, get(fulfillment_handler))
+        .route("/checkout", post(checkout))
+        .route("/admin/stock", get(list_stock))
+        .route("/admin/stock/{tcin}", put(set_stock).get(get_stock))
+        .route(
+            "/admin/faults",
+            get(get_fault).put(set_fault).delete(clear_fault),
+        )
+        .route("/admin/checkout", get(get_checkout).put(set_checkout))
+        .route("/admin/orders", get(list_orders).delete(clear_orders))
+        .route("/healthz", get(healthz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(sim)
+}
+
+/// A refusal, as a status and a JSON `{"error": ...}` body.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(String),
+    MethodNotAllowed,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this path".to_owned(),
+            ),
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// A JSON request body. Unlike axum's `Json` it does not insist on a
+/// `Content-Type` header (curl users forget it), and every failure is a 400
+/// with the parser's message (with line and column).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::BadRequest(format!("cannot read the request body: {}", e.body_text()))
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest(
+                "the request body is empty; send a JSON object".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn parse_tcin(raw: &str) -> Result<Tcin, ApiError> {
+    Tcin::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn parse_price(dollars: Option<f64>) -> Result<Option<Price>, ApiError> {
+    dollars
+        .map(Price::from_dollars)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("price: {e}")))
+}
+
+// ---- the retailer's endpoint ----
+
+#[derive(Debug, Deserialize)]
+struct FulfillmentQuery {
+    key: Option<String>,
+    tcin: Option<String>,
+    store_id: Option<String>,
+    #[allow(dead_code)] // accepted like the retailer does; stock is not per zip
+    zip: Option<String>,
+}
+
+/// An error the way the retailer words them: `errors[].message`, plus the
+/// `error` field every answer of this simulator has.
+fn retailer_error(status: StatusCode, message: String) -> Response {
+    let body = json!({
+        "error": message,
+        "errors": [{ "message": message }],
+        "data": { "product": null },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn fulfillment_handler(
+    State(sim): State<Simulator>,
+    query: Result<Query<FulfillmentQuery>, QueryRejection>,
+) -> Response {
+    let lookup_tcin = |q: &FulfillmentQuery| -> Result<Tcin, String> {
+        let key = q.key.as_deref().unwrap_or("");
+        if key.trim().is_empty() {
+            return Err("missing required query parameter: key".into());
+        }
+        let raw = q.tcin.as_deref().unwrap_or("");
+        if raw.trim().is_empty() {
+            return Err("missing required query parameter: tcin".into());
+        }
+        Tcin::parse(raw).map_err(|e| e.to_string())
+    };
+    // An injected fault answers before anything is looked at, the way a
+    // rate limiter or bot wall in front of the real API does.
+    if let Some(f) = sim.fault() {
+        return fault_response(f.status, f.retry_after_s);
+    }
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return retailer_error(
+                StatusCode::BAD_REQUEST,
+                format!("bad query string: {}", e.body_text()),
+            );
+        }
+    };
+    let tcin = match lookup_tcin(&q) {
+        Ok(t) => t,
+        Err(message) => return retailer_error(StatusCode::BAD_REQUEST, message),
+    };
+    match sim.lookup(&tcin) {
+        Lookup::Found { in_stock, price } => {
+            debug!(tcin = %tcin, in_stock, price = %price, "fulfillment");
+            Json(fulfillment::answer(
+                &tcin,
+                in_stock,
+                price,
+                q.store_id.as_deref(),
+            ))
+            .into_response()
+        }
+        Lookup::Unknown => retailer_error(
+            StatusCode::NOT_FOUND,
+            format!("No product found with tcin {tcin}"),
+        ),
+        Lookup::Fault(f) => fault_response(f.status, f.retry_after_s),
+    }
+}
+
+fn fault_response(status: u16, retry_after_s: Option<u64>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    debug!(status, "answering with an injected fault");
+    let mut resp = retailer_error(code, format!("simulated fault: HTTP {status}"));
+    if let Some(s) = retry_after_s {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
+}
+
+// ---- checkout ----
+
+#[derive(Debug, Deserialize)]
+struct CheckoutRequest {
+    tcin: String,
+    fencing_token: u64,
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    watcher_id: String,
+    #[serde(default)]
+    test_mode: bool,
+}
+
+/// Finishes the checkout as `aborted` if the handler is dropped before it
+/// finishes (the client closed the connection): the checkout stops there,
+/// and its interval is still part of the record.
+struct InFlightGuard {
+    sim: Simulator,
+    id: u64,
+    finished: bool,
+}
+
+impl InFlightGuard {
+    fn finish(mut self, result: CheckoutResult, message: String) -> Option<Order> {
+        self.finished = true;
+        self.sim.finish_checkout(self.id, result, message)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            warn!(
+                order_id = self.id,
+                "client went away before the checkout finished; recording it as aborted"
+            );
+            self.sim.finish_checkout(
+                self.id,
+                CheckoutResult::Aborted,
+                "the client closed the connection before the checkout finished".into(),
+            );
+        }
+    }
+}
+
+fn order_response(order: &Order) -> Response {
+    let status = match order.result {
+        CheckoutResult::Purchased => StatusCode::OK,
+        CheckoutResult::StaleToken | CheckoutResult::OutOfStock => StatusCode::CONFLICT,
+        CheckoutResult::UnknownProduct => StatusCode::NOT_FOUND,
+        CheckoutResult::Failed | CheckoutResult::Aborted => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(order)).into_response()
+}
+
+async fn checkout(
+    State(sim): State<Simulator>,
+    JsonBody(req): JsonBody<CheckoutRequest>,
+) -> Result<Response, ApiError> {
+    let tcin = parse_tcin(&req.tcin)?;
+    for (name, v) in [("lease_id", &req.lease_id), ("watcher_id", &req.watcher_id)] {
+        if v.len() > MAX_ID_LEN {
+            return Err(ApiError::BadRequest(format!(
+                "{name} is {} bytes long; at most {MAX_ID_LEN}",
+                v.len()
+            )));
+        }
+    }
+    let attempt = Attempt {
+        tcin: req.tcin,
+        fencing_token: req.fencing_token,
+        lease_id: req.lease_id,
+        watcher_id: req.watcher_id,
+        test_mode: req.test_mode,
+    };
+    let (begin, settings) = sim.begin_checkout(attempt, &tcin);
+    let started = match begin {
+        Begin::Refused(order) => {
+            info!(
+                order_id = order.id,
+                tcin = %order.tcin,
+                fencing_token = order.fencing_token,
+                watcher_id = %order.watcher_id,
+                lease_id = %order.lease_id,
+                result = order.result.as_str(),
+                reason = %order.message,
+                "checkout refused"
+            );
+            return Ok(order_response(&order));
+        }
+        Begin::Accepted(f) => f,
+    };
+    info!(
+        order_id = started.id,
+        tcin = %started.tcin,
+        fencing_token = started.fencing_token,
+        watcher_id = %started.watcher_id,
+        lease_id = %started.lease_id,
+        test_mode = started.test_mode,
+        delay_ms = settings.delay.as_millis() as u64,
+        "checkout started"
+    );
+    let guard = InFlightGuard {
+        sim: sim.clone(),
+        id: started.id,
+        finished: false,
+    };
+    tokio::time::sleep(settings.delay).await;
+    let (result, message) = if settings.fail {
+        (
+            CheckoutResult::Failed,
+            "checkout failed (failure injected with PUT /admin/checkout)".to_owned(),
+        )
+    } else if started.test_mode {
+        (
+            CheckoutResult::Purchased,
+            "purchased, then voided (test mode)".to_owned(),
+        )
+    } else {
+        (CheckoutResult::Purchased, "purchased".to_owned())
+    };
+    match guard.finish(result, message) {
+        Some(order) => Ok(order_response(&order)),
+        // Only possible if someone else finished it, which nothing does.
+        None => Err(ApiError::NotFound(format!(
+            "checkout #{} is no longer in flight",
+            started.id
+        ))),
+    }
+}
+
+// ---- admin: stock ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetStockRequest {
+    #[serde(default)]
+    in_stock: Option<bool>,
+    /// Dollars.
+    #[serde(default)]
+    price: Option<f64>,
+}
+
+async fn list_stock(State(sim): State<Simulator>) -> Response {
+    Json(json!({ "products": sim.stock() })).into_response()
+}
+
+async fn get_stock(
+    State(sim): State<Simulator>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let tcin = parse_tcin(&raw)?;
+    sim.stock()
+        .into_iter()
+        .find(|e| e.tcin == tcin)
+        .map(|e| Json(e).into_response())
+        .ok_or_else(|| ApiError::NotFound(format!("no product with tcin {tcin}")))
+}
+
+async fn set_stock(
+    State(sim): State<Simulator>,
+    Path(raw): Path<String>,
+    JsonBody(req): JsonBody<SetStockRequest>,
+) -> Result<Response, ApiError> {
+    let tcin = parse_tcin(&raw)?;
+    if req.in_stock.is_none() && req.price.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: send {\"in_stock\": true|false} and/or {\"price\": dollars}".into(),
+        ));
+    }
+    let price = parse_price(req.price)?;
+    match sim.set_stock(&tcin, req.in_stock, price) {
+        Ok(e) => {
+            info!(tcin = %tcin, in_stock = e.in_stock, price = %e.price, "stock set by hand");
+            Ok(Json(e).into_response())
+        }
+        Err(StockError::UnknownProduct(t)) => {
+            Err(ApiError::NotFound(format!("no product with tcin {t}")))
+        }
+    }
+}
+
+// ---- admin: faults ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFaultRequest {
+    status: u16,
+    /// How long; absent means until `DELETE /admin/faults`.
+    #[serde(default)]
+    for_ms: Option<u64>,
+    #[serde(default)]
+    retry_after_s: Option<u64>,
+}
+
+async fn get_fault(State(sim): State<Simulator>) -> Response {
+    Json(json!({ "fault": sim.fault() })).into_response()
+}
+
+async fn set_fault(
+    State(sim): State<Simulator>,
+    JsonBody(req): JsonBody<SetFaultRequest>,
+) -> Result<Response, ApiError> {
+    if !(400..=599).contains(&req.status) {
+        return Err(ApiError::BadRequest(format!(
+            "status {} is not an error status (400 to 599; e.g. 403, 429, 435, 500, 503)",
+            req.status
+        )));
+    }
+    let view = sim.set_fault(
+        req.status,
+        req.for_ms.map(Duration::from_millis),
+        req.retry_after_s,
+    );
+    info!(status = req.status, for_ms = req.for_ms, "fault injected");
+    Ok(Json(json!({ "fault": view })).into_response())
+}
+
+async fn clear_fault(State(sim): State<Simulator>) -> Response {
+    let was = sim.clear_fault();
+    info!(cleared = was.is_some(), "faults cleared");
+    Json(json!({ "fault": null, "cleared": was })).into_response()
+}
+
+// ---- admin: checkout settings ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCheckoutRequest {
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    fail: Option<bool>,
+}
+
+async fn get_checkout(State(sim): State<Simulator>) -> Response {
+    Json(sim.checkout_settings()).into_response()
+}
+
+async fn set_checkout(
+    State(sim): State<Simulator>,
+    JsonBody(req): JsonBody<SetCheckoutRequest>,
+) -> Response {
+    let s = sim.update_checkout(req.delay_ms.map(Duration::from_millis), req.fail);
+    info!(
+        delay_ms = s.delay.as_millis() as u64,
+        fail = s.fail,
+        "checkout settings changed"
+    );
+    Json(s).into_response()
+}
+
+// ---- admin: orders ----
+
+async fn list_orders(State(sim): State<Simulator>) -> Response {
+    Json(sim.orders()).into_response()
+}
+
+async fn clear_orders(State(sim): State<Simulator>) -> Response {
+    sim.clear_orders();
+    info!("orders cleared");
+    Json(json!({ "cleared": true })).into_response()
+}
+
+// ---- misc ----
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,535 @@
+//! The simulator's state behind one cloneable handle: stock, injected
+//! faults, checkout settings and the checkout ledger.
+//!
+//! Everything sits under one `std::sync::Mutex`, not a tokio one: nothing
+//! awaits while it is held (a checkout's delay is slept *outside* the lock,
+//! between [`Simulator::begin_checkout`] and [`Simulator::finish_checkout`]),
+//! and one lock makes "is it in stock, is the token fresh, what else is in
+//! flight" a single atomic decision.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::{
+    catalog::{Catalog, CatalogError},
+    config::{MAX_CHECKOUT_DELAY, SimConfig},
+    ledger::{Attempt, Begin, CheckoutResult, Ledger, Order, Snapshot, StockCheck},
+    random::RandomRestocks,
+    scenario::{Scenario, ScenarioError},
+    stock::{Driver, StockBook, StockError, StockSource, StockState},
+    types::{Price, Tcin},
+};
+
+/// Why the simulator could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+}
+
+/// Unix milliseconds that never go backwards: taken from the wall clock once
+/// at start, then advanced by a monotonic clock (tokio's, so tests can pause
+/// it). Checkout intervals are compared with these.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+    start_unix_ms: u64,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            start: Instant::now(),
+            start_unix_ms,
+        }
+    }
+
+    /// Milliseconds since the simulator started (the scenario's time axis).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Now, in unix milliseconds.
+    pub fn unix_ms(&self) -> u64 {
+        self.start_unix_ms + self.elapsed_ms()
+    }
+
+    /// A time on the scenario's axis, in unix milliseconds.
+    pub fn to_unix_ms(&self, elapsed_ms: u64) -> u64 {
+        self.start_unix_ms + elapsed_ms
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How checkouts behave; changeable at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckoutSettings {
+    /// How long an accepted checkout takes.
+    #[serde(rename = "delay_ms", serialize_with = "ser_ms")]
+    pub delay: Duration,
+    /// Accepted checkouts end `failed` instead of `purchased`.
+    pub fail: bool,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// One product as `GET /admin/stock` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StockEntry {
+    pub tcin: Tcin,
+    pub name: String,
+    pub in_stock: bool,
+    /// Dollars.
+    pub price: Price,
+    pub formatted_price: String,
+    /// Who decided the current state: `default`, `scenario`, `random` or
+    /// `manual`.
+    pub source: StockSource,
+    /// When that source last changed it (unix ms); `null` if never.
+    pub changed_at_ms: Option<u64>,
+    /// From the product config (dollars), `null` if none.
+    pub max_price: Option<Price>,
+    pub quantity: u32,
+}
+
+/// An injected fault on the fulfillment endpoint.
+#[derive(Debug, Clone, Copy)]
+struct Fault {
+    status: u16,
+    until: Option<Instant>,
+    retry_after_s: Option<u64>,
+}
+
+/// The fault in force, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FaultView {
+    pub status: u16,
+    /// When it ends (unix ms); `null` means until cleared.
+    pub until_ms: Option<u64>,
+    pub remaining_ms: Option<u64>,
+    /// Sent as a `Retry-After` header (seconds) when set.
+    pub retry_after_s: Option<u64>,
+}
+
+/// What the fulfillment endpoint should answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    Found { in_stock: bool, price: Price },
+    Unknown,
+    Fault(FaultView),
+}
+
+#[derive(Debug)]
+struct State {
+    stock: StockBook,
+    fault: Option<Fault>,
+    checkout: CheckoutSettings,
+    ledger: Ledger,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clock: Clock,
+    state: Mutex<State>,
+}
+
+/// The simulator; clones share one state.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl Simulator {
+    /// A simulator for these products, moved by `driver`.
+    pub fn new(catalog: Catalog, driver: Driver, checkout: CheckoutSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                clock: Clock::new(),
+                state: Mutex::new(State {
+                    stock: StockBook::new(catalog, driver),
+                    fault: None,
+                    checkout,
+                    ledger: Ledger::new(),
+                }),
+            }),
+        }
+    }
+
+    /// Loads the product config and the scenario (if any) named by `config`.
+    pub fn from_config(config: &SimConfig) -> Result<Self, SetupError> {
+        config.validate().map_err(SetupError::Config)?;
+        let default_price =
+            Price::from_dollars(config.default_price).map_err(SetupError::Config)?;
+        let catalog = Catalog::load(&config.config, default_price)?;
+        let driver = if let Some(path) = config.scenario_path() {
+            let scenario = Scenario::load(path)?;
+            let mut unknown: Vec<&str> = scenario
+                .products()
+                .filter(|t| catalog.get(t).is_none())
+                .map(Tcin::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                unknown.sort_unstable();
+                return Err(ScenarioError::Invalid {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "product(s) {} are not in the product config {}",
+                        unknown.join(", "),
+                        config.config.display()
+                    ),
+                }
+                .into());
+            }
+            Driver::Scenario(scenario)
+        } else if config.random {
+            let seed = config.seed.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+            let ids: Vec<Tcin> = catalog.products().iter().map(|p| p.tcin.clone()).collect();
+            Driver::Random(RandomRestocks::new(
+                seed,
+                config.restock_every,
+                config.in_stock_for,
+                &ids,
+            ))
+        } else {
+            Driver::Manual
+        };
+        Ok(Self::new(
+            catalog,
+            driver,
+            CheckoutSettings {
+                delay: config.checkout_delay,
+                fail: false,
+            },
+        ))
+    }
+
+    // A panic while the lock is held (there is no code path that should)
+    // must not take every later request down with it.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The stock driver, for logs.
+    pub fn describe(&self) -> String {
+        let s = self.lock();
+        format!(
+            "{} products, stock: {}",
+            s.stock.catalog().len(),
+            s.stock.driver().describe()
+        )
+    }
+
+    /// What the fulfillment endpoint answers for `tcin` now: an injected
+    /// fault first, then the product.
+    pub fn lookup(&self, tcin: &Tcin) -> Lookup {
+        let clock = self.inner.clock;
+        let now = clock.elapsed_ms();
+        let mut s = self.lock();
+        if let Some(f) = active_fault(&mut s.fault, &clock) {
+            return Lookup::Fault(f);
+        }
+        match s.stock.state(tcin, now) {
+            Some((_, st)) => Lookup::Found {
+                in_stock: st.in_stock,
+                price: st.price,
+            },
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Every product, in config order.
+    pub fn stock(&self) -> Vec<StockEntry> {
+        let clock = self.inner.clock;
+        let now = clock.elapsed_ms();
+        let mut s = self.lock();
+        s.stock
+            .states(now)
+            .iter()
+            .map(|(p, st)| entry(&clock, p, st))
+            .collect()
+    }
+
+    /// Sets a product's stock and/or price by hand.
+    pub fn set_stock(
+        &self,
+        tcin: &Tcin,
+        in_stock: Option<bool>,
+        price: Option<Price>,
+    ) -> Result<StockEntry, StockError> {
+        let clock = self.inner.clock;
+        let now = clock.elapsed_ms();
+        let mut s = self.lock();
+        let (p, st) = s.stock.set(tcin, in_stock, price, now)?;
+        Ok(entry(&clock, p, &st))
+    }
+
+    /// Makes the fulfillment endpoint answer `status` for `duration` (until
+    /// cleared when `None`).
+    pub fn set_fault(
+        &self,
+        status: u16,
+        duration: Option<Duration>,
+        retry_after_s: Option<u64>,
+    ) -> FaultView {
+        let clock = self.inner.clock;
+        let until = duration.map(|d| Instant::now() + d);
+        let mut s = self.lock();
+        s.fault = Some(Fault {
+            status,
+            until,
+            retry_after_s,
+        });
+        active_fault(&mut s.fault, &clock).unwrap_or(FaultView {
+            status,
+            until_ms: Some(clock.unix_ms()),
+            remaining_ms: Some(0),
+            retry_after_s,
+        })
+    }
+
+    /// Ends any injected fault; returns the one that was in force.
+    pub fn clear_fault(&self) -> Option<FaultView> {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let was = active_fault(&mut s.fault, &clock);
+        s.fault = None;
+        was
+    }
+
+    /// The fault in force, if any.
+    pub fn fault(&self) -> Option<FaultView> {
+        let clock = self.inner.clock;
+        active_fault(&mut self.lock().fault, &clock)
+    }
+
+    pub fn checkout_settings(&self) -> CheckoutSettings {
+        self.lock().checkout
+    }
+
+    /// Changes how later checkouts behave (running ones keep theirs).
+    pub fn update_checkout(&self, delay: Option<Duration>, fail: Option<bool>) -> CheckoutSettings {
+        let mut s = self.lock();
+        if let Some(d) = delay {
+            s.checkout.delay = d.min(MAX_CHECKOUT_DELAY);
+        }
+        if let Some(f) = fail {
+            s.checkout.fail = f;
+        }
+        s.checkout
+    }
+
+    /// Checks and records the start of a checkout; an accepted one comes
+    /// with the settings it must run with.
+    pub fn begin_checkout(&self, attempt: Attempt, tcin: &Tcin) -> (Begin, CheckoutSettings) {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let stock = match s.stock.state(tcin, clock.elapsed_ms()) {
+            None => StockCheck::UnknownProduct,
+            Some((_, st)) if st.in_stock => StockCheck::InStock(st.price),
+            Some((_, st)) => StockCheck::OutOfStock(st.price),
+        };
+        // Read the time under the lock, so the ledger's order is time order.
+        let begin = s.ledger.begin(attempt, stock, clock.unix_ms());
+        (begin, s.checkout)
+    }
+
+    /// Records the end of an accepted checkout; `None` if it was not in
+    /// flight.
+    pub fn finish_checkout(
+        &self,
+        id: u64,
+        result: CheckoutResult,
+        message: String,
+    ) -> Option<Order> {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let order = s.ledger.finish(id, result, message, clock.unix_ms());
+        if let Some(o) = &order {
+            info!(
+                order_id = o.id,
+                tcin = %o.tcin,
+                fencing_token = o.fencing_token,
+                watcher_id = %o.watcher_id,
+                lease_id = %o.lease_id,
+                result = o.result.as_str(),
+                voided = o.voided,
+                took_ms = o.finished_at_ms - o.started_at_ms,
+                violations = s.ledger.violations(),
+                "checkout finished"
+            );
+        }
+        order
+    }
+
+    /// Every recorded attempt, the checkouts in flight and the violations.
+    pub fn orders(&self) -> Snapshot {
+        self.lock().ledger.snapshot()
+    }
+
+    /// Forgets recorded orders and violations (see [`Ledger::clear`]).
+    pub fn clear_orders(&self) {
+        self.lock().ledger.clear();
+    }
+}
+
+fn entry(clock: &Clock, p: &crate::catalog::Product, st: &StockState) -> StockEntry {
+    StockEntry {
+        tcin: p.tcin.clone(),
+        name: p.name.clone(),
+        in_stock: st.in_stock,
+        price: st.price,
+        formatted_price: st.price.formatted(),
+        source: st.source,
+        changed_at_ms: st.changed_at_ms.map(|ms| clock.to_unix_ms(ms)),
+        max_price: p.max_price,
+        quantity: p.quantity,
+    }
+}
+
+/// The fault in force now; an expired one is dropped.
+fn active_fault(fault: &mut Option<Fault>, clock: &Clock) -> Option<FaultView> {
+    let f = (*fault)?;
+    let now = Instant::now();
+    let remaining = match f.until {
+        Some(until) if until <= now => {
+            info!(status = f.status, "injected fault ended");
+            *fault = None;
+            return None;
+        }
+        Some(until) => Some(until.duration_since(now)),
+        None => None,
+    };
+    Some(FaultView {
+        status: f.status,
+        until_ms: remaining.map(|r| clock.unix_ms() + r.as_millis() as u64),
+        remaining_ms: remaining.map(|r| r.as_millis() as u64),
+        retry_after_s: f.retry_after_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn config(args: &[&str]) -> SimConfig {
+        SimConfig::try_parse_from(std::iter::once("store-sim").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn a_bad_product_config_names_the_file_and_the_place() {
+        let products = file("{\"products\": [\n  {\"tcin\": 1}\n]}");
+        let path = products.path().to_str().unwrap();
+        let err = Simulator::from_config(&config(&["--config", path]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path) && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_scenario_may_only_name_configured_products() {
+        let products = file(r#"{"products":[{"tcin":"1"}]}"#);
+        let scenario = file(r#"{"products":{"1":[],"77":[{"from_ms":0,"to_ms":5}]}}"#);
+        let (p, s) = (
+            products.path().to_str().unwrap(),
+            scenario.path().to_str().unwrap(),
+        );
+        let err = Simulator::from_config(&config(&["--config", p, "--scenario", s]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(s) && err.contains("77"), "{err}");
+
+        let good = file(r#"{"products":{"1":[{"from_ms":0,"to_ms":60000,"price":3}]}}"#);
+        let g = good.path().to_str().unwrap();
+        let sim = Simulator::from_config(&config(&["--config", p, "--scenario", g])).unwrap();
+        let stock = sim.stock();
+        assert!(stock[0].in_stock);
+        assert_eq!(stock[0].price, Price::from_cents(300));
+        assert_eq!(stock[0].source, StockSource::Scenario);
+    }
+
+    #[test]
+    fn random_mode_starts_everything_out_of_stock() {
+        let products = file(r#"{"products":[{"tcin":"1"},{"tcin":"2"}]}"#);
+        let p = products.path().to_str().unwrap();
+        let sim =
+            Simulator::from_config(&config(&["--config", p, "--random", "--seed", "4"])).unwrap();
+        assert!(sim.describe().contains("seed 4"));
+        assert!(
+            sim.stock()
+                .iter()
+                .all(|e| !e.in_stock || e.source == StockSource::Random)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faults_expire_on_time() {
+        let catalog =
+            Catalog::parse(r#"{"products":[{"tcin":"1"}]}"#, "p", Price::from_cents(1)).unwrap();
+        let sim = Simulator::new(
+            catalog,
+            Driver::Manual,
+            CheckoutSettings {
+                delay: Duration::ZERO,
+                fail: false,
+            },
+        );
+        let one = Tcin::parse("1").unwrap();
+        sim.set_fault(429, Some(Duration::from_secs(3)), None);
+        assert!(matches!(
+            sim.lookup(&one),
+            Lookup::Fault(FaultView { status: 429, .. })
+        ));
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        assert!(matches!(sim.lookup(&one), Lookup::Fault(_)));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            sim.lookup(&one),
+            Lookup::Found {
+                in_stock: false,
+                ..
+            }
+        ));
+        assert_eq!(sim.fault(), None);
+    }
+}

@@ -1,0 +1,211 @@
+//! Starting a simulator for one test, and small request helpers.
+
+use std::{net::SocketAddr, sync::Once, time::Duration};
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use store_sim::{Simulator, catalog::Catalog, sim::CheckoutSettings, stock::Driver, types::Price};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// The products every test store sells, top first.
+pub const PRODUCTS: &str = r#"{"products":[
+    {"tcin":"111","name":"Elite Trainer Box","max_price":59.99,"quantity":2},
+    {"tcin":"222","name":"Booster Bundle"}
+]}"#;
+
+/// A running simulator; stops when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Starts a store with [`PRODUCTS`], no stock driver, and this checkout
+/// delay.
+pub async fn spawn_app(checkout_delay: Duration) -> TestApp {
+    spawn_app_with(Driver::Manual, checkout_delay).await
+}
+
+/// Starts a store with [`PRODUCTS`] moved by `driver`.
+pub async fn spawn_app_with(driver: Driver, checkout_delay: Duration) -> TestApp {
+    init_logs();
+    let catalog = Catalog::parse(PRODUCTS, "test products", Price::from_cents(999)).unwrap();
+    let sim = Simulator::new(
+        catalog,
+        driver,
+        CheckoutSettings {
+            delay: checkout_delay,
+            fail: false,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(store_sim::run(
+        listener,
+        sim,
+        Duration::from_secs(2),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    TestApp {
+        addr,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The fulfillment endpoint for `tcin`, as a restock tool calls it.
+    pub async fn fulfillment(&self, tcin: &str) -> Response {
+        self.client
+            .get(self.url(store_sim::http::FULFILLMENT_PATH))
+            .query(&[
+                ("key", "testkey"),
+                ("tcin", tcin),
+                ("store_id", "1234"),
+                ("zip", "55401"),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `data.product.fulfillment.shipping_options.availability_status`.
+    pub async fn shipping_status(&self, tcin: &str) -> String {
+        let resp = self.fulfillment(tcin).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: Value = resp.json().await.unwrap();
+        v["data"]["product"]["fulfillment"]["shipping_options"]["availability_status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn put_json(&self, path: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.client.get(self.url(path)).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap())
+    }
+
+    pub async fn set_stock(&self, tcin: &str, in_stock: bool) {
+        let resp = self
+            .put_json(
+                &format!("/admin/stock/{tcin}"),
+                json!({ "in_stock": in_stock }),
+            )
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
+
+    /// `POST /checkout`; returns the status and the JSON answer.
+    pub async fn checkout(&self, tcin: &str, token: u64, watcher: &str) -> (StatusCode, Value) {
+        checkout_with(&self.client, self.addr, tcin, token, watcher, false).await
+    }
+
+    pub async fn orders(&self) -> Value {
+        let (status, v) = self.get_json("/admin/orders").await;
+        assert_eq!(status, StatusCode::OK);
+        v
+    }
+
+    /// Stops the server and waits until `run` returns.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .expect("run returns after shutdown")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn checkout_with(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    tcin: &str,
+    token: u64,
+    watcher: &str,
+    test_mode: bool,
+) -> (StatusCode, Value) {
+    let resp = client
+        .post(format!("http://{addr}/checkout"))
+        .json(&json!({
+            "tcin": tcin,
+            "fencing_token": token,
+            "lease_id": format!("lease-{token}"),
+            "watcher_id": watcher,
+            "test_mode": test_mode,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap())
+}
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

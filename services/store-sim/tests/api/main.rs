@@ -1,0 +1,9 @@
+//! HTTP tests: each starts the simulator in-process on `127.0.0.1:0` and
+//! talks to it with a real HTTP client over a real socket. Set `TEST_LOG=1`
+//! to see the server's logs.
+
+mod bad_input;
+mod checkout;
+mod faults;
+mod fulfillment;
+mod helpers;
