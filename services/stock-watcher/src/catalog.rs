@@ -93,14 +93,6 @@ impl Catalog {
         self.index.get(tcin).map(|&i| &self.products[i])
     }
 
-    /// Sort key: catalog position, unknown products last (by id).
-    pub fn rank(&self, tcin: &Tcin) -> (usize, Tcin) {
-        match self.index.get(tcin) {
-            Some(&i) => (i, Tcin::parse("0").expect("valid")),
-            None => (usize::MAX, tcin.clone()),
-        }
-    }
-
     /// The products to poll, in priority order: enabled ones, limited to
     /// `only` when it is not empty. Also returns the ids of `only` that the
     /// catalog does not list (they are not polled).
@@ -170,8 +162,6 @@ pub(crate) mod tests {
         assert_eq!(some.len(), 1);
         assert_eq!(some[0].tcin.as_str(), "300");
         assert_eq!(unknown, vec![t("999")]);
-        assert!(c.rank(&t("100")) < c.rank(&t("300")));
-        assert!(c.rank(&t("300")) < c.rank(&t("999")));
     }
 
     #[test]
