@@ -7,4 +7,5 @@
 mod arbiter;
 mod arbiter_faults;
 mod arbiter_grpcurl;
+mod cycle;
 mod helpers;

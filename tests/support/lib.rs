@@ -266,6 +266,8 @@ pub struct ArbiterOptions {
     pub failure_cooldown: String,
     pub test_mode: bool,
     pub extra_args: Vec<String>,
+    /// Full product entries (arbiter config format); overrides `products`.
+    pub products_json: Option<serde_json::Value>,
 }
 
 impl Default for ArbiterOptions {
@@ -277,6 +279,7 @@ impl Default for ArbiterOptions {
             failure_cooldown: "15s".into(),
             test_mode: false,
             extra_args: Vec::new(),
+            products_json: None,
         }
     }
 }
@@ -285,8 +288,18 @@ impl ArbiterProcess {
     /// Starts the arbiter on a free port and waits for it to be healthy.
     pub async fn start(opts: ArbiterOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let products: Vec<&str> = opts.products.iter().map(String::as_str).collect();
-        let config = write_product_config(dir.path(), &products);
+        let config = match &opts.products_json {
+            Some(json) => {
+                let path = dir.path().join("product_config.json");
+                let text = serde_json::json!({ "products": json });
+                fs::write(&path, serde_json::to_vec_pretty(&text).unwrap()).unwrap();
+                path
+            }
+            None => {
+                let products: Vec<&str> = opts.products.iter().map(String::as_str).collect();
+                write_product_config(dir.path(), &products)
+            }
+        };
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "--listen".into(),
@@ -373,4 +386,146 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A running `store-sim` with its own product config, killed when dropped.
+#[derive(Debug)]
+pub struct StoreSimProcess {
+    pub addr: String,
+    pub process: Process,
+    pub dir: tempfile::TempDir,
+}
+
+impl StoreSimProcess {
+    /// Starts the simulator for a config written with `products` (JSON
+    /// objects in the arbiter's format) and waits for `/healthz`.
+    pub async fn start(products: serde_json::Value, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("product_config.json");
+        fs::write(
+            &config,
+            serde_json::to_vec_pretty(&serde_json::json!({ "products": products })).unwrap(),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "--listen".to_owned(),
+            addr.clone(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let process = Process::start(
+            "store-sim",
+            bin("store-sim"),
+            args,
+            HashMap::new(),
+            dir.path().join("store-sim.log"),
+        );
+        let sim = Self { addr, process, dir };
+        let url = format!("{}/healthz", sim.url());
+        eventually("store-sim /healthz", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        sim
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Puts a product in or out of stock by hand.
+    pub async fn set_stock(&self, tcin: &str, in_stock: bool) {
+        self.put(
+            &format!("/admin/stock/{tcin}"),
+            serde_json::json!({ "in_stock": in_stock }),
+        )
+        .await;
+    }
+
+    /// `PUT` a JSON body to an admin path; panics unless it succeeds.
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .put(format!("{}{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        assert!(r.status().is_success(), "PUT {path}: {}", r.status());
+        r.json().await.expect("JSON answer")
+    }
+
+    /// `GET /admin/orders`: every checkout attempt and the violation count.
+    pub async fn orders(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/admin/orders", self.url()))
+            .await
+            .expect("GET /admin/orders")
+            .json()
+            .await
+            .expect("orders JSON")
+    }
+}
+
+/// A running `stock-watcher`, killed when dropped.
+#[derive(Debug)]
+pub struct WatcherProcess {
+    pub id: String,
+    pub addr: String,
+    pub process: Process,
+    pub dir: tempfile::TempDir,
+}
+
+impl WatcherProcess {
+    /// Starts a watcher polling `store` and checking out against it, and
+    /// waits until its own health service answers SERVING.
+    pub async fn start(
+        arbiter: &ArbiterProcess,
+        store: &StoreSimProcess,
+        id: &str,
+        extra_args: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "--arbiter".into(),
+            arbiter.url(),
+            "--watcher-id".into(),
+            id.into(),
+            "--listen".into(),
+            addr.clone(),
+            "--source".into(),
+            "target".into(),
+            "--source-url".into(),
+            store.url(),
+            "--checkout".into(),
+            "http".into(),
+            "--checkout-url".into(),
+            format!("{}/checkout", store.url()),
+            "--poll-interval".into(),
+            "100ms".into(),
+            "--reconnect-max".into(),
+            "500ms".into(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let process = Process::start(
+            &format!("stock-watcher {id}"),
+            bin("stock-watcher"),
+            args,
+            HashMap::new(),
+            dir.path().join("watcher.log"),
+        );
+        let w = Self {
+            id: id.into(),
+            addr,
+            process,
+            dir,
+        };
+        wait_healthy(&w.addr, Duration::from_secs(20)).await;
+        w
+    }
 }
