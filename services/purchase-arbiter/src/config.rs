@@ -12,6 +12,7 @@ pub const DEFAULT_STOCK_TTL: &str = "10s";
 pub const DEFAULT_FAILURE_COOLDOWN: &str = "15s";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "3s";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_REPORTS_PER_SECOND: u32 = 200;
 
 /// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,6 +93,12 @@ pub struct ArbiterConfig {
     #[arg(long, env = "RESTOCK_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
+    /// Most stock reports one watcher stream may send per second (bursts of
+    /// as many). A stream kept above it is slowed, then closed with
+    /// RESOURCE_EXHAUSTED; other streams are unaffected. 0: no limit.
+    #[arg(long, env = "RESTOCK_MAX_REPORTS_PER_SECOND", default_value_t = DEFAULT_MAX_REPORTS_PER_SECOND)]
+    pub max_reports_per_second: u32,
+
     /// On SIGTERM/SIGINT, how long to wait for clients to close their
     /// connections after every stream has ended.
     #[arg(long, env = "RESTOCK_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
@@ -152,6 +159,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert!(!c.test_mode);
+        assert_eq!(c.max_reports_per_second, DEFAULT_MAX_REPORTS_PER_SECOND);
         c.validate().unwrap();
     }
 

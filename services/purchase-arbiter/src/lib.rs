@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::{
     catalog::{CatalogError, PriorityList},
     config::ArbiterConfig,
-    grpc::ArbiterService,
+    grpc::{ArbiterService, ReportLimit},
     slot::{Arbiter, Clock, SlotError, Timing},
     store::{StateFile, StoreError},
 };
@@ -99,7 +99,8 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone());
-    let service = ArbiterService::new(handle, config.config.clone(), stop.clone());
+    let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
+        .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -128,6 +129,7 @@ pub async fn run(
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,
         stock_ttl_ms = config.stock_ttl.as_millis() as u64,
         test_mode = config.test_mode,
+        max_reports_per_second = config.max_reports_per_second,
         "purchase arbiter serving"
     );
     let stopping = stop.clone();
