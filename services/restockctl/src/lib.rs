@@ -1,0 +1,110 @@
+//! `restockctl`: watch and steer a restock purchase arbiter from a terminal.
+//!
+//! # Layout
+//!
+//! - [`cli`]: flags, subcommands and their defaults; the exit codes.
+//! - [`client`]: the server URL, connecting, and one call with a time limit.
+//! - [`error`]: what can fail, its message, and its exit code.
+//! - [`format`]: times, durations, enum names, event lines, JSON shapes.
+//! - [`status`]: `status` as tables or JSON.
+//! - [`feed`]: a `WatchEvents` stream that resumes after disconnects.
+//! - [`events`]: `events [--follow] [--from N]`.
+//! - [`monitor`]: `monitor`; its [`monitor::checker`] is a pure state machine
+//!   over events and status snapshots, unit-tested on made-up histories, and
+//!   [`monitor::report`] renders the cycle history and summary.
+//! - [`operator`]: `reset`, `pause`, `resume`, `reload`, `acquire`, `renew`,
+//!   `release`.
+//! - [`health`]: `health`, against any gRPC server with the standard health
+//!   service.
+//!
+//! [`run`] executes a parsed command line and returns the exit code; the
+//! binary only parses, sets up logging and calls it.
+
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod events;
+pub mod feed;
+pub mod format;
+pub mod health;
+pub mod monitor;
+pub mod operator;
+pub mod status;
+
+use cli::{Cli, Command};
+use client::Target;
+use error::{CtlError, EXIT_NEGATIVE, EXIT_OK};
+
+/// Runs one command; returns the process exit code. Errors are printed to
+/// stderr as `restockctl: <what failed>`.
+pub async fn run(cli: Cli) -> u8 {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match execute(cli, &mut out).await {
+        Ok(code) => code,
+        // `restockctl events | head`: the reader is gone, nothing to say.
+        Err(e) if e.is_broken_pipe() => EXIT_OK,
+        Err(e) => {
+            eprintln!("restockctl: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError> {
+    let role = match cli.command {
+        Command::Health { .. } => "server",
+        _ => "arbiter",
+    };
+    let target = Target::new(&cli.arbiter, cli.timeout, role)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Status => status::run(&target, json, out).await.map(|()| EXIT_OK),
+        Command::Events(args) => events::run(&target, &args, json, out)
+            .await
+            .map(|()| EXIT_OK),
+        Command::Monitor(args) => monitor::run(&target, &args, json, out)
+            .await
+            .map(|clean| if clean { EXIT_OK } else { EXIT_NEGATIVE }),
+        Command::Reset { tcin } => operator::reset(&target, &tcin, json, out).await,
+        Command::Pause => operator::set_paused(&target, true, json, out).await,
+        Command::Resume => operator::set_paused(&target, false, json, out).await,
+        Command::Reload => operator::reload(&target, json, out).await,
+        Command::Acquire {
+            tcin,
+            watcher_id,
+            request_id,
+        } => {
+            operator::acquire(
+                &target,
+                &tcin,
+                &watcher_id,
+                request_id.as_deref(),
+                json,
+                out,
+            )
+            .await
+        }
+        Command::Renew { lease_id, token } => {
+            operator::renew(&target, &lease_id, token, json, out).await
+        }
+        Command::Release {
+            lease_id,
+            token,
+            outcome,
+            detail,
+        } => {
+            operator::release(
+                &target,
+                &lease_id,
+                token,
+                outcome,
+                detail.as_deref(),
+                json,
+                out,
+            )
+            .await
+        }
+        Command::Health { service } => health::run(&target, &service, json, out).await,
+    }
+}

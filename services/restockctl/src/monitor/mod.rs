@@ -1,0 +1,241 @@
+//! `restockctl monitor`: the gRPC plumbing around the [`checker`]. It takes a
+//! first status snapshot, follows `WatchEvents` from the point that snapshot
+//! describes (resuming after disconnects), polls `GetStatus` every
+//! `--interval`, feeds everything to a [`Monitor`] with its arrival time,
+//! prints what it reports as it happens, and at the end (or on Ctrl-C) prints
+//! the cycle history and the summary.
+
+pub mod checker;
+pub mod report;
+
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
+
+use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
+use tonic::transport::Channel;
+
+pub use checker::{Cycle, Monitor, Notice, Problem, ProblemKind};
+pub use report::{Report, Window};
+
+use crate::{
+    cli::MonitorArgs,
+    client::Target,
+    error::CtlError,
+    feed::{self, AbortOnDrop, FeedItem},
+    format::{duration, now_unix_ms},
+};
+
+/// How often the progress line is redrawn on a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Watches for `args.duration`, prints live lines and the report; returns
+/// whether the run was clean (no problem found).
+pub async fn run(
+    target: &Target,
+    args: &MonitorArgs,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<bool, CtlError> {
+    let mut client = PurchaseArbiterClient::new(target.connect().await?);
+    let started = now_unix_ms();
+    let first = target
+        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
+        .await?;
+    let mut monitor = Monitor::new(args.stuck_after);
+    // Progress goes to stderr, and only to a terminal: never into a log or a
+    // pipe.
+    let mut live = Live {
+        out,
+        json,
+        progress: std::io::stderr().is_terminal(),
+        progress_shown: false,
+    };
+    live.notices(monitor.observe_snapshot(&first, now_unix_ms()))?;
+
+    let (event_tx, mut events) = mpsc::channel(1024);
+    let _feed = AbortOnDrop(feed::spawn(
+        client.clone(),
+        first.last_event_sequence + 1,
+        event_tx,
+    ));
+    let (status_tx, mut statuses) = mpsc::channel(4);
+    let _poller = AbortOnDrop(spawn_poller(
+        target.clone(),
+        client,
+        args.interval,
+        status_tx,
+    ));
+    live.line(&format!(
+        "monitoring {} for {}: status every {}, stuck after {}; from event #{}",
+        target.url,
+        duration(args.duration),
+        duration(args.interval),
+        duration(args.stuck_after),
+        first.last_event_sequence + 1
+    ))?;
+
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    let mut stream_lost_at: Option<u64> = None;
+    let mut status_failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                break;
+            }
+            Some(item) = events.recv() => match item {
+                FeedItem::Event(e) => live.notices(monitor.observe_event(&e, now_unix_ms()))?,
+                FeedItem::Lost { error, retry_in, next } => {
+                    if stream_lost_at.is_none() {
+                        stream_lost_at = Some(now_unix_ms());
+                        let message = format!(
+                            "event stream lost ({error}); resuming from #{next}, first retry in {}",
+                            duration(retry_in)
+                        );
+                        live.notices(monitor.warn(message, now_unix_ms()))?;
+                    }
+                }
+                FeedItem::Resumed { from } => {
+                    let lost_for = stream_lost_at
+                        .take()
+                        .map_or(0, |at| now_unix_ms().saturating_sub(at));
+                    live.line(&format!(
+                        "event stream resumed from #{from} after {}",
+                        crate::format::duration_ms(lost_for)
+                    ))?;
+                }
+                // The checker sees the sequence gap itself.
+                FeedItem::Missed { .. } => {}
+            },
+            Some(polled) = statuses.recv() => match polled {
+                Ok((status, received)) => {
+                    if status_failing {
+                        status_failing = false;
+                        live.line("GetStatus answers again")?;
+                    }
+                    live.notices(monitor.observe_snapshot(&status, received))?;
+                }
+                Err(e) => {
+                    if !status_failing {
+                        status_failing = true;
+                        live.notices(monitor.warn(format!("status snapshot failed: {e}"), now_unix_ms()))?;
+                    }
+                }
+            },
+            _ = progress.tick(), if live.progress => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                live.show_progress(&format!(
+                    "monitor: {} left, {} cycles, {} problems, event #{}",
+                    duration(left),
+                    monitor.completed_cycles(),
+                    monitor.problems().len(),
+                    monitor.last_sequence()
+                ));
+            }
+        }
+    }
+    // Events already received happened inside the window.
+    while let Ok(item) = events.try_recv() {
+        if let FeedItem::Event(e) = item {
+            live.notices(monitor.observe_event(&e, now_unix_ms()))?;
+        }
+    }
+    live.clear_progress();
+
+    let report = Report::new(
+        &monitor,
+        Window {
+            arbiter: target.url.clone(),
+            started_unix_ms: started,
+            ended_unix_ms: now_unix_ms(),
+            interrupted,
+            stuck_after_ms: args.stuck_after.as_millis() as u64,
+        },
+    );
+    if json {
+        serde_json::to_writer_pretty(&mut *live.out, &report).map_err(std::io::Error::from)?;
+        writeln!(live.out)?;
+    } else {
+        live.out.write_all(report.render().as_bytes())?;
+    }
+    live.out.flush()?;
+    Ok(report.clean)
+}
+
+/// Takes a status snapshot every `interval` and sends it with its arrival
+/// time. A slow answer delays the next one rather than piling calls up.
+fn spawn_poller(
+    target: Target,
+    mut client: PurchaseArbiterClient<Channel>,
+    interval: Duration,
+    tx: mpsc::Sender<Result<(pb::GetStatusResponse, u64), CtlError>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let polled = target
+                .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
+                .await
+                .map(|s| (s, now_unix_ms()));
+            if tx.send(polled).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Where live lines go: stdout, or stderr when stdout carries the JSON
+/// report; and the progress line on a terminal, cleared before each line.
+struct Live<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+    progress: bool,
+    progress_shown: bool,
+}
+
+impl Live<'_> {
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        self.clear_progress();
+        if self.json {
+            eprintln!("{text}");
+        } else {
+            writeln!(self.out, "{text}")?;
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn notices(&mut self, notices: Vec<Notice>) -> std::io::Result<()> {
+        for n in &notices {
+            self.line(&report::notice_line(n))?;
+        }
+        Ok(())
+    }
+
+    fn show_progress(&mut self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{text}");
+        let _ = err.flush();
+        self.progress_shown = true;
+    }
+
+    fn clear_progress(&mut self) {
+        if self.progress_shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.progress_shown = false;
+        }
+    }
+}

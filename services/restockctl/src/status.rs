@@ -1,0 +1,243 @@
+//! `restockctl status`: the slot, the products in priority order, the
+//! watchers and the counters, as tables or as JSON.
+
+use std::io::Write;
+
+use comfy_table::{Cell, CellAlignment, Table, presets};
+use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+
+use crate::{
+    client::Target,
+    error::CtlError,
+    format::{StatusJson, duration_ms, outcome_word, shorten, state_name},
+};
+
+/// Fetches the status and prints it.
+pub async fn run(target: &Target, json: bool, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = PurchaseArbiterClient::new(target.connect().await?);
+    let status = target
+        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
+        .await?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &StatusJson::new(&target.url, &status))
+            .map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render(&target.url, &status, crate::format::now_unix_ms()).as_bytes())?;
+    }
+    Ok(())
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    // Plain columns, like kubectl: readable in a terminal, in a log and in
+    // a README, and easy to grep.
+    t.load_preset(presets::NOTHING);
+    t.set_header(headers.iter().map(Cell::new));
+    t
+}
+
+fn ago(now_unix_ms: u64, then: u64) -> String {
+    if then == 0 {
+        "never".into()
+    } else {
+        format!("{} ago", duration_ms(now_unix_ms.saturating_sub(then)))
+    }
+}
+
+/// The text form of a status; `now_unix_ms` is for "... ago".
+pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String {
+    let mut text = String::new();
+    let mode = if s.test_mode { "TEST_MODE" } else { "normal" };
+    let paused = if s.paused {
+        "PAUSED (grants nothing)"
+    } else {
+        "running"
+    };
+    text.push_str(&format!("Arbiter   {url}  mode {mode}, {paused}\n"));
+    match &s.active_lease {
+        Some(l) => text.push_str(&format!(
+            "Slot      held by product {} (watcher {}), token {}, {} left of {}\n          lease {}\n",
+            l.tcin,
+            l.watcher_id,
+            l.fencing_token,
+            duration_ms(l.remaining_ms),
+            duration_ms(l.ttl_ms),
+            l.lease_id
+        )),
+        None => text.push_str("Slot      free\n"),
+    }
+    text.push_str(&format!(
+        "Timing    lease ttl {}, stock ttl {}, failure cool-down {}\n",
+        duration_ms(s.lease_ttl_ms),
+        duration_ms(s.stock_ttl_ms),
+        duration_ms(s.failure_cooldown_ms)
+    ));
+    text.push_str(&format!(
+        "Sequence  next fencing token {}, last event #{}\n",
+        s.next_fencing_token, s.last_event_sequence
+    ));
+    if !s.config_path.is_empty() {
+        text.push_str(&format!("Config    {}\n", s.config_path));
+    }
+
+    text.push_str("\nProducts\n");
+    let mut products = table(&[
+        "PRIORITY",
+        "TCIN",
+        "STATE",
+        "PURCHASES",
+        "IN STOCK AT",
+        "LAST OUTCOME",
+        "NAME",
+        "NOTE",
+    ]);
+    for p in &s.products {
+        let mut note = Vec::new();
+        if !p.configured {
+            note.push("not in the product config".to_owned());
+        }
+        if p.cooldown_remaining_ms > 0 {
+            note.push(format!(
+                "cool-down {} left",
+                duration_ms(p.cooldown_remaining_ms)
+            ));
+        }
+        if !p.last_detail.is_empty() {
+            // A checkout's detail can be a whole HTTP answer; `--json` has it
+            // in full.
+            note.push(shorten(&p.last_detail, 60));
+        }
+        let in_stock = if p.in_stock_at.is_empty() {
+            "-".to_owned()
+        } else {
+            p.in_stock_at.join(",")
+        };
+        let outcome = outcome_word(p.last_outcome);
+        products.add_row(vec![
+            Cell::new(p.priority).set_alignment(CellAlignment::Right),
+            Cell::new(&p.tcin),
+            Cell::new(state_name(p.state)),
+            Cell::new(format!("{} of {}", p.purchases, p.quantity)),
+            Cell::new(in_stock),
+            Cell::new(if outcome.is_empty() {
+                "-".into()
+            } else {
+                outcome
+            }),
+            Cell::new(&p.name),
+            Cell::new(note.join("; ")),
+        ]);
+    }
+    if s.products.is_empty() {
+        text.push_str("  (none)\n");
+    } else {
+        text.push_str(&crate::format::trim_lines(&products.to_string()));
+        text.push('\n');
+    }
+
+    text.push_str("\nWatchers\n");
+    if s.watchers.is_empty() {
+        text.push_str("  (none has connected)\n");
+    } else {
+        let mut watchers = table(&[
+            "WATCHER",
+            "CONNECTED",
+            "SINCE",
+            "LAST REPORT",
+            "REPORTS",
+            "POLLING",
+        ]);
+        for w in &s.watchers {
+            watchers.add_row(vec![
+                Cell::new(&w.watcher_id),
+                Cell::new(if w.connected { "yes" } else { "no" }),
+                Cell::new(ago(now_unix_ms, w.connected_since_unix_ms)),
+                Cell::new(ago(now_unix_ms, w.last_report_unix_ms)),
+                Cell::new(w.reports).set_alignment(CellAlignment::Right),
+                Cell::new(if w.polling.is_empty() {
+                    "all".to_owned()
+                } else {
+                    w.polling.join(",")
+                }),
+            ]);
+        }
+        text.push_str(&crate::format::trim_lines(&watchers.to_string()));
+        text.push('\n');
+    }
+
+    let c = s.counters.unwrap_or_default();
+    text.push_str(&format!(
+        "\nCounters  {} grants, {} purchases, {} failures ({} expired), {} refusals, {} observations\n",
+        c.grants, c.purchases, c.failures, c.expirations, c.refusals, c.observations
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_the_holder_and_every_product_in_priority_order() {
+        let s = pb::GetStatusResponse {
+            active_lease: Some(pb::Lease {
+                lease_id: "lease-7-abc".into(),
+                tcin: "200".into(),
+                watcher_id: "w1".into(),
+                fencing_token: 7,
+                ttl_ms: 30_000,
+                remaining_ms: 27_500,
+                ..Default::default()
+            }),
+            products: vec![
+                pb::ProductStatus {
+                    tcin: "100".into(),
+                    name: "Box".into(),
+                    priority: 1,
+                    state: pb::ProductState::Failed as i32,
+                    quantity: 2,
+                    configured: true,
+                    cooldown_remaining_ms: 4_000,
+                    last_outcome: pb::Outcome::Expired as i32,
+                    ..Default::default()
+                },
+                pb::ProductStatus {
+                    tcin: "200".into(),
+                    name: "Bundle".into(),
+                    priority: 2,
+                    state: pb::ProductState::Attempting as i32,
+                    purchases: 1,
+                    quantity: 2,
+                    configured: true,
+                    in_stock_at: vec!["w1".into()],
+                    ..Default::default()
+                },
+            ],
+            watchers: vec![pb::WatcherStatus {
+                watcher_id: "w1".into(),
+                connected: true,
+                last_report_unix_ms: 9_000,
+                connected_since_unix_ms: 1_000,
+                reports: 12,
+                polling: vec![],
+            }],
+            test_mode: true,
+            next_fencing_token: 8,
+            last_event_sequence: 42,
+            ..Default::default()
+        };
+        let text = render("http://a:1", &s, 10_000);
+        assert!(text.contains("mode TEST_MODE, running"), "{text}");
+        assert!(
+            text.contains("held by product 200 (watcher w1), token 7, 27.5s left of 30.0s"),
+            "{text}"
+        );
+        let p100 = text.find("FAILED").expect("product 100 shown");
+        let p200 = text.find("ATTEMPTING").expect("product 200 shown");
+        assert!(p100 < p200, "priority order: {text}");
+        assert!(text.contains("cool-down 4.0s left"), "{text}");
+        assert!(text.contains("1.0s ago"), "{text}");
+        assert!(text.contains("last event #42"), "{text}");
+    }
+}
