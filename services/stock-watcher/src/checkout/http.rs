@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{CheckoutJob, CheckoutOutcome, CheckoutResult};
+use crate::source::{MAX_ANSWER_BYTES, read_capped};
 
 #[derive(Debug, Serialize)]
 struct CheckoutRequest<'a> {
@@ -61,8 +62,8 @@ impl HttpCheckout {
                 .send()
                 .await?;
             let status = resp.status();
-            let text = resp.text().await?;
-            Ok::<_, reqwest::Error>((status, text))
+            let (body, cut_off) = read_capped(resp, MAX_ANSWER_BYTES).await?;
+            Ok::<_, reqwest::Error>((status, body, cut_off))
         };
         let answer = tokio::select! {
             biased;
@@ -72,7 +73,15 @@ impl HttpCheckout {
             }
         };
         match answer {
-            Ok((status, text)) => judge(status.as_u16(), &text),
+            Ok((status, body, true)) => CheckoutResult::new(
+                CheckoutOutcome::Failed,
+                format!(
+                    "checkout {} answered HTTP {status} with more than {MAX_ANSWER_BYTES} bytes; not read further: {}",
+                    self.url,
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
+            ),
+            Ok((status, body, false)) => judge(status.as_u16(), &String::from_utf8_lossy(&body)),
             Err(e) if e.is_timeout() => CheckoutResult::new(
                 CheckoutOutcome::Failed,
                 format!("checkout {} timed out after {:?}", self.url, self.timeout),
@@ -199,6 +208,22 @@ mod tests {
             body,
             serde_json::json!({"tcin": "100", "fencing_token": 7, "lease_id": "lease-7-x", "watcher_id": "w1", "test_mode": true})
         );
+    }
+
+    #[tokio::test]
+    async fn an_oversize_answer_is_not_read_whole() {
+        let app = Router::new().route(
+            "/checkout",
+            post(|| async { " ".repeat(3 * MAX_ANSWER_BYTES) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = Url::parse(&format!("http://{addr}/checkout")).unwrap();
+        let c = HttpCheckout::new(url, Duration::from_secs(5)).unwrap();
+        let r = c.run(&job(false), &CancellationToken::new()).await;
+        assert_eq!(r.outcome, CheckoutOutcome::Failed);
+        assert!(r.detail.contains("not read further"), "{r:?}");
     }
 
     #[tokio::test]

@@ -44,6 +44,31 @@ pub enum SourceError {
     Format(String),
 }
 
+/// Most bytes of an HTTP answer read from a stock source or a checkout.
+/// Target's fulfillment answer is a few KiB; anything near this is not an
+/// answer to read whole.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Reads an HTTP answer's body, at most `max` bytes, and says whether it
+/// was cut off. A server that never stops sending (or sends gigabytes)
+/// would otherwise fill the watcher's memory until the request's time limit.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            // Dropping the response closes the connection: nothing more is read.
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 /// A stock source, asked about one product at a time.
 pub trait StockSource: Send + Sync + 'static {
     /// For logs and status: what and where the source is.

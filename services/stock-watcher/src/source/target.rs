@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
-use super::{Sighting, SourceError, StockSource};
+use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
 use crate::types::Tcin;
 
 /// The endpoint's path under the base URL.
@@ -116,12 +116,20 @@ impl StockSource for TargetSource {
                 retry_after,
             });
         }
-        let body = resp.bytes().await.map_err(transport)?;
+        let (body, cut_off) = read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(transport)?;
         if !status.is_success() {
             return Err(SourceError::Http {
                 status: status.as_u16(),
                 body: excerpt(&body),
             });
+        }
+        if cut_off {
+            return Err(SourceError::Format(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes; not read further: {}",
+                excerpt(&body)
+            )));
         }
         parse_fulfillment(&body)
     }
@@ -399,6 +407,7 @@ mod tests {
                 r#"{"errors":[{"message":"not found"}]}"#.into(),
             ),
             ("5", 503, None, String::new()),
+            ("6", 200, None, " ".repeat(3 * MAX_ANSWER_BYTES)),
         ])
         .await;
         let src = source(base);
@@ -424,6 +433,11 @@ mod tests {
             check("5").await.unwrap_err(),
             SourceError::Throttled { status: 503, .. }
         ));
+        let e = check("6").await.unwrap_err();
+        assert!(
+            matches!(&e, SourceError::Format(m) if m.contains("larger than")),
+            "an oversize answer is not read whole: {e:?}"
+        );
     }
 
     #[tokio::test]
