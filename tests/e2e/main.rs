@@ -9,3 +9,4 @@ mod arbiter_faults;
 mod arbiter_grpcurl;
 mod cycle;
 mod helpers;
+mod security;

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 
+use crate::auth::{ServerTlsArgs, TokenArgs};
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 pub const DEFAULT_CONFIG: &str = "config/product_config.json";
 pub const DEFAULT_STATE_FILE: &str = "data/arbiter-state.json";
@@ -107,6 +109,24 @@ pub struct ArbiterConfig {
     /// Log line format.
     #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+
+    #[command(flatten)]
+    pub token: TokenArgs,
+
+    /// With a token: GetStatus stays open to callers without it (it only
+    /// reads). Health and reflection are always open.
+    #[arg(
+        long,
+        env = "RESTOCK_PUBLIC_STATUS",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub public_status: bool,
 }
 
 impl ArbiterConfig {

@@ -12,10 +12,12 @@
 //!   then answers.
 //! - [`grpc`]: the `restock.v1.PurchaseArbiter` service over the task.
 //! - [`config`]: flags and environment variables.
+//! - [`auth`]: the bearer token and TLS, for this server and its clients.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the server in-process.
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod grpc;
@@ -26,13 +28,14 @@ pub mod types;
 
 use std::future::Future;
 
-use restock_proto::v1::purchase_arbiter_server::PurchaseArbiterServer;
+use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    auth::AuthPolicy,
     catalog::{CatalogError, PriorityList},
     config::ArbiterConfig,
     grpc::{ArbiterService, ReportLimit},
@@ -66,6 +69,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     config.validate().map_err(StartError::Config)?;
+    // TLS files and the token are read first: a bad one stops start-up
+    // before anything else happens, with a message naming it.
+    let tls = config.tls.load().map_err(StartError::Config)?;
+    let token = config.token.load().map_err(StartError::Config)?;
+    let open = if config.public_status {
+        vec![format!(
+            "/{}/GetStatus",
+            purchase_arbiter_server::SERVICE_NAME
+        )]
+    } else {
+        Vec::new()
+    };
+    let auth = AuthPolicy::new(token, open);
+    let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual);
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server
+            .tls_config(tls.config.clone())
+            .map_err(|e| StartError::Config(format!("TLS {} cannot be used: {e}", tls.describe)))?;
+    }
     let catalog = PriorityList::load(&config.config)?;
     let store = StateFile::new(config.state_path(), !config.no_fsync);
     store.check_writable()?;
@@ -130,6 +153,10 @@ pub async fn run(
         stock_ttl_ms = config.stock_ttl.as_millis() as u64,
         test_mode = config.test_mode,
         max_reports_per_second = config.max_reports_per_second,
+        tls = tls.is_some(),
+        mutual_tls,
+        auth = auth.is_on(),
+        public_status = config.public_status,
         "purchase arbiter serving"
     );
     let stopping = stop.clone();
@@ -147,13 +174,13 @@ pub async fn run(
         // for them forever.
         stopping.cancel();
     };
-    let serve = tonic::transport::Server::builder()
+    let serve = server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(arbiter_server)
+        .add_service(auth.guard(arbiter_server))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     // Graceful shutdown waits for clients to close their connections; a
     // client that keeps an ended stream's connection open must not hold the

@@ -1,9 +1,10 @@
 //! Command-line flags and subcommands, each global flag with an environment
 //! variable, and the `DEFAULT_*` values they fall back to.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use purchase_arbiter::auth::{ClientTlsArgs, TokenArgs};
 use restock_proto::v1 as pb;
 
 /// Where the arbiter listens unless `--arbiter` or `RESTOCK_ARBITER` says.
@@ -48,8 +49,46 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// PEM CA certificate(s) to trust for the server; turns TLS on (an
+    /// http:// URL is then used as https://). An https:// URL without it
+    /// trusts the usual public CAs.
+    #[arg(long, global = true, env = "RESTOCK_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for servers that require one (mutual TLS);
+    /// needs --tls-client-key.
+    #[arg(long, global = true, env = "RESTOCK_TLS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, global = true, env = "RESTOCK_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
+
+    /// File holding the shared bearer token, sent on every call.
+    /// RESTOCK_AUTH_TOKEN holds the token itself instead.
+    #[arg(long, global = true, env = "RESTOCK_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The TLS flags, in the form every binary shares.
+    pub fn tls(&self) -> ClientTlsArgs {
+        ClientTlsArgs {
+            tls_ca: self.tls_ca.clone(),
+            tls_client_cert: self.tls_client_cert.clone(),
+            tls_client_key: self.tls_client_key.clone(),
+        }
+    }
+
+    /// The token flag, in the form every binary shares.
+    pub fn token(&self) -> TokenArgs {
+        TokenArgs {
+            auth_token_file: self.auth_token_file.clone(),
+        }
+    }
 }
 
 /// What to do.

@@ -4,9 +4,16 @@
 
 use std::{future::Future, time::Duration};
 
-use tonic::transport::{Channel, Endpoint};
+use purchase_arbiter::auth::{ClientTlsArgs, SendToken, TokenArgs};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{ClientTlsConfig, Endpoint},
+};
 
 use crate::error::{CtlError, error_chain};
+
+/// A connection that sends the shared token (if any) on every call.
+pub type Channel = InterceptedService<tonic::transport::Channel, SendToken>;
 
 /// HTTP/2 pings keep long streams honest: a silently dropped link is noticed
 /// within about this long instead of never.
@@ -21,6 +28,9 @@ pub struct Target {
     pub timeout: Duration,
     /// What the server is, for messages ("arbiter", "server").
     pub role: &'static str,
+    /// `None`: plaintext.
+    pub tls: Option<ClientTlsConfig>,
+    pub token: SendToken,
 }
 
 impl Target {
@@ -36,18 +46,40 @@ impl Target {
             url: url.clone(),
             reason: error_chain(&e),
         })?;
-        Ok(Self { url, timeout, role })
+        Ok(Self {
+            url,
+            timeout,
+            role,
+            tls: None,
+            token: SendToken::default(),
+        })
+    }
+
+    /// Adds TLS (an `http://` URL becomes `https://`) and the token.
+    pub fn secured(self, tls: &ClientTlsArgs, token: &TokenArgs) -> Result<Self, CtlError> {
+        let (url, tls) = tls.load(&self.url).map_err(CtlError::Setup)?;
+        let token = token.load().map_err(CtlError::Setup)?;
+        Ok(Self {
+            url,
+            tls,
+            token: SendToken::new(token.as_ref()),
+            ..self
+        })
     }
 
     /// Opens a connection now, so that an unreachable server is reported as
     /// such before anything else happens. The channel reconnects by itself
     /// later if the link drops.
     pub async fn connect(&self) -> Result<Channel, CtlError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| CtlError::BadUrl {
-                url: self.url.clone(),
-                reason: error_chain(&e),
-            })?
+        let bad_url = |e: tonic::transport::Error| CtlError::BadUrl {
+            url: self.url.clone(),
+            reason: error_chain(&e),
+        };
+        let mut endpoint = Endpoint::from_shared(self.url.clone()).map_err(bad_url)?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad_url)?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.timeout)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
@@ -58,7 +90,7 @@ impl Target {
                 humantime::format_duration(self.timeout)
             ))),
             Ok(Err(e)) => Err(self.unreachable(error_chain(&e))),
-            Ok(Ok(channel)) => Ok(channel),
+            Ok(Ok(channel)) => Ok(InterceptedService::new(channel, self.token.clone())),
         }
     }
 

@@ -23,6 +23,10 @@ pub enum CtlError {
     #[error("{url:?} is not a usable server URL: {reason}")]
     BadUrl { url: String, reason: String },
 
+    /// A TLS file or the token cannot be used (the message names it).
+    #[error("{0}")]
+    Setup(String),
+
     /// No connection could be made (refused, no route, connect timeout).
     #[error("cannot reach {role} at {url}: {reason}")]
     Unreachable {
@@ -58,7 +62,7 @@ impl CtlError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::BadUrl { .. } => EXIT_USAGE,
+            Self::BadUrl { .. } | Self::Setup(_) => EXIT_USAGE,
             Self::Unreachable { .. } | Self::TimedOut { .. } => EXIT_UNREACHABLE,
             Self::Rpc { .. } => EXIT_REFUSED,
             Self::Output(_) => EXIT_NEGATIVE,

@@ -95,7 +95,7 @@ pub async fn run(
 
 async fn last_sequence(
     target: &Target,
-    client: &mut PurchaseArbiterClient<tonic::transport::Channel>,
+    client: &mut PurchaseArbiterClient<crate::client::Channel>,
 ) -> Result<u64, CtlError> {
     Ok(target
         .call("GetStatus", client.get_status(pb::GetStatusRequest {}))

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::client::Channel;
 use restock_proto::v1::{self as pb, event::Kind, purchase_arbiter_client::PurchaseArbiterClient};
 use tokio::{sync::mpsc, task::JoinHandle};
-use tonic::transport::Channel;
 
 use crate::error::{code_name, describe_status};
 

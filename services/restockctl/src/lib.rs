@@ -56,7 +56,7 @@ async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError>
         Command::Health { .. } => "server",
         _ => "arbiter",
     };
-    let target = Target::new(&cli.arbiter, cli.timeout, role)?;
+    let target = Target::new(&cli.arbiter, cli.timeout, role)?.secured(&cli.tls(), &cli.token())?;
     let json = cli.json;
     match cli.command {
         Command::Status => status::run(&target, json, out).await.map(|()| EXIT_OK),

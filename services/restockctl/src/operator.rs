@@ -4,9 +4,9 @@
 
 use std::io::Write;
 
+use crate::client::Channel;
 use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::{
     cli::OutcomeArg,

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use purchase_arbiter::auth::SendToken;
 use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
 use tokio::time::Instant;
 use tonic::{
     Code, Status,
-    transport::{Channel, Endpoint},
+    service::interceptor::InterceptedService,
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 use tracing::{info, warn};
 
@@ -17,9 +19,20 @@ use crate::{
     lease::{HeldLease, RenewError, Renewer},
 };
 
-/// The connection settings shared by the stream and the unary calls.
-pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+/// A client of the arbiter that sends the shared token on every call.
+pub type Client = PurchaseArbiterClient<InterceptedService<Channel, SendToken>>;
+
+/// The connection settings shared by the stream and the unary calls; `tls`
+/// (with an `https://` URL) encrypts them.
+pub fn endpoint(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // A dead or frozen arbiter is noticed on an idle stream too.
@@ -55,14 +68,14 @@ pub enum ReleaseAnswer {
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct ArbiterCalls {
-    client: PurchaseArbiterClient<Channel>,
+    client: Client,
     rpc_timeout: Duration,
 }
 
 impl ArbiterCalls {
-    pub fn new(endpoint: &Endpoint, rpc_timeout: Duration) -> Self {
+    pub fn new(endpoint: &Endpoint, token: SendToken, rpc_timeout: Duration) -> Self {
         Self {
-            client: PurchaseArbiterClient::new(endpoint.connect_lazy()),
+            client: PurchaseArbiterClient::with_interceptor(endpoint.connect_lazy(), token),
             rpc_timeout,
         }
     }

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
+use purchase_arbiter::auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs};
 
 use crate::types::{Tcin, WatcherId};
 
@@ -170,6 +171,31 @@ pub struct WatcherConfig {
     /// Log line format.
     #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// TLS of this watcher's own gRPC server (status, health).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+
+    /// TLS towards the arbiter.
+    #[command(flatten)]
+    pub arbiter_tls: ClientTlsArgs,
+
+    /// The shared token: sent to the arbiter on every call, and required by
+    /// this watcher's status service.
+    #[command(flatten)]
+    pub token: TokenArgs,
+
+    /// With a token: GetWatcherStatus stays open to callers without it (it
+    /// only reads). Health and reflection are always open.
+    #[arg(
+        long,
+        env = "RESTOCK_PUBLIC_STATUS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub public_status: bool,
 }
 
 /// How the checkout is done, validated.

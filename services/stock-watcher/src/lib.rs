@@ -21,6 +21,9 @@
 //! - [`status`]: the `restock.v1.StockWatcher` status service.
 //! - [`state`]: the shared state behind those.
 //!
+//! The token and TLS flags come from `purchase_arbiter::auth`, shared by
+//! every binary.
+//!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the watcher in-process.
 
@@ -41,7 +44,8 @@ pub mod types;
 
 use std::{future::Future, sync::Arc};
 
-use restock_proto::v1::stock_watcher_server::StockWatcherServer;
+use purchase_arbiter::auth::{AuthPolicy, SendToken};
+use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +92,30 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let settings = config.settings().map_err(StartError::Config)?;
+    // TLS files and the token are read first, so a bad one stops start-up
+    // with a message naming it.
+    let tls = config.tls.load().map_err(StartError::Config)?;
+    let (arbiter_url, arbiter_tls) = config
+        .arbiter_tls
+        .load(&settings.arbiter)
+        .map_err(StartError::Config)?;
+    let token = config.token.load().map_err(StartError::Config)?;
+    let send_token = SendToken::new(token.as_ref());
+    let open = if config.public_status {
+        vec![format!(
+            "/{}/GetWatcherStatus",
+            stock_watcher_server::SERVICE_NAME
+        )]
+    } else {
+        Vec::new()
+    };
+    let auth = AuthPolicy::new(token, open);
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server
+            .tls_config(tls.config.clone())
+            .map_err(|e| StartError::Config(format!("TLS {} cannot be used: {e}", tls.describe)))?;
+    }
     let source = match settings.source {
         SourceKind::Target => Arc::new(TargetSource::new(TargetSettings {
             base_url: settings.source_url.clone(),
@@ -106,8 +134,8 @@ pub async fn run(
             settings.checkout_timeout,
         )),
     };
-    let endpoint = arbiter::endpoint(&settings.arbiter)?;
-    let calls = ArbiterCalls::new(&endpoint, settings.rpc_timeout);
+    let endpoint = arbiter::endpoint(&arbiter_url, arbiter_tls.clone())?;
+    let calls = ArbiterCalls::new(&endpoint, send_token.clone(), settings.rpc_timeout);
     let state = SharedState::new();
     let (catalog_tx, catalog_rx) = watch::channel(None);
     let runner = CheckoutRunner::new(
@@ -122,7 +150,7 @@ pub async fn run(
     let status = StatusService {
         state: state.clone(),
         watcher_id: settings.watcher_id.to_string(),
-        arbiter: settings.arbiter.clone(),
+        arbiter: arbiter_url.clone(),
         source: source.describe(),
         checkout_kind: settings.checkout_kind().as_str().to_owned(),
     };
@@ -141,21 +169,26 @@ pub async fn run(
     info!(
         listen = ?listener.local_addr().ok(),
         watcher_id = %settings.watcher_id,
-        arbiter = %settings.arbiter,
+        arbiter = %arbiter_url,
         source = %source.describe(),
         checkout = settings.checkout_kind().as_str(),
         poll_interval_ms = settings.poll_interval.as_millis() as u64,
         products = ?settings.products.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.mutual),
+        arbiter_tls = arbiter_tls.is_some(),
+        auth = auth.is_on(),
+        public_status = config.public_status,
         "stock watcher starting"
     );
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = server_stop.clone();
-        tonic::transport::Server::builder()
+        server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(StockWatcherServer::new(status))
+            .add_service(auth.guard(StockWatcherServer::new(status)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stop.cancelled().await
             })
@@ -179,8 +212,9 @@ pub async fn run(
     let session_stop = CancellationToken::new();
     let session = tokio::spawn(
         Session {
-            url: settings.arbiter.clone(),
+            url: arbiter_url,
             endpoint,
+            token: send_token,
             watcher_id: settings.watcher_id.clone(),
             state: state.clone(),
             runner: runner.clone(),

@@ -12,6 +12,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use purchase_arbiter::auth::SendToken;
 use restock_proto::v1::{
     self as pb, arbiter_message::Kind, purchase_arbiter_client::PurchaseArbiterClient,
 };
@@ -77,6 +78,8 @@ impl StreamError {
 pub struct Session {
     pub url: String,
     pub endpoint: Endpoint,
+    /// Sent on every (re)connect.
+    pub token: SendToken,
     pub watcher_id: WatcherId,
     pub state: SharedState,
     pub runner: CheckoutRunner,
@@ -140,7 +143,7 @@ impl Session {
                 error: error_chain(&e),
             })?,
         };
-        let mut client = PurchaseArbiterClient::new(channel);
+        let mut client = PurchaseArbiterClient::with_interceptor(channel, self.token.clone());
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = {
             let mut st = self.state.lock();

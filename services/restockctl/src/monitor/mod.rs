@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use crate::client::Channel;
 use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
 use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
-use tonic::transport::Channel;
 
 pub use checker::{Cycle, Monitor, Notice, Problem, ProblemKind};
 pub use report::{Report, Window};

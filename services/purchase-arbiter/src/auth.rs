@@ -1,0 +1,482 @@
+//! Who may call, and over what: the shared bearer token and TLS, for both
+//! servers (the arbiter, a watcher's status service) and for their clients
+//! (the watcher, `restockctl`), so every binary reads the same flags the
+//! same way.
+//!
+//! - [`TokenArgs`] and [`AuthToken`]: `--auth-token-file` or
+//!   `RESTOCK_AUTH_TOKEN`. The token is never logged (its `Debug` is
+//!   redacted).
+//! - [`AuthPolicy`] and [`RequireToken`]: wraps one gRPC service; every
+//!   method needs `authorization: Bearer TOKEN` except the ones opened
+//!   explicitly (`--public-status`). It wraps the service, not the whole
+//!   server, so health and reflection stay open.
+//! - [`ServerTlsArgs`]: `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+//! - [`ClientTlsArgs`] and [`SendToken`]: `--tls-ca`, `--tls-client-cert`,
+//!   `--tls-client-key`, and the interceptor that adds the token to every
+//!   call.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{Service, http},
+    metadata::{AsciiMetadataValue, MetadataValue},
+    server::NamedService,
+    service::Interceptor,
+    transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig},
+};
+
+/// The environment variable that holds the token itself (the flag takes a
+/// file, so the token never shows in `ps`).
+pub const TOKEN_ENV: &str = "RESTOCK_AUTH_TOKEN";
+
+/// The shared secret every client presents as `authorization: Bearer TOKEN`.
+#[derive(Clone)]
+pub struct AuthToken(Arc<str>);
+
+impl fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+impl AuthToken {
+    /// Checks a token: surrounding white space is dropped (a file's final
+    /// newline); what is left must be non-empty printable ASCII without
+    /// spaces, so it fits in a header as it is.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be printable ASCII without spaces".into());
+        }
+        Ok(Self(t.into()))
+    }
+
+    /// Does `presented` equal the token? Takes the same time wherever the
+    /// first difference is, so the token cannot be guessed byte by byte.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut diff = u8::from(expected.len() != presented.len());
+        for (i, e) in expected.iter().enumerate() {
+            diff |= e ^ presented.get(i).copied().unwrap_or(0);
+        }
+        std::hint::black_box(diff) == 0
+    }
+
+    fn header(&self) -> AsciiMetadataValue {
+        let mut v = MetadataValue::try_from(format!("Bearer {}", self.0))
+            .expect("checked in parse: printable ASCII");
+        // Kept out of HPACK's dynamic table.
+        v.set_sensitive(true);
+        v
+    }
+}
+
+/// `--auth-token-file`, shared by every binary.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenArgs {
+    /// File holding the shared bearer token (servers require it, clients
+    /// send it). RESTOCK_AUTH_TOKEN holds the token itself instead.
+    #[arg(long, env = "RESTOCK_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token from the file, else from `RESTOCK_AUTH_TOKEN`; `None` when
+    /// neither is set (an empty value counts as unset). Errors name the file.
+    pub fn load(&self) -> Result<Option<AuthToken>, String> {
+        if let Some(path) = non_empty(&self.auth_token_file) {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("--auth-token-file {}: cannot read it: {e}", path.display())
+            })?;
+            return AuthToken::parse(&text)
+                .map(Some)
+                .map_err(|e| format!("--auth-token-file {}: {e}", path.display()));
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(v) if !v.trim().is_empty() => AuthToken::parse(&v)
+                .map(Some)
+                .map_err(|e| format!("{TOKEN_ENV}: {e}")),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Which calls of one service need the token.
+#[derive(Debug, Clone)]
+pub struct AuthPolicy {
+    token: Option<AuthToken>,
+    /// Full method paths (`/pkg.Service/Method`) open without a token.
+    open: Arc<[String]>,
+}
+
+impl AuthPolicy {
+    /// Every method needs `token` (nothing does when it is `None`) except
+    /// the `open` method paths.
+    pub fn new(token: Option<AuthToken>, open: Vec<String>) -> Self {
+        Self {
+            token,
+            open: open.into(),
+        }
+    }
+
+    /// Is a token required at all?
+    pub fn is_on(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Lets a call to `path` with these headers through, or says why not.
+    pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        if self.open.iter().any(|p| p == path) {
+            return Ok(());
+        }
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(Status::unauthenticated(
+                "missing bearer token: send metadata `authorization: Bearer TOKEN`",
+            ));
+        };
+        let presented = value.as_bytes();
+        let presented = presented
+            .strip_prefix(b"Bearer ")
+            .or_else(|| presented.strip_prefix(b"bearer "))
+            .unwrap_or(b"");
+        if token.matches(presented) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("wrong bearer token"))
+        }
+    }
+
+    /// Wraps a generated gRPC server so that [`Self::check`] runs first.
+    pub fn guard<S>(&self, inner: S) -> RequireToken<S> {
+        RequireToken {
+            inner,
+            policy: self.clone(),
+        }
+    }
+}
+
+/// A gRPC service behind an [`AuthPolicy`]: a refused call is answered
+/// `UNAUTHENTICATED` before the service sees it, so nothing changes.
+#[derive(Debug, Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    policy: AuthPolicy,
+}
+
+impl<S: NamedService> NamedService for RequireToken<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for RequireToken<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Self::Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        match self.policy.check(req.uri().path(), req.headers()) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(status) => {
+                tracing::warn!(
+                    method = req.uri().path(),
+                    reason = status.message(),
+                    "call refused: not authenticated"
+                );
+                Either::Right(ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// A server's TLS flags. Without `--tls-cert` and `--tls-key` it serves
+/// plaintext.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate (chain) to serve TLS with; needs --tls-key.
+    #[arg(long, env = "RESTOCK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RESTOCK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate signed by
+    /// one of them (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "RESTOCK_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A server's TLS set-up, read and checked.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: ServerTlsConfig,
+    pub mutual: bool,
+    /// The files, for messages.
+    pub describe: String,
+}
+
+impl ServerTlsArgs {
+    /// Reads the files; `None` means plaintext. Errors name the file.
+    pub fn load(&self) -> Result<Option<ServerTls>, String> {
+        let cert = non_empty(&self.tls_cert);
+        let key = non_empty(&self.tls_key);
+        let client_ca = non_empty(&self.tls_client_ca);
+        let (cert, key) = match (cert, key) {
+            (None, None) if client_ca.is_some() => {
+                return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            (Some(c), Some(k)) => (c, k),
+        };
+        let cert_pem = read_pem("--tls-cert", cert, "CERTIFICATE")?;
+        let key_pem = read_pem("--tls-key", key, "PRIVATE KEY")?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        if let Some(ca) = client_ca {
+            let ca_pem = read_pem("--tls-client-ca", ca, "CERTIFICATE")?;
+            config = config.client_ca_root(Certificate::from_pem(ca_pem));
+        }
+        Ok(Some(ServerTls {
+            config,
+            mutual: client_ca.is_some(),
+            describe: format!(
+                "--tls-cert {} / --tls-key {}{}",
+                cert.display(),
+                key.display(),
+                client_ca
+                    .map(|c| format!(" / --tls-client-ca {}", c.display()))
+                    .unwrap_or_default()
+            ),
+        }))
+    }
+}
+
+/// A client's TLS flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) to trust for the server; turns TLS on (an
+    /// http:// URL is then used as https://). An https:// URL without it
+    /// trusts the usual public CAs.
+    #[arg(long, env = "RESTOCK_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for servers that require one (mutual TLS);
+    /// needs --tls-client-key.
+    #[arg(long, env = "RESTOCK_TLS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "RESTOCK_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The URL to dial and its TLS set-up (`None`: plaintext). With any TLS
+    /// flag an `http://` URL becomes `https://`. Errors name the file.
+    pub fn load(&self, url: &str) -> Result<(String, Option<ClientTlsConfig>), String> {
+        let ca = non_empty(&self.tls_ca);
+        let cert = non_empty(&self.tls_client_cert);
+        let key = non_empty(&self.tls_client_key);
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(_), None) => return Err("--tls-client-cert needs --tls-client-key".into()),
+            (None, Some(_)) => return Err("--tls-client-key needs --tls-client-cert".into()),
+            (Some(c), Some(k)) => Some(Identity::from_pem(
+                read_pem("--tls-client-cert", c, "CERTIFICATE")?,
+                read_pem("--tls-client-key", k, "PRIVATE KEY")?,
+            )),
+        };
+        let https = url.starts_with("https://");
+        if !https && ca.is_none() && identity.is_none() {
+            return Ok((url.to_owned(), None));
+        }
+        let url = match url.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => url.to_owned(),
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read_pem(
+                "--tls-ca",
+                ca,
+                "CERTIFICATE",
+            )?)),
+            None => config.with_webpki_roots(),
+        };
+        if let Some(identity) = identity {
+            config = config.identity(identity);
+        }
+        Ok((url, Some(config)))
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call (nothing without a
+/// token).
+#[derive(Clone, Default)]
+pub struct SendToken(Option<AsciiMetadataValue>);
+
+impl fmt::Debug for SendToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SendToken(<redacted>)"
+        } else {
+            "SendToken(none)"
+        })
+    }
+}
+
+impl SendToken {
+    pub fn new(token: Option<&AuthToken>) -> Self {
+        Self(token.map(AuthToken::header))
+    }
+}
+
+impl Interceptor for SendToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// An unset or empty path is no path (compose passes empty variables).
+fn non_empty(p: &Option<PathBuf>) -> Option<&Path> {
+    p.as_deref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Reads a PEM file and checks it holds a `label` block, so a wrong or
+/// broken file is reported by name at start-up, not as a handshake failure.
+fn read_pem(flag: &str, path: &Path, label: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{flag} {}: cannot read it: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
+    if !has_block {
+        return Err(format!(
+            "{flag} {}: not a PEM file with a {label} block",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    fn policy(public: &[&str]) -> AuthPolicy {
+        AuthPolicy::new(
+            Some(AuthToken::parse("s3cret\n").unwrap()),
+            public.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn the_right_token_passes_and_others_are_told_why_not() {
+        let p = policy(&[]);
+        let m = "/restock.v1.PurchaseArbiter/AcquirePurchase";
+        p.check(m, &headers(Some("Bearer s3cret"))).unwrap();
+        let missing = p.check(m, &headers(None)).unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(missing.message().contains("missing"), "{missing:?}");
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cretx",
+            "s3cret",
+            "Basic s3cret",
+            "Bearer ",
+        ] {
+            let e = p.check(m, &headers(Some(wrong))).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            assert!(e.message().contains("wrong"), "{wrong}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn open_methods_and_no_token_need_nothing() {
+        let p = policy(&["/restock.v1.PurchaseArbiter/GetStatus"]);
+        p.check("/restock.v1.PurchaseArbiter/GetStatus", &headers(None))
+            .unwrap();
+        assert!(
+            p.check("/restock.v1.PurchaseArbiter/SetPaused", &headers(None))
+                .is_err()
+        );
+        AuthPolicy::new(None, vec![])
+            .check("/restock.v1.PurchaseArbiter/SetPaused", &headers(None))
+            .unwrap();
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_printed() {
+        assert!(AuthToken::parse("  \n").is_err());
+        assert!(AuthToken::parse("two words").is_err());
+        let t = AuthToken::parse("s3cret").unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(!format!("{:?}", SendToken::new(Some(&t))).contains("s3cret"));
+        assert!(!format!("{:?}", TokenArgs::default()).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_missing_or_wrong_pem_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "hello").unwrap();
+        let args = ServerTlsArgs {
+            tls_cert: Some(junk.clone()),
+            tls_key: Some(dir.path().join("absent.pem")),
+            tls_client_ca: None,
+        };
+        let e = args.load().unwrap_err();
+        assert!(e.contains("--tls-cert") && e.contains("junk.pem"), "{e}");
+        let half = ServerTlsArgs {
+            tls_cert: Some(junk),
+            ..Default::default()
+        };
+        assert!(half.load().unwrap_err().contains("--tls-key"));
+        assert!(ServerTlsArgs::default().load().unwrap().is_none());
+    }
+
+    #[test]
+    fn clients_upgrade_http_only_with_tls_flags() {
+        let none = ClientTlsArgs::default();
+        let (url, tls) = none.load("http://a:1").unwrap();
+        assert_eq!(url, "http://a:1");
+        assert!(tls.is_none());
+        let (url, tls) = none.load("https://a:1").unwrap();
+        assert_eq!(url, "https://a:1");
+        assert!(tls.is_some());
+    }
+}
