@@ -30,7 +30,6 @@ use std::future::Future;
 
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -181,7 +180,15 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(auth.guard(arbiter_server))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // TCP_NODELAY, as tonic sets it on sockets it accepts itself (it
+        // does not on an incoming stream handed to it): without it, a small
+        // message written while an earlier one is unacknowledged (the
+        // catalog right after the stream's headers, a grant right after a
+        // revocation) waits for the peer's delayed ACK, up to 40 ms.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        );
     // Graceful shutdown waits for clients to close their connections; a
     // client that keeps an ended stream's connection open must not hold the
     // process (docker stop kills after 10 s), so the wait is bounded.
