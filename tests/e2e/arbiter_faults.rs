@@ -13,6 +13,15 @@ use tonic::Code;
 
 use crate::helpers::{WatcherStream, must_acquire, status};
 
+/// The live lease's id and token, and the products in priority order.
+async fn lease_and_order(c: &mut crate::helpers::Client) -> (Option<(String, u64)>, Vec<String>) {
+    let s = status(c).await;
+    (
+        s.active_lease.map(|l| (l.lease_id, l.fencing_token)),
+        s.products.into_iter().map(|p| p.tcin).collect(),
+    )
+}
+
 async fn acquire_err(c: &mut crate::helpers::Client, tcin: &str, watcher: &str) -> tonic::Status {
     c.acquire_purchase(AcquirePurchaseRequest {
         tcin: tcin.into(),
@@ -234,4 +243,151 @@ async fn bad_flags_are_refused_with_the_flag_named() {
         log.contains("--lease-ttl") && log.contains("no unit"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_the_lease_back() {
+    let mut arbiter = ArbiterProcess::start(ArbiterOptions {
+        lease_ttl: "300s".into(),
+        ..ArbiterOptions::default()
+    })
+    .await;
+    let mut c = arbiter.client().await;
+    let lease = must_acquire(&mut c, "100", "holder").await;
+    arbiter.process.kill9();
+
+    // Everything the state consists of (the file, and any journal next to
+    // it), to put back at the end.
+    let state = arbiter.state_file();
+    let name = state.file_name().unwrap().to_string_lossy().into_owned();
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(arbiter.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let good = std::fs::read(&state).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut d = doc.clone();
+        d[key] = value;
+        serde_json::to_vec(&d).unwrap()
+    };
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("an empty file", Vec::new(), "corrupt"),
+        (
+            "the first half of the file",
+            good[..good.len() / 2].to_vec(),
+            "corrupt",
+        ),
+        ("binary garbage", garbage, "corrupt"),
+        (
+            "JSON of another shape",
+            br#"{"hello": "world"}"#.to_vec(),
+            "corrupt",
+        ),
+        ("a JSON array", b"[]".to_vec(), "corrupt"),
+        (
+            "a format version from the future",
+            with("version", 99.into()),
+            "version 99",
+        ),
+        (
+            "a token that is not a number",
+            with("next_fencing_token", "many".into()),
+            "corrupt",
+        ),
+    ];
+    let args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--config".into(),
+        arbiter.config_file().display().to_string(),
+        "--state-file".into(),
+        state.display().to_string(),
+    ];
+    for (what, bytes, says) in cases {
+        std::fs::write(&state, &bytes).unwrap();
+        let log = start_expecting_failure(arbiter.dir.path(), &args);
+        assert!(log.contains(&state.display().to_string()), "{what}: {log}");
+        assert!(log.contains(says), "{what}: {log}");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            bytes,
+            "{what}: the file is never replaced"
+        );
+    }
+
+    // The good state back: the lease is there, with its token.
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    arbiter.process.restart();
+    restock_e2e::wait_healthy(&arbiter.addr, Duration::from_secs(20)).await;
+    let mut c = arbiter.client().await;
+    let (held, _) = lease_and_order(&mut c).await;
+    assert_eq!(held, Some((lease.lease_id.clone(), lease.fencing_token)));
+    assert_eq!(
+        status(&mut c).await.next_fencing_token,
+        lease.fencing_token + 1
+    );
+}
+
+#[tokio::test]
+async fn a_broken_product_config_on_reload_keeps_the_list_and_the_lease() {
+    let arbiter = ArbiterProcess::start(ArbiterOptions {
+        lease_ttl: "300s".into(),
+        ..ArbiterOptions::default()
+    })
+    .await;
+    let mut c = arbiter.client().await;
+    let lease = must_acquire(&mut c, "200", "holder").await;
+    let before = lease_and_order(&mut c).await;
+    let config = arbiter.config_file();
+    let cases: Vec<(&str, Option<&str>, &str)> = vec![
+        (
+            "a trailing comma",
+            Some("{\n  \"products\": [\n    {\"tcin\": \"100\"},\n  ]\n}\n"),
+            "line 4",
+        ),
+        ("not JSON", Some("products = [100, 200]\n"), "line 1"),
+        ("an empty file", Some(""), "line 1"),
+        (
+            "an invalid id",
+            Some(r#"{"products": [{"tcin": "1 2"}]}"#),
+            "product #1",
+        ),
+        (
+            "a duplicate id",
+            Some(r#"{"products": [{"tcin": "100"}, {"tcin": "100"}]}"#),
+            "listed twice",
+        ),
+        ("a missing file", None, "cannot read"),
+    ];
+    for (what, text, says) in cases {
+        match text {
+            Some(t) => std::fs::write(&config, t).unwrap(),
+            None => std::fs::remove_file(&config).unwrap(),
+        }
+        let e = c
+            .reload_config(pb::ReloadConfigRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e}");
+        assert!(
+            e.message().contains(&config.display().to_string()) && e.message().contains(says),
+            "{what}: {e}"
+        );
+        // SIGHUP with the same file: logged, the arbiter carries on.
+        arbiter.process.signal("-HUP");
+        restock_e2e::wait_healthy(&arbiter.addr, Duration::from_secs(5)).await;
+        assert_eq!(lease_and_order(&mut c).await, before, "after {what}");
+    }
+    // A good file is taken, and the lease is still there.
+    restock_e2e::write_product_config(arbiter.dir.path(), &["300", "200", "100"]);
+    c.reload_config(pb::ReloadConfigRequest {}).await.unwrap();
+    let (held, order) = lease_and_order(&mut c).await;
+    assert_eq!(held, Some((lease.lease_id, lease.fencing_token)));
+    assert_eq!(order, ["300", "200", "100"]);
 }

@@ -9,4 +9,6 @@ mod arbiter_faults;
 mod arbiter_grpcurl;
 mod cycle;
 mod helpers;
+mod hostile;
+mod raw_h2;
 mod security;
