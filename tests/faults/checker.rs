@@ -322,6 +322,9 @@ impl Report {
         for n in self.notes.iter().take(20) {
             let _ = writeln!(s, "note: {n}");
         }
+        if self.notes.len() > 20 {
+            let _ = writeln!(s, "note: ... and {} more notes", self.notes.len() - 20);
+        }
         s
     }
 }

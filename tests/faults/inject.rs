@@ -23,17 +23,17 @@ use crate::{
 /// How long to wait for a grant to aim a fault at before skipping it.
 const GRANT_WAIT: Duration = Duration::from_secs(10);
 
-/// How often each kind is drawn, relative to the others: the faults that
-/// hit a running checkout a little more often.
-fn weight(kind: FaultKind) -> u64 {
+/// How many times each kind comes up per round: the faults that hit a
+/// running checkout twice, the others once.
+fn per_round(kind: FaultKind) -> usize {
     match kind {
-        FaultKind::HolderKill | FaultKind::HolderPause | FaultKind::WatcherCutOff => 3,
+        FaultKind::HolderKill | FaultKind::HolderPause | FaultKind::WatcherCutOff => 2,
         FaultKind::ArbiterKill
         | FaultKind::ArbiterKillAfterGrant
         | FaultKind::WatcherKill
         | FaultKind::WatcherPause
         | FaultKind::HostCutOff
-        | FaultKind::RestockStorm => 2,
+        | FaultKind::RestockStorm => 1,
     }
 }
 
@@ -70,7 +70,9 @@ impl Injector<'_> {
 
     /// Injects faults until `until`, then returns the records.
     pub async fn run(&mut self, until: Instant) {
-        let weights: Vec<u64> = self.kinds.iter().map(|k| weight(*k)).collect();
+        // Rounds of every kind in a shuffled order, rather than independent
+        // draws, so that even a short run (CI) meets every kind.
+        let mut round: Vec<FaultKind> = Vec::new();
         while Instant::now() < until {
             let gap = self.rng.range(300, 2_500);
             tokio::time::sleep(Duration::from_millis(gap)).await;
@@ -79,7 +81,15 @@ impl Injector<'_> {
                 self.cluster.set_checkout_delay(ms).await;
                 self.checkout_delay_ms = ms;
             }
-            let kind = self.kinds[self.rng.weighted(&weights)];
+            if round.is_empty() {
+                round = self
+                    .kinds
+                    .iter()
+                    .flat_map(|k| std::iter::repeat_n(*k, per_round(*k)))
+                    .collect();
+                self.rng.shuffle(&mut round);
+            }
+            let kind = round.pop().expect("refilled above");
             let Some(mut record) = self.inject(kind).await else {
                 eprintln!(
                     "[{}] skipped {}: no grant to aim at",

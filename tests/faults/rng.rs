@@ -45,17 +45,12 @@ impl Rng {
         &items[self.range(0, items.len() as u64 - 1) as usize]
     }
 
-    /// An index chosen with the given weights.
-    pub fn weighted(&mut self, weights: &[u64]) -> usize {
-        let total: u64 = weights.iter().sum();
-        let mut r = self.range(0, total - 1);
-        for (i, w) in weights.iter().enumerate() {
-            if r < *w {
-                return i;
-            }
-            r -= w;
+    /// Shuffles in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.range(0, i as u64) as usize;
+            items.swap(i, j);
         }
-        unreachable!("r < total")
     }
 }
 
@@ -77,12 +72,16 @@ mod tests {
     }
 
     #[test]
-    fn ranges_and_weights_stay_in_bounds() {
+    fn ranges_stay_in_bounds_and_shuffles_keep_every_item() {
         let mut r = Rng::new(7);
         for _ in 0..1_000 {
             let x = r.range(3, 9);
             assert!((3..=9).contains(&x));
-            assert!(r.weighted(&[0, 5, 0, 1]) % 2 == 1);
         }
+        let mut v: Vec<u32> = (0..20).collect();
+        r.shuffle(&mut v);
+        assert_ne!(v, (0..20).collect::<Vec<_>>());
+        v.sort_unstable();
+        assert_eq!(v, (0..20).collect::<Vec<_>>());
     }
 }
