@@ -457,8 +457,47 @@ pub struct Arbiter {
     ended: VecDeque<EndedLease>,
     idempotency: HashMap<(WatcherId, String), AcquireAnswer>,
     idempotency_order: VecDeque<(WatcherId, String)>,
+    /// Ended leases and idempotency answers ever added (the deques drop
+    /// their oldest), so a [`Delta`] knows how many are new.
+    ended_total: u64,
+    idempotency_total: u64,
+    /// What the last successful write put on disk.
+    persisted: Persisted,
     counters: Counters,
     effects: Effects,
+}
+
+/// What the state file (snapshot and journal) holds, as far as the arbiter
+/// knows: the next [`Delta`] carries only what changed since.
+#[derive(Debug, Default)]
+struct Persisted {
+    /// The newest event on disk.
+    events_upto: u64,
+    ended_total: u64,
+    idempotency_total: u64,
+    products: HashMap<Tcin, SavedProduct>,
+}
+
+/// Where a write brings the disk to. Handed back with
+/// [`Arbiter::persisted`] once the write succeeded; a failed write leaves
+/// the marks where they were, so the next write carries its changes again.
+#[derive(Debug)]
+pub struct PersistMark {
+    events_upto: u64,
+    ended_total: u64,
+    idempotency_total: u64,
+    products: ProductsMark,
+}
+
+#[derive(Debug)]
+enum ProductsMark {
+    /// A full snapshot: the disk now holds exactly these products.
+    All(HashMap<Tcin, SavedProduct>),
+    /// A delta: these changed, these were removed.
+    Changed {
+        upserted: Vec<(Tcin, SavedProduct)>,
+        removed: Vec<Tcin>,
+    },
 }
 
 impl Arbiter {
@@ -799,6 +838,7 @@ impl Arbiter {
         if self.ended.len() == ENDED_LEASES {
             self.ended.pop_front();
         }
+        self.ended_total += 1;
         self.ended.push_back(EndedLease {
             lease_id: lease.lease_id,
             tcin: lease.tcin.clone(),
@@ -859,6 +899,7 @@ impl Arbiter {
                 self.idempotency.remove(&old);
             }
             self.idempotency_order.push_back(key.clone());
+            self.idempotency_total += 1;
             self.idempotency.insert(key, answer.clone());
             self.effects.must_persist = true;
         }
@@ -1281,6 +1322,7 @@ impl Arbiter {
     pub fn snapshot(&self, now: Now) -> Snapshot {
         Snapshot {
             version: SNAPSHOT_VERSION,
+            journal: 0,
             saved_at_unix_ms: now.unix_ms,
             next_fencing_token: self.next_token,
             sequence_reserved: self.sequence_reserved,
@@ -1288,53 +1330,14 @@ impl Arbiter {
             products: self
                 .products
                 .iter()
-                .map(|(tcin, p)| {
-                    (
-                        tcin.clone(),
-                        SavedProduct {
-                            // Stock reports are not persisted: watchers report
-                            // again after a restart.
-                            state: match p.state {
-                                ProductState::Queued => ProductState::Ready,
-                                s => s,
-                            },
-                            purchases: p.purchases,
-                            cooldown_until_unix_ms: p.cooldown_until.map(|(_, u)| u),
-                            last_outcome: p.last_outcome,
-                            last_detail: p.last_detail.clone(),
-                        },
-                    )
-                })
+                .map(|(tcin, p)| (tcin.clone(), saved_product(p)))
                 .collect(),
-            lease: self.lease.as_ref().map(|l| SavedLease {
-                lease_id: l.lease_id.clone(),
-                tcin: l.tcin.clone(),
-                watcher_id: l.watcher_id.clone(),
-                fencing_token: l.token,
-                ttl_ms: ms(l.ttl),
-                granted_at_unix_ms: l.granted_at_unix_ms,
-                expires_at_unix_ms: l.expires_at_unix_ms,
-                remaining_ms: ms(l.remaining(now)),
-            }),
+            lease: self.saved_lease(now),
             ended_leases: self.ended.iter().cloned().collect(),
             idempotency: self
                 .idempotency_order
                 .iter()
-                .filter_map(|k| {
-                    let a = self.idempotency.get(k)?;
-                    Some(SavedAnswer {
-                        watcher_id: k.0.clone(),
-                        request_id: k.1.clone(),
-                        granted_lease_id: match a {
-                            AcquireAnswer::Granted(l) => Some(l.lease_id.clone()),
-                            AcquireAnswer::Refused(_) => None,
-                        },
-                        refusal: match a {
-                            AcquireAnswer::Granted(_) => None,
-                            AcquireAnswer::Refused(r) => Some(r.clone()),
-                        },
-                    })
-                })
+                .filter_map(|k| self.saved_answer(k))
                 .collect(),
             counters: self.counters,
             events: self
@@ -1346,6 +1349,133 @@ impl Arbiter {
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// The mark of a full [`Self::snapshot`] taken now.
+    pub fn full_mark(&self) -> PersistMark {
+        PersistMark {
+            events_upto: self.last_sequence(),
+            ended_total: self.ended_total,
+            idempotency_total: self.idempotency_total,
+            products: ProductsMark::All(
+                self.products
+                    .iter()
+                    .map(|(tcin, p)| (tcin.clone(), saved_product(p)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// What changed since the last successful write: the small fields in
+    /// full, the products whose saved form differs, and the events, ended
+    /// leases and idempotency answers added since. Applied to the state on
+    /// disk ([`Snapshot::apply`]) it gives exactly [`Self::snapshot`].
+    pub fn delta(&self, now: Now) -> (Delta, PersistMark) {
+        let p = &self.persisted;
+        let mut upserted = Vec::new();
+        for (tcin, product) in &self.products {
+            if p.products.get(tcin).is_none_or(|s| !same_saved(product, s)) {
+                upserted.push((tcin.clone(), saved_product(product)));
+            }
+        }
+        let removed: Vec<Tcin> = p
+            .products
+            .keys()
+            .filter(|t| !self.products.contains_key(*t))
+            .cloned()
+            .collect();
+        let first_new = self
+            .history
+            .partition_point(|e| e.sequence <= p.events_upto);
+        let new_events = self.history.len() - first_new;
+        let events: Vec<Event> = self
+            .history
+            .iter()
+            .skip(first_new + new_events.saturating_sub(SAVED_EVENTS))
+            .cloned()
+            .collect();
+        let new_ended = (self.ended_total - p.ended_total).min(self.ended.len() as u64) as usize;
+        let ended_leases: Vec<EndedLease> = self
+            .ended
+            .iter()
+            .skip(self.ended.len() - new_ended)
+            .cloned()
+            .collect();
+        let new_answers = (self.idempotency_total - p.idempotency_total)
+            .min(self.idempotency_order.len() as u64) as usize;
+        let idempotency: Vec<SavedAnswer> = self
+            .idempotency_order
+            .iter()
+            .skip(self.idempotency_order.len() - new_answers)
+            .filter_map(|k| self.saved_answer(k))
+            .collect();
+        let delta = Delta {
+            journal: 0,
+            saved_at_unix_ms: now.unix_ms,
+            next_fencing_token: self.next_token,
+            sequence_reserved: self.sequence_reserved,
+            paused: self.paused,
+            lease: self.saved_lease(now),
+            counters: self.counters,
+            products: upserted.iter().cloned().collect(),
+            removed_products: removed.clone(),
+            ended_leases,
+            idempotency,
+            events,
+        };
+        let mark = PersistMark {
+            events_upto: self.last_sequence(),
+            ended_total: self.ended_total,
+            idempotency_total: self.idempotency_total,
+            products: ProductsMark::Changed { upserted, removed },
+        };
+        (delta, mark)
+    }
+
+    /// A write with this mark reached the disk.
+    pub fn persisted(&mut self, mark: PersistMark) {
+        let p = &mut self.persisted;
+        p.events_upto = mark.events_upto;
+        p.ended_total = mark.ended_total;
+        p.idempotency_total = mark.idempotency_total;
+        match mark.products {
+            ProductsMark::All(all) => p.products = all,
+            ProductsMark::Changed { upserted, removed } => {
+                for t in removed {
+                    p.products.remove(&t);
+                }
+                p.products.extend(upserted);
+            }
+        }
+    }
+
+    fn saved_lease(&self, now: Now) -> Option<SavedLease> {
+        self.lease.as_ref().map(|l| SavedLease {
+            lease_id: l.lease_id.clone(),
+            tcin: l.tcin.clone(),
+            watcher_id: l.watcher_id.clone(),
+            fencing_token: l.token,
+            ttl_ms: ms(l.ttl),
+            granted_at_unix_ms: l.granted_at_unix_ms,
+            expires_at_unix_ms: l.expires_at_unix_ms,
+            remaining_ms: ms(l.remaining(now)),
+        })
+    }
+
+    fn saved_answer(&self, key: &(WatcherId, String)) -> Option<SavedAnswer> {
+        let a = self.idempotency.get(key)?;
+        Some(SavedAnswer {
+            watcher_id: key.0.clone(),
+            request_id: key.1.clone(),
+            granted_lease_id: match a {
+                AcquireAnswer::Granted(l) => Some(l.lease_id.clone()),
+                AcquireAnswer::Refused(_) => None,
+            },
+            refusal: match a {
+                AcquireAnswer::Granted(_) => None,
+                AcquireAnswer::Refused(r) => Some(r.clone()),
+            },
+        })
     }
 
     /// Rebuilds the arbiter from a snapshot. The lease keeps the time it had
@@ -1451,6 +1581,8 @@ impl Arbiter {
             a.idempotency_order.push_back(key.clone());
             a.idempotency.insert(key, answer);
         }
+        a.ended_total = a.ended.len() as u64;
+        a.idempotency_total = a.idempotency_order.len() as u64;
         a.history = snapshot.events.into_iter().collect();
         a.emit(now, Event::new(EventKind::ArbiterStarted).detail(started));
         a.effects.must_persist = true;
@@ -1473,14 +1605,46 @@ impl Arbiter {
             ended: VecDeque::new(),
             idempotency: HashMap::new(),
             idempotency_order: VecDeque::new(),
+            ended_total: 0,
+            idempotency_total: 0,
+            persisted: Persisted::default(),
             counters: Counters::default(),
             effects: Effects::default(),
         }
     }
 }
 
-/// Format version of [`Snapshot`].
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// How a product is saved. Stock reports are not persisted (watchers report
+/// again after a restart), so QUEUED is saved as READY.
+fn saved_product(p: &Product) -> SavedProduct {
+    SavedProduct {
+        state: saved_state(p.state),
+        purchases: p.purchases,
+        cooldown_until_unix_ms: p.cooldown_until.map(|(_, u)| u),
+        last_outcome: p.last_outcome,
+        last_detail: p.last_detail.clone(),
+    }
+}
+
+fn saved_state(s: ProductState) -> ProductState {
+    match s {
+        ProductState::Queued => ProductState::Ready,
+        s => s,
+    }
+}
+
+/// `saved_product(p) == *s`, without allocating.
+fn same_saved(p: &Product, s: &SavedProduct) -> bool {
+    saved_state(p.state) == s.state
+        && p.purchases == s.purchases
+        && p.cooldown_until.map(|(_, u)| u) == s.cooldown_until_unix_ms
+        && p.last_outcome == s.last_outcome
+        && p.last_detail == s.last_detail
+}
+
+/// Format version of [`Snapshot`]. Version 2 added the journal (a snapshot
+/// names the journal whose records follow it); version 1 files are read.
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Events kept in the state file.
 pub const SAVED_EVENTS: usize = 500;
 
@@ -1488,6 +1652,9 @@ pub const SAVED_EVENTS: usize = 500;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: u32,
+    /// The journal whose records apply on top of this snapshot (0: none).
+    #[serde(default)]
+    pub journal: u64,
     pub saved_at_unix_ms: u64,
     pub next_fencing_token: u64,
     pub sequence_reserved: u64,
@@ -1501,6 +1668,57 @@ pub struct Snapshot {
     #[serde(default)]
     pub counters: Counters,
     #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+impl Snapshot {
+    /// Applies one journal record, keeping the same bounds as the arbiter
+    /// (ended leases, idempotency answers, saved events).
+    pub fn apply(&mut self, d: Delta) {
+        self.saved_at_unix_ms = d.saved_at_unix_ms;
+        self.next_fencing_token = d.next_fencing_token;
+        self.sequence_reserved = d.sequence_reserved;
+        self.paused = d.paused;
+        self.lease = d.lease;
+        self.counters = d.counters;
+        for t in &d.removed_products {
+            self.products.remove(t);
+        }
+        self.products.extend(d.products);
+        fn push_bounded<T>(v: &mut Vec<T>, new: Vec<T>, bound: usize) {
+            v.extend(new);
+            if v.len() > bound {
+                v.drain(..v.len() - bound);
+            }
+        }
+        push_bounded(&mut self.ended_leases, d.ended_leases, ENDED_LEASES);
+        push_bounded(&mut self.idempotency, d.idempotency, IDEMPOTENCY_ENTRIES);
+        push_bounded(&mut self.events, d.events, SAVED_EVENTS);
+    }
+}
+
+/// One journal record: what changed since the previous write. See
+/// [`Arbiter::delta`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The journal (and so the snapshot) this record belongs to; set by the
+    /// store when it writes the record.
+    pub journal: u64,
+    pub saved_at_unix_ms: u64,
+    pub next_fencing_token: u64,
+    pub sequence_reserved: u64,
+    pub paused: bool,
+    pub lease: Option<SavedLease>,
+    pub counters: Counters,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub products: BTreeMap<Tcin, SavedProduct>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_products: Vec<Tcin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_leases: Vec<EndedLease>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotency: Vec<SavedAnswer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
 }
 

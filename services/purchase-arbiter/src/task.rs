@@ -29,7 +29,7 @@ use crate::{
         AcquireAnswer, Arbiter, Clock, Event, Lease, Observation, Push, SlotError, StatusView,
         Timing,
     },
-    store::StateFile,
+    store::{StateFile, StoreError},
     types::{FencingToken, Outcome, ProductState, Tcin, WatcherId},
 };
 
@@ -342,6 +342,16 @@ struct ArbiterTask {
     dirty_since: Option<Instant>,
 }
 
+/// Runs a blocking state write on the blocking pool.
+async fn run_blocking(
+    write: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), String> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| format!("state writer failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -601,13 +611,30 @@ impl ArbiterTask {
         undelivered
     }
 
+    /// Writes what changed since the last write as one journal record, or
+    /// the whole state when the store asks for it (see [`StateFile`]).
     async fn persist(&mut self) -> Result<(), String> {
-        let snapshot = self.arbiter.snapshot(self.clock.now());
+        let now = self.clock.now();
         let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.save(&snapshot))
-            .await
-            .map_err(|e| format!("state writer failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = if store.needs_full() {
+            let snapshot = self.arbiter.snapshot(now);
+            let mark = self.arbiter.full_mark();
+            run_blocking(move || store.save(snapshot))
+                .await
+                .map(|()| mark)
+        } else {
+            let (delta, mark) = self.arbiter.delta(now);
+            if store.fsyncs() {
+                run_blocking(move || store.append(delta))
+                    .await
+                    .map(|()| mark)
+            } else {
+                // Without fsync an append is one small write to the page
+                // cache: cheaper here than a hop to a blocking thread.
+                store.append(delta).map(|()| mark).map_err(|e| e.to_string())
+            }
+        };
+        let result = result.map(|mark| self.arbiter.persisted(mark));
         match &result {
             Ok(()) => self.dirty_since = None,
             Err(e) => {
