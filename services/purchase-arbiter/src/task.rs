@@ -631,7 +631,10 @@ impl ArbiterTask {
             } else {
                 // Without fsync an append is one small write to the page
                 // cache: cheaper here than a hop to a blocking thread.
-                store.append(delta).map(|()| mark).map_err(|e| e.to_string())
+                store
+                    .append(delta)
+                    .map(|()| mark)
+                    .map_err(|e| e.to_string())
             }
         };
         let result = result.map(|mark| self.arbiter.persisted(mark));
