@@ -1,0 +1,182 @@
+//! Flags, and the [`Plan`]: how many samples each scenario takes in a full
+//! run and in a `--quick` one (CI: seconds, not minutes).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// Default output file, relative to where the benchmark runs (the repo root
+/// when started by `scripts/bench.sh`).
+pub const DEFAULT_OUT: &str = "target/bench/results.json";
+/// Waiters (besides the holder) in the hand-off scenario.
+pub const DEFAULT_WAITERS: usize = 32;
+
+/// Every scenario, in the order they run.
+pub const SCENARIOS: [&str; 7] = [
+    "handoff",
+    "grant",
+    "cycle",
+    "contention",
+    "ingest",
+    "memory",
+    "end_to_end",
+];
+
+/// `restock-bench` flags. See `docs/benchmarks.md`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "restock-bench", version, about)]
+pub struct BenchConfig {
+    /// A short run for CI: a few hundred samples per scenario, seconds each.
+    #[arg(long, env = "RESTOCK_BENCH_QUICK")]
+    pub quick: bool,
+
+    /// Where the JSON results go (a list of rows).
+    #[arg(long, env = "RESTOCK_BENCH_OUT", default_value = DEFAULT_OUT)]
+    pub out: PathBuf,
+
+    /// Folder holding purchase-arbiter, store-sim and stock-watcher; default:
+    /// the folder of this executable (target/release when built together).
+    #[arg(long, env = "RESTOCK_BENCH_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Redis for the lock baseline (`redis://127.0.0.1:PORT`); without it
+    /// the Redis rows are skipped.
+    #[arg(long, env = "RESTOCK_BENCH_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// etcd's client URL for the lock baseline (`http://127.0.0.1:PORT`);
+    /// without it the etcd rows are skipped.
+    #[arg(long, env = "RESTOCK_BENCH_ETCD_URL")]
+    pub etcd_url: Option<String>,
+
+    /// Whether the etcd server fsyncs its log (it does by default); only
+    /// labels the etcd rows.
+    #[arg(long, env = "RESTOCK_BENCH_ETCD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub etcd_fsync: bool,
+
+    /// Fail instead of skipping when Redis or etcd is not given.
+    #[arg(long, env = "RESTOCK_BENCH_REQUIRE_BASELINES")]
+    pub require_baselines: bool,
+
+    /// Comma-separated scenarios to run (default: all):
+    /// handoff,grant,cycle,contention,ingest,memory,end_to_end.
+    #[arg(long, env = "RESTOCK_BENCH_SCENARIOS", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+
+    /// Waiters besides the holder in the hand-off scenario.
+    #[arg(long, default_value_t = DEFAULT_WAITERS)]
+    pub waiters: usize,
+
+    /// Watcher processes in the end-to-end scenario; one row per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub e2e_watchers: Vec<usize>,
+
+    /// The watchers' poll interval in the end-to-end scenario.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub e2e_poll_interval: Duration,
+
+    /// Hard limit of each scenario (default 120 s, 45 s with --quick).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub scenario_timeout: Option<Duration>,
+
+    /// Folder for temporary state files and data (must be a real disk for
+    /// fsync to mean anything; default: the system's temporary folder).
+    #[arg(long, env = "RESTOCK_BENCH_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// The arbiter's log filter (`RUST_LOG`) during the benchmark; `info`
+    /// logs every grant, which costs a write per grant.
+    #[arg(long, default_value = "warn")]
+    pub arbiter_log: String,
+}
+
+impl BenchConfig {
+    /// The scenarios to run, checked against the known names.
+    pub fn selected(&self) -> anyhow::Result<Vec<&'static str>> {
+        if self.scenarios.is_empty() {
+            return Ok(SCENARIOS.to_vec());
+        }
+        let mut out = Vec::new();
+        for s in &self.scenarios {
+            let s = s.trim();
+            match SCENARIOS.iter().find(|k| **k == s) {
+                Some(k) => out.push(*k),
+                None => bail!(
+                    "unknown scenario {s:?} in --scenarios; known: {}",
+                    SCENARIOS.join(", ")
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the service binaries are.
+    pub fn bin_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.bin_dir {
+            return Ok(d.clone());
+        }
+        let exe = std::env::current_exe().context("finding this executable's path")?;
+        exe.parent()
+            .map(PathBuf::from)
+            .context("this executable has no parent folder")
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.scenario_timeout.unwrap_or(if self.quick {
+            Duration::from_secs(45)
+        } else {
+            Duration::from_secs(120)
+        })
+    }
+
+    pub fn plan(&self) -> Plan {
+        if self.quick { Plan::QUICK } else { Plan::FULL }
+    }
+}
+
+/// Sample counts and durations of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Hand-offs measured on the arbiter (each fsync setting) and on etcd.
+    pub handoffs: usize,
+    /// Hand-offs measured on the Redis lock polling every 10 ms / 50 ms.
+    pub redis_handoffs_10ms: usize,
+    pub redis_handoffs_50ms: usize,
+    /// Grants (report → grant) and uncontended lock acquisitions.
+    pub grants: usize,
+    /// Acquire + release cycles.
+    pub cycles: usize,
+    /// How long 64 clients race in the contention scenario.
+    pub contention_for: Duration,
+    /// How long the ingest scenario measures (after a warm-up).
+    pub ingest_for: Duration,
+    /// How long 1,000 streams report in the memory scenario.
+    pub memory_reporting_for: Duration,
+    /// Samples per end-to-end configuration.
+    pub e2e_samples: usize,
+}
+
+impl Plan {
+    pub const FULL: Plan = Plan {
+        handoffs: 5_000,
+        redis_handoffs_10ms: 1_000,
+        redis_handoffs_50ms: 400,
+        grants: 3_000,
+        cycles: 5_000,
+        contention_for: Duration::from_secs(5),
+        ingest_for: Duration::from_secs(10),
+        memory_reporting_for: Duration::from_secs(5),
+        e2e_samples: 150,
+    };
+    pub const QUICK: Plan = Plan {
+        handoffs: 300,
+        redis_handoffs_10ms: 100,
+        redis_handoffs_50ms: 40,
+        grants: 200,
+        cycles: 300,
+        contention_for: Duration::from_secs(1),
+        ingest_for: Duration::from_secs(2),
+        memory_reporting_for: Duration::from_secs(1),
+        e2e_samples: 10,
+    };
+}

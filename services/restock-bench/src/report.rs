@@ -1,0 +1,365 @@
+//! The results table, the issue's targets checked against the rows, and the
+//! JSON file.
+
+use std::path::Path;
+
+use anyhow::Context;
+use comfy_table::{Table, presets::ASCII_MARKDOWN};
+
+use crate::stats::{Row, System};
+
+fn ms(us: Option<f64>) -> String {
+    us.map_or_else(String::new, |v| {
+        let ms = v / 1_000.0;
+        if ms < 10.0 {
+            format!("{ms:.3}")
+        } else {
+            format!("{ms:.1}")
+        }
+    })
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The rows as a Markdown table (latencies in milliseconds).
+pub fn table(rows: &[Row]) -> String {
+    let mut t = Table::new();
+    t.load_preset(ASCII_MARKDOWN);
+    t.set_header(vec![
+        "scenario",
+        "system",
+        "variant",
+        "fsync",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "per second",
+        "RSS MB",
+        "CPU %",
+        "samples",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.scenario.to_owned(),
+            r.system.as_str().to_owned(),
+            r.variant.clone().unwrap_or_default(),
+            r.fsync
+                .map_or_else(String::new, |f| if f { "on" } else { "off" }.into()),
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.p999_us),
+            r.per_second.map_or_else(String::new, thousands),
+            r.rss_mb.map_or_else(String::new, |v| format!("{v:.1}")),
+            r.cpu_percent
+                .map_or_else(String::new, |v| format!("{v:.0}")),
+            r.samples.map_or_else(String::new, |v| v.to_string()),
+        ]);
+    }
+    t.to_string()
+}
+
+/// One target of issue 7, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    /// `None` when the rows needed were not measured.
+    pub met: Option<bool>,
+}
+
+fn find<'a>(rows: &'a [Row], scenario: &str, system: System, fsync: Option<bool>) -> Vec<&'a Row> {
+    rows.iter()
+        .filter(|r| r.scenario == scenario && r.system == system)
+        .filter(|r| fsync.is_none() || r.fsync == fsync)
+        .collect()
+}
+
+fn not_measured(target: &str) -> TargetCheck {
+    TargetCheck {
+        target: target.to_owned(),
+        measured: "not measured".into(),
+        met: None,
+    }
+}
+
+fn bound(target: &str, value: Option<f64>, limit: f64, unit: &str, scale: f64) -> TargetCheck {
+    match value {
+        None => not_measured(target),
+        Some(v) => TargetCheck {
+            target: target.to_owned(),
+            measured: format!("{:.3} {unit} ({:.2}× the limit)", v / scale, v / limit),
+            met: Some(v <= limit),
+        },
+    }
+}
+
+/// How many times faster `ours` is than `theirs`, at p50 and p99; met when
+/// both reach `factor`.
+fn faster(target: &str, ours: Option<&Row>, theirs: Option<&Row>, factor: f64) -> TargetCheck {
+    let (Some(o), Some(t)) = (ours, theirs) else {
+        return not_measured(target);
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+        _ => None,
+    };
+    let (Some(r50), Some(r99)) = (ratio(o.p50_us, t.p50_us), ratio(o.p99_us, t.p99_us)) else {
+        return not_measured(target);
+    };
+    TargetCheck {
+        target: target.to_owned(),
+        measured: format!("{r50:.1}× faster at p50, {r99:.1}× at p99"),
+        met: Some(r50 >= factor && r99 >= factor),
+    }
+}
+
+/// Checks every target of issue 7 that the rows allow.
+pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
+    let first = |s, sys, f| find(rows, s, sys, f).into_iter().next();
+    let handoff_off = first("handoff", System::Restock, Some(false));
+    let handoff_on = first("handoff", System::Restock, Some(true));
+    let etcd_handoff = first("handoff", System::Etcd, None);
+    let redis_50 = find(rows, "handoff", System::Redis, None)
+        .into_iter()
+        .find(|r| {
+            r.variant
+                .as_deref()
+                .is_some_and(|v| v.contains("50 ms") && v.contains("next in line"))
+        });
+    let cycle_off = first("cycle", System::Restock, Some(false));
+    let redis_cycle = first("cycle", System::Redis, None);
+    let mut out = vec![
+        bound(
+            "hand-off p99 ≤ 1 ms without fsync",
+            handoff_off.and_then(|r| r.p99_us),
+            1_000.0,
+            "ms",
+            1_000.0,
+        ),
+        bound(
+            "hand-off p99 ≤ 3 ms with fsync",
+            handoff_on.and_then(|r| r.p99_us),
+            3_000.0,
+            "ms",
+            1_000.0,
+        ),
+        faster(
+            "hand-off ≥ 5× faster than etcd's (both durable)",
+            handoff_on,
+            etcd_handoff,
+            5.0,
+        ),
+        faster(
+            "hand-off ≥ 20× faster than Redis polling every 50 ms (next in line; restock with fsync)",
+            handoff_on,
+            redis_50,
+            20.0,
+        ),
+        bound(
+            "acquire + release p50 ≤ 0.3 ms without fsync",
+            cycle_off.and_then(|r| r.p50_us),
+            300.0,
+            "ms",
+            1_000.0,
+        ),
+    ];
+    out.push(
+        match (
+            cycle_off.and_then(|r| r.p50_us),
+            redis_cycle.and_then(|r| r.p50_us),
+        ) {
+            (Some(o), Some(t)) if t > 0.0 => TargetCheck {
+                target: "acquire + release p50 within 2× of Redis SET NX + delete (no fsync)"
+                    .into(),
+                measured: format!("{:.2}× Redis's", o / t),
+                met: Some(o <= 2.0 * t),
+            },
+            _ => {
+                not_measured("acquire + release p50 within 2× of Redis SET NX + delete (no fsync)")
+            }
+        },
+    );
+    let ingest = first("ingest", System::Restock, None).and_then(|r| r.per_second);
+    out.push(match ingest {
+        Some(v) => TargetCheck {
+            target: "ingest ≥ 200,000 observations/s".into(),
+            measured: format!("{} /s ({:.2}× the target)", thousands(v), v / 200_000.0),
+            met: Some(v >= 200_000.0),
+        },
+        None => not_measured("ingest ≥ 200,000 observations/s"),
+    });
+    let rss = find(rows, "memory", System::Restock, None)
+        .into_iter()
+        .filter(|r| {
+            r.variant
+                .as_deref()
+                .is_some_and(|v| v.contains("1000 streams"))
+        })
+        .filter_map(|r| r.rss_mb)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    out.push(match rss {
+        Some(v) => TargetCheck {
+            target: "≤ 64 MB resident with 1,000 watcher streams".into(),
+            measured: format!("{v:.1} MB at most ({:.2}× the limit)", v / 64.0),
+            met: Some(v <= 64.0),
+        },
+        None => not_measured("≤ 64 MB resident with 1,000 watcher streams"),
+    });
+    for r in find(rows, "end_to_end", System::Restock, None) {
+        let target = format!(
+            "end to end p99 ≤ poll interval + 5 ms ({})",
+            r.variant.as_deref().unwrap_or("")
+        );
+        out.push(match (r.p99_us, r.poll_interval_ms) {
+            (Some(p99), Some(poll)) => {
+                let limit = (poll as f64 + 5.0) * 1_000.0;
+                TargetCheck {
+                    target,
+                    measured: format!(
+                        "p99 {:.0} ms vs {} ms (p50 {:.0} ms)",
+                        p99 / 1_000.0,
+                        poll + 5,
+                        r.p50_us.unwrap_or(0.0) / 1_000.0
+                    ),
+                    met: Some(p99 <= limit),
+                }
+            }
+            _ => not_measured(&target),
+        });
+    }
+    out
+}
+
+/// The target checks as a Markdown table.
+pub fn targets_table(checks: &[TargetCheck]) -> String {
+    let mut t = Table::new();
+    t.load_preset(ASCII_MARKDOWN);
+    t.set_header(vec!["target", "measured", "met"]);
+    for c in checks {
+        t.add_row(vec![
+            c.target.clone(),
+            c.measured.clone(),
+            match c.met {
+                Some(true) => "met".into(),
+                Some(false) => "MISSED".into(),
+                None => "-".into(),
+            },
+        ]);
+    }
+    t.to_string()
+}
+
+/// Every selected scenario produced at least one row with a number (and,
+/// with the baselines, a Redis and an etcd row where they apply): what CI
+/// asserts, rather than any timing.
+pub fn check_complete(selected: &[&str], rows: &[Row], baselines: bool) -> anyhow::Result<()> {
+    let measured = |r: &Row| {
+        [r.p50_us, r.p99_us, r.per_second, r.rss_mb]
+            .iter()
+            .flatten()
+            .any(|v| v.is_finite() && *v > 0.0)
+    };
+    let mut missing = Vec::new();
+    for s in selected {
+        let of: Vec<&Row> = rows.iter().filter(|r| r.scenario == *s).collect();
+        if !of
+            .iter()
+            .any(|r| r.system == System::Restock && measured(r))
+        {
+            missing.push(format!("{s}: no restock figure"));
+        }
+        if baselines && ["handoff", "grant", "cycle"].contains(s) {
+            for sys in [System::Redis, System::Etcd] {
+                if !of.iter().any(|r| r.system == sys && measured(r)) {
+                    missing.push(format!("{s}: no {} figure", sys.as_str()));
+                }
+            }
+        }
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "results are incomplete: {}",
+        missing.join("; ")
+    );
+    Ok(())
+}
+
+/// Writes the rows as a pretty JSON list, creating the folder.
+pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_vec_pretty(rows).context("serializing the results")?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Latencies;
+    use std::time::Duration;
+
+    fn lat(us: u64) -> Latencies {
+        let mut l = Latencies::default();
+        l.record(Duration::from_micros(us));
+        l
+    }
+
+    #[test]
+    fn targets_compare_like_for_like_rows() {
+        let rows = vec![
+            Row::new("handoff", System::Restock)
+                .fsync(false)
+                .latencies(&lat(400)),
+            Row::new("handoff", System::Restock)
+                .fsync(true)
+                .latencies(&lat(2_000)),
+            Row::new("handoff", System::Etcd)
+                .fsync(true)
+                .latencies(&lat(8_000)),
+        ];
+        let checks = targets(&rows);
+        assert_eq!(checks[0].met, Some(true));
+        assert_eq!(checks[1].met, Some(true));
+        // 8 ms / 2 ms = 4×: short of 5×.
+        assert_eq!(checks[2].met, Some(false));
+        assert!(
+            checks[2].measured.contains("4.0×"),
+            "{}",
+            checks[2].measured
+        );
+        // Nothing measured for Redis.
+        assert_eq!(checks[3].met, None);
+    }
+
+    #[test]
+    fn incomplete_results_are_an_error() {
+        let rows = vec![
+            Row::new("grant", System::Restock).latencies(&lat(100)),
+            Row::new("grant", System::Redis).latencies(&lat(50)),
+        ];
+        check_complete(&["grant"], &rows, false).unwrap();
+        let err = check_complete(&["grant", "ingest"], &rows, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grant: no etcd figure"), "{err}");
+        assert!(err.contains("ingest: no restock figure"), "{err}");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+    }
+}

@@ -1,0 +1,372 @@
+//! The system under test: a real `purchase-arbiter` process on a free
+//! loopback port with its own product list and state file, and in-process
+//! stand-ins for watchers (one `StreamStock` stream each, on its own
+//! connection, as watchers on different machines would have).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow, bail};
+use restock_proto::v1::{
+    self as pb, AcquirePurchaseRequest, GetStatusRequest, ReleasePurchaseRequest, SetPausedRequest,
+    StockObservation, StockReport, arbiter_message::Kind,
+    purchase_arbiter_client::PurchaseArbiterClient,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+use crate::procs::{self, ChildProcess};
+
+pub type Client = PurchaseArbiterClient<Channel>;
+
+/// Where the service binaries are and where temporary folders go.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub bin_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub arbiter_log: String,
+}
+
+impl Env {
+    pub fn bin(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let p = self.bin_dir.join(name);
+        if !p.is_file() {
+            bail!(
+                "{} does not exist: build it first (cargo build --release -p purchase-arbiter -p store-sim -p stock-watcher), or pass --bin-dir",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn temp_dir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+        std::fs::create_dir_all(&self.work_dir)
+            .with_context(|| format!("creating work folder {}", self.work_dir.display()))?;
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&self.work_dir)
+            .with_context(|| format!("creating a temporary folder in {}", self.work_dir.display()))
+    }
+}
+
+/// Product ids `9000000..`, one per index, in priority order.
+pub fn product_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{}", 9_000_000 + i)).collect()
+}
+
+/// Writes a product config listing `tcins` top priority first.
+pub fn write_product_config(path: &Path, tcins: &[String]) -> anyhow::Result<()> {
+    let products: Vec<serde_json::Value> = tcins
+        .iter()
+        .map(|t| serde_json::json!({"tcin": t, "name": format!("Bench product {t}")}))
+        .collect();
+    let text = serde_json::to_vec(&serde_json::json!({ "products": products }))?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// How to start the arbiter.
+#[derive(Debug, Clone)]
+pub struct ArbiterSpec {
+    pub products: Vec<String>,
+    pub fsync: bool,
+    pub test_mode: bool,
+    /// More flags for the arbiter.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `purchase-arbiter`.
+#[derive(Debug)]
+pub struct ArbiterProcess {
+    pub url: String,
+    // Dropped (killed) before the folder it writes to.
+    process: ChildProcess,
+    pub dir: tempfile::TempDir,
+}
+
+impl ArbiterProcess {
+    /// Starts the arbiter on a free port with a fresh state file in a
+    /// temporary folder, and waits until it is healthy. Leases last 10
+    /// minutes and stock reports an hour, so nothing expires mid-scenario.
+    pub async fn start(env: &Env, spec: &ArbiterSpec) -> anyhow::Result<Self> {
+        let dir = env.temp_dir("restock-bench-arbiter-")?;
+        let config = dir.path().join("product_config.json");
+        write_product_config(&config, &spec.products)?;
+        let port = procs::free_port()?;
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--config".into(),
+            config.display().to_string(),
+            "--state-file".into(),
+            dir.path().join("state.json").display().to_string(),
+            "--lease-ttl".into(),
+            "10m".into(),
+            "--stock-ttl".into(),
+            "1h".into(),
+            "--failure-cooldown".into(),
+            "1s".into(),
+            format!("--test-mode={}", spec.test_mode),
+        ];
+        if !spec.fsync {
+            args.push("--no-fsync".into());
+        }
+        args.extend(spec.extra_args.iter().cloned());
+        let env_vars = HashMap::from([("RUST_LOG".to_owned(), env.arbiter_log.clone())]);
+        let mut process = ChildProcess::start(
+            "purchase-arbiter",
+            &env.bin("purchase-arbiter")?,
+            &args,
+            &env_vars,
+            dir.path().join("arbiter.log"),
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        procs::wait_grpc_healthy(&url, Duration::from_secs(20), &mut process).await?;
+        debug!(url = %url, pid = process.pid(), fsync = spec.fsync, "arbiter started");
+        Ok(Self { url, process, dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// A client on a connection of its own.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(PurchaseArbiterClient::new(connect(&self.url).await?))
+    }
+
+    /// Fails if the arbiter died, with its last log lines.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.process.check_running()
+    }
+
+    pub fn rss_mb(&self) -> anyhow::Result<f64> {
+        procs::rss_mb(self.pid())
+    }
+
+    pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        procs::cpu_ticks(self.pid())
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state.json")
+    }
+}
+
+/// A new HTTP/2 connection to `url` (no pooling between callers).
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("bad URL {url}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// A grant that reached one of the stand-in watchers.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// The index of the watcher it reached.
+    pub watcher: usize,
+    pub lease: pb::Lease,
+    /// When the stream delivered it to the benchmark.
+    pub at: Instant,
+}
+
+/// One stand-in watcher: its stream's sending side. Grants arrive on the
+/// channel passed to [`WatcherStream::open`]; a task reads the stream and
+/// stamps each grant the moment it arrives.
+#[derive(Debug)]
+pub struct WatcherStream {
+    pub index: usize,
+    pub id: String,
+    tx: mpsc::Sender<StockReport>,
+}
+
+/// An observation of `tcin`.
+pub fn observation(tcin: &str, in_stock: bool) -> StockObservation {
+    StockObservation {
+        tcin: tcin.to_owned(),
+        in_stock,
+        price_cents: None,
+        observed_at_unix_ms: 0,
+    }
+}
+
+impl WatcherStream {
+    /// Opens a stream on `channel` as watcher `id`, sends `first` (its
+    /// observations) as the naming report, and waits for the catalog, which
+    /// says the arbiter registered the stream.
+    pub async fn open(
+        channel: Channel,
+        index: usize,
+        id: String,
+        first: Vec<StockObservation>,
+        grants: mpsc::UnboundedSender<Granted>,
+    ) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(StockReport {
+            watcher_id: id.clone(),
+            observations: first,
+            polling: Vec::new(),
+        })
+        .await
+        .map_err(|_| anyhow!("stream of {id} closed before its first report"))?;
+        let mut client = PurchaseArbiterClient::new(channel);
+        let mut inbound = client
+            .stream_stock(ReceiverStream::new(rx))
+            .await
+            .with_context(|| format!("opening StreamStock for {id}"))?
+            .into_inner();
+        let catalog = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+            .await
+            .with_context(|| format!("no catalog on the stream of {id} within 20 s"))?
+            .with_context(|| format!("stream of {id} failed before its catalog"))?;
+        match catalog.and_then(|m| m.kind) {
+            Some(Kind::Catalog(_)) => {}
+            other => bail!("expected a catalog first on the stream of {id}, got {other:?}"),
+        }
+        let reader_id = id.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(pb::ArbiterMessage {
+                        kind: Some(Kind::Grant(lease)),
+                    })) => {
+                        let at = Instant::now();
+                        if grants
+                            .send(Granted {
+                                watcher: index,
+                                lease,
+                                at,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Some(pb::ArbiterMessage {
+                        kind: Some(Kind::Revoked(r)),
+                    })) => {
+                        warn!(watcher_id = %reader_id, lease_id = %r.lease_id, reason = %r.reason, "lease revoked");
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(watcher_id = %reader_id, error = %status, "stream ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self { index, id, tx })
+    }
+
+    /// Sends one report on the stream; waits while the stream is full.
+    pub async fn report(&self, observations: Vec<StockObservation>) -> anyhow::Result<()> {
+        self.tx
+            .send(StockReport {
+                watcher_id: String::new(),
+                observations,
+                polling: Vec::new(),
+            })
+            .await
+            .map_err(|_| anyhow!("the stream of watcher {} is closed", self.id))
+    }
+}
+
+/// `AcquirePurchase`; transport errors are errors, refusals are answers.
+pub async fn acquire(
+    c: &mut Client,
+    tcin: &str,
+    watcher: &str,
+    request_id: &str,
+) -> anyhow::Result<pb::AcquirePurchaseResponse> {
+    Ok(c.acquire_purchase(AcquirePurchaseRequest {
+        tcin: tcin.to_owned(),
+        watcher_id: watcher.to_owned(),
+        request_id: request_id.to_owned(),
+    })
+    .await
+    .with_context(|| format!("AcquirePurchase({tcin}) for {watcher}"))?
+    .into_inner())
+}
+
+/// `ReleasePurchase` of `lease` with `outcome`.
+pub async fn release(
+    c: &mut Client,
+    lease: &pb::Lease,
+    outcome: pb::Outcome,
+) -> anyhow::Result<()> {
+    c.release_purchase(ReleasePurchaseRequest {
+        lease_id: lease.lease_id.clone(),
+        fencing_token: lease.fencing_token,
+        outcome: outcome as i32,
+        detail: "restock-bench".into(),
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "ReleasePurchase of lease {} (product {}, token {})",
+            lease.lease_id, lease.tcin, lease.fencing_token
+        )
+    })?;
+    Ok(())
+}
+
+pub async fn status(c: &mut Client) -> anyhow::Result<pb::GetStatusResponse> {
+    Ok(c.get_status(GetStatusRequest {})
+        .await
+        .context("GetStatus")?
+        .into_inner())
+}
+
+pub async fn set_paused(c: &mut Client, paused: bool) -> anyhow::Result<()> {
+    c.set_paused(SetPausedRequest { paused })
+        .await
+        .with_context(|| format!("SetPaused({paused})"))?;
+    Ok(())
+}
+
+/// Waits until every product in `tcins` is QUEUED.
+pub async fn wait_queued(c: &Client, tcins: &[String], limit: Duration) -> anyhow::Result<()> {
+    procs::eventually(
+        &format!("{} products to be queued", tcins.len()),
+        limit,
+        || {
+            let mut c = c.clone();
+            async move {
+                let s = status(&mut c).await?;
+                let queued: std::collections::HashSet<&str> = s
+                    .products
+                    .iter()
+                    .filter(|p| p.state == pb::ProductState::Queued as i32)
+                    .map(|p| p.tcin.as_str())
+                    .collect();
+                Ok(tcins
+                    .iter()
+                    .all(|t| queued.contains(t.as_str()))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `n` watchers are connected.
+pub async fn wait_connected(c: &Client, n: usize, limit: Duration) -> anyhow::Result<()> {
+    procs::eventually(&format!("{n} watchers to be connected"), limit, || {
+        let mut c = c.clone();
+        async move {
+            let s = status(&mut c).await?;
+            let connected = s.watchers.iter().filter(|w| w.connected).count();
+            Ok((connected >= n).then_some(()))
+        }
+    })
+    .await
+}

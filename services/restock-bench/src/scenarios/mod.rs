@@ -1,0 +1,60 @@
+//! The scenarios of issue 7. Each starts the processes it needs (a fresh
+//! arbiter per measurement, so one scenario's state does not slow the
+//! next), measures, and returns its result rows.
+
+pub mod contention;
+pub mod end_to_end;
+pub mod grant;
+pub mod handoff;
+pub mod ingest;
+pub mod memory;
+
+use tracing::info;
+
+use crate::{config::Plan, restock::Env, stats::Row};
+
+/// What every scenario gets.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub env: Env,
+    pub plan: Plan,
+    pub waiters: usize,
+    pub redis_url: Option<String>,
+    pub etcd_url: Option<String>,
+    pub etcd_fsync: bool,
+    pub e2e_watchers: Vec<usize>,
+    pub e2e_poll_interval: std::time::Duration,
+}
+
+/// The fsync settings measured, fastest first.
+pub const FSYNC_SETTINGS: [bool; 2] = [false, true];
+
+/// Logs a finished row as progress.
+pub fn progress(row: &Row) {
+    info!(
+        scenario = row.scenario,
+        system = row.system.as_str(),
+        variant = row.variant.as_deref().unwrap_or(""),
+        fsync = ?row.fsync,
+        p50_us = ?row.p50_us,
+        p99_us = ?row.p99_us,
+        per_second = ?row.per_second,
+        rss_mb = ?row.rss_mb,
+        samples = ?row.samples,
+        "measured"
+    );
+}
+
+/// Runs one scenario by name.
+pub async fn run(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    match name {
+        "handoff" => handoff::run(ctx).await,
+        "grant" => grant::run_grant(ctx).await,
+        "cycle" => grant::run_cycle(ctx).await,
+        "contention" => contention::run(ctx).await,
+        "ingest" => ingest::run(ctx).await,
+        "memory" => memory::run(ctx).await,
+        "end_to_end" => end_to_end::run(ctx).await,
+        other => anyhow::bail!("no scenario named {other:?}"),
+    }
+}

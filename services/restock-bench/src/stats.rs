@@ -1,0 +1,220 @@
+//! Latency samples, percentiles, and the result rows written to
+//! `results.json`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Which system a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    Restock,
+    Redis,
+    Etcd,
+}
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restock => "restock",
+            Self::Redis => "redis",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+/// One line of the results. Fields that do not apply are left out of the
+/// JSON. `variant`, `samples`, `cpu_percent` and `poll_interval_ms` add to
+/// the fields: they tell rows of one scenario and system apart
+/// (Redis polling every 10 ms or 50 ms, memory idle or reporting, the number
+/// of watchers end to end).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub system: System,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+}
+
+impl Row {
+    pub fn new(scenario: &'static str, system: System) -> Self {
+        Self {
+            scenario,
+            system,
+            variant: None,
+            fsync: None,
+            p50_us: None,
+            p99_us: None,
+            p999_us: None,
+            per_second: None,
+            rss_mb: None,
+            samples: None,
+            cpu_percent: None,
+            poll_interval_ms: None,
+        }
+    }
+
+    pub fn variant(mut self, v: impl Into<String>) -> Self {
+        self.variant = Some(v.into());
+        self
+    }
+
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = Some(on);
+        self
+    }
+
+    /// Sets p50/p99/p99.9 and the sample count from `lat`.
+    pub fn latencies(mut self, lat: &Latencies) -> Self {
+        let s = lat.summary();
+        self.p50_us = Some(s.p50_us);
+        self.p99_us = Some(s.p99_us);
+        self.p999_us = Some(s.p999_us);
+        self.samples = Some(s.count as u64);
+        self
+    }
+
+    pub fn per_second(mut self, v: f64) -> Self {
+        self.per_second = Some(round1(v));
+        self
+    }
+
+    pub fn rss_mb(mut self, v: f64) -> Self {
+        self.rss_mb = Some(round1(v));
+        self
+    }
+
+    pub fn cpu_percent(mut self, v: f64) -> Self {
+        self.cpu_percent = Some(round1(v));
+        self
+    }
+
+    pub fn samples(mut self, n: u64) -> Self {
+        self.samples = Some(n);
+        self
+    }
+
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval_ms = Some(d.as_millis() as u64);
+        self
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Collected latency samples.
+#[derive(Debug, Clone, Default)]
+pub struct Latencies {
+    samples: Vec<Duration>,
+}
+
+/// Percentiles of a set of samples, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub count: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+impl Latencies {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            samples: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn record(&mut self, d: Duration) {
+        self.samples.push(d);
+    }
+
+    pub fn extend(&mut self, other: Latencies) {
+        self.samples.extend(other.samples);
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Nearest-rank percentiles (p99.9 of fewer than 1,000 samples is the
+    /// maximum).
+    pub fn summary(&self) -> Summary {
+        let mut v = self.samples.clone();
+        v.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let rank = (q * v.len() as f64).ceil() as usize;
+            let i = rank.clamp(1, v.len()) - 1;
+            round1(v[i].as_nanos() as f64 / 1_000.0)
+        };
+        Summary {
+            count: v.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut l = Latencies::default();
+        for us in 1..=1_000 {
+            l.record(Duration::from_micros(us));
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 1_000);
+        assert_eq!(s.p50_us, 500.0);
+        assert_eq!(s.p99_us, 990.0);
+        assert_eq!(s.p999_us, 999.0);
+    }
+
+    #[test]
+    fn an_empty_set_summarises_to_zero() {
+        let s = Latencies::default().summary();
+        assert_eq!((s.count, s.p50_us, s.p99_us), (0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn rows_leave_out_what_does_not_apply() {
+        let row = Row::new("memory", System::Restock)
+            .variant("idle")
+            .rss_mb(12.345);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"scenario": "memory", "system": "restock", "variant": "idle", "rss_mb": 12.3})
+        );
+    }
+}
