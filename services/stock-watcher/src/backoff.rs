@@ -49,10 +49,11 @@ pub fn jitter_upper_half(d: Duration) -> Duration {
     half + Duration::from_micros(extra).min(half)
 }
 
-/// `d` scaled by a random factor in `[1 - fraction, 1 + fraction]`.
-pub fn jitter_around(d: Duration, fraction: f64) -> Duration {
-    let f = rand::rng().random_range((1.0 - fraction)..=(1.0 + fraction));
-    d.mul_f64(f.max(0.0))
+/// `d` scaled by a random factor in `[1 - fraction, 1]`: never longer than
+/// `d`, so a bound stated as `d` holds.
+pub fn jitter_below(d: Duration, fraction: f64) -> Duration {
+    let f = rand::rng().random_range((1.0 - fraction.clamp(0.0, 1.0))..=1.0);
+    d.mul_f64(f)
 }
 
 #[cfg(test)]
@@ -79,10 +80,17 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_in_range() {
+    fn jitter_stays_in_range_and_never_lengthens() {
+        let mut shortest = Duration::from_secs(1);
         for _ in 0..1000 {
-            let d = jitter_around(Duration::from_secs(1), 0.1);
-            assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100));
+            let d = jitter_below(Duration::from_secs(1), 0.1);
+            assert!(
+                d >= Duration::from_millis(900) && d <= Duration::from_secs(1),
+                "{d:?}"
+            );
+            shortest = shortest.min(d);
         }
+        // It does jitter: 1,000 draws over 100 ms do not all land in the top 10 ms.
+        assert!(shortest < Duration::from_millis(990), "{shortest:?}");
     }
 }

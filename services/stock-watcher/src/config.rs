@@ -97,7 +97,8 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_WATCHER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// How often every product is polled (each round is jittered by ±10%).
+    /// How often every product is polled: the longest gap between two rounds
+    /// (each is jittered down by up to 10%).
     #[arg(long, env = "RESTOCK_POLL_INTERVAL", default_value = DEFAULT_POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
 

@@ -1,4 +1,4 @@
-//! The poll loop: every `--poll-interval` (jittered by ±10%) it asks the
+//! The poll loop: every `--poll-interval` (jittered down by up to 10%) it asks the
 //! source about every product of the watch list, top priority first, with at
 //! most `--max-in-flight` requests at once and a time limit on each. Each
 //! answer goes into the stock book as it arrives, and a change wakes the
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    backoff::{Backoff, jitter_around},
+    backoff::{Backoff, jitter_below},
     catalog::{Catalog, Product},
     source::{SourceError, StockSource},
     state::{SharedState, unix_ms},
@@ -92,7 +92,10 @@ pub async fn run<S: StockSource>(
             () = stop.cancelled() => return,
             () = poller.round() => {},
         }
-        let next = round_start + jitter_around(poller.settings.interval, 0.1);
+        // Jittered so watchers do not poll in step, but only downwards: the
+        // gap between two rounds never exceeds --poll-interval, which is
+        // what bounds the time from a restock to its sighting.
+        let next = round_start + jitter_below(poller.settings.interval, 0.1);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(next) => {},
@@ -378,7 +381,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(3_500)).await;
         stop.cancel();
         let calls = src.calls();
-        // Rounds start at ~0, ~1s, ~2s, ~3s (±10%): 4 rounds of 5 products.
+        // Rounds start at 0 and then every 0.9–1 s: 4 rounds of 5 products.
         assert!((15..=20).contains(&calls.len()), "{} calls", calls.len());
         assert_eq!(src.max_seen.load(Ordering::SeqCst), 2);
         // Top priority first in each round.

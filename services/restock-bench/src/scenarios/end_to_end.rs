@@ -1,7 +1,7 @@
 //! End to end: the store simulator flips a product in stock; timed until
 //! the checkout request reaches the simulator. Real processes throughout:
 //! `store-sim`, `purchase-arbiter` (fsync on) and `stock-watcher`s polling
-//! the simulator every `--e2e-poll-interval` (jittered ±10% by the watcher).
+//! the simulator every `--e2e-poll-interval` (the watcher jitters each gap down by up to 10%).
 //!
 //! The flip time is the simulator's `changed_at_ms` from the `PUT` that
 //! flipped it; the arrival is `started_at_ms` of the first checkout that
