@@ -64,19 +64,24 @@ pub struct BenchConfig {
     pub scenarios: Vec<String>,
 
     /// Waiters besides the holder in the hand-off scenario.
-    #[arg(long, default_value_t = DEFAULT_WAITERS)]
+    #[arg(long, env = "RESTOCK_BENCH_WAITERS", default_value_t = DEFAULT_WAITERS)]
     pub waiters: usize,
 
     /// Watcher processes in the end-to-end scenario; one row per value.
-    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    #[arg(
+        long,
+        env = "RESTOCK_BENCH_E2E_WATCHERS",
+        value_delimiter = ',',
+        default_value = "1,3"
+    )]
     pub e2e_watchers: Vec<usize>,
 
     /// The watchers' poll interval in the end-to-end scenario.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    #[arg(long, env = "RESTOCK_BENCH_E2E_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "100ms")]
     pub e2e_poll_interval: Duration,
 
     /// Hard limit of each scenario (default 120 s, 45 s with --quick).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RESTOCK_BENCH_SCENARIO_TIMEOUT", value_parser = humantime::parse_duration)]
     pub scenario_timeout: Option<Duration>,
 
     /// Folder for temporary state files and data (must be a real disk for
@@ -86,7 +91,7 @@ pub struct BenchConfig {
 
     /// The arbiter's log filter (`RUST_LOG`) during the benchmark; `info`
     /// logs every grant, which costs a write per grant.
-    #[arg(long, default_value = "warn")]
+    #[arg(long, env = "RESTOCK_BENCH_ARBITER_LOG", default_value = "warn")]
     pub arbiter_log: String,
 }
 
