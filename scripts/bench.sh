@@ -107,4 +107,4 @@ log "restock-bench $*"
   --require-baselines \
   --work-dir "$work/arbiter" \
   "$@"
-log "results: target/bench/results.json"
+log "results: ${RESTOCK_BENCH_OUT:-target/bench/results.json}"

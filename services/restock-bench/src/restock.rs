@@ -79,6 +79,26 @@ pub struct ArbiterSpec {
     pub extra_args: Vec<String>,
 }
 
+impl ArbiterSpec {
+    /// TEST_MODE on, so purchases cycle for as long as the scenario runs.
+    pub fn cycling(products: Vec<String>, fsync: bool) -> Self {
+        Self {
+            products,
+            fsync,
+            test_mode: true,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Lifts the per-stream report limit (a guard against one flooding
+    /// watcher), which would cut streams reporting as fast as they can.
+    pub fn without_report_limit(mut self) -> Self {
+        self.extra_args
+            .extend(["--max-reports-per-second".to_owned(), "0".to_owned()]);
+        self
+    }
+}
+
 /// A running `purchase-arbiter`.
 #[derive(Debug)]
 pub struct ArbiterProcess {

@@ -69,16 +69,8 @@ struct RaceResult {
 
 async fn race(ctx: &Ctx, fsync: bool, duration: Duration) -> anyhow::Result<RaceResult> {
     let products = product_ids(CLIENTS);
-    let mut arbiter = ArbiterProcess::start(
-        &ctx.env,
-        &ArbiterSpec {
-            products: products.clone(),
-            fsync,
-            test_mode: true,
-            extra_args: Vec::new(),
-        },
-    )
-    .await?;
+    let mut arbiter =
+        ArbiterProcess::start(&ctx.env, &ArbiterSpec::cycling(products.clone(), fsync)).await?;
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         clients.push(arbiter.client().await?);

@@ -179,16 +179,8 @@ async fn measure(
     let config = dir.path().join("product_config.json");
     write_product_config(&config, &[TCIN.to_owned()])?;
     let sim = StoreSim::start(&ctx.env, dir.path(), &config).await?;
-    let mut arbiter = ArbiterProcess::start(
-        &ctx.env,
-        &ArbiterSpec {
-            products: vec![TCIN.to_owned()],
-            fsync: true,
-            test_mode: true,
-            extra_args: Vec::new(),
-        },
-    )
-    .await?;
+    let mut arbiter =
+        ArbiterProcess::start(&ctx.env, &ArbiterSpec::cycling(vec![TCIN.to_owned()], true)).await?;
     let watcher_bin = ctx.env.bin("stock-watcher")?;
     let mut procs_ = Vec::with_capacity(watchers);
     let mut watcher_clients = Vec::with_capacity(watchers);

@@ -116,12 +116,7 @@ pub async fn run_cycle(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 /// a second on one stream: the per-stream report limit (a guard against a
 /// flooding watcher) would slow and then close it, so it is off.
 fn spec(ctx: &Ctx, fsync: bool) -> ArbiterSpec {
-    ArbiterSpec {
-        products: product_ids(ctx.waiters + 1),
-        fsync,
-        test_mode: true,
-        extra_args: vec!["--max-reports-per-second".into(), "0".into()],
-    }
+    ArbiterSpec::cycling(product_ids(ctx.waiters + 1), fsync).without_report_limit()
 }
 
 async fn restock_grant(ctx: &Ctx, fsync: bool, count: usize) -> anyhow::Result<Latencies> {

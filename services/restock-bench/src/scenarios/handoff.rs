@@ -108,16 +108,8 @@ async fn next_grant(grants: &mut mpsc::UnboundedReceiver<Granted>) -> anyhow::Re
 async fn restock_handoff(ctx: &Ctx, fsync: bool, count: usize) -> anyhow::Result<Latencies> {
     let n = ctx.waiters + 1;
     let products = product_ids(n);
-    let mut arbiter = ArbiterProcess::start(
-        &ctx.env,
-        &ArbiterSpec {
-            products: products.clone(),
-            fsync,
-            test_mode: true,
-            extra_args: Vec::new(),
-        },
-    )
-    .await?;
+    let mut arbiter =
+        ArbiterProcess::start(&ctx.env, &ArbiterSpec::cycling(products.clone(), fsync)).await?;
     let mut control = arbiter.client().await?;
     // Everyone reports first, so the first grant goes to the top product.
     restock::set_paused(&mut control, true).await?;

@@ -98,14 +98,7 @@ async fn ingest(ctx: &Ctx, fsync: bool, duration: Duration) -> anyhow::Result<In
     spec_products.push(holder_tcin.clone());
     let mut arbiter = ArbiterProcess::start(
         &ctx.env,
-        &ArbiterSpec {
-            products: spec_products,
-            fsync,
-            test_mode: true,
-            // As fast as they can: the per-stream report limit (a guard
-            // against one flooding watcher) would cut these streams.
-            extra_args: vec!["--max-reports-per-second".into(), "0".into()],
-        },
+        &ArbiterSpec::cycling(spec_products, fsync).without_report_limit(),
     )
     .await?;
     let mut control = arbiter.client().await?;

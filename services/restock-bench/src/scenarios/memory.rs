@@ -40,16 +40,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let products = Arc::new(all);
     let mut spec_products = (*products).clone();
     spec_products.push(holder_tcin.clone());
-    let mut arbiter = ArbiterProcess::start(
-        &ctx.env,
-        &ArbiterSpec {
-            products: spec_products,
-            fsync,
-            test_mode: true,
-            extra_args: Vec::new(),
-        },
-    )
-    .await?;
+    let mut arbiter =
+        ArbiterProcess::start(&ctx.env, &ArbiterSpec::cycling(spec_products, fsync)).await?;
     let mut control = arbiter.client().await?;
     // A running checkout holds the slot, so in-stock reports only queue.
     let held = restock::acquire(&mut control, &holder_tcin, "bench-holder", "").await?;
