@@ -61,10 +61,16 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT (Ctrl-C)");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("SIGINT received");
+            }
         }
     }
     #[cfg(not(unix))]
