@@ -19,8 +19,9 @@ use std::{
     convert::Infallible,
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use futures::future::{Either, Ready, ready};
@@ -119,6 +120,37 @@ pub struct AuthPolicy {
     token: Option<AuthToken>,
     /// Full method paths (`/pkg.Service/Method`) open without a token.
     open: Arc<[String]>,
+    refusals: Arc<RefusalLog>,
+}
+
+/// At most one warning about refused calls per this long.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Rate-limits the warning about refused calls, counting the ones it leaves
+/// out, so a client with a wrong token that retries in a loop cannot flood
+/// the log.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    /// `Some(n)` when this refusal is to be logged, `n` being how many
+    /// refusals since the last logged one were not.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, left_out) = &mut *s;
+        match last {
+            Some(t) if now.saturating_duration_since(*t) < REFUSAL_LOG_EVERY => {
+                *left_out += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(left_out))
+            }
+        }
+    }
 }
 
 impl AuthPolicy {
@@ -128,6 +160,7 @@ impl AuthPolicy {
         Self {
             token,
             open: open.into(),
+            refusals: Arc::default(),
         }
     }
 
@@ -198,11 +231,14 @@ where
         match self.policy.check(req.uri().path(), req.headers()) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(status) => {
-                tracing::warn!(
-                    method = req.uri().path(),
-                    reason = status.message(),
-                    "call refused: not authenticated"
-                );
+                if let Some(not_logged) = self.policy.refusals.admit(Instant::now()) {
+                    tracing::warn!(
+                        method = req.uri().path(),
+                        reason = status.message(),
+                        refusals_not_logged = not_logged,
+                        "call refused: not authenticated (at most one such line a second)"
+                    );
+                }
                 Either::Right(ready(Ok(status.into_http())))
             }
         }
@@ -423,6 +459,19 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::Unauthenticated);
             assert!(e.message().contains("wrong"), "{wrong}: {e:?}");
         }
+    }
+
+    #[test]
+    fn refusal_warnings_are_rate_limited_and_counted() {
+        let log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        for ms in [1, 200, 999] {
+            assert_eq!(log.admit(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(log.admit(t0 + Duration::from_millis(1_000)), Some(3));
+        assert_eq!(log.admit(t0 + Duration::from_millis(1_500)), None);
+        assert_eq!(log.admit(t0 + Duration::from_millis(5_000)), Some(1));
     }
 
     #[test]
