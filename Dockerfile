@@ -17,6 +17,9 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /app
+# The image needs no line tables (they are for profiling on the host): a
+# faster build and smaller binaries.
+ENV CARGO_PROFILE_RELEASE_DEBUG=false
 COPY . .
 RUN set -eu; \
     if [ -d vendor ]; then \
@@ -24,7 +27,8 @@ RUN set -eu; \
         printf '[source.crates-io]\nreplace-with = "vendored-sources"\n\n[source.vendored-sources]\ndirectory = "vendor"\n' \
             > .cargo/config.toml; \
     fi; \
-    cargo build --release --locked --workspace --bins
+    cargo build --release --locked \
+        -p purchase-arbiter -p stock-watcher -p store-sim -p restockctl
 RUN mkdir -p /out \
     && cp target/release/purchase-arbiter target/release/stock-watcher \
           target/release/store-sim target/release/restockctl /out/
