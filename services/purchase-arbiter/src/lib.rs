@@ -21,6 +21,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod grpc;
+pub mod signals;
 pub mod slot;
 pub mod store;
 pub mod task;

@@ -46,35 +46,18 @@ async fn serve(config: ArbiterConfig) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match purchase_arbiter::run(listener, config, shutdown_signal()).await {
+    match purchase_arbiter::run(
+        listener,
+        config,
+        purchase_arbiter::signals::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "purchase arbiter stopped");
             eprintln!("purchase-arbiter: {e}");
             std::process::ExitCode::from(1)
         }
-    }
-}
-
-/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT (Ctrl-C)");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("SIGINT received");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,10 +1,13 @@
 //! The products the simulator sells, read from the arbiter's product config
-//! (`{"products": [{"tcin", "name", "max_price", "quantity"}, ...]}`), so one
-//! file drives both services. Unknown fields (`enabled`, ...) are ignored.
+//! (`{"products": [{"tcin", "name", "max_price", "quantity"}, ...]}`) with
+//! the arbiter's own parser, so one file drives both services and both
+//! accept and refuse the same files. `enabled` is the arbiter's business:
+//! the store sells disabled products too.
 
 use std::{collections::HashMap, path::Path};
 
-use serde::Deserialize;
+pub use purchase_arbiter::catalog::CatalogError;
+use purchase_arbiter::catalog::PriorityList;
 
 use crate::types::{Price, Tcin};
 
@@ -20,47 +23,6 @@ pub struct Product {
     /// The price the store starts with: `max_price` when the config has one,
     /// otherwise the default price.
     pub initial_price: Price,
-}
-
-/// Why the product config could not be used. Every variant names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("cannot read product config {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("product config {path} is not valid: line {line}, column {column}: {message}")]
-    Syntax {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("product config {path}: product #{index} ({tcin:?}): {message}")]
-    Product {
-        path: String,
-        index: usize,
-        tcin: String,
-        message: String,
-    },
-}
-
-#[derive(Deserialize)]
-struct FileFormat {
-    products: Vec<FileProduct>,
-}
-
-#[derive(Deserialize)]
-struct FileProduct {
-    tcin: String,
-    #[serde(default)]
-    name: String,
-    /// Dollars.
-    #[serde(default)]
-    max_price: Option<f64>,
-    #[serde(default)]
-    quantity: Option<u32>,
 }
 
 /// The products in config order, with a lookup by id.
@@ -89,54 +51,37 @@ impl Catalog {
 
     /// Reads and validates a product config file.
     pub fn load(path: &Path, default_price: Price) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string(), default_price)
+        let list = PriorityList::load(path)?;
+        Self::from_list(&list, &path.display().to_string(), default_price)
     }
 
     /// Parses the JSON text of a product config; `path` is only used in errors.
     pub fn parse(text: &str, path: &str, default_price: Price) -> Result<Self, CatalogError> {
-        let file: FileFormat = serde_json::from_str(text).map_err(|e| CatalogError::Syntax {
-            path: path.to_owned(),
-            line: e.line(),
-            column: e.column(),
-            message: crate::types::json_error_message(&e),
-        })?;
-        let mut products = Vec::with_capacity(file.products.len());
-        let mut seen = HashMap::new();
-        for (i, p) in file.products.into_iter().enumerate() {
-            let index = i + 1;
-            let bad = |message: String| CatalogError::Product {
+        let list = PriorityList::parse(text, path)?;
+        Self::from_list(&list, path, default_price)
+    }
+
+    fn from_list(
+        list: &PriorityList,
+        path: &str,
+        default_price: Price,
+    ) -> Result<Self, CatalogError> {
+        let mut products = Vec::with_capacity(list.len());
+        for (i, spec) in list.products().iter().enumerate() {
+            // The arbiter has checked the id by the same rules; this only
+            // moves it into the simulator's type.
+            let tcin = Tcin::parse(spec.tcin.as_str()).map_err(|e| CatalogError::Product {
                 path: path.to_owned(),
-                index,
-                tcin: p.tcin.clone(),
-                message,
-            };
-            let tcin = Tcin::parse(&p.tcin).map_err(|e| bad(e.to_string()))?;
-            if let Some(first) = seen.insert(tcin.clone(), index) {
-                return Err(bad(format!("listed twice (first as product #{first})")));
-            }
-            let max_price = p
-                .max_price
-                .map(Price::from_dollars)
-                .transpose()
-                .map_err(|e| bad(format!("max_price: {e}")))?;
-            let quantity = match p.quantity {
-                None => 1,
-                Some(0) => return Err(bad("quantity must be at least 1".into())),
-                Some(q) => q,
-            };
+                index: i + 1,
+                tcin: spec.tcin.to_string(),
+                message: e.to_string(),
+            })?;
+            let max_price = spec.max_price_cents.map(Price::from_cents);
             products.push(Product {
-                name: if p.name.is_empty() {
-                    tcin.to_string()
-                } else {
-                    p.name
-                },
                 tcin,
+                name: spec.name.clone(),
                 max_price,
-                quantity,
+                quantity: spec.quantity,
                 initial_price: max_price.unwrap_or(default_price),
             });
         }

@@ -36,35 +36,19 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match store_sim::run(listener, sim, config.shutdown_grace, shutdown_signal()).await {
+    match store_sim::run(
+        listener,
+        sim,
+        config.shutdown_grace,
+        purchase_arbiter::signals::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "store simulator stopped");
             eprintln!("store-sim: {e}");
             std::process::ExitCode::from(1)
         }
-    }
-}
-
-/// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("SIGINT received");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
