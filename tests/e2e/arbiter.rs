@@ -220,7 +220,19 @@ async fn state_persists_across_kill_9_and_restart() {
 
 #[tokio::test]
 async fn fifty_products_in_stock_at_once_exactly_one_granted() {
-    let arbiter = ArbiterProcess::start(opts(&["100"])).await;
+    // On one runtime thread (the default) and on several, where the calls
+    // really run in parallel until they reach the task that owns the slot.
+    for threads in ["1", "4"] {
+        fifty_concurrent_acquires_one_winner(threads).await;
+    }
+}
+
+async fn fifty_concurrent_acquires_one_winner(worker_threads: &str) {
+    let arbiter = ArbiterProcess::start(ArbiterOptions {
+        extra_args: vec!["--worker-threads".into(), worker_threads.into()],
+        ..opts(&["100"])
+    })
+    .await;
     let c = arbiter.client().await;
     let calls = (0..50).map(|i| {
         let mut c = c.clone();
@@ -231,7 +243,7 @@ async fn fifty_products_in_stock_at_once_exactly_one_granted() {
     assert_eq!(
         granted.len(),
         1,
-        "exactly one of 50 concurrent acquires wins"
+        "exactly one of 50 concurrent acquires wins (--worker-threads {worker_threads})"
     );
     let winner = granted[0].lease.as_ref().unwrap().tcin.clone();
     for a in answers.iter().filter(|a| !a.granted) {
