@@ -7,22 +7,21 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if env::var_os("PROTOC").is_none() {
-        let protoc = protoc_bin_vendored::protoc_bin_path()?;
-        // SAFETY-free: build scripts are single-threaded at this point.
-        // `set_var` is unsafe in edition 2024 only because of threads.
-        #[allow(unsafe_code)]
-        unsafe {
-            env::set_var("PROTOC", protoc);
-        }
-    }
+    let protoc = match env::var_os("PROTOC") {
+        Some(p) => PathBuf::from(p),
+        None => protoc_bin_vendored::protoc_bin_path()?,
+    };
+    let mut config = tonic_prost_build::Config::new();
+    // Handed to prost directly: no process-wide environment change needed.
+    config.protoc_executable(protoc);
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let protos = ["restock/v1/arbiter.proto", "restock/v1/watcher.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    println!("cargo:rerun-if-env-changed=PROTOC");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("restock_descriptor.bin"))
-        .compile_protos(&protos, &["."])?;
+        .compile_with_config(config, &protos, &["."])?;
     Ok(())
 }

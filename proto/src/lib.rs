@@ -1,15 +1,21 @@
-//! Generated gRPC types for restock, package `restock.v1`.
+//! Generated gRPC types for restock, package `restock.v1`, and their
+//! conversions to and from the domain types of `restock-domain`.
 //!
 //! Every service and client in the workspace uses these; the `.proto` files
 //! next to this crate are the contract. [`FILE_DESCRIPTOR_SET`] feeds server
-//! reflection so that `grpcurl` needs no `.proto` files.
-
-#![allow(missing_debug_implementations, clippy::all)]
+//! reflection so that `grpcurl` needs no `.proto` files; [`convert`] is
+//! where protocol messages become domain values (and back), so each
+//! service converts at its edge.
 
 /// Package `restock.v1`: the purchase arbiter and the stock watcher.
+#[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("restock.v1");
 }
+
+pub mod convert;
+
+pub use convert::ConvertError;
 
 /// The encoded `FileDescriptorSet` of every restock `.proto` file.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("restock_descriptor");

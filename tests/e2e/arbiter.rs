@@ -6,11 +6,11 @@
 use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
-use restock_e2e::{ArbiterOptions, ArbiterProcess, eventually};
 use restock_proto::v1::{
     self as pb, ProductState, RenewLeaseRequest, ResetProductRequest, SetPausedRequest,
     WatchEventsRequest, event::Kind as EventKind,
 };
+use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
 use tonic::Code;
 
 use crate::helpers::{WatcherStream, acquire, must_acquire, product, release, status};
@@ -518,7 +518,7 @@ async fn reload_by_rpc_and_sighup_changes_priorities_and_a_bad_file_keeps_the_ol
     };
     assert_eq!(order(&status(&mut c).await), ["100", "200"]);
 
-    restock_e2e::write_product_config(arbiter.dir.path(), &["200", "100", "300"]);
+    restock_testkit::write_product_config(arbiter.dir.path(), &["200", "100", "300"]);
     let r = c
         .reload_config(pb::ReloadConfigRequest {})
         .await
@@ -543,7 +543,7 @@ async fn reload_by_rpc_and_sighup_changes_priorities_and_a_bad_file_keeps_the_ol
     assert_eq!(order(&status(&mut c).await), ["200", "100", "300"]);
 
     // SIGHUP reloads too.
-    restock_e2e::write_product_config(arbiter.dir.path(), &["300", "200"]);
+    restock_testkit::write_product_config(arbiter.dir.path(), &["300", "200"]);
     arbiter.process.signal("-HUP");
     eventually("SIGHUP reload", GRANT_WAIT, || {
         let mut c = c.clone();

@@ -2,7 +2,7 @@
 //! real arbiter: reflection (list, describe), health, GetStatus and
 //! AcquirePurchase work without any .proto file.
 
-use restock_e2e::{ArbiterOptions, ArbiterProcess, grpcurl, run_grpcurl};
+use restock_testkit::{ArbiterOptions, ArbiterProcess, grpcurl, run_grpcurl};
 
 #[tokio::test]
 async fn grpcurl_lists_describes_checks_health_and_calls_the_arbiter() {

@@ -5,10 +5,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use restock_e2e::{ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually};
 use restock_proto::v1::{
     self as pb, ProductState, ReleasePurchaseRequest, SetPausedRequest, WatchEventsRequest,
     event::Kind as EventKind, stock_watcher_client::StockWatcherClient,
+};
+use restock_testkit::{
+    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
 };
 use serde_json::{Value, json};
 use tonic::Code;

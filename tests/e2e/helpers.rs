@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use restock_e2e::ArbiterProcess;
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ArbiterMessage, GetStatusRequest, ReleasePurchaseRequest,
     StockObservation, StockReport, arbiter_message::Kind,
     purchase_arbiter_client::PurchaseArbiterClient,
 };
+use restock_testkit::ArbiterProcess;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Streaming, transport::Channel};

@@ -18,14 +18,14 @@ use std::{
 };
 
 use futures::StreamExt;
-use restock_e2e::{
-    ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually,
-    free_port, wait_healthy,
-};
 use restock_proto::v1::{
     self as pb, GetStatusRequest, GetWatcherStatusRequest, ReleasePurchaseRequest,
     RenewLeaseRequest, ResetProductRequest, StockObservation, StockReport, arbiter_message::Kind,
     stock_watcher_client::StockWatcherClient,
+};
+use restock_testkit::{
+    ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually,
+    free_port, wait_healthy,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -442,11 +442,13 @@ async fn unknown_leases_and_wrong_tokens_change_nothing() {
         ("an unknown lease", "lease-0-none".into(), t, Code::NotFound),
         ("an empty lease id", String::new(), t, Code::InvalidArgument),
         ("a 129-byte lease id", long_id, t, Code::InvalidArgument),
+        // Not a lease id at all (lease ids are printable ASCII), so the
+        // request is malformed rather than about an unknown lease.
         (
             "a lease id with a NUL",
             format!("{id}\u{0}"),
             t,
-            Code::NotFound,
+            Code::InvalidArgument,
         ),
     ];
     for (what, lease_id, token, code) in &cases {

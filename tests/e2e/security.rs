@@ -10,13 +10,13 @@ use std::{
     time::Duration,
 };
 
-use restock_e2e::{
-    ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually, free_port,
-    repo_root, run_grpcurl,
-};
 use restock_proto::v1::{
     self as pb, purchase_arbiter_client::PurchaseArbiterClient,
     stock_watcher_client::StockWatcherClient,
+};
+use restock_testkit::{
+    ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually, free_port,
+    repo_root, run_grpcurl,
 };
 use serde_json::{Value, json};
 use tonic::{
@@ -507,7 +507,7 @@ async fn tls_and_token_end_to_end_with_a_real_watcher() {
 
 #[tokio::test]
 async fn grpcurl_with_the_ca_and_the_token_header_works() {
-    let Some(grpcurl) = restock_e2e::grpcurl() else {
+    let Some(grpcurl) = restock_testkit::grpcurl() else {
         return;
     };
     let certs = Certs::make();

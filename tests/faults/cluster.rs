@@ -21,7 +21,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use restock_e2e::{ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, bin, wait_healthy};
+use restock_testkit::{
+    ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, bin, wait_healthy,
+};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -151,7 +153,7 @@ impl Cluster {
     /// Waits until the arbiter lists every watcher as connected.
     pub async fn wait_all_connected(&self, limit: Duration) {
         let want = self.watchers.len();
-        restock_e2e::eventually("every watcher connected", limit, || async {
+        restock_testkit::eventually("every watcher connected", limit, || async {
             let mut c = self.arbiter.client().await;
             let s = c
                 .get_status(restock_proto::v1::GetStatusRequest {})

@@ -404,7 +404,7 @@ impl Injector<'_> {
 
     async fn restart_arbiter(&mut self) {
         self.cluster.arbiter.process.restart();
-        restock_e2e::wait_healthy(&self.cluster.arbiter.addr, Duration::from_secs(30)).await;
+        restock_testkit::wait_healthy(&self.cluster.arbiter.addr, Duration::from_secs(30)).await;
     }
 
     /// Waits (at most 3 s) until the store has finished the checkout with

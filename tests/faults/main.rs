@@ -181,7 +181,7 @@ async fn never_two_checkouts_at_once_whatever_fails() {
         .await
         .unwrap_or_else(|e| panic!("GetStatus at the end (seed {seed}): {e}"))
         .into_inner();
-    restock_e2e::eventually(
+    restock_testkit::eventually(
         &format!(
             "the event follower to reach sequence {} (seed {seed})",
             status.last_event_sequence

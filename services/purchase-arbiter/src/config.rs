@@ -2,9 +2,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum, builder::BoolishValueParser};
-
-use crate::auth::{ServerTlsArgs, TokenArgs};
+use clap::{Parser, builder::BoolishValueParser};
+use restock_domain::duration::parse_duration;
+use restock_runtime::{
+    LogArgs, ReadyFileArgs,
+    auth::{ServerTlsArgs, TokenArgs},
+};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 pub const DEFAULT_CONFIG: &str = "config/product_config.json";
@@ -17,25 +20,6 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_REPORTS_PER_SECOND: u32 = 200;
 /// One runtime thread: see `--worker-threads`.
 pub const DEFAULT_WORKER_THREADS: usize = 1;
-
-/// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("{s:?} has no unit; write it like 500ms, 30s or 2m"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
 
 /// The purchase arbiter's settings.
 #[derive(Debug, Clone, Parser)]
@@ -55,7 +39,7 @@ pub struct ArbiterConfig {
 
     /// Where the durable state lives. An empty value keeps state in memory
     /// only (nothing survives a restart).
-    #[arg(long, env = "RESTOCK_STATE_FILE", default_value = DEFAULT_STATE_FILE)]
+    #[arg(long, env = "RESTOCK_STATE_FILE", default_value = DEFAULT_STATE_FILE, value_parser = parse_path_or_empty)]
     pub state_file: PathBuf,
 
     /// How long a lease lasts unless renewed.
@@ -116,9 +100,11 @@ pub struct ArbiterConfig {
     #[arg(long, env = "RESTOCK_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log line format.
-    #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub ready: ReadyFileArgs,
 
     #[command(flatten)]
     pub tls: ServerTlsArgs,
@@ -137,6 +123,13 @@ pub struct ArbiterConfig {
         default_missing_value = "true"
     )]
     pub public_status: bool,
+}
+
+/// A path that may be empty: clap's own path parser refuses an empty
+/// value, but `--state-file ""` (and `RESTOCK_STATE_FILE=`) means "memory
+/// only".
+fn parse_path_or_empty(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 impl ArbiterConfig {
@@ -175,12 +168,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("soon").is_err());
+    fn durations_take_a_unit_or_bare_seconds() {
+        let c =
+            ArbiterConfig::try_parse_from(["a", "--lease-ttl", "45", "--stock-ttl", "2m"]).unwrap();
+        assert_eq!(c.lease_ttl, Duration::from_secs(45));
+        assert_eq!(c.stock_ttl, Duration::from_secs(120));
+        assert!(ArbiterConfig::try_parse_from(["a", "--lease-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn an_empty_state_file_means_memory_only() {
+        let c = ArbiterConfig::try_parse_from(["a", "--state-file", ""]).unwrap();
+        assert_eq!(c.state_path(), None);
+        let c = ArbiterConfig::try_parse_from(["a"]).unwrap();
+        assert_eq!(c.state_path(), Some(PathBuf::from(DEFAULT_STATE_FILE)));
     }
 
     #[test]

@@ -15,11 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use restock_domain::{
+    Event, FencingToken, LeaseId, Observation, Outcome, PriorityList, ProductState, Tcin, WatcherId,
+};
+use restock_proto::convert;
+
 use crate::{
-    catalog::PriorityList,
-    slot::{AcquireAnswer, Event, EventKind, Lease, Observation, SlotError, StatusView},
-    task::{ArbiterError, ArbiterHandle, CatalogInfo, CloseReason, STREAM_BUFFER, WatcherMessage},
-    types::{FencingToken, Outcome, ProductState, Tcin, WatcherId},
+    slot::{AcquireAnswer, Lease, SlotError},
+    task::{ArbiterError, ArbiterHandle, CloseReason, STREAM_BUFFER, WatcherMessage},
 };
 
 /// How long a new stream may take to name its watcher.
@@ -140,76 +143,29 @@ fn watcher_id(value: &str) -> Result<WatcherId, Status> {
     WatcherId::parse(value).map_err(invalid)
 }
 
-fn lease_ref(lease_id: &str, token: u64) -> Result<(String, FencingToken), Status> {
-    if lease_id.is_empty() {
-        return Err(Status::invalid_argument("lease_id is empty"));
-    }
-    if lease_id.len() > 128 {
-        return Err(Status::invalid_argument(format!(
-            "lease_id is {} bytes long; lease ids are at most 128",
-            lease_id.len()
-        )));
-    }
-    if token == 0 {
-        return Err(Status::invalid_argument(
-            "fencing_token is 0; pass the token that came with the lease",
-        ));
-    }
-    Ok((lease_id.to_owned(), FencingToken(token)))
+fn lease_ref(lease_id: &str, token: u64) -> Result<(LeaseId, FencingToken), Status> {
+    Ok((
+        LeaseId::parse(lease_id).map_err(invalid)?,
+        FencingToken::presented(token).map_err(invalid)?,
+    ))
 }
 
-// ----- domain -> protocol -----
-
-pub fn lease_to_pb(l: &Lease, remaining_ms: u64) -> pb::Lease {
-    pb::Lease {
-        lease_id: l.lease_id.clone(),
-        tcin: l.tcin.to_string(),
-        watcher_id: l.watcher_id.to_string(),
-        fencing_token: l.token.0,
-        ttl_ms: l.ttl.as_millis() as u64,
-        expires_at_unix_ms: l.expires_at_unix_ms,
-        granted_at_unix_ms: l.granted_at_unix_ms,
-        remaining_ms,
-    }
-}
-
+/// A lease as it stands now, for an answer or a push.
 fn live_lease_to_pb(l: &Lease) -> pb::Lease {
-    let remaining = l
-        .deadline
-        .saturating_duration_since(tokio::time::Instant::now());
-    lease_to_pb(l, remaining.as_millis() as u64)
+    pb::Lease::from(&l.view(Instant::now()))
 }
 
-fn state_to_pb(s: ProductState) -> pb::ProductState {
-    match s {
-        ProductState::Ready => pb::ProductState::Ready,
-        ProductState::Queued => pb::ProductState::Queued,
-        ProductState::Attempting => pb::ProductState::Attempting,
-        ProductState::Purchased => pb::ProductState::Purchased,
-        ProductState::Failed => pb::ProductState::Failed,
-    }
-}
-
-fn outcome_to_pb(o: Outcome) -> pb::Outcome {
-    match o {
-        Outcome::Purchased => pb::Outcome::Purchased,
-        Outcome::Failed => pb::Outcome::Failed,
-        Outcome::OutOfStock => pb::Outcome::OutOfStock,
-        Outcome::Aborted => pb::Outcome::Aborted,
-        Outcome::Expired => pb::Outcome::Expired,
-    }
+fn state_to_pb(s: ProductState) -> i32 {
+    pb::ProductState::from(s) as i32
 }
 
 fn outcome_from_pb(value: i32) -> Result<Outcome, Status> {
-    match pb::Outcome::try_from(value) {
-        Ok(pb::Outcome::Purchased) => Ok(Outcome::Purchased),
-        Ok(pb::Outcome::Failed) => Ok(Outcome::Failed),
-        Ok(pb::Outcome::OutOfStock) => Ok(Outcome::OutOfStock),
-        Ok(pb::Outcome::Aborted) => Ok(Outcome::Aborted),
-        Ok(pb::Outcome::Expired) => Err(Status::invalid_argument(
+    match convert::outcome("outcome", value) {
+        Ok(Some(Outcome::Expired)) => Err(Status::invalid_argument(
             "outcome OUTCOME_EXPIRED is set by the arbiter only",
         )),
-        Ok(pb::Outcome::Unspecified) => Err(Status::invalid_argument(
+        Ok(Some(o)) => Ok(o),
+        Ok(None) => Err(Status::invalid_argument(
             "outcome is missing: say OUTCOME_PURCHASED, OUTCOME_FAILED, OUTCOME_OUT_OF_STOCK or OUTCOME_ABORTED",
         )),
         Err(_) => Err(Status::invalid_argument(format!(
@@ -218,83 +174,17 @@ fn outcome_from_pb(value: i32) -> Result<Outcome, Status> {
     }
 }
 
-fn event_kind_to_pb(k: EventKind) -> pb::event::Kind {
-    use pb::event::Kind as K;
-    match k {
-        EventKind::Granted => K::Granted,
-        EventKind::Released => K::Released,
-        EventKind::Expired => K::Expired,
-        EventKind::Queued => K::Queued,
-        EventKind::Unqueued => K::Unqueued,
-        EventKind::Reset => K::Reset,
-        EventKind::Paused => K::Paused,
-        EventKind::Resumed => K::Resumed,
-        EventKind::WatcherJoined => K::WatcherJoined,
-        EventKind::WatcherLeft => K::WatcherLeft,
-        EventKind::ConfigReloaded => K::ConfigReloaded,
-        EventKind::CooledDown => K::CooledDown,
-        EventKind::ArbiterStarted => K::ArbiterStarted,
-        EventKind::Renewed => K::Renewed,
-    }
-}
-
-pub fn event_to_pb(e: &Event) -> pb::Event {
-    pb::Event {
-        sequence: e.sequence,
-        unix_ms: e.unix_ms,
-        kind: event_kind_to_pb(e.kind) as i32,
-        tcin: e.tcin.as_ref().map(Tcin::to_string).unwrap_or_default(),
-        watcher_id: e
-            .watcher_id
-            .as_ref()
-            .map(WatcherId::to_string)
-            .unwrap_or_default(),
-        lease_id: e.lease_id.clone().unwrap_or_default(),
-        fencing_token: e.fencing_token.map_or(0, |t| t.0),
-        outcome: e.outcome.map_or(pb::Outcome::Unspecified, outcome_to_pb) as i32,
-        from_state: e
-            .from_state
-            .map_or(pb::ProductState::Unspecified, state_to_pb) as i32,
-        to_state: e
-            .to_state
-            .map_or(pb::ProductState::Unspecified, state_to_pb) as i32,
-        detail: e.detail.clone(),
-    }
-}
-
-fn catalog_to_pb(info: &CatalogInfo) -> pb::Catalog {
-    pb::Catalog {
-        products: info
-            .catalog
-            .products()
-            .iter()
-            .enumerate()
-            .map(|(i, p)| pb::CatalogProduct {
-                tcin: p.tcin.to_string(),
-                name: p.name.clone(),
-                priority: (i + 1) as u32,
-                max_price_cents: p.max_price_cents.unwrap_or(0),
-                quantity: p.quantity,
-                enabled: p.enabled,
-            })
-            .collect(),
-        lease_ttl_ms: info.timing.lease_ttl.as_millis() as u64,
-        stock_ttl_ms: info.timing.stock_ttl.as_millis() as u64,
-        test_mode: info.timing.test_mode,
-    }
-}
-
 fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status> {
     use pb::arbiter_message::Kind;
     let kind = match m {
-        WatcherMessage::Catalog(info) => Kind::Catalog(catalog_to_pb(&info)),
+        WatcherMessage::Catalog(catalog) => Kind::Catalog(pb::Catalog::from(&catalog)),
         WatcherMessage::Grant(lease) => Kind::Grant(live_lease_to_pb(&lease)),
         WatcherMessage::Revoked {
             lease_id,
             token,
             reason,
         } => Kind::Revoked(pb::LeaseRevoked {
-            lease_id,
+            lease_id: lease_id.to_string(),
             fencing_token: token.0,
             reason,
         }),
@@ -308,60 +198,6 @@ fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status
         }
     };
     Ok(pb::ArbiterMessage { kind: Some(kind) })
-}
-
-fn status_to_pb(v: StatusView, config_path: &str) -> pb::GetStatusResponse {
-    pb::GetStatusResponse {
-        active_lease: v.lease.as_ref().map(live_lease_to_pb),
-        products: v
-            .products
-            .into_iter()
-            .map(|p| pb::ProductStatus {
-                tcin: p.tcin.to_string(),
-                name: p.name,
-                priority: p.priority,
-                state: state_to_pb(p.state) as i32,
-                purchases: p.purchases,
-                quantity: p.quantity,
-                configured: p.configured,
-                in_stock_at: p.in_stock_at.iter().map(WatcherId::to_string).collect(),
-                cooldown_remaining_ms: p.cooldown_remaining_ms,
-                last_outcome: p
-                    .last_outcome
-                    .map_or(pb::Outcome::Unspecified, outcome_to_pb)
-                    as i32,
-                last_detail: p.last_detail,
-            })
-            .collect(),
-        watchers: v
-            .watchers
-            .into_iter()
-            .map(|w| pb::WatcherStatus {
-                watcher_id: w.watcher_id.to_string(),
-                connected: w.connected,
-                last_report_unix_ms: w.last_report_unix_ms,
-                connected_since_unix_ms: w.connected_since_unix_ms,
-                reports: w.reports,
-                polling: w.polling,
-            })
-            .collect(),
-        test_mode: v.timing.test_mode,
-        paused: v.paused,
-        counters: Some(pb::Counters {
-            grants: v.counters.grants,
-            purchases: v.counters.purchases,
-            failures: v.counters.failures,
-            expirations: v.counters.expirations,
-            refusals: v.counters.refusals,
-            observations: v.counters.observations,
-        }),
-        next_fencing_token: v.next_token.0,
-        last_event_sequence: v.last_sequence,
-        lease_ttl_ms: v.timing.lease_ttl.as_millis() as u64,
-        stock_ttl_ms: v.timing.stock_ttl.as_millis() as u64,
-        failure_cooldown_ms: v.timing.failure_cooldown.as_millis() as u64,
-        config_path: config_path.to_owned(),
-    }
 }
 
 /// The gRPC face of the arbiter task.
@@ -498,7 +334,7 @@ impl PurchaseArbiter for ArbiterService {
         info!(lease_id = %lease_id, fencing_token = token.0, outcome = outcome.as_str(), released, "lease released");
         Ok(Response::new(pb::ReleasePurchaseResponse {
             released,
-            product_state: state_to_pb(state) as i32,
+            product_state: state_to_pb(state),
         }))
     }
 
@@ -629,11 +465,9 @@ impl PurchaseArbiter for ArbiterService {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let view = self.handle.status().await.map_err(to_status)?;
-        Ok(Response::new(status_to_pb(
-            view,
-            &self.config_path.display().to_string(),
-        )))
+        let mut status = self.handle.status().await.map_err(to_status)?;
+        status.config_path = self.config_path.display().to_string();
+        Ok(Response::new(pb::GetStatusResponse::from(&status)))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -667,7 +501,7 @@ impl PurchaseArbiter for ArbiterService {
             .map_err(to_status)?;
         info!(tcin = %product, previous = previous.as_str(), "product reset");
         Ok(Response::new(pb::ResetProductResponse {
-            previous_state: state_to_pb(previous) as i32,
+            previous_state: state_to_pb(previous),
         }))
     }
 
@@ -693,7 +527,7 @@ impl PurchaseArbiter for ArbiterService {
     }
 }
 
-type ParsedReport = (Option<Vec<String>>, Vec<Observation>);
+type ParsedReport = (Option<Vec<Tcin>>, Vec<Observation>);
 
 fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport, Status> {
     if r.observations.len() > MAX_OBSERVATIONS_PER_REPORT {
@@ -707,25 +541,28 @@ fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport,
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            let t = Tcin::parse(&o.tcin).map_err(|e| {
-                Status::invalid_argument(format!("observation #{} from {watcher}: {e}", i + 1))
-            })?;
-            Ok(Observation {
-                tcin: t,
-                in_stock: o.in_stock,
-                price_cents: o.price_cents,
+            Observation::try_from(o).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "observation #{} from {watcher}: {}",
+                    i + 1,
+                    e.message
+                ))
             })
         })
         .collect::<Result<Vec<_>, Status>>()?;
     let polling = if r.polling.is_empty() {
         None
     } else {
-        for p in &r.polling {
-            Tcin::parse(p).map_err(|e| {
-                Status::invalid_argument(format!("polling list from {watcher}: {e}"))
-            })?;
-        }
-        Some(r.polling)
+        let list = r
+            .polling
+            .iter()
+            .map(|p| {
+                Tcin::parse(p).map_err(|e| {
+                    Status::invalid_argument(format!("polling list from {watcher}: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Some(list)
     };
     Ok((polling, observations))
 }
@@ -742,7 +579,7 @@ async fn follow_events(
     let mut last = 0u64;
     for e in history {
         last = e.sequence;
-        if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+        if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
             return;
         }
     }
@@ -761,7 +598,7 @@ async fn follow_events(
                     continue;
                 }
                 last = e.sequence;
-                if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
                     return;
                 }
             }
@@ -772,7 +609,7 @@ async fn follow_events(
                         live = rx;
                         for e in missed {
                             last = e.sequence;
-                            if tx.send(Ok(event_to_pb(&e))).await.is_err() {
+                            if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
                                 return;
                             }
                         }

@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`types`]: product ids, watcher ids, fencing tokens, states, outcomes.
-//! - [`catalog`]: the product list and its priority order.
+//! The vocabulary (ids, states, outcomes, events, the product list) comes
+//! from `restock-domain`; TLS, the token, logging and the shutdown signal
+//! from `restock-runtime`.
+//!
 //! - [`slot`]: the rules — leases, fencing, priority, expiry, events — as
 //!   plain data with no I/O, unit-tested with paused time.
 //! - [`store`]: the state file, written atomically.
@@ -12,31 +14,26 @@
 //!   then answers.
 //! - [`grpc`]: the `restock.v1.PurchaseArbiter` service over the task.
 //! - [`config`]: flags and environment variables.
-//! - [`auth`]: the bearer token and TLS, for this server and its clients.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the server in-process.
 
-pub mod auth;
-pub mod catalog;
 pub mod config;
 pub mod grpc;
-pub mod signals;
 pub mod slot;
 pub mod store;
 pub mod task;
-pub mod types;
 
 use std::future::Future;
 
+use restock_domain::{CatalogError, PriorityList};
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
+use restock_runtime::{announce::ListenError, auth::AuthPolicy, grpc::support_routes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    auth::AuthPolicy,
-    catalog::{CatalogError, PriorityList},
     config::ArbiterConfig,
     grpc::{ArbiterService, ReportLimit},
     slot::{Arbiter, Clock, SlotError, Timing},
@@ -58,6 +55,8 @@ pub enum StartError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// Loads the product list and the saved state, then serves until `shutdown`
@@ -113,7 +112,7 @@ pub async fn run(
         info!(
             tcin = %lease.tcin,
             watcher_id = %lease.watcher_id,
-            fencing_token = lease.token.0,
+            fencing_token = lease.token.get(),
             remaining_ms = lease.remaining(now).as_millis() as u64,
             "lease carried over from before the restart"
         );
@@ -125,27 +124,21 @@ pub async fn run(
     let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
         .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<PurchaseArbiterServer<ArbiterService>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, support) = support_routes(
+        purchase_arbiter_server::SERVICE_NAME,
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )
+    .await?;
 
     spawn_reload_on_sighup(service.clone(), stop.clone());
 
     let arbiter_server = PurchaseArbiterServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let local = listener.local_addr().ok();
+    restock_runtime::Bound::new()
+        .add("grpc", &listener)
+        .announce(&config.ready)?;
     info!(
-        listen = ?local,
         config = %config.config.display(),
         state_file = %store.describe(),
         products,
@@ -167,9 +160,7 @@ pub async fn run(
             () = stopping.cancelled() => {},
         }
         info!("shutting down: ending streams");
-        health_on_stop
-            .set_not_serving::<PurchaseArbiterServer<ArbiterService>>()
-            .await;
+        health_on_stop.set(false).await;
         // Ends watcher and event streams, so graceful shutdown does not wait
         // for them forever.
         stopping.cancel();
@@ -177,9 +168,7 @@ pub async fn run(
     let serve = server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_routes(support)
         .add_service(auth.guard(arbiter_server))
         // TCP_NODELAY, as tonic sets it on sockets it accepts itself (it
         // does not on an incoming stream handed to it): without it, a small

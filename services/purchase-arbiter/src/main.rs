@@ -1,11 +1,15 @@
 //! `purchase-arbiter`: parses flags, sets up logging, binds, and runs the
 //! server until SIGTERM or SIGINT.
 
-use clap::Parser;
-use purchase_arbiter::config::{ArbiterConfig, LogFormat};
-use tracing_subscriber::EnvFilter;
+use std::process::ExitCode;
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+use purchase_arbiter::config::ArbiterConfig;
+use restock_runtime::{announce, process, shutdown_signal};
+
+const BINARY: &str = "purchase-arbiter";
+
+fn main() -> ExitCode {
     let config = ArbiterConfig::parse();
     let runtime = match config.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
@@ -21,43 +25,18 @@ fn main() -> std::process::ExitCode {
     };
     match runtime {
         Ok(rt) => rt.block_on(serve(config)),
-        Err(e) => {
-            eprintln!("purchase-arbiter: cannot start the async runtime: {e}");
-            std::process::ExitCode::from(1)
-        }
+        Err(e) => process::fail(BINARY, &e, process::EXIT_FAILED),
     }
 }
 
-async fn serve(config: ArbiterConfig) -> std::process::ExitCode {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: docker logs and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+async fn serve(config: ArbiterConfig) -> ExitCode {
+    config.log.init("info");
+    let listener = match announce::bind("grpc", config.listen).await {
         Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
-            eprintln!("purchase-arbiter: cannot listen on {}: {e}", config.listen);
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return process::fail(BINARY, &e, process::EXIT_START),
     };
-    match purchase_arbiter::run(
-        listener,
-        config,
-        purchase_arbiter::signals::shutdown_signal(),
+    process::finish(
+        BINARY,
+        purchase_arbiter::run(listener, config, shutdown_signal()).await,
     )
-    .await
-    {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "purchase arbiter stopped");
-            eprintln!("purchase-arbiter: {e}");
-            std::process::ExitCode::from(1)
-        }
-    }
 }

@@ -18,9 +18,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{
-    catalog::{PriorityList, ProductSpec},
-    types::{FencingToken, Outcome, ProductState, Tcin, WatcherId},
+use restock_domain::{
+    Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
+    ProductSpec, ProductState, ProductStatus, Status, Tcin, WatcherId, WatcherStatus,
+    lease::Lease as LeaseView,
 };
 
 /// Most products the arbiter tracks (configured plus reported); reports of
@@ -108,7 +109,7 @@ fn ms(d: Duration) -> u64 {
 /// A grant of the slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub lease_id: String,
+    pub lease_id: LeaseId,
     pub tcin: Tcin,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
@@ -120,8 +121,27 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// An event about this lease.
+    fn event(&self, kind: EventKind) -> Event {
+        Event::new(kind).lease(&self.lease_id, &self.tcin, &self.watcher_id, self.token)
+    }
+
     pub fn remaining(&self, now: Now) -> Duration {
         self.deadline.saturating_duration_since(now.mono)
+    }
+
+    /// The lease as its holder and onlookers see it at monotonic time `at`.
+    pub fn view(&self, at: Instant) -> LeaseView {
+        LeaseView {
+            lease_id: self.lease_id.clone(),
+            tcin: self.tcin.clone(),
+            watcher_id: self.watcher_id.clone(),
+            token: self.token,
+            ttl: self.ttl,
+            granted_at_unix_ms: self.granted_at_unix_ms,
+            expires_at_unix_ms: self.expires_at_unix_ms,
+            remaining: self.deadline.saturating_duration_since(at),
+        }
     }
 }
 
@@ -199,108 +219,13 @@ pub enum SlotError {
     Stale(String),
     /// No lease with that id was ever granted (or it is long forgotten).
     #[error("no lease {0:?} is known to this arbiter")]
-    UnknownLease(String),
+    UnknownLease(LeaseId),
     #[error("product {0} is not known to this arbiter")]
     UnknownProduct(Tcin),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
     Full(String),
-}
-
-/// One observation of one product by a watcher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
-    pub tcin: Tcin,
-    pub in_stock: bool,
-    pub price_cents: Option<u64>,
-}
-
-/// What kind of transition an event records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Granted,
-    Released,
-    Expired,
-    Queued,
-    Unqueued,
-    Reset,
-    Paused,
-    Resumed,
-    WatcherJoined,
-    WatcherLeft,
-    ConfigReloaded,
-    CooledDown,
-    ArbiterStarted,
-    Renewed,
-}
-
-/// One numbered transition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub sequence: u64,
-    pub unix_ms: u64,
-    pub kind: EventKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcin: Option<Tcin>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watcher_id: Option<WatcherId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fencing_token: Option<FencingToken>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_state: Option<ProductState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_state: Option<ProductState>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-impl Event {
-    fn new(kind: EventKind) -> Self {
-        Self {
-            sequence: 0,
-            unix_ms: 0,
-            kind,
-            tcin: None,
-            watcher_id: None,
-            lease_id: None,
-            fencing_token: None,
-            outcome: None,
-            from_state: None,
-            to_state: None,
-            detail: String::new(),
-        }
-    }
-
-    fn product(mut self, tcin: &Tcin, from: ProductState, to: ProductState) -> Self {
-        self.tcin = Some(tcin.clone());
-        self.from_state = Some(from);
-        self.to_state = Some(to);
-        self
-    }
-
-    fn lease(mut self, lease: &Lease) -> Self {
-        self.tcin = Some(lease.tcin.clone());
-        self.watcher_id = Some(lease.watcher_id.clone());
-        self.lease_id = Some(lease.lease_id.clone());
-        self.fencing_token = Some(lease.token);
-        self
-    }
-
-    fn watcher(mut self, w: &WatcherId) -> Self {
-        self.watcher_id = Some(w.clone());
-        self
-    }
-
-    fn detail(mut self, d: impl Into<String>) -> Self {
-        self.detail = d.into();
-        self
-    }
 }
 
 /// A message for one watcher's stream.
@@ -315,7 +240,7 @@ pub enum Push {
     /// A lease this watcher held ended without its release.
     Revoked {
         watcher_id: WatcherId,
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
         reason: String,
     },
@@ -375,70 +300,19 @@ struct Watcher {
     last_report_unix_ms: u64,
     last_seen: Instant,
     reports: u64,
-    polling: Vec<String>,
+    polling: Vec<Tcin>,
 }
 
 /// A lease that ended, remembered so a late release or renew gets an exact
 /// answer and a repeated release is harmless.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndedLease {
-    pub lease_id: String,
+    pub lease_id: LeaseId,
     pub tcin: Tcin,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     pub outcome: Outcome,
     pub ended_at_unix_ms: u64,
-}
-
-/// Running totals shown in status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub grants: u64,
-    pub purchases: u64,
-    pub failures: u64,
-    pub expirations: u64,
-    pub refusals: u64,
-    pub observations: u64,
-}
-
-/// A product's line in status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductView {
-    pub tcin: Tcin,
-    pub name: String,
-    pub priority: u32,
-    pub state: ProductState,
-    pub purchases: u32,
-    pub quantity: u32,
-    pub configured: bool,
-    pub in_stock_at: Vec<WatcherId>,
-    pub cooldown_remaining_ms: u64,
-    pub last_outcome: Option<Outcome>,
-    pub last_detail: String,
-}
-
-/// A watcher's line in status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatcherView {
-    pub watcher_id: WatcherId,
-    pub connected: bool,
-    pub last_report_unix_ms: u64,
-    pub connected_since_unix_ms: u64,
-    pub reports: u64,
-    pub polling: Vec<String>,
-}
-
-/// Everything `GetStatus` shows.
-#[derive(Debug, Clone)]
-pub struct StatusView {
-    pub lease: Option<Lease>,
-    pub products: Vec<ProductView>,
-    pub watchers: Vec<WatcherView>,
-    pub paused: bool,
-    pub timing: Timing,
-    pub counters: Counters,
-    pub next_token: FencingToken,
-    pub last_sequence: u64,
 }
 
 /// The whole arbiter state. See the module documentation.
@@ -744,7 +618,12 @@ impl Arbiter {
         self.next_token += 1;
         let ttl = self.timing.lease_ttl;
         let lease = Lease {
-            lease_id: format!("lease-{}-{}", token.0, uuid::Uuid::new_v4().simple()),
+            lease_id: LeaseId::parse(&format!(
+                "lease-{}-{}",
+                token.0,
+                uuid::Uuid::new_v4().simple()
+            ))
+            .expect("lease-<token>-<hex> is a valid lease id"),
             tcin: tcin.clone(),
             watcher_id: watcher_id.clone(),
             token,
@@ -760,8 +639,8 @@ impl Arbiter {
         self.counters.grants += 1;
         self.emit(
             now,
-            Event::new(EventKind::Granted)
-                .lease(&lease)
+            lease
+                .event(EventKind::Granted)
                 .product(tcin, from, ProductState::Attempting)
                 .detail(how),
         );
@@ -816,8 +695,8 @@ impl Arbiter {
         } else {
             EventKind::Released
         };
-        let mut event = Event::new(kind)
-            .lease(&lease)
+        let mut event = lease
+            .event(kind)
             .product(&lease.tcin, from, to)
             .detail(detail);
         event.outcome = Some(outcome);
@@ -949,10 +828,10 @@ impl Arbiter {
         None
     }
 
-    fn check_current(&self, lease_id: &str, token: FencingToken) -> Result<(), SlotError> {
+    fn check_current(&self, lease_id: &LeaseId, token: FencingToken) -> Result<(), SlotError> {
         match &self.lease {
-            Some(l) if l.lease_id == lease_id && l.token == token => Ok(()),
-            Some(l) if l.lease_id == lease_id => Err(SlotError::Stale(format!(
+            Some(l) if &l.lease_id == lease_id && l.token == token => Ok(()),
+            Some(l) if &l.lease_id == lease_id => Err(SlotError::Stale(format!(
                 "lease {lease_id} has fencing token {}, not {token}",
                 l.token
             ))),
@@ -966,13 +845,13 @@ impl Arbiter {
                         )
                     },
                 );
-                match self.ended.iter().rev().find(|e| e.lease_id == lease_id) {
+                match self.ended.iter().rev().find(|e| &e.lease_id == lease_id) {
                     Some(e) => Err(SlotError::Stale(format!(
                         "lease {lease_id} (token {}) already ended: {}; {now_holder}",
                         e.token,
                         e.outcome.as_str()
                     ))),
-                    None => Err(SlotError::UnknownLease(lease_id.to_owned())),
+                    None => Err(SlotError::UnknownLease(lease_id.clone())),
                 }
             }
         }
@@ -982,7 +861,7 @@ impl Arbiter {
     pub fn renew(
         &mut self,
         now: Now,
-        lease_id: &str,
+        lease_id: &LeaseId,
         token: FencingToken,
     ) -> Result<Lease, SlotError> {
         self.settle(now);
@@ -993,7 +872,7 @@ impl Arbiter {
         lease.expires_at_unix_ms = now.unix_ms + ms(ttl);
         lease.ttl = ttl;
         let lease = lease.clone();
-        self.emit(now, Event::new(EventKind::Renewed).lease(&lease));
+        self.emit(now, lease.event(EventKind::Renewed));
         self.effects.must_persist = true;
         Ok(lease)
     }
@@ -1003,7 +882,7 @@ impl Arbiter {
     pub fn release(
         &mut self,
         now: Now,
-        lease_id: &str,
+        lease_id: &LeaseId,
         token: FencingToken,
         outcome: Outcome,
         detail: &str,
@@ -1016,7 +895,7 @@ impl Arbiter {
         self.settle(now);
         if let Err(e) = self.check_current(lease_id, token) {
             // A repeat of the very same release is harmless.
-            if let Some(done) = self.ended.iter().rev().find(|e| e.lease_id == lease_id)
+            if let Some(done) = self.ended.iter().rev().find(|e| &e.lease_id == lease_id)
                 && done.token == token
                 && done.outcome == outcome
             {
@@ -1040,9 +919,15 @@ impl Arbiter {
     /// not reading): the watcher never saw it, so the lease is withdrawn at
     /// once instead of blocking the slot for a whole TTL, the stream is
     /// treated as gone, and the next grant is made.
-    pub fn abandon_grant(&mut self, now: Now, watcher_id: &WatcherId, conn: u64, lease_id: &str) {
+    pub fn abandon_grant(
+        &mut self,
+        now: Now,
+        watcher_id: &WatcherId,
+        conn: u64,
+        lease_id: &LeaseId,
+    ) {
         self.disconnect(now, watcher_id, conn, "its stream could not take a grant");
-        if self.lease.as_ref().is_some_and(|l| l.lease_id == lease_id) {
+        if self.lease.as_ref().is_some_and(|l| &l.lease_id == lease_id) {
             let lease = self.lease.take().expect("checked");
             self.end_lease(
                 now,
@@ -1145,7 +1030,7 @@ impl Arbiter {
         now: Now,
         watcher_id: &WatcherId,
         conn: u64,
-        polling: Option<Vec<String>>,
+        polling: Option<Vec<Tcin>>,
         observations: &[Observation],
     ) -> Result<(), SlotError> {
         if !self.is_current_conn(watcher_id, conn) {
@@ -1161,13 +1046,7 @@ impl Arbiter {
         self.counters.observations += observations.len() as u64;
         let mut result = Ok(());
         for o in observations {
-            let too_expensive = match (
-                o.price_cents,
-                self.spec(&o.tcin).and_then(|s| s.max_price_cents),
-            ) {
-                (Some(price), Some(max)) => price > max,
-                _ => false,
-            };
+            let too_expensive = self.spec(&o.tcin).is_some_and(|s| s.too_expensive(o.price));
             let in_stock = o.in_stock && !too_expensive;
             if in_stock {
                 let p = match self.product_mut(&o.tcin) {
@@ -1261,7 +1140,9 @@ impl Arbiter {
     }
 
     /// Everything `GetStatus` shows.
-    pub fn status(&self, now: Now) -> StatusView {
+    /// Everything `GetStatus` shows (all but the config path, which the
+    /// arbiter's state does not know).
+    pub fn status(&self, now: Now) -> Status {
         let products = self
             .ranked()
             .into_iter()
@@ -1269,7 +1150,7 @@ impl Arbiter {
             .map(|(i, tcin)| {
                 let p = &self.products[tcin];
                 let spec = self.spec(tcin);
-                ProductView {
+                ProductStatus {
                     tcin: tcin.clone(),
                     name: spec.map_or_else(|| tcin.to_string(), |s| s.name.clone()),
                     priority: (i + 1) as u32,
@@ -1283,18 +1164,18 @@ impl Arbiter {
                         .filter(|(_, s)| now.mono < s.at + self.timing.stock_ttl)
                         .map(|(w, _)| w.clone())
                         .collect(),
-                    cooldown_remaining_ms: p
-                        .cooldown_until
-                        .map_or(0, |(u, _)| ms(u.saturating_duration_since(now.mono))),
+                    cooldown_remaining: p.cooldown_until.map_or(Duration::ZERO, |(u, _)| {
+                        u.saturating_duration_since(now.mono)
+                    }),
                     last_outcome: p.last_outcome,
                     last_detail: p.last_detail.clone(),
                 }
             })
             .collect();
-        let mut watchers: Vec<WatcherView> = self
+        let mut watchers: Vec<WatcherStatus> = self
             .watchers
             .iter()
-            .map(|(id, w)| WatcherView {
+            .map(|(id, w)| WatcherStatus {
                 watcher_id: id.clone(),
                 connected: w.conn.is_some(),
                 last_report_unix_ms: w.last_report_unix_ms,
@@ -1304,15 +1185,19 @@ impl Arbiter {
             })
             .collect();
         watchers.sort_by(|a, b| a.watcher_id.cmp(&b.watcher_id));
-        StatusView {
-            lease: self.lease.clone(),
+        Status {
+            lease: self.lease.as_ref().map(|l| l.view(now.mono)),
             products,
             watchers,
+            test_mode: self.timing.test_mode,
             paused: self.paused,
-            timing: self.timing,
             counters: self.counters,
             next_token: FencingToken(self.next_token),
-            last_sequence: self.last_sequence(),
+            last_event_sequence: self.last_sequence(),
+            lease_ttl: self.timing.lease_ttl,
+            stock_ttl: self.timing.stock_ttl,
+            failure_cooldown: self.timing.failure_cooldown,
+            config_path: String::new(),
         }
     }
 
@@ -1734,7 +1619,7 @@ pub struct SavedProduct {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedLease {
-    pub lease_id: String,
+    pub lease_id: LeaseId,
     pub tcin: Tcin,
     pub watcher_id: WatcherId,
     pub fencing_token: FencingToken,
@@ -1749,7 +1634,7 @@ pub struct SavedLease {
 pub struct SavedAnswer {
     pub watcher_id: WatcherId,
     pub request_id: String,
-    pub granted_lease_id: Option<String>,
+    pub granted_lease_id: Option<LeaseId>,
     pub refusal: Option<Refusal>,
 }
 

@@ -397,10 +397,8 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        catalog::PriorityList,
-        slot::{Arbiter, Clock, Timing},
-    };
+    use crate::slot::{Arbiter, Clock, Timing};
+    use restock_domain::PriorityList;
     use std::time::Duration;
 
     fn timing() -> Timing {
@@ -468,8 +466,7 @@ mod tests {
 
     #[test]
     fn the_journal_replays_to_exactly_the_full_snapshot() {
-        use crate::slot::Observation;
-        use crate::types::{FencingToken, Outcome, Tcin, WatcherId};
+        use restock_domain::{FencingToken, Observation, Outcome, Tcin, WatcherId};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         // A small journal limit, so the run crosses several full writes.
@@ -499,7 +496,8 @@ mod tests {
                     let obs = [Observation {
                         tcin: t.clone(),
                         in_stock: rng.next(2) == 0,
-                        price_cents: None,
+                        price: None,
+                        observed_at_unix_ms: 0,
                     }];
                     a.report(now, w, conn, None, &obs).unwrap();
                 }
@@ -522,7 +520,11 @@ mod tests {
                     if let Some(l) = a.lease().cloned() {
                         a.renew(now, &l.lease_id, l.token).unwrap();
                     } else {
-                        let _ = a.renew(now, "lease-0-x", FencingToken(1));
+                        let _ = a.renew(
+                            now,
+                            &restock_domain::LeaseId::parse("lease-0-x").unwrap(),
+                            FencingToken(1),
+                        );
                     }
                 }
                 6 => {
@@ -577,8 +579,8 @@ mod tests {
         persist(&store, &mut a, clock.now());
         a.acquire(
             clock.now(),
-            &crate::types::Tcin::parse("1").unwrap(),
-            &crate::types::WatcherId::parse("w").unwrap(),
+            &restock_domain::Tcin::parse("1").unwrap(),
+            &restock_domain::WatcherId::parse("w").unwrap(),
             "r1",
         )
         .unwrap();

@@ -23,14 +23,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use restock_domain::{
+    Catalog, Event, FencingToken, LeaseId, Observation, Outcome, PriorityList, ProductState,
+    Status, Tcin, WatcherId,
+};
+
 use crate::{
-    catalog::PriorityList,
-    slot::{
-        AcquireAnswer, Arbiter, Clock, Event, Lease, Observation, Push, SlotError, StatusView,
-        Timing,
-    },
+    slot::{AcquireAnswer, Arbiter, Clock, Lease, Push, SlotError},
     store::{StateFile, StoreError},
-    types::{FencingToken, Outcome, ProductState, Tcin, WatcherId},
 };
 
 /// Most commands applied before one write.
@@ -47,10 +47,10 @@ const EVENT_BUFFER: usize = 4_096;
 #[derive(Debug, Clone)]
 pub enum WatcherMessage {
     /// The product list and timings.
-    Catalog(CatalogInfo),
+    Catalog(Catalog),
     Grant(Lease),
     Revoked {
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
         reason: String,
     },
@@ -65,13 +65,6 @@ pub enum CloseReason {
     Replaced,
     TooManyProducts,
     NotReading,
-}
-
-/// What a watcher learns on connect.
-#[derive(Debug, Clone)]
-pub struct CatalogInfo {
-    pub catalog: PriorityList,
-    pub timing: Timing,
 }
 
 /// Why a call failed.
@@ -96,12 +89,12 @@ enum Command {
         reply: Reply<AcquireAnswer>,
     },
     Renew {
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
         reply: Reply<Lease>,
     },
     Release {
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
         outcome: Outcome,
         detail: String,
@@ -120,11 +113,11 @@ enum Command {
     Report {
         watcher_id: WatcherId,
         conn: u64,
-        polling: Option<Vec<String>>,
+        polling: Option<Vec<Tcin>>,
         observations: Vec<Observation>,
     },
     Status {
-        reply: Reply<StatusView>,
+        reply: Reply<Status>,
     },
     Events {
         from: u64,
@@ -178,7 +171,7 @@ impl ArbiterHandle {
 
     pub async fn renew(
         &self,
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
     ) -> Result<Lease, ArbiterError> {
         self.call(|reply| Command::Renew {
@@ -191,7 +184,7 @@ impl ArbiterHandle {
 
     pub async fn release(
         &self,
-        lease_id: String,
+        lease_id: LeaseId,
         token: FencingToken,
         outcome: Outcome,
         detail: String,
@@ -246,7 +239,7 @@ impl ArbiterHandle {
         &self,
         watcher_id: WatcherId,
         conn: u64,
-        polling: Option<Vec<String>>,
+        polling: Option<Vec<Tcin>>,
         observations: Vec<Observation>,
     ) -> Result<(), ArbiterError> {
         self.tx
@@ -260,7 +253,7 @@ impl ArbiterHandle {
             .map_err(|_| ArbiterError::ShuttingDown)
     }
 
-    pub async fn status(&self) -> Result<StatusView, ArbiterError> {
+    pub async fn status(&self) -> Result<Status, ArbiterError> {
         self.call(|reply| Command::Status { reply }).await
     }
 
@@ -284,6 +277,17 @@ impl ArbiterHandle {
 
     pub async fn reload(&self, catalog: PriorityList) -> Result<usize, ArbiterError> {
         self.call(|reply| Command::Reload { catalog, reply }).await
+    }
+}
+
+/// What a watcher is told when its stream opens or the list changes.
+fn catalog_message(a: &Arbiter) -> Catalog {
+    let timing = a.timing();
+    Catalog {
+        products: a.catalog().clone(),
+        lease_ttl: timing.lease_ttl,
+        stock_ttl: timing.stock_ttl,
+        test_mode: timing.test_mode,
     }
 }
 
@@ -432,11 +436,10 @@ impl ArbiterTask {
                 conn,
                 sender,
             } => {
-                let info = CatalogInfo {
-                    catalog: a.catalog().clone(),
-                    timing: a.timing(),
-                };
-                if sender.try_send(WatcherMessage::Catalog(info)).is_err() {
+                if sender
+                    .try_send(WatcherMessage::Catalog(catalog_message(a)))
+                    .is_err()
+                {
                     return; // already gone
                 }
                 if let Some((_, old)) = self.streams.insert(watcher_id.clone(), (conn, sender)) {
@@ -554,7 +557,7 @@ impl ArbiterTask {
     }
 
     /// Puts pushes on the streams; returns the grants that could not be.
-    fn deliver(&mut self, pushes: Vec<Push>) -> Vec<(WatcherId, u64, String)> {
+    fn deliver(&mut self, pushes: Vec<Push>) -> Vec<(WatcherId, u64, LeaseId)> {
         let mut undelivered = Vec::new();
         for push in pushes {
             match push {
@@ -598,12 +601,9 @@ impl ArbiterTask {
                     }
                 }
                 Push::CatalogChanged => {
-                    let info = CatalogInfo {
-                        catalog: self.arbiter.catalog().clone(),
-                        timing: self.arbiter.timing(),
-                    };
+                    let catalog = catalog_message(&self.arbiter);
                     for (_, s) in self.streams.values() {
-                        let _ = s.try_send(WatcherMessage::Catalog(info.clone()));
+                        let _ = s.try_send(WatcherMessage::Catalog(catalog.clone()));
                     }
                 }
             }

@@ -77,11 +77,11 @@ pub struct BenchConfig {
     pub e2e_watchers: Vec<usize>,
 
     /// The watchers' poll interval in the end-to-end scenario.
-    #[arg(long, env = "RESTOCK_BENCH_E2E_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "100ms")]
+    #[arg(long, env = "RESTOCK_BENCH_E2E_POLL_INTERVAL", value_parser = restock_domain::duration::parse_duration, default_value = "100ms")]
     pub e2e_poll_interval: Duration,
 
     /// Hard limit of each scenario (default 120 s, 45 s with --quick).
-    #[arg(long, env = "RESTOCK_BENCH_SCENARIO_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RESTOCK_BENCH_SCENARIO_TIMEOUT", value_parser = restock_domain::duration::parse_duration)]
     pub scenario_timeout: Option<Duration>,
 
     /// Folder for temporary state files and data (must be a real disk for

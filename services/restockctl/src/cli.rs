@@ -4,8 +4,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use purchase_arbiter::auth::{ClientTlsArgs, TokenArgs};
+use restock_domain::duration::{parse_duration, parse_positive_duration};
 use restock_proto::v1 as pb;
+use restock_runtime::auth::{ClientTlsArgs, TokenArgs};
 
 /// Where the arbiter listens unless `--arbiter` or `RESTOCK_ARBITER` says.
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
@@ -202,27 +203,6 @@ impl From<OutcomeArg> for pb::Outcome {
             OutcomeArg::Aborted => pb::Outcome::Aborted,
         }
     }
-}
-
-/// A duration with a unit (`500ms`, `2s`, `5m`) or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| format!("{s:?}: {e}"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 500ms, 2s, 5m or 300"))
-}
-
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

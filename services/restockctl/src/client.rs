@@ -4,7 +4,7 @@
 
 use std::{future::Future, time::Duration};
 
-use purchase_arbiter::auth::{ClientTlsArgs, SendToken, TokenArgs};
+use restock_runtime::auth::{ClientTlsArgs, SendToken, TokenArgs};
 use tonic::{
     service::interceptor::InterceptedService,
     transport::{ClientTlsConfig, Endpoint},

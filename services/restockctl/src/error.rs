@@ -100,41 +100,7 @@ impl CtlError {
     }
 }
 
-/// The message of a status, plus its source error when the transport gave one
-/// (tonic puts "transport error" in the message and the reason in the source).
-pub fn describe_status(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    if text.is_empty() {
-        text = "(no message)".into();
-    }
-    text
-}
-
-/// An error and its chain of causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
+pub use restock_runtime::error::{chain_text as error_chain, status_text as describe_status};
 
 /// The canonical upper-case name of a gRPC status code, as grpcurl and the
 /// gRPC documentation spell it.

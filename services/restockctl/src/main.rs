@@ -5,17 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use restockctl::cli::Cli;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: logs and pipes get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    restock_runtime::log::init_stderr("warn");
     // One thread is plenty for a command-line client.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

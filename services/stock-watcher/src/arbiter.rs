@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use purchase_arbiter::auth::SendToken;
 use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+use restock_runtime::auth::SendToken;
 use tokio::time::Instant;
 use tonic::{
     Code, Status,

@@ -15,10 +15,11 @@ use restock_proto::v1 as pb;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use restock_domain::Tcin;
+
 use crate::{
     catalog::{Catalog, Product},
     source::{Sighting, SourceError},
-    types::Tcin,
 };
 
 /// One polled product.

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use restock_proto::v1 as pb;
 use tracing::warn;
 
-use crate::types::Tcin;
+use restock_domain::Tcin;
 
 /// One product of the arbiter's priority list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,9 +4,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use purchase_arbiter::auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs};
-
-use crate::types::{Tcin, WatcherId};
+use restock_domain::{Tcin, WatcherId, duration::parse_duration};
+use restock_runtime::{
+    LogArgs, ReadyFileArgs,
+    auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs},
+};
 
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50052";
@@ -25,16 +27,6 @@ pub const DEFAULT_RECONNECT_INITIAL: &str = "250ms";
 pub const DEFAULT_RECONNECT_MAX: &str = "10s";
 /// The watcher id when neither the flag nor a host name gives one.
 pub const FALLBACK_WATCHER_ID: &str = "stock-watcher";
-
-/// Parses durations like `500ms`, `30s`, `2m`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("{s:?} has no unit; write it like 500ms, 30s or 2m"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s or 2m: {e}"))
-}
 
 /// Where stock information comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,15 +54,6 @@ impl CheckoutKind {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 /// The stock watcher's flags.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -83,7 +66,7 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
     pub arbiter: String,
 
-    /// This watcher's name at the arbiter (letters, digits, '-', '_').
+    /// This watcher's name at the arbiter (letters, digits, '-', '_', '.').
     /// Default: the host name.
     #[arg(long, env = "RESTOCK_WATCHER_ID")]
     pub watcher_id: Option<String>,
@@ -169,9 +152,11 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_RECONNECT_MAX", default_value = DEFAULT_RECONNECT_MAX, value_parser = parse_duration)]
     pub reconnect_max: Duration,
 
-    /// Log line format.
-    #[arg(long, env = "RESTOCK_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub ready: ReadyFileArgs,
 
     /// TLS of this watcher's own gRPC server (status, health).
     #[command(flatten)]
@@ -424,16 +409,21 @@ mod tests {
             v.extend_from_slice(more);
             parse(&v).unwrap_err()
         };
-        assert!(with(&["--watcher-id", "a.b"]).contains("--watcher-id"));
+        assert!(with(&["--watcher-id", "a b"]).contains("--watcher-id"));
         assert!(with(&["--products", "1 2"]).contains("--products"));
         assert!(with(&["--max-in-flight", "0"]).contains("--max-in-flight"));
         assert!(with(&["--arbiter", "127.0.0.1:1"]).contains("--arbiter"));
         assert!(with(&["--poll-interval", "1ms"]).contains("--poll-interval"));
-        assert!(
-            parse(&["--poll-interval", "5"])
-                .unwrap_err()
-                .contains("no unit")
-        );
+        // One grammar for every duration flag: a bare number is seconds.
+        let s = parse(&[
+            "--checkout-url",
+            "http://x/checkout",
+            "--poll-interval",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(s.poll_interval, Duration::from_secs(5));
+        assert!(with(&["--poll-interval", "soon"]).contains("--poll-interval"));
     }
 
     #[test]

@@ -20,7 +20,9 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{checkout::CheckoutResult, types::Tcin};
+use restock_domain::Tcin;
+
+use crate::checkout::CheckoutResult;
 
 /// Smallest time limit of one renewal call.
 const MIN_CALL_LIMIT: Duration = Duration::from_millis(50);

@@ -5,7 +5,6 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables, checked into [`config::Settings`].
-//! - [`types`]: product ids and watcher ids.
 //! - [`catalog`]: the arbiter's product list and the watch list derived from it.
 //! - [`source`]: stock sources (Target's fulfillment API format).
 //! - [`poller`]: the poll loop, with jitter, a bound on requests in flight,
@@ -21,14 +20,14 @@
 //! - [`status`]: the `restock.v1.StockWatcher` status service.
 //! - [`state`]: the shared state behind those.
 //!
-//! The token and TLS flags come from `purchase_arbiter::auth`, shared by
-//! every binary.
+//! Ids, states and outcomes come from `restock-domain`; the token and TLS
+//! flags, logging, back-off and health + reflection from `restock-runtime`,
+//! shared by every binary.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the watcher in-process.
 
 pub mod arbiter;
-pub mod backoff;
 pub mod book;
 pub mod catalog;
 pub mod checkout;
@@ -40,12 +39,12 @@ pub mod session;
 pub mod source;
 pub mod state;
 pub mod status;
-pub mod types;
 
 use std::{future::Future, sync::Arc};
 
-use purchase_arbiter::auth::{AuthPolicy, SendToken};
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
+use restock_runtime::auth::{AuthPolicy, SendToken};
+use restock_runtime::{announce::ListenError, grpc::support_routes};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +78,8 @@ pub enum StartError {
     ArbiterUrl(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("gRPC server failed: {0}")]
     Serve(String),
 }
@@ -154,20 +155,15 @@ pub async fn run(
         source: source.describe(),
         checkout_kind: settings.checkout_kind().as_str().to_owned(),
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<StockWatcherServer<StatusService>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(restock_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, support) = support_routes(
+        stock_watcher_server::SERVICE_NAME,
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )
+    .await?;
+    restock_runtime::Bound::new()
+        .add("grpc", &listener)
+        .announce(&config.ready)?;
     info!(
-        listen = ?listener.local_addr().ok(),
         watcher_id = %settings.watcher_id,
         arbiter = %arbiter_url,
         source = %source.describe(),
@@ -185,9 +181,7 @@ pub async fn run(
     let server = tokio::spawn({
         let stop = server_stop.clone();
         server
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_routes(support)
             .add_service(auth.guard(StockWatcherServer::new(status)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stop.cancelled().await
@@ -239,9 +233,7 @@ pub async fn run(
             failed = Some(why);
         }
     }
-    health
-        .set_not_serving::<StockWatcherServer<StatusService>>()
-        .await;
+    health.set(false).await;
     poll_stop.cancel();
     // The checkout stops now; the stream closes next, so the arbiter drops
     // this watcher's sightings; then the lease is released ABORTED (released

@@ -16,12 +16,13 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use restock_domain::Tcin;
+use restock_runtime::backoff::{Backoff, jitter_below};
+
 use crate::{
-    backoff::{Backoff, jitter_below},
     catalog::{Catalog, Product},
     source::{SourceError, StockSource},
     state::{SharedState, unix_ms},
-    types::Tcin,
 };
 
 /// How the poller paces itself.

@@ -21,13 +21,14 @@ use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
+use restock_domain::WatcherId;
+
 use crate::{
     arbiter::{ArbiterCalls, ReleaseAnswer},
     checkout::{Checkout, CheckoutJob, CheckoutOutcome},
     lease::{self, EndedBy, HeldLease},
     poller::CatalogWatch,
     state::{SharedState, unix_ms},
-    types::WatcherId,
 };
 
 /// Longest time spent releasing after a shutdown signal.

@@ -12,10 +12,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use purchase_arbiter::auth::SendToken;
 use restock_proto::v1::{
     self as pb, arbiter_message::Kind, purchase_arbiter_client::PurchaseArbiterClient,
 };
+use restock_runtime::auth::SendToken;
 use tokio::{
     sync::{mpsc, watch},
     time::{Instant, MissedTickBehavior},
@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming, transport::Endpoint};
 use tracing::{error, info, warn};
 
+use restock_domain::WatcherId;
+use restock_runtime::backoff::Backoff;
+
 use crate::{
-    backoff::Backoff,
     catalog::Catalog,
     runner::CheckoutRunner,
     state::{SharedState, unix_ms},
-    types::WatcherId,
 };
 
 /// How long the arbiter may take to send its catalog on a new stream.
@@ -140,7 +141,7 @@ impl Session {
             () = stop.cancelled() => return Ok(()),
             c = connect => c.map_err(|e| StreamError::Connect {
                 url: self.url.clone(),
-                error: error_chain(&e),
+                error: restock_runtime::error::chain_text(&e),
             })?,
         };
         let mut client = PurchaseArbiterClient::with_interceptor(channel, self.token.clone());
@@ -303,15 +304,4 @@ fn refresh_timer(every: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(Instant::now() + every, every);
     t.set_missed_tick_behavior(MissedTickBehavior::Delay);
     t
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -6,10 +6,10 @@
 
 use std::{collections::HashMap, path::Path};
 
-pub use purchase_arbiter::catalog::CatalogError;
-use purchase_arbiter::catalog::PriorityList;
+pub use restock_domain::CatalogError;
+use restock_domain::PriorityList;
 
-use crate::types::{Price, Tcin};
+use restock_domain::{Price, Tcin};
 
 /// One product the simulator knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ impl Catalog {
                 tcin: spec.tcin.to_string(),
                 message: e.to_string(),
             })?;
-            let max_price = spec.max_price_cents.map(Price::from_cents);
+            let max_price = spec.max_price;
             products.push(Product {
                 tcin,
                 name: spec.name.clone(),

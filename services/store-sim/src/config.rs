@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgAction, Parser, ValueEnum, builder::BoolishValueParser};
+use clap::{ArgAction, Parser, builder::BoolishValueParser};
+use restock_domain::duration::parse_duration;
+use restock_runtime::{LogArgs, ReadyFileArgs};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_CONFIG: &str = "config/product_config.json";
@@ -15,16 +17,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: &str = "3s";
 pub const MIN_RANDOM_MEAN: Duration = Duration::from_millis(10);
 /// Longest checkout delay accepted (flag and admin API).
 pub const MAX_CHECKOUT_DELAY: Duration = Duration::from_secs(3600);
-
-/// Parses durations like `300ms`, `20s`, `2m`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("{s:?} has no unit; write it like 300ms, 20s or 2m"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 300ms, 20s or 2m: {e}"))
-}
 
 /// A path that may be empty (meaning "none"): clap's own path parser
 /// refuses empty values, and `STORE_SIM_SCENARIO=` is a natural way to say
@@ -39,17 +31,8 @@ pub fn parse_dollars(s: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a price in dollars like 9.99"))?;
-    crate::types::Price::from_dollars(d)?;
+    restock_domain::Price::from_dollars(d)?;
     Ok(d)
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// The store simulator's settings.
@@ -117,9 +100,11 @@ pub struct SimConfig {
     #[arg(long, env = "STORE_SIM_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log line format.
-    #[arg(long, env = "STORE_SIM_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub ready: ReadyFileArgs,
 }
 
 impl SimConfig {
@@ -189,8 +174,8 @@ mod tests {
 
     #[test]
     fn durations_and_prices_are_checked() {
-        assert!(parse_duration("300").unwrap_err().contains("no unit"));
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        let c = SimConfig::try_parse_from(["s", "--checkout-delay", "2"]).unwrap();
+        assert_eq!(c.checkout_delay, Duration::from_secs(2));
         assert!(parse_dollars("-1").is_err());
         assert!(parse_dollars("cheap").is_err());
         assert!(SimConfig::try_parse_from(["s", "--checkout-delay", "soon"]).is_err());

@@ -34,7 +34,7 @@
 
 use serde::Serialize;
 
-use crate::types::{Price, Tcin};
+use restock_domain::{Price, Tcin};
 
 /// The store id used in `store_options` when the request names none.
 pub const DEFAULT_LOCATION_ID: &str = "1375";

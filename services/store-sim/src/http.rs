@@ -31,8 +31,8 @@ use crate::{
     ledger::{Attempt, Begin, CheckoutResult, Order},
     sim::{Lookup, Simulator},
     stock::StockError,
-    types::{Price, Tcin},
 };
+use restock_domain::{Price, Tcin};
 
 /// The fulfillment endpoint's path.
 pub const FULFILLMENT_PATH: &str = "/redsky_aggregations/v1/web/product_fulfillment_v1";

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use crate::types::Price;
+use restock_domain::Price;
 
 /// What the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,6 @@
 //!
 //! # Layout
 //!
-//! - [`types`]: product ids and prices.
 //! - [`catalog`]: the product list, read from the arbiter's config file.
 //! - [`scenario`]: scripted in-stock windows (pure functions of time).
 //! - [`random`]: seeded random restocks and sell-outs.
@@ -32,7 +31,6 @@ pub mod random;
 pub mod scenario;
 pub mod sim;
 pub mod stock;
-pub mod types;
 
 use std::{future::Future, time::Duration};
 

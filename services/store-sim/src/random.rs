@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::types::Tcin;
+use restock_domain::Tcin;
 
 /// What the random timeline says about one product at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

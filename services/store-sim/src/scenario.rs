@@ -24,7 +24,7 @@ use std::{collections::HashMap, path::Path};
 
 use serde::Deserialize;
 
-use crate::types::{Price, Tcin};
+use restock_domain::{Price, Tcin};
 
 /// Why a scenario file could not be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl Scenario {
             path: path.to_owned(),
             line: e.line(),
             column: e.column(),
-            message: crate::types::json_error_message(&e),
+            message: restock_domain::catalog::json_error_message(&e),
         })?;
         let invalid = |message: String| ScenarioError::Invalid {
             path: path.to_owned(),

@@ -23,8 +23,8 @@ use crate::{
     random::RandomRestocks,
     scenario::{Scenario, ScenarioError},
     stock::{Driver, StockBook, StockError, StockSource, StockState},
-    types::{Price, Tcin},
 };
+use restock_domain::{Price, Tcin};
 
 /// Why the simulator could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,8 @@ use crate::{
     catalog::{Catalog, Product},
     random::RandomRestocks,
     scenario::Scenario,
-    types::{Price, Tcin},
 };
+use restock_domain::{Price, Tcin};
 
 /// What moves stock without an operator.
 #[derive(Debug)]

@@ -52,11 +52,16 @@ fn w(s: &str) -> WatcherId {
     WatcherId::parse(s).unwrap()
 }
 
+fn lid(s: &str) -> LeaseId {
+    LeaseId::parse(s).unwrap()
+}
+
 fn in_stock(tcin: &str) -> Observation {
     Observation {
         tcin: t(tcin),
         in_stock: true,
-        price_cents: None,
+        price: None,
+        observed_at_unix_ms: 0,
     }
 }
 
@@ -64,13 +69,14 @@ fn out_of_stock(tcin: &str) -> Observation {
     Observation {
         tcin: t(tcin),
         in_stock: false,
-        price_cents: None,
+        price: None,
+        observed_at_unix_ms: 0,
     }
 }
 
 fn priced(tcin: &str, cents: u64) -> Observation {
     Observation {
-        price_cents: Some(cents),
+        price: Some(restock_domain::Price::from_cents(cents)),
         ..in_stock(tcin)
     }
 }
@@ -130,7 +136,7 @@ fn state(a: &Arbiter, c: &Clock, tcin: &str) -> ProductState {
     product(a, c, tcin).state
 }
 
-fn product(a: &Arbiter, c: &Clock, tcin: &str) -> ProductView {
+fn product(a: &Arbiter, c: &Clock, tcin: &str) -> ProductStatus {
     a.status(c.now())
         .products
         .into_iter()
@@ -514,7 +520,7 @@ async fn a_lease_expires_at_exactly_its_ttl_and_the_next_grant_is_made() {
     let expired = &effects.events[0];
     assert_eq!(expired.kind, EventKind::Expired);
     assert_eq!(expired.outcome, Some(Outcome::Expired));
-    assert_eq!(expired.lease_id.as_deref(), Some(la.lease_id.as_str()));
+    assert_eq!(expired.lease_id.as_ref(), Some(&la.lease_id));
     assert_eq!(expired.fencing_token, Some(FencingToken(1)));
     assert_eq!(expired.from_state, Some(ProductState::Attempting));
     assert_eq!(expired.to_state, Some(ProductState::Failed));
@@ -548,7 +554,7 @@ async fn a_lease_expires_at_exactly_its_ttl_and_the_next_grant_is_made() {
     let view = product(&a, &c, "A");
     assert_eq!(view.state, ProductState::Failed);
     assert_eq!(view.last_outcome, Some(Outcome::Expired));
-    assert_eq!(view.cooldown_remaining_ms, 60_000);
+    assert_eq!(view.cooldown_remaining, Duration::from_secs(60));
     let counters = a.status(c.now()).counters;
     assert_eq!((counters.expirations, counters.failures), (1, 1));
 }
@@ -606,12 +612,18 @@ async fn stale_and_unknown_renews_and_releases_change_nothing() {
         ""
     )));
     assert_eq!(
-        a.renew(c.now(), "lease-nope", cur.token),
-        Err(SlotError::UnknownLease("lease-nope".into()))
+        a.renew(c.now(), &lid("lease-nope"), cur.token),
+        Err(SlotError::UnknownLease(lid("lease-nope")))
     );
     assert_eq!(
-        a.release(c.now(), "lease-nope", cur.token, Outcome::Purchased, ""),
-        Err(SlotError::UnknownLease("lease-nope".into()))
+        a.release(
+            c.now(),
+            &lid("lease-nope"),
+            cur.token,
+            Outcome::Purchased,
+            ""
+        ),
+        Err(SlotError::UnknownLease(lid("lease-nope")))
     );
 
     assert_eq!(a.lease(), Some(&cur));
@@ -737,7 +749,7 @@ async fn a_cooled_down_product_not_in_stock_is_ready_and_can_be_acquired() {
     advance(COOLDOWN).await;
     a.tick(c.now());
     assert_eq!(state(&a, &c, "A"), ProductState::Ready);
-    assert_eq!(product(&a, &c, "A").cooldown_remaining_ms, 0);
+    assert_eq!(product(&a, &c, "A").cooldown_remaining, Duration::ZERO);
     assert_eq!(pushed_grants(&mut a), []);
     assert_eq!(
         granted(acquire(&mut a, &c, "A", "w1", "r2")).token,
@@ -1144,7 +1156,7 @@ async fn a_lease_whose_deadline_passed_while_down_expires_on_restore() {
         [EventKind::ArbiterStarted, EventKind::Expired]
     );
     assert_eq!(
-        effects.events[1].lease_id.as_deref(),
+        effects.events[1].lease_id.as_ref().map(LeaseId::as_str),
         Some(la.lease_id.as_str())
     );
     assert_eq!(state(&b, &c2, "A"), ProductState::Failed);
@@ -1416,7 +1428,7 @@ async fn status_shows_each_watcher_with_its_last_report() {
         c.now(),
         &w("w1"),
         1,
-        Some(vec!["A".into(), "B".into()]),
+        Some(vec![t("A"), t("B")]),
         &[out_of_stock("A")],
     )
     .unwrap();
@@ -1424,15 +1436,15 @@ async fn status_shows_each_watcher_with_its_last_report() {
     assert_eq!(
         watchers,
         [
-            WatcherView {
+            WatcherStatus {
                 watcher_id: w("w1"),
                 connected: true,
                 last_report_unix_ms: T0 + 3_000,
                 connected_since_unix_ms: T0 + 3_000,
                 reports: 1,
-                polling: vec!["A".into(), "B".into()],
+                polling: vec![t("A"), t("B")],
             },
-            WatcherView {
+            WatcherStatus {
                 watcher_id: w("w2"),
                 connected: true,
                 last_report_unix_ms: 0,

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use restock_e2e::eventually;
+use restock_testkit::eventually;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},

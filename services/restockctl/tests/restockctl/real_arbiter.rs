@@ -1,12 +1,14 @@
 //! `restockctl` against the real `purchase-arbiter` binary, started on a free
 //! port with its own state file, waited for by health polling, killed on
-//! drop (see `restock_e2e::ArbiterProcess`).
+//! drop (see `restock_testkit::ArbiterProcess`).
 
 use std::time::Duration;
 
-use restock_e2e::{ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually};
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
+};
+use restock_testkit::{
+    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
 };
 
 use crate::helpers::{Background, ctl};

@@ -187,7 +187,7 @@ async fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Tcin, WatcherId};
+    use restock_domain::{Tcin, WatcherId};
 
     fn job() -> CheckoutJob {
         CheckoutJob {

@@ -88,7 +88,11 @@ impl HttpCheckout {
             ),
             Err(e) => CheckoutResult::new(
                 CheckoutOutcome::Failed,
-                format!("checkout {} failed: {}", self.url, error_chain(&e)),
+                format!(
+                    "checkout {} failed: {}",
+                    self.url,
+                    restock_runtime::error::chain_text(&e)
+                ),
             ),
         }
     }
@@ -115,17 +119,6 @@ pub fn judge(status: u16, body: &str) -> CheckoutResult {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -133,7 +126,7 @@ mod tests {
     use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 
     use super::*;
-    use crate::types::{Tcin, WatcherId};
+    use restock_domain::{Tcin, WatcherId};
 
     #[test]
     fn answers_map_to_outcomes() {

@@ -14,7 +14,7 @@ pub mod http;
 use restock_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::types::{Tcin, WatcherId};
+use restock_domain::{Tcin, WatcherId};
 
 pub use command::CommandCheckout;
 pub use http::HttpCheckout;

@@ -12,7 +12,7 @@ pub mod target;
 
 use std::{future::Future, time::Duration};
 
-use crate::types::Tcin;
+use restock_domain::Tcin;
 
 /// What the source says about one product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
 use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
-use crate::types::Tcin;
+use restock_domain::Tcin;
 
 /// The endpoint's path under the base URL.
 pub const FULFILLMENT_PATH: &str = "redsky_aggregations/v1/web/product_fulfillment_v1";
@@ -93,7 +93,7 @@ impl StockSource for TargetSource {
             if e.is_timeout() {
                 SourceError::Timeout(timeout)
             } else {
-                SourceError::Transport(error_chain(&e))
+                SourceError::Transport(restock_runtime::error::chain_text(&e))
             }
         };
         let resp = self
@@ -198,19 +198,6 @@ fn excerpt(body: &[u8]) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
-}
-
-/// An error and its causes on one line ("connection refused" is usually in
-/// a cause, not in the top error).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use restock_e2e::{ArbiterOptions, ArbiterProcess, eventually};
 use restock_proto::v1::{SetPausedRequest, event::Kind};
+use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
 
 use crate::{
     helpers::{WatcherProcess, arbiter_status, events, kind, product},

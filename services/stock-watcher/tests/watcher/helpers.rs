@@ -3,11 +3,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use restock_e2e::{ArbiterProcess, Process, eventually, free_port, wait_healthy};
 use restock_proto::v1::{
     self as pb, GetStatusRequest, GetWatcherStatusRequest, WatchEventsRequest,
     stock_watcher_client::StockWatcherClient,
 };
+use restock_testkit::{ArbiterProcess, Process, eventually, free_port, wait_healthy};
 use tonic::transport::Channel;
 
 /// A running `stock-watcher`, killed when dropped.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use restock_e2e::{eventually, wait_healthy};
 use restock_proto::v1::{self as pb, arbiter_message::Kind};
+use restock_testkit::{eventually, wait_healthy};
 use stock_watcher::config::WatcherConfig;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 

@@ -3,11 +3,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use reqwest::StatusCode;
+use restock_domain::Tcin;
 use serde_json::{Value, json};
 use store_sim::{
     scenario::{Scenario, Window},
     stock::Driver,
-    types::Tcin,
 };
 
 use crate::helpers::{eventually, spawn_app, spawn_app_with};

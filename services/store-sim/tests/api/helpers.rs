@@ -3,8 +3,9 @@
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
 use reqwest::{Response, StatusCode};
+use restock_domain::Price;
 use serde_json::{Value, json};
-use store_sim::{Simulator, catalog::Catalog, sim::CheckoutSettings, stock::Driver, types::Price};
+use store_sim::{Simulator, catalog::Catalog, sim::CheckoutSettings, stock::Driver};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The products every test store sells, top first.

@@ -1,5 +1,4 @@
-//! Process signals shared by the service binaries (the arbiter, the
-//! watcher and the store simulator).
+//! The shutdown signal every service waits for.
 
 /// Completes on SIGTERM (`docker stop`) or SIGINT (Ctrl-C). Where SIGTERM
 /// cannot be watched it says so and waits for SIGINT alone.

@@ -51,8 +51,9 @@ pub fn free_port() -> u16 {
 /// The repository's top folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("crates/restock-testkit is two folders below the top")
         .to_path_buf()
 }
 

@@ -1,5 +1,5 @@
-//! Exponential back-off with jitter, used for reconnecting to the arbiter and
-//! for pausing a stock source that refuses us.
+//! Exponential back-off with jitter, for reconnecting (to the arbiter, to an
+//! event stream) and for pausing a stock source that refuses us.
 
 use std::time::Duration;
 

@@ -2,24 +2,45 @@
 //! `config/product_config.json` (top-down: the first product is the most
 //! wanted). Products that are not in the file rank after every listed one,
 //! ordered by product id so the order is stable across restarts.
+//!
+//! The arbiter, the store simulator and the watcher (through the
+//! [`Catalog`] the arbiter sends it) all read the list the same way.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde::Deserialize;
 
-use crate::types::Tcin;
+use crate::{ids::Tcin, product::Price};
 
 /// One configured product.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductSpec {
     pub tcin: Tcin,
     pub name: String,
-    /// Highest price the user pays, in cents; `None` means no limit.
-    pub max_price_cents: Option<u64>,
+    /// Highest price the user pays; `None` means no limit.
+    pub max_price: Option<Price>,
     /// How many to buy (normal mode) before the product is final.
     pub quantity: u32,
     /// A disabled product is listed (and keeps its place) but never granted.
     pub enabled: bool,
+}
+
+impl ProductSpec {
+    /// A product known only by its id: no price limit, one to buy, enabled.
+    pub fn plain(tcin: Tcin) -> Self {
+        Self {
+            name: tcin.to_string(),
+            tcin,
+            max_price: None,
+            quantity: 1,
+            enabled: true,
+        }
+    }
+
+    /// Is `price` (when known) above the product's limit?
+    pub fn too_expensive(&self, price: Option<Price>) -> bool {
+        matches!((price, self.max_price), (Some(p), Some(max)) if p > max)
+    }
 }
 
 /// Why the product configuration could not be used. Every variant names the
@@ -101,7 +122,7 @@ impl PriorityList {
             path: path.to_owned(),
             line: e.line(),
             column: e.column(),
-            message: e.to_string(),
+            message: json_error_message(&e),
         })?;
         let mut products = Vec::with_capacity(file.products.len());
         let mut seen = HashMap::new();
@@ -117,10 +138,9 @@ impl PriorityList {
             if let Some(first) = seen.insert(tcin.clone(), index) {
                 return Err(bad(format!("listed twice (first as product #{first})")));
             }
-            let max_price_cents = match p.max_price {
+            let max_price = match p.max_price {
                 None => None,
-                Some(d) if (0.0..1e9).contains(&d) => Some((d * 100.0).round() as u64),
-                Some(d) => return Err(bad(format!("max_price {d} is not a price in dollars"))),
+                Some(d) => Some(Price::from_dollars(d).map_err(|e| bad(format!("max_price {e}")))?),
             };
             let quantity = match p.quantity {
                 None => 1,
@@ -134,7 +154,7 @@ impl PriorityList {
                     p.name
                 },
                 tcin,
-                max_price_cents,
+                max_price,
                 quantity,
                 enabled: p.enabled.unwrap_or(true),
             });
@@ -167,6 +187,29 @@ impl PriorityList {
     pub fn is_empty(&self) -> bool {
         self.products.is_empty()
     }
+
+    /// A configured product's place, 1 = top priority.
+    pub fn priority(&self, tcin: &Tcin) -> Option<u32> {
+        self.rank.get(tcin).map(|&i| (i + 1) as u32)
+    }
+}
+
+/// A JSON parse error's message without serde's trailing "at line L column
+/// C" (the callers report line and column themselves).
+pub fn json_error_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
+}
+
+/// What the arbiter tells every watcher when its stream opens (and again
+/// after a reload): the product list in priority order and the timings.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub products: PriorityList,
+    pub lease_ttl: Duration,
+    pub stock_ttl: Duration,
+    pub test_mode: bool,
 }
 
 #[cfg(test)]
@@ -183,7 +226,7 @@ mod tests {
         let p = list.products();
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].tcin.as_str(), "2");
-        assert_eq!(p[0].max_price_cents, Some(1999));
+        assert_eq!(p[0].max_price, Some(Price::from_cents(1999)));
         assert_eq!(p[0].quantity, 3);
         assert_eq!(p[1].name, "1");
         assert_eq!(p[1].quantity, 1);

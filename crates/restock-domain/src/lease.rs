@@ -1,0 +1,25 @@
+//! A lease as its holder and onlookers see it: what the arbiter puts in a
+//! grant, a renewal, or its status. (The arbiter itself also keeps the
+//! monotonic deadline; that never leaves it.)
+
+use std::time::Duration;
+
+use crate::ids::{FencingToken, LeaseId, Tcin, WatcherId};
+
+/// One grant of the purchase slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub lease_id: LeaseId,
+    pub tcin: Tcin,
+    pub watcher_id: WatcherId,
+    pub token: FencingToken,
+    /// How long the lease lasts from a grant or renewal.
+    pub ttl: Duration,
+    pub granted_at_unix_ms: u64,
+    /// The arbiter's wall-clock deadline (for display; holders count
+    /// `remaining` on their own monotonic clock).
+    pub expires_at_unix_ms: u64,
+    /// Time left when the arbiter made this message; zero for a lease that
+    /// has ended.
+    pub remaining: Duration,
+}

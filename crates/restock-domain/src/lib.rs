@@ -1,0 +1,34 @@
+//! The vocabulary every restock binary shares. Plain data and rules: no
+//! I/O beyond reading the product config, no gRPC, no async. Protocol
+//! messages convert to and from these types in `restock-proto`, at each
+//! service's edge, so the core of every service speaks only these.
+//!
+//! # Layout
+//!
+//! - [`ids`]: [`Tcin`], [`WatcherId`], [`LeaseId`], [`FencingToken`]: one
+//!   type per id, one rule each.
+//! - [`product`]: [`ProductState`], [`Outcome`], [`Price`].
+//! - [`catalog`]: the product list in priority order ([`PriorityList`]) and
+//!   its config file parser; the [`Catalog`] a watcher is sent.
+//! - [`stock`]: an [`Observation`] of one product by a watcher.
+//! - [`lease`]: a [`Lease`] as a holder or onlooker sees it.
+//! - [`event`]: the arbiter's numbered transitions ([`Event`], [`EventKind`]).
+//! - [`status`]: everything `GetStatus` shows ([`Status`]).
+//! - [`duration`]: durations as written in flags (`500ms`, `2m`, or seconds).
+
+pub mod catalog;
+pub mod duration;
+pub mod event;
+pub mod ids;
+pub mod lease;
+pub mod product;
+pub mod status;
+pub mod stock;
+
+pub use catalog::{Catalog, CatalogError, PriorityList, ProductSpec};
+pub use event::{Event, EventKind};
+pub use ids::{FencingToken, IdError, LeaseId, Tcin, WatcherId};
+pub use lease::Lease;
+pub use product::{Outcome, Price, ProductState};
+pub use status::{Counters, ProductStatus, Status, WatcherStatus};
+pub use stock::Observation;

@@ -1,0 +1,35 @@
+//! Process plumbing every restock binary shares, written once: who may call
+//! and over what, the flags for it, logging, the shutdown signal, back-off,
+//! error chains, health + reflection, and announcing bound addresses.
+//!
+//! # Layout
+//!
+//! - [`auth`]: the bearer token and TLS for servers and clients, with their
+//!   clap blocks ([`auth::TokenArgs`], [`auth::ServerTlsArgs`],
+//!   [`auth::ClientTlsArgs`]) and the tower layer that checks the token.
+//! - [`log`]: `--log-format` ([`log::LogArgs`]) and the subscriber set-up.
+//! - [`shutdown`]: SIGTERM or SIGINT.
+//! - [`backoff`]: exponential back-off with jitter.
+//! - [`error`]: an error and its causes on one line.
+//! - [`grpc`]: health (overall and per service) and reflection limited to
+//!   what a server serves.
+//! - [`announce`]: binding, `--ready-file`, and the "listening" log line.
+//! - [`process`]: the exit of every `main`.
+//!
+//! Nothing here knows the restock protocol or its rules: those live in
+//! `restock-proto` and `restock-domain`.
+
+pub mod announce;
+pub mod auth;
+pub mod backoff;
+pub mod error;
+pub mod grpc;
+pub mod log;
+pub mod process;
+pub mod shutdown;
+
+pub use announce::{Bound, ReadyFileArgs};
+pub use backoff::Backoff;
+pub use error::Chain;
+pub use log::LogArgs;
+pub use shutdown::shutdown_signal;
