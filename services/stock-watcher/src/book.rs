@@ -9,27 +9,26 @@
 //! stop once the last good answer is older than the freshness window, so the
 //! arbiter lets the sighting go stale by itself.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use restock_proto::v1 as pb;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use restock_domain::Tcin;
+use restock_domain::{Catalog, Observation, Price, ProductSpec, Tcin};
+use restock_runtime::error::chain_text;
 
 use crate::{
-    catalog::{Catalog, Product},
+    catalog::watch_list,
     source::{Sighting, SourceError},
 };
 
 /// One polled product.
 #[derive(Debug, Clone)]
 struct Entry {
-    product: Product,
-    /// The source's last successful answer.
-    sighting: Option<Sighting>,
+    product: ProductSpec,
+    /// The source's last successful answer, stamped with when it was polled.
+    seen: Option<Observation>,
     last_success: Option<Instant>,
-    last_success_unix_ms: u64,
     last_poll_unix_ms: u64,
     last_error: String,
     polls: u64,
@@ -40,12 +39,11 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(product: Product) -> Self {
+    fn new(product: ProductSpec) -> Self {
         Self {
             product,
-            sighting: None,
+            seen: None,
             last_success: None,
-            last_success_unix_ms: 0,
             last_poll_unix_ms: 0,
             last_error: String::new(),
             polls: 0,
@@ -57,17 +55,21 @@ impl Entry {
     /// Should the arbiter believe this product is in stock? In stock at the
     /// source and not above its price limit.
     fn reportable(&self) -> bool {
-        self.sighting
-            .is_some_and(|s| s.in_stock && !self.product.too_expensive(s.price_cents))
+        self.seen
+            .as_ref()
+            .is_some_and(|o| o.in_stock && !self.product.too_expensive(o.price))
     }
 
-    fn observation(&self, in_stock: bool) -> pb::StockObservation {
-        pb::StockObservation {
-            tcin: self.product.tcin.to_string(),
-            in_stock,
-            price_cents: self.sighting.and_then(|s| s.price_cents),
-            observed_at_unix_ms: self.last_success_unix_ms,
-        }
+    /// What the arbiter is told: the last answer, with `in_stock` saying
+    /// whether it counts (a product above its price limit does not).
+    fn observation(&self, in_stock: bool) -> Observation {
+        let seen = self.seen.clone().unwrap_or_else(|| Observation {
+            tcin: self.product.tcin.clone(),
+            in_stock: false,
+            price: None,
+            observed_at_unix_ms: 0,
+        });
+        Observation { in_stock, ..seen }
     }
 }
 
@@ -85,9 +87,9 @@ pub struct Recorded {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportContent {
     /// In stock first, each group in priority order.
-    pub observations: Vec<pb::StockObservation>,
+    pub observations: Vec<Observation>,
     /// The products polled, when that list must be (re)sent.
-    pub polling: Option<Vec<String>>,
+    pub polling: Option<Vec<Tcin>>,
 }
 
 impl ReportContent {
@@ -96,10 +98,22 @@ impl ReportContent {
     }
 }
 
+/// The last poll of one product, as the status call shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductPoll {
+    pub tcin: Tcin,
+    pub in_stock: bool,
+    pub price: Option<Price>,
+    pub last_poll_unix_ms: u64,
+    /// Empty after a good answer.
+    pub last_error: String,
+    pub polls: u64,
+    pub errors: u64,
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct StockBook {
-    catalog: Option<Arc<Catalog>>,
     /// Polled products in priority order.
     order: Vec<Tcin>,
     entries: HashMap<Tcin, Entry>,
@@ -115,21 +129,17 @@ impl StockBook {
         Self::default()
     }
 
-    pub fn catalog(&self) -> Option<&Arc<Catalog>> {
-        self.catalog.as_ref()
-    }
-
     /// Takes a new catalog and returns the products to poll, in priority
     /// order. Products still polled keep what is known about them.
     /// `min_freshness` is the longest gap between two good answers in normal
     /// operation (two poll rounds and a request time limit).
     pub fn set_catalog(
         &mut self,
-        catalog: Arc<Catalog>,
+        catalog: &Catalog,
         only: &[Tcin],
         min_freshness: Duration,
-    ) -> Vec<Product> {
-        let (list, unknown) = catalog.watch_list(only);
+    ) -> Vec<ProductSpec> {
+        let (list, unknown) = watch_list(catalog, only);
         for t in unknown {
             warn!(tcin = %t, "--products names a product the arbiter's catalog does not list; it is not polled");
         }
@@ -153,7 +163,6 @@ impl StockBook {
         }
         self.order = new_order;
         self.freshness = catalog.stock_ttl.max(min_freshness);
-        self.catalog = Some(catalog);
         list
     }
 
@@ -174,29 +183,33 @@ impl StockBook {
         e.last_poll_unix_ms = unix_ms;
         match result {
             Ok(s) => {
-                let was = e.sighting;
+                let was = e.seen.as_ref().map(|w| (w.in_stock, w.price));
                 if s.in_stock
-                    && e.product.too_expensive(s.price_cents)
-                    && was.is_none_or(|w| !w.in_stock || w.price_cents != s.price_cents)
+                    && e.product.too_expensive(s.price)
+                    && was.is_none_or(|(in_stock, price)| !in_stock || price != s.price)
                 {
                     warn!(
                         tcin = %tcin,
-                        price_cents = s.price_cents,
-                        max_price_cents = e.product.max_price_cents,
+                        price_cents = s.price.map(Price::cents),
+                        max_price_cents = e.product.max_price.map(Price::cents),
                         "in stock but above max_price: not reported as in stock"
                     );
                 }
-                if was.map(|w| w.in_stock) != Some(s.in_stock) {
-                    info!(tcin = %tcin, in_stock = s.in_stock, price_cents = s.price_cents, "stock changed at the source");
+                if was.map(|(in_stock, _)| in_stock) != Some(s.in_stock) {
+                    info!(tcin = %tcin, in_stock = s.in_stock, price_cents = s.price.map(Price::cents), "stock changed at the source");
                 }
-                e.sighting = Some(s);
+                e.seen = Some(Observation {
+                    tcin: tcin.clone(),
+                    in_stock: s.in_stock,
+                    price: s.price,
+                    observed_at_unix_ms: unix_ms,
+                });
                 e.last_success = Some(now);
-                e.last_success_unix_ms = unix_ms;
                 e.last_error.clear();
             }
             Err(err) => {
                 e.errors += 1;
-                e.last_error = err.to_string();
+                e.last_error = chain_text(err);
             }
         }
         Recorded {
@@ -240,8 +253,7 @@ impl StockBook {
             }
         }
         in_stock.extend(out);
-        let polling = std::mem::take(&mut self.polling_changed)
-            .then(|| self.order.iter().map(Tcin::to_string).collect());
+        let polling = std::mem::take(&mut self.polling_changed).then(|| self.order.clone());
         ReportContent {
             observations: in_stock,
             polling,
@@ -249,15 +261,15 @@ impl StockBook {
     }
 
     /// The last poll of every product, in priority order.
-    pub fn poll_statuses(&self) -> Vec<pb::PollStatus> {
+    pub fn poll_statuses(&self) -> Vec<ProductPoll> {
         self.order
             .iter()
             .map(|t| {
                 let e = &self.entries[t];
-                pb::PollStatus {
-                    tcin: t.to_string(),
-                    in_stock: e.sighting.is_some_and(|s| s.in_stock),
-                    price_cents: e.sighting.and_then(|s| s.price_cents),
+                ProductPoll {
+                    tcin: t.clone(),
+                    in_stock: e.seen.as_ref().is_some_and(|o| o.in_stock),
+                    price: e.seen.as_ref().and_then(|o| o.price),
                     last_poll_unix_ms: e.last_poll_unix_ms,
                     last_error: e.last_error.clone(),
                     polls: e.polls,
@@ -271,7 +283,7 @@ impl StockBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::tests::catalog_pb;
+    use crate::catalog::tests::catalog;
 
     fn t(s: &str) -> Tcin {
         Tcin::parse(s).unwrap()
@@ -279,22 +291,21 @@ mod tests {
 
     fn book(products: &[(&str, u64)]) -> StockBook {
         let mut b = StockBook::new();
-        let c = Arc::new(Catalog::from_pb(catalog_pb(products, 9_000)));
-        b.set_catalog(c, &[], Duration::ZERO);
+        b.set_catalog(&catalog(products, 9_000), &[], Duration::ZERO);
         b
     }
 
     fn seen(in_stock: bool) -> Result<Sighting, &'static SourceError> {
         Ok(Sighting {
             in_stock,
-            price_cents: None,
+            price: None,
         })
     }
 
     fn ids(r: &ReportContent) -> Vec<(String, bool)> {
         r.observations
             .iter()
-            .map(|o| (o.tcin.clone(), o.in_stock))
+            .map(|o| (o.tcin.to_string(), o.in_stock))
             .collect()
     }
 
@@ -303,7 +314,7 @@ mod tests {
         let mut b = book(&[("100", 0), ("200", 0), ("300", 0)]);
         let now = Instant::now();
         let first = b.take_report(now, false);
-        assert_eq!(first.polling.unwrap(), ["100", "200", "300"]);
+        assert_eq!(first.polling.unwrap(), [t("100"), t("200"), t("300")]);
         assert!(first.observations.is_empty());
 
         assert!(b.record(&t("300"), seen(true), now, 1).report_due);
@@ -354,23 +365,24 @@ mod tests {
         b.take_report(now, false);
         let expensive = Ok(Sighting {
             in_stock: true,
-            price_cents: Some(1_500),
+            price: Some(Price::from_cents(1_500)),
         });
         assert!(!b.record(&t("100"), expensive, now, 1).report_due);
         assert!(b.take_report(now, true).is_empty());
         let cheap = Ok(Sighting {
             in_stock: true,
-            price_cents: Some(900),
+            price: Some(Price::from_cents(900)),
         });
         assert!(b.record(&t("100"), cheap, now, 2).report_due);
         let r = b.take_report(now, false);
-        assert_eq!(r.observations[0].price_cents, Some(900));
+        assert_eq!(r.observations[0].price, Some(Price::from_cents(900)));
+        assert_eq!(r.observations[0].observed_at_unix_ms, 2);
         assert!(r.observations[0].in_stock);
         // The price goes up: reported out of stock, with the price.
         assert!(b.record(&t("100"), expensive, now, 3).report_due);
         let r = b.take_report(now, false);
         assert!(!r.observations[0].in_stock);
-        assert_eq!(r.observations[0].price_cents, Some(1_500));
+        assert_eq!(r.observations[0].price, Some(Price::from_cents(1_500)));
     }
 
     #[test]
@@ -392,12 +404,11 @@ mod tests {
         b.record(&t("100"), seen(true), now, 1);
         b.record(&t("200"), seen(true), now, 1);
         b.take_report(now, false);
-        let c = Arc::new(Catalog::from_pb(catalog_pb(&[("200", 0)], 9_000)));
-        let list = b.set_catalog(c, &[], Duration::ZERO);
+        let list = b.set_catalog(&catalog(&[("200", 0)], 9_000), &[], Duration::ZERO);
         assert_eq!(list.len(), 1);
         let r = b.take_report(now, false);
         assert_eq!(ids(&r), [("100".into(), false)]);
-        assert_eq!(r.polling.unwrap(), ["200"]);
+        assert_eq!(r.polling.unwrap(), [t("200")]);
         let st = b.poll_statuses();
         assert_eq!(st.len(), 1);
         assert!(st[0].in_stock, "what is known about kept products stays");

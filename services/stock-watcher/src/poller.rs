@@ -16,11 +16,10 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use restock_domain::Tcin;
+use restock_domain::{Catalog, ProductSpec, Tcin};
 use restock_runtime::backoff::{Backoff, jitter_below};
 
 use crate::{
-    catalog::{Catalog, Product},
     source::{SourceError, StockSource},
     state::{SharedState, unix_ms},
 };
@@ -110,7 +109,7 @@ struct Poller<S> {
     state: SharedState,
     settings: PollSettings,
     backoff: Backoff,
-    list: Vec<Product>,
+    list: Vec<ProductSpec>,
 }
 
 impl<S: StockSource> Poller<S> {
@@ -120,7 +119,7 @@ impl<S: StockSource> Poller<S> {
             .state
             .lock()
             .book
-            .set_catalog(catalog, &self.settings.only, min_freshness);
+            .set_catalog(&catalog, &self.settings.only, min_freshness);
         if list.is_empty() {
             warn!(
                 "no product to poll: the catalog lists none that is enabled and allowed by --products"
@@ -272,7 +271,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{catalog::tests::catalog_pb, source::Sighting};
+    use crate::{catalog::tests::catalog, source::Sighting};
 
     /// A source whose answers are scripted per call; when the script runs
     /// out it repeats the last answer. Records call times and concurrency.
@@ -344,7 +343,7 @@ mod tests {
         settings: PollSettings,
     ) -> (SharedState, CancellationToken) {
         let state = SharedState::new();
-        let catalog = Arc::new(Catalog::from_pb(catalog_pb(products, 9_000)));
+        let catalog = Arc::new(catalog(products, 9_000));
         // The catalog arrives after the poller started, as from the stream.
         let (tx, rx) = watch::channel(None);
         let stop = CancellationToken::new();
@@ -364,7 +363,7 @@ mod tests {
 
     const IN: Result<Sighting, SourceError> = Ok(Sighting {
         in_stock: true,
-        price_cents: None,
+        price: None,
     });
 
     fn throttled() -> Result<Sighting, SourceError> {
@@ -489,10 +488,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn answers_reach_the_book_in_priority_order() {
         let state = SharedState::new();
-        let catalog = Arc::new(Catalog::from_pb(catalog_pb(
-            &[("1", 0), ("2", 0), ("3", 0)],
-            9_000,
-        )));
+        let catalog = Arc::new(catalog(&[("1", 0), ("2", 0), ("3", 0)], 9_000));
         let (_tx, rx) = watch::channel(Some(catalog));
         let stop = CancellationToken::new();
         let mut s = settings();

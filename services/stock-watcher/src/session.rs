@@ -25,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming, transport::Endpoint};
 use tracing::{error, info, warn};
 
-use restock_domain::WatcherId;
-use restock_runtime::backoff::Backoff;
+use restock_domain::{Catalog, Tcin, WatcherId};
+use restock_proto::ConvertError;
+use restock_runtime::{backoff::Backoff, error::Chain};
 
 use crate::{
-    catalog::Catalog,
+    book::ReportContent,
     runner::CheckoutRunner,
     state::{SharedState, unix_ms},
 };
@@ -62,6 +63,11 @@ pub enum StreamError {
     NoCatalog(Duration),
     #[error("the first message was not the catalog")]
     CatalogNotFirst,
+    /// Not expected of a correct arbiter (it checks its config): the stream
+    /// is dropped and opened again, with back-off, rather than polling from
+    /// a catalog the watcher cannot read.
+    #[error("the arbiter sent a catalog that cannot be used")]
+    BadCatalog(#[source] ConvertError),
 }
 
 impl StreamError {
@@ -109,10 +115,10 @@ impl Session {
                 StreamError::Replaced(_) => error!(
                     arbiter = %self.url,
                     watcher_id = %self.watcher_id,
-                    error = %e,
+                    error = %Chain(&e),
                     "arbiter stream lost: is another watcher running with the same --watcher-id?"
                 ),
-                _ => warn!(arbiter = %self.url, error = %e, "arbiter stream lost"),
+                _ => warn!(arbiter = %self.url, error = %Chain(&e), "arbiter stream lost"),
             }
             if started.elapsed() >= STABLE_AFTER {
                 backoff.reset();
@@ -152,13 +158,9 @@ impl Session {
             st.book.take_report(Instant::now(), true)
         };
         let in_stock = hello.observations.len();
-        tx.send(pb::StockReport {
-            watcher_id: self.watcher_id.to_string(),
-            observations: hello.observations,
-            polling: hello.polling.unwrap_or_default(),
-        })
-        .await
-        .map_err(|_| StreamError::Ended)?;
+        tx.send(stock_report(Some(&self.watcher_id), hello))
+            .await
+            .map_err(|_| StreamError::Ended)?;
         let call = client.stream_stock(ReceiverStream::new(rx));
         let mut inbound = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -180,7 +182,7 @@ impl Session {
             }))) => c,
             Ok(Ok(Some(_))) => return Err(StreamError::CatalogNotFirst),
         };
-        let mut refresh_every = self.take_catalog(catalog);
+        let mut refresh_every = self.take_catalog(catalog)?;
         {
             let mut st = self.state.lock();
             st.arbiter_connected = true;
@@ -206,7 +208,7 @@ impl Session {
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
-                        if let Some(every) = self.handle(m) && every != refresh_every {
+                        if let Some(every) = self.handle(m)? && every != refresh_every {
                             refresh_every = every;
                             refresh = refresh_timer(every);
                         }
@@ -222,9 +224,9 @@ impl Session {
 
     /// Handles one pushed message; returns the new refresh period when a
     /// catalog came.
-    fn handle(&self, m: pb::ArbiterMessage) -> Option<Duration> {
-        match m.kind {
-            Some(Kind::Catalog(c)) => Some(self.take_catalog(c)),
+    fn handle(&self, m: pb::ArbiterMessage) -> Result<Option<Duration>, StreamError> {
+        Ok(match m.kind {
+            Some(Kind::Catalog(c)) => Some(self.take_catalog(c)?),
             Some(Kind::Grant(lease)) => {
                 self.runner.on_grant(lease, Instant::now());
                 None
@@ -237,13 +239,15 @@ impl Session {
                 warn!("the arbiter sent an empty message; ignored");
                 None
             }
-        }
+        })
     }
 
-    fn take_catalog(&self, c: pb::Catalog) -> Duration {
-        let catalog = Catalog::from_pb(c);
+    /// Converts the arbiter's catalog and hands it to the poller; returns
+    /// the refresh period it implies.
+    fn take_catalog(&self, c: pb::Catalog) -> Result<Duration, StreamError> {
+        let catalog = catalog_from_pb(c).map_err(StreamError::BadCatalog)?;
         info!(
-            products = catalog.products().len(),
+            products = catalog.products.len(),
             lease_ttl_ms = catalog.lease_ttl.as_millis() as u64,
             stock_ttl_ms = catalog.stock_ttl.as_millis() as u64,
             test_mode = catalog.test_mode,
@@ -251,7 +255,7 @@ impl Session {
         );
         let every = refresh_period(catalog.stock_ttl);
         self.catalogs.send_replace(Some(Arc::new(catalog)));
-        every
+        Ok(every)
     }
 
     /// Ends our half of the stream and waits a moment for the arbiter to end
@@ -265,7 +269,9 @@ impl Session {
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Ok(Some(m)) = inbound.message().await {
-                self.handle(m);
+                // Only a grant matters now (the runner releases it); a bad
+                // catalog this late changes nothing.
+                let _ = self.handle(m);
             }
         })
         .await;
@@ -280,13 +286,49 @@ impl Session {
         if content.is_empty() {
             return Ok(());
         }
-        tx.send(pb::StockReport {
-            watcher_id: String::new(),
-            observations: content.observations,
-            polling: content.polling.unwrap_or_default(),
-        })
-        .await
-        .map_err(|_| StreamError::Ended)
+        tx.send(stock_report(None, content))
+            .await
+            .map_err(|_| StreamError::Ended)
+    }
+}
+
+/// The arbiter's catalog as a domain [`Catalog`], in priority order.
+///
+/// A product whose id is invalid is left out with a warning and the rest
+/// are kept, as the watcher always did: the arbiter validates its config,
+/// so this is defence, and one bad entry should not stop every product
+/// from being polled. Anything else that does not convert is an error.
+fn catalog_from_pb(mut c: pb::Catalog) -> Result<Catalog, ConvertError> {
+    c.products.retain(|p| match Tcin::parse(&p.tcin) {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(
+                tcin = %p.tcin,
+                error = %Chain(&e),
+                "the arbiter's catalog lists an invalid product id; skipped"
+            );
+            false
+        }
+    });
+    Catalog::try_from(c)
+}
+
+/// A `StockReport` carrying `content`; only the first report of a stream
+/// names the watcher.
+fn stock_report(watcher_id: Option<&WatcherId>, content: ReportContent) -> pb::StockReport {
+    pb::StockReport {
+        watcher_id: watcher_id.map(ToString::to_string).unwrap_or_default(),
+        observations: content
+            .observations
+            .iter()
+            .map(pb::StockObservation::from)
+            .collect(),
+        polling: content
+            .polling
+            .unwrap_or_default()
+            .iter()
+            .map(Tcin::to_string)
+            .collect(),
     }
 }
 
@@ -304,4 +346,90 @@ fn refresh_timer(every: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval_at(Instant::now() + every, every);
     t.set_missed_tick_behavior(MissedTickBehavior::Delay);
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use restock_domain::{Observation, Price};
+
+    use super::*;
+
+    fn product(tcin: &str, priority: u32, max_price_cents: u64) -> pb::CatalogProduct {
+        pb::CatalogProduct {
+            tcin: tcin.into(),
+            name: format!("Product {tcin}"),
+            priority,
+            max_price_cents,
+            quantity: 1,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn a_catalog_is_sorted_by_priority_and_bad_products_are_skipped() {
+        let c = catalog_from_pb(pb::Catalog {
+            // The arbiter's order does not matter, the priority does.
+            products: vec![
+                product("300", 3, 0),
+                product("bad id", 0, 0),
+                product("200", 2, 2_000),
+                product("100", 1, 0),
+            ],
+            lease_ttl_ms: 30_000,
+            stock_ttl_ms: 10_000,
+            test_mode: true,
+        })
+        .unwrap();
+        let ids: Vec<&str> = c
+            .products
+            .products()
+            .iter()
+            .map(|p| p.tcin.as_str())
+            .collect();
+        assert_eq!(ids, ["100", "200", "300"]);
+        let t = |s| Tcin::parse(s).unwrap();
+        assert_eq!(
+            c.products.get(&t("200")).unwrap().max_price,
+            Some(Price::from_cents(2_000))
+        );
+        assert_eq!(c.products.get(&t("100")).unwrap().max_price, None);
+        assert_eq!(c.stock_ttl, Duration::from_secs(10));
+        assert!(c.test_mode);
+    }
+
+    #[test]
+    fn only_the_first_report_names_the_watcher() {
+        let w = WatcherId::parse("w1").unwrap();
+        let content = ReportContent {
+            observations: vec![Observation {
+                tcin: Tcin::parse("100").unwrap(),
+                in_stock: true,
+                price: Some(Price::from_cents(1_250)),
+                observed_at_unix_ms: 7,
+            }],
+            polling: Some(vec![Tcin::parse("100").unwrap()]),
+        };
+        let first = stock_report(Some(&w), content.clone());
+        assert_eq!(first.watcher_id, "w1");
+        assert_eq!(first.polling, ["100"]);
+        assert_eq!(first.observations[0].price_cents, Some(1_250));
+        assert_eq!(first.observations[0].observed_at_unix_ms, 7);
+        let later = stock_report(
+            None,
+            ReportContent {
+                polling: None,
+                ..content
+            },
+        );
+        assert!(later.watcher_id.is_empty() && later.polling.is_empty());
+    }
+
+    #[test]
+    fn refresh_is_a_third_of_the_stock_ttl() {
+        assert_eq!(
+            refresh_period(Duration::from_secs(9)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(refresh_period(Duration::ZERO), DEFAULT_REFRESH);
+    }
 }

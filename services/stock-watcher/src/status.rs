@@ -2,11 +2,12 @@
 //! the last poll of every product, the source's back-off and the checkout in
 //! progress, read from the shared state.
 
+use restock_domain::Price;
 use restock_proto::v1::{self as pb, stock_watcher_server::StockWatcher};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::state::SharedState;
+use crate::{book::ProductPoll, state::SharedState};
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -35,12 +36,24 @@ impl StatusService {
             reconnects: st.reconnects,
             source: self.source.clone(),
             backoff_remaining_ms,
-            products: st.book.poll_statuses(),
+            products: st.book.poll_statuses().iter().map(poll_status).collect(),
             checkout: st.checkout.clone(),
             checkouts_purchased: st.checkouts_purchased,
             checkouts_failed: st.checkouts_failed,
             checkout_kind: self.checkout_kind.clone(),
         }
+    }
+}
+
+fn poll_status(p: &ProductPoll) -> pb::PollStatus {
+    pb::PollStatus {
+        tcin: p.tcin.to_string(),
+        in_stock: p.in_stock,
+        price_cents: p.price.map(Price::cents),
+        last_poll_unix_ms: p.last_poll_unix_ms,
+        last_error: p.last_error.clone(),
+        polls: p.polls,
+        errors: p.errors,
     }
 }
 

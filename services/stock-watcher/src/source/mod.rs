@@ -12,14 +12,14 @@ pub mod target;
 
 use std::{future::Future, time::Duration};
 
-use restock_domain::Tcin;
+use restock_domain::{Price, Tcin};
 
 /// What the source says about one product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sighting {
     pub in_stock: bool,
-    /// Price in cents, when the source gives one.
-    pub price_cents: Option<u64>,
+    /// The price, when the source gives one.
+    pub price: Option<Price>,
 }
 
 /// Why a source could not say whether a product is in stock.

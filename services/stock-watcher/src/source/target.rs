@@ -13,7 +13,7 @@ use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
 use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
-use restock_domain::Tcin;
+use restock_domain::{Price, Tcin};
 
 /// The endpoint's path under the base URL.
 pub const FULFILLMENT_PATH: &str = "redsky_aggregations/v1/web/product_fulfillment_v1";
@@ -161,15 +161,14 @@ pub fn parse_fulfillment(body: &[u8]) -> Result<Sighting, SourceError> {
     let mut statuses = Vec::new();
     collect_statuses(fulfillment, &mut statuses);
     let in_stock = statuses.iter().any(|s| IN_STOCK_STATUSES.contains(s));
-    let price_cents = product
+    // Not `Price::from_dollars`: its upper bound guards config typos, and a
+    // price the store shows is reported whatever it is.
+    let price = product
         .and_then(|p| p.pointer("/price/current_retail"))
         .and_then(Value::as_f64)
         .filter(|d| d.is_finite() && *d >= 0.0)
-        .map(|dollars| (dollars * 100.0).round() as u64);
-    Ok(Sighting {
-        in_stock,
-        price_cents,
-    })
+        .map(|dollars| Price::from_cents((dollars * 100.0).round() as u64));
+    Ok(Sighting { in_stock, price })
 }
 
 /// Every `availability_status` string anywhere under `v`.
@@ -265,7 +264,7 @@ mod tests {
             s,
             Sighting {
                 in_stock: false,
-                price_cents: None
+                price: None
             }
         );
     }
@@ -304,7 +303,7 @@ mod tests {
             check(body),
             Sighting {
                 in_stock: true,
-                price_cents: Some(4_999)
+                price: Some(Price::from_cents(4_999))
             }
         );
     }
