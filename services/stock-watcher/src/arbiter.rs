@@ -1,6 +1,8 @@
 //! Unary calls to the arbiter: renewing and releasing a lease. They go over
 //! their own lazily connected channel, independent of the stock stream, so a
-//! checkout keeps renewing while the stream reconnects.
+//! checkout keeps renewing while the stream reconnects. They take and give
+//! domain values (lease ids, fencing tokens, outcomes); the requests and
+//! answers are built and read here only.
 
 use std::time::Duration;
 
@@ -14,10 +16,9 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    checkout::CheckoutOutcome,
-    lease::{HeldLease, RenewError, Renewer},
-};
+use restock_domain::{FencingToken, Lease, LeaseId, Outcome};
+
+use crate::lease::{self, HeldLease, RenewError, Renewer};
 
 /// A client of the arbiter that sends the shared token on every call.
 pub type Client = PurchaseArbiterClient<InterceptedService<Channel, SendToken>>;
@@ -85,7 +86,7 @@ impl ArbiterCalls {
     pub async fn release(
         &self,
         lease: &HeldLease,
-        outcome: CheckoutOutcome,
+        outcome: Outcome,
         detail: &str,
         retry_until: Instant,
         min_attempts: u32,
@@ -95,9 +96,9 @@ impl ArbiterCalls {
         loop {
             attempt += 1;
             let mut req = tonic::Request::new(pb::ReleasePurchaseRequest {
-                lease_id: lease.lease_id.clone(),
-                fencing_token: lease.fencing_token,
-                outcome: outcome.to_pb() as i32,
+                lease_id: lease.lease_id.to_string(),
+                fencing_token: lease.token.get(),
+                outcome: pb::Outcome::from(outcome) as i32,
                 detail: detail.to_owned(),
             });
             req.set_timeout(self.rpc_timeout);
@@ -107,7 +108,7 @@ impl ArbiterCalls {
                     info!(
                         lease_id = %lease.lease_id,
                         tcin = %lease.tcin,
-                        fencing_token = lease.fencing_token,
+                        fencing_token = lease.token.get(),
                         outcome = outcome.as_str(),
                         released = r.released,
                         attempt,
@@ -123,7 +124,7 @@ impl ArbiterCalls {
                 warn!(
                     lease_id = %lease.lease_id,
                     tcin = %lease.tcin,
-                    fencing_token = lease.fencing_token,
+                    fencing_token = lease.token.get(),
                     outcome = outcome.as_str(),
                     code = ?status.code(),
                     error = %status.message(),
@@ -155,22 +156,25 @@ impl ArbiterCalls {
 }
 
 impl Renewer for ArbiterCalls {
-    async fn renew(&self, lease_id: &str, fencing_token: u64) -> Result<Duration, RenewError> {
+    /// A renewal answer that does not convert to a domain [`Lease`] extends
+    /// nothing: it counts as a failed renewal (retried; the checkout stops
+    /// when the lease can no longer be trusted).
+    async fn renew(&self, lease_id: &LeaseId, token: FencingToken) -> Result<Duration, RenewError> {
         let mut req = tonic::Request::new(pb::RenewLeaseRequest {
-            lease_id: lease_id.to_owned(),
-            fencing_token,
+            lease_id: lease_id.to_string(),
+            fencing_token: token.get(),
         });
         req.set_timeout(self.rpc_timeout);
         match self.client.clone().renew_lease(req).await {
-            Ok(resp) => {
-                let lease = resp.into_inner().lease.unwrap_or_default();
-                let ttl = Duration::from_millis(lease.ttl_ms);
-                let left = match lease.remaining_ms {
-                    0 => ttl,
-                    r => Duration::from_millis(r).min(ttl),
-                };
-                Ok(left)
-            }
+            Ok(resp) => match resp.into_inner().lease.map(Lease::try_from) {
+                Some(Ok(renewed)) => Ok(lease::time_left(&renewed)),
+                Some(Err(e)) => Err(RenewError::Unreachable(format!(
+                    "the arbiter's renewal answer cannot be used: {e}"
+                ))),
+                None => Err(RenewError::Unreachable(
+                    "the arbiter's renewal answer holds no lease".into(),
+                )),
+            },
             Err(s) if is_transient(s.code()) => Err(RenewError::Unreachable(describe(&s))),
             Err(s) => Err(RenewError::Refused(describe(&s))),
         }

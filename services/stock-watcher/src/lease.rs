@@ -15,12 +15,11 @@
 use std::{future::Future, pin::pin, time::Duration};
 
 use futures::future::BoxFuture;
-use restock_proto::v1 as pb;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use restock_domain::Tcin;
+use restock_domain::{FencingToken, Lease, LeaseId, Tcin};
 
 use crate::checkout::CheckoutResult;
 
@@ -30,9 +29,9 @@ const MIN_CALL_LIMIT: Duration = Duration::from_millis(50);
 /// A lease as this watcher holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
-    pub lease_id: String,
+    pub lease_id: LeaseId,
     pub tcin: Tcin,
-    pub fencing_token: u64,
+    pub token: FencingToken,
     pub ttl: Duration,
     /// What the arbiter said was left when it made the message.
     pub remaining: Duration,
@@ -41,32 +40,29 @@ pub struct HeldLease {
 }
 
 impl HeldLease {
-    /// Takes a pushed grant apart; the error says what is wrong with it.
-    pub fn from_pb(l: &pb::Lease, received_at: Instant) -> Result<Self, String> {
-        if l.lease_id.is_empty() {
-            return Err("the grant has no lease_id".into());
-        }
-        if l.fencing_token == 0 {
-            return Err(format!("grant {} has fencing token 0", l.lease_id));
-        }
-        if l.ttl_ms == 0 {
-            return Err(format!("grant {} has a TTL of 0", l.lease_id));
-        }
-        let tcin = Tcin::parse(&l.tcin).map_err(|e| format!("grant {}: {e}", l.lease_id))?;
-        let ttl = Duration::from_millis(l.ttl_ms);
-        // remaining_ms 0 is read as "not filled in": the full TTL.
-        let remaining = match l.remaining_ms {
-            0 => ttl,
-            r => Duration::from_millis(r).min(ttl),
-        };
-        Ok(Self {
-            lease_id: l.lease_id.clone(),
-            tcin,
-            fencing_token: l.fencing_token,
-            ttl,
-            remaining,
+    /// A granted lease, received at `received_at`. The conversion from the
+    /// protocol already refused a grant without a lease id, a token or a
+    /// TTL, or with an invalid product id.
+    pub fn new(lease: &Lease, received_at: Instant) -> Self {
+        Self {
+            lease_id: lease.lease_id.clone(),
+            tcin: lease.tcin.clone(),
+            token: lease.token,
+            ttl: lease.ttl,
+            remaining: time_left(lease),
             received_at,
-        })
+        }
+    }
+}
+
+/// What is left of `lease` by the arbiter's message, at most its TTL. Zero
+/// is read as "not filled in": the full TTL (an ended lease is never
+/// granted or renewed, so zero means nothing else here).
+pub fn time_left(lease: &Lease) -> Duration {
+    if lease.remaining.is_zero() {
+        lease.ttl
+    } else {
+        lease.remaining.min(lease.ttl)
     }
 }
 
@@ -101,8 +97,8 @@ pub trait Renewer: Send + Sync {
     /// Extends the lease; answers how long it now has left.
     fn renew(
         &self,
-        lease_id: &str,
-        fencing_token: u64,
+        lease_id: &LeaseId,
+        token: FencingToken,
     ) -> impl Future<Output = Result<Duration, RenewError>> + Send;
 }
 
@@ -210,7 +206,7 @@ where
                 renewal = Some(Box::pin(async move {
                     let answer = match tokio::time::timeout(
                         call_limit,
-                        renewer.renew(&lease.lease_id, lease.fencing_token),
+                        renewer.renew(&lease.lease_id, lease.token),
                     )
                     .await
                     {
@@ -278,7 +274,11 @@ mod tests {
     }
 
     impl Renewer for FakeRenewer {
-        async fn renew(&self, _lease_id: &str, _token: u64) -> Result<Duration, RenewError> {
+        async fn renew(
+            &self,
+            _lease_id: &LeaseId,
+            _token: FencingToken,
+        ) -> Result<Duration, RenewError> {
             self.calls.lock().unwrap().push(Instant::now());
             let next = self.script.lock().unwrap().pop_front();
             let a = next.unwrap_or_else(|| self.last.lock().unwrap().clone());
@@ -298,9 +298,9 @@ mod tests {
 
     fn lease() -> HeldLease {
         HeldLease {
-            lease_id: "lease-1".into(),
+            lease_id: LeaseId::parse("lease-1").unwrap(),
             tcin: Tcin::parse("100").unwrap(),
-            fencing_token: 1,
+            token: FencingToken(1),
             ttl: TTL,
             remaining: TTL,
             received_at: Instant::now(),
@@ -503,24 +503,24 @@ mod tests {
     }
 
     #[test]
-    fn grants_are_checked() {
+    fn a_held_lease_counts_what_the_grant_says_is_left() {
         let now = Instant::now();
-        let good = pb::Lease {
-            lease_id: "lease-1".into(),
-            tcin: "100".into(),
-            watcher_id: "w".into(),
-            fencing_token: 4,
-            ttl_ms: 30_000,
-            remaining_ms: 29_990,
-            ..Default::default()
+        let mut grant = Lease {
+            lease_id: LeaseId::parse("lease-1").unwrap(),
+            tcin: Tcin::parse("100").unwrap(),
+            watcher_id: restock_domain::WatcherId::parse("w").unwrap(),
+            token: FencingToken(4),
+            ttl: Duration::from_secs(30),
+            granted_at_unix_ms: 0,
+            expires_at_unix_ms: 0,
+            remaining: Duration::from_millis(29_990),
         };
-        let l = HeldLease::from_pb(&good, now).unwrap();
+        let l = HeldLease::new(&grant, now);
         assert_eq!(l.remaining, Duration::from_millis(29_990));
-        let mut bad = good.clone();
-        bad.fencing_token = 0;
-        assert!(HeldLease::from_pb(&bad, now).is_err());
-        let mut bad = good;
-        bad.ttl_ms = 0;
-        assert!(HeldLease::from_pb(&bad, now).is_err());
+        assert_eq!((l.token, l.received_at), (FencingToken(4), now));
+        grant.remaining = Duration::ZERO;
+        assert_eq!(time_left(&grant), grant.ttl, "not filled in: the TTL");
+        grant.remaining = Duration::from_secs(99);
+        assert_eq!(time_left(&grant), grant.ttl, "never more than the TTL");
     }
 }

@@ -150,10 +150,10 @@ pub async fn run(
 
     let status = StatusService {
         state: state.clone(),
-        watcher_id: settings.watcher_id.to_string(),
+        watcher_id: settings.watcher_id.clone(),
         arbiter: arbiter_url.clone(),
         source: source.describe(),
-        checkout_kind: settings.checkout_kind().as_str().to_owned(),
+        checkout_kind: settings.checkout_kind(),
     };
     let (health, support) = support_routes(
         stock_watcher_server::SERVICE_NAME,

@@ -16,19 +16,18 @@ use std::{
     time::Duration,
 };
 
-use restock_proto::v1 as pb;
 use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
-use restock_domain::WatcherId;
+use restock_domain::{FencingToken, Lease, LeaseId, Outcome, WatcherId};
 
 use crate::{
     arbiter::{ArbiterCalls, ReleaseAnswer},
     checkout::{Checkout, CheckoutJob, CheckoutOutcome},
     lease::{self, EndedBy, HeldLease},
     poller::CatalogWatch,
-    state::{SharedState, unix_ms},
+    state::{CheckoutRecord, SharedState, unix_ms},
 };
 
 /// Longest time spent releasing after a shutdown signal.
@@ -36,9 +35,18 @@ const SHUTDOWN_RELEASE_LIMIT: Duration = Duration::from_secs(3);
 /// Tries of a release, however short the lease.
 const MIN_RELEASE_ATTEMPTS: u32 = 3;
 
+/// The arbiter took a lease back (it expired, or an operator ended it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub lease_id: LeaseId,
+    /// As the arbiter sent it (0 when it did not say); for logs only.
+    pub token: FencingToken,
+    pub reason: String,
+}
+
 struct Active {
-    lease_id: String,
-    fencing_token: u64,
+    lease_id: LeaseId,
+    token: FencingToken,
     revoke: Option<oneshot::Sender<String>>,
 }
 
@@ -101,22 +109,16 @@ impl CheckoutRunner {
     }
 
     /// A grant arrived on the stream (at `received_at`, local clock).
-    pub fn on_grant(&self, grant: pb::Lease, received_at: Instant) {
-        let held = match HeldLease::from_pb(&grant, received_at) {
-            Ok(h) => h,
-            Err(e) => {
-                error!(error = %e, "the arbiter pushed a grant that cannot be used; ignored");
-                return;
-            }
-        };
-        if grant.watcher_id != self.inner.watcher_id.as_str() {
+    pub fn on_grant(&self, grant: Lease, received_at: Instant) {
+        if grant.watcher_id != self.inner.watcher_id {
             error!(
-                lease_id = %held.lease_id,
+                lease_id = %grant.lease_id,
                 grant_watcher_id = %grant.watcher_id,
                 "the arbiter pushed a grant for another watcher; ignored"
             );
             return;
         }
+        let held = HeldLease::new(&grant, received_at);
         let mut active = self.active();
         if let Some(running) = active.as_ref() {
             if running.lease_id == held.lease_id {
@@ -125,10 +127,10 @@ impl CheckoutRunner {
             }
             error!(
                 running_lease_id = %running.lease_id,
-                running_fencing_token = running.fencing_token,
+                running_fencing_token = running.token.get(),
                 lease_id = %held.lease_id,
                 tcin = %held.tcin,
-                fencing_token = held.fencing_token,
+                fencing_token = held.token.get(),
                 "protocol violation: a grant arrived while a checkout runs; releasing the new lease ABORTED"
             );
             let detail = format!(
@@ -146,14 +148,14 @@ impl CheckoutRunner {
         let (revoke_tx, revoke_rx) = oneshot::channel();
         *active = Some(Active {
             lease_id: held.lease_id.clone(),
-            fencing_token: held.fencing_token,
+            token: held.token,
             revoke: Some(revoke_tx),
         });
         drop(active);
-        self.inner.state.lock().checkout = Some(pb::CheckoutStatus {
-            tcin: held.tcin.to_string(),
+        self.inner.state.lock().checkout = Some(CheckoutRecord {
+            tcin: held.tcin.clone(),
             lease_id: held.lease_id.clone(),
-            fencing_token: held.fencing_token,
+            token: held.token,
             started_at_unix_ms: unix_ms(),
             renewals: 0,
         });
@@ -164,13 +166,13 @@ impl CheckoutRunner {
     }
 
     /// The arbiter revoked a lease this watcher held: stop its checkout now.
-    pub fn on_revoked(&self, revoked: pb::LeaseRevoked) {
+    pub fn on_revoked(&self, revoked: Revocation) {
         let mut active = self.active();
         match active.as_mut() {
             Some(a) if a.lease_id == revoked.lease_id => {
                 warn!(
                     lease_id = %revoked.lease_id,
-                    fencing_token = revoked.fencing_token,
+                    fencing_token = revoked.token.get(),
                     reason = %revoked.reason,
                     "the arbiter revoked the lease: stopping the checkout"
                 );
@@ -225,7 +227,7 @@ impl CheckoutRunner {
                 .calls
                 .release(
                     &held,
-                    CheckoutOutcome::Aborted,
+                    Outcome::Aborted,
                     &detail,
                     until,
                     MIN_RELEASE_ATTEMPTS,
@@ -244,14 +246,14 @@ impl CheckoutRunner {
         let job = CheckoutJob {
             tcin: held.tcin.clone(),
             lease_id: held.lease_id.clone(),
-            fencing_token: held.fencing_token,
+            fencing_token: held.token,
             watcher_id: inner.watcher_id.clone(),
             test_mode,
         };
         info!(
             tcin = %held.tcin,
             lease_id = %held.lease_id,
-            fencing_token = held.fencing_token,
+            fencing_token = held.token.get(),
             ttl_ms = held.ttl.as_millis() as u64,
             test_mode,
             "grant received: starting the checkout"
@@ -310,7 +312,7 @@ impl CheckoutRunner {
         info!(
             tcin = %held.tcin,
             lease_id = %held.lease_id,
-            fencing_token = held.fencing_token,
+            fencing_token = held.token.get(),
             outcome = outcome.as_str(),
             ended_by = ?kept.ended_by,
             renewals = kept.renewals,
@@ -337,7 +339,7 @@ impl CheckoutRunner {
         }
         let answer = inner
             .calls
-            .release(&held, outcome, &detail, until, MIN_RELEASE_ATTEMPTS)
+            .release(&held, outcome.into(), &detail, until, MIN_RELEASE_ATTEMPTS)
             .await;
         if outcome == CheckoutOutcome::Purchased
             && !matches!(answer, ReleaseAnswer::Accepted { .. })

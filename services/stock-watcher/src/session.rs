@@ -9,6 +9,11 @@
 //! arbiter drops sightings that are not repeated within the TTL). Grants and
 //! revocations pushed by the arbiter go to the checkout runner, which keeps
 //! going over unary calls while the stream is down.
+//!
+//! This is the stream's edge: the arbiter's catalogs, grants and revocations
+//! become domain values here (through `restock-proto`'s conversions), and
+//! reports are built here from the stock book's observations. Nothing past
+//! it sees a protocol message.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,13 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming, transport::Endpoint};
 use tracing::{error, info, warn};
 
-use restock_domain::{Catalog, Tcin, WatcherId};
+use restock_domain::{Catalog, FencingToken, Lease, LeaseId, Tcin, WatcherId};
 use restock_proto::ConvertError;
 use restock_runtime::{backoff::Backoff, error::Chain};
 
 use crate::{
     book::ReportContent,
-    runner::CheckoutRunner,
+    runner::{CheckoutRunner, Revocation},
     state::{SharedState, unix_ms},
 };
 
@@ -227,12 +232,38 @@ impl Session {
     fn handle(&self, m: pb::ArbiterMessage) -> Result<Option<Duration>, StreamError> {
         Ok(match m.kind {
             Some(Kind::Catalog(c)) => Some(self.take_catalog(c)?),
-            Some(Kind::Grant(lease)) => {
-                self.runner.on_grant(lease, Instant::now());
+            Some(Kind::Grant(grant)) => {
+                let received_at = Instant::now();
+                let lease_id = grant.lease_id.clone();
+                match Lease::try_from(grant) {
+                    Ok(lease) => self.runner.on_grant(lease, received_at),
+                    // Nothing runs without a lease this watcher can name and
+                    // time. It is not released either (it may not even
+                    // have a usable id): the arbiter expires it after its
+                    // TTL, as for a watcher that went away.
+                    Err(e) => error!(
+                        lease_id = %lease_id,
+                        error = %Chain(&e),
+                        "the arbiter pushed a grant that cannot be used; ignored"
+                    ),
+                }
                 None
             }
             Some(Kind::Revoked(r)) => {
-                self.runner.on_revoked(r);
+                match LeaseId::parse(&r.lease_id) {
+                    Ok(lease_id) => self.runner.on_revoked(Revocation {
+                        lease_id,
+                        token: FencingToken(r.fencing_token),
+                        reason: r.reason,
+                    }),
+                    // No checkout runs under a lease id that is not valid.
+                    Err(e) => info!(
+                        lease_id = %r.lease_id,
+                        reason = %r.reason,
+                        error = %Chain(&e),
+                        "the arbiter revoked a lease that has no running checkout here"
+                    ),
+                }
                 None
             }
             None => {

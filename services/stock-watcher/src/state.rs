@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use restock_proto::v1 as pb;
+use restock_domain::{FencingToken, LeaseId, Tcin};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::book::StockBook;
@@ -32,9 +32,20 @@ pub struct Inner {
     pub reconnects: u64,
     /// The source asked us to pause until then.
     pub backoff_until: Option<Instant>,
-    pub checkout: Option<pb::CheckoutStatus>,
+    pub checkout: Option<CheckoutRecord>,
     pub checkouts_purchased: u64,
     pub checkouts_failed: u64,
+}
+
+/// The checkout in progress, as the status call shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutRecord {
+    pub tcin: Tcin,
+    pub lease_id: LeaseId,
+    pub token: FencingToken,
+    pub started_at_unix_ms: u64,
+    /// Successful renewals so far.
+    pub renewals: u64,
 }
 
 /// See the module documentation.

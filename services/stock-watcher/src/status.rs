@@ -1,22 +1,27 @@
 //! The `restock.v1.StockWatcher` gRPC service: this watcher's arbiter link,
 //! the last poll of every product, the source's back-off and the checkout in
-//! progress, read from the shared state.
+//! progress, read from the shared state. The state holds domain values; this
+//! is where they become the protocol's.
 
-use restock_domain::Price;
+use restock_domain::{Price, WatcherId};
 use restock_proto::v1::{self as pb, stock_watcher_server::StockWatcher};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::{book::ProductPoll, state::SharedState};
+use crate::{
+    book::ProductPoll,
+    config::CheckoutKind,
+    state::{CheckoutRecord, SharedState},
+};
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct StatusService {
     pub state: SharedState,
-    pub watcher_id: String,
+    pub watcher_id: WatcherId,
     pub arbiter: String,
     pub source: String,
-    pub checkout_kind: String,
+    pub checkout_kind: CheckoutKind,
 }
 
 impl StatusService {
@@ -25,7 +30,7 @@ impl StatusService {
         let backoff_remaining_ms = self.state.backoff_remaining(Instant::now()).as_millis() as u64;
         let st = self.state.lock();
         pb::GetWatcherStatusResponse {
-            watcher_id: self.watcher_id.clone(),
+            watcher_id: self.watcher_id.to_string(),
             arbiter: self.arbiter.clone(),
             arbiter_connected: st.arbiter_connected,
             arbiter_connected_since_unix_ms: if st.arbiter_connected {
@@ -37,10 +42,10 @@ impl StatusService {
             source: self.source.clone(),
             backoff_remaining_ms,
             products: st.book.poll_statuses().iter().map(poll_status).collect(),
-            checkout: st.checkout.clone(),
+            checkout: st.checkout.as_ref().map(checkout_status),
             checkouts_purchased: st.checkouts_purchased,
             checkouts_failed: st.checkouts_failed,
-            checkout_kind: self.checkout_kind.clone(),
+            checkout_kind: self.checkout_kind.as_str().to_owned(),
         }
     }
 }
@@ -54,6 +59,16 @@ fn poll_status(p: &ProductPoll) -> pb::PollStatus {
         last_error: p.last_error.clone(),
         polls: p.polls,
         errors: p.errors,
+    }
+}
+
+fn checkout_status(c: &CheckoutRecord) -> pb::CheckoutStatus {
+    pb::CheckoutStatus {
+        tcin: c.tcin.to_string(),
+        lease_id: c.lease_id.to_string(),
+        fencing_token: c.token.get(),
+        started_at_unix_ms: c.started_at_unix_ms,
+        renewals: c.renewals,
     }
 }
 

@@ -44,7 +44,7 @@ impl CommandCheckout {
             .arg(&self.command)
             .env("RESTOCK_TCIN", job.tcin.as_str())
             .env("RESTOCK_FENCING_TOKEN", job.fencing_token.to_string())
-            .env("RESTOCK_LEASE_ID", &job.lease_id)
+            .env("RESTOCK_LEASE_ID", job.lease_id.as_str())
             .env("RESTOCK_WATCHER_ID", job.watcher_id.as_str())
             .env(
                 "RESTOCK_TEST_MODE",
@@ -68,7 +68,7 @@ impl CommandCheckout {
             }
         };
         let pid = child.id();
-        info!(pid, tcin = %job.tcin, fencing_token = job.fencing_token, "checkout command started");
+        info!(pid, tcin = %job.tcin, fencing_token = job.fencing_token.get(), "checkout command started");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -187,13 +187,13 @@ async fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use restock_domain::{Tcin, WatcherId};
+    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
 
     fn job() -> CheckoutJob {
         CheckoutJob {
             tcin: Tcin::parse("100").unwrap(),
-            lease_id: "lease-7-x".into(),
-            fencing_token: 7,
+            lease_id: LeaseId::parse("lease-7-x").unwrap(),
+            fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),
             test_mode: true,
         }

@@ -49,8 +49,8 @@ impl HttpCheckout {
     pub async fn run(&self, job: &CheckoutJob, cancel: &CancellationToken) -> CheckoutResult {
         let body = CheckoutRequest {
             tcin: job.tcin.as_str(),
-            fencing_token: job.fencing_token,
-            lease_id: &job.lease_id,
+            fencing_token: job.fencing_token.get(),
+            lease_id: job.lease_id.as_str(),
             watcher_id: job.watcher_id.as_str(),
             test_mode: job.test_mode,
         };
@@ -126,7 +126,7 @@ mod tests {
     use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 
     use super::*;
-    use restock_domain::{Tcin, WatcherId};
+    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
 
     #[test]
     fn answers_map_to_outcomes() {
@@ -153,8 +153,8 @@ mod tests {
     fn job(test_mode: bool) -> CheckoutJob {
         CheckoutJob {
             tcin: Tcin::parse("100").unwrap(),
-            lease_id: "lease-7-x".into(),
-            fencing_token: 7,
+            lease_id: LeaseId::parse("lease-7-x").unwrap(),
+            fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),
             test_mode,
         }

@@ -11,10 +11,9 @@
 pub mod command;
 pub mod http;
 
-use restock_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use restock_domain::{Tcin, WatcherId};
+use restock_domain::{FencingToken, LeaseId, Outcome, Tcin, WatcherId};
 
 pub use command::CommandCheckout;
 pub use http::HttpCheckout;
@@ -26,15 +25,16 @@ pub const MAX_DETAIL: usize = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutJob {
     pub tcin: Tcin,
-    pub lease_id: String,
-    pub fencing_token: u64,
+    pub lease_id: LeaseId,
+    pub fencing_token: FencingToken,
     pub watcher_id: WatcherId,
     /// The simulator voids the order (the cart is emptied) so the cycle can
     /// repeat forever.
     pub test_mode: bool,
 }
 
-/// How a checkout ended.
+/// How a checkout ended: the holder's share of the domain's [`Outcome`]
+/// (a checkout never ends `Expired`, which only the arbiter decides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckoutOutcome {
     Purchased,
@@ -45,21 +45,18 @@ pub enum CheckoutOutcome {
 }
 
 impl CheckoutOutcome {
-    pub fn to_pb(self) -> pb::Outcome {
-        match self {
-            Self::Purchased => pb::Outcome::Purchased,
-            Self::OutOfStock => pb::Outcome::OutOfStock,
-            Self::Failed => pb::Outcome::Failed,
-            Self::Aborted => pb::Outcome::Aborted,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Purchased => "purchased",
-            Self::OutOfStock => "out_of_stock",
-            Self::Failed => "failed",
-            Self::Aborted => "aborted",
+        Outcome::from(self).as_str()
+    }
+}
+
+impl From<CheckoutOutcome> for Outcome {
+    fn from(o: CheckoutOutcome) -> Self {
+        match o {
+            CheckoutOutcome::Purchased => Self::Purchased,
+            CheckoutOutcome::OutOfStock => Self::OutOfStock,
+            CheckoutOutcome::Failed => Self::Failed,
+            CheckoutOutcome::Aborted => Self::Aborted,
         }
     }
 }
