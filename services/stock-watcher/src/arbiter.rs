@@ -4,10 +4,16 @@
 //! domain values (lease ids, fencing tokens, outcomes); the requests and
 //! answers are built and read here only.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
-use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
-use restock_runtime::auth::SendToken;
+use restock_proto::{
+    ConvertError,
+    v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient},
+};
+use restock_runtime::{
+    auth::SendToken,
+    error::{Chain, status_text},
+};
 use tokio::time::Instant;
 use tonic::{
     Code, Status,
@@ -55,15 +61,74 @@ pub fn is_transient(code: Code) -> bool {
     )
 }
 
+/// A call to the arbiter that failed: its answer, or the transport's when
+/// the arbiter was not reached. Shown as `Code: message`; its cause is the
+/// status's own (tonic puts "transport error" in the message and the reason,
+/// "connection refused" say, in the source), so a [`Chain`] shows both.
+#[derive(Debug, Clone)]
+pub struct CallError(Status);
+
+impl CallError {
+    pub fn code(&self) -> Code {
+        self.0.code()
+    }
+
+    pub fn message(&self) -> &str {
+        self.0.message()
+    }
+
+    /// Is it worth retrying (the arbiter was not reached, or is busy)?
+    pub fn is_transient(&self) -> bool {
+        is_transient(self.code())
+    }
+}
+
+impl From<Status> for CallError {
+    fn from(s: Status) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
+/// A renewal answer the watcher cannot use.
+#[derive(Debug, thiserror::Error)]
+enum BadRenewal {
+    #[error("the arbiter's renewal answer holds no lease")]
+    NoLease,
+    #[error("the arbiter's renewal answer cannot be used: {0}")]
+    Lease(#[source] ConvertError),
+}
+
 /// How a release ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ReleaseAnswer {
     /// Accepted (`released` is false for a harmless repeat).
     Accepted { released: bool },
     /// The arbiter already moved on (the lease ended or is unknown).
-    Refused(String),
+    Refused(CallError),
     /// The arbiter could not be reached in time.
-    GaveUp(String),
+    GaveUp(CallError),
+}
+
+impl fmt::Display for ReleaseAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Accepted { released } => write!(f, "accepted (released: {released})"),
+            Self::Refused(e) => write!(f, "refused: {}", Chain(e)),
+            Self::GaveUp(e) => write!(f, "gave up: {}", Chain(e)),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -118,19 +183,19 @@ impl ArbiterCalls {
                         released: r.released,
                     };
                 }
-                Err(s) => s,
+                Err(s) => CallError::from(s),
             };
-            if !is_transient(status.code()) {
+            if !status.is_transient() {
                 warn!(
                     lease_id = %lease.lease_id,
                     tcin = %lease.tcin,
                     fencing_token = lease.token.get(),
                     outcome = outcome.as_str(),
                     code = ?status.code(),
-                    error = %status.message(),
+                    error = %status_text(&status.0),
                     "the arbiter refused the release: it has already moved on"
                 );
-                return ReleaseAnswer::Refused(describe(&status));
+                return ReleaseAnswer::Refused(status);
             }
             if Instant::now() >= retry_until && attempt >= min_attempts {
                 warn!(
@@ -138,15 +203,15 @@ impl ArbiterCalls {
                     tcin = %lease.tcin,
                     outcome = outcome.as_str(),
                     attempts = attempt,
-                    error = %describe(&status),
+                    error = %Chain(&status),
                     "giving up releasing the lease: the arbiter cannot be reached (it expires the lease by itself)"
                 );
-                return ReleaseAnswer::GaveUp(describe(&status));
+                return ReleaseAnswer::GaveUp(status);
             }
             warn!(
                 lease_id = %lease.lease_id,
                 attempt,
-                error = %describe(&status),
+                error = %Chain(&status),
                 "releasing the lease failed; retrying"
             );
             tokio::time::sleep(pause).await;
@@ -168,19 +233,17 @@ impl Renewer for ArbiterCalls {
         match self.client.clone().renew_lease(req).await {
             Ok(resp) => match resp.into_inner().lease.map(Lease::try_from) {
                 Some(Ok(renewed)) => Ok(lease::time_left(&renewed)),
-                Some(Err(e)) => Err(RenewError::Unreachable(format!(
-                    "the arbiter's renewal answer cannot be used: {e}"
-                ))),
-                None => Err(RenewError::Unreachable(
-                    "the arbiter's renewal answer holds no lease".into(),
-                )),
+                Some(Err(e)) => Err(RenewError::Unreachable(Box::new(BadRenewal::Lease(e)))),
+                None => Err(RenewError::Unreachable(Box::new(BadRenewal::NoLease))),
             },
-            Err(s) if is_transient(s.code()) => Err(RenewError::Unreachable(describe(&s))),
-            Err(s) => Err(RenewError::Refused(describe(&s))),
+            Err(s) => {
+                let e = CallError::from(s);
+                if e.is_transient() {
+                    Err(RenewError::Unreachable(Box::new(e)))
+                } else {
+                    Err(RenewError::Refused(Box::new(e)))
+                }
+            }
         }
     }
-}
-
-fn describe(s: &Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
 }

@@ -1,10 +1,10 @@
 //! Command-line flags, each with an environment variable, their defaults, and
 //! the checks that turn them into settings the watcher can trust.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use restock_domain::{Tcin, WatcherId, duration::parse_duration};
+use restock_domain::{IdError, Tcin, WatcherId, duration::parse_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
     auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs},
@@ -215,21 +215,62 @@ pub struct Settings {
     pub reconnect_max: Duration,
 }
 
+/// Why a URL did not parse (the `url` crate's error, named through reqwest,
+/// which re-exports `Url` but not its error type).
+pub type UrlError = <reqwest::Url as FromStr>::Err;
+
+/// Shortest accepted duration of the flags [`ConfigError::TooShort`] checks.
+const MIN_DURATION: Duration = Duration::from_millis(10);
+
+/// A flag's value the watcher cannot use. Every message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--watcher-id: {0}")]
+    WatcherId(#[source] IdError),
+    #[error("--arbiter {value:?} is not a URL: {source}")]
+    ArbiterUrl { value: String, source: UrlError },
+    #[error("--arbiter {0:?} must start with http:// or https://")]
+    ArbiterScheme(String),
+    #[error("--products: {0}")]
+    Products(#[source] IdError),
+    #[error("{flag} {value:?} is too short; at least 10ms")]
+    TooShort { flag: &'static str, value: Duration },
+    #[error("{max_flag} {max:?} is below {initial_flag} {initial:?}")]
+    MaxBelowInitial {
+        max_flag: &'static str,
+        max: Duration,
+        initial_flag: &'static str,
+        initial: Duration,
+    },
+    #[error("--max-in-flight must be at least 1")]
+    NoneInFlight,
+    #[error("--source-url {value:?} is not a URL: {source}")]
+    SourceUrl { value: String, source: UrlError },
+    #[error("--api-key is empty")]
+    EmptyApiKey,
+    #[error("--checkout http needs --checkout-url (RESTOCK_CHECKOUT_URL)")]
+    NoCheckoutUrl,
+    #[error("--checkout-url {value:?} is not a URL: {source}")]
+    CheckoutUrl { value: String, source: UrlError },
+    #[error("--checkout command needs --checkout-command (RESTOCK_CHECKOUT_COMMAND)")]
+    NoCheckoutCommand,
+}
+
 impl WatcherConfig {
     /// Checks every value and resolves defaults (the host name). The error
     /// names the flag.
-    pub fn settings(&self) -> Result<Settings, String> {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
         let watcher_id = match &self.watcher_id {
-            Some(id) => WatcherId::parse(id.trim()).map_err(|e| format!("--watcher-id: {e}"))?,
+            Some(id) => WatcherId::parse(id.trim()).map_err(ConfigError::WatcherId)?,
             None => default_watcher_id(),
         };
         let arbiter = self.arbiter.trim().to_owned();
-        let parsed = reqwest::Url::parse(&arbiter)
-            .map_err(|e| format!("--arbiter {arbiter:?} is not a URL: {e}"))?;
+        let parsed = reqwest::Url::parse(&arbiter).map_err(|source| ConfigError::ArbiterUrl {
+            value: arbiter.clone(),
+            source,
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
-                "--arbiter {arbiter:?} must start with http:// or https://"
-            ));
+            return Err(ConfigError::ArbiterScheme(arbiter));
         }
         let mut products = Vec::new();
         for p in self
@@ -238,13 +279,12 @@ impl WatcherConfig {
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
         {
-            let t = Tcin::parse(p).map_err(|e| format!("--products: {e}"))?;
+            let t = Tcin::parse(p).map_err(ConfigError::Products)?;
             if !products.contains(&t) {
                 products.push(t);
             }
         }
-        let min = Duration::from_millis(10);
-        for (flag, d) in [
+        for (flag, value) in [
             ("--poll-interval", self.poll_interval),
             ("--request-timeout", self.request_timeout),
             ("--source-backoff-initial", self.source_backoff_initial),
@@ -252,29 +292,37 @@ impl WatcherConfig {
             ("--rpc-timeout", self.rpc_timeout),
             ("--reconnect-initial", self.reconnect_initial),
         ] {
-            if d < min {
-                return Err(format!("{flag} {d:?} is too short; at least 10ms"));
+            if value < MIN_DURATION {
+                return Err(ConfigError::TooShort { flag, value });
             }
         }
         if self.source_backoff_max < self.source_backoff_initial {
-            return Err(format!(
-                "--source-backoff-max {:?} is below --source-backoff-initial {:?}",
-                self.source_backoff_max, self.source_backoff_initial
-            ));
+            return Err(ConfigError::MaxBelowInitial {
+                max_flag: "--source-backoff-max",
+                max: self.source_backoff_max,
+                initial_flag: "--source-backoff-initial",
+                initial: self.source_backoff_initial,
+            });
         }
         if self.reconnect_max < self.reconnect_initial {
-            return Err(format!(
-                "--reconnect-max {:?} is below --reconnect-initial {:?}",
-                self.reconnect_max, self.reconnect_initial
-            ));
+            return Err(ConfigError::MaxBelowInitial {
+                max_flag: "--reconnect-max",
+                max: self.reconnect_max,
+                initial_flag: "--reconnect-initial",
+                initial: self.reconnect_initial,
+            });
         }
         if self.max_in_flight == 0 {
-            return Err("--max-in-flight must be at least 1".into());
+            return Err(ConfigError::NoneInFlight);
         }
-        let source_url = reqwest::Url::parse(self.source_url.trim())
-            .map_err(|e| format!("--source-url {:?} is not a URL: {e}", self.source_url))?;
+        let source_url = reqwest::Url::parse(self.source_url.trim()).map_err(|source| {
+            ConfigError::SourceUrl {
+                value: self.source_url.clone(),
+                source,
+            }
+        })?;
         if self.api_key.trim().is_empty() {
-            return Err("--api-key is empty".into());
+            return Err(ConfigError::EmptyApiKey);
         }
         let checkout = match self.checkout {
             CheckoutKind::Http => {
@@ -283,9 +331,11 @@ impl WatcherConfig {
                     .as_deref()
                     .map(str::trim)
                     .filter(|u| !u.is_empty())
-                    .ok_or("--checkout http needs --checkout-url (RESTOCK_CHECKOUT_URL)")?;
-                let url = reqwest::Url::parse(url)
-                    .map_err(|e| format!("--checkout-url {url:?} is not a URL: {e}"))?;
+                    .ok_or(ConfigError::NoCheckoutUrl)?;
+                let url = reqwest::Url::parse(url).map_err(|source| ConfigError::CheckoutUrl {
+                    value: url.to_owned(),
+                    source,
+                })?;
                 CheckoutSettings::Http { url }
             }
             CheckoutKind::Command => {
@@ -293,9 +343,7 @@ impl WatcherConfig {
                     .checkout_command
                     .as_deref()
                     .filter(|c| !c.trim().is_empty())
-                    .ok_or(
-                        "--checkout command needs --checkout-command (RESTOCK_CHECKOUT_COMMAND)",
-                    )?;
+                    .ok_or(ConfigError::NoCheckoutCommand)?;
                 CheckoutSettings::Command {
                     command: command.to_owned(),
                 }
@@ -359,6 +407,7 @@ mod tests {
         WatcherConfig::try_parse_from(all)
             .map_err(|e| e.to_string())?
             .settings()
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -424,6 +473,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(5));
         assert!(with(&["--poll-interval", "soon"]).contains("--poll-interval"));
+    }
+
+    #[test]
+    fn a_refused_value_keeps_its_cause() {
+        let e = WatcherConfig::try_parse_from(["stock-watcher", "--arbiter", "http://[::1"])
+            .unwrap()
+            .settings()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::ArbiterUrl { .. }), "{e:?}");
+        let cause = std::error::Error::source(&e).expect("the URL error");
+        assert!(e.to_string().ends_with(&cause.to_string()), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use restock_domain::{FencingToken, Lease, LeaseId, Tcin};
+use restock_runtime::error::{Chain, chain_text};
 
 use crate::checkout::CheckoutResult;
 
@@ -81,15 +82,23 @@ pub fn renew_retry(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-/// Why a renewal did not extend the lease.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What a [`RenewError`] holds: the [`Renewer`]'s own error, kept whole (the
+/// keeper needs no more than its text, and stays free of transport types).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a renewal did not extend the lease. Shown as its cause alone: the
+/// keeper's log lines and release details say it was a renewal.
+#[derive(Debug, thiserror::Error)]
 pub enum RenewError {
     /// The arbiter says this lease is not (or no longer) the current one.
-    #[error("renewal refused: {0}")]
-    Refused(String),
-    /// No answer (arbiter down, frozen or unreachable): try again.
-    #[error("renewal failed: {0}")]
-    Unreachable(String),
+    #[error("{0}")]
+    Refused(#[source] Cause),
+    /// No usable answer (arbiter down, frozen or unreachable): try again.
+    #[error("{0}")]
+    Unreachable(#[source] Cause),
+    /// The call took longer than its time limit: the same as unreachable.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
 }
 
 /// Renews leases at the arbiter.
@@ -187,14 +196,14 @@ where
                         next_renew = sent_at + renew_every(ttl);
                         debug!(lease_id = %lease.lease_id, renewals, "lease renewed");
                     }
-                    Err(RenewError::Refused(why)) => break EndedBy::RenewRefused(why),
-                    Err(RenewError::Unreachable(why)) => {
+                    Err(e @ RenewError::Refused(_)) => break EndedBy::RenewRefused(chain_text(&e)),
+                    Err(e @ (RenewError::Unreachable(_) | RenewError::NoAnswer(_))) => {
                         let now = Instant::now();
                         next_renew = now + renew_retry(ttl);
                         warn!(
                             lease_id = %lease.lease_id,
                             tcin = %lease.tcin,
-                            error = %why,
+                            error = %Chain(&e),
                             trusted_ms_left = trusted_until.saturating_duration_since(now).as_millis() as u64,
                             "renewing the lease failed; retrying, and the checkout stops if the lease cannot be trusted any longer"
                         );
@@ -211,7 +220,7 @@ where
                     .await
                     {
                         Ok(a) => a,
-                        Err(_) => Err(RenewError::Unreachable(format!("no answer within {call_limit:?}"))),
+                        Err(_) => Err(RenewError::NoAnswer(call_limit)),
                     };
                     (sent_at, answer)
                 }));
@@ -446,7 +455,11 @@ mod tests {
             None,
         )
         .await;
-        assert!(matches!(r.kept.ended_by, EndedBy::RenewRefused(_)));
+        assert_eq!(
+            r.kept.ended_by,
+            EndedBy::RenewRefused("lease already ended: expired".into()),
+            "the arbiter's reason, as it gave it"
+        );
         assert!(!r.kept.ended_by.may_release());
         let stopped = secs(r.start, r.stopped_at.unwrap());
         assert!((stopped - 2.005).abs() < 0.01, "stopped at {stopped}");

@@ -44,7 +44,7 @@ use std::{future::Future, sync::Arc};
 
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
 use restock_runtime::auth::{AuthPolicy, SendToken};
-use restock_runtime::{announce::ListenError, grpc::support_routes};
+use restock_runtime::{announce::ListenError, error::Chain, grpc::support_routes};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -68,20 +68,39 @@ use crate::{
 /// Why the watcher could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The TLS flags of this watcher's own server (the message, from
+    /// `restock-runtime`, names the flag and the file).
     #[error("{0}")]
-    Config(String),
+    ServerTls(String),
+    /// The TLS flags towards the arbiter (named as above).
+    #[error("{0}")]
+    ArbiterTls(String),
+    /// The shared token's file or variable (named as above).
+    #[error("{0}")]
+    Token(String),
+    #[error("TLS {describe} cannot be used: {source}")]
+    TlsConfig {
+        describe: String,
+        source: tonic::transport::Error,
+    },
     #[error("stock source: {0}")]
-    Source(#[from] source::SourceError),
+    Source(#[from] source::target::SetupError),
     #[error("checkout HTTP client: {0}")]
     CheckoutClient(#[from] reqwest::Error),
     #[error("arbiter URL: {0}")]
-    ArbiterUrl(#[from] tonic::transport::Error),
+    ArbiterUrl(#[source] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("gRPC server failed: {0}")]
-    Serve(String),
+    Serve(#[source] tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
+    #[error("gRPC server failed: the gRPC server stopped")]
+    ServerStopped,
 }
 
 /// Runs the watcher until `shutdown` completes: then it stops polling,
@@ -92,15 +111,15 @@ pub async fn run(
     config: WatcherConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let settings = config.settings().map_err(StartError::Config)?;
+    let settings = config.settings()?;
     // TLS files and the token are read first, so a bad one stops start-up
     // with a message naming it.
-    let tls = config.tls.load().map_err(StartError::Config)?;
+    let tls = config.tls.load().map_err(StartError::ServerTls)?;
     let (arbiter_url, arbiter_tls) = config
         .arbiter_tls
         .load(&settings.arbiter)
-        .map_err(StartError::Config)?;
-    let token = config.token.load().map_err(StartError::Config)?;
+        .map_err(StartError::ArbiterTls)?;
+    let token = config.token.load().map_err(StartError::Token)?;
     let send_token = SendToken::new(token.as_ref());
     let open = if config.public_status {
         vec![format!(
@@ -115,7 +134,10 @@ pub async fn run(
     if let Some(tls) = &tls {
         server = server
             .tls_config(tls.config.clone())
-            .map_err(|e| StartError::Config(format!("TLS {} cannot be used: {e}", tls.describe)))?;
+            .map_err(|source| StartError::TlsConfig {
+                describe: tls.describe.clone(),
+                source,
+            })?;
     }
     let source = match settings.source {
         SourceKind::Target => Arc::new(TargetSource::new(TargetSettings {
@@ -135,7 +157,8 @@ pub async fn run(
             settings.checkout_timeout,
         )),
     };
-    let endpoint = arbiter::endpoint(&arbiter_url, arbiter_tls.clone())?;
+    let endpoint =
+        arbiter::endpoint(&arbiter_url, arbiter_tls.clone()).map_err(StartError::ArbiterUrl)?;
     let calls = ArbiterCalls::new(&endpoint, send_token.clone(), settings.rpc_timeout);
     let state = SharedState::new();
     let (catalog_tx, catalog_rx) = watch::channel(None);
@@ -225,11 +248,11 @@ pub async fn run(
         () = shutdown => info!("shutting down: stopping polls and any checkout"),
         served = &mut server => {
             let why = match served {
-                Ok(Ok(())) => "the gRPC server stopped".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
+                Ok(Ok(())) => StartError::ServerStopped,
+                Ok(Err(e)) => StartError::Serve(e),
+                Err(e) => StartError::ServerTask(e),
             };
-            error!(error = %why, "gRPC server failed; stopping");
+            error!(error = %Chain(&why), "gRPC server failed; stopping");
             failed = Some(why);
         }
     }
@@ -248,13 +271,13 @@ pub async fn run(
     if failed.is_none() {
         match server.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed = Some(e.to_string()),
-            Err(e) => failed = Some(e.to_string()),
+            Ok(Err(e)) => failed = Some(StartError::Serve(e)),
+            Err(e) => failed = Some(StartError::ServerTask(e)),
         }
     }
     info!("stock watcher stopped");
     match failed {
         None => Ok(()),
-        Some(why) => Err(StartError::Serve(why)),
+        Some(why) => Err(why),
     }
 }

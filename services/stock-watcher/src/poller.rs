@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use restock_domain::{Catalog, ProductSpec, Tcin};
-use restock_runtime::backoff::{Backoff, jitter_below};
+use restock_runtime::{
+    backoff::{Backoff, jitter_below},
+    error::Chain,
+};
 
 use crate::{
     source::{SourceError, StockSource},
@@ -245,11 +248,11 @@ impl<S: StockSource> Poller<S> {
             Err(e) if recorded.first_error => warn!(
                 source = %self.describe,
                 tcin = %tcin,
-                error = %e,
+                error = %Chain(e),
                 "poll failed; the product keeps its last known stock state"
             ),
             Err(e) => {
-                debug!(source = %self.describe, tcin = %tcin, error = %e, "poll failed again")
+                debug!(source = %self.describe, tcin = %tcin, error = %Chain(e), "poll failed again")
             }
         }
         if recorded.report_due {

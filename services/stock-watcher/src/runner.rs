@@ -347,7 +347,7 @@ impl CheckoutRunner {
             error!(
                 tcin = %held.tcin,
                 lease_id = %held.lease_id,
-                answer = ?answer,
+                answer = %answer,
                 "the checkout purchased, but its release was not accepted"
             );
         }

@@ -35,6 +35,7 @@ use restock_proto::ConvertError;
 use restock_runtime::{backoff::Backoff, error::Chain};
 
 use crate::{
+    arbiter::CallError,
     book::ReportContent,
     runner::{CheckoutRunner, Revocation},
     state::{SharedState, unix_ms},
@@ -52,16 +53,19 @@ const OUTBOUND_BUFFER: usize = 64;
 /// Why a stream ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("cannot connect to the arbiter at {url}: {error}")]
-    Connect { url: String, error: String },
-    #[error("the arbiter refused the stream: {0:?}: {1}")]
-    Refused(Code, String),
-    #[error("the arbiter is shutting down (UNAVAILABLE): {0}")]
-    ArbiterStopping(String),
-    #[error("another stream with this watcher id replaced this one (ABORTED): {0}")]
-    Replaced(String),
-    #[error("the stream failed: {0:?}: {1}")]
-    Failed(Code, String),
+    #[error("cannot connect to the arbiter at {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the arbiter refused the stream: {0}")]
+    Refused(#[source] CallError),
+    #[error("the arbiter is shutting down: {0}")]
+    ArbiterStopping(#[source] CallError),
+    #[error("another stream with this watcher id replaced this one: {0}")]
+    Replaced(#[source] CallError),
+    #[error("the stream failed: {0}")]
+    Failed(#[source] CallError),
     #[error("the arbiter ended the stream")]
     Ended,
     #[error("the arbiter sent no catalog within {0:?}")]
@@ -71,16 +75,18 @@ pub enum StreamError {
     /// Not expected of a correct arbiter (it checks its config): the stream
     /// is dropped and opened again, with back-off, rather than polling from
     /// a catalog the watcher cannot read.
-    #[error("the arbiter sent a catalog that cannot be used")]
+    #[error("the arbiter sent a catalog that cannot be used: {0}")]
     BadCatalog(#[source] ConvertError),
 }
 
 impl StreamError {
-    fn from_status(s: &tonic::Status) -> Self {
+    /// A stream that ended with an error status: UNAVAILABLE is an arbiter
+    /// going away, ABORTED a newer stream with this watcher's id.
+    fn from_status(s: tonic::Status) -> Self {
         match s.code() {
-            Code::Unavailable => Self::ArbiterStopping(s.message().to_owned()),
-            Code::Aborted => Self::Replaced(s.message().to_owned()),
-            c => Self::Failed(c, s.message().to_owned()),
+            Code::Unavailable => Self::ArbiterStopping(s.into()),
+            Code::Aborted => Self::Replaced(s.into()),
+            _ => Self::Failed(s.into()),
         }
     }
 }
@@ -150,9 +156,9 @@ impl Session {
         let connect = self.endpoint.connect();
         let channel = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            c = connect => c.map_err(|e| StreamError::Connect {
+            c = connect => c.map_err(|source| StreamError::Connect {
                 url: self.url.clone(),
-                error: restock_runtime::error::chain_text(&e),
+                source,
             })?,
         };
         let mut client = PurchaseArbiterClient::with_interceptor(channel, self.token.clone());
@@ -170,8 +176,8 @@ impl Session {
         let mut inbound = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             r = call => r.map_err(|s| match s.code() {
-                Code::Unavailable => StreamError::from_status(&s),
-                c => StreamError::Refused(c, s.message().to_owned()),
+                Code::Unavailable => StreamError::from_status(s),
+                _ => StreamError::Refused(s.into()),
             })?.into_inner(),
         };
         let first = tokio::select! {
@@ -180,7 +186,7 @@ impl Session {
         };
         let catalog = match first {
             Err(_) => return Err(StreamError::NoCatalog(CATALOG_TIMEOUT)),
-            Ok(Err(s)) => return Err(StreamError::from_status(&s)),
+            Ok(Err(s)) => return Err(StreamError::from_status(s)),
             Ok(Ok(None)) => return Err(StreamError::Ended),
             Ok(Ok(Some(pb::ArbiterMessage {
                 kind: Some(Kind::Catalog(c)),
@@ -219,7 +225,7 @@ impl Session {
                         }
                     }
                     Ok(None) => return Err(StreamError::Ended),
-                    Err(s) => return Err(StreamError::from_status(&s)),
+                    Err(s) => return Err(StreamError::from_status(s)),
                 },
                 () = self.state.wait_report_due() => self.send_report(&tx, false).await?,
                 _ = refresh.tick() => self.send_report(&tx, true).await?,

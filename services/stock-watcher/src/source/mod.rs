@@ -10,7 +10,7 @@
 
 pub mod target;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use restock_domain::{Price, Tcin};
 
@@ -22,8 +22,9 @@ pub struct Sighting {
     pub price: Option<Price>,
 }
 
-/// Why a source could not say whether a product is in stock.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a source could not say whether a product is in stock. Cloneable (the
+/// causes are shared) so that tests can script answers.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     /// 403, 429, 435 or 5xx: the source wants us to slow down (or is down).
     #[error("the source answered HTTP {status}: backing off")]
@@ -37,8 +38,17 @@ pub enum SourceError {
     Http { status: u16, body: String },
     #[error("the request timed out after {0:?}")]
     Timeout(Duration),
+    /// The request did not get an answer (refused, reset, a DNS failure);
+    /// the reason is usually in the causes, so log it with its chain.
     #[error("the request failed: {0}")]
-    Transport(String),
+    Transport(#[source] Arc<reqwest::Error>),
+    /// The answer is not JSON at all (a block page, say).
+    #[error("unexpected answer: not JSON ({source}): {excerpt}")]
+    NotJson {
+        source: Arc<serde_json::Error>,
+        /// The start of the answer.
+        excerpt: String,
+    },
     /// The answer is not in the expected format.
     #[error("unexpected answer: {0}")]
     Format(String),

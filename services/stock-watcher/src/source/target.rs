@@ -7,12 +7,13 @@
 //! delivery) is `IN_STOCK`, `LIMITED_STOCK` or `PRE_ORDER_SELLABLE`. The price,
 //! when present, is `data.product.price.current_retail` in dollars.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
 use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
+use crate::config::UrlError;
 use restock_domain::{Price, Tcin};
 
 /// The endpoint's path under the base URL.
@@ -23,6 +24,15 @@ pub const IN_STOCK_STATUSES: [&str; 3] = ["IN_STOCK", "LIMITED_STOCK", "PRE_ORDE
 
 /// Longest piece of an error body kept for logs and status.
 const BODY_EXCERPT: usize = 200;
+
+/// Why a [`TargetSource`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("source URL {url}: {source}")]
+    Url { url: String, source: UrlError },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
 
 /// Settings of a [`TargetSource`].
 #[derive(Debug, Clone)]
@@ -43,16 +53,20 @@ pub struct TargetSource {
 }
 
 impl TargetSource {
-    pub fn new(settings: TargetSettings) -> Result<Self, SourceError> {
+    pub fn new(settings: TargetSettings) -> Result<Self, SetupError> {
         let base = settings.base_url.as_str().trim_end_matches('/');
-        let endpoint = Url::parse(&format!("{base}/{FULFILLMENT_PATH}"))
-            .map_err(|e| SourceError::Format(format!("source URL {base}: {e}")))?;
+        let endpoint = Url::parse(&format!("{base}/{FULFILLMENT_PATH}")).map_err(|source| {
+            SetupError::Url {
+                url: base.to_owned(),
+                source,
+            }
+        })?;
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout)
             .user_agent(concat!("restock-stock-watcher/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| SourceError::Transport(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(SetupError::Client)?;
         Ok(Self {
             settings,
             endpoint,
@@ -93,7 +107,7 @@ impl StockSource for TargetSource {
             if e.is_timeout() {
                 SourceError::Timeout(timeout)
             } else {
-                SourceError::Transport(restock_runtime::error::chain_text(&e))
+                SourceError::Transport(Arc::new(e))
             }
         };
         let resp = self
@@ -142,8 +156,10 @@ pub fn is_throttle(status: StatusCode) -> bool {
 
 /// Reads a fulfillment answer.
 pub fn parse_fulfillment(body: &[u8]) -> Result<Sighting, SourceError> {
-    let doc: Value = serde_json::from_slice(body)
-        .map_err(|e| SourceError::Format(format!("not JSON ({e}): {}", excerpt(body))))?;
+    let doc: Value = serde_json::from_slice(body).map_err(|e| SourceError::NotJson {
+        source: Arc::new(e),
+        excerpt: excerpt(body),
+    })?;
     let product = doc.pointer("/data/product").filter(|p| !p.is_null());
     let Some(fulfillment) = product.and_then(|p| p.get("fulfillment")) else {
         let why = doc
@@ -316,7 +332,7 @@ mod tests {
         assert!(e.to_string().contains("No product found"), "{e}");
         assert!(matches!(
             parse_fulfillment(b"<html>blocked</html>"),
-            Err(SourceError::Format(_))
+            Err(SourceError::NotJson { .. })
         ));
         assert!(parse_fulfillment(b"{}").is_err());
     }
@@ -404,12 +420,16 @@ mod tests {
         };
         assert!(check("1").await.unwrap().in_stock);
         assert!(!check("2").await.unwrap().in_stock);
-        assert_eq!(
-            check("3").await.unwrap_err(),
-            SourceError::Throttled {
-                status: 429,
-                retry_after: Some(Duration::from_secs(7))
-            }
+        let e = check("3").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SourceError::Throttled {
+                    status: 429,
+                    retry_after: Some(d)
+                } if d == Duration::from_secs(7)
+            ),
+            "{e:?}"
         );
         assert!(matches!(
             check("4").await.unwrap_err(),
@@ -431,6 +451,9 @@ mod tests {
         let src = source(Url::parse("http://127.0.0.1:9").unwrap());
         let e = src.check(&Tcin::parse("1").unwrap()).await.unwrap_err();
         assert!(matches!(e, SourceError::Transport(_)), "{e:?}");
+        // The reason is in the causes, and the chain keeps it.
+        let text = restock_runtime::error::chain_text(&e);
+        assert!(text.len() > e.to_string().len(), "{text}");
     }
 
     #[test]
