@@ -73,10 +73,6 @@ impl CallError {
         self.0.code()
     }
 
-    pub fn message(&self) -> &str {
-        self.0.message()
-    }
-
     /// Is it worth retrying (the arbiter was not reached, or is busy)?
     pub fn is_transient(&self) -> bool {
         is_transient(self.code())

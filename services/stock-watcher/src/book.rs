@@ -125,10 +125,6 @@ pub struct StockBook {
 }
 
 impl StockBook {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Takes a new catalog and returns the products to poll, in priority
     /// order. Products still polled keep what is known about them.
     /// `min_freshness` is the longest gap between two good answers in normal
@@ -290,7 +286,7 @@ mod tests {
     }
 
     fn book(products: &[(&str, u64)]) -> StockBook {
-        let mut b = StockBook::new();
+        let mut b = StockBook::default();
         b.set_catalog(&catalog(products, 9_000), &[], Duration::ZERO);
         b
     }

@@ -5,40 +5,54 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables, checked into [`config::Settings`].
-//! - [`catalog`]: the arbiter's product list and the watch list derived from it.
-//! - [`source`]: stock sources (Target's fulfillment API format).
-//! - [`poller`]: the poll loop, with jitter, a bound on requests in flight,
+//! - `catalog`: the watch list derived from the arbiter's catalog.
+//! - `source`: stock sources (Target's fulfillment API format).
+//! - `poller`: the poll loop, with jitter, a bound on requests in flight,
 //!   time limits and the source's back-off.
-//! - [`book`]: what the source said and what the arbiter was told; decides
+//! - `book`: what the source said and what the arbiter was told; decides
 //!   each stock report.
-//! - [`session`]: the `StreamStock` stream, reconnecting with back-off.
-//! - [`runner`]: turns a grant into one checkout and releases it.
-//! - [`lease`]: the lease keeper: renews, and stops the checkout when the
+//! - `session`: the `StreamStock` stream, reconnecting with back-off.
+//! - `runner`: turns a grant into one checkout and releases it.
+//! - `lease`: the lease keeper: renews, and stops the checkout when the
 //!   lease can no longer be trusted (unit-tested with paused time).
-//! - [`checkout`]: the HTTP and command checkouts.
-//! - [`arbiter`]: unary calls to the arbiter (renew, release).
-//! - [`status`]: the `restock.v1.StockWatcher` status service.
-//! - [`state`]: the shared state behind those.
+//! - `checkout`: the HTTP and command checkouts.
+//! - `arbiter`: unary calls to the arbiter (renew, release).
+//! - `status`: the `restock.v1.StockWatcher` status service.
+//! - `state`: the shared state behind those.
 //!
-//! Ids, states and outcomes come from `restock-domain`; the token and TLS
-//! flags, logging, back-off and health + reflection from `restock-runtime`,
-//! shared by every binary.
+//! Only [`config`], [`run`] and [`StartError`] are public: the binary and the
+//! in-process tests need nothing else.
+//!
+//! # Protocol at the edge
+//!
+//! The core speaks `restock-domain` types: `Catalog`, `Lease`,
+//! `Observation`, the ids and `Outcome`. Protocol messages are converted
+//! (with `restock-proto`'s conversions) in three places only: `session`
+//! (the stream: catalogs, grants and revocations in, stock reports out),
+//! `arbiter` (the renew and release calls) and `status` (the watcher's own
+//! status answer). A grant or catalog that does not convert is logged with
+//! the reason; a bad grant is never run.
+//!
+//! The token and TLS flags, logging, back-off, error chains and health +
+//! reflection come from `restock-runtime`, shared by every binary.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the watcher in-process.
 
-pub mod arbiter;
-pub mod book;
-pub mod catalog;
-pub mod checkout;
+// Only the flags are public (the binary and the in-process tests build a
+// `WatcherConfig`); everything else is the watcher's own business.
+mod arbiter;
+mod book;
+mod catalog;
+mod checkout;
 pub mod config;
-pub mod lease;
-pub mod poller;
-pub mod runner;
-pub mod session;
-pub mod source;
-pub mod state;
-pub mod status;
+mod lease;
+mod poller;
+mod runner;
+mod session;
+mod source;
+mod state;
+mod status;
 
 use std::{future::Future, sync::Arc};
 

@@ -188,11 +188,6 @@ impl CheckoutRunner {
         }
     }
 
-    /// Is a checkout running?
-    pub fn busy(&self) -> bool {
-        self.active().is_some()
-    }
-
     /// Starts shutting down: a running checkout stops at once, and new
     /// grants are released ABORTED. Releases wait for [`Self::stream_closed`].
     pub fn begin_shutdown(&self) {
