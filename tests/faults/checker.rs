@@ -1084,6 +1084,20 @@ mod tests {
             .collect()
     }
 
+    /// Every check named failed (others may have failed too).
+    fn assert_failed(r: &Report, names: &[&str]) {
+        let failed = failed_checks(r);
+        for name in names {
+            assert!(failed.contains(name), "{name:?} not in {failed:?}");
+        }
+    }
+
+    /// Only the check named failed, and its first failure says `what`.
+    fn assert_only_failed(r: &Report, name: &str, what: &str) {
+        assert_eq!(failed_checks(r), vec![name]);
+        assert!(r.failures()[0].contains(what), "{}", r.render(1));
+    }
+
     #[test]
     fn a_clean_history_passes() {
         let mut s = Script::default();
@@ -1107,14 +1121,12 @@ mod tests {
         s.release(2_510, 2, "w2", Outcome::Purchased);
         s.cycle(3_000, 3, "w1");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"no two accepted checkouts overlap in time (pairwise)"),
-            "{failed:?}"
-        );
-        assert!(
-            failed.contains(&"every checkout ended before the arbiter freed its slot"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "no two accepted checkouts overlap in time (pairwise)",
+                "every checkout ended before the arbiter freed its slot",
+            ],
         );
         assert_eq!(r.counts.overlaps_found, 1);
         assert!(r.render(7).contains("seed 7"));
@@ -1143,15 +1155,12 @@ mod tests {
         s.order(2, "w1", 3_005, 3_505, "purchased");
         s.release(3_510, 2, "w1", Outcome::Purchased);
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"fencing tokens strictly increase in start order"),
-            "{failed:?}"
-        );
-        assert!(
-            failed
-                .contains(&"the arbiter's leases: one at a time, tokens increase, each ends once"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "fencing tokens strictly increase in start order",
+                "the arbiter's leases: one at a time, tokens increase, each ends once",
+            ],
         );
     }
 
@@ -1172,11 +1181,7 @@ mod tests {
         });
         s.cycle(3_200, 2, "w2");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"no checkout with a stale token was accepted"),
-            "{failed:?}"
-        );
+        assert_failed(&r, &["no checkout with a stale token was accepted"]);
     }
 
     #[test]
@@ -1258,11 +1263,9 @@ mod tests {
         s.renew(1_500, 1, "w1");
         s.expire(3_000, 1, "w1");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed
-                .contains(&"every lease that ended without its holder's release shows as EXPIRED"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &["every lease that ended without its holder's release shows as EXPIRED"],
         );
     }
 
@@ -1281,15 +1284,12 @@ mod tests {
         s.grant(9_000, 2, "w1");
         s.grant(9_100, 3, "w2");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"after every fault heals the next grant comes within TTL + margin"),
-            "{failed:?}"
-        );
-        assert!(
-            failed
-                .contains(&"the arbiter's leases: one at a time, tokens increase, each ends once"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "after every fault heals the next grant comes within TTL + margin",
+                "the arbiter's leases: one at a time, tokens increase, each ends once",
+            ],
         );
     }
 
@@ -1306,43 +1306,26 @@ mod tests {
             expirations: 0,
         });
         let r = check(&h);
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"the event history is complete"),
-            "{failed:?}"
-        );
+        assert_failed(&r, &["the event history is complete"]);
     }
 
     #[test]
     fn a_stale_or_never_granted_lease_fails_the_lease_check() {
+        const LEASES: &str = "the arbiter's leases: one at a time, tokens increase, each ends once";
         // The arbiter took a renewal of a lease it had released.
         let mut s = Script::default();
         s.cycle(1_000, 1, "w1");
         s.renew(1_600, 1, "w1");
         s.cycle(2_000, 2, "w2");
-        let r = check(&s.history());
-        assert_eq!(
-            failed_checks(&r),
-            vec!["the arbiter's leases: one at a time, tokens increase, each ends once"]
-        );
-        assert!(
-            r.failures()[0].contains("event 3: stale lease accepted: RENEWED of lease lease-1"),
-            "{}",
-            r.render(1)
+        assert_only_failed(
+            &check(&s.history()),
+            LEASES,
+            "event 3: stale lease accepted: RENEWED of lease lease-1",
         );
         // A lease ended that the whole history never granted.
         let mut s = Script::default();
         s.release(1_000, 9, "w1", Outcome::Aborted);
-        let r = check(&s.history());
-        assert_eq!(
-            failed_checks(&r),
-            vec!["the arbiter's leases: one at a time, tokens increase, each ends once"]
-        );
-        assert!(
-            r.failures()[0].contains("lease never granted"),
-            "{}",
-            r.render(1)
-        );
+        assert_only_failed(&check(&s.history()), LEASES, "lease never granted");
     }
 
     #[test]
@@ -1357,13 +1340,7 @@ mod tests {
         let seq = s.next();
         s.events
             .push(build::released(seq, 1_510, &other, Outcome::Purchased));
-        let r = check(&s.history());
-        assert_eq!(failed_checks(&r), vec![CYCLES]);
-        assert!(
-            r.failures()[0].contains("product switch mid-cycle"),
-            "{}",
-            r.render(1)
-        );
+        assert_only_failed(&check(&s.history()), CYCLES, "product switch mid-cycle");
         // A checkout renewed past the stuck limit.
         let mut s = Script::default();
         s.grant(1_000, 1, "w1");
@@ -1374,45 +1351,29 @@ mod tests {
         }
         s.order(1, "w1", 1_005, at, "purchased");
         s.release(at + 5, 1, "w1", Outcome::Purchased);
-        let r = check(&s.history());
-        assert_eq!(failed_checks(&r), vec![CYCLES]);
-        assert!(
-            r.failures()[0].contains("stuck purchase"),
-            "{}",
-            r.render(1)
-        );
+        assert_only_failed(&check(&s.history()), CYCLES, "stuck purchase");
     }
 
     #[test]
     fn an_unreadable_or_truncated_history_is_not_complete() {
+        const COMPLETE: &str = "the event history is complete";
         let mut s = Script::default();
         s.cycle(1_000, 1, "w1");
         let mut h = s.history();
         h.unreadable_events
             .push("3: kind: 99 is not a known event kind".into());
-        let r = check(&h);
-        assert_eq!(failed_checks(&r), vec!["the event history is complete"]);
-        assert!(
-            r.failures()[0].contains("event 3: kind: 99"),
-            "{}",
-            r.render(1)
-        );
+        assert_only_failed(&check(&h), COMPLETE, "event 3: kind: 99");
         // Read from event 5 on: the grants before could not be checked.
         let mut h = s.history();
         for e in &mut h.events {
             e.sequence += 4;
         }
-        let r = check(&h);
-        assert_eq!(failed_checks(&r), vec!["the event history is complete"]);
+        assert_only_failed(&check(&h), COMPLETE, "begins at event 5");
         // A grant without its token cannot be checked, and says so.
         let mut h = s.history();
         h.events[0].fencing_token = None;
         let r = check(&h);
-        assert!(
-            failed_checks(&r).contains(&"the event history is complete"),
-            "{}",
-            r.render(1)
-        );
+        assert_failed(&r, &[COMPLETE]);
         assert!(
             r.notes
                 .iter()

@@ -375,18 +375,10 @@ impl Checker {
                 detail,
             );
         }
-        self.token_floor = self.token_floor.max(l.token.get().saturating_add(1));
         self.held.retain(|h| &h.lease_id != l.lease_id);
         // A lease id granted again starts a new life.
         self.ended.remove(l.lease_id);
-        let cycle = self.open_cycle(l.lease_id, l.tcin, l.watcher_id, l.token, t, true);
-        self.held.push(Held {
-            lease_id: l.lease_id.clone(),
-            tcin: l.tcin.clone(),
-            watcher_id: l.watcher_id.clone(),
-            token: l.token,
-            cycle,
-        });
+        self.hold(l, t, true);
         self.idle_since = None;
     }
 
@@ -494,83 +486,87 @@ impl Checker {
         if self.uncertain.is_some() {
             return;
         }
-        let what = e.kind.as_str();
-        let at = e.unix_ms;
-        let seq = Some(e.sequence);
-        if let Some(h) = self.held.iter().find(|h| &h.lease_id == l.lease_id) {
-            let (granted_for, granted_token) = (h.tcin.clone(), h.token);
-            if &granted_for != l.tcin {
-                let detail = format!(
-                    "lease {} was granted for product {granted_for} but its {what} names product {}",
-                    l.lease_id, l.tcin
-                );
-                let key = format!("switch-lease:{}:{}", l.lease_id, l.tcin);
-                self.problem(ProblemKind::ProductSwitch, key, seq, at, l.tcin, detail);
+        match self.lease_event_findings(e, l) {
+            Ok(found) => {
+                for (kind, key, detail) in found {
+                    self.problem(kind, key, Some(e.sequence), e.unix_ms, l.tcin, detail);
+                }
             }
-            if granted_token != l.token {
-                let detail = format!(
-                    "lease {} was granted with fencing token {granted_token} but its {what} carries token {}",
-                    l.lease_id, l.token
-                );
-                let key = format!("stale-token:{}:{}", l.lease_id, l.token);
-                self.problem(
-                    ProblemKind::StaleLeaseAccepted,
-                    key,
-                    seq,
-                    at,
-                    l.tcin,
-                    detail,
-                );
-            }
-            return;
+            Err(warning) => self.warning(e.unix_ms, warning),
         }
-        if let Some(&index) = self.ended.get(l.lease_id) {
+    }
+
+    /// What is wrong with an event about an existing lease, as problems
+    /// (kind, key, detail); or a warning when the checker cannot be sure.
+    fn lease_event_findings(
+        &self,
+        e: &Event,
+        l: Named<'_>,
+    ) -> Result<Vec<(ProblemKind, String, String)>, String> {
+        let what = e.kind.as_str();
+        let (lease, tcin, token) = (l.lease_id, l.tcin, l.token);
+        if let Some(h) = self.held.iter().find(|h| &h.lease_id == lease) {
+            let mut found = Vec::new();
+            if &h.tcin != tcin {
+                found.push((
+                    ProblemKind::ProductSwitch,
+                    format!("switch-lease:{lease}:{tcin}"),
+                    format!(
+                        "lease {lease} was granted for product {} but its {what} names product {tcin}",
+                        h.tcin
+                    ),
+                ));
+            }
+            if h.token != token {
+                found.push((
+                    ProblemKind::StaleLeaseAccepted,
+                    format!("stale-token:{lease}:{token}"),
+                    format!(
+                        "lease {lease} was granted with fencing token {} but its {what} carries token {token}",
+                        h.token
+                    ),
+                ));
+            }
+            return Ok(found);
+        }
+        if let Some(&index) = self.ended.get(lease) {
             let ended = match self.cycles.get(index).map(|c| &c.end) {
                 Some(CycleEnd::Seen {
                     kind, at_unix_ms, ..
                 }) => format!("{kind} at {}", rfc3339_ms(*at_unix_ms)),
                 _ => "ended".to_owned(),
             };
-            let detail = format!(
-                "{what} of lease {} (product {}, token {}) after the lease ended ({ended}): an ended lease can be neither renewed nor ended again",
-                l.lease_id, l.tcin, l.token
-            );
-            let key = format!("stale-lease:{}", e.sequence);
-            self.problem(
+            return Ok(vec![(
                 ProblemKind::StaleLeaseAccepted,
-                key,
-                seq,
-                at,
-                l.tcin,
-                detail,
-            );
-            return;
+                format!("stale-lease:{}", e.sequence),
+                format!(
+                    "{what} of lease {lease} (product {tcin}, token {token}) after the lease ended ({ended}): an ended lease can be neither renewed nor ended again"
+                ),
+            )]);
         }
         if !self.held.is_empty() {
             let held: Vec<String> = self.held.iter().map(Held::describe).collect();
-            let detail = format!(
-                "{what} of lease {} (product {}, token {}) while {} was the one held: two leases were alive at once",
-                l.lease_id,
-                l.tcin,
-                l.token,
-                held.join(" and ")
-            );
-            let key = format!("overlap-lease:{}", l.lease_id);
-            self.problem(ProblemKind::ConcurrentAttempt, key, seq, at, l.tcin, detail);
-        } else if self.complete {
-            let detail = format!(
-                "{what} of lease {} (product {}, token {}), which was never granted: every event since the arbiter's first was seen",
-                l.lease_id, l.tcin, l.token
-            );
-            let key = format!("never-granted:{}", l.lease_id);
-            self.problem(ProblemKind::LeaseNeverGranted, key, seq, at, l.tcin, detail);
-        } else {
-            let message = format!(
-                "{what} of lease {} (product {}), whose grant was not seen",
-                l.lease_id, l.tcin
-            );
-            self.warning(at, message);
+            return Ok(vec![(
+                ProblemKind::ConcurrentAttempt,
+                format!("overlap-lease:{lease}"),
+                format!(
+                    "{what} of lease {lease} (product {tcin}, token {token}) while {} was the one held: two leases were alive at once",
+                    held.join(" and ")
+                ),
+            )]);
         }
+        if self.complete {
+            return Ok(vec![(
+                ProblemKind::LeaseNeverGranted,
+                format!("never-granted:{lease}"),
+                format!(
+                    "{what} of lease {lease} (product {tcin}, token {token}), which was never granted: every event since the arbiter's first was seen"
+                ),
+            )]);
+        }
+        Err(format!(
+            "{what} of lease {lease} (product {tcin}), whose grant was not seen"
+        ))
     }
 
     fn on_renewed(&mut self, e: &Event, l: Named<'_>) {
@@ -694,15 +690,13 @@ impl Checker {
             } else {
                 at
             };
-            let cycle = self.open_cycle(&l.lease_id, &l.tcin, &l.watcher_id, l.token, start, false);
-            self.held.push(Held {
-                lease_id: l.lease_id.clone(),
-                tcin: l.tcin.clone(),
-                watcher_id: l.watcher_id.clone(),
+            let named = Named {
+                lease_id: &l.lease_id,
+                tcin: &l.tcin,
+                watcher_id: &l.watcher_id,
                 token: l.token,
-                cycle,
-            });
-            self.token_floor = self.token_floor.max(l.token.get().saturating_add(1));
+            };
+            self.hold(named, start, false);
         }
 
         for p in &s.products {
@@ -846,27 +840,28 @@ impl Checker {
 
     // ----- records -----
 
-    fn open_cycle(
-        &mut self,
-        lease_id: &LeaseId,
-        tcin: &Tcin,
-        watcher_id: &WatcherId,
-        token: FencingToken,
-        start: u64,
-        start_observed: bool,
-    ) -> usize {
+    /// Takes `l` as holding the slot since `start`: a new cycle, and no
+    /// later grant may carry its token or an older one.
+    fn hold(&mut self, l: Named<'_>, start: u64, start_observed: bool) {
         self.cycles.push(Cycle {
             number: self.cycles.len() + 1,
-            lease_id: lease_id.clone(),
-            tcin: tcin.clone(),
-            watcher_id: watcher_id.clone(),
-            token,
+            lease_id: l.lease_id.clone(),
+            tcin: l.tcin.clone(),
+            watcher_id: l.watcher_id.clone(),
+            token: l.token,
             started_at_unix_ms: start,
             start_observed,
             extended_at_unix_ms: start,
             end: CycleEnd::Open,
         });
-        self.cycles.len() - 1
+        self.held.push(Held {
+            lease_id: l.lease_id.clone(),
+            tcin: l.tcin.clone(),
+            watcher_id: l.watcher_id.clone(),
+            token: l.token,
+            cycle: self.cycles.len() - 1,
+        });
+        self.token_floor = self.token_floor.max(l.token.get().saturating_add(1));
     }
 
     fn close_cycle(&mut self, index: usize, end: CycleEnd) {
