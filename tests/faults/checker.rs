@@ -1,7 +1,17 @@
-//! The history checker: reads what the store recorded (every checkout, with
-//! its fencing token and times) and what the arbiter recorded (its event
-//! history), together with the log of injected faults, and decides whether
-//! the system kept its promises.
+//! The fault suite's checker: reads what the store recorded (every
+//! checkout, with its fencing token and times) and what the arbiter
+//! recorded (its event history), together with the log of injected faults,
+//! and decides whether the system kept its promises.
+//!
+//! The arbiter's own promises (one lease at a time, tokens strictly
+//! increase, each lease ends once and a stale one is never accepted, no
+//! switch mid-cycle, nothing stuck) are checked by the domain's history
+//! checker ([`restock_domain::history::Checker`], the one `restockctl
+//! monitor` uses), replayed over the whole event history; its cycles are
+//! the leases the checks here compare the store's ledger with. What is this
+//! suite's own: the store's ledger (overlap by wall time, stale tokens,
+//! checkouts inside their lease), the timing of faults and recoveries,
+//! purchases on both sides matching, and the history being complete.
 //!
 //! Plain data in, a [`Report`] out: no processes, no I/O, so the unit tests
 //! below feed it synthetic histories and show that each check catches what
@@ -15,44 +25,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
+    time::Duration,
 };
 
-/// What kind of transition an arbiter event records (only the ones the
-/// checker reads are told apart).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Granted,
-    Renewed,
-    Released,
-    Expired,
-    ArbiterStarted,
-    Other,
-}
-
-/// How a lease ended, as the arbiter recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Unspecified,
-    Purchased,
-    Failed,
-    OutOfStock,
-    Aborted,
-    Expired,
-}
-
-/// One event of the arbiter's history (`WatchEvents`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArbiterEvent {
-    pub sequence: u64,
-    pub unix_ms: u64,
-    pub kind: EventKind,
-    pub tcin: String,
-    pub watcher_id: String,
-    pub lease_id: String,
-    pub token: u64,
-    pub outcome: Outcome,
-    pub detail: String,
-}
+use restock_domain::{
+    Event, EventKind, FencingToken, Outcome,
+    history::{Checker, Cycle, CycleEnd, ProblemKind},
+};
 
 /// One checkout as the store recorded it (`GET /admin/orders`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +169,9 @@ impl FaultRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     pub lease_ttl_ms: u64,
+    /// A product ATTEMPTING, or QUEUED with the slot free, for longer than
+    /// this is stuck (the history checker's limit).
+    pub stuck_after_ms: u64,
     /// After a fault heals, the next grant must come within
     /// `lease_ttl_ms + liveness_margin_ms`.
     pub liveness_margin_ms: u64,
@@ -200,7 +182,10 @@ pub struct Settings {
 /// Everything the checker reads.
 #[derive(Debug, Clone)]
 pub struct History {
-    pub events: Vec<ArbiterEvent>,
+    /// The arbiter's events (`WatchEvents` from sequence 1), in order.
+    pub events: Vec<Event>,
+    /// Events that did not make a domain [`Event`]: their sequence and why.
+    pub unreadable_events: Vec<String>,
     pub store: StoreLedger,
     pub faults: Vec<FaultRecord>,
     /// `None` when not known (then that cross-check is skipped).
@@ -329,38 +314,53 @@ impl Report {
     }
 }
 
-/// A lease as the arbiter's history tells it.
-#[derive(Debug, Clone)]
-struct LeaseLife {
-    token: u64,
-    lease_id: String,
-    tcin: String,
-    watcher_id: String,
-    granted_ms: u64,
-    /// The grant or the last renewal.
-    last_extended_ms: u64,
-    end: Option<LeaseEnd>,
-}
-
-#[derive(Debug, Clone)]
-struct LeaseEnd {
+/// How a lease ended, as the arbiter's history tells it (its RELEASED or
+/// EXPIRED).
+#[derive(Debug, Clone, Copy)]
+struct LeaseEnd<'a> {
     at_ms: u64,
     kind: EventKind,
-    outcome: Outcome,
-    detail: String,
+    outcome: Option<Outcome>,
+    detail: &'a str,
 }
 
 /// The arbiter withdraws a grant it could not put on the watcher's stream;
 /// the watcher never saw it (see `Arbiter::abandon_grant`).
 const UNDELIVERED: &str = "grant could not be delivered";
 
-impl LeaseEnd {
+impl LeaseEnd<'_> {
+    /// The end of `lease`, if its RELEASED or EXPIRED was seen.
+    fn of(lease: &Cycle) -> Option<LeaseEnd<'_>> {
+        match &lease.end {
+            CycleEnd::Seen {
+                at_unix_ms,
+                kind,
+                outcome,
+                detail,
+            } => Some(LeaseEnd {
+                at_ms: *at_unix_ms,
+                kind: *kind,
+                outcome: *outcome,
+                detail,
+            }),
+            CycleEnd::Open | CycleEnd::Unseen { .. } => None,
+        }
+    }
+
     fn is_undelivered(&self) -> bool {
         self.kind == EventKind::Released
-            && self.outcome == Outcome::Aborted
+            && self.outcome == Some(Outcome::Aborted)
             && self.detail.contains(UNDELIVERED)
     }
+
+    fn is_purchase(&self) -> bool {
+        self.kind == EventKind::Released && self.outcome == Some(Outcome::Purchased)
+    }
 }
+
+/// Every lease the arbiter granted, by its fencing token (the history
+/// checker's cycles: one per GRANTED).
+type Leases<'a> = BTreeMap<FencingToken, &'a Cycle>;
 
 /// Runs every check.
 pub fn check(h: &History) -> Report {
@@ -369,10 +369,17 @@ pub fn check(h: &History) -> Report {
     for f in &h.faults {
         *counts.faults.entry(f.kind).or_default() += 1;
     }
-    let mut checks = Vec::new();
-    let (leases, structure) = lease_lives(h, &mut counts);
-    checks.push(structure);
-    checks.push(history_complete(h, &counts));
+    let arbiter = Checker::replay(&h.events, Duration::from_millis(h.settings.stuck_after_ms));
+    let leases: Leases<'_> = arbiter.cycles().iter().map(|c| (c.token, c)).collect();
+    count_arbiter(h, &arbiter, &mut counts);
+    for w in arbiter.warnings() {
+        notes.push(format!("history checker: {}", w.message));
+    }
+    let mut checks = vec![
+        arbiter_promises(&arbiter, true),
+        arbiter_promises(&arbiter, false),
+        history_complete(h, &counts),
+    ];
     checks.push(store_saw_no_overlap(h, &mut counts));
     checks.push(no_overlap(h, &mut counts));
     checks.push(tokens_increase(h));
@@ -393,129 +400,120 @@ pub fn check(h: &History) -> Report {
     }
 }
 
-/// Every lease from the history; checks that at most one is live at a
-/// time, tokens increase with every grant, and each lease ends once.
-fn lease_lives(h: &History, counts: &mut Counts) -> (BTreeMap<u64, LeaseLife>, Check) {
-    let mut failures = Vec::new();
-    let mut leases: BTreeMap<u64, LeaseLife> = BTreeMap::new();
-    let mut by_id: BTreeMap<String, u64> = BTreeMap::new();
-    let mut open: Option<u64> = None;
-    let mut last_token = 0u64;
-    for e in &h.events {
-        match e.kind {
-            EventKind::ArbiterStarted => counts.arbiter_starts += 1,
-            EventKind::Granted => {
-                counts.grants += 1;
-                if e.token <= last_token {
-                    failures.push(format!(
-                        "event {}: grant with token {} after token {last_token}",
-                        e.sequence, e.token
-                    ));
-                }
-                last_token = last_token.max(e.token);
-                if let Some(t) = open {
-                    failures.push(format!(
-                        "event {}: lease with token {} granted while the lease with token {t} was still live",
-                        e.sequence, e.token
-                    ));
-                }
-                open = Some(e.token);
-                by_id.insert(e.lease_id.clone(), e.token);
-                leases.insert(
-                    e.token,
-                    LeaseLife {
-                        token: e.token,
-                        lease_id: e.lease_id.clone(),
-                        tcin: e.tcin.clone(),
-                        watcher_id: e.watcher_id.clone(),
-                        granted_ms: e.unix_ms,
-                        last_extended_ms: e.unix_ms,
-                        end: None,
-                    },
-                );
+/// The arbiter's figures, from the history checker's cycles.
+fn count_arbiter(h: &History, arbiter: &Checker, counts: &mut Counts) {
+    counts.arbiter_starts = h
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::ArbiterStarted)
+        .count();
+    counts.grants = arbiter.cycles().len();
+    counts.renewals = arbiter.renewals() as usize;
+    for end in arbiter.cycles().iter().filter_map(LeaseEnd::of) {
+        if end.kind == EventKind::Expired {
+            counts.expirations += 1;
+        } else if end.is_undelivered() {
+            counts.undelivered_grants += 1;
+        } else {
+            *counts
+                .released
+                .entry(outcome_name(end.outcome))
+                .or_default() += 1;
+            if end.is_purchase() {
+                counts.arbiter_purchases += 1;
             }
-            EventKind::Renewed => {
-                counts.renewals += 1;
-                match leases.get_mut(&e.token) {
-                    Some(l) if l.end.is_none() => l.last_extended_ms = e.unix_ms,
-                    Some(_) => failures.push(format!(
-                        "event {}: renewal of the lease with token {} after it ended",
-                        e.sequence, e.token
-                    )),
-                    None => failures.push(format!(
-                        "event {}: renewal of a lease never granted (token {})",
-                        e.sequence, e.token
-                    )),
-                }
-            }
-            EventKind::Released | EventKind::Expired => {
-                let token = if e.token != 0 {
-                    e.token
-                } else {
-                    by_id.get(&e.lease_id).copied().unwrap_or(0)
-                };
-                let Some(l) = leases.get_mut(&token) else {
-                    failures.push(format!(
-                        "event {}: lease {} (token {}) ended but was never granted",
-                        e.sequence, e.lease_id, e.token
-                    ));
-                    continue;
-                };
-                if let Some(prev) = &l.end {
-                    failures.push(format!(
-                        "event {}: lease with token {token} ended twice (first {:?} at {})",
-                        e.sequence, prev.kind, prev.at_ms
-                    ));
-                    continue;
-                }
-                let end = LeaseEnd {
-                    at_ms: e.unix_ms,
-                    kind: e.kind,
-                    outcome: e.outcome,
-                    detail: e.detail.clone(),
-                };
-                if e.kind == EventKind::Expired {
-                    counts.expirations += 1;
-                } else if end.is_undelivered() {
-                    counts.undelivered_grants += 1;
-                } else {
-                    *counts.released.entry(outcome_name(e.outcome)).or_default() += 1;
-                    if e.outcome == Outcome::Purchased {
-                        counts.arbiter_purchases += 1;
-                    }
-                }
-                l.end = Some(end);
-                if open == Some(token) {
-                    open = None;
-                }
-            }
-            EventKind::Other => {}
         }
     }
-    let check = Check {
-        name: "the arbiter's leases: one at a time, tokens increase, each ends once",
-        scope: format!("{} grants in {} events", counts.grants, h.events.len()),
-        failures,
-    };
-    (leases, check)
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Unspecified => "unspecified",
-        Outcome::Purchased => "purchased",
-        Outcome::Failed => "failed",
-        Outcome::OutOfStock => "out_of_stock",
-        Outcome::Aborted => "aborted",
-        Outcome::Expired => "expired",
+/// Is a problem of this kind about the leases themselves (one at a time,
+/// tokens, each ends once), rather than about the products' cycle?
+fn about_leases(kind: ProblemKind) -> bool {
+    match kind {
+        ProblemKind::ConcurrentAttempt
+        | ProblemKind::FencingTokenReused
+        | ProblemKind::StaleLeaseAccepted
+        | ProblemKind::LeaseNeverGranted => true,
+        ProblemKind::ProductSwitch | ProblemKind::StuckPurchase => false,
     }
 }
 
-/// The follower saw every durable event: sequence numbers only jump where
-/// the arbiter restarted (it skips the rest of a reserved block), and the
-/// arbiter's own counters agree with what the history shows.
+/// What the history checker found, as two checks: the leases' promises
+/// (`leases`), or the products' (no switch mid-cycle, nothing stuck).
+fn arbiter_promises(arbiter: &Checker, leases: bool) -> Check {
+    let failures = arbiter
+        .problems()
+        .iter()
+        .filter(|p| about_leases(p.kind) == leases)
+        .map(|p| match p.sequence {
+            Some(seq) => format!("event {seq}: {}: {}", p.kind.label(), p.detail),
+            None => format!("{}: {}", p.kind.label(), p.detail),
+        })
+        .collect();
+    if leases {
+        Check {
+            name: "the arbiter's leases: one at a time, tokens increase, each ends once",
+            scope: format!(
+                "{} grants in {} events",
+                arbiter.cycles().len(),
+                arbiter.events_seen()
+            ),
+            failures,
+        }
+    } else {
+        Check {
+            name: "the arbiter's cycles: no product switch mid-cycle, nothing stuck",
+            scope: format!(
+                "{} transitions, {} completed cycles",
+                arbiter.transitions_total(),
+                arbiter.completed_cycles()
+            ),
+            failures,
+        }
+    }
+}
+
+/// An outcome as the report counts it.
+fn outcome_name(o: Option<Outcome>) -> &'static str {
+    o.map_or("unspecified", Outcome::as_str)
+}
+
+/// The follower saw every durable event: the history begins at the
+/// arbiter's first event, every event was readable and every lease event
+/// names its lease, sequence numbers only jump where the arbiter restarted
+/// (it skips the rest of a reserved block), and the arbiter's own counters
+/// agree with what the history shows.
 fn history_complete(h: &History, counts: &Counts) -> Check {
     let mut failures = Vec::new();
+    if let Some(first) = h.events.first()
+        && first.sequence != 1
+    {
+        failures.push(format!(
+            "the history begins at event {}, not at the arbiter's first (1)",
+            first.sequence
+        ));
+    }
+    failures.extend(
+        h.unreadable_events
+            .iter()
+            .map(|why| format!("event {why}: not a valid event")),
+    );
+    for e in &h.events {
+        let lease_event = matches!(
+            e.kind,
+            EventKind::Granted | EventKind::Renewed | EventKind::Released | EventKind::Expired
+        );
+        let named = e.lease_id.is_some()
+            && e.tcin.is_some()
+            && e.watcher_id.is_some()
+            && e.fencing_token.is_some();
+        if lease_event && !named {
+            failures.push(format!(
+                "event {} ({}) does not name its lease, product, watcher and fencing token",
+                e.sequence, e.kind
+            ));
+        }
+    }
     for w in h.events.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         if b.sequence <= a.sequence {
@@ -548,8 +546,9 @@ fn history_complete(h: &History, counts: &Counts) -> Check {
     Check {
         name: "the event history is complete",
         scope: format!(
-            "{} events; gaps only at restarts; counters {}",
+            "{} events from #1, {} unreadable; gaps only at restarts; counters {}",
             h.events.len(),
+            h.unreadable_events.len(),
             if h.counters.is_some() {
                 "compared"
             } else {
@@ -657,34 +656,34 @@ fn tokens_increase(h: &History) -> Check {
 /// A token is stale from the moment the arbiter ended its lease. Every
 /// accepted checkout must carry a token the arbiter granted, for that
 /// product and watcher, and must have begun while that lease was live.
-fn no_stale_token(h: &History, leases: &BTreeMap<u64, LeaseLife>) -> Check {
+fn no_stale_token(h: &History, leases: &Leases<'_>) -> Check {
     let tol = h.settings.clock_tolerance_ms;
     let mut failures = Vec::new();
     let acc = accepted(h);
     for o in &acc {
-        let Some(l) = leases.get(&o.token) else {
+        let Some(l) = leases.get(&FencingToken(o.token)) else {
             failures.push(format!(
                 "checkout #{} carries token {}, which the arbiter never granted",
                 o.id, o.token
             ));
             continue;
         };
-        if (!o.lease_id.is_empty() && o.lease_id != l.lease_id)
-            || o.tcin != l.tcin
-            || (!o.watcher_id.is_empty() && o.watcher_id != l.watcher_id)
+        if (!o.lease_id.is_empty() && o.lease_id != l.lease_id.as_str())
+            || o.tcin != l.tcin.as_str()
+            || (!o.watcher_id.is_empty() && o.watcher_id != l.watcher_id.as_str())
         {
             failures.push(format!(
                 "checkout #{} (token {}, lease {}, {} by {}) does not match the lease granted with that token (lease {}, {} to {})",
                 o.id, o.token, o.lease_id, o.tcin, o.watcher_id, l.lease_id, l.tcin, l.watcher_id
             ));
         }
-        if o.started_at_ms + tol < l.granted_ms {
+        if o.started_at_ms + tol < l.started_at_unix_ms {
             failures.push(format!(
                 "checkout #{} (token {}) began at {}, before its lease was granted at {}",
-                o.id, o.token, o.started_at_ms, l.granted_ms
+                o.id, o.token, o.started_at_ms, l.started_at_unix_ms
             ));
         }
-        if let Some(end) = &l.end
+        if let Some(end) = LeaseEnd::of(l)
             && o.started_at_ms > end.at_ms + tol
         {
             failures.push(format!(
@@ -711,15 +710,15 @@ fn no_stale_token(h: &History, leases: &BTreeMap<u64, LeaseLife>) -> Check {
 /// What makes the next holder safe even when the store checks nothing but
 /// tokens: a checkout has ended at the store before the arbiter frees the
 /// slot (by a release, or by expiry while the holder stopped on its own).
-fn checkouts_end_inside_their_lease(h: &History, leases: &BTreeMap<u64, LeaseLife>) -> Check {
+fn checkouts_end_inside_their_lease(h: &History, leases: &Leases<'_>) -> Check {
     let tol = h.settings.clock_tolerance_ms;
     let mut failures = Vec::new();
     let acc = accepted(h);
     for o in &acc {
-        let Some(l) = leases.get(&o.token) else {
+        let Some(l) = leases.get(&FencingToken(o.token)) else {
             continue; // reported by the stale-token check
         };
-        let Some(end) = &l.end else {
+        let Some(end) = LeaseEnd::of(l) else {
             continue; // the lease is still live: nothing to compare yet
         };
         match o.finished_at_ms {
@@ -771,7 +770,7 @@ fn link_broken(h: &History, watcher: &str, from_ms: u64, to_ms: u64) -> Option<u
 /// are reported as notes.
 fn unreleased_leases_expire(
     h: &History,
-    leases: &BTreeMap<u64, LeaseLife>,
+    leases: &Leases<'_>,
     counts: &mut Counts,
     notes: &mut Vec<String>,
 ) -> Check {
@@ -780,16 +779,16 @@ fn unreleased_leases_expire(
     let mut failures = Vec::new();
     let mut silenced = 0usize;
     for l in leases.values() {
-        let Some(end) = &l.end else { continue };
+        let Some(end) = LeaseEnd::of(l) else { continue };
         if end.is_undelivered() {
             continue;
         }
         let silent_by = h.faults.iter().find(|f| {
-            if !f.hits(&l.watcher_id) {
+            if !f.hits(l.watcher_id.as_str()) {
                 return false;
             }
             if f.kind.kills_watchers() {
-                l.granted_ms < f.started_ms && f.started_ms + tol < end.at_ms
+                l.started_at_unix_ms < f.started_ms && f.started_ms + tol < end.at_ms
             } else if matches!(
                 f.kind,
                 FaultKind::HolderPause
@@ -818,15 +817,15 @@ fn unreleased_leases_expire(
             }
         }
         if end.kind == EventKind::Expired {
-            if end.at_ms + tol < l.last_extended_ms + ttl {
+            if end.at_ms + tol < l.extended_at_unix_ms + ttl {
                 failures.push(format!(
                     "lease with token {} expired at {}, {} ms before its TTL ran out",
                     l.token,
                     end.at_ms,
-                    l.last_extended_ms + ttl - end.at_ms
+                    l.extended_at_unix_ms + ttl - end.at_ms
                 ));
             }
-            if link_broken(h, &l.watcher_id, l.granted_ms, end.at_ms).is_none() {
+            if link_broken(h, l.watcher_id.as_str(), l.started_at_unix_ms, end.at_ms).is_none() {
                 counts.unexplained_expirations += 1;
                 notes.push(format!(
                     "lease with token {} ({} by {}) expired with no fault on its holder or the arbiter",
@@ -900,7 +899,7 @@ fn recovery_after_faults(h: &History, counts: &mut Counts) -> Check {
 /// EXPIRED. Those are counted as lost releases; anything else fails.
 fn purchases_match(
     h: &History,
-    leases: &BTreeMap<u64, LeaseLife>,
+    leases: &Leases<'_>,
     counts: &mut Counts,
     notes: &mut Vec<String>,
 ) -> Check {
@@ -914,12 +913,8 @@ fn purchases_match(
         .collect();
     let arbiter: BTreeSet<u64> = leases
         .values()
-        .filter(|l| {
-            l.end
-                .as_ref()
-                .is_some_and(|e| e.kind == EventKind::Released && e.outcome == Outcome::Purchased)
-        })
-        .map(|l| l.token)
+        .filter(|l| LeaseEnd::of(l).is_some_and(|e| e.is_purchase()))
+        .map(|l| l.token.get())
         .collect();
     let mut failures = Vec::new();
     for t in &arbiter {
@@ -933,14 +928,14 @@ fn purchases_match(
         if arbiter.contains(t) {
             continue;
         }
-        let Some(l) = leases.get(t) else {
+        let Some(l) = leases.get(&FencingToken(*t)) else {
             failures.push(format!(
                 "the store sold with token {t} (checkout #{}), a token the arbiter never granted",
                 o.id
             ));
             continue;
         };
-        let Some(end) = &l.end else {
+        let Some(end) = LeaseEnd::of(l) else {
             failures.push(format!(
                 "the store sold with token {t} (checkout #{}); the arbiter's lease has not ended",
                 o.id
@@ -948,7 +943,12 @@ fn purchases_match(
             continue;
         };
         let finished = o.finished_at_ms.unwrap_or(o.started_at_ms);
-        let lost_to = link_broken(h, &l.watcher_id, finished.saturating_sub(tol), end.at_ms);
+        let lost_to = link_broken(
+            h,
+            l.watcher_id.as_str(),
+            finished.saturating_sub(tol),
+            end.at_ms,
+        );
         match (end.kind, lost_to) {
             (EventKind::Expired, Some(f)) => {
                 counts.lost_releases += 1;
@@ -976,41 +976,67 @@ fn purchases_match(
 
 #[cfg(test)]
 mod tests {
+    use restock_domain::{Lease, LeaseId, ProductState, Tcin, WatcherId, history::build};
+
     use super::*;
 
     const TTL: u64 = 2_000;
+    const STUCK_AFTER: u64 = 60_000;
 
     fn settings() -> Settings {
         Settings {
             lease_ttl_ms: TTL,
+            stuck_after_ms: STUCK_AFTER,
             liveness_margin_ms: 3_000,
             clock_tolerance_ms: 100,
         }
     }
 
+    /// The lease with `token`: `lease-<token>` for product 100.
+    fn lease(token: u64, watcher: &str) -> Lease {
+        build::lease(
+            &LeaseId::parse(&format!("lease-{token}")).unwrap(),
+            &Tcin::parse("100").unwrap(),
+            &WatcherId::parse(watcher).unwrap(),
+            token,
+            0,
+        )
+    }
+
     /// Builds histories: grants, releases and matching store orders.
     #[derive(Default)]
     struct Script {
-        events: Vec<ArbiterEvent>,
+        events: Vec<Event>,
         orders: Vec<StoreOrder>,
         faults: Vec<FaultRecord>,
         seq: u64,
     }
 
     impl Script {
-        fn event(&mut self, at: u64, kind: EventKind, token: u64, watcher: &str, outcome: Outcome) {
+        /// The next event's sequence number.
+        fn next(&mut self) -> u64 {
             self.seq += 1;
-            self.events.push(ArbiterEvent {
-                sequence: self.seq,
-                unix_ms: at,
-                kind,
-                tcin: "100".into(),
-                watcher_id: watcher.into(),
-                lease_id: format!("lease-{token}"),
-                token,
-                outcome,
-                detail: String::new(),
-            });
+            self.seq
+        }
+
+        fn grant(&mut self, at: u64, token: u64, watcher: &str) {
+            let e = build::granted(self.next(), at, &lease(token, watcher), ProductState::Ready);
+            self.events.push(e);
+        }
+
+        fn renew(&mut self, at: u64, token: u64, watcher: &str) {
+            let e = build::renewed(self.next(), at, &lease(token, watcher));
+            self.events.push(e);
+        }
+
+        fn release(&mut self, at: u64, token: u64, watcher: &str, outcome: Outcome) {
+            let e = build::released(self.next(), at, &lease(token, watcher), outcome);
+            self.events.push(e);
+        }
+
+        fn expire(&mut self, at: u64, token: u64, watcher: &str) {
+            let e = build::expired(self.next(), at, &lease(token, watcher));
+            self.events.push(e);
         }
 
         fn order(&mut self, token: u64, watcher: &str, start: u64, end: u64, result: &str) {
@@ -1030,20 +1056,15 @@ mod tests {
 
         /// A clean cycle: grant at `at`, a checkout of 500 ms, release.
         fn cycle(&mut self, at: u64, token: u64, watcher: &str) {
-            self.event(at, EventKind::Granted, token, watcher, Outcome::Unspecified);
+            self.grant(at, token, watcher);
             self.order(token, watcher, at + 5, at + 505, "purchased");
-            self.event(
-                at + 510,
-                EventKind::Released,
-                token,
-                watcher,
-                Outcome::Purchased,
-            );
+            self.release(at + 510, token, watcher, Outcome::Purchased);
         }
 
         fn history(&self) -> History {
             History {
                 events: self.events.clone(),
+                unreadable_events: Vec::new(),
                 store: StoreLedger {
                     orders: self.orders.clone(),
                     violations: 0,
@@ -1061,6 +1082,20 @@ mod tests {
             .filter(|c| !c.passed())
             .map(|c| c.name)
             .collect()
+    }
+
+    /// Every check named failed (others may have failed too).
+    fn assert_failed(r: &Report, names: &[&str]) {
+        let failed = failed_checks(r);
+        for name in names {
+            assert!(failed.contains(name), "{name:?} not in {failed:?}");
+        }
+    }
+
+    /// Only the check named failed, and its first failure says `what`.
+    fn assert_only_failed(r: &Report, name: &str, what: &str) {
+        assert_eq!(failed_checks(r), vec![name]);
+        assert!(r.failures()[0].contains(what), "{}", r.render(1));
     }
 
     #[test]
@@ -1081,19 +1116,17 @@ mod tests {
         let mut s = Script::default();
         s.cycle(1_000, 1, "w1");
         // Token 2's checkout runs on past the start of token 3's.
-        s.event(2_000, EventKind::Granted, 2, "w2", Outcome::Unspecified);
+        s.grant(2_000, 2, "w2");
         s.order(2, "w2", 2_005, 3_300, "purchased");
-        s.event(2_510, EventKind::Released, 2, "w2", Outcome::Purchased);
+        s.release(2_510, 2, "w2", Outcome::Purchased);
         s.cycle(3_000, 3, "w1");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"no two accepted checkouts overlap in time (pairwise)"),
-            "{failed:?}"
-        );
-        assert!(
-            failed.contains(&"every checkout ended before the arbiter freed its slot"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "no two accepted checkouts overlap in time (pairwise)",
+                "every checkout ended before the arbiter freed its slot",
+            ],
         );
         assert_eq!(r.counts.overlaps_found, 1);
         assert!(r.render(7).contains("seed 7"));
@@ -1118,27 +1151,24 @@ mod tests {
         s.cycle(1_000, 1, "w1");
         s.cycle(2_000, 3, "w2");
         // Token 2 reaches the store after token 3 did (and does not overlap).
-        s.event(3_000, EventKind::Granted, 2, "w1", Outcome::Unspecified);
+        s.grant(3_000, 2, "w1");
         s.order(2, "w1", 3_005, 3_505, "purchased");
-        s.event(3_510, EventKind::Released, 2, "w1", Outcome::Purchased);
+        s.release(3_510, 2, "w1", Outcome::Purchased);
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"fencing tokens strictly increase in start order"),
-            "{failed:?}"
-        );
-        assert!(
-            failed
-                .contains(&"the arbiter's leases: one at a time, tokens increase, each ends once"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "fencing tokens strictly increase in start order",
+                "the arbiter's leases: one at a time, tokens increase, each ends once",
+            ],
         );
     }
 
     #[test]
     fn a_checkout_after_its_lease_expired_is_a_stale_token() {
         let mut s = Script::default();
-        s.event(1_000, EventKind::Granted, 1, "w1", Outcome::Unspecified);
-        s.event(3_000, EventKind::Expired, 1, "w1", Outcome::Expired);
+        s.grant(1_000, 1, "w1");
+        s.expire(3_000, 1, "w1");
         // The holder woke up late and the store still took its token.
         s.order(1, "w1", 4_000, 4_500, "purchased");
         s.faults.push(FaultRecord {
@@ -1151,11 +1181,7 @@ mod tests {
         });
         s.cycle(3_200, 2, "w2");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"no checkout with a stale token was accepted"),
-            "{failed:?}"
-        );
+        assert_failed(&r, &["no checkout with a stale token was accepted"]);
     }
 
     #[test]
@@ -1174,9 +1200,9 @@ mod tests {
         // The store sold, the arbiter says the lease expired, and nothing
         // kept the holder from releasing.
         let mut s = Script::default();
-        s.event(1_000, EventKind::Granted, 1, "w1", Outcome::Unspecified);
+        s.grant(1_000, 1, "w1");
         s.order(1, "w1", 1_005, 1_505, "purchased");
-        s.event(3_000, EventKind::Expired, 1, "w1", Outcome::Expired);
+        s.expire(3_000, 1, "w1");
         let r = check(&s.history());
         assert_eq!(
             failed_checks(&r),
@@ -1190,7 +1216,7 @@ mod tests {
     #[test]
     fn a_release_lost_to_a_killed_holder_is_counted_not_failed() {
         let mut s = Script::default();
-        s.event(1_000, EventKind::Granted, 1, "w1", Outcome::Unspecified);
+        s.grant(1_000, 1, "w1");
         s.order(1, "w1", 1_005, 1_505, "purchased");
         s.faults.push(FaultRecord {
             id: 1,
@@ -1200,7 +1226,7 @@ mod tests {
             healed_ms: 2_000,
             detail: "w1".into(),
         });
-        s.event(3_000, EventKind::Expired, 1, "w1", Outcome::Expired);
+        s.expire(3_000, 1, "w1");
         s.cycle(3_100, 2, "w2");
         let r = check(&s.history());
         assert!(r.passed(), "{}", r.render(1));
@@ -1211,7 +1237,7 @@ mod tests {
     #[test]
     fn a_silenced_holder_whose_lease_shows_released_is_caught() {
         let mut s = Script::default();
-        s.event(1_000, EventKind::Granted, 1, "w1", Outcome::Unspecified);
+        s.grant(1_000, 1, "w1");
         s.faults.push(FaultRecord {
             id: 1,
             kind: FaultKind::HolderKill,
@@ -1221,7 +1247,7 @@ mod tests {
             detail: "w1".into(),
         });
         // A dead process cannot release: this release is made up.
-        s.event(2_000, EventKind::Released, 1, "w1", Outcome::Aborted);
+        s.release(2_000, 1, "w1", Outcome::Aborted);
         s.cycle(2_100, 2, "w2");
         let r = check(&s.history());
         assert_eq!(
@@ -1233,15 +1259,13 @@ mod tests {
     #[test]
     fn an_early_expiry_is_caught() {
         let mut s = Script::default();
-        s.event(1_000, EventKind::Granted, 1, "w1", Outcome::Unspecified);
-        s.event(1_500, EventKind::Renewed, 1, "w1", Outcome::Unspecified);
-        s.event(3_000, EventKind::Expired, 1, "w1", Outcome::Expired);
+        s.grant(1_000, 1, "w1");
+        s.renew(1_500, 1, "w1");
+        s.expire(3_000, 1, "w1");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed
-                .contains(&"every lease that ended without its holder's release shows as EXPIRED"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &["every lease that ended without its holder's release shows as EXPIRED"],
         );
     }
 
@@ -1257,18 +1281,15 @@ mod tests {
             healed_ms: 2_000,
             detail: "down 400 ms".into(),
         });
-        s.event(9_000, EventKind::Granted, 2, "w1", Outcome::Unspecified);
-        s.event(9_100, EventKind::Granted, 3, "w2", Outcome::Unspecified);
+        s.grant(9_000, 2, "w1");
+        s.grant(9_100, 3, "w2");
         let r = check(&s.history());
-        let failed = failed_checks(&r);
-        assert!(
-            failed.contains(&"after every fault heals the next grant comes within TTL + margin"),
-            "{failed:?}"
-        );
-        assert!(
-            failed
-                .contains(&"the arbiter's leases: one at a time, tokens increase, each ends once"),
-            "{failed:?}"
+        assert_failed(
+            &r,
+            &[
+                "after every fault heals the next grant comes within TTL + margin",
+                "the arbiter's leases: one at a time, tokens increase, each ends once",
+            ],
         );
     }
 
@@ -1285,10 +1306,80 @@ mod tests {
             expirations: 0,
         });
         let r = check(&h);
-        let failed = failed_checks(&r);
+        assert_failed(&r, &["the event history is complete"]);
+    }
+
+    #[test]
+    fn a_stale_or_never_granted_lease_fails_the_lease_check() {
+        const LEASES: &str = "the arbiter's leases: one at a time, tokens increase, each ends once";
+        // The arbiter took a renewal of a lease it had released.
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.renew(1_600, 1, "w1");
+        s.cycle(2_000, 2, "w2");
+        assert_only_failed(
+            &check(&s.history()),
+            LEASES,
+            "event 3: stale lease accepted: RENEWED of lease lease-1",
+        );
+        // A lease ended that the whole history never granted.
+        let mut s = Script::default();
+        s.release(1_000, 9, "w1", Outcome::Aborted);
+        assert_only_failed(&check(&s.history()), LEASES, "lease never granted");
+    }
+
+    #[test]
+    fn a_switch_mid_cycle_or_a_stuck_purchase_fails_the_cycle_check() {
+        const CYCLES: &str = "the arbiter's cycles: no product switch mid-cycle, nothing stuck";
+        // The release names another product than the lease was granted for.
+        let mut s = Script::default();
+        s.grant(1_000, 1, "w1");
+        s.order(1, "w1", 1_005, 1_505, "purchased");
+        let mut other = lease(1, "w1");
+        other.tcin = Tcin::parse("200").unwrap();
+        let seq = s.next();
+        s.events
+            .push(build::released(seq, 1_510, &other, Outcome::Purchased));
+        assert_only_failed(&check(&s.history()), CYCLES, "product switch mid-cycle");
+        // A checkout renewed past the stuck limit.
+        let mut s = Script::default();
+        s.grant(1_000, 1, "w1");
+        let mut at = 1_000;
+        while at < 1_000 + STUCK_AFTER + 2_000 {
+            at += 1_500;
+            s.renew(at, 1, "w1");
+        }
+        s.order(1, "w1", 1_005, at, "purchased");
+        s.release(at + 5, 1, "w1", Outcome::Purchased);
+        assert_only_failed(&check(&s.history()), CYCLES, "stuck purchase");
+    }
+
+    #[test]
+    fn an_unreadable_or_truncated_history_is_not_complete() {
+        const COMPLETE: &str = "the event history is complete";
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        let mut h = s.history();
+        h.unreadable_events
+            .push("3: kind: 99 is not a known event kind".into());
+        assert_only_failed(&check(&h), COMPLETE, "event 3: kind: 99");
+        // Read from event 5 on: the grants before could not be checked.
+        let mut h = s.history();
+        for e in &mut h.events {
+            e.sequence += 4;
+        }
+        assert_only_failed(&check(&h), COMPLETE, "begins at event 5");
+        // A grant without its token cannot be checked, and says so.
+        let mut h = s.history();
+        h.events[0].fencing_token = None;
+        let r = check(&h);
+        assert_failed(&r, &[COMPLETE]);
         assert!(
-            failed.contains(&"the event history is complete"),
-            "{failed:?}"
+            r.notes
+                .iter()
+                .any(|n| n.contains("does not name its lease")),
+            "{:?}",
+            r.notes
         );
     }
 }

@@ -1,21 +1,23 @@
 //! Follows the arbiter's event history for the whole run: `WatchEvents`
 //! from sequence 1, reconnecting after every arbiter restart and resuming
 //! after the last sequence seen, so every durable event is read exactly
-//! once. Also reads the store's order book. Both are turned into the
-//! checker's plain types.
+//! once. Also reads the store's order book. The events become domain
+//! [`Event`]s here, at the edge (the checker reads no protocol types); the
+//! orders the checker's ledger.
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use restock_domain::Event;
 use restock_proto::v1::{
     self as pb, WatchEventsRequest, event::Kind, purchase_arbiter_client::PurchaseArbiterClient,
 };
 use serde_json::Value;
 use tokio::{sync::broadcast, task::JoinHandle};
 
-use crate::checker::{ArbiterEvent, EventKind, Outcome, StoreLedger, StoreOrder};
+use crate::checker::{StoreLedger, StoreOrder};
 
 /// Every event seen so far, and a feed of new grants.
 #[derive(Debug)]
@@ -106,9 +108,19 @@ impl EventLog {
         true
     }
 
-    /// Everything seen, for the checker.
-    pub fn to_checker(&self) -> Vec<ArbiterEvent> {
-        self.lock().iter().map(event_to_checker).collect()
+    /// Everything seen, as domain events for the checker, and the events
+    /// that do not make one (each as `sequence: why`).
+    pub fn to_checker(&self) -> (Vec<Event>, Vec<String>) {
+        let mut events = Vec::new();
+        let mut unreadable = Vec::new();
+        for e in self.lock().iter() {
+            let sequence = e.sequence;
+            match Event::try_from(e.clone()) {
+                Ok(e) => events.push(e),
+                Err(why) => unreadable.push(format!("{sequence}: {why}")),
+            }
+        }
+        (events, unreadable)
     }
 }
 
@@ -137,36 +149,6 @@ pub fn follow(url: String, log: Arc<EventLog>) -> JoinHandle<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-}
-
-fn event_to_checker(e: &pb::Event) -> ArbiterEvent {
-    let kind = match e.kind() {
-        Kind::Granted => EventKind::Granted,
-        Kind::Renewed => EventKind::Renewed,
-        Kind::Released => EventKind::Released,
-        Kind::Expired => EventKind::Expired,
-        Kind::ArbiterStarted => EventKind::ArbiterStarted,
-        _ => EventKind::Other,
-    };
-    let outcome = match e.outcome() {
-        pb::Outcome::Unspecified => Outcome::Unspecified,
-        pb::Outcome::Purchased => Outcome::Purchased,
-        pb::Outcome::Failed => Outcome::Failed,
-        pb::Outcome::OutOfStock => Outcome::OutOfStock,
-        pb::Outcome::Aborted => Outcome::Aborted,
-        pb::Outcome::Expired => Outcome::Expired,
-    };
-    ArbiterEvent {
-        sequence: e.sequence,
-        unix_ms: e.unix_ms,
-        kind,
-        tcin: e.tcin.clone(),
-        watcher_id: e.watcher_id.clone(),
-        lease_id: e.lease_id.clone(),
-        token: e.fencing_token,
-        outcome,
-        detail: e.detail.clone(),
-    }
 }
 
 /// `GET /admin/orders` as the checker's ledger. Panics with the body if it

@@ -55,6 +55,11 @@ const LIVENESS_MARGIN: Duration = Duration::from_secs(3);
 /// How far the store's and the arbiter's clocks may disagree (both read
 /// the same machine's clock, each through its own monotonic base).
 const CLOCK_TOLERANCE_MS: u64 = 100;
+/// A product ATTEMPTING, or QUEUED with the slot free, longer than this is
+/// stuck. Far above anything a fault here can cause (a lease lasts the TTL
+/// past its holder's last renewal, an arbiter is down for seconds), so only
+/// a real stuck slot crosses it.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Watchers on each of the two hosts.
 const WATCHERS_PER_HOST: usize = 3;
 
@@ -197,8 +202,10 @@ async fn never_two_checkouts_at_once_whatever_fails() {
     follower.abort();
     let counters = status.counters.unwrap_or_default();
     let orders = cluster.orders().await;
+    let (events, unreadable_events) = log.to_checker();
     let history = History {
-        events: log.to_checker(),
+        events,
+        unreadable_events,
         store: ledger_from_json(&orders),
         faults,
         counters: Some(ArbiterCounters {
@@ -208,6 +215,7 @@ async fn never_two_checkouts_at_once_whatever_fails() {
         }),
         settings: Settings {
             lease_ttl_ms: LEASE_TTL.as_millis() as u64,
+            stuck_after_ms: STUCK_AFTER.as_millis() as u64,
             liveness_margin_ms: LIVENESS_MARGIN.as_millis() as u64,
             clock_tolerance_ms: CLOCK_TOLERANCE_MS,
         },

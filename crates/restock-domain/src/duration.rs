@@ -1,7 +1,9 @@
 //! Durations as people write them in flags and environment variables, one
 //! grammar for every binary: a number with a unit (`500ms`, `30s`, `2m`,
 //! `1h 30m`), or a bare number meaning seconds (`300`), as the original
-//! monitor's `--duration 300 --interval 2` had it.
+//! monitor's `--duration 300 --interval 2` had it. And durations as the
+//! tools print them ([`short_ms`]), which the history checker's messages use
+//! too.
 
 use std::time::Duration;
 
@@ -33,6 +35,21 @@ pub fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
+/// A short duration for people: `450ms`, `27.5s`, `2m05s`, `1h02m`.
+pub fn short_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
+    }
+}
+
+/// [`short_ms`] of a `Duration`.
+pub fn short(d: Duration) -> String {
+    short_ms(millis(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +77,15 @@ mod tests {
                 .contains("more than zero")
         );
         assert_eq!(parse_positive_duration("2"), Ok(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(short_ms(450), "450ms");
+        assert_eq!(short_ms(27_500), "27.5s");
+        assert_eq!(short_ms(125_000), "2m05s");
+        assert_eq!(short_ms(3_720_000), "1h02m");
+        assert_eq!(short(Duration::from_secs(120)), "2m00s");
     }
 
     #[test]

@@ -14,16 +14,24 @@
 //! - [`lease`]: a [`Lease`] as a holder or onlooker sees it.
 //! - [`event`]: the arbiter's numbered transitions ([`Event`], [`EventKind`]).
 //! - [`status`]: everything `GetStatus` shows ([`Status`]).
-//! - [`duration`]: durations as written in flags (`500ms`, `2m`, or seconds).
+//! - [`duration`]: durations as written in flags (`500ms`, `2m`, or seconds),
+//!   and as the tools print them.
+//! - [`timestamp`]: wall-clock times as the tools print them.
+//! - [`history`]: the one checker of the arbiter's promises over its events
+//!   and status snapshots ([`history::Checker`]), used by `restockctl
+//!   monitor` and the fault suite, and [`history::build`] for made-up
+//!   histories.
 
 pub mod catalog;
 pub mod duration;
 pub mod event;
+pub mod history;
 pub mod ids;
 pub mod lease;
 pub mod product;
 pub mod status;
 pub mod stock;
+pub mod timestamp;
 
 pub use catalog::{Catalog, CatalogError, PriorityList, ProductSpec};
 pub use event::{Event, EventKind};

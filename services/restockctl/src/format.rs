@@ -2,10 +2,22 @@
 //! the JSON shapes of status and events (field and enum names as in
 //! `arbiter.proto`, so scripts can use the same names as with grpcurl).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use restock_proto::v1::{self as pb, event::Kind};
+use restock_domain::{Outcome, ProductState};
+use restock_proto::{
+    convert,
+    v1::{self as pb, event::Kind},
+};
 use serde::Serialize;
+
+/// [`duration_ms`] of a `Duration`.
+pub use restock_domain::duration::short as duration;
+/// A short duration for people: `450ms`, `27.5s`, `2m05s`, `1h02m`.
+pub use restock_domain::duration::short_ms as duration_ms;
+/// `2026-05-01T10:00:00.123Z`, or `-` for 0 (unset). These three are the
+/// domain's, so the history checker's messages and these lines read alike.
+pub use restock_domain::timestamp::rfc3339_ms as time;
 
 /// Milliseconds since the Unix epoch by this machine's clock.
 pub fn now_unix_ms() -> u64 {
@@ -13,29 +25,6 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// `2026-05-01T10:00:00.123Z`, or `-` for 0 (unset).
-pub fn time(unix_ms: u64) -> String {
-    if unix_ms == 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
-}
-
-/// A short duration for people: `450ms`, `27.5s`, `2m05s`, `1h02m`.
-pub fn duration_ms(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms}ms"),
-        1_000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
-        _ => format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000),
-    }
-}
-
-/// [`duration_ms`] of a `Duration`.
-pub fn duration(d: Duration) -> String {
-    duration_ms(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// At most `max` characters of `text`, with `...` when cut.
@@ -69,18 +58,28 @@ pub fn outcome_name(value: i32) -> String {
         .unwrap_or_else(|_| format!("OUTCOME_{value}"))
 }
 
-/// `purchased`, `out-of-stock`, ... as `release --outcome` spells them; empty
-/// for an unspecified outcome.
+/// `purchased`, `out-of-stock`, ... as `release --outcome` spells them.
+pub fn outcome_flag(o: Outcome) -> String {
+    o.as_str().replace('_', "-")
+}
+
+/// [`outcome_flag`] of a protocol outcome; empty for an unspecified one.
 pub fn outcome_word(value: i32) -> String {
-    match pb::Outcome::try_from(value) {
-        Ok(pb::Outcome::Unspecified) => String::new(),
-        Ok(pb::Outcome::Purchased) => "purchased".into(),
-        Ok(pb::Outcome::Failed) => "failed".into(),
-        Ok(pb::Outcome::OutOfStock) => "out-of-stock".into(),
-        Ok(pb::Outcome::Aborted) => "aborted".into(),
-        Ok(pb::Outcome::Expired) => "expired".into(),
+    match convert::outcome("outcome", value) {
+        Ok(None) => String::new(),
+        Ok(Some(o)) => outcome_flag(o),
         Err(_) => format!("outcome-{value}"),
     }
+}
+
+/// `READY`, `ATTEMPTING`, ...: a domain state by its name in the .proto.
+pub fn state_proto_name(s: ProductState) -> &'static str {
+    pb::ProductState::from(s).as_str_name()
+}
+
+/// `OUTCOME_PURCHASED`, ...: a domain outcome by its name in the .proto.
+pub fn outcome_proto_name(o: Outcome) -> &'static str {
+    pb::Outcome::from(o).as_str_name()
 }
 
 /// `GRANTED`, `RELEASED`, ... as in the .proto.
@@ -313,6 +312,15 @@ mod tests {
         assert_eq!(duration_ms(27_500), "27.5s");
         assert_eq!(duration_ms(125_000), "2m05s");
         assert_eq!(duration_ms(3_720_000), "1h02m");
+    }
+
+    #[test]
+    fn outcomes_read_as_the_release_flag_and_states_as_the_proto() {
+        assert_eq!(outcome_word(pb::Outcome::OutOfStock as i32), "out-of-stock");
+        assert_eq!(outcome_word(0), "");
+        assert_eq!(outcome_word(99), "outcome-99");
+        assert_eq!(outcome_proto_name(Outcome::Purchased), "OUTCOME_PURCHASED");
+        assert_eq!(state_proto_name(ProductState::Attempting), "ATTEMPTING");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! - [`status`]: `status` as tables or JSON.
 //! - [`feed`]: a `WatchEvents` stream that resumes after disconnects.
 //! - [`events`]: `events [--follow] [--from N]`.
-//! - [`monitor`]: `monitor`; its [`monitor::checker`] is a pure state machine
-//!   over events and status snapshots, unit-tested on made-up histories, and
-//!   [`monitor::report`] renders the cycle history and summary.
+//! - [`monitor`]: `monitor`: follows events and status snapshots, converts
+//!   them to domain types and feeds them to the domain's history checker
+//!   ([`restock_domain::history`], pure and unit-tested on made-up
+//!   histories there); [`monitor::report`] renders the cycle history and
+//!   summary.
 //! - [`operator`]: `reset`, `pause`, `resume`, `reload`, `acquire`, `renew`,
 //!   `release`.
 //! - [`health`]: `health`, against any gRPC server with the standard health

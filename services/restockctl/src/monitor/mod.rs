@@ -1,11 +1,13 @@
-//! `restockctl monitor`: the gRPC plumbing around the [`checker`]. It takes a
-//! first status snapshot, follows `WatchEvents` from the point that snapshot
-//! describes (resuming after disconnects), polls `GetStatus` every
-//! `--interval`, feeds everything to a [`Monitor`] with its arrival time,
-//! prints what it reports as it happens, and at the end (or on Ctrl-C) prints
-//! the cycle history and the summary.
+//! `restockctl monitor`: the gRPC plumbing around the domain's history
+//! checker ([`restock_domain::history::Checker`], which the fault suite
+//! uses too). It takes a first status snapshot, follows `WatchEvents` from
+//! the point that snapshot describes (resuming after disconnects), polls
+//! `GetStatus` every `--interval`, converts each message to domain types at
+//! this edge (one that does not convert is a warning, not checked), feeds
+//! it to the checker with its arrival time, prints what it reports as it
+//! happens, and at the end (or on Ctrl-C) prints the cycle history and the
+//! summary.
 
-pub mod checker;
 pub mod report;
 
 use std::{
@@ -14,10 +16,13 @@ use std::{
 };
 
 use crate::client::Channel;
+use restock_domain::{
+    Event, Status,
+    history::{Checker, Notice},
+};
 use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
 use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
 
-pub use checker::{Cycle, Monitor, Notice, Problem, ProblemKind};
 pub use report::{Report, Window};
 
 use crate::{
@@ -44,7 +49,7 @@ pub async fn run(
     let first = target
         .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
         .await?;
-    let mut monitor = Monitor::new(args.stuck_after);
+    let mut monitor = Checker::new(args.stuck_after);
     // Progress goes to stderr, and only to a terminal: never into a log or a
     // pipe.
     let mut live = Live {
@@ -53,14 +58,11 @@ pub async fn run(
         progress: std::io::stderr().is_terminal(),
         progress_shown: false,
     };
-    live.notices(monitor.observe_snapshot(&first, now_unix_ms()))?;
+    let first_sequence = first.last_event_sequence;
+    live.notices(observe_status(&mut monitor, first, now_unix_ms()))?;
 
     let (event_tx, mut events) = mpsc::channel(1024);
-    let _feed = AbortOnDrop(feed::spawn(
-        client.clone(),
-        first.last_event_sequence + 1,
-        event_tx,
-    ));
+    let _feed = AbortOnDrop(feed::spawn(client.clone(), first_sequence + 1, event_tx));
     let (status_tx, mut statuses) = mpsc::channel(4);
     let _poller = AbortOnDrop(spawn_poller(
         target.clone(),
@@ -74,7 +76,7 @@ pub async fn run(
         duration(args.duration),
         duration(args.interval),
         duration(args.stuck_after),
-        first.last_event_sequence + 1
+        first_sequence + 1
     ))?;
 
     let deadline = tokio::time::Instant::now() + args.duration;
@@ -93,7 +95,7 @@ pub async fn run(
                 break;
             }
             Some(item) = events.recv() => match item {
-                FeedItem::Event(e) => live.notices(monitor.observe_event(&e, now_unix_ms()))?,
+                FeedItem::Event(e) => live.notices(observe_event(&mut monitor, e, now_unix_ms()))?,
                 FeedItem::Lost { error, retry_in, next } => {
                     if stream_lost_at.is_none() {
                         stream_lost_at = Some(now_unix_ms());
@@ -122,7 +124,7 @@ pub async fn run(
                         status_failing = false;
                         live.line("GetStatus answers again")?;
                     }
-                    live.notices(monitor.observe_snapshot(&status, received))?;
+                    live.notices(observe_status(&mut monitor, status, received))?;
                 }
                 Err(e) => {
                     if !status_failing {
@@ -146,7 +148,7 @@ pub async fn run(
     // Events already received happened inside the window.
     while let Ok(item) = events.try_recv() {
         if let FeedItem::Event(e) = item {
-            live.notices(monitor.observe_event(&e, now_unix_ms()))?;
+            live.notices(observe_event(&mut monitor, e, now_unix_ms()))?;
         }
     }
     live.clear_progress();
@@ -169,6 +171,39 @@ pub async fn run(
     }
     live.out.flush()?;
     Ok(report.clean)
+}
+
+/// Feeds one event to the checker; one that is not a valid domain event
+/// (an id out of its rules, a kind this build does not know) becomes a
+/// warning, and the checker then sees its sequence number as missed.
+fn observe_event(monitor: &mut Checker, e: pb::Event, received_unix_ms: u64) -> Vec<Notice> {
+    let sequence = e.sequence;
+    match Event::try_from(e) {
+        Ok(e) => monitor.observe_event(&e, received_unix_ms),
+        Err(error) => monitor.warn(
+            format!("event #{sequence} could not be read ({error}); it is not checked"),
+            received_unix_ms,
+        ),
+    }
+}
+
+/// Feeds one status snapshot to the checker; one that does not convert
+/// becomes a warning.
+fn observe_status(
+    monitor: &mut Checker,
+    s: pb::GetStatusResponse,
+    received_unix_ms: u64,
+) -> Vec<Notice> {
+    let sequence = s.last_event_sequence;
+    match Status::try_from(s) {
+        Ok(s) => monitor.observe_status(&s, received_unix_ms),
+        Err(error) => monitor.warn(
+            format!(
+                "a status snapshot (at event #{sequence}) could not be read ({error}); it is not used"
+            ),
+            received_unix_ms,
+        ),
+    }
 }
 
 /// Takes a status snapshot every `interval` and sends it with its arrival
@@ -237,5 +272,44 @@ impl Live<'_> {
             let _ = err.flush();
             self.progress_shown = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_that_do_not_convert_are_warnings_not_checked() {
+        let mut m = Checker::new(Duration::from_secs(120));
+        let bad_event = pb::Event {
+            sequence: 2,
+            unix_ms: 1_000,
+            kind: 99,
+            ..Default::default()
+        };
+        let notices = observe_event(&mut m, bad_event, 1_000);
+        assert!(
+            matches!(notices.as_slice(), [Notice::Warning(w)]
+                if w.message.starts_with("event #2 could not be read (kind: 99 is not a known event kind)")),
+            "{notices:#?}"
+        );
+        let bad_status = pb::GetStatusResponse {
+            products: vec![pb::ProductStatus {
+                tcin: "a b".into(),
+                state: pb::ProductState::Ready as i32,
+                ..Default::default()
+            }],
+            last_event_sequence: 3,
+            ..Default::default()
+        };
+        let notices = observe_status(&mut m, bad_status, 2_000);
+        assert!(
+            matches!(notices.as_slice(), [Notice::Warning(w)]
+                if w.message.starts_with("a status snapshot (at event #3) could not be read (products[0].tcin:")),
+            "{notices:#?}"
+        );
+        assert!(m.problems().is_empty());
+        assert_eq!((m.events_seen(), m.snapshots_seen()), (0, 0));
     }
 }

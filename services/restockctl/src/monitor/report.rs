@@ -1,13 +1,18 @@
 //! The monitor's output: one line per live notice, and the final report
-//! (cycle history, summary, problems) as text or JSON.
+//! (cycle history, summary, problems) as text or JSON. The checker speaks
+//! domain types; here they take the shapes and names the README promises
+//! (enum names as in the .proto, empty strings for unset fields).
 
 use std::collections::BTreeMap;
 
 use comfy_table::{Cell, CellAlignment, Table, presets};
+use restock_domain::{
+    Event,
+    history::{Checker, Cycle, Notice, Problem, ProblemKind, Warning},
+};
 use serde::Serialize;
 
-use super::checker::{Cycle, Monitor, Notice, Problem, ProblemKind, Transition, Warning};
-use crate::format::{duration_ms, shorten, time};
+use crate::format::{duration_ms, outcome_proto_name, shorten, state_proto_name, time};
 
 /// Live lines stay readable: a checkout's detail can be a whole HTTP answer
 /// (the JSON report and `restockctl events` keep it in full).
@@ -45,6 +50,106 @@ pub struct Summary {
     pub snapshots: u64,
 }
 
+/// One event as the report shows it (every kind except RENEWED).
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    pub sequence: u64,
+    pub at_unix_ms: u64,
+    /// `GRANTED`, ...
+    pub kind: String,
+    /// Empty when the event names none (likewise the fields below).
+    pub tcin: String,
+    pub watcher_id: String,
+    /// 0 for none.
+    pub fencing_token: u64,
+    /// `READY`, ...
+    pub from_state: String,
+    pub to_state: String,
+    /// `OUTCOME_PURCHASED`, ...
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl From<&Event> for Transition {
+    fn from(e: &Event) -> Self {
+        Self {
+            sequence: e.sequence,
+            at_unix_ms: e.unix_ms,
+            kind: e.kind.as_str().to_owned(),
+            tcin: e.tcin.as_ref().map(ToString::to_string).unwrap_or_default(),
+            watcher_id: e
+                .watcher_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            fencing_token: e.fencing_token.map_or(0, |t| t.get()),
+            from_state: e
+                .from_state
+                .map(state_proto_name)
+                .unwrap_or_default()
+                .to_owned(),
+            to_state: e
+                .to_state
+                .map(state_proto_name)
+                .unwrap_or_default()
+                .to_owned(),
+            outcome: e
+                .outcome
+                .map(outcome_proto_name)
+                .unwrap_or_default()
+                .to_owned(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// One purchase cycle as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleLine {
+    /// 1, 2, ... in order of grant.
+    pub number: usize,
+    pub lease_id: String,
+    pub tcin: String,
+    pub watcher_id: String,
+    pub fencing_token: u64,
+    pub started_at_unix_ms: u64,
+    pub ended_at_unix_ms: Option<u64>,
+    /// As in the .proto (`OUTCOME_PURCHASED`, ...); `None` while open or when
+    /// the end was not seen.
+    pub outcome: Option<String>,
+    pub duration_ms: Option<u64>,
+    /// False when the lease was granted before the monitor watched (its start
+    /// comes from the lease's grant time).
+    pub start_observed: bool,
+    /// False when the lease disappeared without a RELEASED/EXPIRED seen.
+    pub end_observed: bool,
+}
+
+impl From<&Cycle> for CycleLine {
+    fn from(c: &Cycle) -> Self {
+        let end_observed = c.completed();
+        Self {
+            number: c.number,
+            lease_id: c.lease_id.to_string(),
+            tcin: c.tcin.to_string(),
+            watcher_id: c.watcher_id.to_string(),
+            fencing_token: c.token.get(),
+            started_at_unix_ms: c.started_at_unix_ms,
+            ended_at_unix_ms: c.ended_at_unix_ms(),
+            // An end seen without an outcome shows as the protocol's unset one.
+            outcome: end_observed
+                .then(|| {
+                    c.outcome()
+                        .map_or("OUTCOME_UNSPECIFIED", outcome_proto_name)
+                })
+                .map(str::to_owned),
+            duration_ms: c.duration_ms(),
+            start_observed: c.start_observed,
+            end_observed,
+        }
+    }
+}
+
 /// Everything the monitor saw, for the end of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -54,8 +159,10 @@ pub struct Report {
     pub summary: Summary,
     pub problems: Vec<Problem>,
     pub warnings: Vec<Warning>,
-    pub cycles: Vec<Cycle>,
-    /// At most the first 10,000; `summary.transitions` counts them all.
+    pub cycles: Vec<CycleLine>,
+    /// At most the first
+    /// [`MAX_KEPT_TRANSITIONS`](restock_domain::history::MAX_KEPT_TRANSITIONS);
+    /// `summary.transitions` counts them all.
     pub transitions: Vec<Transition>,
 }
 
@@ -76,9 +183,9 @@ pub fn median_and_max(values: &[u64]) -> (Option<u64>, Option<u64>) {
 }
 
 impl Report {
-    pub fn new(monitor: &Monitor, window: Window) -> Self {
-        let cycles = monitor.cycles().to_vec();
-        let completed: Vec<&Cycle> = cycles.iter().filter(|c| c.completed()).collect();
+    pub fn new(monitor: &Checker, window: Window) -> Self {
+        let cycles: Vec<CycleLine> = monitor.cycles().iter().map(CycleLine::from).collect();
+        let completed: Vec<&CycleLine> = cycles.iter().filter(|c| c.end_observed).collect();
         let mut outcomes = BTreeMap::new();
         for c in &completed {
             let o = c.outcome.clone().unwrap_or_else(|| "unknown".into());
@@ -115,7 +222,7 @@ impl Report {
             problems: monitor.problems().to_vec(),
             warnings: monitor.warnings().to_vec(),
             cycles,
-            transitions: monitor.transitions().to_vec(),
+            transitions: monitor.transitions().iter().map(Transition::from).collect(),
         }
     }
 
@@ -275,7 +382,8 @@ fn problem_line(p: &Problem) -> String {
 /// One live line for a notice.
 pub fn notice_line(n: &Notice) -> String {
     match n {
-        Notice::Transition(t) => {
+        Notice::Transition(e) => {
+            let t = Transition::from(e);
             let mut line = format!("{} #{} {}", time(t.at_unix_ms), t.sequence, t.kind);
             if !t.tcin.is_empty() {
                 line.push_str(&format!(" {}", t.tcin));
@@ -301,6 +409,7 @@ pub fn notice_line(n: &Notice) -> String {
             line
         }
         Notice::CycleEnded(c) => {
+            let c = CycleLine::from(c);
             if c.end_observed {
                 format!(
                     "cycle {} done: product {} by {} (token {}), {} after {}",
@@ -339,6 +448,69 @@ mod tests {
         assert_eq!(shorten("short", 100), "short");
         let long = "é".repeat(150);
         assert_eq!(shorten(&long, 100), format!("{}...", "é".repeat(100)));
+    }
+
+    #[test]
+    fn the_report_shows_domain_values_with_the_proto_s_names() {
+        use restock_domain::{
+            EventKind, LeaseId, Outcome, ProductState, Tcin, WatcherId, history::build,
+        };
+        let lease = build::lease(
+            &LeaseId::parse("lease-1").unwrap(),
+            &Tcin::parse("100").unwrap(),
+            &WatcherId::parse("w1").unwrap(),
+            3,
+            1_000,
+        );
+        let mut m = Checker::new(std::time::Duration::from_secs(120));
+        for e in [
+            build::plain(1, 900, EventKind::ArbiterStarted),
+            build::granted(2, 1_000, &lease, ProductState::Queued),
+            build::renewed(3, 1_500, &lease),
+            build::released(4, 2_500, &lease, Outcome::OutOfStock),
+        ] {
+            m.observe_event(&e, e.unix_ms);
+        }
+        let window = Window {
+            arbiter: "http://a:1".into(),
+            started_unix_ms: 900,
+            ended_unix_ms: 3_000,
+            interrupted: false,
+            stuck_after_ms: 120_000,
+        };
+        let json = serde_json::to_value(Report::new(&m, window)).unwrap();
+        assert_eq!(json["clean"], true);
+        assert_eq!(json["summary"]["outcomes"]["OUTCOME_OUT_OF_STOCK"], 1);
+        assert_eq!(json["summary"]["renewals"], 1);
+        let granted = &json["transitions"][1];
+        assert_eq!(granted["kind"], "GRANTED");
+        assert_eq!(granted["from_state"], "QUEUED");
+        assert_eq!(granted["to_state"], "ATTEMPTING");
+        assert_eq!(granted["outcome"], "");
+        assert_eq!(granted["fencing_token"], 3);
+        assert_eq!(json["transitions"][0]["tcin"], "");
+        assert_eq!(json["transitions"].as_array().unwrap().len(), 3);
+        let cycle = &json["cycles"][0];
+        assert_eq!(cycle["lease_id"], "lease-1");
+        assert_eq!(cycle["outcome"], "OUTCOME_OUT_OF_STOCK");
+        assert_eq!(cycle["duration_ms"], 1_500);
+        assert_eq!(cycle["end_observed"], true);
+        let lines: Vec<String> = m
+            .transitions()
+            .iter()
+            .map(|e| notice_line(&Notice::Transition(e.clone())))
+            .collect();
+        assert!(
+            lines[2].ends_with(
+                "#4 RELEASED 100 ATTEMPTING->READY outcome=out-of-stock watcher=w1 token=3"
+            ),
+            "{lines:#?}"
+        );
+        let done = notice_line(&Notice::CycleEnded(m.cycles()[0].clone()));
+        assert_eq!(
+            done,
+            "cycle 1 done: product 100 by w1 (token 3), out-of-stock after 1.5s"
+        );
     }
 
     #[test]

@@ -1,51 +1,47 @@
 //! The checker fed made-up histories: each problem it claims to catch, and
-//! the healthy histories it must not complain about.
+//! the healthy histories it must not complain about. (These began as the
+//! tests of `restockctl monitor`'s own checker, which this one replaced.)
 
-use super::*;
+use std::time::Duration;
+
+use super::{Checker, Cycle, CycleEnd, Notice, ProblemKind, build};
+use crate::{
+    event::{Event, EventKind as Kind},
+    ids::{LeaseId, Tcin, WatcherId},
+    lease::Lease,
+    product::{Outcome, ProductState as St},
+    status::Status,
+};
 
 const T0: u64 = 1_700_000_000_000;
 const SEC: u64 = 1_000;
 
-fn monitor() -> Monitor {
-    Monitor::new(Duration::from_secs(120))
+fn checker() -> Checker {
+    Checker::new(Duration::from_secs(120))
+}
+
+fn t(tcin: &str) -> Tcin {
+    Tcin::parse(tcin).unwrap()
+}
+
+/// A lease held by watcher `w1`.
+fn lease(id: &str, tcin: &str, token: u64, granted_at: u64) -> Lease {
+    build::lease(
+        &LeaseId::parse(id).unwrap(),
+        &t(tcin),
+        &WatcherId::parse("w1").unwrap(),
+        token,
+        granted_at,
+    )
 }
 
 /// Products in priority order (1 = first), all configured.
-fn snapshot(seq: u64, products: &[(&str, St)], lease: Option<pb::Lease>) -> pb::GetStatusResponse {
-    pb::GetStatusResponse {
-        products: products
-            .iter()
-            .enumerate()
-            .map(|(i, (tcin, state))| pb::ProductStatus {
-                tcin: (*tcin).into(),
-                name: format!("Product {tcin}"),
-                priority: i as u32 + 1,
-                state: *state as i32,
-                quantity: 1,
-                configured: true,
-                ..Default::default()
-            })
-            .collect(),
-        active_lease: lease,
-        test_mode: true,
-        last_event_sequence: seq,
-        next_fencing_token: 1,
-        ..Default::default()
-    }
+fn snapshot(seq: u64, products: &[(&str, St)], lease: Option<Lease>) -> Status {
+    let products: Vec<(Tcin, St)> = products.iter().map(|(p, s)| (t(p), *s)).collect();
+    build::status(seq, &products, lease)
 }
 
-fn lease(id: &str, tcin: &str, token: u64, granted_at: u64) -> Option<pb::Lease> {
-    Some(pb::Lease {
-        lease_id: id.into(),
-        tcin: tcin.into(),
-        watcher_id: "w1".into(),
-        fencing_token: token,
-        granted_at_unix_ms: granted_at,
-        ..Default::default()
-    })
-}
-
-fn ready3(seq: u64) -> pb::GetStatusResponse {
+fn ready3(seq: u64) -> Status {
     snapshot(
         seq,
         &[("100", St::Ready), ("200", St::Ready), ("300", St::Ready)],
@@ -53,69 +49,43 @@ fn ready3(seq: u64) -> pb::GetStatusResponse {
     )
 }
 
-fn ev(seq: u64, at: u64, kind: Kind, tcin: &str, from: St, to: St) -> pb::Event {
-    pb::Event {
-        sequence: seq,
-        unix_ms: at,
-        kind: kind as i32,
-        tcin: tcin.into(),
-        from_state: from as i32,
-        to_state: to as i32,
-        ..Default::default()
-    }
+fn ev(seq: u64, at: u64, kind: Kind, tcin: &str, from: St, to: St) -> Event {
+    build::product_event(seq, at, kind, &t(tcin), from, to)
 }
 
-fn granted(seq: u64, at: u64, tcin: &str, lease: &str, token: u64, from: St) -> pb::Event {
-    pb::Event {
-        watcher_id: "w1".into(),
-        lease_id: lease.into(),
-        fencing_token: token,
-        ..ev(seq, at, Kind::Granted, tcin, from, St::Attempting)
-    }
+fn granted(seq: u64, at: u64, tcin: &str, lease_id: &str, token: u64, from: St) -> Event {
+    build::granted(seq, at, &lease(lease_id, tcin, token, at), from)
 }
 
-fn released(seq: u64, at: u64, tcin: &str, lease: &str, token: u64) -> pb::Event {
-    pb::Event {
-        watcher_id: "w1".into(),
-        lease_id: lease.into(),
-        fencing_token: token,
-        outcome: pb::Outcome::Purchased as i32,
-        ..ev(seq, at, Kind::Released, tcin, St::Attempting, St::Ready)
-    }
+fn released(seq: u64, at: u64, tcin: &str, lease_id: &str, token: u64) -> Event {
+    build::released(
+        seq,
+        at,
+        &lease(lease_id, tcin, token, 0),
+        Outcome::Purchased,
+    )
 }
 
-fn renewed(seq: u64, at: u64, tcin: &str, lease: &str, token: u64) -> pb::Event {
-    pb::Event {
-        watcher_id: "w1".into(),
-        lease_id: lease.into(),
-        fencing_token: token,
-        ..ev(
-            seq,
-            at,
-            Kind::Renewed,
-            tcin,
-            St::Unspecified,
-            St::Unspecified,
-        )
-    }
+fn renewed(seq: u64, at: u64, tcin: &str, lease_id: &str, token: u64) -> Event {
+    build::renewed(seq, at, &lease(lease_id, tcin, token, 0))
 }
 
 /// Feeds events as if each arrived the moment it happened.
-fn feed(m: &mut Monitor, events: &[pb::Event]) -> Vec<Notice> {
+fn feed(m: &mut Checker, events: &[Event]) -> Vec<Notice> {
     events
         .iter()
         .flat_map(|e| m.observe_event(e, e.unix_ms))
         .collect()
 }
 
-fn kinds(m: &Monitor) -> Vec<ProblemKind> {
+fn kinds(m: &Checker) -> Vec<ProblemKind> {
     m.problems().iter().map(|p| p.kind).collect()
 }
 
 #[test]
 fn test_mode_cycles_of_the_top_product_are_clean_and_counted() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     let mut seq = 1;
     for i in 0..5u64 {
         let at = T0 + i * 10 * SEC;
@@ -130,24 +100,24 @@ fn test_mode_cycles_of_the_top_product_are_clean_and_counted() {
         );
         seq += 3;
     }
-    m.observe_snapshot(&ready3(seq), T0 + 60 * SEC);
+    m.observe_status(&ready3(seq), T0 + 60 * SEC);
     assert!(m.problems().is_empty(), "{:#?}", m.problems());
     assert!(m.warnings().is_empty(), "{:#?}", m.warnings());
     assert_eq!(m.completed_cycles(), 5);
     assert_eq!(m.renewals(), 5);
-    let durations: Vec<u64> = m.cycles().iter().filter_map(|c| c.duration_ms).collect();
+    let durations: Vec<u64> = m.cycles().iter().filter_map(Cycle::duration_ms).collect();
     assert_eq!(durations, [200, 201, 202, 203, 204]);
     assert!(
         m.cycles()
             .iter()
-            .all(|c| c.outcome.as_deref() == Some("OUTCOME_PURCHASED"))
+            .all(|c| c.outcome() == Some(Outcome::Purchased))
     );
 }
 
 #[test]
 fn a_grant_while_a_higher_priority_product_is_queued_is_a_switch() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -158,7 +128,7 @@ fn a_grant_while_a_higher_priority_product_is_queued_is_a_switch() {
     assert_eq!(kinds(&m), [ProblemKind::ProductSwitch]);
     let p = &m.problems()[0];
     assert_eq!(p.sequence, Some(3));
-    assert_eq!(p.tcin, "200");
+    assert_eq!(p.tcin, t("200"));
     assert!(
         p.detail.contains("product 200 (priority 2) was granted")
             && p.detail
@@ -170,8 +140,8 @@ fn a_grant_while_a_higher_priority_product_is_queued_is_a_switch() {
 
 #[test]
 fn a_lower_priority_product_waiting_and_a_better_one_arriving_mid_cycle_are_fine() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -190,8 +160,8 @@ fn a_lower_priority_product_waiting_and_a_better_one_arriving_mid_cycle_are_fine
 
 #[test]
 fn unconfigured_products_rank_after_configured_ones_by_id() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -210,8 +180,8 @@ fn unconfigured_products_rank_after_configured_ones_by_id() {
 
 #[test]
 fn a_release_naming_another_product_than_the_lease_is_a_switch() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -231,8 +201,8 @@ fn a_release_naming_another_product_than_the_lease_is_a_switch() {
 
 #[test]
 fn a_grant_while_another_lease_is_held_is_a_concurrent_attempt() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     let notices = feed(
         &mut m,
         &[
@@ -268,7 +238,7 @@ fn a_grant_while_another_lease_is_held_is_a_concurrent_attempt() {
 
 #[test]
 fn a_snapshot_with_two_products_attempting_is_a_concurrent_attempt() {
-    let mut m = monitor();
+    let mut m = checker();
     let s = snapshot(
         7,
         &[
@@ -278,8 +248,8 @@ fn a_snapshot_with_two_products_attempting_is_a_concurrent_attempt() {
         ],
         None,
     );
-    m.observe_snapshot(&s, T0);
-    m.observe_snapshot(&s, T0 + 2 * SEC); // reported once
+    m.observe_status(&s, T0);
+    m.observe_status(&s, T0 + 2 * SEC); // reported once
     assert_eq!(kinds(&m), [ProblemKind::ConcurrentAttempt]);
     assert!(
         m.problems()[0]
@@ -292,27 +262,21 @@ fn a_snapshot_with_two_products_attempting_is_a_concurrent_attempt() {
 
 #[test]
 fn a_snapshot_whose_lease_is_for_another_product_than_the_attempting_one_is_a_switch() {
-    let mut m = monitor();
-    let lease = pb::Lease {
-        lease_id: "lease-1".into(),
-        tcin: "100".into(),
-        watcher_id: "w1".into(),
-        fencing_token: 1,
-        ..Default::default()
-    };
+    let mut m = checker();
+    let lease = lease("lease-1", "100", 1, 0);
     let s = snapshot(
         3,
         &[("100", St::Ready), ("200", St::Attempting)],
         Some(lease),
     );
-    m.observe_snapshot(&s, T0);
+    m.observe_status(&s, T0);
     assert_eq!(kinds(&m), [ProblemKind::ProductSwitch]);
 }
 
 #[test]
 fn a_purchase_attempting_past_the_limit_is_stuck_even_while_renewed() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -336,8 +300,8 @@ fn a_purchase_attempting_past_the_limit_is_stuck_even_while_renewed() {
 
 #[test]
 fn a_silent_stuck_purchase_is_found_by_the_snapshots() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(&mut m, &[granted(2, T0, "100", "lease-1", 1, St::Ready)]);
     let attempting = snapshot(
         2,
@@ -346,45 +310,38 @@ fn a_silent_stuck_purchase_is_found_by_the_snapshots() {
             ("200", St::Ready),
             ("300", St::Ready),
         ],
-        lease("lease-1", "100", 1, T0),
+        Some(lease("lease-1", "100", 1, T0)),
     );
-    m.observe_snapshot(&attempting, T0 + 100 * SEC);
+    m.observe_status(&attempting, T0 + 100 * SEC);
     assert!(m.problems().is_empty());
     assert!(m.warnings().is_empty(), "{:#?}", m.warnings());
-    let notices = m.observe_snapshot(&attempting, T0 + 125 * SEC);
+    let notices = m.observe_status(&attempting, T0 + 125 * SEC);
     assert_eq!(kinds(&m), [ProblemKind::StuckPurchase]);
     assert!(matches!(notices.as_slice(), [Notice::Problem(_)]));
 }
 
 #[test]
 fn a_lease_held_before_the_monitor_started_counts_from_its_grant() {
-    let mut m = monitor();
-    let lease = pb::Lease {
-        lease_id: "lease-9".into(),
-        tcin: "100".into(),
-        watcher_id: "w1".into(),
-        fencing_token: 9,
-        granted_at_unix_ms: T0 - 130 * SEC,
-        ..Default::default()
-    };
+    let mut m = checker();
+    let lease = lease("lease-9", "100", 9, T0 - 130 * SEC);
     let s = snapshot(
         40,
         &[("100", St::Attempting), ("200", St::Ready)],
         Some(lease),
     );
-    m.observe_snapshot(&s, T0);
+    m.observe_status(&s, T0);
     assert_eq!(kinds(&m), [ProblemKind::StuckPurchase]);
     feed(&mut m, &[released(41, T0 + SEC, "100", "lease-9", 9)]);
     assert_eq!(m.completed_cycles(), 1);
     let c = &m.cycles()[0];
     assert!(!c.start_observed);
-    assert_eq!(c.duration_ms, Some(131 * SEC));
+    assert_eq!(c.duration_ms(), Some(131 * SEC));
 }
 
 #[test]
 fn a_product_queued_with_the_slot_free_past_the_limit_is_stuck() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[ev(2, T0 + SEC, Kind::Queued, "200", St::Ready, St::Queued)],
@@ -394,9 +351,9 @@ fn a_product_queued_with_the_slot_free_past_the_limit_is_stuck() {
         &[("100", St::Ready), ("200", St::Queued), ("300", St::Ready)],
         None,
     );
-    m.observe_snapshot(&s, T0 + 100 * SEC);
+    m.observe_status(&s, T0 + 100 * SEC);
     assert!(m.problems().is_empty());
-    m.observe_snapshot(&s, T0 + 122 * SEC);
+    m.observe_status(&s, T0 + 122 * SEC);
     assert_eq!(kinds(&m), [ProblemKind::StuckPurchase]);
     assert!(
         m.problems()[0]
@@ -409,8 +366,8 @@ fn a_product_queued_with_the_slot_free_past_the_limit_is_stuck() {
 
 #[test]
 fn waiting_behind_other_purchases_or_a_pause_is_not_stuck() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     // 100 cycles forever (TEST_MODE) while 300 waits in stock.
     let mut events = vec![ev(2, T0, Kind::Queued, "300", St::Ready, St::Queued)];
     let mut seq = 2;
@@ -422,16 +379,7 @@ fn waiting_behind_other_purchases_or_a_pause_is_not_stuck() {
         seq += 2;
     }
     // Then the operator pauses: 300 waits, by design.
-    let mut paused = ev(
-        seq + 1,
-        T0 + 300 * SEC,
-        Kind::Paused,
-        "",
-        St::Unspecified,
-        St::Unspecified,
-    );
-    paused.tcin.clear();
-    events.push(paused);
+    events.push(build::plain(seq + 1, T0 + 300 * SEC, Kind::Paused));
     feed(&mut m, &events);
     let mut s = snapshot(
         seq + 1,
@@ -439,15 +387,15 @@ fn waiting_behind_other_purchases_or_a_pause_is_not_stuck() {
         None,
     );
     s.paused = true;
-    m.observe_snapshot(&s, T0 + 600 * SEC);
+    m.observe_status(&s, T0 + 600 * SEC);
     assert!(m.problems().is_empty(), "{:#?}", m.problems());
     assert_eq!(m.completed_cycles(), 30);
 }
 
 #[test]
 fn a_reused_fencing_token_is_reported() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
@@ -461,8 +409,8 @@ fn a_reused_fencing_token_is_reported() {
 
 #[test]
 fn missed_events_pause_the_state_checks_until_a_snapshot_resyncs() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(&mut m, &[granted(2, T0, "100", "lease-1", 1, St::Ready)]);
     // #3 (lease-1 released) is lost; without care lease-2 would look like an
     // overlap.
@@ -478,14 +426,7 @@ fn missed_events_pause_the_state_checks_until_a_snapshot_resyncs() {
         "{:#?}",
         m.warnings()
     );
-    let lease2 = pb::Lease {
-        lease_id: "lease-2".into(),
-        tcin: "200".into(),
-        watcher_id: "w1".into(),
-        fencing_token: 2,
-        granted_at_unix_ms: T0 + SEC,
-        ..Default::default()
-    };
+    let lease2 = lease("lease-2", "200", 2, T0 + SEC);
     let s = snapshot(
         4,
         &[
@@ -495,7 +436,7 @@ fn missed_events_pause_the_state_checks_until_a_snapshot_resyncs() {
         ],
         Some(lease2),
     );
-    m.observe_snapshot(&s, T0 + 2 * SEC);
+    m.observe_status(&s, T0 + 2 * SEC);
     assert!(
         m.warnings()
             .iter()
@@ -510,22 +451,14 @@ fn missed_events_pause_the_state_checks_until_a_snapshot_resyncs() {
     );
     assert_eq!(kinds(&m), [ProblemKind::ConcurrentAttempt]);
     // lease-1's end was never seen: not counted as a completed cycle.
-    assert!(!m.cycles()[0].end_observed);
+    assert!(matches!(m.cycles()[0].end, CycleEnd::Unseen { .. }));
 }
 
 #[test]
 fn a_snapshot_ahead_of_the_events_waits_for_them() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
-    let mut reload = ev(
-        2,
-        T0,
-        Kind::ConfigReloaded,
-        "",
-        St::Unspecified,
-        St::Unspecified,
-    );
-    reload.detail = "3 products".into();
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
+    let reload = build::plain(2, T0, Kind::ConfigReloaded).detail("3 products");
     feed(&mut m, &[reload]);
     // The new config puts 300 first; this snapshot arrives before #3.
     let s = snapshot(
@@ -533,7 +466,7 @@ fn a_snapshot_ahead_of_the_events_waits_for_them() {
         &[("300", St::Queued), ("100", St::Ready), ("200", St::Ready)],
         None,
     );
-    m.observe_snapshot(&s, T0 + 10);
+    m.observe_status(&s, T0 + 10);
     feed(
         &mut m,
         &[
@@ -551,8 +484,8 @@ fn a_snapshot_ahead_of_the_events_waits_for_them() {
 
 #[test]
 fn old_events_replayed_after_a_reconnect_do_not_look_stuck() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     // The stream was down for five minutes; the history comes in at once.
     let late = T0 + 300 * SEC;
     for e in [
@@ -567,17 +500,9 @@ fn old_events_replayed_after_a_reconnect_do_not_look_stuck() {
 
 #[test]
 fn an_arbiter_restart_keeps_the_lease_and_is_not_a_gap() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
-    let mut started = ev(
-        1001,
-        T0 + 2 * SEC,
-        Kind::ArbiterStarted,
-        "",
-        St::Unspecified,
-        St::Unspecified,
-    );
-    started.detail = "state restored".into();
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
+    let started = build::plain(1001, T0 + 2 * SEC, Kind::ArbiterStarted).detail("state restored");
     feed(
         &mut m,
         &[
@@ -596,20 +521,13 @@ fn an_arbiter_restart_keeps_the_lease_and_is_not_a_gap() {
 
 #[test]
 fn a_lost_grant_after_a_restart_is_an_overlap() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     feed(
         &mut m,
         &[
             granted(2, T0, "100", "lease-1", 1, St::Ready),
-            ev(
-                1001,
-                T0 + SEC,
-                Kind::ArbiterStarted,
-                "",
-                St::Unspecified,
-                St::Unspecified,
-            ),
+            build::plain(1001, T0 + SEC, Kind::ArbiterStarted),
             granted(1002, T0 + 2 * SEC, "200", "lease-2", 2, St::Ready),
         ],
     );
@@ -618,8 +536,8 @@ fn a_lost_grant_after_a_restart_is_an_overlap() {
 
 #[test]
 fn repeated_events_count_once() {
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
     let g = granted(2, T0, "100", "lease-1", 1, St::Ready);
     feed(&mut m, &[g.clone(), g]);
     assert!(m.problems().is_empty());
@@ -631,8 +549,8 @@ fn repeated_events_count_once() {
 fn arbiter_time_is_estimated_from_the_events() {
     // The monitor's clock runs 30 s ahead of the arbiter's.
     let skew = 30 * SEC;
-    let mut m = monitor();
-    m.observe_snapshot(&ready3(1), T0 + skew);
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0 + skew);
     m.observe_event(&granted(2, T0, "100", "lease-1", 1, St::Ready), T0 + skew);
     let attempting = snapshot(
         2,
@@ -641,12 +559,149 @@ fn arbiter_time_is_estimated_from_the_events() {
             ("200", St::Ready),
             ("300", St::Ready),
         ],
-        lease("lease-1", "100", 1, T0),
+        Some(lease("lease-1", "100", 1, T0)),
     );
     // 100 s after the grant by the arbiter's clock: not stuck yet, although
     // the local clock says 130 s.
-    m.observe_snapshot(&attempting, T0 + skew + 100 * SEC);
+    m.observe_status(&attempting, T0 + skew + 100 * SEC);
     assert!(m.problems().is_empty(), "{:#?}", m.problems());
-    m.observe_snapshot(&attempting, T0 + skew + 121 * SEC);
+    m.observe_status(&attempting, T0 + skew + 121 * SEC);
     assert_eq!(kinds(&m), [ProblemKind::StuckPurchase]);
+}
+
+// ----- the lease bookkeeping the fault suite relies on -----
+
+/// A history from the arbiter's first event, as the fault suite reads it.
+fn whole_history(events: &[Event]) -> Checker {
+    let mut all = vec![build::plain(1, T0 - SEC, Kind::ArbiterStarted).detail("fresh state")];
+    all.extend_from_slice(events);
+    Checker::replay(&all, Duration::from_secs(120))
+}
+
+#[test]
+fn a_renewal_or_an_end_after_the_lease_ended_is_a_stale_lease_accepted() {
+    let m = whole_history(&[
+        granted(2, T0, "100", "lease-1", 1, St::Ready),
+        released(3, T0 + SEC, "100", "lease-1", 1),
+        renewed(4, T0 + 2 * SEC, "100", "lease-1", 1),
+        build::expired(5, T0 + 3 * SEC, &lease("lease-1", "100", 1, T0)),
+    ]);
+    assert_eq!(
+        kinds(&m),
+        [
+            ProblemKind::StaleLeaseAccepted,
+            ProblemKind::StaleLeaseAccepted
+        ]
+    );
+    assert!(
+        m.problems()[0]
+            .detail
+            .starts_with("RENEWED of lease lease-1 (product 100, token 1) after the lease ended (RELEASED at 2023-11-14T22:13:21.000Z)"),
+        "{}",
+        m.problems()[0].detail
+    );
+    assert_eq!(m.problems()[1].sequence, Some(5));
+    // The first end stands; the later ones change nothing.
+    assert_eq!(m.completed_cycles(), 1);
+    assert_eq!(m.cycles()[0].outcome(), Some(Outcome::Purchased));
+}
+
+#[test]
+fn a_lease_event_with_another_token_than_its_grant_is_a_stale_token_accepted() {
+    let m = whole_history(&[
+        granted(2, T0, "100", "lease-1", 4, St::Ready),
+        renewed(3, T0 + SEC, "100", "lease-1", 3),
+        released(4, T0 + 2 * SEC, "100", "lease-1", 4),
+    ]);
+    assert_eq!(kinds(&m), [ProblemKind::StaleLeaseAccepted]);
+    assert!(
+        m.problems()[0]
+            .detail
+            .contains("granted with fencing token 4 but its RENEWED carries token 3"),
+        "{}",
+        m.problems()[0].detail
+    );
+}
+
+#[test]
+fn in_a_whole_history_an_unknown_lease_was_never_granted() {
+    let m = whole_history(&[released(2, T0, "100", "lease-7", 7)]);
+    assert_eq!(kinds(&m), [ProblemKind::LeaseNeverGranted]);
+    assert!(m.warnings().is_empty(), "{:#?}", m.warnings());
+
+    // Started mid-history, the grant may have come before: a warning.
+    let mut m = checker();
+    m.observe_status(&ready3(40), T0);
+    feed(&mut m, &[released(41, T0, "100", "lease-7", 7)]);
+    assert!(m.problems().is_empty(), "{:#?}", m.problems());
+    assert!(
+        m.warnings()[0].message.contains("whose grant was not seen"),
+        "{:#?}",
+        m.warnings()
+    );
+}
+
+#[test]
+fn after_a_gap_even_a_whole_history_is_not_sure_of_unknown_leases() {
+    let mut m = whole_history(&[granted(2, T0, "100", "lease-1", 1, St::Ready)]);
+    // #3 and #4 (lease-1's end, lease-2's grant) are lost.
+    feed(&mut m, &[released(5, T0 + SEC, "200", "lease-2", 2)]);
+    m.observe_status(&ready3(5), T0 + 2 * SEC);
+    feed(&mut m, &[released(6, T0 + 3 * SEC, "300", "lease-3", 3)]);
+    assert!(m.problems().is_empty(), "{:#?}", m.problems());
+}
+
+#[test]
+fn a_lease_event_that_does_not_name_its_lease_is_a_warning() {
+    let mut bare = build::plain(2, T0, Kind::Granted);
+    bare.tcin = Some(t("100"));
+    let m = whole_history(&[bare, granted(3, T0 + SEC, "100", "lease-1", 1, St::Ready)]);
+    assert!(m.problems().is_empty(), "{:#?}", m.problems());
+    assert_eq!(m.cycles().len(), 1);
+    assert!(
+        m.warnings()[0]
+            .message
+            .starts_with("event #2 (GRANTED) does not name its lease"),
+        "{:#?}",
+        m.warnings()
+    );
+}
+
+#[test]
+fn a_replayed_history_keeps_each_cycle_s_renewals_and_end() {
+    let l = lease("lease-1", "100", 1, T0);
+    let mut withdrawn = build::released(4, T0 + 5 * SEC, &l, Outcome::Aborted);
+    withdrawn.detail = "grant could not be delivered".into();
+    let m = whole_history(&[
+        build::granted(2, T0, &l, St::Ready),
+        build::renewed(3, T0 + 2 * SEC, &l),
+        withdrawn,
+    ]);
+    assert!(m.problems().is_empty(), "{:#?}", m.problems());
+    let c = &m.cycles()[0];
+    assert!(c.start_observed);
+    assert_eq!(c.extended_at_unix_ms, T0 + 2 * SEC);
+    assert_eq!(
+        c.end,
+        CycleEnd::Seen {
+            at_unix_ms: T0 + 5 * SEC,
+            kind: Kind::Released,
+            outcome: Some(Outcome::Aborted),
+            detail: "grant could not be delivered".into(),
+        }
+    );
+    assert_eq!(m.renewals(), 1);
+    assert_eq!(m.transitions_total(), 3);
+}
+
+#[test]
+fn odd_times_and_sequences_do_not_panic() {
+    let mut m = checker();
+    let mut e = granted(u64::MAX, u64::MAX, "100", "lease-1", u64::MAX, St::Ready);
+    m.observe_event(&e, 0);
+    e.sequence = 1;
+    m.observe_event(&e, u64::MAX);
+    m.observe_status(&ready3(u64::MAX), 0);
+    m.warn("late", u64::MAX);
+    assert_eq!(m.events_seen(), 1);
 }
