@@ -2,14 +2,14 @@
 //! status code and a message that says what was wrong, refuses to start on a
 //! broken file (naming it), and shuts down cleanly, ending open streams.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
     WatchEventsRequest,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, Process, bin, free_port, write_product_config,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, Process, bin, write_product_config,
 };
 use tonic::Code;
 
@@ -174,7 +174,6 @@ fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
         "purchase-arbiter (bad start)",
         bin("purchase-arbiter"),
         args.to_vec(),
-        HashMap::new(),
         log,
     );
     let code = p.wait_exit(Duration::from_secs(10));
@@ -193,8 +192,9 @@ async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
     let garbage = b"{\"version\": 1, \"next_fencing_token\": 12, \"produ";
     std::fs::write(&state, garbage).unwrap();
     let args = vec![
+        // Port 0: the start fails before anyone could connect anyway.
         "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0".into(),
         "--config".into(),
         config.display().to_string(),
         "--state-file".into(),
@@ -220,8 +220,9 @@ async fn a_broken_product_config_stops_start_up_naming_file_and_line() {
     )
     .unwrap();
     let args = vec![
+        // Port 0: the start fails before anyone could connect anyway.
         "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0".into(),
         "--config".into(),
         config.display().to_string(),
         "--state-file".into(),
@@ -304,8 +305,9 @@ async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_
         ),
     ];
     let args = vec![
+        // Port 0: the start fails before anyone could connect anyway.
         "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0".into(),
         "--config".into(),
         arbiter.config_file().display().to_string(),
         "--state-file".into(),
@@ -327,8 +329,7 @@ async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_
     for (path, bytes) in &saved {
         std::fs::write(path, bytes).unwrap();
     }
-    arbiter.process.restart();
-    restock_testkit::wait_healthy(&arbiter.addr, Duration::from_secs(20)).await;
+    arbiter.kill9_and_restart().await;
     let mut c = arbiter.client().await;
     let (held, _) = lease_and_order(&mut c).await;
     assert_eq!(held, Some((lease.lease_id.clone(), lease.fencing_token)));
@@ -385,7 +386,7 @@ async fn a_broken_product_config_on_reload_keeps_the_list_and_the_lease() {
         );
         // SIGHUP with the same file: logged, the arbiter carries on.
         arbiter.process.signal("-HUP");
-        restock_testkit::wait_healthy(&arbiter.addr, Duration::from_secs(5)).await;
+        restock_testkit::wait_healthy(arbiter.addr(), Duration::from_secs(5)).await;
         assert_eq!(lease_and_order(&mut c).await, before, "after {what}");
     }
     // A good file is taken, and the lease is still there.

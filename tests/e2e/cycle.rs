@@ -7,10 +7,11 @@ use std::{collections::HashMap, time::Duration};
 
 use restock_proto::v1::{
     self as pb, ProductState, ReleasePurchaseRequest, SetPausedRequest, WatchEventsRequest,
-    event::Kind as EventKind, stock_watcher_client::StockWatcherClient,
+    event::Kind as EventKind,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    products_json,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -18,14 +19,6 @@ use tonic::Code;
 use crate::helpers::{Client, product, status};
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn products(ids: &[&str]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|t| json!({"tcin": t, "name": format!("Product {t}")}))
-            .collect(),
-    )
-}
 
 /// Accepted checkouts that bought something, in start order.
 fn purchased(orders: &Value) -> Vec<&Value> {
@@ -98,7 +91,7 @@ async fn pause(c: &mut Client, paused: bool) {
 
 #[tokio::test]
 async fn three_products_seen_by_different_watchers_are_bought_in_priority_order() {
-    let list = products(&["100", "200", "300"]);
+    let list = products_json(&["100", "200", "300"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         products_json: Some(list.clone()),
         ..Default::default()
@@ -144,7 +137,7 @@ async fn three_products_seen_by_different_watchers_are_bought_in_priority_order(
 
 #[tokio::test]
 async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_out() {
-    let list = products(&["100", "200", "300"]);
+    let list = products_json(&["100", "200", "300"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         products_json: Some(list.clone()),
         test_mode: true,
@@ -190,7 +183,7 @@ async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_ou
 
 #[tokio::test]
 async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_buys() {
-    let list = products(&["100"]);
+    let list = products_json(&["100"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         products_json: Some(list.clone()),
         lease_ttl: "2s".into(),
@@ -287,7 +280,7 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
 
 #[tokio::test]
 async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() {
-    let list = products(&["100", "200"]);
+    let list = products_json(&["100", "200"]);
     let mut arbiter = ArbiterProcess::start(ArbiterOptions {
         products_json: Some(list.clone()),
         lease_ttl: "10s".into(),
@@ -331,7 +324,7 @@ async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() 
 
 #[tokio::test]
 async fn watchers_back_off_while_the_store_answers_429_and_recover() {
-    let list = products(&["100"]);
+    let list = products_json(&["100"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         products_json: Some(list.clone()),
         ..Default::default()
@@ -344,9 +337,7 @@ async fn watchers_back_off_while_the_store_answers_429_and_recover() {
         .await;
     store.set_stock("100", true).await;
 
-    let mut wc = StockWatcherClient::connect(format!("http://{}", w.addr))
-        .await
-        .unwrap();
+    let mut wc = w.client().await;
     let backing_off = eventually("the watcher to back off", LONG, || {
         let mut wc = wc.clone();
         async move {

@@ -7,7 +7,8 @@ use restock_proto::v1::{
     StockObservation, StockReport, arbiter_message::Kind,
     purchase_arbiter_client::PurchaseArbiterClient,
 };
-use restock_testkit::ArbiterProcess;
+use restock_testkit::ArbiterEndpoint;
+pub use restock_testkit::product;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Streaming, transport::Channel};
@@ -60,13 +61,6 @@ pub async fn status(c: &mut Client) -> pb::GetStatusResponse {
         .into_inner()
 }
 
-pub fn product<'a>(s: &'a pb::GetStatusResponse, tcin: &str) -> &'a pb::ProductStatus {
-    s.products
-        .iter()
-        .find(|p| p.tcin == tcin)
-        .unwrap_or_else(|| panic!("product {tcin} not in status"))
-}
-
 /// One watcher's `StreamStock` stream, driven by the test.
 pub struct WatcherStream {
     pub id: String,
@@ -77,7 +71,7 @@ pub struct WatcherStream {
 
 impl WatcherStream {
     /// Opens the stream, names the watcher, and reads the catalog.
-    pub async fn open(arbiter: &ArbiterProcess, id: &str) -> Self {
+    pub async fn open(arbiter: &impl ArbiterEndpoint, id: &str) -> Self {
         let mut c = arbiter.client().await;
         let (tx, rx) = mpsc::channel(16);
         tx.send(StockReport {

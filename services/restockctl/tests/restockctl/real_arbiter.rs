@@ -1,6 +1,7 @@
-//! `restockctl` against the real `purchase-arbiter` binary, started on a free
-//! port with its own state file, waited for by health polling, killed on
-//! drop (see `restock_testkit::ArbiterProcess`).
+//! `restockctl` against the real arbiter: run in this process on a port of
+//! its own with its own state file (`restock_testkit::spawn_arbiter`), or,
+//! where the test restarts it, the `purchase-arbiter` binary
+//! (`restock_testkit::ArbiterProcess`), killed on drop.
 
 use std::time::Duration;
 
@@ -8,21 +9,25 @@ use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, InProcessArbiter, StoreSimProcess,
+    WatcherProcess, eventually, spawn_arbiter_with,
 };
 
 use crate::helpers::{Background, ctl};
 
-async fn arbiter(test_mode: bool) -> ArbiterProcess {
-    ArbiterProcess::start(ArbiterOptions {
+fn options(test_mode: bool) -> ArbiterOptions {
+    ArbiterOptions {
         test_mode,
         ..ArbiterOptions::default()
-    })
-    .await
+    }
+}
+
+async fn arbiter(test_mode: bool) -> InProcessArbiter {
+    spawn_arbiter_with(options(test_mode)).await
 }
 
 /// `restockctl --arbiter URL args...`
-async fn ctl_at(a: &ArbiterProcess, args: &[&str]) -> crate::helpers::Output {
+async fn ctl_at(a: &impl ArbiterEndpoint, args: &[&str]) -> crate::helpers::Output {
     let url = a.url();
     let mut all = vec!["--arbiter", url.as_str()];
     all.extend_from_slice(args);
@@ -30,7 +35,7 @@ async fn ctl_at(a: &ArbiterProcess, args: &[&str]) -> crate::helpers::Output {
 }
 
 /// `acquire --json`; returns (lease id, token).
-async fn acquire(a: &ArbiterProcess, tcin: &str) -> (String, u64) {
+async fn acquire(a: &impl ArbiterEndpoint, tcin: &str) -> (String, u64) {
     let out = ctl_at(a, &["--json", "acquire", tcin, "--watcher-id", "w1"]).await;
     assert_eq!(out.code, 0, "{}", out.show());
     let v = out.json();
@@ -154,7 +159,7 @@ async fn events_prints_the_history_one_line_per_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_follow_resumes_after_the_arbiter_restarts() {
-    let mut a = arbiter(false).await;
+    let mut a = ArbiterProcess::start(options(false)).await;
     let url = a.url();
     let follow = Background::start(&["--arbiter", &url, "events", "--follow", "--from", "2"]);
     let (lease_id, _) = acquire(&a, "100").await;
@@ -385,7 +390,7 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
     let a = arbiter(false).await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_restockctl"))
         .arg("health")
-        .env("RESTOCK_ARBITER", &a.addr)
+        .env("RESTOCK_ARBITER", a.addr().to_string())
         .output()
         .await
         .expect("run restockctl");
@@ -397,7 +402,7 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("http://{}: SERVING", a.addr)
+        format!("http://{}: SERVING", a.addr())
     );
 }
 
@@ -411,7 +416,7 @@ async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
         {"tcin": "100", "name": "Product 100"},
         {"tcin": "200", "name": "Product 200"},
     ]);
-    let a = ArbiterProcess::start(ArbiterOptions {
+    let a = spawn_arbiter_with(ArbiterOptions {
         products_json: Some(list.clone()),
         test_mode: true,
         ..ArbiterOptions::default()
