@@ -2,7 +2,7 @@
 //! status code and a message that says what was wrong, refuses to start on a
 //! broken file (naming it), and shuts down cleanly, ending open streams.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
@@ -168,7 +168,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
 }
 
 /// Starts the arbiter binary expecting it to fail; returns its log.
-fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
+fn start_expecting_failure(dir: &Path, args: &[String]) -> String {
     let log = dir.join("failed-start.log");
     let mut p = Process::start(
         "purchase-arbiter (bad start)",
@@ -184,6 +184,19 @@ fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
     p.log_text()
 }
 
+/// The flags of a start with these files, on port 0 (the start is meant to
+/// fail before anyone could connect).
+fn start_args(config: &Path, state: &Path) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-file".into(),
+        state.display().to_string(),
+    ]
+}
+
 #[tokio::test]
 async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,15 +204,7 @@ async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
     let state = dir.path().join("state.json");
     let garbage = b"{\"version\": 1, \"next_fencing_token\": 12, \"produ";
     std::fs::write(&state, garbage).unwrap();
-    let args = vec![
-        // Port 0: the start fails before anyone could connect anyway.
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-file".into(),
-        state.display().to_string(),
-    ];
+    let args = start_args(&config, &state);
     let log = start_expecting_failure(dir.path(), &args);
     assert!(log.contains(&state.display().to_string()), "{log}");
     assert!(log.contains("corrupt"), "{log}");
@@ -219,15 +224,7 @@ async fn a_broken_product_config_stops_start_up_naming_file_and_line() {
         "{\n  \"products\": [\n    {\"tcin\": \"1\",}\n  ]\n}\n",
     )
     .unwrap();
-    let args = vec![
-        // Port 0: the start fails before anyone could connect anyway.
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-file".into(),
-        dir.path().join("s.json").display().to_string(),
-    ];
+    let args = start_args(&config, &dir.path().join("s.json"));
     let log = start_expecting_failure(dir.path(), &args);
     assert!(log.contains(&config.display().to_string()), "{log}");
     assert!(log.contains("line 3"), "{log}");
@@ -304,15 +301,7 @@ async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_
             "corrupt",
         ),
     ];
-    let args = vec![
-        // Port 0: the start fails before anyone could connect anyway.
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--config".into(),
-        arbiter.config_file().display().to_string(),
-        "--state-file".into(),
-        state.display().to_string(),
-    ];
+    let args = start_args(&arbiter.config_file(), &state);
     for (what, bytes, says) in cases {
         std::fs::write(&state, &bytes).unwrap();
         let log = start_expecting_failure(arbiter.dir.path(), &args);

@@ -6,12 +6,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use restock_proto::v1::{
-    self as pb, ProductState, ReleasePurchaseRequest, SetPausedRequest, WatchEventsRequest,
-    event::Kind as EventKind,
+    self as pb, ProductState, ReleasePurchaseRequest, WatchEventsRequest, event::Kind as EventKind,
 };
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
-    products_json,
+    products_json, purchased,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -19,18 +18,6 @@ use tonic::Code;
 use crate::helpers::{Client, product, status};
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// Accepted checkouts that bought something, in start order.
-fn purchased(orders: &Value) -> Vec<&Value> {
-    let mut v: Vec<&Value> = orders["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["result"] == "purchased")
-        .collect();
-    v.sort_by_key(|o| o["started_at_ms"].as_u64());
-    v
-}
 
 /// The store saw no overlap, and the tokens of accepted checkouts strictly
 /// increase in start order.
@@ -85,18 +72,10 @@ where
     }
 }
 
-async fn pause(c: &mut Client, paused: bool) {
-    c.set_paused(SetPausedRequest { paused }).await.unwrap();
-}
-
 #[tokio::test]
 async fn three_products_seen_by_different_watchers_are_bought_in_priority_order() {
     let list = products_json(&["100", "200", "300"]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "200ms"]).await;
     // Each watcher polls a different product.
     let _w = [
@@ -107,12 +86,12 @@ async fn three_products_seen_by_different_watchers_are_bought_in_priority_order(
     let mut c = arbiter.client().await;
     // Let all three be seen before the slot is given out, so the choice is
     // about priority and not about which poll came first.
-    pause(&mut c, true).await;
+    arbiter.set_paused(true).await;
     for t in ["300", "200", "100"] {
         store.set_stock(t, true).await;
     }
     wait_queued(&c, &["100", "200", "300"]).await;
-    pause(&mut c, false).await;
+    arbiter.set_paused(false).await;
 
     let orders = wait_orders(&store, "three purchases", |o| purchased(o).len() == 3).await;
     let bought: Vec<(&str, &str)> = purchased(&orders)
@@ -139,9 +118,8 @@ async fn three_products_seen_by_different_watchers_are_bought_in_priority_order(
 async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_out() {
     let list = products_json(&["100", "200", "300"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         test_mode: true,
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
@@ -150,12 +128,12 @@ async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_ou
         WatcherProcess::start(&arbiter, &store, "w2", &[]).await,
         WatcherProcess::start(&arbiter, &store, "w3", &[]).await,
     ];
-    let mut c = arbiter.client().await;
-    pause(&mut c, true).await;
+    let c = arbiter.client().await;
+    arbiter.set_paused(true).await;
     store.set_stock("200", true).await;
     store.set_stock("100", true).await;
     wait_queued(&c, &["100", "200"]).await;
-    pause(&mut c, false).await;
+    arbiter.set_paused(false).await;
 
     let orders = wait_orders(&store, "ten purchases", |o| purchased(o).len() >= 10).await;
     for o in purchased(&orders) {
@@ -185,10 +163,9 @@ async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_ou
 async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_buys() {
     let list = products_json(&["100"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         lease_ttl: "2s".into(),
         failure_cooldown: "300ms".into(),
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "20s"]).await;
@@ -282,9 +259,8 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
 async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() {
     let list = products_json(&["100", "200"]);
     let mut arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         lease_ttl: "10s".into(),
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "3s"]).await;
@@ -325,11 +301,7 @@ async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() 
 #[tokio::test]
 async fn watchers_back_off_while_the_store_answers_429_and_recover() {
     let list = products_json(&["100"]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
     let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
     store
@@ -377,11 +349,7 @@ async fn a_product_above_its_max_price_is_never_bought() {
         {"tcin": "100", "name": "Too dear", "max_price": 10.00},
         {"tcin": "200", "name": "Fine", "max_price": 50.00}
     ]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
     let _w = [
         WatcherProcess::start(&arbiter, &store, "w1", &[]).await,

@@ -16,7 +16,7 @@ use restock_proto::v1::{
 };
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, bin,
-    products_json, repo_root, run_grpcurl,
+    products_json, purchased, repo_root, run_grpcurl,
 };
 use serde_json::{Value, json};
 use tonic::{
@@ -107,6 +107,11 @@ async fn start_arbiter(
         ..ArbiterOptions::default()
     })
     .await
+}
+
+/// [`start_arbiter`] with TLS and the token from `certs`.
+async fn tls_arbiter(certs: &Certs, list: &Value) -> ArbiterProcess {
+    start_arbiter(list, certs.server_args(), Some(certs.client_tls(false))).await
 }
 
 async fn channel(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
@@ -303,12 +308,7 @@ async fn public_status_opens_get_status_only() {
 async fn a_client_that_does_not_trust_the_certificate_fails() {
     let certs = Certs::make();
     let stranger = Certs::make();
-    let arbiter = start_arbiter(
-        &products_json(&["100"]),
-        certs.server_args(),
-        Some(certs.client_tls(false)),
-    )
-    .await;
+    let arbiter = tls_arbiter(&certs, &products_json(&["100"])).await;
     let e = channel(arbiter.addr(), Some(stranger.client_tls(false)))
         .await
         .expect_err("a CA that did not sign the server's certificate");
@@ -418,7 +418,7 @@ async fn tls_and_token_end_to_end_with_a_real_watcher() {
     let certs = Certs::make();
     let token = certs.token();
     let list = products_json(&["100"]);
-    let arbiter = start_arbiter(&list, certs.server_args(), Some(certs.client_tls(false))).await;
+    let arbiter = tls_arbiter(&certs, &list).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "100ms"]).await;
     // `arbiter.url()` is http://; --tls-ca makes the watcher use https://.
     let watcher = WatcherProcess::start(
@@ -437,13 +437,7 @@ async fn tls_and_token_end_to_end_with_a_real_watcher() {
     let start = std::time::Instant::now();
     loop {
         let orders = store.orders().await;
-        let bought = orders["orders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o["result"] == "purchased")
-            .count();
-        if bought >= 2 {
+        if purchased(&orders).len() >= 2 {
             assert_eq!(orders["violations"], 0, "{orders:#}");
             break;
         }
@@ -472,12 +466,7 @@ async fn grpcurl_with_the_ca_and_the_token_header_works() {
         return;
     };
     let certs = Certs::make();
-    let arbiter = start_arbiter(
-        &products_json(&["100"]),
-        certs.server_args(),
-        Some(certs.client_tls(false)),
-    )
-    .await;
+    let arbiter = tls_arbiter(&certs, &products_json(&["100"])).await;
     let addr = arbiter.addr().to_string();
     let addr = addr.as_str();
     let header = format!("authorization: Bearer {}", certs.token());

@@ -9,7 +9,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use purchase_arbiter::config::ArbiterConfig;
 use restock_proto::v1::{
-    self as pb, GetStatusRequest, WatchEventsRequest,
+    self as pb, GetStatusRequest, SetPausedRequest, WatchEventsRequest,
     purchase_arbiter_client::PurchaseArbiterClient,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -54,6 +54,18 @@ pub trait ArbiterEndpoint {
                 .await
                 .expect("GetStatus")
                 .into_inner()
+        }
+    }
+
+    /// `SetPaused`; panics on an error.
+    fn set_paused(&self, paused: bool) -> impl Future<Output = ()> + Send {
+        let client = self.client();
+        async move {
+            client
+                .await
+                .set_paused(SetPausedRequest { paused })
+                .await
+                .expect("SetPaused");
         }
     }
 
@@ -135,6 +147,15 @@ impl ArbiterOptions {
     pub fn products(tcins: &[&str]) -> Self {
         Self {
             products: tcins.iter().map(|s| s.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults with these product entries (the config's format, as
+    /// [`crate::products_json`] makes them), in this priority order.
+    pub fn listing(products: &serde_json::Value) -> Self {
+        Self {
+            products_json: Some(products.clone()),
             ..Self::default()
         }
     }

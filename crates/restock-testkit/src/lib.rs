@@ -25,6 +25,7 @@
 //!   failed releases, scripted statuses and event histories. It records
 //!   every call made to it.
 //! - [`history`]: builders for `pb::Event` histories and status snapshots.
+//! - [`stream`]: [`WatcherStream`], a watcher's stream played by the test.
 //! - [`wait`]: [`eventually`] and the health checks; never a fixed sleep.
 //! - [`net`]: [`ClosedPort`], an address where nobody listens.
 //! - [`grpcurl`]: the real `grpcurl`, when installed.
@@ -40,6 +41,7 @@ pub mod net;
 pub mod process;
 pub mod scripted;
 pub mod store_sim;
+pub mod stream;
 pub mod wait;
 pub mod watcher;
 
@@ -57,7 +59,8 @@ pub use history::{History, StatusSnapshot};
 pub use net::ClosedPort;
 pub use process::{Announce, Process};
 pub use scripted::{Call, Release, Script, ScriptedArbiter};
-pub use store_sim::StoreSimProcess;
+pub use store_sim::{StoreSimProcess, purchased};
+pub use stream::WatcherStream;
 pub use wait::{eventually, wait_healthy, wait_serving};
 pub use watcher::{WatcherOptions, WatcherProcess};
 

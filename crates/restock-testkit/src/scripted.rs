@@ -454,34 +454,16 @@ mod tests {
     #[tokio::test]
     async fn a_pushed_grant_reaches_the_stream_and_is_renewed_and_released() {
         let arbiter = ScriptedArbiter::start(Script::new()).await;
-        let mut c = arbiter.client().await;
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(pb::StockReport {
-            watcher_id: "w1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let mut inbound = c
-            .stream_stock(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = inbound.message().await.unwrap().unwrap();
-        assert!(matches!(first.kind, Some(Kind::Catalog(_))), "{first:?}");
-        crate::eventually("the stream", Duration::from_secs(5), || async {
-            arbiter.connected().then_some(())
-        })
-        .await;
+        let mut w = crate::WatcherStream::open(&arbiter, "w1").await;
+        assert_eq!(w.catalog.products[0].tcin, "100");
+        assert!(arbiter.connected());
 
         arbiter
             .grant(lease("lease-1", "100", "w1", 7, Duration::from_secs(3)))
             .await;
-        let pushed = inbound.message().await.unwrap().unwrap();
-        assert!(
-            matches!(&pushed.kind, Some(Kind::Grant(l)) if l.fencing_token == 7),
-            "{pushed:?}"
-        );
+        let pushed = w.next_grant(Duration::from_secs(5)).await;
+        assert_eq!(pushed.fencing_token, 7);
+        let mut c = arbiter.client().await;
         let renewed = c
             .renew_lease(pb::RenewLeaseRequest {
                 lease_id: "lease-1".into(),

@@ -5,6 +5,19 @@ use std::{net::SocketAddr, time::Duration};
 
 use crate::{Announce, Process, bin, eventually, write_products};
 
+/// The orders of an order book (`GET /admin/orders`) that bought
+/// something, in the order they started.
+pub fn purchased(orders: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut v: Vec<&serde_json::Value> = orders["orders"]
+        .as_array()
+        .expect("an order book")
+        .iter()
+        .filter(|o| o["result"] == "purchased")
+        .collect();
+    v.sort_by_key(|o| o["started_at_ms"].as_u64());
+    v
+}
+
 /// A running `store-sim` with its own product config, killed when dropped.
 #[derive(Debug)]
 pub struct StoreSimProcess {

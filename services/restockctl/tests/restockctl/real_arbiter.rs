@@ -10,7 +10,7 @@ use restock_proto::v1::{
 };
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, InProcessArbiter, StoreSimProcess,
-    WatcherProcess, eventually, spawn_arbiter_with,
+    WatcherProcess, eventually, products_json, purchased, spawn_arbiter_with,
 };
 
 use crate::helpers::{Background, ctl};
@@ -199,21 +199,7 @@ async fn events_follow_resumes_after_the_arbiter_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_in_test_mode_reports_clean_cycles() {
     let a = arbiter(true).await;
-    let url = a.url();
-    let monitor = Background::start(&[
-        "--arbiter",
-        &url,
-        "--json",
-        "monitor",
-        "--duration",
-        "6s",
-        "--interval",
-        "300ms",
-    ]);
-    // Live lines go to stderr with --json; the first says it is watching.
-    monitor
-        .wait_for(true, "monitoring http://", Duration::from_secs(20))
-        .await;
+    let monitor = Background::monitor_json(&a.url(), "6s").await;
 
     // No watcher binary yet: the test plays one, with unary calls. In
     // TEST_MODE the same top product is bought again every cycle.
@@ -412,14 +398,10 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
 /// must find nothing wrong and count exactly the cycles the arbiter granted.
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
-    let list = serde_json::json!([
-        {"tcin": "100", "name": "Product 100"},
-        {"tcin": "200", "name": "Product 200"},
-    ]);
+    let list = products_json(&["100", "200"]);
     let a = spawn_arbiter_with(ArbiterOptions {
-        products_json: Some(list.clone()),
         test_mode: true,
-        ..ArbiterOptions::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
@@ -430,77 +412,31 @@ async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
     ];
     // Paused while the stock is put in place, so every cycle happens while
     // the monitor watches.
-    let client = a.client().await;
-    let pause = |paused: bool| {
-        let mut c = client.clone();
-        async move {
-            c.set_paused(pb::SetPausedRequest { paused })
-                .await
-                .expect("SetPaused");
-        }
-    };
-    pause(true).await;
+    a.set_paused(true).await;
     store.set_stock("100", true).await;
     store.set_stock("200", true).await;
     let grants = |s: &pb::GetStatusResponse| s.counters.as_ref().map_or(0, |c| c.grants);
-    let status = |c: &pb::purchase_arbiter_client::PurchaseArbiterClient<_>| {
-        let mut c = c.clone();
-        async move {
-            c.get_status(pb::GetStatusRequest {})
-                .await
-                .expect("GetStatus")
-                .into_inner()
-        }
-    };
-    eventually("100 and 200 queued", Duration::from_secs(30), || {
-        let s = status(&client);
-        async move {
-            let s = s.await;
-            s.products
-                .iter()
-                .all(|p| p.state == pb::ProductState::Queued as i32)
-                .then_some(())
-        }
+    eventually("100 and 200 queued", Duration::from_secs(30), || async {
+        let s = a.status().await;
+        s.products
+            .iter()
+            .all(|p| p.state == pb::ProductState::Queued as i32)
+            .then_some(())
     })
     .await;
-    let grants_before = grants(&status(&client).await);
+    let grants_before = grants(&a.status().await);
 
-    let url = a.url();
-    let monitor = Background::start(&[
-        "--arbiter",
-        &url,
-        "--json",
-        "monitor",
-        "--duration",
-        "5m",
-        "--interval",
-        "300ms",
-    ]);
-    monitor
-        .wait_for(true, "monitoring http://", Duration::from_secs(20))
-        .await;
-    pause(false).await;
-    eventually("five purchases", Duration::from_secs(60), || {
-        let orders = store.orders();
-        async move {
-            let orders = orders.await;
-            let n = orders["orders"]
-                .as_array()?
-                .iter()
-                .filter(|o| o["result"] == "purchased")
-                .count();
-            (n >= 5).then_some(())
-        }
+    let monitor = Background::monitor_json(&a.url(), "5m").await;
+    a.set_paused(false).await;
+    eventually("five purchases", Duration::from_secs(60), || async {
+        (purchased(&store.orders().await).len() >= 5).then_some(())
     })
     .await;
     // Pause again: the checkout in progress finishes, nothing new starts.
-    pause(true).await;
-    let after = eventually("the slot to be free", Duration::from_secs(30), || {
-        let s = status(&client);
-        async move {
-            let s = s.await;
-            s.active_lease.is_none().then_some(s)
-        }
+    a.set_paused(true).await;
+    let after = eventually("the slot to be free", Duration::from_secs(30), || async {
+        let s = a.status().await;
+        s.active_lease.is_none().then_some(s)
     })
     .await;
     let cycles = grants(&after) - grants_before;
@@ -546,11 +482,6 @@ async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
     // The store saw the same number of purchases, none overlapping.
     let orders = store.orders().await;
     assert_eq!(orders["violations"], 0, "{orders:#}");
-    let bought = orders["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["result"] == "purchased")
-        .count();
+    let bought = purchased(&orders).len();
     assert_eq!(bought as u64, cycles, "{orders:#}");
 }

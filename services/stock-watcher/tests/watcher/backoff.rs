@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use restock_proto::v1::{SetPausedRequest, event::Kind};
+use restock_proto::v1::event::Kind;
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, event_kind as kind, eventually, product, spawn_arbiter,
     spawn_arbiter_with,
@@ -16,12 +16,7 @@ async fn a_429_makes_it_back_off_and_recover() {
     let arbiter = spawn_arbiter().await;
     // Paused: the in-stock product stays queued, so we can watch what the
     // arbiter believes during the fault.
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: true })
-        .await
-        .unwrap();
+    arbiter.set_paused(true).await;
     let store = StoreStub::start().await;
     store.set_stock("100", true);
     let watcher = start_buying_watcher(
@@ -86,24 +81,10 @@ async fn a_429_makes_it_back_off_and_recover() {
             .then_some(())
     })
     .await;
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: false })
-        .await
-        .unwrap();
-    eventually(
-        "bought after the fault",
-        Duration::from_secs(10),
-        || async {
-            store
-                .checkouts()
-                .iter()
-                .any(|c| c.tcin() == "100")
-                .then_some(())
-        },
-    )
-    .await;
+    arbiter.set_paused(false).await;
+    store
+        .wait_checkout_of("100", "bought after the fault", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,12 +96,7 @@ async fn in_stock_products_are_refreshed_before_the_stock_ttl() {
         ..Default::default()
     })
     .await;
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: true })
-        .await
-        .unwrap();
+    arbiter.set_paused(true).await;
     let store = StoreStub::start().await;
     store.set_stock("100", true);
     let _watcher = start_buying_watcher(&arbiter, &store, &[]).await;

@@ -32,10 +32,7 @@ async fn a_frozen_arbiter_makes_it_stop_the_checkout_before_the_ttl() {
     store.set_checkout_mode(CheckoutMode::Hang);
     let watcher = start_buying_watcher(&arbiter, &store, &["--rpc-timeout", "300ms"]).await;
     store.set_stock("100", true);
-    let posted = eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    let posted = store.first_checkout().await;
     // Freeze the arbiter before the first renewal (at TTL/3).
     arbiter.process.signal("-STOP");
     let frozen_at = Instant::now();
@@ -170,10 +167,7 @@ async fn sigterm_aborts_the_checkout_releases_aborted_and_exits_0() {
     store.set_checkout_mode(CheckoutMode::Hang);
     let mut watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     store.set_stock("100", true);
-    eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    store.first_checkout().await;
     let s = eventually(
         "the checkout in the watcher's status",
         Duration::from_secs(5),

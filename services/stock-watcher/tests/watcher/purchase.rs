@@ -21,10 +21,7 @@ async fn a_product_switched_in_stock_gets_bought_with_the_leases_token() {
     assert!(store.checkouts().is_empty());
 
     store.set_stock("200", true);
-    let checkout = eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    let checkout = store.first_checkout().await;
     assert_eq!(checkout.tcin(), "200");
     assert_eq!(checkout.body["watcher_id"], "w1");
     assert_eq!(checkout.body["test_mode"], false);
@@ -90,14 +87,9 @@ async fn test_mode_cycles_the_top_product_with_test_mode_set() {
     }
     // Out of stock: the next one in priority is bought.
     store.set_stock("100", false);
-    eventually("product 300 bought", Duration::from_secs(15), || async {
-        store
-            .checkouts()
-            .iter()
-            .any(|c| c.tcin() == "300")
-            .then_some(())
-    })
-    .await;
+    store
+        .wait_checkout_of("300", "product 300 bought", Duration::from_secs(15))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,18 +131,9 @@ async fn a_product_above_its_max_price_is_not_bought() {
     assert!(product(&s, "100").in_stock_at.is_empty());
 
     store.set_price("100", 9.99);
-    eventually(
-        "bought at the lower price",
-        Duration::from_secs(10),
-        || async {
-            store
-                .checkouts()
-                .iter()
-                .any(|c| c.tcin() == "100")
-                .then_some(())
-        },
-    )
-    .await;
+    store
+        .wait_checkout_of("100", "bought at the lower price", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +147,7 @@ async fn an_arbiter_restarted_mid_checkout_takes_the_release() {
     store.set_checkout_mode(crate::stub::CheckoutMode::Purchase(Duration::from_secs(3)));
     let watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     store.set_stock("100", true);
-    eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    store.first_checkout().await;
     arbiter.kill9_and_restart().await;
     eventually(
         "100 purchased after the restart",
