@@ -7,13 +7,13 @@ use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
 use restock_proto::v1::{
-    self as pb, ProductState, RenewLeaseRequest, ResetProductRequest, SetPausedRequest,
-    WatchEventsRequest, event::Kind as EventKind,
+    self as pb, ProductState, ResetProductRequest, SetPausedRequest, WatchEventsRequest,
+    event::Kind as EventKind,
 };
 use restock_testkit::{ArbiterEndpoint, ArbiterOptions, ArbiterProcess, eventually};
 use tonic::Code;
 
-use crate::helpers::{WatcherStream, acquire, must_acquire, product, release, status};
+use crate::helpers::{WatcherStream, acquire, must_acquire, product, release, renew, status};
 
 const GRANT_WAIT: Duration = Duration::from_secs(5);
 
@@ -272,13 +272,7 @@ async fn an_expired_lease_frees_the_slot_and_its_late_release_is_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("expired"), "{err}");
-    let err = c
-        .renew_lease(RenewLeaseRequest {
-            lease_id: stale.lease_id.clone(),
-            fencing_token: stale.fencing_token,
-        })
-        .await
-        .unwrap_err();
+    let err = renew(&mut c, &stale).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let after = status(&mut c).await;
     assert_eq!(after.active_lease.as_ref().unwrap().lease_id, next.lease_id);
@@ -314,16 +308,9 @@ async fn renewing_keeps_the_lease_past_its_ttl() {
     let lease = must_acquire(&mut c, "100", "w1").await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let renewed = c
-            .renew_lease(RenewLeaseRequest {
-                lease_id: lease.lease_id.clone(),
-                fencing_token: lease.fencing_token,
-            })
+        let renewed = renew(&mut c, &lease)
             .await
-            .expect("renew the current lease")
-            .into_inner()
-            .lease
-            .unwrap();
+            .expect("renew the current lease");
         assert_eq!(renewed.fencing_token, lease.fencing_token);
     }
     // 1.2 s later, twice the TTL, the lease is still held.

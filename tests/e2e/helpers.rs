@@ -2,7 +2,7 @@
 
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, GetStatusRequest, ReleasePurchaseRequest,
-    purchase_arbiter_client::PurchaseArbiterClient,
+    RenewLeaseRequest, purchase_arbiter_client::PurchaseArbiterClient,
 };
 pub use restock_testkit::{WatcherStream, product};
 use tonic::transport::Channel;
@@ -46,6 +46,16 @@ pub async fn release(
     })
     .await
     .map(|r| r.into_inner())
+}
+
+/// Renews `lease`; returns the renewed lease.
+pub async fn renew(c: &mut Client, lease: &pb::Lease) -> Result<pb::Lease, tonic::Status> {
+    c.renew_lease(RenewLeaseRequest {
+        lease_id: lease.lease_id.clone(),
+        fencing_token: lease.fencing_token,
+    })
+    .await
+    .map(|r| r.into_inner().lease.expect("a renewed lease"))
 }
 
 pub async fn status(c: &mut Client) -> pb::GetStatusResponse {

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::{
-    helpers::{Client, WatcherStream, acquire, must_acquire, status},
+    helpers::{Client, WatcherStream, acquire, must_acquire, renew, status},
     raw_h2::{self, DATA, END_HEADERS, END_STREAM, HEADERS},
 };
 
@@ -714,16 +714,9 @@ async fn two_thousand_idle_connections_do_not_stop_service() {
     let mut c = arbiter.client().await;
     status(&mut c).await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    let renewed = c
-        .renew_lease(RenewLeaseRequest {
-            lease_id: lease.lease_id.clone(),
-            fencing_token: lease.fencing_token,
-        })
+    let renewed = renew(&mut c, &lease)
         .await
-        .expect("renewal during the idle crowd")
-        .into_inner()
-        .lease
-        .unwrap();
+        .expect("renewal during the idle crowd");
     let w = WatcherStream::open(&arbiter, "late-comer").await;
     assert_eq!(w.catalog.products.len(), 3);
     drop(conns);

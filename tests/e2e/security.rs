@@ -129,6 +129,16 @@ async fn channel(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Chann
         .map_err(|e| format!("{e:?}"))
 }
 
+/// Connects and asks for health: the first failure, as text.
+async fn health_check(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    let ch = channel(addr, tls).await?;
+    HealthClient::new(ch)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
 /// `req` with `authorization: Bearer token` when `token` is given.
 fn authed<T>(msg: T, token: Option<&str>) -> Request<T> {
     let mut req = Request::new(msg);
@@ -317,14 +327,7 @@ async fn a_client_that_does_not_trust_the_certificate_fails() {
         "{e}"
     );
     // Plaintext against a TLS server gets nowhere either.
-    let plain = match channel(arbiter.addr(), None).await {
-        Err(e) => Err(e),
-        Ok(ch) => HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    let plain = health_check(arbiter.addr(), None).await;
     assert!(plain.is_err());
 
     // restockctl: the wrong CA is a connection failure (exit 3), the right
@@ -391,16 +394,9 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     args.extend(["--tls-client-ca".into(), certs.arg("ca.pem")]);
     let arbiter = start_arbiter(&products_json(&["100"]), args, Some(certs.client_tls(true))).await;
 
-    let without = match channel(arbiter.addr(), Some(certs.client_tls(false))).await {
-        Err(e) => Err(e),
-        // TLS 1.3 reports the missing certificate after the handshake, on
-        // the first request.
-        Ok(ch) => HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    // TLS 1.3 reports the missing certificate after the handshake, on the
+    // first request: a health check is that request.
+    let without = health_check(arbiter.addr(), Some(certs.client_tls(false))).await;
     assert!(without.is_err(), "a client without a certificate got in");
 
     let ctl = Command::new(bin("restockctl"))
