@@ -279,21 +279,12 @@ async fn an_expired_lease_frees_the_slot_and_its_late_release_is_refused() {
     assert_eq!(product(&after, "100").purchases, 0);
 
     // The expiry is in the event history.
-    let mut events = c
-        .watch_events(WatchEventsRequest { from_sequence: 1 })
+    let expired = arbiter
+        .events()
         .await
-        .unwrap()
-        .into_inner();
-    let expired = loop {
-        let e = tokio::time::timeout(GRANT_WAIT, events.message())
-            .await
-            .expect("events within 5s")
-            .expect("event stream ok")
-            .expect("event stream open");
-        if e.kind == EventKind::Expired as i32 {
-            break e;
-        }
-    };
+        .into_iter()
+        .find(|e| e.kind == EventKind::Expired as i32)
+        .expect("an EXPIRED event");
     assert_eq!(expired.lease_id, stale.lease_id);
 }
 

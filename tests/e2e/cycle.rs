@@ -6,7 +6,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use restock_proto::v1::{
-    self as pb, ProductState, ReleasePurchaseRequest, WatchEventsRequest, event::Kind as EventKind,
+    self as pb, ProductState, ReleasePurchaseRequest, event::Kind as EventKind,
 };
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
@@ -204,17 +204,12 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
     assert!(bought["fencing_token"].as_u64().unwrap() > stale_token);
     assert_clean(&orders);
 
-    let mut events = c
-        .watch_events(WatchEventsRequest { from_sequence: 1 })
+    let expired = arbiter
+        .events()
         .await
-        .unwrap()
-        .into_inner();
-    let expired = loop {
-        let e = events.message().await.unwrap().unwrap();
-        if e.kind == EventKind::Expired as i32 {
-            break e;
-        }
-    };
+        .into_iter()
+        .find(|e| e.kind == EventKind::Expired as i32)
+        .expect("an EXPIRED event");
     assert_eq!(expired.lease_id, stale_lease);
     assert_eq!(expired.watcher_id, holder);
 
