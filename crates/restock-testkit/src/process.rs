@@ -147,8 +147,8 @@ impl Process {
     }
 
     /// Waits until the server has written its ready file and returns the
-    /// address in it; panics, with the log, if the process exits first or
-    /// says nothing within [`READY_LIMIT`]. After the first start, the
+    /// address in it; panics (the log is printed as the process is dropped)
+    /// if the process exits first or says nothing within [`READY_LIMIT`]. After the first start, the
     /// address is kept for restarts.
     pub async fn wait_ready(&mut self) -> SocketAddr {
         let start = Instant::now();
@@ -175,17 +175,17 @@ impl Process {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
+                // The log follows: a Process prints it when dropped in a
+                // panic.
                 panic!(
-                    "{} exited ({status}) before announcing its address\n{}",
-                    self.name,
-                    self.log_tail(40)
+                    "{} exited ({status}) before announcing its address",
+                    self.name
                 );
             }
             assert!(
                 start.elapsed() < READY_LIMIT,
-                "{} did not announce its address within {READY_LIMIT:?}\n{}",
-                self.name,
-                self.log_tail(40)
+                "{} did not announce its address within {READY_LIMIT:?}",
+                self.name
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
