@@ -7,26 +7,19 @@ use std::{collections::HashSet, time::Duration};
 
 use futures::future::join_all;
 use restock_proto::v1::{
-    self as pb, ProductState, RenewLeaseRequest, ResetProductRequest, SetPausedRequest,
-    WatchEventsRequest, event::Kind as EventKind,
+    self as pb, ProductState, ResetProductRequest, SetPausedRequest, WatchEventsRequest,
+    event::Kind as EventKind,
 };
-use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
+use restock_testkit::{ArbiterEndpoint, ArbiterOptions, ArbiterProcess, eventually};
 use tonic::Code;
 
-use crate::helpers::{WatcherStream, acquire, must_acquire, product, release, status};
+use crate::helpers::{WatcherStream, acquire, must_acquire, product, release, renew, status};
 
 const GRANT_WAIT: Duration = Duration::from_secs(5);
 
-fn opts(products: &[&str]) -> ArbiterOptions {
-    ArbiterOptions {
-        products: products.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn single_purchase_enforcement() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200", "300"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200", "300"])).await;
     let mut c = arbiter.client().await;
 
     let lease = must_acquire(&mut c, "200", "w1").await;
@@ -66,7 +59,7 @@ async fn single_purchase_enforcement() {
 
 #[tokio::test]
 async fn grants_are_pushed_in_priority_order_across_two_streams() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200", "300"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200", "300"])).await;
     let mut c = arbiter.client().await;
     let mut w1 = WatcherStream::open(&arbiter, "w1").await;
     let mut w2 = WatcherStream::open(&arbiter, "w2").await;
@@ -133,7 +126,7 @@ async fn grants_are_pushed_in_priority_order_across_two_streams() {
 async fn test_mode_repeats_the_top_product_without_switching() {
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         test_mode: true,
-        ..opts(&["100", "200", "300"])
+        ..ArbiterOptions::products(&["100", "200", "300"])
     })
     .await;
     let mut c = arbiter.client().await;
@@ -176,7 +169,7 @@ async fn test_mode_repeats_the_top_product_without_switching() {
 
 #[tokio::test]
 async fn state_persists_across_kill_9_and_restart() {
-    let mut arbiter = ArbiterProcess::start(opts(&["100", "200", "300"])).await;
+    let mut arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200", "300"])).await;
     let mut c = arbiter.client().await;
 
     // A finished purchase and a running one.
@@ -230,7 +223,7 @@ async fn fifty_products_in_stock_at_once_exactly_one_granted() {
 async fn fifty_concurrent_acquires_one_winner(worker_threads: &str) {
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         extra_args: vec!["--worker-threads".into(), worker_threads.into()],
-        ..opts(&["100"])
+        ..ArbiterOptions::products(&["100"])
     })
     .await;
     let c = arbiter.client().await;
@@ -256,7 +249,7 @@ async fn fifty_concurrent_acquires_one_winner(worker_threads: &str) {
 async fn an_expired_lease_frees_the_slot_and_its_late_release_is_refused() {
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         lease_ttl: "700ms".into(),
-        ..opts(&["100", "200"])
+        ..ArbiterOptions::products(&["100", "200"])
     })
     .await;
     let mut c = arbiter.client().await;
@@ -279,34 +272,19 @@ async fn an_expired_lease_frees_the_slot_and_its_late_release_is_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("expired"), "{err}");
-    let err = c
-        .renew_lease(RenewLeaseRequest {
-            lease_id: stale.lease_id.clone(),
-            fencing_token: stale.fencing_token,
-        })
-        .await
-        .unwrap_err();
+    let err = renew(&mut c, &stale).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let after = status(&mut c).await;
     assert_eq!(after.active_lease.as_ref().unwrap().lease_id, next.lease_id);
     assert_eq!(product(&after, "100").purchases, 0);
 
     // The expiry is in the event history.
-    let mut events = c
-        .watch_events(WatchEventsRequest { from_sequence: 1 })
+    let expired = arbiter
+        .events()
         .await
-        .unwrap()
-        .into_inner();
-    let expired = loop {
-        let e = tokio::time::timeout(GRANT_WAIT, events.message())
-            .await
-            .expect("events within 5s")
-            .expect("event stream ok")
-            .expect("event stream open");
-        if e.kind == EventKind::Expired as i32 {
-            break e;
-        }
-    };
+        .into_iter()
+        .find(|e| e.kind == EventKind::Expired as i32)
+        .expect("an EXPIRED event");
     assert_eq!(expired.lease_id, stale.lease_id);
 }
 
@@ -314,23 +292,16 @@ async fn an_expired_lease_frees_the_slot_and_its_late_release_is_refused() {
 async fn renewing_keeps_the_lease_past_its_ttl() {
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         lease_ttl: "600ms".into(),
-        ..opts(&["100"])
+        ..ArbiterOptions::products(&["100"])
     })
     .await;
     let mut c = arbiter.client().await;
     let lease = must_acquire(&mut c, "100", "w1").await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let renewed = c
-            .renew_lease(RenewLeaseRequest {
-                lease_id: lease.lease_id.clone(),
-                fencing_token: lease.fencing_token,
-            })
+        let renewed = renew(&mut c, &lease)
             .await
-            .expect("renew the current lease")
-            .into_inner()
-            .lease
-            .unwrap();
+            .expect("renew the current lease");
         assert_eq!(renewed.fencing_token, lease.fencing_token);
     }
     // 1.2 s later, twice the TTL, the lease is still held.
@@ -342,7 +313,7 @@ async fn renewing_keeps_the_lease_past_its_ttl() {
 
 #[tokio::test]
 async fn the_same_request_id_gets_the_same_answer_and_never_a_second_lease() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
     let mut c = arbiter.client().await;
     let first = acquire(&mut c, "100", "w1", "req-1").await;
     assert!(first.granted);
@@ -368,7 +339,7 @@ async fn the_same_request_id_gets_the_same_answer_and_never_a_second_lease() {
 
 #[tokio::test]
 async fn releasing_twice_is_harmless_and_a_wrong_token_changes_nothing() {
-    let arbiter = ArbiterProcess::start(opts(&["100"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100"])).await;
     let mut c = arbiter.client().await;
     let lease = must_acquire(&mut c, "100", "w1").await;
 
@@ -397,7 +368,7 @@ async fn releasing_twice_is_harmless_and_a_wrong_token_changes_nothing() {
 
 #[tokio::test]
 async fn watch_events_resumes_from_a_sequence_number() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
     let mut c = arbiter.client().await;
     for tcin in ["100", "200"] {
         let l = must_acquire(&mut c, tcin, "w1").await;
@@ -464,7 +435,7 @@ async fn watch_events_resumes_from_a_sequence_number() {
 
 #[tokio::test]
 async fn a_paused_arbiter_grants_nothing_until_resumed() {
-    let arbiter = ArbiterProcess::start(opts(&["100"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100"])).await;
     let mut c = arbiter.client().await;
     c.set_paused(SetPausedRequest { paused: true })
         .await
@@ -484,7 +455,7 @@ async fn a_paused_arbiter_grants_nothing_until_resumed() {
 
 #[tokio::test]
 async fn reset_makes_a_purchased_product_eligible_again() {
-    let arbiter = ArbiterProcess::start(opts(&["100"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100"])).await;
     let mut c = arbiter.client().await;
     let l = must_acquire(&mut c, "100", "w1").await;
     release(&mut c, &l, pb::Outcome::Purchased).await.unwrap();
@@ -511,7 +482,7 @@ async fn reset_makes_a_purchased_product_eligible_again() {
 
 #[tokio::test]
 async fn reload_by_rpc_and_sighup_changes_priorities_and_a_bad_file_keeps_the_old_list() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
     let mut c = arbiter.client().await;
     let order = |s: &pb::GetStatusResponse| -> Vec<String> {
         s.products.iter().map(|p| p.tcin.clone()).collect()
@@ -562,7 +533,7 @@ async fn reload_by_rpc_and_sighup_changes_priorities_and_a_bad_file_keeps_the_ol
 
 #[tokio::test]
 async fn stream_grants_go_to_connected_watchers_only() {
-    let arbiter = ArbiterProcess::start(opts(&["100", "200"])).await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
     let mut c = arbiter.client().await;
     let blocker = must_acquire(&mut c, "999", "operator").await;
     {

@@ -2,14 +2,14 @@
 //! status code and a message that says what was wrong, refuses to start on a
 //! broken file (naming it), and shuts down cleanly, ending open streams.
 
-use std::{collections::HashMap, time::Duration};
+use std::{path::Path, time::Duration};
 
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
     WatchEventsRequest,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, Process, bin, free_port, write_product_config,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, Process, bin, write_product_config,
 };
 use tonic::Code;
 
@@ -168,13 +168,12 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
 }
 
 /// Starts the arbiter binary expecting it to fail; returns its log.
-fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
+fn start_expecting_failure(dir: &Path, args: &[String]) -> String {
     let log = dir.join("failed-start.log");
     let mut p = Process::start(
         "purchase-arbiter (bad start)",
         bin("purchase-arbiter"),
         args.to_vec(),
-        HashMap::new(),
         log,
     );
     let code = p.wait_exit(Duration::from_secs(10));
@@ -185,6 +184,19 @@ fn start_expecting_failure(dir: &std::path::Path, args: &[String]) -> String {
     p.log_text()
 }
 
+/// The flags of a start with these files, on port 0 (the start is meant to
+/// fail before anyone could connect).
+fn start_args(config: &Path, state: &Path) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--state-file".into(),
+        state.display().to_string(),
+    ]
+}
+
 #[tokio::test]
 async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,14 +204,7 @@ async fn a_corrupt_state_file_stops_start_up_and_is_left_alone() {
     let state = dir.path().join("state.json");
     let garbage = b"{\"version\": 1, \"next_fencing_token\": 12, \"produ";
     std::fs::write(&state, garbage).unwrap();
-    let args = vec![
-        "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-file".into(),
-        state.display().to_string(),
-    ];
+    let args = start_args(&config, &state);
     let log = start_expecting_failure(dir.path(), &args);
     assert!(log.contains(&state.display().to_string()), "{log}");
     assert!(log.contains("corrupt"), "{log}");
@@ -219,14 +224,7 @@ async fn a_broken_product_config_stops_start_up_naming_file_and_line() {
         "{\n  \"products\": [\n    {\"tcin\": \"1\",}\n  ]\n}\n",
     )
     .unwrap();
-    let args = vec![
-        "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-file".into(),
-        dir.path().join("s.json").display().to_string(),
-    ];
+    let args = start_args(&config, &dir.path().join("s.json"));
     let log = start_expecting_failure(dir.path(), &args);
     assert!(log.contains(&config.display().to_string()), "{log}");
     assert!(log.contains("line 3"), "{log}");
@@ -303,14 +301,7 @@ async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_
             "corrupt",
         ),
     ];
-    let args = vec![
-        "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--config".into(),
-        arbiter.config_file().display().to_string(),
-        "--state-file".into(),
-        state.display().to_string(),
-    ];
+    let args = start_args(&arbiter.config_file(), &state);
     for (what, bytes, says) in cases {
         std::fs::write(&state, &bytes).unwrap();
         let log = start_expecting_failure(arbiter.dir.path(), &args);
@@ -327,8 +318,7 @@ async fn every_kind_of_broken_state_file_stops_start_up_and_the_good_one_brings_
     for (path, bytes) in &saved {
         std::fs::write(path, bytes).unwrap();
     }
-    arbiter.process.restart();
-    restock_testkit::wait_healthy(&arbiter.addr, Duration::from_secs(20)).await;
+    arbiter.kill9_and_restart().await;
     let mut c = arbiter.client().await;
     let (held, _) = lease_and_order(&mut c).await;
     assert_eq!(held, Some((lease.lease_id.clone(), lease.fencing_token)));
@@ -385,7 +375,7 @@ async fn a_broken_product_config_on_reload_keeps_the_list_and_the_lease() {
         );
         // SIGHUP with the same file: logged, the arbiter carries on.
         arbiter.process.signal("-HUP");
-        restock_testkit::wait_healthy(&arbiter.addr, Duration::from_secs(5)).await;
+        restock_testkit::wait_healthy(arbiter.addr(), Duration::from_secs(5)).await;
         assert_eq!(lease_and_order(&mut c).await, before, "after {what}");
     }
     // A good file is taken, and the lease is still there.

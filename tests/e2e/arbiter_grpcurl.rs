@@ -2,7 +2,7 @@
 //! real arbiter: reflection (list, describe), health, GetStatus and
 //! AcquirePurchase work without any .proto file.
 
-use restock_testkit::{ArbiterOptions, ArbiterProcess, grpcurl, run_grpcurl};
+use restock_testkit::{ArbiterEndpoint, ArbiterOptions, ArbiterProcess, grpcurl, run_grpcurl};
 
 #[tokio::test]
 async fn grpcurl_lists_describes_checks_health_and_calls_the_arbiter() {
@@ -14,7 +14,8 @@ async fn grpcurl_lists_describes_checks_health_and_calls_the_arbiter() {
         ..Default::default()
     })
     .await;
-    let addr = arbiter.addr.as_str();
+    let addr = arbiter.addr().to_string();
+    let addr = addr.as_str();
     let call = |args: &[&str]| {
         let mut all = vec!["-plaintext"];
         all.extend_from_slice(args);

@@ -6,11 +6,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use restock_proto::v1::{
-    self as pb, ProductState, ReleasePurchaseRequest, SetPausedRequest, WatchEventsRequest,
-    event::Kind as EventKind, stock_watcher_client::StockWatcherClient,
+    self as pb, ProductState, ReleasePurchaseRequest, event::Kind as EventKind,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    products_json, purchased,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -18,26 +18,6 @@ use tonic::Code;
 use crate::helpers::{Client, product, status};
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn products(ids: &[&str]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|t| json!({"tcin": t, "name": format!("Product {t}")}))
-            .collect(),
-    )
-}
-
-/// Accepted checkouts that bought something, in start order.
-fn purchased(orders: &Value) -> Vec<&Value> {
-    let mut v: Vec<&Value> = orders["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["result"] == "purchased")
-        .collect();
-    v.sort_by_key(|o| o["started_at_ms"].as_u64());
-    v
-}
 
 /// The store saw no overlap, and the tokens of accepted checkouts strictly
 /// increase in start order.
@@ -92,18 +72,10 @@ where
     }
 }
 
-async fn pause(c: &mut Client, paused: bool) {
-    c.set_paused(SetPausedRequest { paused }).await.unwrap();
-}
-
 #[tokio::test]
 async fn three_products_seen_by_different_watchers_are_bought_in_priority_order() {
-    let list = products(&["100", "200", "300"]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let list = products_json(&["100", "200", "300"]);
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "200ms"]).await;
     // Each watcher polls a different product.
     let _w = [
@@ -114,12 +86,12 @@ async fn three_products_seen_by_different_watchers_are_bought_in_priority_order(
     let mut c = arbiter.client().await;
     // Let all three be seen before the slot is given out, so the choice is
     // about priority and not about which poll came first.
-    pause(&mut c, true).await;
+    arbiter.set_paused(true).await;
     for t in ["300", "200", "100"] {
         store.set_stock(t, true).await;
     }
     wait_queued(&c, &["100", "200", "300"]).await;
-    pause(&mut c, false).await;
+    arbiter.set_paused(false).await;
 
     let orders = wait_orders(&store, "three purchases", |o| purchased(o).len() == 3).await;
     let bought: Vec<(&str, &str)> = purchased(&orders)
@@ -144,11 +116,10 @@ async fn three_products_seen_by_different_watchers_are_bought_in_priority_order(
 
 #[tokio::test]
 async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_out() {
-    let list = products(&["100", "200", "300"]);
+    let list = products_json(&["100", "200", "300"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         test_mode: true,
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
@@ -157,12 +128,12 @@ async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_ou
         WatcherProcess::start(&arbiter, &store, "w2", &[]).await,
         WatcherProcess::start(&arbiter, &store, "w3", &[]).await,
     ];
-    let mut c = arbiter.client().await;
-    pause(&mut c, true).await;
+    let c = arbiter.client().await;
+    arbiter.set_paused(true).await;
     store.set_stock("200", true).await;
     store.set_stock("100", true).await;
     wait_queued(&c, &["100", "200"]).await;
-    pause(&mut c, false).await;
+    arbiter.set_paused(false).await;
 
     let orders = wait_orders(&store, "ten purchases", |o| purchased(o).len() >= 10).await;
     for o in purchased(&orders) {
@@ -190,12 +161,11 @@ async fn test_mode_ten_cycles_buy_the_top_product_then_the_next_when_it_sells_ou
 
 #[tokio::test]
 async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_buys() {
-    let list = products(&["100"]);
+    let list = products_json(&["100"]);
     let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         lease_ttl: "2s".into(),
         failure_cooldown: "300ms".into(),
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "20s"]).await;
@@ -234,17 +204,12 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
     assert!(bought["fencing_token"].as_u64().unwrap() > stale_token);
     assert_clean(&orders);
 
-    let mut events = c
-        .watch_events(WatchEventsRequest { from_sequence: 1 })
+    let expired = arbiter
+        .events()
         .await
-        .unwrap()
-        .into_inner();
-    let expired = loop {
-        let e = events.message().await.unwrap().unwrap();
-        if e.kind == EventKind::Expired as i32 {
-            break e;
-        }
-    };
+        .into_iter()
+        .find(|e| e.kind == EventKind::Expired as i32)
+        .expect("an EXPIRED event");
     assert_eq!(expired.lease_id, stale_lease);
     assert_eq!(expired.watcher_id, holder);
 
@@ -287,11 +252,10 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
 
 #[tokio::test]
 async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() {
-    let list = products(&["100", "200"]);
+    let list = products_json(&["100", "200"]);
     let mut arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
         lease_ttl: "10s".into(),
-        ..Default::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "3s"]).await;
@@ -331,12 +295,8 @@ async fn an_arbiter_restart_mid_checkout_lets_the_checkout_finish_and_release() 
 
 #[tokio::test]
 async fn watchers_back_off_while_the_store_answers_429_and_recover() {
-    let list = products(&["100"]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let list = products_json(&["100"]);
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
     let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
     store
@@ -344,9 +304,7 @@ async fn watchers_back_off_while_the_store_answers_429_and_recover() {
         .await;
     store.set_stock("100", true).await;
 
-    let mut wc = StockWatcherClient::connect(format!("http://{}", w.addr))
-        .await
-        .unwrap();
+    let mut wc = w.client().await;
     let backing_off = eventually("the watcher to back off", LONG, || {
         let mut wc = wc.clone();
         async move {
@@ -386,11 +344,7 @@ async fn a_product_above_its_max_price_is_never_bought() {
         {"tcin": "100", "name": "Too dear", "max_price": 10.00},
         {"tcin": "200", "name": "Fine", "max_price": 50.00}
     ]);
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
-        ..Default::default()
-    })
-    .await;
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
     let _w = [
         WatcherProcess::start(&arbiter, &store, "w1", &[]).await,

@@ -12,20 +12,16 @@
 //! Broken files (state file, product config at start-up and on reload) are
 //! in `arbiter_faults.rs`, next to the tests that were there first.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use restock_proto::v1::{
     self as pb, GetStatusRequest, GetWatcherStatusRequest, ReleasePurchaseRequest,
     RenewLeaseRequest, ResetProductRequest, StockObservation, StockReport, arbiter_message::Kind,
-    stock_watcher_client::StockWatcherClient,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually,
-    free_port, wait_healthy,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherOptions,
+    WatcherProcess, eventually, wait_healthy,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -36,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::{
-    helpers::{Client, WatcherStream, acquire, must_acquire, status},
+    helpers::{Client, WatcherStream, acquire, must_acquire, renew, status},
     raw_h2::{self, DATA, END_HEADERS, END_STREAM, HEADERS},
 };
 
@@ -58,7 +54,7 @@ async fn arbiter_holding_a_lease(extra_args: &[&str]) -> (ArbiterProcess, pb::Le
 
 /// The arbiter serves, and `lease` is still the live lease, unchanged.
 async fn assert_intact(arbiter: &ArbiterProcess, lease: &pb::Lease, after: &str) {
-    wait_healthy(&arbiter.addr, LIMIT).await;
+    wait_healthy(arbiter.addr(), LIMIT).await;
     let mut c = arbiter.client().await;
     let s = tokio::time::timeout(LIMIT, c.get_status(GetStatusRequest {}))
         .await
@@ -140,7 +136,7 @@ fn garbage_cases() -> Vec<(&'static str, Vec<u8>, bool)> {
 async fn garbage_on_the_arbiters_port_is_dropped_and_the_lease_is_intact() {
     let (arbiter, lease) = arbiter_holding_a_lease(&[]).await;
     for (what, bytes, must_close) in garbage_cases() {
-        let a = raw_h2::exchange(&arbiter.addr, &bytes, LIMIT).await;
+        let a = raw_h2::exchange(arbiter.addr(), &bytes, LIMIT).await;
         if must_close {
             assert!(
                 a.goaway.is_some() || a.closed,
@@ -198,13 +194,13 @@ async fn broken_grpc_calls_are_refused_and_never_act_on_a_partial_message() {
         ),
     ];
     for (what, bytes) in cases {
-        let a = raw_h2::exchange(&arbiter.addr, &bytes, LIMIT).await;
+        let a = raw_h2::exchange(arbiter.addr(), &bytes, LIMIT).await;
         assert!(a.is_refusal(), "{what}: expected a refusal, got {a:?}");
         assert_intact(&arbiter, &lease, what).await;
     }
 
     // The connection drops in the middle of the real release.
-    let mut s = TcpStream::connect(&arbiter.addr).await.unwrap();
+    let mut s = TcpStream::connect(arbiter.addr()).await.unwrap();
     let mut b = raw_h2::handshake();
     b.extend(raw_h2::frame(
         HEADERS,
@@ -219,7 +215,7 @@ async fn broken_grpc_calls_are_refused_and_never_act_on_a_partial_message() {
 
     // The same bytes, whole, do release: the cases above were refused for
     // what was wrong with them, not for a mistake in the encoding.
-    let a = raw_h2::exchange(&arbiter.addr, &raw_h2::call(RELEASE, &full), LIMIT).await;
+    let a = raw_h2::exchange(arbiter.addr(), &raw_h2::call(RELEASE, &full), LIMIT).await;
     assert!(a.data_frames > 0, "the whole release is answered: {a:?}");
     let mut c = arbiter.client().await;
     assert_eq!(status(&mut c).await.active_lease, None);
@@ -681,13 +677,12 @@ async fn two_thousand_idle_connections_do_not_stop_service() {
     let (arbiter, lease) = arbiter_holding_a_lease(&[]).await;
     let pid = arbiter.process.pid();
     let before = fds(pid);
-    let addr = arbiter.addr.clone();
+    let addr = arbiter.addr();
     let started = Instant::now();
     let conns: Vec<TcpStream> = futures::stream::iter(0..n)
         .map(|i| {
-            let addr = addr.clone();
             async move {
-                let mut s = TcpStream::connect(&addr)
+                let mut s = TcpStream::connect(addr)
                     .await
                     .unwrap_or_else(|e| panic!("connection {i}: {e}"));
                 s.write_all(&raw_h2::handshake()).await.unwrap();
@@ -719,16 +714,9 @@ async fn two_thousand_idle_connections_do_not_stop_service() {
     let mut c = arbiter.client().await;
     status(&mut c).await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    let renewed = c
-        .renew_lease(RenewLeaseRequest {
-            lease_id: lease.lease_id.clone(),
-            fencing_token: lease.fencing_token,
-        })
+    let renewed = renew(&mut c, &lease)
         .await
-        .expect("renewal during the idle crowd")
-        .into_inner()
-        .lease
-        .unwrap();
+        .expect("renewal during the idle crowd");
     let w = WatcherStream::open(&arbiter, "late-comer").await;
     assert_eq!(w.catalog.products.len(), 3);
     drop(conns);
@@ -874,45 +862,25 @@ async fn a_stock_source_and_checkout_that_answer_garbage_never_crash_the_watcher
     })
     .await;
     let source = hostile_source().await;
-    let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--arbiter",
-        &arbiter.url(),
-        "--watcher-id",
-        "w-hostile",
-        "--listen",
-        &listen,
-        "--source-url",
-        &source,
-        "--checkout-url",
-        &format!("{source}/checkout"),
-        "--poll-interval",
-        "200ms",
-        "--request-timeout",
-        "2s",
-        "--checkout-timeout",
-        "20s",
-        "--source-backoff-initial",
-        "200ms",
-        "--source-backoff-max",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let watcher = Process::start(
-        "stock-watcher w-hostile",
-        bin("stock-watcher"),
-        args,
-        HashMap::new(),
-        dir.path().join("watcher.log"),
-    );
-    wait_healthy(&listen, Duration::from_secs(20)).await;
-    let pid = watcher.pid();
-    let wc = StockWatcherClient::connect(format!("http://{listen}"))
-        .await
-        .unwrap();
+    let watcher = WatcherProcess::start_with(
+        WatcherOptions::new("w-hostile", arbiter.url())
+            .source(&source)
+            .checkout_http(format!("{source}/checkout"))
+            .poll_interval("200ms")
+            .args(&[
+                "--request-timeout",
+                "2s",
+                "--checkout-timeout",
+                "20s",
+                "--source-backoff-initial",
+                "200ms",
+                "--source-backoff-max",
+                "500ms",
+            ]),
+    )
+    .await;
+    let pid = watcher.process.pid();
+    let wc = watcher.client().await;
 
     // The one good product is seen, granted, and its checkout (whose answer
     // never ends) fails within bounds, with the lease released.
@@ -977,7 +945,7 @@ async fn a_stock_source_and_checkout_that_answer_garbage_never_crash_the_watcher
     let rss = rss_mib(pid);
     eprintln!("watcher resident memory after endless answers: {rss} MiB");
     assert!(rss < 200, "the watcher's memory grew to {rss} MiB");
-    wait_healthy(&listen, LIMIT).await;
+    wait_healthy(watcher.addr(), LIMIT).await;
     status(&mut c).await;
 }
 
@@ -1012,16 +980,14 @@ async fn garbage_on_the_watchers_status_port_is_dropped_and_it_keeps_serving() {
         ),
     ]);
     for (what, bytes, must_close) in cases {
-        let a = raw_h2::exchange(&w.addr, &bytes, LIMIT).await;
+        let a = raw_h2::exchange(w.addr(), &bytes, LIMIT).await;
         if must_close {
             assert!(a.goaway.is_some() || a.closed, "{what}: {a:?}");
         } else if what.starts_with("a call") {
             assert!(a.is_refusal(), "{what}: {a:?}");
         }
-        wait_healthy(&w.addr, LIMIT).await;
-        let mut wc = StockWatcherClient::connect(format!("http://{}", w.addr))
-            .await
-            .unwrap();
+        wait_healthy(w.addr(), LIMIT).await;
+        let mut wc = w.client().await;
         let s = wc
             .get_watcher_status(GetWatcherStatusRequest {})
             .await

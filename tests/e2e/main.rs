@@ -1,5 +1,6 @@
-//! End-to-end tests: the real binaries, started as processes on free ports,
-//! spoken to over real gRPC (and, where installed, the real `grpcurl`).
+//! End-to-end tests: the real binaries, started as processes on ports they
+//! choose and announce (`--listen 127.0.0.1:0 --ready-file`), spoken to over
+//! real gRPC (and, where installed, the real `grpcurl`).
 //!
 //! Build the binaries first: `cargo build --workspace --bins` (the README's
 //! test command does). Set `TEST_LOG=1` to see every service's log.

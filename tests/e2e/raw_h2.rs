@@ -9,7 +9,7 @@
 //! error answer is recognised by its shape: stream 1 ends with a HEADERS
 //! frame (trailers carrying `grpc-status`) and no DATA frame, or is reset.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -152,7 +152,7 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<Option<(u8, u8, u32, V
 /// Sends `bytes` on a fresh connection to `addr`, then reads frames until
 /// stream 1 ends, the connection ends, or `limit` passes. Server SETTINGS
 /// and PINGs are acknowledged, as a client must.
-pub async fn exchange(addr: &str, bytes: &[u8], limit: Duration) -> Answer {
+pub async fn exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Answer {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut a = Answer::default();
     if s.write_all(bytes).await.is_err() {

@@ -4,7 +4,7 @@
 //! from the store simulator, and the real `grpcurl`.
 
 use std::{
-    collections::HashMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -15,8 +15,8 @@ use restock_proto::v1::{
     stock_watcher_client::StockWatcherClient,
 };
 use restock_testkit::{
-    ArbiterProcess, Process, StoreSimProcess, WatcherProcess, bin, eventually, free_port,
-    repo_root, run_grpcurl,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, bin,
+    products_json, purchased, repo_root, run_grpcurl,
 };
 use serde_json::{Value, json};
 use tonic::{
@@ -91,65 +91,30 @@ impl Certs {
     }
 }
 
-fn products(ids: &[&str]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|t| json!({"tcin": t, "name": format!("Product {t}")}))
-            .collect(),
-    )
-}
-
-/// Starts the arbiter like `ArbiterProcess::start`, but waits for health
-/// over TLS when `tls` is given (the support helper speaks plaintext).
+/// Starts the arbiter with these products, in TEST_MODE with a 5 s lease;
+/// its health is checked over TLS when `tls` is given.
 async fn start_arbiter(
     list: &Value,
     extra: Vec<String>,
     tls: Option<ClientTlsConfig>,
 ) -> ArbiterProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("product_config.json");
-    std::fs::write(&config, json!({ "products": list }).to_string()).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut args = vec![
-        "--listen".into(),
-        addr.clone(),
-        "--config".into(),
-        config.display().to_string(),
-        "--state-file".into(),
-        dir.path().join("state.json").display().to_string(),
-        "--lease-ttl".into(),
-        "5s".into(),
-        "--test-mode".into(),
-    ];
-    args.extend(extra);
-    let process = Process::start(
-        "purchase-arbiter",
-        bin("purchase-arbiter"),
-        args,
-        HashMap::new(),
-        dir.path().join("arbiter.log"),
-    );
-    let a = ArbiterProcess { addr, process, dir };
-    wait_serving(&a.addr, tls).await;
-    a
-}
-
-async fn wait_serving(addr: &str, tls: Option<ClientTlsConfig>) {
-    eventually(&format!("{addr} to report SERVING"), LONG, || {
-        let tls = tls.clone();
-        async move {
-            let channel = channel(addr, tls).await.ok()?;
-            let r = HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await
-                .ok()?;
-            (r.into_inner().status == 1).then_some(())
-        }
+    ArbiterProcess::start(ArbiterOptions {
+        products_json: Some(list.clone()),
+        lease_ttl: "5s".into(),
+        test_mode: true,
+        extra_args: extra,
+        health_tls: tls,
+        ..ArbiterOptions::default()
     })
     .await
 }
 
-async fn channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
+/// [`start_arbiter`] with TLS and the token from `certs`.
+async fn tls_arbiter(certs: &Certs, list: &Value) -> ArbiterProcess {
+    start_arbiter(list, certs.server_args(), Some(certs.client_tls(false))).await
+}
+
+async fn channel(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
     let endpoint = match tls {
         Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
             .unwrap()
@@ -162,6 +127,16 @@ async fn channel(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, St
         .connect()
         .await
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Connects and asks for health: the first failure, as text.
+async fn health_check(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    let ch = channel(addr, tls).await?;
+    HealthClient::new(ch)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
 }
 
 /// `req` with `authorization: Bearer token` when `token` is given.
@@ -257,14 +232,14 @@ async fn status(
 async fn a_missing_or_wrong_token_is_unauthenticated_and_changes_nothing() {
     let certs = Certs::make();
     let token = certs.token();
-    let list = products(&["100", "200"]);
+    let list = products_json(&["100", "200"]);
     let arbiter = start_arbiter(
         &list,
         vec!["--auth-token-file".into(), certs.arg("token")],
         None,
     )
     .await;
-    let mut c = PurchaseArbiterClient::new(channel(&arbiter.addr, None).await.unwrap());
+    let mut c = PurchaseArbiterClient::new(channel(arbiter.addr(), None).await.unwrap());
     let before = status(&mut c, Some(&token)).await;
 
     every_guarded_call_is_refused(&mut c, None, "missing").await;
@@ -301,7 +276,7 @@ async fn a_missing_or_wrong_token_is_unauthenticated_and_changes_nothing() {
 #[tokio::test]
 async fn public_status_opens_get_status_only() {
     let certs = Certs::make();
-    let list = products(&["100"]);
+    let list = products_json(&["100"]);
     let arbiter = start_arbiter(
         &list,
         vec![
@@ -312,7 +287,7 @@ async fn public_status_opens_get_status_only() {
         None,
     )
     .await;
-    let mut c = PurchaseArbiterClient::new(channel(&arbiter.addr, None).await.unwrap());
+    let mut c = PurchaseArbiterClient::new(channel(arbiter.addr(), None).await.unwrap());
     let s = status(&mut c, None).await;
     assert_eq!(s.products.len(), 1);
     every_guarded_call_is_refused(&mut c, None, "missing").await;
@@ -321,7 +296,7 @@ async fn public_status_opens_get_status_only() {
     // restockctl: status is open, pause is not.
     let ctl = |args: &[&str]| {
         Command::new(bin("restockctl"))
-            .args(["--arbiter", &arbiter.addr])
+            .args(["--arbiter", &arbiter.addr().to_string()])
             .args(args)
             .env_remove("RESTOCK_AUTH_TOKEN")
             .output()
@@ -343,13 +318,8 @@ async fn public_status_opens_get_status_only() {
 async fn a_client_that_does_not_trust_the_certificate_fails() {
     let certs = Certs::make();
     let stranger = Certs::make();
-    let arbiter = start_arbiter(
-        &products(&["100"]),
-        certs.server_args(),
-        Some(certs.client_tls(false)),
-    )
-    .await;
-    let e = channel(&arbiter.addr, Some(stranger.client_tls(false)))
+    let arbiter = tls_arbiter(&certs, &products_json(&["100"])).await;
+    let e = channel(arbiter.addr(), Some(stranger.client_tls(false)))
         .await
         .expect_err("a CA that did not sign the server's certificate");
     assert!(
@@ -357,21 +327,15 @@ async fn a_client_that_does_not_trust_the_certificate_fails() {
         "{e}"
     );
     // Plaintext against a TLS server gets nowhere either.
-    let plain = match channel(&arbiter.addr, None).await {
-        Err(e) => Err(e),
-        Ok(ch) => HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    let plain = health_check(arbiter.addr(), None).await;
     assert!(plain.is_err());
 
     // restockctl: the wrong CA is a connection failure (exit 3), the right
     // one works, and https:// is implied by --tls-ca.
     let ctl = |ca: &Certs| {
         Command::new(bin("restockctl"))
-            .args(["--arbiter", &arbiter.addr, "--tls-ca", &ca.arg("ca.pem")])
+            .args(["--arbiter", &arbiter.addr().to_string()])
+            .args(["--tls-ca", &ca.arg("ca.pem")])
             .args(["--auth-token-file", &certs.arg("token"), "status"])
             .output()
             .unwrap()
@@ -391,12 +355,12 @@ async fn a_bad_certificate_or_key_file_stops_start_up_naming_it() {
     let config = dir.path().join("product_config.json");
     std::fs::write(
         &config,
-        json!({ "products": products(&["100"]) }).to_string(),
+        json!({ "products": products_json(&["100"]) }).to_string(),
     )
     .unwrap();
     let start = |cert: &Path, key: &Path| {
         Command::new(bin("purchase-arbiter"))
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--config", &config.display().to_string()])
             .args([
                 "--state-file",
@@ -428,22 +392,15 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let certs = Certs::make();
     let mut args = certs.server_args();
     args.extend(["--tls-client-ca".into(), certs.arg("ca.pem")]);
-    let arbiter = start_arbiter(&products(&["100"]), args, Some(certs.client_tls(true))).await;
+    let arbiter = start_arbiter(&products_json(&["100"]), args, Some(certs.client_tls(true))).await;
 
-    let without = match channel(&arbiter.addr, Some(certs.client_tls(false))).await {
-        Err(e) => Err(e),
-        // TLS 1.3 reports the missing certificate after the handshake, on
-        // the first request.
-        Ok(ch) => HealthClient::new(ch)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    // TLS 1.3 reports the missing certificate after the handshake, on the
+    // first request: a health check is that request.
+    let without = health_check(arbiter.addr(), Some(certs.client_tls(false))).await;
     assert!(without.is_err(), "a client without a certificate got in");
 
     let ctl = Command::new(bin("restockctl"))
-        .args(["--arbiter", &arbiter.addr, "health"])
+        .args(["--arbiter", &arbiter.addr().to_string(), "health"])
         .env("RESTOCK_TLS_CA", certs.path("ca.pem"))
         .env("RESTOCK_TLS_CLIENT_CERT", certs.path("client.pem"))
         .env("RESTOCK_TLS_CLIENT_KEY", certs.path("client-key.pem"))
@@ -456,8 +413,8 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
 async fn tls_and_token_end_to_end_with_a_real_watcher() {
     let certs = Certs::make();
     let token = certs.token();
-    let list = products(&["100"]);
-    let arbiter = start_arbiter(&list, certs.server_args(), Some(certs.client_tls(false))).await;
+    let list = products_json(&["100"]);
+    let arbiter = tls_arbiter(&certs, &list).await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "100ms"]).await;
     // `arbiter.url()` is http://; --tls-ca makes the watcher use https://.
     let watcher = WatcherProcess::start(
@@ -476,13 +433,7 @@ async fn tls_and_token_end_to_end_with_a_real_watcher() {
     let start = std::time::Instant::now();
     loop {
         let orders = store.orders().await;
-        let bought = orders["orders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o["result"] == "purchased")
-            .count();
-        if bought >= 2 {
+        if purchased(&orders).len() >= 2 {
             assert_eq!(orders["violations"], 0, "{orders:#}");
             break;
         }
@@ -491,7 +442,7 @@ async fn tls_and_token_end_to_end_with_a_real_watcher() {
     }
 
     // The watcher's own status service takes the same token.
-    let mut w = StockWatcherClient::new(channel(&watcher.addr, None).await.unwrap());
+    let mut w = StockWatcherClient::new(channel(watcher.addr(), None).await.unwrap());
     let r = w
         .get_watcher_status(authed(pb::GetWatcherStatusRequest::default(), None))
         .await;
@@ -511,23 +462,17 @@ async fn grpcurl_with_the_ca_and_the_token_header_works() {
         return;
     };
     let certs = Certs::make();
-    let arbiter = start_arbiter(
-        &products(&["100"]),
-        certs.server_args(),
-        Some(certs.client_tls(false)),
-    )
-    .await;
+    let arbiter = tls_arbiter(&certs, &products_json(&["100"])).await;
+    let addr = arbiter.addr().to_string();
+    let addr = addr.as_str();
     let header = format!("authorization: Bearer {}", certs.token());
     let ca = certs.arg("ca.pem");
     let method = &STATUS[1..];
-    let (ok, out, err) = run_grpcurl(
-        &grpcurl,
-        &["-cacert", &ca, "-H", &header, &arbiter.addr, method],
-    );
+    let (ok, out, err) = run_grpcurl(&grpcurl, &["-cacert", &ca, "-H", &header, addr, method]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("\"products\""), "{out}");
     // By name (a SAN of the certificate), as a user would.
-    let port = arbiter.addr.rsplit(':').next().unwrap();
+    let port = arbiter.addr().port();
     let (ok, out, err) = run_grpcurl(
         &grpcurl,
         &[
@@ -540,13 +485,13 @@ async fn grpcurl_with_the_ca_and_the_token_header_works() {
         ],
     );
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = run_grpcurl(&grpcurl, &["-cacert", &ca, &arbiter.addr, method]);
+    let (ok, out, err) = run_grpcurl(&grpcurl, &["-cacert", &ca, addr, method]);
     assert!(
         !ok && format!("{out}{err}").contains("Unauthenticated"),
         "{out}{err}"
     );
     // Reflection is open: listing needs no token.
-    let (ok, out, err) = run_grpcurl(&grpcurl, &["-cacert", &ca, &arbiter.addr, "list"]);
+    let (ok, out, err) = run_grpcurl(&grpcurl, &["-cacert", &ca, addr, "list"]);
     assert!(
         ok && out.contains("restock.v1.PurchaseArbiter"),
         "{out}{err}"

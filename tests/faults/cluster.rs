@@ -12,8 +12,8 @@
 //! `PUT /admin/stock`, from the seed, so a run's restocks replay with it.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr, TcpListener},
+    collections::BTreeSet,
+    net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,7 +22,8 @@ use std::{
 };
 
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, Process, StoreSimProcess, bin, wait_healthy,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherOptions,
+    WatcherProcess, products_json,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -63,17 +64,13 @@ pub struct Host {
     pub ip: IpAddr,
 }
 
-/// A stock watcher, its link to the arbiter and its process.
+/// A stock watcher, its host and its link to the arbiter.
 #[derive(Debug)]
 pub struct Watcher {
     pub id: String,
     pub host: usize,
-    pub status_addr: String,
     pub link: LinkProxy,
-    // Dropped before `dir`, so its log can still be printed.
-    pub process: Process,
-    /// Holds the log file; removed when the watcher is dropped.
-    _dir: tempfile::TempDir,
+    pub watcher: WatcherProcess,
 }
 
 /// See the module documentation.
@@ -83,24 +80,11 @@ pub struct Cluster {
     pub store: StoreSimProcess,
     pub hosts: Vec<Host>,
     pub watchers: Vec<Watcher>,
-    pub http: reqwest::Client,
-}
-
-/// A port on `ip` that was free a moment ago.
-fn free_port_on(ip: IpAddr) -> u16 {
-    TcpListener::bind(SocketAddr::new(ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("bind {ip}:0: {e} (is the loopback network 127/8 usable?)"))
 }
 
 impl Cluster {
     /// Starts everything and waits until every watcher is connected.
     pub async fn start(watchers_per_host: usize) -> Self {
-        let products: Vec<Value> = PRODUCTS
-            .iter()
-            .map(|t| json!({"tcin": t, "name": format!("Product {t}")}))
-            .collect();
         let arbiter = ArbiterProcess::start(ArbiterOptions {
             products: PRODUCTS.iter().map(|s| (*s).to_owned()).collect(),
             lease_ttl: format!("{}ms", LEASE_TTL.as_millis()),
@@ -111,7 +95,7 @@ impl Cluster {
         })
         .await;
         let store = StoreSimProcess::start(
-            Value::Array(products),
+            products_json(&PRODUCTS),
             &["--checkout-delay", &format!("{}ms", CHECKOUT_DELAY_MS.0)],
         )
         .await;
@@ -125,7 +109,9 @@ impl Cluster {
                 ip: "127.0.0.3".parse().expect("an address"),
             },
         ];
-        let upstream: SocketAddr = arbiter.addr.parse().expect("arbiter address");
+        // A restarted arbiter comes back on this address (the testkit
+        // restarts a server where it first bound), so the links stay valid.
+        let upstream = arbiter.addr();
         let mut watchers = Vec::new();
         for (h, host) in hosts.iter().enumerate() {
             for i in 1..=watchers_per_host {
@@ -133,18 +119,26 @@ impl Cluster {
                 let link = LinkProxy::start(host.ip, upstream)
                     .await
                     .unwrap_or_else(|e| panic!("link proxy on {}: {e}", host.ip));
-                watchers.push(start_watcher(&id, h, host, link, &store));
+                let watcher = WatcherProcess::start_with(
+                    WatcherOptions::new(&id, format!("http://{}", link.addr()))
+                        .store(&store)
+                        .poll_interval("150ms")
+                        .listen_on(host.ip),
+                )
+                .await;
+                watchers.push(Watcher {
+                    id,
+                    host: h,
+                    link,
+                    watcher,
+                });
             }
-        }
-        for w in &watchers {
-            wait_healthy(&w.status_addr, Duration::from_secs(20)).await;
         }
         let c = Self {
             arbiter,
             store,
             hosts,
             watchers,
-            http: reqwest::Client::new(),
         };
         c.wait_all_connected(Duration::from_secs(20)).await;
         c
@@ -171,30 +165,14 @@ impl Cluster {
 
     /// Changes how long the store's next checkouts take.
     pub async fn set_checkout_delay(&self, ms: u64) {
-        let r = self
-            .http
-            .put(format!("{}/admin/checkout", self.store.url()))
-            .json(&json!({ "delay_ms": ms }))
-            .send()
-            .await
-            .expect("PUT /admin/checkout");
-        assert!(
-            r.status().is_success(),
-            "PUT /admin/checkout: {}",
-            r.status()
-        );
+        self.store
+            .put("/admin/checkout", json!({ "delay_ms": ms }))
+            .await;
     }
 
     /// `GET /admin/orders`.
     pub async fn orders(&self) -> Value {
-        self.http
-            .get(format!("{}/admin/orders", self.store.url()))
-            .send()
-            .await
-            .expect("GET /admin/orders")
-            .json()
-            .await
-            .expect("orders JSON")
+        self.store.orders().await
     }
 
     /// Heals every link (a fault that panicked midway must not leave one
@@ -205,52 +183,6 @@ impl Cluster {
                 w.link.set(LinkState::Open);
             }
         }
-    }
-}
-
-fn start_watcher(
-    id: &str,
-    host_index: usize,
-    host: &Host,
-    link: LinkProxy,
-    store: &StoreSimProcess,
-) -> Watcher {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let status_addr = format!("{}:{}", host.ip, free_port_on(host.ip));
-    let args: Vec<String> = vec![
-        "--arbiter".into(),
-        format!("http://{}", link.addr()),
-        "--watcher-id".into(),
-        id.into(),
-        "--listen".into(),
-        status_addr.clone(),
-        "--source".into(),
-        "target".into(),
-        "--source-url".into(),
-        store.url(),
-        "--checkout".into(),
-        "http".into(),
-        "--checkout-url".into(),
-        format!("{}/checkout", store.url()),
-        "--poll-interval".into(),
-        "150ms".into(),
-        "--reconnect-max".into(),
-        "500ms".into(),
-    ];
-    let process = Process::start(
-        &format!("stock-watcher {id}"),
-        bin("stock-watcher"),
-        args,
-        HashMap::new(),
-        dir.path().join("watcher.log"),
-    );
-    Watcher {
-        id: id.to_owned(),
-        host: host_index,
-        status_addr,
-        link,
-        process,
-        _dir: dir,
     }
 }
 

@@ -209,7 +209,7 @@ impl Injector<'_> {
                     .live_lease()
                     .filter(|l| l.watcher_id == self.cluster.watchers[i].id);
                 let started = now_ms();
-                self.cluster.watchers[i].process.kill9();
+                self.cluster.watchers[i].watcher.process.kill9();
                 Self::sleep_ms(down).await;
                 let id = self.cluster.watchers[i].id.clone();
                 let r = Self::record(
@@ -221,7 +221,7 @@ impl Injector<'_> {
                         held.map_or(String::new(), |l| format!(" (holding token {})", l.token))
                     ),
                 );
-                self.cluster.watchers[i].process.restart();
+                self.cluster.watchers[i].watcher.process.restart();
                 Some(r)
             }
             FaultKind::HolderKill => {
@@ -242,9 +242,9 @@ impl Injector<'_> {
                         return None;
                     }
                     let started = now_ms();
-                    self.cluster.watchers[i].process.signal("-STOP");
+                    self.cluster.watchers[i].watcher.process.signal("-STOP");
                     let answered = self.wait_order_finished(token).await;
-                    self.cluster.watchers[i].process.kill9();
+                    self.cluster.watchers[i].watcher.process.kill9();
                     (
                         started,
                         format!(
@@ -258,7 +258,7 @@ impl Injector<'_> {
                         return None;
                     }
                     let started = now_ms();
-                    self.cluster.watchers[i].process.kill9();
+                    self.cluster.watchers[i].watcher.process.kill9();
                     (started, format!("{into} ms into a {delay} ms checkout"))
                 };
                 Self::sleep_ms(down).await;
@@ -269,7 +269,7 @@ impl Injector<'_> {
                     started,
                     format!("{id} holding token {token}, {how}, down {down} ms"),
                 );
-                self.cluster.watchers[i].process.restart();
+                self.cluster.watchers[i].watcher.process.restart();
                 Some(r)
             }
             FaultKind::HolderPause => {
@@ -281,7 +281,7 @@ impl Injector<'_> {
                 let i = self.cluster.watcher(&grant.watcher_id)?;
                 Self::sleep_ms(into).await;
                 let started = now_ms();
-                self.cluster.watchers[i].process.signal("-STOP");
+                self.cluster.watchers[i].watcher.process.signal("-STOP");
                 Self::sleep_ms(pause).await;
                 let id = self.cluster.watchers[i].id.clone();
                 let r = Self::record(
@@ -293,7 +293,7 @@ impl Injector<'_> {
                         grant.fencing_token
                     ),
                 );
-                self.cluster.watchers[i].process.signal("-CONT");
+                self.cluster.watchers[i].watcher.process.signal("-CONT");
                 Some(r)
             }
             FaultKind::WatcherPause => {
@@ -305,7 +305,7 @@ impl Injector<'_> {
                     .map(|k| (pick + k) % self.cluster.watchers.len())
                     .find(|&i| holder.as_deref() != Some(self.cluster.watchers[i].id.as_str()))?;
                 let started = now_ms();
-                self.cluster.watchers[i].process.signal("-STOP");
+                self.cluster.watchers[i].watcher.process.signal("-STOP");
                 Self::sleep_ms(pause).await;
                 let id = self.cluster.watchers[i].id.clone();
                 let r = Self::record(
@@ -314,7 +314,7 @@ impl Injector<'_> {
                     started,
                     format!("{id} stopped {pause} ms"),
                 );
-                self.cluster.watchers[i].process.signal("-CONT");
+                self.cluster.watchers[i].watcher.process.signal("-CONT");
                 Some(r)
             }
             FaultKind::WatcherCutOff => {
@@ -403,8 +403,7 @@ impl Injector<'_> {
     }
 
     async fn restart_arbiter(&mut self) {
-        self.cluster.arbiter.process.restart();
-        restock_testkit::wait_healthy(&self.cluster.arbiter.addr, Duration::from_secs(30)).await;
+        self.cluster.arbiter.kill9_and_restart().await;
     }
 
     /// Waits (at most 3 s) until the store has finished the checkout with

@@ -37,6 +37,7 @@ mod rng;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use restock_proto::v1::GetStatusRequest;
+use restock_testkit::ArbiterEndpoint;
 
 use crate::{
     checker::{ArbiterCounters, FaultKind, History, Settings},
@@ -142,8 +143,8 @@ async fn never_two_checkouts_at_once_whatever_fails() {
     let mut cluster = Cluster::start(WATCHERS_PER_HOST).await;
     eprintln!(
         "started: arbiter {}, store {}, {} watchers on {}",
-        cluster.arbiter.addr,
-        cluster.store.addr,
+        cluster.arbiter.addr(),
+        cluster.store.addr(),
         cluster.watchers.len(),
         cluster
             .hosts

@@ -101,6 +101,26 @@ impl Background {
         }
     }
 
+    /// `restockctl --arbiter URL --json monitor --duration D --interval
+    /// 300ms`, once it says it is watching (with `--json` the live lines go
+    /// to stderr, the first one "monitoring ...").
+    pub async fn monitor_json(url: &str, duration: &str) -> Self {
+        let monitor = Self::start(&[
+            "--arbiter",
+            url,
+            "--json",
+            "monitor",
+            "--duration",
+            duration,
+            "--interval",
+            "300ms",
+        ]);
+        monitor
+            .wait_for(true, "monitoring http://", Duration::from_secs(20))
+            .await;
+        monitor
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
     }

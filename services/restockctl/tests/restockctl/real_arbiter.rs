@@ -1,6 +1,7 @@
-//! `restockctl` against the real `purchase-arbiter` binary, started on a free
-//! port with its own state file, waited for by health polling, killed on
-//! drop (see `restock_testkit::ArbiterProcess`).
+//! `restockctl` against the real arbiter: run in this process on a port of
+//! its own with its own state file (`restock_testkit::spawn_arbiter`), or,
+//! where the test restarts it, the `purchase-arbiter` binary
+//! (`restock_testkit::ArbiterProcess`), killed on drop.
 
 use std::time::Duration;
 
@@ -8,21 +9,25 @@ use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest, RenewLeaseRequest,
 };
 use restock_testkit::{
-    ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, InProcessArbiter, StoreSimProcess,
+    WatcherProcess, eventually, products_json, purchased, spawn_arbiter_with,
 };
 
 use crate::helpers::{Background, ctl};
 
-async fn arbiter(test_mode: bool) -> ArbiterProcess {
-    ArbiterProcess::start(ArbiterOptions {
+fn options(test_mode: bool) -> ArbiterOptions {
+    ArbiterOptions {
         test_mode,
         ..ArbiterOptions::default()
-    })
-    .await
+    }
+}
+
+async fn arbiter(test_mode: bool) -> InProcessArbiter {
+    spawn_arbiter_with(options(test_mode)).await
 }
 
 /// `restockctl --arbiter URL args...`
-async fn ctl_at(a: &ArbiterProcess, args: &[&str]) -> crate::helpers::Output {
+async fn ctl_at(a: &impl ArbiterEndpoint, args: &[&str]) -> crate::helpers::Output {
     let url = a.url();
     let mut all = vec!["--arbiter", url.as_str()];
     all.extend_from_slice(args);
@@ -30,7 +35,7 @@ async fn ctl_at(a: &ArbiterProcess, args: &[&str]) -> crate::helpers::Output {
 }
 
 /// `acquire --json`; returns (lease id, token).
-async fn acquire(a: &ArbiterProcess, tcin: &str) -> (String, u64) {
+async fn acquire(a: &impl ArbiterEndpoint, tcin: &str) -> (String, u64) {
     let out = ctl_at(a, &["--json", "acquire", tcin, "--watcher-id", "w1"]).await;
     assert_eq!(out.code, 0, "{}", out.show());
     let v = out.json();
@@ -154,7 +159,7 @@ async fn events_prints_the_history_one_line_per_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_follow_resumes_after_the_arbiter_restarts() {
-    let mut a = arbiter(false).await;
+    let mut a = ArbiterProcess::start(options(false)).await;
     let url = a.url();
     let follow = Background::start(&["--arbiter", &url, "events", "--follow", "--from", "2"]);
     let (lease_id, _) = acquire(&a, "100").await;
@@ -194,21 +199,7 @@ async fn events_follow_resumes_after_the_arbiter_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_in_test_mode_reports_clean_cycles() {
     let a = arbiter(true).await;
-    let url = a.url();
-    let monitor = Background::start(&[
-        "--arbiter",
-        &url,
-        "--json",
-        "monitor",
-        "--duration",
-        "6s",
-        "--interval",
-        "300ms",
-    ]);
-    // Live lines go to stderr with --json; the first says it is watching.
-    monitor
-        .wait_for(true, "monitoring http://", Duration::from_secs(20))
-        .await;
+    let monitor = Background::monitor_json(&a.url(), "6s").await;
 
     // No watcher binary yet: the test plays one, with unary calls. In
     // TEST_MODE the same top product is bought again every cycle.
@@ -385,7 +376,7 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
     let a = arbiter(false).await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_restockctl"))
         .arg("health")
-        .env("RESTOCK_ARBITER", &a.addr)
+        .env("RESTOCK_ARBITER", a.addr().to_string())
         .output()
         .await
         .expect("run restockctl");
@@ -397,7 +388,7 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("http://{}: SERVING", a.addr)
+        format!("http://{}: SERVING", a.addr())
     );
 }
 
@@ -407,14 +398,10 @@ async fn the_arbiter_address_comes_from_the_environment_too() {
 /// must find nothing wrong and count exactly the cycles the arbiter granted.
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
-    let list = serde_json::json!([
-        {"tcin": "100", "name": "Product 100"},
-        {"tcin": "200", "name": "Product 200"},
-    ]);
-    let a = ArbiterProcess::start(ArbiterOptions {
-        products_json: Some(list.clone()),
+    let list = products_json(&["100", "200"]);
+    let a = spawn_arbiter_with(ArbiterOptions {
         test_mode: true,
-        ..ArbiterOptions::default()
+        ..ArbiterOptions::listing(&list)
     })
     .await;
     let store = StoreSimProcess::start(list, &["--checkout-delay", "50ms"]).await;
@@ -425,77 +412,31 @@ async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
     ];
     // Paused while the stock is put in place, so every cycle happens while
     // the monitor watches.
-    let client = a.client().await;
-    let pause = |paused: bool| {
-        let mut c = client.clone();
-        async move {
-            c.set_paused(pb::SetPausedRequest { paused })
-                .await
-                .expect("SetPaused");
-        }
-    };
-    pause(true).await;
+    a.set_paused(true).await;
     store.set_stock("100", true).await;
     store.set_stock("200", true).await;
     let grants = |s: &pb::GetStatusResponse| s.counters.as_ref().map_or(0, |c| c.grants);
-    let status = |c: &pb::purchase_arbiter_client::PurchaseArbiterClient<_>| {
-        let mut c = c.clone();
-        async move {
-            c.get_status(pb::GetStatusRequest {})
-                .await
-                .expect("GetStatus")
-                .into_inner()
-        }
-    };
-    eventually("100 and 200 queued", Duration::from_secs(30), || {
-        let s = status(&client);
-        async move {
-            let s = s.await;
-            s.products
-                .iter()
-                .all(|p| p.state == pb::ProductState::Queued as i32)
-                .then_some(())
-        }
+    eventually("100 and 200 queued", Duration::from_secs(30), || async {
+        let s = a.status().await;
+        s.products
+            .iter()
+            .all(|p| p.state == pb::ProductState::Queued as i32)
+            .then_some(())
     })
     .await;
-    let grants_before = grants(&status(&client).await);
+    let grants_before = grants(&a.status().await);
 
-    let url = a.url();
-    let monitor = Background::start(&[
-        "--arbiter",
-        &url,
-        "--json",
-        "monitor",
-        "--duration",
-        "5m",
-        "--interval",
-        "300ms",
-    ]);
-    monitor
-        .wait_for(true, "monitoring http://", Duration::from_secs(20))
-        .await;
-    pause(false).await;
-    eventually("five purchases", Duration::from_secs(60), || {
-        let orders = store.orders();
-        async move {
-            let orders = orders.await;
-            let n = orders["orders"]
-                .as_array()?
-                .iter()
-                .filter(|o| o["result"] == "purchased")
-                .count();
-            (n >= 5).then_some(())
-        }
+    let monitor = Background::monitor_json(&a.url(), "5m").await;
+    a.set_paused(false).await;
+    eventually("five purchases", Duration::from_secs(60), || async {
+        (purchased(&store.orders().await).len() >= 5).then_some(())
     })
     .await;
     // Pause again: the checkout in progress finishes, nothing new starts.
-    pause(true).await;
-    let after = eventually("the slot to be free", Duration::from_secs(30), || {
-        let s = status(&client);
-        async move {
-            let s = s.await;
-            s.active_lease.is_none().then_some(s)
-        }
+    a.set_paused(true).await;
+    let after = eventually("the slot to be free", Duration::from_secs(30), || async {
+        let s = a.status().await;
+        s.active_lease.is_none().then_some(s)
     })
     .await;
     let cycles = grants(&after) - grants_before;
@@ -541,11 +482,6 @@ async fn monitor_with_real_watchers_in_test_mode_counts_every_cycle() {
     // The store saw the same number of purchases, none overlapping.
     let orders = store.orders().await;
     assert_eq!(orders["violations"], 0, "{orders:#}");
-    let bought = orders["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["result"] == "purchased")
-        .count();
+    let bought = purchased(&orders).len();
     assert_eq!(bought as u64, cycles, "{orders:#}");
 }

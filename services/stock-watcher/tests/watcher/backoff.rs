@@ -3,36 +3,26 @@
 
 use std::time::{Duration, Instant};
 
-use restock_proto::v1::{SetPausedRequest, event::Kind};
-use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
-
-use crate::{
-    helpers::{WatcherProcess, arbiter_status, events, kind, product},
-    stub::StoreStub,
+use restock_proto::v1::event::Kind;
+use restock_testkit::{
+    ArbiterEndpoint, ArbiterOptions, event_kind as kind, eventually, product, spawn_arbiter,
+    spawn_arbiter_with,
 };
+
+use crate::{helpers::start_buying_watcher, stub::StoreStub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_makes_it_back_off_and_recover() {
-    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let arbiter = spawn_arbiter().await;
     // Paused: the in-stock product stays queued, so we can watch what the
     // arbiter believes during the fault.
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: true })
-        .await
-        .unwrap();
+    arbiter.set_paused(true).await;
     let store = StoreStub::start().await;
     store.set_stock("100", true);
-    let watcher = WatcherProcess::start(
+    let watcher = start_buying_watcher(
         &arbiter,
-        &store.url(),
-        "w1",
+        &store,
         &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
             "--source-backoff-initial",
             "400ms",
             "--source-backoff-max",
@@ -41,7 +31,7 @@ async fn a_429_makes_it_back_off_and_recover() {
     )
     .await;
     eventually("100 queued", Duration::from_secs(10), || async {
-        let s = arbiter_status(&arbiter).await;
+        let s = arbiter.status().await;
         (!product(&s, "100").in_stock_at.is_empty()).then_some(())
     })
     .await;
@@ -62,7 +52,7 @@ async fn a_429_makes_it_back_off_and_recover() {
     )
     .await;
     // Meanwhile the product is still in stock as far as the arbiter knows.
-    let a = arbiter_status(&arbiter).await;
+    let a = arbiter.status().await;
     assert_eq!(product(&a, "100").in_stock_at, ["w1"]);
     tokio::time::sleep(fault + Duration::from_millis(200) - fault_start.elapsed()).await;
 
@@ -74,7 +64,8 @@ async fn a_429_makes_it_back_off_and_recover() {
         "{refused} requests during the fault"
     );
     assert!(
-        !events(&arbiter)
+        !arbiter
+            .events()
             .await
             .iter()
             .any(|e| kind(e) == Kind::Unqueued && e.tcin == "100"),
@@ -90,63 +81,33 @@ async fn a_429_makes_it_back_off_and_recover() {
             .then_some(())
     })
     .await;
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: false })
-        .await
-        .unwrap();
-    eventually(
-        "bought after the fault",
-        Duration::from_secs(10),
-        || async {
-            store
-                .checkouts()
-                .iter()
-                .any(|c| c.tcin() == "100")
-                .then_some(())
-        },
-    )
-    .await;
+    arbiter.set_paused(false).await;
+    store
+        .wait_checkout_of("100", "bought after the fault", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_stock_products_are_refreshed_before_the_stock_ttl() {
     // A short stock TTL: the arbiter forgets a sighting after 600ms unless
     // the watcher repeats it (the watcher refreshes every TTL/3 = 200ms).
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
+    let arbiter = spawn_arbiter_with(ArbiterOptions {
         stock_ttl: "600ms".into(),
         ..Default::default()
     })
     .await;
-    arbiter
-        .client()
-        .await
-        .set_paused(SetPausedRequest { paused: true })
-        .await
-        .unwrap();
+    arbiter.set_paused(true).await;
     let store = StoreStub::start().await;
     store.set_stock("100", true);
-    let _watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let _watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     eventually("100 queued", Duration::from_secs(10), || async {
-        let s = arbiter_status(&arbiter).await;
+        let s = arbiter.status().await;
         (!product(&s, "100").in_stock_at.is_empty()).then_some(())
     })
     .await;
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        let s = arbiter_status(&arbiter).await;
+        let s = arbiter.status().await;
         assert_eq!(
             product(&s, "100").in_stock_at,
             ["w1"],
@@ -155,7 +116,8 @@ async fn in_stock_products_are_refreshed_before_the_stock_ttl() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        !events(&arbiter)
+        !arbiter
+            .events()
             .await
             .iter()
             .any(|e| kind(e) == Kind::Unqueued),

@@ -6,10 +6,13 @@
 use std::time::{Duration, Instant};
 
 use restock_proto::v1 as pb;
-use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
+use restock_testkit::{
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, event_kind as kind, eventually, product,
+    spawn_arbiter,
+};
 
 use crate::{
-    helpers::{WatcherProcess, arbiter_status, events, kind, product},
+    helpers::{start_buying_watcher, start_watcher},
     stub::{CheckoutMode, StoreStub},
 };
 
@@ -27,25 +30,9 @@ async fn a_frozen_arbiter_makes_it_stop_the_checkout_before_the_ttl() {
     let arbiter = ArbiterProcess::start(short_lease()).await;
     let store = StoreStub::start().await;
     store.set_checkout_mode(CheckoutMode::Hang);
-    let watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-            "--rpc-timeout",
-            "300ms",
-        ],
-    )
-    .await;
+    let watcher = start_buying_watcher(&arbiter, &store, &["--rpc-timeout", "300ms"]).await;
     store.set_stock("100", true);
-    let posted = eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    let posted = store.first_checkout().await;
     // Freeze the arbiter before the first renewal (at TTL/3).
     arbiter.process.signal("-STOP");
     let frozen_at = Instant::now();
@@ -85,7 +72,7 @@ async fn a_frozen_arbiter_makes_it_stop_the_checkout_before_the_ttl() {
         "the lease to end at the arbiter",
         Duration::from_secs(10),
         || async {
-            let s = arbiter_status(&arbiter).await;
+            let s = arbiter.status().await;
             let o = product(&s, "100").last_outcome;
             (o == pb::Outcome::Aborted as i32 || o == pb::Outcome::Expired as i32).then_some(())
         },
@@ -116,10 +103,9 @@ async fn a_killed_arbiter_makes_it_kill_the_checkout_command_then_it_reconnects(
         "sleep 300 & echo $! > {}.tmp; mv {0}.tmp {0}; wait",
         pidfile.display()
     );
-    let watcher = WatcherProcess::start(
+    let watcher = start_watcher(
         &arbiter,
-        &store.url(),
-        "w1",
+        &store,
         &["--checkout", "command", "--checkout-command", &script],
     )
     .await;
@@ -154,7 +140,7 @@ async fn a_killed_arbiter_makes_it_kill_the_checkout_command_then_it_reconnects(
         },
     )
     .await;
-    let s = arbiter_status(&arbiter).await;
+    let s = arbiter.status().await;
     assert!(
         s.watchers
             .iter()
@@ -167,7 +153,7 @@ async fn a_killed_arbiter_makes_it_kill_the_checkout_command_then_it_reconnects(
         "100 in stock at w1 again",
         Duration::from_secs(2),
         || async {
-            let s = arbiter_status(&arbiter).await;
+            let s = arbiter.status().await;
             (product(&s, "100").in_stock_at == ["w1"]).then_some(())
         },
     )
@@ -176,26 +162,12 @@ async fn a_killed_arbiter_makes_it_kill_the_checkout_command_then_it_reconnects(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_aborts_the_checkout_releases_aborted_and_exits_0() {
-    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let arbiter = spawn_arbiter().await;
     let store = StoreStub::start().await;
     store.set_checkout_mode(CheckoutMode::Hang);
-    let mut watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let mut watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     store.set_stock("100", true);
-    eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    store.first_checkout().await;
     let s = eventually(
         "the checkout in the watcher's status",
         Duration::from_secs(5),
@@ -207,7 +179,7 @@ async fn sigterm_aborts_the_checkout_releases_aborted_and_exits_0() {
     let code = watcher.process.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
     assert!(store.checkouts()[0].dropped);
-    let evs = events(&arbiter).await;
+    let evs = arbiter.events().await;
     let released = evs
         .iter()
         .find(|e| kind(e) == pb::event::Kind::Released && e.tcin == "100")

@@ -1,12 +1,14 @@
-//! Integration tests: the real `stock-watcher` and `purchase-arbiter`
-//! binaries as processes, with an in-test HTTP stub playing the store (the
-//! Target fulfillment format and a recording checkout endpoint).
+//! Integration tests: the real `stock-watcher` binary as a process (or its
+//! library in-process), with an in-test HTTP stub playing the store (the
+//! Target fulfillment format and a recording checkout endpoint) and an
+//! arbiter from `restock-testkit`: the real one in this process where the
+//! test only talks to it, the real binary where the test kills, freezes or
+//! restarts it, and the scripted one for what a correct arbiter never does.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`. Set
 //! `TEST_LOG=1` to see every process's log.
 
 mod backoff;
-mod fake_arbiter;
 mod helpers;
 mod lease_loss;
 mod purchase;

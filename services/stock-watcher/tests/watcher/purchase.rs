@@ -4,38 +4,24 @@
 use std::time::Duration;
 
 use restock_proto::v1::{self as pb, ReloadConfigRequest, event::Kind};
-use restock_testkit::{ArbiterOptions, ArbiterProcess, eventually};
-
-use crate::{
-    helpers::{WatcherProcess, arbiter_status, events, kind, product},
-    stub::StoreStub,
+use restock_testkit::{
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, event_kind as kind, eventually, product,
+    spawn_arbiter, spawn_arbiter_with,
 };
+
+use crate::{helpers::start_buying_watcher, stub::StoreStub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_product_switched_in_stock_gets_bought_with_the_leases_token() {
-    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let arbiter = spawn_arbiter().await;
     let store = StoreStub::start().await;
-    let watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     // Everything is out of stock: nothing is bought.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(store.checkouts().is_empty());
 
     store.set_stock("200", true);
-    let checkout = eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    let checkout = store.first_checkout().await;
     assert_eq!(checkout.tcin(), "200");
     assert_eq!(checkout.body["watcher_id"], "w1");
     assert_eq!(checkout.body["test_mode"], false);
@@ -45,12 +31,12 @@ async fn a_product_switched_in_stock_gets_bought_with_the_leases_token() {
         "product 200 purchased at the arbiter",
         Duration::from_secs(10),
         || async {
-            let s = arbiter_status(&arbiter).await;
+            let s = arbiter.status().await;
             (product(&s, "200").state == pb::ProductState::Purchased as i32).then_some(())
         },
     )
     .await;
-    let evs = events(&arbiter).await;
+    let evs = arbiter.events().await;
     let granted = evs
         .iter()
         .find(|e| kind(e) == Kind::Granted && e.tcin == "200")
@@ -73,7 +59,7 @@ async fn a_product_switched_in_stock_gets_bought_with_the_leases_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_mode_cycles_the_top_product_with_test_mode_set() {
-    let arbiter = ArbiterProcess::start(ArbiterOptions {
+    let arbiter = spawn_arbiter_with(ArbiterOptions {
         test_mode: true,
         ..Default::default()
     })
@@ -81,18 +67,7 @@ async fn test_mode_cycles_the_top_product_with_test_mode_set() {
     let store = StoreStub::start().await;
     store.set_stock("100", true);
     store.set_stock("300", true);
-    let _watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let _watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     let orders = eventually("three checkouts", Duration::from_secs(15), || async {
         let c = store.checkouts();
         (c.len() >= 3).then_some(c)
@@ -112,19 +87,14 @@ async fn test_mode_cycles_the_top_product_with_test_mode_set() {
     }
     // Out of stock: the next one in priority is bought.
     store.set_stock("100", false);
-    eventually("product 300 bought", Duration::from_secs(15), || async {
-        store
-            .checkouts()
-            .iter()
-            .any(|c| c.tcin() == "300")
-            .then_some(())
-    })
-    .await;
+    store
+        .wait_checkout_of("300", "product 300 bought", Duration::from_secs(15))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_product_above_its_max_price_is_not_bought() {
-    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let arbiter = spawn_arbiter().await;
     std::fs::write(
         arbiter.config_file(),
         r#"{"products": [
@@ -142,18 +112,7 @@ async fn a_product_above_its_max_price_is_not_bought() {
     let store = StoreStub::start().await;
     store.set_price("100", 24.99);
     store.set_stock("100", true);
-    let watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     eventually(
         "the price in the watcher's status",
         Duration::from_secs(10),
@@ -168,22 +127,13 @@ async fn a_product_above_its_max_price_is_not_bought() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(store.checkouts().is_empty(), "over max_price: not bought");
-    let s = arbiter_status(&arbiter).await;
+    let s = arbiter.status().await;
     assert!(product(&s, "100").in_stock_at.is_empty());
 
     store.set_price("100", 9.99);
-    eventually(
-        "bought at the lower price",
-        Duration::from_secs(10),
-        || async {
-            store
-                .checkouts()
-                .iter()
-                .any(|c| c.tcin() == "100")
-                .then_some(())
-        },
-    )
-    .await;
+    store
+        .wait_checkout_of("100", "bought at the lower price", Duration::from_secs(10))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,29 +145,15 @@ async fn an_arbiter_restarted_mid_checkout_takes_the_release() {
     .await;
     let store = StoreStub::start().await;
     store.set_checkout_mode(crate::stub::CheckoutMode::Purchase(Duration::from_secs(3)));
-    let watcher = WatcherProcess::start(
-        &arbiter,
-        &store.url(),
-        "w1",
-        &[
-            "--checkout",
-            "http",
-            "--checkout-url",
-            &store.checkout_url(),
-        ],
-    )
-    .await;
+    let watcher = start_buying_watcher(&arbiter, &store, &[]).await;
     store.set_stock("100", true);
-    eventually("a checkout POST", Duration::from_secs(10), || async {
-        store.checkouts().into_iter().next()
-    })
-    .await;
+    store.first_checkout().await;
     arbiter.kill9_and_restart().await;
     eventually(
         "100 purchased after the restart",
         Duration::from_secs(15),
         || async {
-            let s = arbiter_status(&arbiter).await;
+            let s = arbiter.status().await;
             let p = product(&s, "100");
             (p.state == pb::ProductState::Purchased as i32).then_some(())
         },

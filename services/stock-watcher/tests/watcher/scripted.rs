@@ -4,21 +4,20 @@
 use std::time::Duration;
 
 use clap::Parser;
-use restock_proto::v1::{self as pb, arbiter_message::Kind};
-use restock_testkit::{eventually, wait_healthy};
+use restock_proto::v1 as pb;
+use restock_testkit::{
+    ArbiterEndpoint, Script, ScriptedArbiter, eventually, history::lease, wait_healthy,
+};
 use stock_watcher::config::WatcherConfig;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
-use crate::{
-    fake_arbiter::{Call, FakeArbiter, lease},
-    stub::{CheckoutMode, StoreStub},
-};
+use crate::stub::{CheckoutMode, StoreStub};
 
 const TTL: Duration = Duration::from_secs(3);
 
 /// A watcher running in this process; stopped by [`InProcess::stop`].
 pub struct InProcess {
-    pub addr: String,
+    pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), stock_watcher::StartError>>,
 }
@@ -26,7 +25,7 @@ pub struct InProcess {
 impl InProcess {
     pub async fn start(arbiter_url: &str, store: &StoreStub) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap();
         let checkout_url = store.checkout_url();
         let source_url = store.url();
         let config = WatcherConfig::try_parse_from([
@@ -49,7 +48,7 @@ impl InProcess {
         let task = tokio::spawn(stock_watcher::run(listener, config, async move {
             let _ = rx.await;
         }));
-        wait_healthy(&addr, Duration::from_secs(10)).await;
+        wait_healthy(addr, Duration::from_secs(10)).await;
         Self {
             addr,
             stop: Some(tx),
@@ -67,34 +66,18 @@ impl InProcess {
     }
 }
 
-fn releases(a: &FakeArbiter) -> Vec<(String, pb::Outcome, String)> {
-    a.calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::Release {
-                lease_id,
-                outcome,
-                detail,
-            } => Some((lease_id, outcome, detail)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout() {
-    let arbiter = FakeArbiter::start().await;
+    let arbiter = ScriptedArbiter::start(Script::new()).await;
     let store = StoreStub::start().await;
     store.set_checkout_mode(CheckoutMode::Hang);
-    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
     eventually("the stream", Duration::from_secs(10), || async {
         arbiter.connected().then_some(())
     })
     .await;
 
-    arbiter
-        .push(Kind::Grant(lease("lease-1", "100", "w1", 1, TTL)))
-        .await;
+    arbiter.grant(lease("lease-1", "100", "w1", 1, TTL)).await;
     eventually("the checkout POST", Duration::from_secs(5), || async {
         store.checkouts().into_iter().next()
     })
@@ -102,39 +85,27 @@ async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout(
 
     // A second grant while the first checkout runs: released ABORTED, and
     // the running checkout carries on.
-    arbiter
-        .push(Kind::Grant(lease("lease-2", "100", "w1", 2, TTL)))
-        .await;
+    arbiter.grant(lease("lease-2", "100", "w1", 2, TTL)).await;
     let r = eventually(
         "the second lease's release",
         Duration::from_secs(5),
-        || async { releases(&arbiter).into_iter().next() },
+        || async { arbiter.releases().into_iter().next() },
     )
     .await;
-    assert_eq!(r.0, "lease-2");
-    assert_eq!(r.1, pb::Outcome::Aborted);
-    assert!(r.2.contains("one checkout at a time"), "{r:?}");
+    assert_eq!(r.lease_id, "lease-2");
+    assert_eq!(r.outcome, pb::Outcome::Aborted);
+    assert!(r.detail.contains("one checkout at a time"), "{r:?}");
     assert_eq!(store.checkouts().len(), 1);
     assert!(store.checkouts()[0].ended_at.is_none());
 
     // The first lease keeps being renewed (every TTL/3).
     eventually("a renewal", Duration::from_secs(3), || async {
-        arbiter
-            .calls()
-            .iter()
-            .any(|c| *c == Call::Renew("lease-1".into()))
-            .then_some(())
+        arbiter.renewed("lease-1").then_some(())
     })
     .await;
 
     // A revocation stops the checkout at once, and it is not released.
-    arbiter
-        .push(Kind::Revoked(pb::LeaseRevoked {
-            lease_id: "lease-1".into(),
-            fencing_token: 1,
-            reason: "expired".into(),
-        }))
-        .await;
+    arbiter.revoke("lease-1", 1, "expired").await;
     let revoked_at = std::time::Instant::now();
     let ended = eventually(
         "the checkout to be dropped",
@@ -146,15 +117,13 @@ async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout(
     assert!(store.checkouts()[0].dropped);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        releases(&arbiter).iter().all(|r| r.0 != "lease-1"),
+        arbiter.releases().iter().all(|r| r.lease_id != "lease-1"),
         "a revoked lease is not released"
     );
     let renewals_after = arbiter.calls().len();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert!(
-        !arbiter.calls()[renewals_after..]
-            .iter()
-            .any(|c| *c == Call::Renew("lease-1".into())),
+        !ScriptedArbiter::renewed_in(&arbiter.calls()[renewals_after..], "lease-1"),
         "a lease given up is never renewed"
     );
     watcher.stop().await;
@@ -162,36 +131,31 @@ async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_is_retried_while_the_arbiter_answers_unavailable() {
-    let arbiter = FakeArbiter::start().await;
+    let arbiter = ScriptedArbiter::start(Script::new()).await;
     let store = StoreStub::start().await;
     store.set_checkout_mode(CheckoutMode::Purchase(Duration::from_millis(1_300)));
     arbiter.fail_releases(2);
-    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
     eventually("the stream", Duration::from_secs(10), || async {
         arbiter.connected().then_some(())
     })
     .await;
-    arbiter
-        .push(Kind::Grant(lease("lease-7", "100", "w1", 7, TTL)))
-        .await;
+    arbiter.grant(lease("lease-7", "100", "w1", 7, TTL)).await;
     let rs = eventually("an accepted release", Duration::from_secs(10), || async {
-        let r = releases(&arbiter);
+        let r = arbiter.releases();
         (r.len() >= 3).then_some(r)
     })
     .await;
     assert_eq!(rs.len(), 3, "two UNAVAILABLE answers, then accepted");
     assert!(
         rs.iter()
-            .all(|r| r.0 == "lease-7" && r.1 == pb::Outcome::Purchased)
+            .all(|r| r.lease_id == "lease-7" && r.outcome == pb::Outcome::Purchased)
     );
     let c = &store.checkouts()[0];
     assert_eq!(c.token(), 7);
     assert_eq!(c.body["lease_id"], "lease-7");
     assert!(
-        arbiter
-            .calls()
-            .iter()
-            .any(|c| *c == Call::Renew("lease-7".into())),
+        arbiter.renewed("lease-7"),
         "renewed at TTL/3 = 1s during the 1.3s checkout"
     );
     watcher.stop().await;
@@ -199,20 +163,13 @@ async fn a_release_is_retried_while_the_arbiter_answers_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_carry_the_watcher_id_polling_list_and_price() {
-    let arbiter = FakeArbiter::start().await;
+    let arbiter = ScriptedArbiter::start(Script::new()).await;
     let store = StoreStub::start().await;
     store.set_price("100", 12.5);
     store.set_stock("100", true);
-    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
     let reports = eventually("an in-stock report", Duration::from_secs(10), || async {
-        let reports: Vec<pb::StockReport> = arbiter
-            .calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::Report(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let reports = arbiter.reports();
         reports
             .iter()
             .any(|r| r.observations.iter().any(|o| o.in_stock))
@@ -241,9 +198,9 @@ async fn health_and_reflection_are_served() {
     use tokio_stream::StreamExt;
     use tonic_reflection::pb::{v1, v1alpha};
 
-    let arbiter = FakeArbiter::start().await;
+    let arbiter = ScriptedArbiter::start(Script::new()).await;
     let store = StoreStub::start().await;
-    let watcher = InProcess::start(&arbiter.url, &store).await;
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
     let url = format!("http://{}", watcher.addr);
 
     let channel = tonic::transport::Channel::from_shared(url)

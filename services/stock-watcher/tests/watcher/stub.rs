@@ -16,6 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use restock_testkit::eventually;
 use serde_json::{Value, json};
 
 /// What `POST /checkout` does.
@@ -126,6 +127,25 @@ impl StoreStub {
 
     pub fn polls(&self) -> Vec<(Instant, u16)> {
         self.inner.lock().unwrap().polls.clone()
+    }
+
+    /// Waits (at most 10 s) for the first checkout POST and returns it.
+    pub async fn first_checkout(&self) -> CheckoutRecord {
+        eventually("a checkout POST", Duration::from_secs(10), || async {
+            self.checkouts().into_iter().next()
+        })
+        .await
+    }
+
+    /// Waits (at most `limit`) until a checkout of `tcin` has been POSTed.
+    pub async fn wait_checkout_of(&self, tcin: &str, what: &str, limit: Duration) {
+        eventually(what, limit, || async {
+            self.checkouts()
+                .iter()
+                .any(|c| c.tcin() == tcin)
+                .then_some(())
+        })
+        .await
     }
 }
 
