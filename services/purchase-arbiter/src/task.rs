@@ -6,6 +6,22 @@
 //! is waiting is applied, the state is written once (group commit), and only
 //! then do the answers, grants and events go out. No answer that depends on a
 //! change is sent before that change is on disk.
+//!
+//! # Why a task and not a `Mutex<Arbiter>`
+//!
+//! mini-redis shares its state behind a `std::sync::Mutex` because its
+//! critical section is a few map operations and never awaits. Here the
+//! critical section is "decide, write to disk, answer", and the write is an
+//! fdatasync: a millisecond or more on a good disk, far more on a busy one.
+//! A `std::sync::Mutex` cannot be held across that await; a
+//! `tokio::sync::Mutex` could, but then every caller waits for the one
+//! before it *and its fsync*, so N concurrent calls cost N fsyncs in a row.
+//! One owning task turns the queue into batches instead: everything that
+//! arrived while a write was in flight is applied together and shares the
+//! next write, so fifty concurrent acquires cost one or two fsyncs, not
+//! fifty. It also puts the order of decisions, answers, pushes to watchers
+//! and published events in one place, with no lock to forget or to hold in
+//! the wrong order.
 
 use std::{
     collections::HashMap,
@@ -13,7 +29,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use tokio::{
@@ -23,32 +38,28 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use restock_runtime::error::Chain;
+
 use restock_domain::{
     Catalog, Event, FencingToken, LeaseId, Observation, Outcome, PriorityList, ProductState,
     Status, Tcin, WatcherId,
 };
 
 use crate::{
-    slot::{AcquireAnswer, Arbiter, Clock, Lease, Push, SlotError},
-    store::{StateFile, StoreError},
+    limits::{COMMAND_QUEUE, EVENT_BUFFER, LAZY_FLUSH, MAX_BATCH},
+    slot::{AcquireAnswer, ActiveLease, Arbiter, Clock, Push, SlotError},
+    store::{
+        StateFile, StoreError,
+        saved::{SaveMarks, snapshot},
+    },
 };
-
-/// Most commands applied before one write.
-const MAX_BATCH: usize = 512;
-/// Changes no answer waits for (stock reports, joins) reach disk this soon.
-const LAZY_FLUSH: Duration = Duration::from_secs(1);
-/// Messages buffered per watcher stream before it counts as not reading.
-pub const STREAM_BUFFER: usize = 64;
-/// Events buffered for `WatchEvents` followers before they must catch up
-/// from history.
-const EVENT_BUFFER: usize = 4_096;
 
 /// What a watcher's stream carries, before conversion to protocol messages.
 #[derive(Debug, Clone)]
 pub enum WatcherMessage {
     /// The product list and timings.
     Catalog(Catalog),
-    Grant(Lease),
+    Grant(ActiveLease),
     Revoked {
         lease_id: LeaseId,
         token: FencingToken,
@@ -64,7 +75,6 @@ pub enum CloseReason {
     ShuttingDown,
     Replaced,
     TooManyProducts,
-    NotReading,
 }
 
 /// Why a call failed.
@@ -72,11 +82,22 @@ pub enum CloseReason {
 pub enum ArbiterError {
     #[error(transparent)]
     Slot(#[from] SlotError),
-    /// The change could not be made durable, so it was not confirmed.
-    #[error("could not persist the arbiter state: {0}")]
-    Persist(String),
+    /// The change could not be made durable, so it was not confirmed. (One
+    /// failed write answers every call of its batch, hence the `Arc`.)
+    #[error("could not persist the arbiter state, so the change is not confirmed")]
+    Persist(#[source] Arc<PersistError>),
     #[error("the arbiter is shutting down")]
     ShuttingDown,
+}
+
+/// Why the state could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking thread that writes panicked or was cancelled.
+    #[error("the state writer thread failed")]
+    Writer(#[source] tokio::task::JoinError),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ArbiterError>>;
@@ -91,7 +112,7 @@ enum Command {
     Renew {
         lease_id: LeaseId,
         token: FencingToken,
-        reply: Reply<Lease>,
+        reply: Reply<ActiveLease>,
     },
     Release {
         lease_id: LeaseId,
@@ -173,7 +194,7 @@ impl ArbiterHandle {
         &self,
         lease_id: LeaseId,
         token: FencingToken,
-    ) -> Result<Lease, ArbiterError> {
+    ) -> Result<ActiveLease, ArbiterError> {
         self.call(|reply| Command::Renew {
             lease_id,
             token,
@@ -292,12 +313,12 @@ fn catalog_message(a: &Arbiter) -> Catalog {
 }
 
 /// An answer waiting for the batch's write.
-type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+type Pending = Box<dyn FnOnce(Option<&Arc<PersistError>>) + Send>;
 
 fn pending<T: Send + 'static>(reply: Reply<T>, value: Result<T, ArbiterError>) -> Pending {
-    Box::new(move |persist_error: Option<&str>| {
+    Box::new(move |persist_error: Option<&Arc<PersistError>>| {
         let value = match (persist_error, value) {
-            (Some(e), Ok(_)) => Err(ArbiterError::Persist(e.to_owned())),
+            (Some(e), Ok(_)) => Err(ArbiterError::Persist(Arc::clone(e))),
             (_, v) => v,
         };
         // The caller may have gone away; nothing to do then.
@@ -313,12 +334,13 @@ pub fn spawn(
     store: StateFile,
     shutdown: CancellationToken,
 ) -> (ArbiterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(1_024);
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let task = ArbiterTask {
         arbiter,
         clock,
         store,
+        marks: SaveMarks::default(),
         rx,
         events,
         streams: HashMap::new(),
@@ -338,6 +360,8 @@ struct ArbiterTask {
     arbiter: Arbiter,
     clock: Clock,
     store: StateFile,
+    /// What the state file holds, so a journal record carries only changes.
+    marks: SaveMarks,
     rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     /// Each connected watcher's stream: its id and where to send.
@@ -349,11 +373,11 @@ struct ArbiterTask {
 /// Runs a blocking state write on the blocking pool.
 async fn run_blocking(
     write: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), PersistError> {
     tokio::task::spawn_blocking(write)
         .await
-        .map_err(|e| format!("state writer failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(PersistError::Writer)?
+        .map_err(PersistError::from)
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
@@ -530,7 +554,7 @@ impl ArbiterTask {
                 None
             };
             for r in replies.drain(..) {
-                r(persist_error.as_deref());
+                r(persist_error.as_ref());
             }
             for e in effects.events {
                 debug!(sequence = e.sequence, kind = ?e.kind, tcin = ?e.tcin.as_ref().map(Tcin::as_str), "event");
@@ -613,17 +637,17 @@ impl ArbiterTask {
 
     /// Writes what changed since the last write as one journal record, or
     /// the whole state when the store asks for it (see [`StateFile`]).
-    async fn persist(&mut self) -> Result<(), String> {
+    async fn persist(&mut self) -> Result<(), Arc<PersistError>> {
         let now = self.clock.now();
         let store = self.store.clone();
         let result = if store.needs_full() {
-            let snapshot = self.arbiter.snapshot(now);
-            let mark = self.arbiter.full_mark();
+            let snapshot = snapshot(&self.arbiter, now);
+            let mark = SaveMarks::full(&self.arbiter);
             run_blocking(move || store.save(snapshot))
                 .await
                 .map(|()| mark)
         } else {
-            let (delta, mark) = self.arbiter.delta(now);
+            let (delta, mark) = self.marks.delta(&self.arbiter, now);
             if store.fsyncs() {
                 run_blocking(move || store.append(delta))
                     .await
@@ -634,19 +658,22 @@ impl ArbiterTask {
                 store
                     .append(delta)
                     .map(|()| mark)
-                    .map_err(|e| e.to_string())
+                    .map_err(PersistError::from)
             }
         };
-        let result = result.map(|mark| self.arbiter.persisted(mark));
-        match &result {
-            Ok(()) => self.dirty_since = None,
+        match result {
+            Ok(mark) => {
+                self.marks.persisted(mark);
+                self.dirty_since = None;
+                Ok(())
+            }
             Err(e) => {
-                error!(state_file = %self.store.describe(), error = %e, "could not persist state");
+                error!(state_file = %self.store.describe(), error = %Chain(&e), "could not persist state");
                 // Try again soon even if no further change asks for a write.
                 self.dirty_since.get_or_insert_with(Instant::now);
+                Err(Arc::new(e))
             }
         }
-        result
     }
 
     async fn shut_down(mut self) {
