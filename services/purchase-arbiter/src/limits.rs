@@ -80,6 +80,13 @@ pub const MAX_BATCH: usize = 512;
 /// comes first; a second keeps reports from costing a write each.
 pub const LAZY_FLUSH: Duration = Duration::from_secs(1);
 
+/// After a write failed, how long before it is tried again. Until then the
+/// task takes no new commands (callers wait in the queue) rather than trying
+/// a failing disk once per command: a dead disk costs a few writes a second,
+/// not a busy loop, and one that comes back costs callers a fraction of a
+/// second.
+pub const WRITE_RETRY: Duration = Duration::from_millis(250);
+
 /// Events buffered for `WatchEvents` followers before a slow one must catch
 /// up from history: a burst of a few thousand transitions (a restock storm)
 /// reaches every follower live.

@@ -323,6 +323,7 @@ impl Arbiter {
     }
 
     /// Events with a sequence >= `from` that are still in memory.
+    #[cfg(test)]
     pub fn events_from(&self, from: u64) -> Vec<Event> {
         self.history_from(from).cloned().collect()
     }

@@ -73,6 +73,46 @@ pub enum StoreError {
     },
 }
 
+/// What the arbiter task needs of the place its state goes. [`StateFile`]
+/// in the service; the task's tests wrap one to make writes fail or wait, as
+/// a full, broken or slow disk would, which no real folder does on demand
+/// (tests run as root, so permissions stop nothing).
+pub trait StateStore: Clone + Send + Sync + 'static {
+    /// The store's name in logs and errors.
+    fn describe(&self) -> String;
+    /// Whether a write waits for the disk (the task then writes on a
+    /// blocking thread).
+    fn fsyncs(&self) -> bool;
+    /// Whether the next write must be a whole [`Snapshot`].
+    fn needs_full(&self) -> bool;
+    /// Writes the whole state. Blocking.
+    fn save(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+    /// Writes what changed since the last write. Blocking.
+    fn append(&self, delta: Delta) -> Result<(), StoreError>;
+}
+
+impl StateStore for StateFile {
+    fn describe(&self) -> String {
+        StateFile::describe(self)
+    }
+
+    fn fsyncs(&self) -> bool {
+        StateFile::fsyncs(self)
+    }
+
+    fn needs_full(&self) -> bool {
+        StateFile::needs_full(self)
+    }
+
+    fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        StateFile::save(self, snapshot)
+    }
+
+    fn append(&self, delta: Delta) -> Result<(), StoreError> {
+        StateFile::append(self, delta)
+    }
+}
+
 /// Where the state lives, or nowhere (`--state-file ''`: memory only).
 #[derive(Debug, Clone)]
 pub struct StateFile {
