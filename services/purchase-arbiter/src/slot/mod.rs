@@ -652,13 +652,12 @@ impl Arbiter {
             && let Some(previous) = self.answers.get(key)
         {
             return Ok(match previous {
-                // Show the lease as it is now if it is still the current one.
+                // The lease as it is now: still running, or ended.
                 AcquireAnswer::Granted(l) => AcquireAnswer::Granted(
-                    self.lease
-                        .as_ref()
-                        .filter(|cur| cur.lease_id == l.lease_id)
-                        .unwrap_or(l)
-                        .clone(),
+                    match self.lease.as_ref().filter(|cur| cur.lease_id == l.lease_id) {
+                        Some(current) => current.clone(),
+                        None => self.as_ended(l, now),
+                    },
                 ),
                 refused => refused.clone(),
             });
@@ -682,6 +681,25 @@ impl Arbiter {
             self.effects.must_persist = true;
         }
         Ok(answer)
+    }
+
+    /// A lease that is no longer the current one, as a retry of its
+    /// `AcquirePurchase` shows it: nothing left, and ending when it ended
+    /// (released, expired or withdrawn), or by `now` if that is forgotten.
+    fn as_ended(&self, lease: &ActiveLease, now: Now) -> ActiveLease {
+        let ended_at = self
+            .ended
+            .iter()
+            .rev()
+            .find(|e| e.lease_id == lease.lease_id)
+            .map_or(lease.expires_at_unix_ms.min(now.unix_ms), |e| {
+                e.ended_at_unix_ms
+            });
+        ActiveLease {
+            deadline: lease.deadline.min(now.mono),
+            expires_at_unix_ms: ended_at,
+            ..lease.clone()
+        }
     }
 
     fn refusal(&self, now: Now, tcin: &Tcin) -> Option<Refusal> {

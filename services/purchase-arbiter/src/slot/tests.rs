@@ -983,6 +983,31 @@ async fn a_retried_request_gets_the_same_answer_and_never_a_second_lease() {
     assert_eq!(lb.token, FencingToken(2));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_lease_ended_shows_it_ended() {
+    let (mut a, c) = fixture(ABC);
+    let first = granted(acquire(&mut a, &c, "A", "w1", "req-1"));
+    advance(Duration::from_secs(5)).await;
+    release(&mut a, &c, &first, Outcome::Purchased);
+    advance(Duration::from_secs(1)).await;
+    // The same lease, with nothing left and the moment it ended as its end.
+    let late = granted(acquire(&mut a, &c, "A", "w1", "req-1"));
+    assert_eq!((&late.lease_id, late.token), (&first.lease_id, first.token));
+    assert_eq!(late.remaining(c.now()), Duration::ZERO);
+    assert_eq!(late.view(c.now().mono).remaining, Duration::ZERO);
+    assert_eq!(late.expires_at_unix_ms, T0 + 5_000);
+
+    // Likewise for a lease that expired.
+    let second = granted(acquire(&mut a, &c, "B", "w1", "req-2"));
+    advance(LEASE_TTL).await;
+    a.tick(c.now());
+    advance(Duration::from_secs(1)).await;
+    let late = granted(acquire(&mut a, &c, "B", "w1", "req-2"));
+    assert_eq!(late.lease_id, second.lease_id);
+    assert_eq!(late.remaining(c.now()), Duration::ZERO);
+    assert_eq!(late.expires_at_unix_ms, second.expires_at_unix_ms);
+}
+
 // ----- max price -----
 
 #[tokio::test(start_paused = true)]
