@@ -229,18 +229,15 @@ impl Running {
             .expect("a state file")
     }
 
-    /// Stops the task at once, without a last write: `kill -9`.
-    async fn crash(mut self) -> PathBuf {
+    /// Stops the task at once, without a last write: `kill -9`. Returns
+    /// the state file, and its folder for the caller to keep until the
+    /// restarted run is done.
+    async fn crash(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
         }
-        // The folder outlives the run, for the restart (and is left behind
-        // in the temporary folder).
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.keep();
-        }
-        self.path.clone()
+        (self.path.clone(), self.dir.take())
     }
 }
 
@@ -362,7 +359,7 @@ async fn a_pushed_grant_whose_write_failed_is_never_seen_so_a_crash_cannot_hand_
     assert!(w1.try_recv().is_err(), "no grant on the stream");
 
     // kill -9 before any write succeeds: the disk never held token 1.
-    let path = a.crash().await;
+    let (path, _dir) = a.crash().await;
     let b = Running::start_at(path, Duration::from_secs(30)).await;
     let (conn, mut w2) = b.connect("w2").await;
     b.report_in_stock("w2", conn, "A").await;
