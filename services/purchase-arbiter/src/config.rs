@@ -9,6 +9,8 @@ use restock_runtime::{
     auth::{ServerTlsArgs, TokenArgs},
 };
 
+use crate::limits::{MIN_MESSAGE_BYTES, MIN_TTL};
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
 pub const DEFAULT_CONFIG: &str = "config/product_config.json";
 pub const DEFAULT_STATE_FILE: &str = "data/arbiter-state.json";
@@ -132,27 +134,25 @@ fn parse_path_or_empty(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// A flag value that parses but cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{flag} {value:?} is too short; at least {MIN_TTL:?}")]
+    TooShort { flag: &'static str, value: Duration },
+    #[error("--max-message-bytes {0} is too small; at least {MIN_MESSAGE_BYTES}")]
+    MessageTooSmall(usize),
+}
+
 impl ArbiterConfig {
     /// Checks values that parse but make no sense together.
-    pub fn validate(&self) -> Result<(), String> {
-        let min = Duration::from_millis(100);
-        if self.lease_ttl < min {
-            return Err(format!(
-                "--lease-ttl {:?} is too short; at least 100ms",
-                self.lease_ttl
-            ));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, value) in [("lease-ttl", self.lease_ttl), ("stock-ttl", self.stock_ttl)] {
+            if value < MIN_TTL {
+                return Err(ConfigError::TooShort { flag, value });
+            }
         }
-        if self.stock_ttl < min {
-            return Err(format!(
-                "--stock-ttl {:?} is too short; at least 100ms",
-                self.stock_ttl
-            ));
-        }
-        if self.max_message_bytes < 1024 {
-            return Err(format!(
-                "--max-message-bytes {} is too small; at least 1024",
-                self.max_message_bytes
-            ));
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::MessageTooSmall(self.max_message_bytes));
         }
         Ok(())
     }
@@ -208,6 +208,11 @@ mod tests {
     #[test]
     fn too_short_ttls_are_refused() {
         let c = ArbiterConfig::try_parse_from(["a", "--lease-ttl", "10ms"]).unwrap();
-        assert!(c.validate().unwrap_err().contains("--lease-ttl"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--lease-ttl")
+        );
     }
 }

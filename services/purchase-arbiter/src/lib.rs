@@ -7,44 +7,70 @@
 //! from `restock-domain`; TLS, the token, logging and the shutdown signal
 //! from `restock-runtime`.
 //!
-//! - [`slot`]: the rules — leases, fencing, priority, expiry, events — as
-//!   plain data with no I/O, unit-tested with paused time.
-//! - [`store`]: the state file, written atomically.
-//! - [`task`]: the one task that owns the slot; batches commands, persists,
+//! - `slot`: the rules — leases, fencing, priority, expiry, requeueing,
+//!   grants — as plain data with no I/O, unit-tested with paused time;
+//!   beside them the slot's clock, its lease records and the status view.
+//! - `bounded_log`: the bounded records the slot keeps (history, ended
+//!   leases, idempotency answers), each with a running total.
+//! - `store`: the state file (snapshot plus journal, written atomically);
+//!   its format (`store::format`) and how the slot is saved and restored
+//!   (`store::saved`).
+//! - `task`: the one task that owns the slot; batches commands, persists,
 //!   then answers.
-//! - [`grpc`]: the `restock.v1.PurchaseArbiter` service over the task.
-//! - [`config`]: flags and environment variables.
+//! - `grpc`: the `restock.v1.PurchaseArbiter` service over the task; the
+//!   watcher's stream and its rate limit in their own modules.
+//! - `limits`: every bound and tuning figure, each with its reason.
+//! - [`config`]: flags and environment variables (public: the binary
+//!   parses them).
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind port 0 and run the server in-process.
 
 pub mod config;
-pub mod grpc;
-pub mod slot;
-pub mod store;
-pub mod task;
+
+mod bounded_log;
+mod grpc;
+mod limits;
+mod slot;
+mod store;
+mod task;
 
 use std::future::Future;
 
 use restock_domain::{CatalogError, PriorityList};
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
-use restock_runtime::{announce::ListenError, auth::AuthPolicy, grpc::support_routes};
+use restock_runtime::{
+    announce::ListenError, auth::AuthPolicy, error::Chain, grpc::support_routes,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::ArbiterConfig,
+    config::{ArbiterConfig, ConfigError},
     grpc::{ArbiterService, ReportLimit},
+    limits::{HTTP2_KEEPALIVE, MAX_ENCODING_MESSAGE_BYTES},
     slot::{Arbiter, Clock, SlotError, Timing},
-    store::{StateFile, StoreError},
+    store::{StateFile, StoreError, saved},
 };
 
 /// Why the arbiter could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS files (`restock-runtime` names the file and the problem in
+    /// its message).
     #[error("{0}")]
-    Config(String),
+    Tls(String),
+    /// The bearer token file or value (named likewise).
+    #[error("{0}")]
+    Token(String),
+    #[error("TLS {describe} cannot be used")]
+    TlsConfig {
+        describe: String,
+        source: tonic::transport::Error,
+    },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -67,11 +93,11 @@ pub async fn run(
     config: ArbiterConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    config.validate().map_err(StartError::Config)?;
+    config.validate()?;
     // TLS files and the token are read first: a bad one stops start-up
     // before anything else happens, with a message naming it.
-    let tls = config.tls.load().map_err(StartError::Config)?;
-    let token = config.token.load().map_err(StartError::Config)?;
+    let tls = config.tls.load().map_err(StartError::Tls)?;
+    let token = config.token.load().map_err(StartError::Token)?;
     let open = if config.public_status {
         vec![format!(
             "/{}/GetStatus",
@@ -86,7 +112,10 @@ pub async fn run(
     if let Some(tls) = &tls {
         server = server
             .tls_config(tls.config.clone())
-            .map_err(|e| StartError::Config(format!("TLS {} cannot be used: {e}", tls.describe)))?;
+            .map_err(|source| StartError::TlsConfig {
+                describe: tls.describe.clone(),
+                source,
+            })?;
     }
     let catalog = PriorityList::load(&config.config)?;
     let store = StateFile::new(config.state_path(), !config.no_fsync);
@@ -100,7 +129,7 @@ pub async fn run(
     let clock = Clock::new();
     let now = clock.now();
     let arbiter = match store.load()? {
-        Some(snapshot) => Arbiter::restore(snapshot, catalog, timing, now).map_err(|source| {
+        Some(snapshot) => saved::restore(snapshot, catalog, timing, now).map_err(|source| {
             StartError::Restore {
                 path: store.describe(),
                 source,
@@ -134,7 +163,7 @@ pub async fn run(
 
     let arbiter_server = PurchaseArbiterServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(64 * 1024 * 1024);
+        .max_encoding_message_size(MAX_ENCODING_MESSAGE_BYTES);
     restock_runtime::Bound::new()
         .add("grpc", &listener)
         .announce(&config.ready)?;
@@ -166,8 +195,8 @@ pub async fn run(
         stopping.cancel();
     };
     let serve = server
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
         .add_routes(support)
         .add_service(auth.guard(arbiter_server))
         // TCP_NODELAY, as tonic sets it on sockets it accepts itself (it
@@ -197,7 +226,7 @@ pub async fn run(
     info!("gRPC server stopped; waiting for the final state write");
     stop.cancel();
     if let Err(e) = task.await {
-        warn!(error = %e, "arbiter task ended abnormally");
+        warn!(error = %Chain(&e), "arbiter task ended abnormally");
     }
     info!("purchase arbiter stopped");
     served.map_err(StartError::from)

@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use restock_domain::{ProductStatus, WatcherStatus};
 use tokio::time::advance;
 
 use super::*;
+use crate::store::{
+    format::Snapshot,
+    saved::{restore, snapshot},
+};
 
 const LEASE_TTL: Duration = Duration::from_secs(30);
 const STOCK_TTL: Duration = Duration::from_secs(45);
@@ -90,7 +95,7 @@ fn acquire(a: &mut Arbiter, c: &Clock, tcin: &str, watcher: &str, req: &str) -> 
     a.acquire(c.now(), &t(tcin), &w(watcher), req).unwrap()
 }
 
-fn granted(answer: AcquireAnswer) -> Lease {
+fn granted(answer: AcquireAnswer) -> ActiveLease {
     match answer {
         AcquireAnswer::Granted(l) => l,
         AcquireAnswer::Refused(r) => panic!("expected a grant, got {r:?}"),
@@ -104,13 +109,13 @@ fn refused(answer: AcquireAnswer) -> Refusal {
     }
 }
 
-fn release(a: &mut Arbiter, c: &Clock, l: &Lease, outcome: Outcome) -> (bool, ProductState) {
+fn release(a: &mut Arbiter, c: &Clock, l: &ActiveLease, outcome: Outcome) -> (bool, ProductState) {
     a.release(c.now(), &l.lease_id, l.token, outcome, "test")
         .unwrap()
 }
 
 /// The grants pushed since the last call, as (watcher, conn, lease).
-fn pushed_grants(a: &mut Arbiter) -> Vec<(String, u64, Lease)> {
+fn pushed_grants(a: &mut Arbiter) -> Vec<(String, u64, ActiveLease)> {
     a.take_effects()
         .pushes
         .into_iter()
@@ -126,7 +131,7 @@ fn pushed_grants(a: &mut Arbiter) -> Vec<(String, u64, Lease)> {
 }
 
 /// The one grant pushed since the last call.
-fn one_pushed_grant(a: &mut Arbiter) -> (String, u64, Lease) {
+fn one_pushed_grant(a: &mut Arbiter) -> (String, u64, ActiveLease) {
     let mut g = pushed_grants(a);
     assert_eq!(g.len(), 1, "expected exactly one grant, got {g:?}");
     g.pop().unwrap()
@@ -978,6 +983,31 @@ async fn a_retried_request_gets_the_same_answer_and_never_a_second_lease() {
     assert_eq!(lb.token, FencingToken(2));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_lease_ended_shows_it_ended() {
+    let (mut a, c) = fixture(ABC);
+    let first = granted(acquire(&mut a, &c, "A", "w1", "req-1"));
+    advance(Duration::from_secs(5)).await;
+    release(&mut a, &c, &first, Outcome::Purchased);
+    advance(Duration::from_secs(1)).await;
+    // The same lease, with nothing left and the moment it ended as its end.
+    let late = granted(acquire(&mut a, &c, "A", "w1", "req-1"));
+    assert_eq!((&late.lease_id, late.token), (&first.lease_id, first.token));
+    assert_eq!(late.remaining(c.now()), Duration::ZERO);
+    assert_eq!(late.view(c.now().mono).remaining, Duration::ZERO);
+    assert_eq!(late.expires_at_unix_ms, T0 + 5_000);
+
+    // Likewise for a lease that expired.
+    let second = granted(acquire(&mut a, &c, "B", "w1", "req-2"));
+    advance(LEASE_TTL).await;
+    a.tick(c.now());
+    advance(Duration::from_secs(1)).await;
+    let late = granted(acquire(&mut a, &c, "B", "w1", "req-2"));
+    assert_eq!(late.lease_id, second.lease_id);
+    assert_eq!(late.remaining(c.now()), Duration::ZERO);
+    assert_eq!(late.expires_at_unix_ms, second.expires_at_unix_ms);
+}
+
 // ----- max price -----
 
 #[tokio::test(start_paused = true)]
@@ -1056,12 +1086,12 @@ async fn an_undeliverable_grant_is_withdrawn_and_the_next_one_goes_elsewhere() {
 /// Saves, round-trips through JSON like the state file does, and restores
 /// with a wall clock starting at `unix_ms`.
 fn restart(a: &Arbiter, c: &Clock, products: &str, unix_ms: u64) -> (Arbiter, Clock) {
-    let snap = a.snapshot(c.now());
+    let snap = snapshot(a, c.now());
     let json = serde_json::to_string(&snap).unwrap();
     let back: Snapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(back, snap);
     let clock = Clock::starting_at(unix_ms);
-    let restored = Arbiter::restore(back, catalog(products), timing(false), clock.now()).unwrap();
+    let restored = restore(back, catalog(products), timing(false), clock.now()).unwrap();
     (restored, clock)
 }
 
@@ -1077,7 +1107,7 @@ async fn a_restored_arbiter_keeps_the_lease_tokens_and_product_states() {
     advance(Duration::from_secs(10)).await;
     let old_events = a.events_from(0);
     let old_last = a.last_sequence();
-    let reserved = a.snapshot(c.now()).sequence_reserved;
+    let reserved = snapshot(&a, c.now()).sequence_reserved;
     assert!(reserved >= old_last);
 
     // Down for 5 s by the wall clock.
@@ -1412,9 +1442,9 @@ async fn the_number_of_tracked_products_is_capped() {
 async fn a_snapshot_whose_lease_token_is_not_below_the_next_token_is_refused() {
     let (mut a, c) = fixture(ABC);
     granted(acquire(&mut a, &c, "A", "w1", "r1"));
-    let mut snap = a.snapshot(c.now());
+    let mut snap = snapshot(&a, c.now());
     snap.next_fencing_token = 1;
-    let err = Arbiter::restore(snap, catalog(ABC), timing(false), c.now()).unwrap_err();
+    let err = restore(snap, catalog(ABC), timing(false), c.now()).unwrap_err();
     assert!(matches!(err, SlotError::Invalid(_)), "{err}");
 }
 

@@ -6,6 +6,46 @@
 //! is waiting is applied, the state is written once (group commit), and only
 //! then do the answers, grants and events go out. No answer that depends on a
 //! change is sent before that change is on disk.
+//!
+//! # When a write fails
+//!
+//! The batch's changes stay in memory (undoing a grant would mean undoing
+//! everything decided after it), but nothing shows them until a write holds
+//! them: its callers get UNAVAILABLE ("not confirmed"); its events are not
+//! published (`WatchEvents` history stops at the last published event);
+//! its grants and revocations are held back. The task is then *unwritten*:
+//! it takes no new command until [`WRITE_RETRY`] has passed (a failing
+//! disk costs a few writes a second, not a busy loop), and every batch
+//! after that writes before it answers anything, so no answer (a status, a
+//! refusal naming the holder, a retried `AcquirePurchase`) shows an
+//! unwritten lease. The first write that
+//! succeeds holds everything: the held events are published in order and
+//! the held pushes delivered, a grant only if its lease is still the
+//! current one. So a crash can never make a follower or a watcher have seen
+//! a grant, and its fencing token, that the restarted arbiter does not know
+//! and would hand out again.
+//!
+//! Changes no answer depends on (stock reports, watchers joining and
+//! leaving) are written lazily, within [`LAZY_FLUSH`], and their events go
+//! out at once: nothing they describe survives a restart anyway (sightings
+//! and connections are not saved). `GetStatus` answers after its batch's
+//! write; `WatchEvents` answers at once, from what has been published.
+//!
+//! # Why a task and not a `Mutex<Arbiter>`
+//!
+//! mini-redis shares its state behind a `std::sync::Mutex` because its
+//! critical section is a few map operations and never awaits. Here the
+//! critical section is "decide, write to disk, answer", and the write is an
+//! fdatasync: a millisecond or more on a good disk, far more on a busy one.
+//! A `std::sync::Mutex` cannot be held across that await; a
+//! `tokio::sync::Mutex` could, but then every caller waits for the one
+//! before it *and its fsync*, so N concurrent calls cost N fsyncs in a row.
+//! One owning task turns the queue into batches instead: everything that
+//! arrived while a write was in flight is applied together and shares the
+//! next write, so fifty concurrent acquires cost one or two fsyncs, not
+//! fifty. It also puts the order of decisions, answers, pushes to watchers
+//! and published events in one place, with no lock to forget or to hold in
+//! the wrong order.
 
 use std::{
     collections::HashMap,
@@ -13,7 +53,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use tokio::{
@@ -23,32 +62,28 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use restock_runtime::error::Chain;
+
 use restock_domain::{
     Catalog, Event, FencingToken, LeaseId, Observation, Outcome, PriorityList, ProductState,
     Status, Tcin, WatcherId,
 };
 
 use crate::{
-    slot::{AcquireAnswer, Arbiter, Clock, Lease, Push, SlotError},
-    store::{StateFile, StoreError},
+    limits::{COMMAND_QUEUE, EVENT_BUFFER, LAZY_FLUSH, MAX_BATCH, WRITE_RETRY},
+    slot::{AcquireAnswer, ActiveLease, Arbiter, Clock, Effects, Push, SlotError},
+    store::{
+        StateStore, StoreError,
+        saved::{SaveMarks, snapshot},
+    },
 };
-
-/// Most commands applied before one write.
-const MAX_BATCH: usize = 512;
-/// Changes no answer waits for (stock reports, joins) reach disk this soon.
-const LAZY_FLUSH: Duration = Duration::from_secs(1);
-/// Messages buffered per watcher stream before it counts as not reading.
-pub const STREAM_BUFFER: usize = 64;
-/// Events buffered for `WatchEvents` followers before they must catch up
-/// from history.
-const EVENT_BUFFER: usize = 4_096;
 
 /// What a watcher's stream carries, before conversion to protocol messages.
 #[derive(Debug, Clone)]
 pub enum WatcherMessage {
     /// The product list and timings.
     Catalog(Catalog),
-    Grant(Lease),
+    Grant(ActiveLease),
     Revoked {
         lease_id: LeaseId,
         token: FencingToken,
@@ -64,7 +99,6 @@ pub enum CloseReason {
     ShuttingDown,
     Replaced,
     TooManyProducts,
-    NotReading,
 }
 
 /// Why a call failed.
@@ -72,11 +106,22 @@ pub enum CloseReason {
 pub enum ArbiterError {
     #[error(transparent)]
     Slot(#[from] SlotError),
-    /// The change could not be made durable, so it was not confirmed.
-    #[error("could not persist the arbiter state: {0}")]
-    Persist(String),
+    /// The change could not be made durable, so it was not confirmed. (One
+    /// failed write answers every call of its batch, hence the `Arc`.)
+    #[error("could not persist the arbiter state, so the change is not confirmed")]
+    Persist(#[source] Arc<PersistError>),
     #[error("the arbiter is shutting down")]
     ShuttingDown,
+}
+
+/// Why the state could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking thread that writes panicked or was cancelled.
+    #[error("the state writer thread failed")]
+    Writer(#[source] tokio::task::JoinError),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ArbiterError>>;
@@ -91,7 +136,7 @@ enum Command {
     Renew {
         lease_id: LeaseId,
         token: FencingToken,
-        reply: Reply<Lease>,
+        reply: Reply<ActiveLease>,
     },
     Release {
         lease_id: LeaseId,
@@ -173,7 +218,7 @@ impl ArbiterHandle {
         &self,
         lease_id: LeaseId,
         token: FencingToken,
-    ) -> Result<Lease, ArbiterError> {
+    ) -> Result<ActiveLease, ArbiterError> {
         self.call(|reply| Command::Renew {
             lease_id,
             token,
@@ -257,8 +302,9 @@ impl ArbiterHandle {
         self.call(|reply| Command::Status { reply }).await
     }
 
-    /// Events from `from` still in history, and a receiver for what follows;
-    /// taken together, so nothing falls between them.
+    /// Events from `from` still in history and published (on disk, or of
+    /// the kinds written lazily), and a receiver for what is published
+    /// next; taken together, so nothing falls between them.
     pub async fn events(
         &self,
         from: u64,
@@ -292,12 +338,12 @@ fn catalog_message(a: &Arbiter) -> Catalog {
 }
 
 /// An answer waiting for the batch's write.
-type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+type Pending = Box<dyn FnOnce(Option<&Arc<PersistError>>) + Send>;
 
 fn pending<T: Send + 'static>(reply: Reply<T>, value: Result<T, ArbiterError>) -> Pending {
-    Box::new(move |persist_error: Option<&str>| {
+    Box::new(move |persist_error: Option<&Arc<PersistError>>| {
         let value = match (persist_error, value) {
-            (Some(e), Ok(_)) => Err(ArbiterError::Persist(e.to_owned())),
+            (Some(e), Ok(_)) => Err(ArbiterError::Persist(Arc::clone(e))),
             (_, v) => v,
         };
         // The caller may have gone away; nothing to do then.
@@ -307,22 +353,26 @@ fn pending<T: Send + 'static>(reply: Reply<T>, value: Result<T, ArbiterError>) -
 
 /// Starts the task that owns `arbiter`. It stops when `shutdown` is
 /// cancelled, after a last write, closing every watcher stream.
-pub fn spawn(
+pub fn spawn<S: StateStore>(
     arbiter: Arbiter,
     clock: Clock,
-    store: StateFile,
+    store: S,
     shutdown: CancellationToken,
 ) -> (ArbiterHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(1_024);
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let task = ArbiterTask {
         arbiter,
         clock,
         store,
+        marks: SaveMarks::default(),
         rx,
         events,
         streams: HashMap::new(),
         dirty_since: None,
+        retry_at: None,
+        published: 0,
+        held: Vec::new(),
     };
     let join = tokio::spawn(task.run(shutdown));
     (
@@ -334,26 +384,41 @@ pub fn spawn(
     )
 }
 
-struct ArbiterTask {
+struct ArbiterTask<S> {
     arbiter: Arbiter,
     clock: Clock,
-    store: StateFile,
+    store: S,
+    /// What the state file holds, so a journal record carries only changes.
+    marks: SaveMarks,
     rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
     /// Each connected watcher's stream: its id and where to send.
     streams: HashMap<WatcherId, (u64, mpsc::Sender<WatcherMessage>)>,
     /// Set when a change that no answer waits for has not reached disk.
     dirty_since: Option<Instant>,
+    /// Set while the task is unwritten (a write failed and none succeeded
+    /// since): when to try again. See the module documentation.
+    retry_at: Option<Instant>,
+    /// The sequence number of the newest event sent to followers; events
+    /// after it are in the history but not published yet.
+    published: u64,
+    /// Pushes of batches whose write failed, for after the write that holds
+    /// them.
+    held: Vec<Push>,
+}
+
+fn log_event(e: &Event) {
+    debug!(sequence = e.sequence, kind = ?e.kind, tcin = ?e.tcin.as_ref().map(Tcin::as_str), "event");
 }
 
 /// Runs a blocking state write on the blocking pool.
 async fn run_blocking(
     write: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), PersistError> {
     tokio::task::spawn_blocking(write)
         .await
-        .map_err(|e| format!("state writer failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(PersistError::Writer)?
+        .map_err(PersistError::from)
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
@@ -363,22 +428,38 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-impl ArbiterTask {
+impl<S: StateStore> ArbiterTask<S> {
     async fn run(mut self, shutdown: CancellationToken) {
         // The start-up event and state are written before anything is served.
-        self.commit(Vec::new()).await;
+        let started = self.arbiter.take_effects();
+        // The history read back from disk is published already.
+        self.published = started
+            .events
+            .first()
+            .map_or(self.arbiter.last_sequence(), |e| e.sequence - 1);
+        self.commit_effects(started, Vec::new()).await;
         loop {
-            let wake = self.arbiter.next_deadline();
-            let flush = self.dirty_since.map(|t| t + LAZY_FLUSH);
-            let first = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => Some(cmd),
-                    None => break,
-                },
-                () = sleep_until_some(wake) => None,
-                () = sleep_until_some(flush) => None,
+            let first = if let Some(retry_at) = self.retry_at {
+                // Unwritten: commands wait in the queue until the disk is
+                // tried again (and the batch they make writes first).
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(retry_at) => None,
+                }
+            } else {
+                let wake = self.arbiter.next_deadline();
+                let flush = self.dirty_since.map(|t| t + LAZY_FLUSH);
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    cmd = self.rx.recv() => match cmd {
+                        Some(cmd) => Some(cmd),
+                        None => break,
+                    },
+                    () = sleep_until_some(wake) => None,
+                    () = sleep_until_some(flush) => None,
+                }
             };
             let mut replies = Vec::new();
             match first {
@@ -483,14 +564,23 @@ impl ArbiterTask {
                 }
             }
             Command::Status { reply } => {
-                let view = a.status(now);
-                let _ = reply.send(Ok(view));
+                // Shown after the batch's write, like any answer: it may
+                // show a lease granted earlier in this batch.
+                replies.push(pending(reply, Ok(a.status(now))));
             }
             Command::Events { from, reply } => {
-                // Subscribing here, between batches, means the receiver gets
-                // exactly the events after the history handed out with it.
+                // Answered now with what has been published; the receiver,
+                // subscribed at the same moment, gets every later event as
+                // it is published (after its write), so nothing falls
+                // between the two and nothing unwritten is shown.
                 let rx = self.events.subscribe();
-                let _ = reply.send(Ok((a.events_from(from), rx)));
+                let published = self.published;
+                let history = a
+                    .history_from(from)
+                    .take_while(|e| e.sequence <= published)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(Ok((history, rx)));
             }
             Command::Reset { tcin, reply } => {
                 let r = a.reset(now, &tcin).map_err(ArbiterError::from);
@@ -508,14 +598,32 @@ impl ArbiterTask {
         }
     }
 
-    /// Writes the state if the batch needs it, then answers, publishes events
-    /// and pushes messages to watchers. A grant a stream cannot take is
-    /// withdrawn and the next one made, in a further round.
-    async fn commit(&mut self, mut replies: Vec<Pending>) {
+    /// Commits the batch just applied; see [`Self::commit_effects`].
+    async fn commit(&mut self, replies: Vec<Pending>) {
+        let effects = self.arbiter.take_effects();
+        self.commit_effects(effects, replies).await;
+    }
+
+    /// Writes the state if the batch needs it (or the task is unwritten),
+    /// then answers, publishes events and pushes messages to watchers; if
+    /// the write fails, answers with the error and holds the rest back (see
+    /// the module documentation). A grant a stream cannot take is withdrawn
+    /// and the next one made, in a further round.
+    async fn commit_effects(&mut self, mut effects: Effects, mut replies: Vec<Pending>) {
         loop {
-            let effects = self.arbiter.take_effects();
-            let persist_error = if effects.must_persist {
-                self.persist().await.err()
+            if effects.must_persist || self.retry_at.is_some() {
+                if let Err(e) = self.persist().await {
+                    self.retry_at = Some(Instant::now() + WRITE_RETRY);
+                    for r in replies.drain(..) {
+                        r(Some(&e));
+                    }
+                    // The events stay in the history, unpublished.
+                    self.hold(effects.pushes);
+                    return;
+                }
+                if self.retry_at.take().is_some() {
+                    info!(state_file = %self.store.describe(), "state written again; releasing what was held back");
+                }
             } else {
                 if effects.dirty && self.dirty_since.is_none() {
                     self.dirty_since = Some(Instant::now());
@@ -524,25 +632,18 @@ impl ArbiterTask {
                     .dirty_since
                     .is_some_and(|t| Instant::now() >= t + LAZY_FLUSH)
                 {
-                    // Nothing waits for this write, so a failure is only logged.
+                    // Nothing waits for this write, so a failure is only
+                    // logged (and the write tried again a LAZY_FLUSH later).
                     let _ = self.persist().await;
                 }
-                None
-            };
+            }
             for r in replies.drain(..) {
-                r(persist_error.as_deref());
+                r(None);
             }
-            for e in effects.events {
-                debug!(sequence = e.sequence, kind = ?e.kind, tcin = ?e.tcin.as_ref().map(Tcin::as_str), "event");
-                // No followers is fine.
-                let _ = self.events.send(e);
-            }
-            if persist_error.is_some() {
-                // Grants that are not on disk are not handed out; the lease
-                // expires by itself and the slot moves on.
-                return;
-            }
-            let undelivered = self.deliver(effects.pushes);
+            self.publish(effects.events);
+            let mut pushes = std::mem::take(&mut self.held);
+            pushes.append(&mut effects.pushes);
+            let undelivered = self.deliver(pushes);
             if undelivered.is_empty() {
                 return;
             }
@@ -553,7 +654,61 @@ impl ArbiterTask {
                 self.arbiter
                     .abandon_grant(now, &watcher_id, conn, &lease_id);
             }
+            effects = self.arbiter.take_effects();
         }
+    }
+
+    /// Sends every event not published yet to the followers, in order:
+    /// those held back by failed writes (from the history), then `fresh`,
+    /// the events of the batch being committed.
+    fn publish(&mut self, fresh: Vec<Event>) {
+        if fresh.is_empty() && self.published == self.arbiter.last_sequence() {
+            return; // most batches of stock reports
+        }
+        let first_fresh = fresh.first().map_or(u64::MAX, |e| e.sequence);
+        let held = self
+            .arbiter
+            .history_from(self.published + 1)
+            .take_while(|e| e.sequence < first_fresh);
+        for e in held {
+            log_event(e);
+            // No followers is fine.
+            let _ = self.events.send(e.clone());
+        }
+        for e in fresh {
+            log_event(&e);
+            let _ = self.events.send(e);
+        }
+        self.published = self.arbiter.last_sequence();
+    }
+
+    /// Keeps a failed batch's pushes until a write holds them. A grant
+    /// whose lease ends before that is dropped, with its revocation: its
+    /// watcher never saw it. What is held is so at most one grant, one
+    /// catalog change and the revocation of the lease that was current
+    /// when the writes started failing.
+    fn hold(&mut self, pushes: Vec<Push>) {
+        for push in pushes {
+            match &push {
+                Push::Revoked { lease_id, .. } => {
+                    let grant = self.held.iter().position(
+                        |h| matches!(h, Push::Grant { lease, .. } if lease.lease_id == *lease_id),
+                    );
+                    if let Some(i) = grant {
+                        self.held.remove(i);
+                        continue;
+                    }
+                }
+                Push::CatalogChanged if self.held.contains(&Push::CatalogChanged) => continue,
+                _ => {}
+            }
+            self.held.push(push);
+        }
+        let current = self.arbiter.lease().map(|l| l.lease_id.clone());
+        self.held.retain(|h| match h {
+            Push::Grant { lease, .. } => current.as_ref() == Some(&lease.lease_id),
+            _ => true,
+        });
     }
 
     /// Puts pushes on the streams; returns the grants that could not be.
@@ -566,6 +721,15 @@ impl ArbiterTask {
                     conn,
                     lease,
                 } => {
+                    // A grant held back by a failed write whose lease ended
+                    // meanwhile is not the watcher's to see.
+                    if self
+                        .arbiter
+                        .lease()
+                        .is_none_or(|cur| cur.lease_id != lease.lease_id)
+                    {
+                        continue;
+                    }
                     let ok = match self.streams.get(&watcher_id) {
                         Some((c, s)) if *c == conn => {
                             s.try_send(WatcherMessage::Grant(lease.clone())).is_ok()
@@ -612,18 +776,19 @@ impl ArbiterTask {
     }
 
     /// Writes what changed since the last write as one journal record, or
-    /// the whole state when the store asks for it (see [`StateFile`]).
-    async fn persist(&mut self) -> Result<(), String> {
+    /// the whole state when the store asks for it (see
+    /// [`crate::store::StateFile`]).
+    async fn persist(&mut self) -> Result<(), Arc<PersistError>> {
         let now = self.clock.now();
         let store = self.store.clone();
         let result = if store.needs_full() {
-            let snapshot = self.arbiter.snapshot(now);
-            let mark = self.arbiter.full_mark();
+            let snapshot = snapshot(&self.arbiter, now);
+            let mark = SaveMarks::full(&self.arbiter);
             run_blocking(move || store.save(snapshot))
                 .await
                 .map(|()| mark)
         } else {
-            let (delta, mark) = self.arbiter.delta(now);
+            let (delta, mark) = self.marks.delta(&self.arbiter, now);
             if store.fsyncs() {
                 run_blocking(move || store.append(delta))
                     .await
@@ -634,24 +799,29 @@ impl ArbiterTask {
                 store
                     .append(delta)
                     .map(|()| mark)
-                    .map_err(|e| e.to_string())
+                    .map_err(PersistError::from)
             }
         };
-        let result = result.map(|mark| self.arbiter.persisted(mark));
-        match &result {
-            Ok(()) => self.dirty_since = None,
+        match result {
+            Ok(mark) => {
+                self.marks.persisted(mark);
+                self.dirty_since = None;
+                Ok(())
+            }
             Err(e) => {
-                error!(state_file = %self.store.describe(), error = %e, "could not persist state");
-                // Try again soon even if no further change asks for a write.
-                self.dirty_since.get_or_insert_with(Instant::now);
+                error!(state_file = %self.store.describe(), error = %Chain(&e), "could not persist state");
+                // Try again even if no further change asks for a write, but
+                // a whole LAZY_FLUSH from now: trying again at once would
+                // spin on a dead disk.
+                self.dirty_since = Some(Instant::now());
+                Err(Arc::new(e))
             }
         }
-        result
     }
 
     async fn shut_down(mut self) {
         info!("arbiter task stopping: final write, closing watcher streams");
-        if self.dirty_since.is_some() {
+        if self.dirty_since.is_some() || self.retry_at.is_some() {
             let _ = self.persist().await;
         }
         for (_, (_, s)) in self.streams.drain() {
@@ -664,3 +834,6 @@ impl ArbiterTask {
         self.rx.close();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@
 //!   ([`Delta`]), appended and fdatasync'ed before any answer that depends
 //!   on it goes out. Writing a few hundred bytes instead of the whole state
 //!   keeps a grant's write short however much history the state holds. When
-//!   the journal has grown past [`JOURNAL_MIN_COMPACT`] (or a few times the
+//!   the journal has grown past `JOURNAL_MIN_COMPACT` (or a few times the
 //!   snapshot), the next write is a full snapshot naming a new, empty
 //!   journal, and the old journal is deleted.
 //!
@@ -21,6 +21,13 @@
 //! fencing token and let a second checkout start while the first still runs.
 //! After start-up the first write is always a full snapshot with a new
 //! journal, so nothing is ever appended after a torn line.
+//!
+//! Beside the file itself: [`format`], what the snapshot and a journal
+//! record hold; [`saved`], how they are made from the slot and the slot from
+//! them.
+
+pub mod format;
+pub mod saved;
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -31,14 +38,8 @@ use std::{
 
 use tracing::warn;
 
-use crate::slot::{Delta, SNAPSHOT_VERSION, Snapshot};
-
-/// The journal grows to at least this many bytes before a full snapshot
-/// replaces it (and to [`JOURNAL_SNAPSHOT_RATIO`] times the snapshot's size
-/// if that is more), so full writes stay rare (one per few thousand grants)
-/// and replay at start-up stays short.
-pub const JOURNAL_MIN_COMPACT: u64 = 4 * 1024 * 1024;
-pub const JOURNAL_SNAPSHOT_RATIO: u64 = 4;
+use crate::limits::{JOURNAL_MIN_COMPACT, JOURNAL_SNAPSHOT_RATIO};
+use format::{Delta, SNAPSHOT_VERSION, Snapshot};
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,46 @@ pub enum StoreError {
         step: &'static str,
         source: io::Error,
     },
+}
+
+/// What the arbiter task needs of the place its state goes. [`StateFile`]
+/// in the service; the task's tests wrap one to make writes fail or wait, as
+/// a full, broken or slow disk would, which no real folder does on demand
+/// (tests run as root, so permissions stop nothing).
+pub trait StateStore: Clone + Send + Sync + 'static {
+    /// The store's name in logs and errors.
+    fn describe(&self) -> String;
+    /// Whether a write waits for the disk (the task then writes on a
+    /// blocking thread).
+    fn fsyncs(&self) -> bool;
+    /// Whether the next write must be a whole [`Snapshot`].
+    fn needs_full(&self) -> bool;
+    /// Writes the whole state. Blocking.
+    fn save(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+    /// Writes what changed since the last write. Blocking.
+    fn append(&self, delta: Delta) -> Result<(), StoreError>;
+}
+
+impl StateStore for StateFile {
+    fn describe(&self) -> String {
+        StateFile::describe(self)
+    }
+
+    fn fsyncs(&self) -> bool {
+        StateFile::fsyncs(self)
+    }
+
+    fn needs_full(&self) -> bool {
+        StateFile::needs_full(self)
+    }
+
+    fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        StateFile::save(self, snapshot)
+    }
+
+    fn append(&self, delta: Delta) -> Result<(), StoreError> {
+        StateFile::append(self, delta)
+    }
 }
 
 /// Where the state lives, or nowhere (`--state-file ''`: memory only).
@@ -112,13 +153,10 @@ impl StateFile {
     }
 
     /// Compacts once the journal reaches `bytes` (tests use a small value).
+    #[cfg(test)]
     pub fn with_compact_at(mut self, bytes: u64) -> Self {
         self.compact_at = bytes;
         self
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 
     /// Whether writes are fsync'ed (off only with `--no-fsync`).
@@ -397,8 +435,9 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slot::{Arbiter, Clock, Timing};
+    use crate::slot::{Arbiter, Clock, Now, Timing};
     use restock_domain::PriorityList;
+    use saved::{SaveMarks, snapshot};
     use std::time::Duration;
 
     fn timing() -> Timing {
@@ -417,7 +456,7 @@ mod tests {
         assert!(store.load().unwrap().is_none());
         let now = Clock::new().now();
         let list = PriorityList::parse(r#"{"products":[{"tcin":"1"}]}"#, "p").unwrap();
-        let snap = Arbiter::new(list, timing(), now).snapshot(now);
+        let snap = snapshot(&Arbiter::new(list, timing(), now), now);
         store.save(snap.clone()).unwrap();
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.journal, 1);
@@ -441,15 +480,15 @@ mod tests {
 
     /// Writes what the arbiter task would: a full snapshot when the store
     /// asks for one, else a journal record.
-    fn persist(store: &StateFile, a: &mut Arbiter, now: crate::slot::Now) {
+    fn persist(store: &StateFile, a: &Arbiter, marks: &mut SaveMarks, now: Now) {
         if store.needs_full() {
-            let mark = a.full_mark();
-            store.save(a.snapshot(now)).unwrap();
-            a.persisted(mark);
+            let mark = SaveMarks::full(a);
+            store.save(snapshot(a, now)).unwrap();
+            marks.persisted(mark);
         } else {
-            let (delta, mark) = a.delta(now);
+            let (delta, mark) = marks.delta(a, now);
             store.append(delta).unwrap();
-            a.persisted(mark);
+            marks.persisted(mark);
         }
     }
 
@@ -473,6 +512,7 @@ mod tests {
         let store = StateFile::new(Some(path.clone()), false).with_compact_at(8 * 1024);
         let clock = Clock::new();
         let mut a = Arbiter::new(catalog(), timing(), clock.now());
+        let mut marks = SaveMarks::default();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let tcins: Vec<Tcin> = ["1", "2", "3", "4", "5"]
             .iter()
@@ -537,7 +577,7 @@ mod tests {
                 if store.needs_full() {
                     full_writes += 1;
                 }
-                persist(&store, &mut a, now);
+                persist(&store, &a, &mut marks, now);
                 if step % 7 == 0 {
                     let loaded = StateFile::new(Some(path.clone()), false)
                         .load()
@@ -545,7 +585,7 @@ mod tests {
                         .unwrap();
                     let expected = Snapshot {
                         journal: loaded.journal,
-                        ..a.snapshot(now)
+                        ..snapshot(&a, now)
                     };
                     assert_eq!(loaded, expected, "after step {step}");
                 }
@@ -576,7 +616,8 @@ mod tests {
         let store = StateFile::new(Some(path.clone()), true);
         let clock = Clock::new();
         let mut a = Arbiter::new(catalog(), timing(), clock.now());
-        persist(&store, &mut a, clock.now());
+        let mut marks = SaveMarks::default();
+        persist(&store, &a, &mut marks, clock.now());
         a.acquire(
             clock.now(),
             &restock_domain::Tcin::parse("1").unwrap(),
@@ -585,11 +626,11 @@ mod tests {
         )
         .unwrap();
         let now = clock.now();
-        persist(&store, &mut a, now);
-        let first = a.snapshot(now);
+        persist(&store, &a, &mut marks, now);
+        let first = snapshot(&a, now);
         a.set_paused(now, true);
-        persist(&store, &mut a, now);
-        let second = a.snapshot(now);
+        persist(&store, &a, &mut marks, now);
+        let second = snapshot(&a, now);
         (path, first, second)
     }
 
@@ -677,7 +718,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let now = Clock::new().now();
-        let mut snap = Arbiter::new(catalog(), timing(), now).snapshot(now);
+        let mut snap = snapshot(&Arbiter::new(catalog(), timing(), now), now);
         snap.version = 1;
         let mut json = serde_json::to_value(&snap).unwrap();
         json.as_object_mut().unwrap().remove("journal");
@@ -717,6 +758,49 @@ mod tests {
                 ..second
             }
         );
+    }
+
+    /// A snapshot and journal written by the arbiter before its saved format
+    /// moved out of the slot's module (a grant, a refusal, a failed release
+    /// with its cool-down, a pause, a renewal): they still load, and what
+    /// they hold is written back exactly as that arbiter wrote it.
+    #[test]
+    fn a_state_file_written_before_still_loads_and_saves_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, include_str!("testdata/state-v2.json")).unwrap();
+        fs::write(
+            StateFile::journal_path(&path, 1),
+            include_str!("testdata/state-v2.json.journal-1"),
+        )
+        .unwrap();
+        let loaded = StateFile::new(Some(path), true).load().unwrap().unwrap();
+        let mut expected: serde_json::Value =
+            serde_json::from_str(include_str!("testdata/state-v2-replayed.json")).unwrap();
+        expected["journal"] = 1.into();
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), expected);
+        // And the slot takes it back: the lease, the cool-down, the answers.
+        let now = Clock::starting_at(1_700_000_005_000).now();
+        let list = PriorityList::parse(
+            r#"{"products":[{"tcin":"111"},{"tcin":"222"},{"tcin":"333"}]}"#,
+            "p",
+        )
+        .unwrap();
+        let a = saved::restore(loaded, list, timing(), now).unwrap();
+        let lease = a.lease().unwrap();
+        assert_eq!((lease.tcin.as_str(), lease.token.0), ("222", 2));
+        assert_eq!(lease.expires_at_unix_ms, 1_700_000_034_000);
+        assert_eq!(a.answers().iter().count(), 4);
+        assert_eq!(a.ended().len(), 1);
+        let status = a.status(now);
+        assert!(status.paused);
+        let p111 = status
+            .products
+            .iter()
+            .find(|p| p.tcin.as_str() == "111")
+            .unwrap();
+        assert_eq!(p111.state, restock_domain::ProductState::Failed);
+        assert_eq!(p111.cooldown_remaining, Duration::from_secs(5));
     }
 
     #[test]

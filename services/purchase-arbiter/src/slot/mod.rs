@@ -9,35 +9,41 @@
 //! slot is free. What the caller must do afterwards (persist, push messages to
 //! watchers, publish events) is collected in [`Effects`] and taken with
 //! [`Arbiter::take_effects`].
+//!
+//! Beside the rules: [`clock`] (one reading of both clocks), [`lease`] (the
+//! slot's own record of a lease), [`view`] (what `GetStatus` shows). How the
+//! state is saved and read back is the store's business (`store::saved`),
+//! through the read accessors and [`Arbiter::resume`] at the end of this file.
+
+mod clock;
+mod lease;
+mod view;
+
+#[cfg(test)]
+mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    collections::{BTreeMap, HashMap},
+    time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use restock_domain::{
     Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
-    ProductSpec, ProductState, ProductStatus, Status, Tcin, WatcherId, WatcherStatus,
-    lease::Lease as LeaseView,
+    ProductSpec, ProductState, Tcin, WatcherId,
 };
 
-/// Most products the arbiter tracks (configured plus reported); reports of
-/// more new products are refused.
-pub const MAX_PRODUCTS: usize = 10_000;
-/// Most watchers remembered; the longest-disconnected are forgotten first.
-pub const MAX_WATCHERS: usize = 4_096;
-/// Events kept in memory for `WatchEvents` resumption.
-pub const EVENT_HISTORY: usize = 10_000;
-/// Idempotency answers remembered (per watcher and request id).
-pub const IDEMPOTENCY_ENTRIES: usize = 4_096;
-/// Ended leases remembered, so late releases get a precise answer.
-pub const ENDED_LEASES: usize = 1_024;
-/// Event sequence numbers are reserved on disk in blocks of this size, so a
-/// restart never reuses a number even if the last events were not persisted.
-pub const SEQUENCE_BLOCK: u64 = 1_000;
+pub use clock::{Clock, Now};
+pub use lease::{ActiveLease, EndedLease};
+
+use crate::{
+    bounded_log::{BoundedLog, BoundedMap},
+    limits::{
+        ENDED_LEASES, EVENT_HISTORY, IDEMPOTENCY_ENTRIES, MAX_PRODUCTS, MAX_WATCHERS,
+        SEQUENCE_BLOCK,
+    },
+};
 
 /// The timings and mode the arbiter runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,102 +58,16 @@ pub struct Timing {
     pub test_mode: bool,
 }
 
-/// One reading of the clocks: monotonic for deadlines, wall-clock for display
-/// and persistence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    pub mono: Instant,
-    pub unix_ms: u64,
-}
-
-/// Reads both clocks consistently: wall time is derived from the monotonic
-/// clock and one wall reading at start, so paused time in tests moves both,
-/// and a wall-clock jump never shortens or extends a lease.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base_mono: Instant,
-    base_unix_ms: u64,
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self::starting_at(unix)
-    }
-
-    /// A clock whose wall time starts at `unix_ms` now.
-    pub fn starting_at(unix_ms: u64) -> Self {
-        Self {
-            base_mono: Instant::now(),
-            base_unix_ms: unix_ms,
-        }
-    }
-
-    pub fn now(&self) -> Now {
-        let mono = Instant::now();
-        let since = mono.saturating_duration_since(self.base_mono).as_millis() as u64;
-        Now {
-            mono,
-            unix_ms: self.base_unix_ms + since,
-        }
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn ms(d: Duration) -> u64 {
+/// Whole milliseconds of `d`, saturating.
+pub fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-/// A grant of the slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub lease_id: LeaseId,
-    pub tcin: Tcin,
-    pub watcher_id: WatcherId,
-    pub token: FencingToken,
-    pub ttl: Duration,
-    pub granted_at_unix_ms: u64,
-    /// Monotonic deadline; the wall-clock one is derived for display.
-    pub deadline: Instant,
-    pub expires_at_unix_ms: u64,
-}
-
-impl Lease {
-    /// An event about this lease.
-    fn event(&self, kind: EventKind) -> Event {
-        Event::new(kind).lease(&self.lease_id, &self.tcin, &self.watcher_id, self.token)
-    }
-
-    pub fn remaining(&self, now: Now) -> Duration {
-        self.deadline.saturating_duration_since(now.mono)
-    }
-
-    /// The lease as its holder and onlookers see it at monotonic time `at`.
-    pub fn view(&self, at: Instant) -> LeaseView {
-        LeaseView {
-            lease_id: self.lease_id.clone(),
-            tcin: self.tcin.clone(),
-            watcher_id: self.watcher_id.clone(),
-            token: self.token,
-            ttl: self.ttl,
-            granted_at_unix_ms: self.granted_at_unix_ms,
-            expires_at_unix_ms: self.expires_at_unix_ms,
-            remaining: self.deadline.saturating_duration_since(at),
-        }
-    }
-}
+/// The idempotency key of an `AcquirePurchase`: (watcher, request id).
+pub type AnswerKey = (WatcherId, String);
 
 /// Why the slot was not granted to an `AcquirePurchase`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     AnotherPurchaseActive {
         holder_tcin: Tcin,
@@ -206,7 +126,7 @@ impl Refusal {
 /// The answer to an `AcquirePurchase`, remembered per request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcquireAnswer {
-    Granted(Lease),
+    Granted(ActiveLease),
     Refused(Refusal),
 }
 
@@ -235,7 +155,7 @@ pub enum Push {
     Grant {
         watcher_id: WatcherId,
         conn: u64,
-        lease: Lease,
+        lease: ActiveLease,
     },
     /// A lease this watcher held ended without its release.
     Revoked {
@@ -267,8 +187,10 @@ struct Sighting {
     at: Instant,
 }
 
+/// One product's state. The durable part is read through its accessors by
+/// the saved-state code (`store::saved`); the sightings are not saved.
 #[derive(Debug, Clone)]
-struct Product {
+pub struct Product {
     state: ProductState,
     purchases: u32,
     /// Monotonic and wall-clock end of the cool-down of a failed product.
@@ -281,14 +203,47 @@ struct Product {
 
 impl Product {
     fn new() -> Self {
+        Self::restored(ProductState::Ready, 0, None, None, String::new())
+    }
+
+    /// A product as read back after a restart, with no sightings (watchers
+    /// report again).
+    pub fn restored(
+        state: ProductState,
+        purchases: u32,
+        cooldown_until: Option<(Instant, u64)>,
+        last_outcome: Option<Outcome>,
+        last_detail: String,
+    ) -> Self {
         Self {
-            state: ProductState::Ready,
-            purchases: 0,
-            cooldown_until: None,
-            last_outcome: None,
-            last_detail: String::new(),
+            state,
+            purchases,
+            cooldown_until,
+            last_outcome,
+            last_detail,
             sightings: BTreeMap::new(),
         }
+    }
+
+    pub fn state(&self) -> ProductState {
+        self.state
+    }
+
+    pub fn purchases(&self) -> u32 {
+        self.purchases
+    }
+
+    /// The wall-clock end of the cool-down of a failed product.
+    pub fn cooldown_until_unix_ms(&self) -> Option<u64> {
+        self.cooldown_until.map(|(_, u)| u)
+    }
+
+    pub fn last_outcome(&self) -> Option<Outcome> {
+        self.last_outcome
+    }
+
+    pub fn last_detail(&self) -> &str {
+        &self.last_detail
     }
 }
 
@@ -303,18 +258,6 @@ struct Watcher {
     polling: Vec<Tcin>,
 }
 
-/// A lease that ended, remembered so a late release or renew gets an exact
-/// answer and a repeated release is harmless.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndedLease {
-    pub lease_id: LeaseId,
-    pub tcin: Tcin,
-    pub watcher_id: WatcherId,
-    pub token: FencingToken,
-    pub outcome: Outcome,
-    pub ended_at_unix_ms: u64,
-}
-
 /// The whole arbiter state. See the module documentation.
 #[derive(Debug)]
 pub struct Arbiter {
@@ -322,56 +265,19 @@ pub struct Arbiter {
     catalog: PriorityList,
     products: HashMap<Tcin, Product>,
     watchers: HashMap<WatcherId, Watcher>,
-    lease: Option<Lease>,
+    lease: Option<ActiveLease>,
     next_token: u64,
     paused: bool,
     next_sequence: u64,
     sequence_reserved: u64,
-    history: VecDeque<Event>,
-    ended: VecDeque<EndedLease>,
-    idempotency: HashMap<(WatcherId, String), AcquireAnswer>,
-    idempotency_order: VecDeque<(WatcherId, String)>,
-    /// Ended leases and idempotency answers ever added (the deques drop
-    /// their oldest), so a [`Delta`] knows how many are new.
-    ended_total: u64,
-    idempotency_total: u64,
-    /// What the last successful write put on disk.
-    persisted: Persisted,
+    /// Every transition, newest last, for `WatchEvents` and the state file.
+    history: BoundedLog<Event>,
+    /// Recently ended leases, for exact answers to late renews and releases.
+    ended: BoundedLog<EndedLease>,
+    /// `AcquirePurchase` answers by (watcher, request id), for retries.
+    answers: BoundedMap<AnswerKey, AcquireAnswer>,
     counters: Counters,
     effects: Effects,
-}
-
-/// What the state file (snapshot and journal) holds, as far as the arbiter
-/// knows: the next [`Delta`] carries only what changed since.
-#[derive(Debug, Default)]
-struct Persisted {
-    /// The newest event on disk.
-    events_upto: u64,
-    ended_total: u64,
-    idempotency_total: u64,
-    products: HashMap<Tcin, SavedProduct>,
-}
-
-/// Where a write brings the disk to. Handed back with
-/// [`Arbiter::persisted`] once the write succeeded; a failed write leaves
-/// the marks where they were, so the next write carries its changes again.
-#[derive(Debug)]
-pub struct PersistMark {
-    events_upto: u64,
-    ended_total: u64,
-    idempotency_total: u64,
-    products: ProductsMark,
-}
-
-#[derive(Debug)]
-enum ProductsMark {
-    /// A full snapshot: the disk now holds exactly these products.
-    All(HashMap<Tcin, SavedProduct>),
-    /// A delta: these changed, these were removed.
-    Changed {
-        upserted: Vec<(Tcin, SavedProduct)>,
-        removed: Vec<Tcin>,
-    },
 }
 
 impl Arbiter {
@@ -403,7 +309,7 @@ impl Arbiter {
         &self.catalog
     }
 
-    pub fn lease(&self) -> Option<&Lease> {
+    pub fn lease(&self) -> Option<&ActiveLease> {
         self.lease.as_ref()
     }
 
@@ -417,9 +323,16 @@ impl Arbiter {
     }
 
     /// Events with a sequence >= `from` that are still in memory.
+    #[cfg(test)]
     pub fn events_from(&self, from: u64) -> Vec<Event> {
-        let start = self.history.partition_point(|e| e.sequence < from);
-        self.history.range(start..).cloned().collect()
+        self.history_from(from).cloned().collect()
+    }
+
+    /// Events with a sequence >= `from` that are still in memory, oldest
+    /// first, without copying them.
+    pub fn history_from(&self, from: u64) -> impl Iterator<Item = &Event> {
+        self.history
+            .iter_from(self.history.partition_point(|e| e.sequence < from))
     }
 
     /// The sequence number of the newest event (0 when none).
@@ -461,10 +374,7 @@ impl Arbiter {
             self.sequence_reserved = self.next_sequence - 1 + SEQUENCE_BLOCK;
             self.effects.must_persist = true;
         }
-        if self.history.len() == EVENT_HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(event.clone());
+        self.history.push(event.clone());
         self.effects.events.push(event);
         self.effects.dirty = true;
     }
@@ -613,11 +523,11 @@ impl Arbiter {
         }
     }
 
-    fn grant(&mut self, now: Now, tcin: &Tcin, watcher_id: &WatcherId, how: &str) -> Lease {
+    fn grant(&mut self, now: Now, tcin: &Tcin, watcher_id: &WatcherId, how: &str) -> ActiveLease {
         let token = FencingToken(self.next_token);
         self.next_token += 1;
         let ttl = self.timing.lease_ttl;
-        let lease = Lease {
+        let lease = ActiveLease {
             lease_id: LeaseId::parse(&format!(
                 "lease-{}-{}",
                 token.0,
@@ -649,7 +559,7 @@ impl Arbiter {
     }
 
     /// Ends the (already taken) lease with an outcome and moves its product on.
-    fn end_lease(&mut self, now: Now, lease: Lease, outcome: Outcome, detail: String) {
+    fn end_lease(&mut self, now: Now, lease: ActiveLease, outcome: Outcome, detail: String) {
         let test_mode = self.timing.test_mode;
         let cooldown = self.timing.failure_cooldown;
         let quantity = self.spec(&lease.tcin).map_or(1, |s| s.quantity);
@@ -714,11 +624,7 @@ impl Arbiter {
                 reason: "expired".into(),
             });
         }
-        if self.ended.len() == ENDED_LEASES {
-            self.ended.pop_front();
-        }
-        self.ended_total += 1;
-        self.ended.push_back(EndedLease {
+        self.ended.push(EndedLease {
             lease_id: lease.lease_id,
             tcin: lease.tcin.clone(),
             watcher_id: lease.watcher_id,
@@ -743,16 +649,15 @@ impl Arbiter {
         self.settle(now);
         let key = (!request_id.is_empty()).then(|| (watcher_id.clone(), request_id.to_owned()));
         if let Some(key) = &key
-            && let Some(previous) = self.idempotency.get(key)
+            && let Some(previous) = self.answers.get(key)
         {
             return Ok(match previous {
-                // Show the lease as it is now if it is still the current one.
+                // The lease as it is now: still running, or ended.
                 AcquireAnswer::Granted(l) => AcquireAnswer::Granted(
-                    self.lease
-                        .as_ref()
-                        .filter(|cur| cur.lease_id == l.lease_id)
-                        .unwrap_or(l)
-                        .clone(),
+                    match self.lease.as_ref().filter(|cur| cur.lease_id == l.lease_id) {
+                        Some(current) => current.clone(),
+                        None => self.as_ended(l, now),
+                    },
                 ),
                 refused => refused.clone(),
             });
@@ -772,17 +677,29 @@ impl Arbiter {
             None => AcquireAnswer::Granted(self.grant(now, tcin, watcher_id, "AcquirePurchase")),
         };
         if let Some(key) = key {
-            if self.idempotency_order.len() == IDEMPOTENCY_ENTRIES
-                && let Some(old) = self.idempotency_order.pop_front()
-            {
-                self.idempotency.remove(&old);
-            }
-            self.idempotency_order.push_back(key.clone());
-            self.idempotency_total += 1;
-            self.idempotency.insert(key, answer.clone());
+            self.answers.insert(key, answer.clone());
             self.effects.must_persist = true;
         }
         Ok(answer)
+    }
+
+    /// A lease that is no longer the current one, as a retry of its
+    /// `AcquirePurchase` shows it: nothing left, and ending when it ended
+    /// (released, expired or withdrawn), or by `now` if that is forgotten.
+    fn as_ended(&self, lease: &ActiveLease, now: Now) -> ActiveLease {
+        let ended_at = self
+            .ended
+            .iter()
+            .rev()
+            .find(|e| e.lease_id == lease.lease_id)
+            .map_or(lease.expires_at_unix_ms.min(now.unix_ms), |e| {
+                e.ended_at_unix_ms
+            });
+        ActiveLease {
+            deadline: lease.deadline.min(now.mono),
+            expires_at_unix_ms: ended_at,
+            ..lease.clone()
+        }
     }
 
     fn refusal(&self, now: Now, tcin: &Tcin) -> Option<Refusal> {
@@ -863,7 +780,7 @@ impl Arbiter {
         now: Now,
         lease_id: &LeaseId,
         token: FencingToken,
-    ) -> Result<Lease, SlotError> {
+    ) -> Result<ActiveLease, SlotError> {
         self.settle(now);
         self.check_current(lease_id, token)?;
         let ttl = self.timing.lease_ttl;
@@ -1139,336 +1056,89 @@ impl Arbiter {
         self.settle(now);
     }
 
-    /// Everything `GetStatus` shows.
-    /// Everything `GetStatus` shows (all but the config path, which the
-    /// arbiter's state does not know).
-    pub fn status(&self, now: Now) -> Status {
-        let products = self
-            .ranked()
-            .into_iter()
-            .enumerate()
-            .map(|(i, tcin)| {
-                let p = &self.products[tcin];
-                let spec = self.spec(tcin);
-                ProductStatus {
-                    tcin: tcin.clone(),
-                    name: spec.map_or_else(|| tcin.to_string(), |s| s.name.clone()),
-                    priority: (i + 1) as u32,
-                    state: p.state,
-                    purchases: p.purchases,
-                    quantity: spec.map_or(1, |s| s.quantity),
-                    configured: spec.is_some(),
-                    in_stock_at: p
-                        .sightings
-                        .iter()
-                        .filter(|(_, s)| now.mono < s.at + self.timing.stock_ttl)
-                        .map(|(w, _)| w.clone())
-                        .collect(),
-                    cooldown_remaining: p.cooldown_until.map_or(Duration::ZERO, |(u, _)| {
-                        u.saturating_duration_since(now.mono)
-                    }),
-                    last_outcome: p.last_outcome,
-                    last_detail: p.last_detail.clone(),
-                }
-            })
-            .collect();
-        let mut watchers: Vec<WatcherStatus> = self
-            .watchers
-            .iter()
-            .map(|(id, w)| WatcherStatus {
-                watcher_id: id.clone(),
-                connected: w.conn.is_some(),
-                last_report_unix_ms: w.last_report_unix_ms,
-                connected_since_unix_ms: w.connected_since_unix_ms,
-                reports: w.reports,
-                polling: w.polling.clone(),
-            })
-            .collect();
-        watchers.sort_by(|a, b| a.watcher_id.cmp(&b.watcher_id));
-        Status {
-            lease: self.lease.as_ref().map(|l| l.view(now.mono)),
-            products,
-            watchers,
-            test_mode: self.timing.test_mode,
-            paused: self.paused,
-            counters: self.counters,
-            next_token: FencingToken(self.next_token),
-            last_event_sequence: self.last_sequence(),
-            lease_ttl: self.timing.lease_ttl,
-            stock_ttl: self.timing.stock_ttl,
-            failure_cooldown: self.timing.failure_cooldown,
-            config_path: String::new(),
-        }
+    // ----- what the saved state is made of (see `store::saved`) -----
+
+    /// The fencing token the next grant gets.
+    pub fn next_token(&self) -> u64 {
+        self.next_token
     }
 
-    // ----- persistence -----
-
-    /// The durable part of the state.
-    pub fn snapshot(&self, now: Now) -> Snapshot {
-        Snapshot {
-            version: SNAPSHOT_VERSION,
-            journal: 0,
-            saved_at_unix_ms: now.unix_ms,
-            next_fencing_token: self.next_token,
-            sequence_reserved: self.sequence_reserved,
-            paused: self.paused,
-            products: self
-                .products
-                .iter()
-                .map(|(tcin, p)| (tcin.clone(), saved_product(p)))
-                .collect(),
-            lease: self.saved_lease(now),
-            ended_leases: self.ended.iter().cloned().collect(),
-            idempotency: self
-                .idempotency_order
-                .iter()
-                .filter_map(|k| self.saved_answer(k))
-                .collect(),
-            counters: self.counters,
-            events: self
-                .history
-                .iter()
-                .rev()
-                .take(SAVED_EVENTS)
-                .rev()
-                .cloned()
-                .collect(),
-        }
+    /// The last event sequence number reserved on disk.
+    pub fn sequence_reserved(&self) -> u64 {
+        self.sequence_reserved
     }
 
-    /// The mark of a full [`Self::snapshot`] taken now.
-    pub fn full_mark(&self) -> PersistMark {
-        PersistMark {
-            events_upto: self.last_sequence(),
-            ended_total: self.ended_total,
-            idempotency_total: self.idempotency_total,
-            products: ProductsMark::All(
-                self.products
-                    .iter()
-                    .map(|(tcin, p)| (tcin.clone(), saved_product(p)))
-                    .collect(),
-            ),
-        }
+    /// Grants, purchases, failures and the rest, counted since the state
+    /// was first created.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
-    /// What changed since the last successful write: the small fields in
-    /// full, the products whose saved form differs, and the events, ended
-    /// leases and idempotency answers added since. Applied to the state on
-    /// disk ([`Snapshot::apply`]) it gives exactly [`Self::snapshot`].
-    pub fn delta(&self, now: Now) -> (Delta, PersistMark) {
-        let p = &self.persisted;
-        let mut upserted = Vec::new();
-        for (tcin, product) in &self.products {
-            if p.products.get(tcin).is_none_or(|s| !same_saved(product, s)) {
-                upserted.push((tcin.clone(), saved_product(product)));
-            }
-        }
-        let removed: Vec<Tcin> = p
-            .products
-            .keys()
-            .filter(|t| !self.products.contains_key(*t))
-            .cloned()
-            .collect();
-        let first_new = self
-            .history
-            .partition_point(|e| e.sequence <= p.events_upto);
-        let new_events = self.history.len() - first_new;
-        let events: Vec<Event> = self
-            .history
-            .iter()
-            .skip(first_new + new_events.saturating_sub(SAVED_EVENTS))
-            .cloned()
-            .collect();
-        let new_ended = (self.ended_total - p.ended_total).min(self.ended.len() as u64) as usize;
-        let ended_leases: Vec<EndedLease> = self
-            .ended
-            .iter()
-            .skip(self.ended.len() - new_ended)
-            .cloned()
-            .collect();
-        let new_answers = (self.idempotency_total - p.idempotency_total)
-            .min(self.idempotency_order.len() as u64) as usize;
-        let idempotency: Vec<SavedAnswer> = self
-            .idempotency_order
-            .iter()
-            .skip(self.idempotency_order.len() - new_answers)
-            .filter_map(|k| self.saved_answer(k))
-            .collect();
-        let delta = Delta {
-            journal: 0,
-            saved_at_unix_ms: now.unix_ms,
-            next_fencing_token: self.next_token,
-            sequence_reserved: self.sequence_reserved,
-            paused: self.paused,
-            lease: self.saved_lease(now),
-            counters: self.counters,
-            products: upserted.iter().cloned().collect(),
-            removed_products: removed.clone(),
-            ended_leases,
-            idempotency,
-            events,
-        };
-        let mark = PersistMark {
-            events_upto: self.last_sequence(),
-            ended_total: self.ended_total,
-            idempotency_total: self.idempotency_total,
-            products: ProductsMark::Changed { upserted, removed },
-        };
-        (delta, mark)
+    /// Every tracked product, in no particular order.
+    pub fn products(&self) -> impl Iterator<Item = (&Tcin, &Product)> {
+        self.products.iter()
     }
 
-    /// A write with this mark reached the disk.
-    pub fn persisted(&mut self, mark: PersistMark) {
-        let p = &mut self.persisted;
-        p.events_upto = mark.events_upto;
-        p.ended_total = mark.ended_total;
-        p.idempotency_total = mark.idempotency_total;
-        match mark.products {
-            ProductsMark::All(all) => p.products = all,
-            ProductsMark::Changed { upserted, removed } => {
-                for t in removed {
-                    p.products.remove(&t);
-                }
-                p.products.extend(upserted);
-            }
-        }
+    /// One tracked product.
+    pub fn product(&self, tcin: &Tcin) -> Option<&Product> {
+        self.products.get(tcin)
     }
 
-    fn saved_lease(&self, now: Now) -> Option<SavedLease> {
-        self.lease.as_ref().map(|l| SavedLease {
-            lease_id: l.lease_id.clone(),
-            tcin: l.tcin.clone(),
-            watcher_id: l.watcher_id.clone(),
-            fencing_token: l.token,
-            ttl_ms: ms(l.ttl),
-            granted_at_unix_ms: l.granted_at_unix_ms,
-            expires_at_unix_ms: l.expires_at_unix_ms,
-            remaining_ms: ms(l.remaining(now)),
-        })
+    /// The events kept in memory, oldest first, in sequence order.
+    pub fn history(&self) -> &BoundedLog<Event> {
+        &self.history
     }
 
-    fn saved_answer(&self, key: &(WatcherId, String)) -> Option<SavedAnswer> {
-        let a = self.idempotency.get(key)?;
-        Some(SavedAnswer {
-            watcher_id: key.0.clone(),
-            request_id: key.1.clone(),
-            granted_lease_id: match a {
-                AcquireAnswer::Granted(l) => Some(l.lease_id.clone()),
-                AcquireAnswer::Refused(_) => None,
-            },
-            refusal: match a {
-                AcquireAnswer::Granted(_) => None,
-                AcquireAnswer::Refused(r) => Some(r.clone()),
-            },
-        })
+    /// The leases that ended most recently, oldest first.
+    pub fn ended(&self) -> &BoundedLog<EndedLease> {
+        &self.ended
     }
 
-    /// Rebuilds the arbiter from a snapshot. The lease keeps the time it had
-    /// left by the wall clock (never more than its TTL).
-    pub fn restore(
-        snapshot: Snapshot,
+    /// The remembered `AcquirePurchase` answers, oldest first.
+    pub fn answers(&self) -> &BoundedMap<AnswerKey, AcquireAnswer> {
+        &self.answers
+    }
+
+    /// Continues from a state read back after a restart: numbering goes on
+    /// after the reserved block (numbers shown before a crash may not have
+    /// reached the disk), configured products missing from it are added,
+    /// the lease's product is the one attempting, and the slot is settled
+    /// (a lease whose deadline passed while the arbiter was down expires).
+    pub fn resume(
+        saved: Resume,
         catalog: PriorityList,
         timing: Timing,
         now: Now,
     ) -> Result<Self, SlotError> {
         let mut a = Self::new_empty(catalog, timing);
-        a.next_token = snapshot.next_fencing_token.max(1);
-        a.paused = snapshot.paused;
-        a.sequence_reserved = snapshot.sequence_reserved;
-        // Continue numbering after the reserved block: numbers shown before a
-        // crash may not have reached the disk.
-        a.next_sequence = snapshot.sequence_reserved + 1;
-        a.counters = snapshot.counters;
-        let mono_at = |unix: u64| {
-            if unix <= now.unix_ms {
-                now.mono
-            } else {
-                now.mono + Duration::from_millis(unix - now.unix_ms)
-            }
-        };
-        for (tcin, p) in snapshot.products {
-            a.products.insert(
-                tcin,
-                Product {
-                    state: match p.state {
-                        ProductState::Queued | ProductState::Attempting => ProductState::Ready,
-                        s => s,
-                    },
-                    purchases: p.purchases,
-                    cooldown_until: p.cooldown_until_unix_ms.map(|u| {
-                        let capped = u.min(now.unix_ms + ms(timing.failure_cooldown));
-                        (mono_at(capped), capped)
-                    }),
-                    last_outcome: p.last_outcome,
-                    last_detail: p.last_detail,
-                    sightings: BTreeMap::new(),
-                },
-            );
-        }
+        a.next_token = saved.next_token.max(1);
+        a.paused = saved.paused;
+        a.sequence_reserved = saved.sequence_reserved;
+        a.next_sequence = saved.sequence_reserved + 1;
+        a.counters = saved.counters;
+        a.products.extend(saved.products);
         a.add_configured_products();
         let mut started = "state restored".to_owned();
-        if let Some(l) = snapshot.lease {
-            if l.fencing_token.0 >= a.next_token {
+        if let Some(lease) = saved.lease {
+            if lease.token.0 >= a.next_token {
                 return Err(SlotError::Invalid(format!(
                     "the lease's fencing token {} is not below the next token {}",
-                    l.fencing_token, a.next_token
+                    lease.token, a.next_token
                 )));
             }
-            let ttl = Duration::from_millis(l.ttl_ms);
-            let left = l
-                .expires_at_unix_ms
-                .saturating_sub(now.unix_ms)
-                .min(l.ttl_ms);
-            let lease = Lease {
-                lease_id: l.lease_id,
-                tcin: l.tcin.clone(),
-                watcher_id: l.watcher_id,
-                token: l.fencing_token,
-                ttl,
-                granted_at_unix_ms: l.granted_at_unix_ms,
-                deadline: now.mono + Duration::from_millis(left),
-                expires_at_unix_ms: now.unix_ms + left,
-            };
             started = format!(
-                "state restored; lease {} (product {}, token {}) carries on with {left} ms left",
-                lease.lease_id, lease.tcin, lease.token
+                "state restored; lease {} (product {}, token {}) carries on with {} ms left",
+                lease.lease_id,
+                lease.tcin,
+                lease.token,
+                ms(lease.remaining(now))
             );
             a.product_mut(&lease.tcin)?.state = ProductState::Attempting;
             a.lease = Some(lease);
         }
-        a.ended = snapshot.ended_leases.into_iter().collect();
-        for s in snapshot.idempotency {
-            let answer = match (s.granted_lease_id, s.refusal) {
-                (_, Some(r)) => AcquireAnswer::Refused(r),
-                (Some(id), None) => {
-                    // Only the current lease can be shown again in full; a
-                    // retry of an older grant gets it from the ended list.
-                    match a.lease.as_ref().filter(|l| l.lease_id == id) {
-                        Some(l) => AcquireAnswer::Granted(l.clone()),
-                        None => match a.ended.iter().find(|e| e.lease_id == id) {
-                            Some(e) => AcquireAnswer::Granted(Lease {
-                                lease_id: e.lease_id.clone(),
-                                tcin: e.tcin.clone(),
-                                watcher_id: e.watcher_id.clone(),
-                                token: e.token,
-                                ttl: timing.lease_ttl,
-                                granted_at_unix_ms: 0,
-                                deadline: now.mono,
-                                expires_at_unix_ms: e.ended_at_unix_ms,
-                            }),
-                            None => continue,
-                        },
-                    }
-                }
-                (None, None) => continue,
-            };
-            let key = (s.watcher_id, s.request_id);
-            a.idempotency_order.push_back(key.clone());
-            a.idempotency.insert(key, answer);
-        }
-        a.ended_total = a.ended.len() as u64;
-        a.idempotency_total = a.idempotency_order.len() as u64;
-        a.history = snapshot.events.into_iter().collect();
+        a.ended = BoundedLog::restored(ENDED_LEASES, saved.ended);
+        a.answers = BoundedMap::restored(IDEMPOTENCY_ENTRIES, saved.answers);
+        a.history = BoundedLog::restored(EVENT_HISTORY, saved.history);
         a.emit(now, Event::new(EventKind::ArbiterStarted).detail(started));
         a.effects.must_persist = true;
         a.settle(now);
@@ -1486,157 +1156,27 @@ impl Arbiter {
             paused: false,
             next_sequence: 1,
             sequence_reserved: 0,
-            history: VecDeque::new(),
-            ended: VecDeque::new(),
-            idempotency: HashMap::new(),
-            idempotency_order: VecDeque::new(),
-            ended_total: 0,
-            idempotency_total: 0,
-            persisted: Persisted::default(),
+            history: BoundedLog::new(EVENT_HISTORY),
+            ended: BoundedLog::new(ENDED_LEASES),
+            answers: BoundedMap::new(IDEMPOTENCY_ENTRIES),
             counters: Counters::default(),
             effects: Effects::default(),
         }
     }
 }
 
-/// How a product is saved. Stock reports are not persisted (watchers report
-/// again after a restart), so QUEUED is saved as READY.
-fn saved_product(p: &Product) -> SavedProduct {
-    SavedProduct {
-        state: saved_state(p.state),
-        purchases: p.purchases,
-        cooldown_until_unix_ms: p.cooldown_until.map(|(_, u)| u),
-        last_outcome: p.last_outcome,
-        last_detail: p.last_detail.clone(),
-    }
-}
-
-fn saved_state(s: ProductState) -> ProductState {
-    match s {
-        ProductState::Queued => ProductState::Ready,
-        s => s,
-    }
-}
-
-/// `saved_product(p) == *s`, without allocating.
-fn same_saved(p: &Product, s: &SavedProduct) -> bool {
-    saved_state(p.state) == s.state
-        && p.purchases == s.purchases
-        && p.cooldown_until.map(|(_, u)| u) == s.cooldown_until_unix_ms
-        && p.last_outcome == s.last_outcome
-        && p.last_detail == s.last_detail
-}
-
-/// Format version of [`Snapshot`]. Version 2 added the journal (a snapshot
-/// names the journal whose records follow it); version 1 files are read.
-pub const SNAPSHOT_VERSION: u32 = 2;
-/// Events kept in the state file.
-pub const SAVED_EVENTS: usize = 500;
-
-/// The durable state, as written to the state file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub version: u32,
-    /// The journal whose records apply on top of this snapshot (0: none).
-    #[serde(default)]
-    pub journal: u64,
-    pub saved_at_unix_ms: u64,
-    pub next_fencing_token: u64,
-    pub sequence_reserved: u64,
+/// The durable state as read back after a restart, in the slot's terms:
+/// what [`Arbiter::resume`] continues from.
+#[derive(Debug)]
+pub struct Resume {
+    pub next_token: u64,
     pub paused: bool,
-    pub products: BTreeMap<Tcin, SavedProduct>,
-    pub lease: Option<SavedLease>,
-    #[serde(default)]
-    pub ended_leases: Vec<EndedLease>,
-    #[serde(default)]
-    pub idempotency: Vec<SavedAnswer>,
-    #[serde(default)]
-    pub counters: Counters,
-    #[serde(default)]
-    pub events: Vec<Event>,
-}
-
-impl Snapshot {
-    /// Applies one journal record, keeping the same bounds as the arbiter
-    /// (ended leases, idempotency answers, saved events).
-    pub fn apply(&mut self, d: Delta) {
-        self.saved_at_unix_ms = d.saved_at_unix_ms;
-        self.next_fencing_token = d.next_fencing_token;
-        self.sequence_reserved = d.sequence_reserved;
-        self.paused = d.paused;
-        self.lease = d.lease;
-        self.counters = d.counters;
-        for t in &d.removed_products {
-            self.products.remove(t);
-        }
-        self.products.extend(d.products);
-        fn push_bounded<T>(v: &mut Vec<T>, new: Vec<T>, bound: usize) {
-            v.extend(new);
-            if v.len() > bound {
-                v.drain(..v.len() - bound);
-            }
-        }
-        push_bounded(&mut self.ended_leases, d.ended_leases, ENDED_LEASES);
-        push_bounded(&mut self.idempotency, d.idempotency, IDEMPOTENCY_ENTRIES);
-        push_bounded(&mut self.events, d.events, SAVED_EVENTS);
-    }
-}
-
-/// One journal record: what changed since the previous write. See
-/// [`Arbiter::delta`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Delta {
-    /// The journal (and so the snapshot) this record belongs to; set by the
-    /// store when it writes the record.
-    pub journal: u64,
-    pub saved_at_unix_ms: u64,
-    pub next_fencing_token: u64,
     pub sequence_reserved: u64,
-    pub paused: bool,
-    pub lease: Option<SavedLease>,
     pub counters: Counters,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub products: BTreeMap<Tcin, SavedProduct>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed_products: Vec<Tcin>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ended_leases: Vec<EndedLease>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub idempotency: Vec<SavedAnswer>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<Event>,
+    pub products: Vec<(Tcin, Product)>,
+    pub lease: Option<ActiveLease>,
+    /// Oldest first, as are the two below.
+    pub ended: Vec<EndedLease>,
+    pub answers: Vec<(AnswerKey, AcquireAnswer)>,
+    pub history: Vec<Event>,
 }
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedProduct {
-    pub state: ProductState,
-    pub purchases: u32,
-    pub cooldown_until_unix_ms: Option<u64>,
-    pub last_outcome: Option<Outcome>,
-    #[serde(default)]
-    pub last_detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedLease {
-    pub lease_id: LeaseId,
-    pub tcin: Tcin,
-    pub watcher_id: WatcherId,
-    pub fencing_token: FencingToken,
-    pub ttl_ms: u64,
-    pub granted_at_unix_ms: u64,
-    pub expires_at_unix_ms: u64,
-    /// Informational: what was left when saved.
-    pub remaining_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedAnswer {
-    pub watcher_id: WatcherId,
-    pub request_id: String,
-    pub granted_lease_id: Option<LeaseId>,
-    pub refusal: Option<Refusal>,
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,71 @@
+//! What `GetStatus` shows, built from the slot's state: the lease as it
+//! stands, every product in priority order, every watcher, the counters.
+
+use std::time::Duration;
+
+use restock_domain::{FencingToken, ProductStatus, Status, WatcherStatus};
+
+use super::{Arbiter, Now};
+
+impl Arbiter {
+    /// Everything `GetStatus` shows (all but the config path, which the
+    /// arbiter's state does not know).
+    pub fn status(&self, now: Now) -> Status {
+        let products = self
+            .ranked()
+            .into_iter()
+            .enumerate()
+            .map(|(i, tcin)| {
+                let p = &self.products[tcin];
+                let spec = self.spec(tcin);
+                ProductStatus {
+                    tcin: tcin.clone(),
+                    name: spec.map_or_else(|| tcin.to_string(), |s| s.name.clone()),
+                    priority: (i + 1) as u32,
+                    state: p.state,
+                    purchases: p.purchases,
+                    quantity: spec.map_or(1, |s| s.quantity),
+                    configured: spec.is_some(),
+                    in_stock_at: p
+                        .sightings
+                        .iter()
+                        .filter(|(_, s)| now.mono < s.at + self.timing.stock_ttl)
+                        .map(|(w, _)| w.clone())
+                        .collect(),
+                    cooldown_remaining: p.cooldown_until.map_or(Duration::ZERO, |(u, _)| {
+                        u.saturating_duration_since(now.mono)
+                    }),
+                    last_outcome: p.last_outcome,
+                    last_detail: p.last_detail.clone(),
+                }
+            })
+            .collect();
+        let mut watchers: Vec<WatcherStatus> = self
+            .watchers
+            .iter()
+            .map(|(id, w)| WatcherStatus {
+                watcher_id: id.clone(),
+                connected: w.conn.is_some(),
+                last_report_unix_ms: w.last_report_unix_ms,
+                connected_since_unix_ms: w.connected_since_unix_ms,
+                reports: w.reports,
+                polling: w.polling.clone(),
+            })
+            .collect();
+        watchers.sort_by(|a, b| a.watcher_id.cmp(&b.watcher_id));
+        Status {
+            lease: self.lease.as_ref().map(|l| l.view(now.mono)),
+            products,
+            watchers,
+            test_mode: self.timing.test_mode,
+            paused: self.paused,
+            counters: self.counters,
+            next_token: FencingToken(self.next_token),
+            last_event_sequence: self.last_sequence(),
+            lease_ttl: self.timing.lease_ttl,
+            stock_ttl: self.timing.stock_ttl,
+            failure_cooldown: self.timing.failure_cooldown,
+            config_path: String::new(),
+        }
+    }
+}

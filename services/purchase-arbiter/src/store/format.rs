@@ -1,0 +1,162 @@
+//! The saved-state format: what the state file ([`Snapshot`]) and each
+//! journal record ([`Delta`]) hold, as JSON. Field names and tags are a
+//! contract with every state file already written: add fields with
+//! `#[serde(default)]`, never rename one. These types are the format only;
+//! `saved.rs` makes them from the slot and the slot from them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use restock_domain::{
+    Counters, Event, FencingToken, LeaseId, Outcome, ProductState, Tcin, WatcherId,
+};
+
+use crate::limits::{ENDED_LEASES, IDEMPOTENCY_ENTRIES, SAVED_EVENTS};
+
+/// Format version of [`Snapshot`]. Version 2 added the journal (a snapshot
+/// names the journal whose records follow it); version 1 files are read.
+pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The durable state, as written to the state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    /// The journal whose records apply on top of this snapshot (0: none).
+    #[serde(default)]
+    pub journal: u64,
+    pub saved_at_unix_ms: u64,
+    pub next_fencing_token: u64,
+    pub sequence_reserved: u64,
+    pub paused: bool,
+    pub products: BTreeMap<Tcin, SavedProduct>,
+    pub lease: Option<SavedLease>,
+    #[serde(default)]
+    pub ended_leases: Vec<SavedEndedLease>,
+    #[serde(default)]
+    pub idempotency: Vec<SavedAnswer>,
+    #[serde(default)]
+    pub counters: Counters,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+impl Snapshot {
+    /// Applies one journal record, keeping the same bounds as the arbiter
+    /// (ended leases, idempotency answers, saved events).
+    pub fn apply(&mut self, d: Delta) {
+        self.saved_at_unix_ms = d.saved_at_unix_ms;
+        self.next_fencing_token = d.next_fencing_token;
+        self.sequence_reserved = d.sequence_reserved;
+        self.paused = d.paused;
+        self.lease = d.lease;
+        self.counters = d.counters;
+        for t in &d.removed_products {
+            self.products.remove(t);
+        }
+        self.products.extend(d.products);
+        fn push_bounded<T>(v: &mut Vec<T>, new: Vec<T>, bound: usize) {
+            v.extend(new);
+            if v.len() > bound {
+                v.drain(..v.len() - bound);
+            }
+        }
+        push_bounded(&mut self.ended_leases, d.ended_leases, ENDED_LEASES);
+        push_bounded(&mut self.idempotency, d.idempotency, IDEMPOTENCY_ENTRIES);
+        push_bounded(&mut self.events, d.events, SAVED_EVENTS);
+    }
+}
+
+/// One journal record: what changed since the previous write (see
+/// `SaveMarks::delta`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The journal (and so the snapshot) this record belongs to; set by the
+    /// store when it writes the record.
+    pub journal: u64,
+    pub saved_at_unix_ms: u64,
+    pub next_fencing_token: u64,
+    pub sequence_reserved: u64,
+    pub paused: bool,
+    pub lease: Option<SavedLease>,
+    pub counters: Counters,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub products: BTreeMap<Tcin, SavedProduct>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_products: Vec<Tcin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_leases: Vec<SavedEndedLease>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotency: Vec<SavedAnswer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+}
+
+/// A product as saved: its state (QUEUED saved as READY) and history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedProduct {
+    pub state: ProductState,
+    pub purchases: u32,
+    pub cooldown_until_unix_ms: Option<u64>,
+    pub last_outcome: Option<Outcome>,
+    #[serde(default)]
+    pub last_detail: String,
+}
+
+/// The current lease as saved: its wall-clock deadline carries it across a
+/// restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedLease {
+    pub lease_id: LeaseId,
+    pub tcin: Tcin,
+    pub watcher_id: WatcherId,
+    pub fencing_token: FencingToken,
+    pub ttl_ms: u64,
+    pub granted_at_unix_ms: u64,
+    pub expires_at_unix_ms: u64,
+    /// Informational: what was left when saved.
+    pub remaining_ms: u64,
+}
+
+/// An `AcquirePurchase` answer as saved: a grant by its lease id, or the
+/// refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedAnswer {
+    pub watcher_id: WatcherId,
+    pub request_id: String,
+    pub granted_lease_id: Option<LeaseId>,
+    pub refusal: Option<SavedRefusal>,
+}
+
+/// A lease that ended, as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEndedLease {
+    pub lease_id: LeaseId,
+    pub tcin: Tcin,
+    pub watcher_id: WatcherId,
+    pub token: FencingToken,
+    pub outcome: Outcome,
+    pub ended_at_unix_ms: u64,
+}
+
+/// Why an `AcquirePurchase` was refused, as saved (its `reason` tag is the
+/// protocol's reason string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum SavedRefusal {
+    AnotherPurchaseActive {
+        holder_tcin: Tcin,
+        holder_watcher_id: WatcherId,
+    },
+    HigherPriorityPending {
+        pending_tcin: Tcin,
+    },
+    AlreadyPurchased {
+        purchases: u32,
+    },
+    CoolingDown {
+        retry_after_ms: u64,
+    },
+    Paused,
+    Disabled,
+}
