@@ -1,9 +1,11 @@
 //! The end of every binary's `main`: an error is logged with its causes,
 //! printed to stderr as `binary: what failed`, and turned into an exit code.
 
-use std::{error::Error, process::ExitCode};
+use std::{error::Error, future::Future, net::SocketAddr, process::ExitCode};
 
-use crate::error::chain_text;
+use tokio::net::TcpListener;
+
+use crate::{announce, error::chain_text};
 
 /// Exit code when start-up failed before serving (a bad flag, a port in
 /// use, an unreadable file).
@@ -24,5 +26,25 @@ pub fn finish<E: Error + 'static>(binary: &str, result: Result<(), E>) -> ExitCo
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(binary, &e, EXIT_FAILED),
+    }
+}
+
+/// The body of a server's `main`: binds `listen` for `what` (`"grpc"`),
+/// then runs `serve` on the listener until it returns. A bind failure exits
+/// with [`EXIT_START`], an error from `serve` with [`EXIT_FAILED`].
+pub async fn serve<F, Fut, E>(
+    binary: &str,
+    what: &'static str,
+    listen: SocketAddr,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Error + 'static,
+{
+    match announce::bind(what, listen).await {
+        Ok(listener) => finish(binary, serve(listener).await),
+        Err(e) => fail(binary, &e, EXIT_START),
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use purchase_arbiter::config::ArbiterConfig;
-use restock_runtime::{announce, process, shutdown_signal};
+use restock_runtime::{process, shutdown_signal};
 
 const BINARY: &str = "purchase-arbiter";
 
@@ -31,12 +31,8 @@ fn main() -> ExitCode {
 
 async fn serve(config: ArbiterConfig) -> ExitCode {
     config.log.init("info");
-    let listener = match announce::bind("grpc", config.listen).await {
-        Ok(l) => l,
-        Err(e) => return process::fail(BINARY, &e, process::EXIT_START),
-    };
-    process::finish(
-        BINARY,
-        purchase_arbiter::run(listener, config, shutdown_signal()).await,
-    )
+    process::serve(BINARY, "grpc", config.listen, |listener| {
+        purchase_arbiter::run(listener, config, shutdown_signal())
+    })
+    .await
 }

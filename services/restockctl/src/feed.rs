@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::client::Channel;
 use restock_proto::v1::{self as pb, event::Kind, purchase_arbiter_client::PurchaseArbiterClient};
+use restock_runtime::Backoff;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::error::{code_name, describe_status};
@@ -37,36 +38,6 @@ pub enum FeedItem {
         from: u64,
         to: u64,
     },
-}
-
-/// Doubling waits between `initial` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// The wait before the next attempt; each call doubles the one after.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    /// After a success: start again from the initial wait.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
 }
 
 /// Starts following events from sequence `from` (0: only new events) and
@@ -133,7 +104,7 @@ async fn follow(mut client: PurchaseArbiterClient<Channel>, from: u64, tx: mpsc:
             }
         };
         lost = true;
-        let retry_in = backoff.next_wait();
+        let retry_in = backoff.next_delay();
         let item = FeedItem::Lost {
             error,
             retry_in,
@@ -157,19 +128,5 @@ pub struct AbortOnDrop<T>(pub JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_limit_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let waits: Vec<u64> = (0..5).map(|_| b.next_wait().as_millis() as u64).collect();
-        assert_eq!(waits, [100, 200, 400, 500, 500]);
-        b.reset();
-        assert_eq!(b.next_wait(), Duration::from_millis(100));
     }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use restock_runtime::{announce, process, shutdown_signal};
+use restock_runtime::{process, shutdown_signal};
 use stock_watcher::config::WatcherConfig;
 
 const BINARY: &str = "stock-watcher";
@@ -13,12 +13,8 @@ const BINARY: &str = "stock-watcher";
 async fn main() -> ExitCode {
     let config = WatcherConfig::parse();
     config.log.init("info");
-    let listener = match announce::bind("grpc", config.listen).await {
-        Ok(l) => l,
-        Err(e) => return process::fail(BINARY, &e, process::EXIT_START),
-    };
-    process::finish(
-        BINARY,
-        stock_watcher::run(listener, config, shutdown_signal()).await,
-    )
+    process::serve(BINARY, "grpc", config.listen, |listener| {
+        stock_watcher::run(listener, config, shutdown_signal())
+    })
+    .await
 }
