@@ -6,7 +6,6 @@ use std::{
     collections::HashMap,
     fs,
     future::Future,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,10 +15,45 @@ use anyhow::{Context, anyhow, bail};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(l.local_addr()?.port())
+/// `--listen 127.0.0.1:0 --ready-file <ready>`: a restock server picks
+/// its own port and announces it, so nothing guesses a free port (bind,
+/// release and hope is a race with everything else on the machine).
+pub fn listen_anywhere(ready: &Path) -> Vec<String> {
+    vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--ready-file".to_owned(),
+        ready.display().to_string(),
+    ]
+}
+
+/// Waits for `process` to write its ready file and returns the address it
+/// announced for `what` (`"grpc"`, `"http"`); fails with the process's last
+/// log lines if it dies or takes longer than `limit`.
+pub async fn announced(
+    process: &mut ChildProcess,
+    ready: &Path,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let start = Instant::now();
+    loop {
+        process.check_running()?;
+        if let Some(addr) =
+            restock_runtime::announce::read_ready_file(ready).and_then(|m| m.get(what).copied())
+        {
+            return Ok(addr);
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "{} did not announce its {what} address in {} within {limit:?}; last log lines:\n{}",
+                process.name,
+                ready.display(),
+                process.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// One running program, killed (SIGKILL) and reaped when dropped.

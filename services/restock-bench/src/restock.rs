@@ -116,10 +116,9 @@ impl ArbiterProcess {
         let dir = env.temp_dir("restock-bench-arbiter-")?;
         let config = dir.path().join("product_config.json");
         write_product_config(&config, &spec.products)?;
-        let port = procs::free_port()?;
-        let mut args = vec![
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
+        let ready = dir.path().join("arbiter.ready.json");
+        let mut args = procs::listen_anywhere(&ready);
+        args.extend([
             "--config".into(),
             config.display().to_string(),
             "--state-file".into(),
@@ -131,7 +130,7 @@ impl ArbiterProcess {
             "--failure-cooldown".into(),
             "1s".into(),
             format!("--test-mode={}", spec.test_mode),
-        ];
+        ]);
         if !spec.fsync {
             args.push("--no-fsync".into());
         }
@@ -144,7 +143,8 @@ impl ArbiterProcess {
             &env_vars,
             dir.path().join("arbiter.log"),
         )?;
-        let url = format!("http://127.0.0.1:{port}");
+        let addr = procs::announced(&mut process, &ready, "grpc", Duration::from_secs(20)).await?;
+        let url = format!("http://{addr}");
         procs::wait_grpc_healthy(&url, Duration::from_secs(20), &mut process).await?;
         debug!(url = %url, pid = process.pid(), fsync = spec.fsync, "arbiter started");
         Ok(Self { url, process, dir })

@@ -71,15 +71,14 @@ impl StoreSim {
         dir: &std::path::Path,
         config: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        let port = procs::free_port()?;
-        let args = vec![
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
+        let ready = dir.join("store-sim.ready.json");
+        let mut args = procs::listen_anywhere(&ready);
+        args.extend([
             "--config".into(),
             config.display().to_string(),
             "--checkout-delay".into(),
             "5ms".into(),
-        ];
+        ]);
         let env_vars = HashMap::from([("RUST_LOG".to_owned(), "warn".to_owned())]);
         let mut process = ChildProcess::start(
             "store-sim",
@@ -88,7 +87,10 @@ impl StoreSim {
             &env_vars,
             dir.join("store-sim.log"),
         )?;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!(
+            "http://{}",
+            procs::announced(&mut process, &ready, "http", WAIT).await?
+        );
         let http = reqwest::Client::new();
         let health = format!("{url}/healthz");
         let start = Instant::now();
@@ -185,14 +187,13 @@ async fn measure(
     let mut procs_ = Vec::with_capacity(watchers);
     let mut watcher_clients = Vec::with_capacity(watchers);
     for i in 0..watchers {
-        let port = procs::free_port()?;
-        let args = vec![
+        let ready = dir.path().join(format!("watcher-{i}.ready.json"));
+        let mut args = procs::listen_anywhere(&ready);
+        args.extend([
             "--arbiter".to_owned(),
             arbiter.url.clone(),
             "--watcher-id".into(),
             format!("e2e-w{i}"),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
             "--source".into(),
             "target".into(),
             "--source-url".into(),
@@ -205,7 +206,7 @@ async fn measure(
             humantime::format_duration(poll).to_string(),
             "--reconnect-max".into(),
             "500ms".into(),
-        ];
+        ]);
         let env_vars = HashMap::from([("RUST_LOG".to_owned(), "warn".to_owned())]);
         let mut p = ChildProcess::start(
             &format!("stock-watcher e2e-w{i}"),
@@ -214,7 +215,10 @@ async fn measure(
             &env_vars,
             dir.path().join(format!("watcher-{i}.log")),
         )?;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!(
+            "http://{}",
+            procs::announced(&mut p, &ready, "grpc", WAIT).await?
+        );
         procs::wait_grpc_healthy(&url, WAIT, &mut p).await?;
         procs_.push(p);
         watcher_clients.push(StockWatcherClient::new(restock::connect(&url).await?));
