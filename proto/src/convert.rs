@@ -78,18 +78,28 @@ impl From<ProductState> for pb::ProductState {
 /// A product state field: `None` for `PRODUCT_STATE_UNSPECIFIED`, an error
 /// for a number the protocol does not define.
 pub fn product_state(field: &str, v: i32) -> Result<Option<ProductState>, ConvertError> {
-    match pb::ProductState::try_from(v) {
-        Ok(pb::ProductState::Unspecified) => Ok(None),
-        Ok(pb::ProductState::Ready) => Ok(Some(ProductState::Ready)),
-        Ok(pb::ProductState::Queued) => Ok(Some(ProductState::Queued)),
-        Ok(pb::ProductState::Attempting) => Ok(Some(ProductState::Attempting)),
-        Ok(pb::ProductState::Purchased) => Ok(Some(ProductState::Purchased)),
-        Ok(pb::ProductState::Failed) => Ok(Some(ProductState::Failed)),
-        Err(_) => Err(ConvertError::new(
-            field,
-            format!("{v} is not a known product state"),
-        )),
+    optional_enum(field, "product state", v, ProductState::ALL, |s| {
+        pb::ProductState::from(s) as i32
+    })
+}
+
+/// The domain value whose protocol number is `v`, out of `all`; 0 (every
+/// enum's UNSPECIFIED) is `None`. One lookup instead of a hand-written
+/// match per enum, so a variant added on both sides needs no code here.
+fn optional_enum<T: Copy>(
+    field: &str,
+    what: &str,
+    v: i32,
+    all: impl IntoIterator<Item = T>,
+    number: impl Fn(T) -> i32,
+) -> Result<Option<T>, ConvertError> {
+    if v == 0 {
+        return Ok(None);
     }
+    all.into_iter()
+        .find(|x| number(*x) == v)
+        .map(Some)
+        .ok_or_else(|| ConvertError::new(field, format!("{v} is not a known {what}")))
 }
 
 impl From<Outcome> for pb::Outcome {
@@ -107,18 +117,9 @@ impl From<Outcome> for pb::Outcome {
 /// An outcome field: `None` for `OUTCOME_UNSPECIFIED`, an error for a
 /// number the protocol does not define.
 pub fn outcome(field: &str, v: i32) -> Result<Option<Outcome>, ConvertError> {
-    match pb::Outcome::try_from(v) {
-        Ok(pb::Outcome::Unspecified) => Ok(None),
-        Ok(pb::Outcome::Purchased) => Ok(Some(Outcome::Purchased)),
-        Ok(pb::Outcome::Failed) => Ok(Some(Outcome::Failed)),
-        Ok(pb::Outcome::OutOfStock) => Ok(Some(Outcome::OutOfStock)),
-        Ok(pb::Outcome::Aborted) => Ok(Some(Outcome::Aborted)),
-        Ok(pb::Outcome::Expired) => Ok(Some(Outcome::Expired)),
-        Err(_) => Err(ConvertError::new(
-            field,
-            format!("{v} is not a known outcome"),
-        )),
-    }
+    optional_enum(field, "outcome", v, Outcome::ALL, |o| {
+        pb::Outcome::from(o) as i32
+    })
 }
 
 impl From<EventKind> for pb::event::Kind {
@@ -146,10 +147,10 @@ impl From<EventKind> for pb::event::Kind {
 /// An event kind field; unspecified or unknown kinds are errors (every
 /// event has a kind).
 pub fn event_kind(v: i32) -> Result<EventKind, ConvertError> {
-    EventKind::ALL
-        .into_iter()
-        .find(|k| pb::event::Kind::from(*k) as i32 == v)
-        .ok_or_else(|| ConvertError::new("kind", format!("{v} is not a known event kind")))
+    optional_enum("kind", "event kind", v, EventKind::ALL, |k| {
+        pb::event::Kind::from(k) as i32
+    })?
+    .ok_or_else(|| ConvertError::new("kind", "the event kind is unspecified"))
 }
 
 // ----- events -----
