@@ -385,3 +385,51 @@ async fn a_broken_product_config_on_reload_keeps_the_list_and_the_lease() {
     assert_eq!(held, Some((lease.lease_id, lease.fencing_token)));
     assert_eq!(order, ["300", "200", "100"]);
 }
+
+/// SIGTERM turns the server's overall health (the empty service name, what
+/// most probes ask) NOT_SERVING together with the arbiter's own service,
+/// before the streams end.
+#[tokio::test]
+async fn sigterm_turns_overall_and_service_health_not_serving() {
+    use tonic_health::{
+        ServingStatus,
+        pb::{HealthCheckRequest, health_client::HealthClient},
+    };
+    let arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
+    let channel = tonic::transport::Channel::from_shared(arbiter.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for service in ["", "restock.v1.PurchaseArbiter"] {
+        let mut w = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = w.message().await.unwrap().expect("a first status");
+        assert_eq!(
+            first.status,
+            ServingStatus::Serving as i32,
+            "{service:?} before SIGTERM"
+        );
+        watches.push((service, w));
+    }
+    arbiter.process.signal("-TERM");
+    for (service, mut w) in watches {
+        let next = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .unwrap_or_else(|_| panic!("no health change for {service:?} within 5 s of SIGTERM"))
+            .unwrap_or_else(|e| panic!("health watch of {service:?} failed: {e}"))
+            .unwrap_or_else(|| panic!("health watch of {service:?} ended without a change"));
+        assert_eq!(
+            next.status,
+            ServingStatus::NotServing as i32,
+            "{service:?} after SIGTERM"
+        );
+    }
+}

@@ -28,6 +28,12 @@ async fn grpcurl_lists_describes_checks_health_and_calls_the_arbiter() {
     for service in ["restock.v1.PurchaseArbiter", "grpc.health.v1.Health"] {
         assert!(list.lines().any(|l| l == service), "list: {list}");
     }
+    // Only what the arbiter serves, though its descriptor set also describes
+    // the watcher's status service.
+    assert!(
+        !list.lines().any(|l| l == "restock.v1.StockWatcher"),
+        "the arbiter lists a service it does not serve: {list}"
+    );
 
     let described = call(&[addr, "describe", "restock.v1.PurchaseArbiter"]);
     for rpc in ["AcquirePurchase", "StreamStock", "WatchEvents", "GetStatus"] {

@@ -247,6 +247,12 @@ async fn health_and_reflection_are_served() {
             "{want} missing from {names:?}"
         );
     }
+    // Only what this server serves: the descriptor set also describes the
+    // arbiter's service, which a watcher does not serve.
+    assert!(
+        !names.iter().any(|n| n == "restock.v1.PurchaseArbiter"),
+        "the watcher lists a service it does not serve: {names:?}"
+    );
     let second = answers.next().await.unwrap().unwrap();
     assert!(
         matches!(
