@@ -35,6 +35,42 @@ use tonic::{
     transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig},
 };
 
+/// Why the token or TLS set-up could not be used. Every variant names the
+/// flag (or variable) and the file, and keeps the I/O error it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{flag} {}: cannot read it: {source}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {}: not a PEM file with a {label} block", path.display())]
+    NotPem {
+        flag: &'static str,
+        path: PathBuf,
+        label: &'static str,
+    },
+    /// Flags that only work together, given alone.
+    #[error("{0}")]
+    Flags(&'static str),
+    #[error("{origin}: {problem}")]
+    BadToken {
+        /// `--auth-token-file PATH` or the variable's name.
+        origin: String,
+        problem: TokenProblem,
+    },
+}
+
+/// What is wrong with a token's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    #[error("the token is empty")]
+    Empty,
+    #[error("the token must be printable ASCII without spaces")]
+    NotPrintable,
+}
+
 /// The environment variable that holds the token itself (the flag takes a
 /// file, so the token never shows in `ps`).
 pub const TOKEN_ENV: &str = "RESTOCK_AUTH_TOKEN";
@@ -53,13 +89,13 @@ impl AuthToken {
     /// Checks a token: surrounding white space is dropped (a file's final
     /// newline); what is left must be non-empty printable ASCII without
     /// spaces, so it fits in a header as it is.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TokenProblem> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("the token is empty".into());
+            return Err(TokenProblem::Empty);
         }
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token must be printable ASCII without spaces".into());
+            return Err(TokenProblem::NotPrintable);
         }
         Ok(Self(t.into()))
     }
@@ -96,19 +132,30 @@ pub struct TokenArgs {
 impl TokenArgs {
     /// The token from the file, else from `RESTOCK_AUTH_TOKEN`; `None` when
     /// neither is set (an empty value counts as unset). Errors name the file.
-    pub fn load(&self) -> Result<Option<AuthToken>, String> {
+    pub fn load(&self) -> Result<Option<AuthToken>, AuthError> {
         if let Some(path) = non_empty(&self.auth_token_file) {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("--auth-token-file {}: cannot read it: {e}", path.display())
+            let flag = "--auth-token-file";
+            let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+                flag,
+                path: path.to_owned(),
+                source,
             })?;
             return AuthToken::parse(&text)
                 .map(Some)
-                .map_err(|e| format!("--auth-token-file {}: {e}", path.display()));
+                .map_err(|problem| AuthError::BadToken {
+                    origin: format!("{flag} {}", path.display()),
+                    problem,
+                });
         }
         match std::env::var(TOKEN_ENV) {
-            Ok(v) if !v.trim().is_empty() => AuthToken::parse(&v)
-                .map(Some)
-                .map_err(|e| format!("{TOKEN_ENV}: {e}")),
+            Ok(v) if !v.trim().is_empty() => {
+                AuthToken::parse(&v)
+                    .map(Some)
+                    .map_err(|problem| AuthError::BadToken {
+                        origin: TOKEN_ENV.to_owned(),
+                        problem,
+                    })
+            }
             _ => Ok(None),
         }
     }
@@ -274,17 +321,19 @@ pub struct ServerTls {
 
 impl ServerTlsArgs {
     /// Reads the files; `None` means plaintext. Errors name the file.
-    pub fn load(&self) -> Result<Option<ServerTls>, String> {
+    pub fn load(&self) -> Result<Option<ServerTls>, AuthError> {
         let cert = non_empty(&self.tls_cert);
         let key = non_empty(&self.tls_key);
         let client_ca = non_empty(&self.tls_client_ca);
         let (cert, key) = match (cert, key) {
             (None, None) if client_ca.is_some() => {
-                return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+                return Err(AuthError::Flags(
+                    "--tls-client-ca needs --tls-cert and --tls-key",
+                ));
             }
             (None, None) => return Ok(None),
-            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
-            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            (Some(_), None) => return Err(AuthError::Flags("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(AuthError::Flags("--tls-key needs --tls-cert")),
             (Some(c), Some(k)) => (c, k),
         };
         let cert_pem = read_pem("--tls-cert", cert, "CERTIFICATE")?;
@@ -331,14 +380,18 @@ pub struct ClientTlsArgs {
 impl ClientTlsArgs {
     /// The URL to dial and its TLS set-up (`None`: plaintext). With any TLS
     /// flag an `http://` URL becomes `https://`. Errors name the file.
-    pub fn load(&self, url: &str) -> Result<(String, Option<ClientTlsConfig>), String> {
+    pub fn load(&self, url: &str) -> Result<(String, Option<ClientTlsConfig>), AuthError> {
         let ca = non_empty(&self.tls_ca);
         let cert = non_empty(&self.tls_client_cert);
         let key = non_empty(&self.tls_client_key);
         let identity = match (cert, key) {
             (None, None) => None,
-            (Some(_), None) => return Err("--tls-client-cert needs --tls-client-key".into()),
-            (None, Some(_)) => return Err("--tls-client-key needs --tls-client-cert".into()),
+            (Some(_), None) => {
+                return Err(AuthError::Flags("--tls-client-cert needs --tls-client-key"));
+            }
+            (None, Some(_)) => {
+                return Err(AuthError::Flags("--tls-client-key needs --tls-client-cert"));
+            }
             (Some(c), Some(k)) => Some(Identity::from_pem(
                 read_pem("--tls-client-cert", c, "CERTIFICATE")?,
                 read_pem("--tls-client-key", k, "PRIVATE KEY")?,
@@ -405,18 +458,22 @@ fn non_empty(p: &Option<PathBuf>) -> Option<&Path> {
 
 /// Reads a PEM file and checks it holds a `label` block, so a wrong or
 /// broken file is reported by name at start-up, not as a handshake failure.
-fn read_pem(flag: &str, path: &Path, label: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("{flag} {}: cannot read it: {e}", path.display()))?;
+fn read_pem(flag: &'static str, path: &Path, label: &'static str) -> Result<Vec<u8>, AuthError> {
+    let bytes = std::fs::read(path).map_err(|source| AuthError::Read {
+        flag,
+        path: path.to_owned(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     let has_block = text
         .lines()
         .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
     if !has_block {
-        return Err(format!(
-            "{flag} {}: not a PEM file with a {label} block",
-            path.display()
-        ));
+        return Err(AuthError::NotPem {
+            flag,
+            path: path.to_owned(),
+            label,
+        });
     }
     Ok(bytes)
 }
@@ -508,13 +565,13 @@ mod tests {
             tls_key: Some(dir.path().join("absent.pem")),
             tls_client_ca: None,
         };
-        let e = args.load().unwrap_err();
+        let e = args.load().unwrap_err().to_string();
         assert!(e.contains("--tls-cert") && e.contains("junk.pem"), "{e}");
         let half = ServerTlsArgs {
             tls_cert: Some(junk),
             ..Default::default()
         };
-        assert!(half.load().unwrap_err().contains("--tls-key"));
+        assert!(half.load().unwrap_err().to_string().contains("--tls-key"));
         assert!(ServerTlsArgs::default().load().unwrap().is_none());
     }
 

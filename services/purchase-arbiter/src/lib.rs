@@ -40,7 +40,10 @@ use std::future::Future;
 use restock_domain::{CatalogError, PriorityList};
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
 use restock_runtime::{
-    announce::ListenError, auth::AuthPolicy, error::Chain, grpc::support_routes,
+    announce::ListenError,
+    auth::{AuthError, AuthPolicy},
+    error::Chain,
+    grpc::support_routes,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,13 +62,10 @@ use crate::{
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The TLS files (`restock-runtime` names the file and the problem in
-    /// its message).
-    #[error("{0}")]
-    Tls(String),
-    /// The bearer token file or value (named likewise).
-    #[error("{0}")]
-    Token(String),
+    /// The TLS files or the bearer token (the error names the flag, the
+    /// file and the problem, and keeps the I/O error).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("TLS {describe} cannot be used")]
     TlsConfig {
         describe: String,
@@ -96,8 +96,8 @@ pub async fn run(
     config.validate()?;
     // TLS files and the token are read first: a bad one stops start-up
     // before anything else happens, with a message naming it.
-    let tls = config.tls.load().map_err(StartError::Tls)?;
-    let token = config.token.load().map_err(StartError::Token)?;
+    let tls = config.tls.load()?;
+    let token = config.token.load()?;
     let open = if config.public_status {
         vec![format!(
             "/{}/GetStatus",

@@ -57,8 +57,10 @@ impl Target {
 
     /// Adds TLS (an `http://` URL becomes `https://`) and the token.
     pub fn secured(self, tls: &ClientTlsArgs, token: &TokenArgs) -> Result<Self, CtlError> {
-        let (url, tls) = tls.load(&self.url).map_err(CtlError::Setup)?;
-        let token = token.load().map_err(CtlError::Setup)?;
+        let (url, tls) = tls
+            .load(&self.url)
+            .map_err(|e| CtlError::Setup(e.to_string()))?;
+        let token = token.load().map_err(|e| CtlError::Setup(e.to_string()))?;
         Ok(Self {
             url,
             tls,

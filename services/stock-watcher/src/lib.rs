@@ -57,7 +57,7 @@ mod status;
 use std::{future::Future, sync::Arc};
 
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
-use restock_runtime::auth::{AuthPolicy, SendToken};
+use restock_runtime::auth::{AuthError, AuthPolicy, SendToken};
 use restock_runtime::{announce::ListenError, error::Chain, grpc::support_routes};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -84,16 +84,11 @@ use crate::{
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// The TLS flags of this watcher's own server (the message, from
-    /// `restock-runtime`, names the flag and the file).
-    #[error("{0}")]
-    ServerTls(String),
-    /// The TLS flags towards the arbiter (named as above).
-    #[error("{0}")]
-    ArbiterTls(String),
-    /// The shared token's file or variable (named as above).
-    #[error("{0}")]
-    Token(String),
+    /// The TLS flags of this watcher's own server, of its link to the
+    /// arbiter, or the shared token (the error names the flag, the file and
+    /// the problem, and keeps the I/O error).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("TLS {describe} cannot be used: {source}")]
     TlsConfig {
         describe: String,
@@ -128,12 +123,9 @@ pub async fn run(
     let settings = config.settings()?;
     // TLS files and the token are read first, so a bad one stops start-up
     // with a message naming it.
-    let tls = config.tls.load().map_err(StartError::ServerTls)?;
-    let (arbiter_url, arbiter_tls) = config
-        .arbiter_tls
-        .load(&settings.arbiter)
-        .map_err(StartError::ArbiterTls)?;
-    let token = config.token.load().map_err(StartError::Token)?;
+    let tls = config.tls.load()?;
+    let (arbiter_url, arbiter_tls) = config.arbiter_tls.load(&settings.arbiter)?;
+    let token = config.token.load()?;
     let send_token = SendToken::new(token.as_ref());
     let open = if config.public_status {
         vec![format!(
