@@ -23,6 +23,7 @@ use restock_runtime::{
 };
 
 use crate::{
+    metrics::SourceCode,
     source::{SourceError, StockSource},
     state::{SharedState, unix_ms},
 };
@@ -150,10 +151,7 @@ impl<S: StockSource> Poller<S> {
             // Just out of a back-off: one probe first, so a source that
             // still refuses gets one request, not a burst.
             let probe = tcins.remove(0);
-            let answer = match tokio::time::timeout(limit, source.check(&probe)).await {
-                Ok(a) => a,
-                Err(_) => Err(SourceError::Timeout(limit)),
-            };
+            let answer = ask(source.as_ref(), state, &probe, limit).await;
             let refused = matches!(answer, Err(SourceError::Throttled { .. }));
             self.note_health(&probe, &answer);
             self.apply(&probe, answer);
@@ -167,10 +165,7 @@ impl<S: StockSource> Poller<S> {
                 if !state.backoff_remaining(Instant::now()).is_zero() {
                     return (i, None);
                 }
-                let answer = match tokio::time::timeout(limit, source.check(&tcin)).await {
-                    Ok(a) => a,
-                    Err(_) => Err(SourceError::Timeout(limit)),
-                };
+                let answer = ask(source.as_ref(), state, &tcin, limit).await;
                 (i, Some((tcin, answer)))
             })
             .buffer_unordered(self.settings.max_in_flight);
@@ -207,6 +202,7 @@ impl<S: StockSource> Poller<S> {
                     self.backoff.reset();
                 }
                 st.backoff_until = None;
+                self.state.metrics().set_backoff_active(false);
             }
             Err(SourceError::Throttled {
                 status,
@@ -222,6 +218,7 @@ impl<S: StockSource> Poller<S> {
                     pause = pause.max((*asked).min(self.settings.backoff_max));
                 }
                 st.backoff_until = Some(now + pause);
+                self.state.metrics().set_backoff_active(true);
                 warn!(
                     source = %self.describe,
                     tcin = %tcin,
@@ -262,6 +259,29 @@ impl<S: StockSource> Poller<S> {
 }
 
 type Answer = Result<crate::source::Sighting, SourceError>;
+
+/// One request to the source, within `limit`, timed. The source counts the
+/// answers it gets by HTTP status; a request this limit cuts short never
+/// gets one, so it is counted here.
+async fn ask<S: StockSource>(
+    source: &S,
+    state: &SharedState,
+    tcin: &Tcin,
+    limit: Duration,
+) -> Answer {
+    let started = Instant::now();
+    let answer = match tokio::time::timeout(limit, source.check(tcin)).await {
+        Ok(a) => a,
+        Err(_) => {
+            state.metrics().source_answer(SourceCode::Timeout);
+            Err(SourceError::Timeout(limit))
+        }
+    };
+    state
+        .metrics()
+        .source_request_took(started.elapsed().as_secs_f64());
+    answer
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,10 @@ use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
 use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
-use crate::config::UrlError;
+use crate::{
+    config::UrlError,
+    metrics::{SourceCode, WatcherMetrics},
+};
 use restock_domain::{Price, Tcin};
 
 /// The endpoint's path under the base URL.
@@ -50,6 +53,8 @@ pub struct TargetSource {
     settings: TargetSettings,
     endpoint: Url,
     client: reqwest::Client,
+    /// Where answers are counted by HTTP status (`None` in unit tests).
+    metrics: Option<WatcherMetrics>,
 }
 
 impl TargetSource {
@@ -71,7 +76,20 @@ impl TargetSource {
             settings,
             endpoint,
             client,
+            metrics: None,
         })
+    }
+
+    /// Counts every answer (by HTTP status) and failed request in `metrics`.
+    pub fn counting(mut self, metrics: WatcherMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, code: SourceCode) {
+        if let Some(m) = &self.metrics {
+            m.source_answer(code);
+        }
     }
 
     /// The request URL for one product.
@@ -110,14 +128,27 @@ impl StockSource for TargetSource {
                 SourceError::Transport(Arc::new(e))
             }
         };
-        let resp = self
+        let resp = match self
             .client
             .get(self.url_for(tcin))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(transport)?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let e = transport(e);
+                self.count(match e {
+                    SourceError::Timeout(_) => SourceCode::Timeout,
+                    _ => SourceCode::Transport,
+                });
+                return Err(e);
+            }
+        };
         let status = resp.status();
+        // Counted as soon as the status is known: a body that breaks off
+        // later was still this answer.
+        self.count(SourceCode::Status(status.as_u16()));
         if is_throttle(status) {
             let retry_after = resp
                 .headers()
