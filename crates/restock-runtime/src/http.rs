@@ -125,7 +125,10 @@ async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> im
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes; then it stops
+/// accepting and waits for the requests in progress. A route that answers
+/// with a never-ending body (server-sent events) must end it on the same
+/// signal, or this waits for it.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

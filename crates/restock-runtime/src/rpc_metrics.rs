@@ -300,6 +300,7 @@ where
                 method,
                 start: Instant::now(),
                 code: None,
+                recorded: false,
             }),
         }
     }
@@ -314,13 +315,14 @@ struct Pending {
     start: Instant,
     /// The `grpc-status` of a trailers-only answer's headers.
     code: Option<usize>,
+    /// Set once counted, so the drop does not count it again.
+    recorded: bool,
 }
 
 impl Pending {
     fn finish(mut self, code: usize) {
         self.record(code);
-        // Recorded: the drop below must not count it again.
-        self.code = Some(usize::MAX);
+        self.recorded = true;
     }
 
     fn record(&self, code: usize) {
@@ -338,10 +340,8 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        match self.code {
-            Some(usize::MAX) => {}
-            Some(code) => self.record(code),
-            None => self.record(CANCELED),
+        if !self.recorded {
+            self.record(self.code.unwrap_or(CANCELED));
         }
     }
 }

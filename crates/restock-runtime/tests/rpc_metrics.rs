@@ -1,7 +1,8 @@
 //! The per-RPC metrics layer on a real tonic server over TCP, scraped over
 //! real HTTP: started and handled counts by type, service, method and code,
 //! a stream's code taken from its trailers, a trailers-only refusal's from
-//! its headers, and a path nobody serves counted as `unknown`.
+//! its headers, a stream the client abandons as `Canceled`, and a path
+//! nobody serves counted as `unknown`.
 
 use std::{
     convert::Infallible,
@@ -260,4 +261,42 @@ async fn a_service_nobody_serves_is_counted_as_unknown() {
     .await;
     let text = scrape(&s.http).await;
     assert!(!text.contains("StockWatcher"), "{text}");
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_counts_as_canceled() {
+    let s = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(s.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: ARBITER.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The first status arrives; the stream would go on for ever.
+    watch.message().await.unwrap().expect("a first status");
+    drop(watch);
+    let labels =
+        r#"grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch""#;
+    expect(
+        &s.http,
+        &format!("grpc_server_handled_total{{{labels},grpc_code=\"Canceled\"}}"),
+        1.0,
+    )
+    .await;
+    let text = scrape(&s.http).await;
+    assert_eq!(
+        value(
+            &text,
+            &format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
 }

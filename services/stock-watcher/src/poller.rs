@@ -420,9 +420,21 @@ mod tests {
         let mut s = settings();
         s.max_in_flight = 1;
         let (state, stop) = start(src.clone(), &[("1", 0), ("2", 0)], s);
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
+        let backoff_active = || {
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("restock_source_backoff_active ")?
+                        .parse::<i64>()
+                        .ok()
+                })
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
         // One request, refused; the second product was skipped.
         assert_eq!(src.calls().len(), 1);
+        assert_eq!(backoff_active(), Some(1));
         let left = state.backoff_remaining(Instant::now());
         assert!(
             left >= Duration::from_millis(1_800) && left <= Duration::from_secs(4),
@@ -442,6 +454,7 @@ mod tests {
         assert!(src.calls().len() >= 3);
         assert_eq!(state.backoff_remaining(Instant::now()), Duration::ZERO);
         assert!(state.lock().book.poll_statuses().iter().all(|p| p.in_stock));
+        assert_eq!(backoff_active(), Some(0));
         stop.cancel();
     }
 
@@ -485,12 +498,22 @@ mod tests {
     async fn a_slow_source_times_out_without_changing_the_state() {
         let src = FakeSource::new(vec![IN], Duration::from_secs(5));
         let (state, stop) = start(src.clone(), &[("1", 0)], settings());
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
         tokio::time::sleep(Duration::from_millis(700)).await;
         stop.cancel();
         let st = state.lock().book.poll_statuses();
         assert!(st[0].last_error.contains("timed out"), "{st:?}");
         assert!(!st[0].in_stock);
         assert_eq!(st[0].errors, 1);
+        // The poller's own limit cut it short: counted as a timeout, timed.
+        let text =
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+        assert!(
+            text.contains("restock_source_requests_total{code=\"timeout\"} 1\n")
+                && text.contains("restock_source_request_seconds_count 1\n"),
+            "{text}"
+        );
     }
 
     /// A source where product "1" answers slowly and the others fast.

@@ -487,6 +487,38 @@ mod tests {
         assert!(text.len() > e.to_string().len(), "{text}");
     }
 
+    #[tokio::test]
+    async fn answers_are_counted_by_status_and_no_answer_as_transport() {
+        let off = "UNAVAILABLE";
+        let base = serve(vec![
+            ("1", 200, None, sample("IN_STOCK", off, off, off)),
+            ("3", 429, None, "slow down".into()),
+            ("4", 404, None, "{}".into()),
+            ("6", 200, None, "not json".into()),
+        ])
+        .await;
+        let metrics = WatcherMetrics::default();
+        let mut registry = restock_runtime::metrics::Registry::default();
+        metrics.register(&mut registry);
+        let src = source(base).counting(metrics.clone());
+        for t in ["1", "3", "3", "4", "6"] {
+            let _ = src.check(&Tcin::parse(t).unwrap()).await;
+        }
+        let closed = source(Url::parse("http://127.0.0.1:9").unwrap()).counting(metrics);
+        let _ = closed.check(&Tcin::parse("1").unwrap()).await;
+        let text =
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+        for line in [
+            // A 200 whose body is not JSON was still a 200 from the source.
+            "restock_source_requests_total{code=\"200\"} 2\n",
+            "restock_source_requests_total{code=\"429\"} 2\n",
+            "restock_source_requests_total{code=\"404\"} 1\n",
+            "restock_source_requests_total{code=\"transport\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+
     #[test]
     fn request_url() {
         let src = TargetSource::new(TargetSettings {
