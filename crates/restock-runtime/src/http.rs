@@ -1,6 +1,8 @@
 //! The HTTP listener every service may open beside its gRPC one:
 //! `GET /metrics` (Prometheus) and `GET /healthz` (a plain liveness answer),
-//! with `--http-listen` deciding where, or whether.
+//! with `--http-listen` deciding where, or whether. With the shared token
+//! configured, `/metrics` needs it as the gRPC services do (the same
+//! [`AuthPolicy`]), unless the service opens it; `/healthz` never does.
 //!
 //! Each service declares its own `--http-listen` field of type
 //! [`HttpListen`], because the default differs: the arbiter listens on
@@ -19,14 +21,15 @@ use std::{fmt, future::Future, net::SocketAddr, str::FromStr, sync::Arc};
 use axum::{
     Router,
     extract::State,
-    http::{HeaderMap, HeaderValue, header},
-    response::IntoResponse,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::net::TcpListener;
 
 use crate::{
     announce::{ListenError, bind},
+    auth::AuthPolicy,
     metrics::{Format, Registry, render},
 };
 
@@ -100,22 +103,37 @@ pub async fn bind_http(listen: HttpListen) -> Result<Option<TcpListener>, Listen
 }
 
 /// `GET /metrics` from `registry` and `GET /healthz`: the whole HTTP
-/// listener of a service that serves nothing else over HTTP.
-pub fn metrics_routes(registry: Arc<Registry>) -> Router {
-    metrics_router(registry).route(LIVENESS_PATH, get(|| async { "ok\n" }))
+/// listener of a service that serves nothing else over HTTP. With a token
+/// in `auth`, `/metrics` needs `Authorization: Bearer TOKEN` (Prometheus
+/// sends it with `authorization` in its scrape config) unless `auth` opens
+/// [`METRICS_PATH`]; `/healthz` never needs it.
+pub fn metrics_routes(registry: Arc<Registry>, auth: AuthPolicy) -> Router {
+    metrics_router(registry, auth).route(LIVENESS_PATH, get(|| async { "ok\n" }))
 }
 
 /// `GET /metrics` alone, for a service with HTTP routes (and a liveness
 /// route) of its own to merge into its router.
-pub fn metrics_router(registry: Arc<Registry>) -> Router {
+pub fn metrics_router(registry: Arc<Registry>, auth: AuthPolicy) -> Router {
     Router::new()
         .route(METRICS_PATH, get(scrape))
-        .with_state(registry)
+        .with_state(Arc::new((registry, auth)))
 }
 
-async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> impl IntoResponse {
+async fn scrape(
+    State(state): State<Arc<(Arc<Registry>, AuthPolicy)>>,
+    headers: HeaderMap,
+) -> Response {
+    let (registry, auth) = &*state;
+    if let Err(refused) = auth.check(METRICS_PATH, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            format!("{}\n", refused.message()),
+        )
+            .into_response();
+    }
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let body = render(&registry, format);
+    let body = render(registry, format);
     (
         [(
             header::CONTENT_TYPE,
@@ -123,6 +141,7 @@ async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> im
         )],
         body,
     )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then it stops
@@ -161,6 +180,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_a_token_metrics_needs_it_and_liveness_does_not() {
+        let token = crate::auth::AuthToken::parse("s3cret").unwrap();
+        let routes = |open: Vec<String>| {
+            metrics_routes(
+                Arc::new(Registry::default()),
+                AuthPolicy::new(Some(token.clone()), open),
+            )
+        };
+        let client = reqwest::Client::new();
+        for (open, without, wrong, right) in [
+            (Vec::new(), 401, 401, 200),
+            (vec![METRICS_PATH.to_owned()], 200, 200, 200),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, routes(open), std::future::pending()));
+            let get = |auth: Option<&'static str>| {
+                let mut r = client.get(format!("http://{addr}/metrics"));
+                if let Some(a) = auth {
+                    r = r.header("authorization", a);
+                }
+                async move { r.send().await.unwrap().status().as_u16() }
+            };
+            assert_eq!(get(None).await, without);
+            assert_eq!(get(Some("Bearer nope")).await, wrong);
+            assert_eq!(get(Some("Bearer s3cret")).await, right);
+            let live = client
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(live.status(), 200);
+        }
+    }
+
+    #[tokio::test]
     async fn serves_metrics_and_liveness_until_shutdown() {
         let mut registry = Registry::default();
         let c = Counter::<u64>::default();
@@ -174,7 +229,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             listener,
-            metrics_routes(Arc::new(registry)),
+            metrics_routes(Arc::new(registry), AuthPolicy::new(None, Vec::new())),
             async move {
                 let _ = stopped.await;
             },

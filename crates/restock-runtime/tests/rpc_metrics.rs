@@ -19,6 +19,7 @@ use restock_proto::v1::{
     stock_watcher_client::StockWatcherClient,
 };
 use restock_runtime::{
+    auth::AuthPolicy,
     grpc::support_routes,
     http::{metrics_routes, serve},
     metrics::Registry,
@@ -117,7 +118,7 @@ async fn start() -> Server {
     );
     tokio::spawn(serve(
         http,
-        metrics_routes(Arc::new(registry)),
+        metrics_routes(Arc::new(registry), AuthPolicy::new(None, Vec::new())),
         std::future::pending(),
     ));
     server

@@ -178,8 +178,9 @@ pub struct WatcherConfig {
     #[command(flatten)]
     pub token: TokenArgs,
 
-    /// With a token: GetWatcherStatus stays open to callers without it (it
-    /// only reads). Health and reflection are always open.
+    /// With a token: GetWatcherStatus and `GET /metrics` stay open to
+    /// callers without it (they only read). Health, reflection and
+    /// `/healthz` are always open.
     #[arg(
         long,
         env = "RESTOCK_PUBLIC_STATUS",

@@ -156,6 +156,16 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    // /metrics follows the status call: behind the token, unless
+    // --public-status opens both.
+    let http_auth = AuthPolicy::new(
+        token.clone(),
+        if config.public_status {
+            vec![restock_runtime::http::METRICS_PATH.to_owned()]
+        } else {
+            Vec::new()
+        },
+    );
     let auth = AuthPolicy::new(token, open);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -261,7 +271,7 @@ pub async fn run(
         let stop = server_stop.clone();
         tokio::spawn(restock_runtime::http::serve(
             l,
-            metrics_routes(Arc::new(registry)),
+            metrics_routes(Arc::new(registry), http_auth),
             async move { stop.cancelled().await },
         ))
     });

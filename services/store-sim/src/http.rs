@@ -34,7 +34,7 @@ use crate::{
     stock::StockError,
 };
 use restock_domain::{Price, Tcin};
-use restock_runtime::{http::metrics_router, metrics::Registry};
+use restock_runtime::{auth::AuthPolicy, http::metrics_router, metrics::Registry};
 
 /// The fulfillment endpoint's path.
 pub const FULFILLMENT_PATH: &str = "/redsky_aggregations/v1/web/product_fulfillment_v1";
@@ -61,7 +61,11 @@ pub fn router(sim: Simulator) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(sim)
-        .merge(metrics_router(Arc::new(registry)))
+        // The simulator has no token: its admin routes are open too.
+        .merge(metrics_router(
+            Arc::new(registry),
+            AuthPolicy::new(None, Vec::new()),
+        ))
 }
 
 /// A refusal, as a status and a JSON `{"error": ...}` body.

@@ -162,3 +162,47 @@ async fn without_http_listen_a_watcher_serves_no_http() {
     assert_eq!(w.process.announced("http"), None);
     assert!(w.process.announced("grpc").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_metrics_needs_it_unless_the_status_is_public() {
+    let arbiter = spawn_arbiter().await;
+    let store = StoreSimProcess::start(products_json(&["100"]), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let token_file = token_file.display().to_string();
+    let client = reqwest::Client::new();
+    for (public, without) in [(false, 401), (true, 200)] {
+        let mut args = vec![
+            "--http-listen",
+            "127.0.0.1:0",
+            "--auth-token-file",
+            &token_file,
+        ];
+        if public {
+            args.push("--public-status");
+        }
+        let w = WatcherProcess::start_with(
+            WatcherOptions::new("w1", restock_testkit::ArbiterEndpoint::url(&arbiter))
+                .store(&store)
+                .args(&args),
+        )
+        .await;
+        let url = w.metrics_url();
+        let status = |auth: Option<&'static str>| {
+            let mut r = client.get(&url);
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            async move { r.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status(None).await, without, "public status: {public}");
+        assert_eq!(status(Some("Bearer s3cret-token")).await, 200);
+        let live = client
+            .get(url.replace("/metrics", "/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(live.status(), 200, "liveness never needs the token");
+    }
+}
