@@ -198,6 +198,31 @@ async fn with_a_token_metrics_needs_it_unless_the_status_is_public() {
         };
         assert_eq!(status(None).await, without, "public status: {public}");
         assert_eq!(status(Some("Bearer s3cret-token")).await, 200);
+        if !public {
+            // A status call without the token is refused before the
+            // service sees it, and the per-RPC layer counts the refusal.
+            let refused = w
+                .client()
+                .await
+                .get_watcher_status(restock_proto::v1::GetWatcherStatusRequest {})
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+            let series = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="restock.v1.StockWatcher",grpc_method="GetWatcherStatus",grpc_code="Unauthenticated"}"#;
+            eventually("the refusal counted", LIMIT, || async {
+                let text = client
+                    .get(&url)
+                    .header("authorization", "Bearer s3cret-token")
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                (metric(&text, series) == Some(1.0)).then_some(())
+            })
+            .await;
+        }
         let live = client
             .get(url.replace("/metrics", "/healthz"))
             .send()
