@@ -448,3 +448,46 @@ impl<B: Body> Body for MeteredBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_served_service_no_descriptor_describes_is_named() {
+        let e = GrpcMetrics::register(&mut Registry::default(), &["restock.v1.Nope"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("restock.v1.Nope"), "{e}");
+    }
+
+    #[test]
+    fn types_come_from_the_descriptors_and_only_served_services_show() {
+        let mut r = Registry::default();
+        GrpcMetrics::register(&mut r, &[], &[]).unwrap();
+        let text = crate::metrics::render(&r, crate::metrics::Format::Text);
+        for series in [
+            r#"grpc_server_started_total{grpc_type="unary",grpc_service="grpc.health.v1.Health",grpc_method="Check"} 0"#,
+            r#"grpc_server_started_total{grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch"} 0"#,
+            r#"grpc_server_started_total{grpc_type="bidi_stream",grpc_service="grpc.reflection.v1.ServerReflection",grpc_method="ServerReflectionInfo"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        // Served services only: nothing of the restock services here.
+        assert!(!text.contains("restock.v1"), "{text}");
+    }
+
+    #[test]
+    fn streaming_flags_name_the_type() {
+        assert_eq!(RpcType::from_streaming(false, false).as_str(), "unary");
+        assert_eq!(
+            RpcType::from_streaming(true, false).as_str(),
+            "client_stream"
+        );
+        assert_eq!(
+            RpcType::from_streaming(false, true).as_str(),
+            "server_stream"
+        );
+        assert_eq!(RpcType::from_streaming(true, true).as_str(), "bidi_stream");
+    }
+}
