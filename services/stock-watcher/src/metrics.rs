@@ -8,7 +8,8 @@
 //! - `restock_source_backoff_active`: 1 from the source's refusal (403, 429,
 //!   435, 5xx) until its next good answer.
 //! - `restock_checkouts_total{outcome}`: finished checkouts by outcome.
-//! - `restock_checkout_seconds`: time from the grant to the checkout's end.
+//! - `restock_checkout_seconds`: one checkout, from its start on a grant to
+//!   its end.
 //! - `restock_arbiter_connected`: 1 while the stream to the arbiter is open.
 //!
 //! The handles are created with the shared state (tests that never serve
@@ -126,7 +127,7 @@ impl WatcherMetrics {
         );
         registry.register(
             "restock_checkout_seconds",
-            "Time from a grant to the end of its checkout",
+            "Time of one checkout, from its start on a grant to its end",
             self.checkout_seconds.clone(),
         );
         registry.register(

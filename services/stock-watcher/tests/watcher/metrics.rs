@@ -231,3 +231,17 @@ async fn with_a_token_metrics_needs_it_unless_the_status_is_public() {
         assert_eq!(live.status(), 200, "liveness never needs the token");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_http_listener_with_the_rest() {
+    let arbiter = spawn_arbiter().await;
+    let store = StoreSimProcess::start(products_json(&["100"]), &[]).await;
+    let mut w = start_watcher(restock_testkit::ArbiterEndpoint::url(&arbiter), &store, &[]).await;
+    let url = w.metrics_url();
+    scrape(&url).await;
+    assert_eq!(w.process.terminate(LIMIT), Some(0), "a clean exit");
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "nothing listens on {url} any more"
+    );
+}
