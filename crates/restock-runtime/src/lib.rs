@@ -1,6 +1,7 @@
 //! Process plumbing every restock binary shares, written once: who may call
 //! and over what, the flags for it, logging, the shutdown signal, back-off,
-//! error chains, health + reflection, and announcing bound addresses.
+//! error chains, health + reflection, per-RPC metrics, the HTTP listener
+//! with `/metrics`, and announcing bound addresses.
 //!
 //! # Layout
 //!
@@ -13,6 +14,14 @@
 //! - [`error`]: an error and its causes on one line.
 //! - [`grpc`]: health (overall and per service) and reflection limited to
 //!   what a server serves.
+//! - [`rpc_metrics`]: [`rpc_metrics::GrpcMetrics`], the tower layer every
+//!   gRPC server adds: `grpc_server_started_total`,
+//!   `grpc_server_handled_total` (the code from the trailers) and
+//!   `grpc_server_handling_seconds`.
+//! - [`metrics`]: the Prometheus registry (`prometheus-client`, and why) and
+//!   its rendering in the format a scrape asks for.
+//! - [`http`]: `--http-listen` ([`http::HttpListen`]) and the HTTP listener
+//!   serving `GET /metrics` and `GET /healthz`.
 //! - [`announce`]: binding, `--ready-file`, and the "listening" log line.
 //! - [`process`]: the exit of every `main`.
 //!
@@ -24,8 +33,11 @@ pub mod auth;
 pub mod backoff;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod process;
+pub mod rpc_metrics;
 pub mod shutdown;
 
 pub use announce::{Bound, ReadyFileArgs};

@@ -29,6 +29,8 @@
 //! - [`wait`]: [`eventually`] and the health checks; never a fixed sleep.
 //! - [`net`]: [`ClosedPort`], an address where nobody listens.
 //! - [`grpcurl`]: the real `grpcurl`, when installed.
+//! - [`metrics`]: scraping `/metrics`, reading a series, and the real
+//!   `promtool check metrics`, when installed.
 //!
 //! The binaries are looked up in the test executable's profile folder
 //! (`target/debug/`), so run `cargo build --workspace --bins` before
@@ -37,6 +39,7 @@
 pub mod arbiter;
 pub mod grpcurl;
 pub mod history;
+pub mod metrics;
 pub mod net;
 pub mod process;
 pub mod scripted;
@@ -56,6 +59,7 @@ pub use arbiter::{
 };
 pub use grpcurl::{grpcurl, run_grpcurl};
 pub use history::{History, StatusSnapshot};
+pub use metrics::{check_metrics, metric, promtool, scrape};
 pub use net::ClosedPort;
 pub use process::{Announce, Process};
 pub use scripted::{Call, Release, Script, ScriptedArbiter};

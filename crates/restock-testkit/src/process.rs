@@ -201,6 +201,15 @@ impl Process {
         l.addr
     }
 
+    /// Another address the server announced in its ready file under `key`
+    /// (`"http"` beside `"grpc"`), if it announced one.
+    pub fn announced(&self, key: &str) -> Option<SocketAddr> {
+        let l = self.listen.as_ref()?;
+        restock_runtime::announce::read_ready_file(&l.ready_file)?
+            .get(key)
+            .copied()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

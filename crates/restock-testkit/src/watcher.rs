@@ -177,6 +177,18 @@ impl WatcherProcess {
         format!("http://{}", self.addr())
     }
 
+    /// `http://ADDR/metrics` of a watcher started with
+    /// `--http-listen 127.0.0.1:0` (panics if it serves no HTTP).
+    pub fn metrics_url(&self) -> String {
+        let addr = self.process.announced("http").unwrap_or_else(|| {
+            panic!(
+                "watcher {} announced no HTTP listener; start it with --http-listen 127.0.0.1:0",
+                self.id
+            )
+        });
+        format!("http://{addr}/metrics")
+    }
+
     pub async fn client(&self) -> StockWatcherClient<Channel> {
         StockWatcherClient::connect(self.url())
             .await

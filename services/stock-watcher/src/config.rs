@@ -8,6 +8,7 @@ use restock_domain::{IdError, Tcin, WatcherId, duration::parse_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
     auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs},
+    http::HttpListen,
 };
 
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
@@ -79,6 +80,12 @@ pub struct WatcherConfig {
     /// Address to serve this watcher's own gRPC (status, health, reflection) on.
     #[arg(long, env = "RESTOCK_WATCHER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz` over
+    /// HTTP, or `off`. Off by default, so several watchers start on one
+    /// machine without a port clash.
+    #[arg(long, env = restock_runtime::http::HTTP_LISTEN_ENV, default_value = "off")]
+    pub http_listen: HttpListen,
 
     /// How often every product is polled: the longest gap between two rounds
     /// (each is jittered down by up to 10%).
@@ -171,8 +178,9 @@ pub struct WatcherConfig {
     #[command(flatten)]
     pub token: TokenArgs,
 
-    /// With a token: GetWatcherStatus stays open to callers without it (it
-    /// only reads). Health and reflection are always open.
+    /// With a token: GetWatcherStatus and `GET /metrics` stay open to
+    /// callers without it (they only read). Health, reflection and
+    /// `/healthz` are always open.
     #[arg(
         long,
         env = "RESTOCK_PUBLIC_STATUS",

@@ -19,6 +19,9 @@
 //! - `arbiter`: unary calls to the arbiter (renew, release).
 //! - `status`: the `restock.v1.StockWatcher` status service.
 //! - `state`: the shared state behind those.
+//! - `metrics`: the watcher's Prometheus metrics, served on
+//!   `--http-listen` (off unless set) with the status server's per-RPC
+//!   metrics from `restock-runtime`.
 //!
 //! Only [`config`], [`run`] and [`StartError`] are public: the binary and the
 //! in-process tests need nothing else.
@@ -47,6 +50,7 @@ mod catalog;
 mod checkout;
 pub mod config;
 mod lease;
+mod metrics;
 mod poller;
 mod runner;
 mod session;
@@ -58,11 +62,18 @@ use std::{future::Future, sync::Arc};
 
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
 use restock_runtime::auth::{AuthError, AuthPolicy, SendToken};
-use restock_runtime::{announce::ListenError, error::Chain, grpc::support_routes};
+use restock_runtime::{
+    announce::ListenError,
+    error::Chain,
+    grpc::support_routes,
+    http::{bind_http, metrics_routes},
+    metrics::Registry,
+    rpc_metrics::{GrpcMetrics, RpcMetricsError},
+};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     arbiter::ArbiterCalls,
@@ -110,6 +121,8 @@ pub enum StartError {
     ServerTask(#[source] tokio::task::JoinError),
     #[error("gRPC server failed: the gRPC server stopped")]
     ServerStopped,
+    #[error("per-RPC metrics: {0}")]
+    RpcMetrics(#[from] RpcMetricsError),
 }
 
 /// Runs the watcher until `shutdown` completes: then it stops polling,
@@ -135,6 +148,16 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    // /metrics follows the status call: behind the token, unless
+    // --public-status opens both.
+    let http_auth = AuthPolicy::new(
+        token.clone(),
+        if config.public_status {
+            vec![restock_runtime::http::METRICS_PATH.to_owned()]
+        } else {
+            Vec::new()
+        },
+    );
     let auth = AuthPolicy::new(token, open);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -145,14 +168,18 @@ pub async fn run(
                 source,
             })?;
     }
+    let state = SharedState::new();
     let source = match settings.source {
-        SourceKind::Target => Arc::new(TargetSource::new(TargetSettings {
-            base_url: settings.source_url.clone(),
-            api_key: settings.api_key.clone(),
-            store_id: settings.store_id.clone(),
-            zip: settings.zip.clone(),
-            request_timeout: settings.request_timeout,
-        })?),
+        SourceKind::Target => Arc::new(
+            TargetSource::new(TargetSettings {
+                base_url: settings.source_url.clone(),
+                api_key: settings.api_key.clone(),
+                store_id: settings.store_id.clone(),
+                zip: settings.zip.clone(),
+                request_timeout: settings.request_timeout,
+            })?
+            .counting(state.metrics().clone()),
+        ),
     };
     let checkout = match &settings.checkout {
         CheckoutSettings::Http { url } => {
@@ -166,7 +193,6 @@ pub async fn run(
     let endpoint =
         arbiter::endpoint(&arbiter_url, arbiter_tls.clone()).map_err(StartError::ArbiterUrl)?;
     let calls = ArbiterCalls::new(&endpoint, send_token.clone(), settings.rpc_timeout);
-    let state = SharedState::new();
     let (catalog_tx, catalog_rx) = watch::channel(None);
     let runner = CheckoutRunner::new(
         checkout,
@@ -189,9 +215,21 @@ pub async fn run(
         &[restock_proto::FILE_DESCRIPTOR_SET],
     )
     .await?;
-    restock_runtime::Bound::new()
-        .add("grpc", &listener)
-        .announce(&config.ready)?;
+    // One registry per watcher (not per process), so in-process tests see
+    // each watcher's own numbers.
+    let mut registry = Registry::default();
+    state.metrics().register(&mut registry);
+    let rpc_metrics = GrpcMetrics::register(
+        &mut registry,
+        &[stock_watcher_server::SERVICE_NAME],
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )?;
+    let http_listener = bind_http(config.http_listen).await?;
+    let mut bound = restock_runtime::Bound::new().add("grpc", &listener);
+    if let Some(l) = &http_listener {
+        bound = bound.add("http", l);
+    }
+    bound.announce(&config.ready)?;
     info!(
         watcher_id = %settings.watcher_id,
         arbiter = %arbiter_url,
@@ -204,17 +242,30 @@ pub async fn run(
         arbiter_tls = arbiter_tls.is_some(),
         auth = auth.is_on(),
         public_status = config.public_status,
+        http_listen = %config.http_listen,
         "stock watcher starting"
     );
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = server_stop.clone();
         server
+            .layer(rpc_metrics)
             .add_routes(support)
             .add_service(auth.guard(StockWatcherServer::new(status)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 stop.cancelled().await
             })
+    });
+
+    // The HTTP listener stops last, with the gRPC server, so a scrape sees
+    // the shutdown through to the end.
+    let http_server = http_listener.map(|l| {
+        let stop = server_stop.clone();
+        tokio::spawn(restock_runtime::http::serve(
+            l,
+            metrics_routes(Arc::new(registry), http_auth),
+            async move { stop.cancelled().await },
+        ))
     });
 
     let poll_stop = CancellationToken::new();
@@ -279,6 +330,13 @@ pub async fn run(
             Ok(Ok(())) => {}
             Ok(Err(e)) => failed = Some(StartError::Serve(e)),
             Err(e) => failed = Some(StartError::ServerTask(e)),
+        }
+    }
+    if let Some(h) = http_server {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the HTTP listener failed"),
+            Err(e) => warn!(error = %e, "the HTTP listener task failed"),
         }
     }
     info!("stock watcher stopped");

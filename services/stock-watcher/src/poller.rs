@@ -23,6 +23,7 @@ use restock_runtime::{
 };
 
 use crate::{
+    metrics::SourceCode,
     source::{SourceError, StockSource},
     state::{SharedState, unix_ms},
 };
@@ -150,10 +151,7 @@ impl<S: StockSource> Poller<S> {
             // Just out of a back-off: one probe first, so a source that
             // still refuses gets one request, not a burst.
             let probe = tcins.remove(0);
-            let answer = match tokio::time::timeout(limit, source.check(&probe)).await {
-                Ok(a) => a,
-                Err(_) => Err(SourceError::Timeout(limit)),
-            };
+            let answer = ask(source.as_ref(), state, &probe, limit).await;
             let refused = matches!(answer, Err(SourceError::Throttled { .. }));
             self.note_health(&probe, &answer);
             self.apply(&probe, answer);
@@ -167,10 +165,7 @@ impl<S: StockSource> Poller<S> {
                 if !state.backoff_remaining(Instant::now()).is_zero() {
                     return (i, None);
                 }
-                let answer = match tokio::time::timeout(limit, source.check(&tcin)).await {
-                    Ok(a) => a,
-                    Err(_) => Err(SourceError::Timeout(limit)),
-                };
+                let answer = ask(source.as_ref(), state, &tcin, limit).await;
                 (i, Some((tcin, answer)))
             })
             .buffer_unordered(self.settings.max_in_flight);
@@ -207,6 +202,7 @@ impl<S: StockSource> Poller<S> {
                     self.backoff.reset();
                 }
                 st.backoff_until = None;
+                self.state.metrics().set_backoff_active(false);
             }
             Err(SourceError::Throttled {
                 status,
@@ -222,6 +218,7 @@ impl<S: StockSource> Poller<S> {
                     pause = pause.max((*asked).min(self.settings.backoff_max));
                 }
                 st.backoff_until = Some(now + pause);
+                self.state.metrics().set_backoff_active(true);
                 warn!(
                     source = %self.describe,
                     tcin = %tcin,
@@ -262,6 +259,29 @@ impl<S: StockSource> Poller<S> {
 }
 
 type Answer = Result<crate::source::Sighting, SourceError>;
+
+/// One request to the source, within `limit`, timed. The source counts the
+/// answers it gets by HTTP status; a request this limit cuts short never
+/// gets one, so it is counted here.
+async fn ask<S: StockSource>(
+    source: &S,
+    state: &SharedState,
+    tcin: &Tcin,
+    limit: Duration,
+) -> Answer {
+    let started = Instant::now();
+    let answer = match tokio::time::timeout(limit, source.check(tcin)).await {
+        Ok(a) => a,
+        Err(_) => {
+            state.metrics().source_answer(SourceCode::Timeout);
+            Err(SourceError::Timeout(limit))
+        }
+    };
+    state
+        .metrics()
+        .source_request_took(started.elapsed().as_secs_f64());
+    answer
+}
 
 #[cfg(test)]
 mod tests {
@@ -400,9 +420,21 @@ mod tests {
         let mut s = settings();
         s.max_in_flight = 1;
         let (state, stop) = start(src.clone(), &[("1", 0), ("2", 0)], s);
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
+        let backoff_active = || {
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("restock_source_backoff_active ")?
+                        .parse::<i64>()
+                        .ok()
+                })
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
         // One request, refused; the second product was skipped.
         assert_eq!(src.calls().len(), 1);
+        assert_eq!(backoff_active(), Some(1));
         let left = state.backoff_remaining(Instant::now());
         assert!(
             left >= Duration::from_millis(1_800) && left <= Duration::from_secs(4),
@@ -422,6 +454,7 @@ mod tests {
         assert!(src.calls().len() >= 3);
         assert_eq!(state.backoff_remaining(Instant::now()), Duration::ZERO);
         assert!(state.lock().book.poll_statuses().iter().all(|p| p.in_stock));
+        assert_eq!(backoff_active(), Some(0));
         stop.cancel();
     }
 
@@ -465,12 +498,22 @@ mod tests {
     async fn a_slow_source_times_out_without_changing_the_state() {
         let src = FakeSource::new(vec![IN], Duration::from_secs(5));
         let (state, stop) = start(src.clone(), &[("1", 0)], settings());
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
         tokio::time::sleep(Duration::from_millis(700)).await;
         stop.cancel();
         let st = state.lock().book.poll_statuses();
         assert!(st[0].last_error.contains("timed out"), "{st:?}");
         assert!(!st[0].in_stock);
         assert_eq!(st[0].errors, 1);
+        // The poller's own limit cut it short: counted as a timeout, timed.
+        let text =
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+        assert!(
+            text.contains("restock_source_requests_total{code=\"timeout\"} 1\n")
+                && text.contains("restock_source_request_seconds_count 1\n"),
+            "{text}"
+        );
     }
 
     /// A source where product "1" answers slowly and the others fast.

@@ -262,6 +262,7 @@ impl CheckoutRunner {
             }
         };
         let state = inner.state.clone();
+        let started = Instant::now();
         let kept = lease::keep(
             &held,
             &inner.calls,
@@ -293,6 +294,10 @@ impl CheckoutRunner {
                 st.checkouts_failed += 1;
             }
         }
+        inner
+            .state
+            .metrics()
+            .checkout_finished(kept.result.outcome, started.elapsed().as_secs_f64());
         let outcome = kept.result.outcome;
         let detail = match &kept.ended_by {
             EndedBy::Finished => kept.result.detail.clone(),

@@ -118,6 +118,7 @@ impl Session {
                 let mut st = self.state.lock();
                 st.arbiter_connected = false;
             }
+            self.state.metrics().set_arbiter_connected(false);
             let Err(e) = ended else {
                 info!("arbiter stream closed");
                 return;
@@ -202,6 +203,7 @@ impl Session {
                 st.reconnects += 1;
             }
         }
+        self.state.metrics().set_arbiter_connected(true);
         *streams += 1;
         info!(
             arbiter = %self.url,

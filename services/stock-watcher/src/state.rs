@@ -3,6 +3,8 @@
 //! poller, the arbiter session, the checkout runner and the status service
 //! share.
 //!
+//! The metrics handles ride along, outside the lock.
+//!
 //! A `std::sync::Mutex`, not a tokio one: every critical section is a few
 //! field reads or writes and nothing awaits while the lock is held.
 
@@ -14,7 +16,7 @@ use std::{
 use restock_domain::{FencingToken, LeaseId, Tcin};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::book::StockBook;
+use crate::{book::StockBook, metrics::WatcherMetrics};
 
 /// Wall-clock milliseconds since the epoch (display only).
 pub fn unix_ms() -> u64 {
@@ -53,6 +55,8 @@ pub struct CheckoutRecord {
 pub struct SharedState {
     inner: Arc<Mutex<Inner>>,
     report_due: Arc<Notify>,
+    /// Beside the lock, not under it: recording is atomic already.
+    metrics: WatcherMetrics,
 }
 
 impl SharedState {
@@ -64,6 +68,11 @@ impl SharedState {
     /// data usable (it is plain counters and maps), so poisoning is ignored.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The watcher's metrics (registered for `/metrics` by `run`).
+    pub fn metrics(&self) -> &WatcherMetrics {
+        &self.metrics
     }
 
     /// Wakes the arbiter session: a stock report is due.

@@ -11,8 +11,9 @@
 //! | `GET`, `PUT /admin/checkout` | checkout delay and failure |
 //! | `GET`, `DELETE /admin/orders` | every attempt and the violations |
 //! | `GET /healthz` | 200 when serving |
+//! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -33,14 +34,18 @@ use crate::{
     stock::StockError,
 };
 use restock_domain::{Price, Tcin};
+use restock_runtime::{auth::AuthPolicy, http::metrics_router, metrics::Registry};
 
 /// The fulfillment endpoint's path.
 pub const FULFILLMENT_PATH: &str = "/redsky_aggregations/v1/web/product_fulfillment_v1";
 /// Longest `lease_id` / `watcher_id` accepted in a checkout.
 pub const MAX_ID_LEN: usize = 256;
 
-/// Every route, over one simulator.
+/// Every route, over one simulator, and `GET /metrics` from its metrics.
 pub fn router(sim: Simulator) -> Router {
+    // One registry per simulator, so in-process tests see their own.
+    let mut registry = Registry::default();
+    sim.metrics().register(&mut registry);
     Router::new()
         .route(FULFILLMENT_PATH, get(fulfillment_handler))
         .route("/checkout", post(checkout))
@@ -56,6 +61,11 @@ pub fn router(sim: Simulator) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(sim)
+        // The simulator has no token: its admin routes are open too.
+        .merge(metrics_router(
+            Arc::new(registry),
+            AuthPolicy::new(None, Vec::new()),
+        ))
 }
 
 /// A refusal, as a status and a JSON `{"error": ...}` body.
@@ -137,8 +147,18 @@ fn retailer_error(status: StatusCode, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Answers, and counts the answer by status.
 async fn fulfillment_handler(
     State(sim): State<Simulator>,
+    query: Result<Query<FulfillmentQuery>, QueryRejection>,
+) -> Response {
+    let resp = fulfillment_answer(&sim, query);
+    sim.metrics().fulfillment_answered(resp.status().as_u16());
+    resp
+}
+
+fn fulfillment_answer(
+    sim: &Simulator,
     query: Result<Query<FulfillmentQuery>, QueryRejection>,
 ) -> Response {
     let lookup_tcin = |q: &FulfillmentQuery| -> Result<Tcin, String> {

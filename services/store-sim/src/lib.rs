@@ -17,6 +17,7 @@
 //! - [`sim`]: all of the above behind one cloneable, mutex-guarded handle.
 //! - [`fulfillment`]: the retailer's answer format.
 //! - [`http`]: the routes.
+//! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`config`]: flags and environment variables.
 //!
 //! [`run`] takes an already bound listener and a shutdown future, so tests
@@ -27,6 +28,7 @@ pub mod config;
 pub mod fulfillment;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod random;
 pub mod scenario;
 pub mod sim;

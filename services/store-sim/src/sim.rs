@@ -20,6 +20,7 @@ use crate::{
     catalog::{Catalog, CatalogError},
     config::{MAX_CHECKOUT_DELAY, SimConfig},
     ledger::{Attempt, Begin, CheckoutResult, Ledger, Order, Snapshot, StockCheck},
+    metrics::SimMetrics,
     random::RandomRestocks,
     scenario::{Scenario, ScenarioError},
     stock::{Driver, StockBook, StockError, StockSource, StockState},
@@ -151,6 +152,7 @@ struct State {
 struct Inner {
     clock: Clock,
     state: Mutex<State>,
+    metrics: SimMetrics,
 }
 
 /// The simulator; clones share one state.
@@ -171,6 +173,7 @@ impl Simulator {
                     checkout,
                     ledger: Ledger::new(),
                 }),
+                metrics: SimMetrics::default(),
             }),
         }
     }
@@ -349,6 +352,11 @@ impl Simulator {
         s.checkout
     }
 
+    /// The simulator's metrics (registered for `/metrics` by `run`).
+    pub fn metrics(&self) -> &SimMetrics {
+        &self.inner.metrics
+    }
+
     /// Checks and records the start of a checkout; an accepted one comes
     /// with the settings it must run with.
     pub fn begin_checkout(&self, attempt: Attempt, tcin: &Tcin) -> (Begin, CheckoutSettings) {
@@ -360,7 +368,13 @@ impl Simulator {
             Some((_, st)) => StockCheck::OutOfStock(st.price),
         };
         // Read the time under the lock, so the ledger's order is time order.
+        let violations = s.ledger.violations();
         let begin = s.ledger.begin(attempt, stock, clock.unix_ms());
+        let metrics = &self.inner.metrics;
+        metrics.violations_found(s.ledger.violations().saturating_sub(violations));
+        if let Begin::Refused(order) = &begin {
+            metrics.checkout_ended(order.result);
+        }
         (begin, s.checkout)
     }
 
@@ -374,8 +388,12 @@ impl Simulator {
     ) -> Option<Order> {
         let clock = self.inner.clock;
         let mut s = self.lock();
+        let violations = s.ledger.violations();
         let order = s.ledger.finish(id, result, message, clock.unix_ms());
+        let metrics = &self.inner.metrics;
+        metrics.violations_found(s.ledger.violations().saturating_sub(violations));
         if let Some(o) = &order {
+            metrics.checkout_ended(o.result);
             info!(
                 order_id = o.id,
                 tcin = %o.tcin,

@@ -13,7 +13,10 @@ use reqwest::{StatusCode, Url, header::RETRY_AFTER};
 use serde_json::Value;
 
 use super::{MAX_ANSWER_BYTES, Sighting, SourceError, StockSource, read_capped};
-use crate::config::UrlError;
+use crate::{
+    config::UrlError,
+    metrics::{SourceCode, WatcherMetrics},
+};
 use restock_domain::{Price, Tcin};
 
 /// The endpoint's path under the base URL.
@@ -50,6 +53,8 @@ pub struct TargetSource {
     settings: TargetSettings,
     endpoint: Url,
     client: reqwest::Client,
+    /// Where answers are counted by HTTP status (`None` in unit tests).
+    metrics: Option<WatcherMetrics>,
 }
 
 impl TargetSource {
@@ -71,7 +76,20 @@ impl TargetSource {
             settings,
             endpoint,
             client,
+            metrics: None,
         })
+    }
+
+    /// Counts every answer (by HTTP status) and failed request in `metrics`.
+    pub fn counting(mut self, metrics: WatcherMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, code: SourceCode) {
+        if let Some(m) = &self.metrics {
+            m.source_answer(code);
+        }
     }
 
     /// The request URL for one product.
@@ -110,14 +128,27 @@ impl StockSource for TargetSource {
                 SourceError::Transport(Arc::new(e))
             }
         };
-        let resp = self
+        let resp = match self
             .client
             .get(self.url_for(tcin))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(transport)?;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let e = transport(e);
+                self.count(match e {
+                    SourceError::Timeout(_) => SourceCode::Timeout,
+                    _ => SourceCode::Transport,
+                });
+                return Err(e);
+            }
+        };
         let status = resp.status();
+        // Counted as soon as the status is known: a body that breaks off
+        // later was still this answer.
+        self.count(SourceCode::Status(status.as_u16()));
         if is_throttle(status) {
             let retry_after = resp
                 .headers()
@@ -454,6 +485,38 @@ mod tests {
         // The reason is in the causes, and the chain keeps it.
         let text = restock_runtime::error::chain_text(&e);
         assert!(text.len() > e.to_string().len(), "{text}");
+    }
+
+    #[tokio::test]
+    async fn answers_are_counted_by_status_and_no_answer_as_transport() {
+        let off = "UNAVAILABLE";
+        let base = serve(vec![
+            ("1", 200, None, sample("IN_STOCK", off, off, off)),
+            ("3", 429, None, "slow down".into()),
+            ("4", 404, None, "{}".into()),
+            ("6", 200, None, "not json".into()),
+        ])
+        .await;
+        let metrics = WatcherMetrics::default();
+        let mut registry = restock_runtime::metrics::Registry::default();
+        metrics.register(&mut registry);
+        let src = source(base).counting(metrics.clone());
+        for t in ["1", "3", "3", "4", "6"] {
+            let _ = src.check(&Tcin::parse(t).unwrap()).await;
+        }
+        let closed = source(Url::parse("http://127.0.0.1:9").unwrap()).counting(metrics);
+        let _ = closed.check(&Tcin::parse("1").unwrap()).await;
+        let text =
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+        for line in [
+            // A 200 whose body is not JSON was still a 200 from the source.
+            "restock_source_requests_total{code=\"200\"} 2\n",
+            "restock_source_requests_total{code=\"429\"} 2\n",
+            "restock_source_requests_total{code=\"404\"} 1\n",
+            "restock_source_requests_total{code=\"transport\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 
     #[test]

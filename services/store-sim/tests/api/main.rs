@@ -7,3 +7,4 @@ mod checkout;
 mod faults;
 mod fulfillment;
 mod helpers;
+mod metrics;

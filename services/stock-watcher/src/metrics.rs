@@ -1,0 +1,196 @@
+//! The watcher's own Prometheus metrics (the per-RPC ones of its status
+//! server come from `restock-runtime`):
+//!
+//! - `restock_source_requests_total{code}`: answers from the stock source by
+//!   HTTP status, so 403/429/435 blocks show; `transport` when no answer came
+//!   (refused, reset, DNS), `timeout` when none came in time.
+//! - `restock_source_request_seconds`: time of one source request.
+//! - `restock_source_backoff_active`: 1 from the source's refusal (403, 429,
+//!   435, 5xx) until its next good answer.
+//! - `restock_checkouts_total{outcome}`: finished checkouts by outcome.
+//! - `restock_checkout_seconds`: one checkout, from its start on a grant to
+//!   its end.
+//! - `restock_arbiter_connected`: 1 while the stream to the arbiter is open.
+//!
+//! The handles are created with the shared state (tests that never serve
+//! HTTP get them too, unregistered) and registered once in the server's
+//! registry. Recording is an atomic add or a map lookup without allocation:
+//! the source's answer code is a small `Copy` value, not a string.
+
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::checkout::CheckoutOutcome;
+
+/// Source requests take milliseconds to seconds (the limit is
+/// `--request-timeout`, 5 s by default).
+const SOURCE_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Checkouts run seconds to minutes (`--checkout-timeout`, 120 s).
+const CHECKOUT_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// What the source answered, as the `code` label shows it.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SourceCode {
+    /// An HTTP status.
+    Status(u16),
+    /// No answer: connection refused or reset, DNS failure.
+    Transport,
+    /// No answer within the request's time limit.
+    Timeout,
+}
+
+impl EncodeLabelValue for SourceCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::Status(s) => write!(encoder, "{s}"),
+            Self::Transport => encoder.write_str("transport"),
+            Self::Timeout => encoder.write_str("timeout"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: SourceCode,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// See the module documentation. Cheap to clone: every handle is shared.
+#[derive(Debug, Clone)]
+pub struct WatcherMetrics {
+    source_requests: Family<CodeLabel, Counter>,
+    source_seconds: Histogram,
+    backoff_active: Gauge,
+    checkouts: Family<OutcomeLabel, Counter>,
+    checkout_seconds: Histogram,
+    arbiter_connected: Gauge,
+}
+
+impl Default for WatcherMetrics {
+    fn default() -> Self {
+        let checkouts = Family::<OutcomeLabel, Counter>::default();
+        // Every outcome shows from the start, at 0, so a rate over a
+        // series that has not happened yet is 0 rather than absent.
+        for o in [
+            CheckoutOutcome::Purchased,
+            CheckoutOutcome::OutOfStock,
+            CheckoutOutcome::Failed,
+            CheckoutOutcome::Aborted,
+        ] {
+            let _created = checkouts.get_or_create(&OutcomeLabel {
+                outcome: o.as_str(),
+            });
+        }
+        Self {
+            source_requests: Family::default(),
+            source_seconds: Histogram::new(SOURCE_BUCKETS),
+            backoff_active: Gauge::default(),
+            checkouts,
+            checkout_seconds: Histogram::new(CHECKOUT_BUCKETS),
+            arbiter_connected: Gauge::default(),
+        }
+    }
+}
+
+impl WatcherMetrics {
+    /// Adds every metric to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "restock_source_requests",
+            "Stock source requests by answer: the HTTP status, transport or timeout",
+            self.source_requests.clone(),
+        );
+        registry.register(
+            "restock_source_request_seconds",
+            "Time of one stock source request",
+            self.source_seconds.clone(),
+        );
+        registry.register(
+            "restock_source_backoff_active",
+            "1 while the source refuses us (from a 403, 429, 435 or 5xx until its next good answer)",
+            self.backoff_active.clone(),
+        );
+        registry.register(
+            "restock_checkouts",
+            "Finished checkouts by outcome",
+            self.checkouts.clone(),
+        );
+        registry.register(
+            "restock_checkout_seconds",
+            "Time of one checkout, from its start on a grant to its end",
+            self.checkout_seconds.clone(),
+        );
+        registry.register(
+            "restock_arbiter_connected",
+            "1 while this watcher's stream to the arbiter is open",
+            self.arbiter_connected.clone(),
+        );
+    }
+
+    /// One answer (or its absence) from the source.
+    pub fn source_answer(&self, code: SourceCode) {
+        self.source_requests
+            .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
+    pub fn source_request_took(&self, seconds: f64) {
+        self.source_seconds.observe(seconds);
+    }
+
+    pub fn set_backoff_active(&self, active: bool) {
+        self.backoff_active.set(i64::from(active));
+    }
+
+    pub fn checkout_finished(&self, outcome: CheckoutOutcome, seconds: f64) {
+        self.checkouts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.checkout_seconds.observe(seconds);
+    }
+
+    pub fn set_arbiter_connected(&self, connected: bool) {
+        self.arbiter_connected.set(i64::from(connected));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use restock_runtime::metrics::{Format, render};
+
+    use super::*;
+
+    #[test]
+    fn codes_are_labelled_by_status_or_by_what_went_wrong() {
+        let m = WatcherMetrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.source_answer(SourceCode::Status(429));
+        m.source_answer(SourceCode::Status(429));
+        m.source_answer(SourceCode::Transport);
+        m.source_answer(SourceCode::Timeout);
+        m.checkout_finished(CheckoutOutcome::Purchased, 0.3);
+        let text = render(&r, Format::Text);
+        for line in [
+            "restock_source_requests_total{code=\"429\"} 2\n",
+            "restock_source_requests_total{code=\"transport\"} 1\n",
+            "restock_source_requests_total{code=\"timeout\"} 1\n",
+            "restock_checkouts_total{outcome=\"purchased\"} 1\n",
+            "restock_checkouts_total{outcome=\"failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+}
