@@ -21,6 +21,9 @@
 //!   watcher's stream and its rate limit in their own modules. Its per-RPC
 //!   metrics (`restock-runtime`) are served on `--http-listen`
 //!   (`0.0.0.0:8081` unless set) at `GET /metrics`.
+//! - `metrics`: the arbiter's own Prometheus metrics (the slot, grants,
+//!   refusals, releases, hand-off and fsync times, watchers, products),
+//!   recorded by the task after each write.
 //! - `limits`: every bound and tuning figure, each with its reason.
 //! - [`config`]: flags and environment variables (public: the binary
 //!   parses them).
@@ -33,6 +36,7 @@ pub mod config;
 mod bounded_log;
 mod grpc;
 mod limits;
+mod metrics;
 mod slot;
 mod store;
 mod task;
@@ -58,6 +62,7 @@ use crate::{
     config::{ArbiterConfig, ConfigError},
     grpc::{ArbiterService, ReportLimit},
     limits::{HTTP2_KEEPALIVE, MAX_ENCODING_MESSAGE_BYTES},
+    metrics::ArbiterMetrics,
     slot::{Arbiter, Clock, SlotError, Timing},
     store::{StateFile, StoreError, saved},
 };
@@ -165,8 +170,20 @@ pub async fn run(
     }
     let products = arbiter.catalog().len();
 
+    // One registry per arbiter (not per process), so in-process tests see
+    // each arbiter's own numbers.
+    let mut registry = Registry::default();
+    let metrics = ArbiterMetrics::default();
+    metrics.set_lease_ttl(config.lease_ttl.as_secs_f64());
+    metrics.register(&mut registry);
+    let rpc_metrics = GrpcMetrics::register(
+        &mut registry,
+        &[purchase_arbiter_server::SERVICE_NAME],
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )?;
+
     let stop = CancellationToken::new();
-    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone());
+    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone(), metrics);
     let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
         .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
@@ -181,14 +198,6 @@ pub async fn run(
     let arbiter_server = PurchaseArbiterServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE_BYTES);
-    // One registry per arbiter (not per process), so in-process tests see
-    // each arbiter's own numbers.
-    let mut registry = Registry::default();
-    let rpc_metrics = GrpcMetrics::register(
-        &mut registry,
-        &[purchase_arbiter_server::SERVICE_NAME],
-        &[restock_proto::FILE_DESCRIPTOR_SET],
-    )?;
     let http_listener = bind_http(config.http_listen).await?;
     let mut bound = restock_runtime::Bound::new().add("grpc", &listener);
     if let Some(l) = &http_listener {

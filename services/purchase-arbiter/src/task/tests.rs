@@ -177,7 +177,13 @@ impl Running {
             None => Arbiter::new(catalog, timing(lease_ttl), clock.now()),
         };
         let stop = CancellationToken::new();
-        let (handle, task) = spawn(arbiter, clock, disk.clone(), stop.clone());
+        let (handle, task) = spawn(
+            arbiter,
+            clock,
+            disk.clone(),
+            stop.clone(),
+            ArbiterMetrics::default(),
+        );
         // The start-up write is done once a first call is answered.
         handle.status().await.unwrap();
         Self {
