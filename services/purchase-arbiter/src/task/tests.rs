@@ -394,6 +394,32 @@ async fn metrics_show_a_grant_or_a_refusal_only_once_a_write_holds_it() {
 }
 
 #[tokio::test]
+async fn an_expired_lease_counts_as_an_expiration_not_a_release_and_frees_the_slot() {
+    let a = Running::start(Duration::from_millis(200)).await;
+    let granted = a.handle.acquire(t("A"), w("w1"), String::new()).await;
+    assert!(
+        matches!(granted, Ok(AcquireAnswer::Granted(_))),
+        "{granted:?}"
+    );
+    assert!(a.metrics_page().contains("restock_slot_held 1\n"));
+    until("the lease to expire", || {
+        a.metrics_page()
+            .contains("restock_lease_expirations_total 1\n")
+    })
+    .await;
+    let page = a.metrics_page();
+    for line in [
+        "restock_slot_held 0\n",
+        "restock_lease_expires_timestamp_seconds 0.0\n",
+        "restock_products{state=\"failed\"} 1\n",
+        "restock_releases_total{outcome=\"aborted\"} 0\n",
+        "restock_releases_total{outcome=\"failed\"} 0\n",
+    ] {
+        assert!(page.contains(line), "{line:?} missing from\n{page}");
+    }
+}
+
+#[tokio::test]
 async fn a_pushed_grant_whose_write_failed_is_never_seen_so_a_crash_cannot_hand_out_its_token_twice()
  {
     let a = Running::start(Duration::from_secs(30)).await;
