@@ -45,5 +45,5 @@ COPY --from=build /out/ /usr/local/bin/
 WORKDIR /var/lib/restock
 COPY config/ config/
 USER 10001:10001
-EXPOSE 50051
+EXPOSE 50051 8081
 CMD ["purchase-arbiter"]

@@ -8,7 +8,8 @@
 #   scripts/compose-test.sh tls        only the TLS test
 #
 # Smoke: `up -d`, wait for health, then from the host with grpcurl: three
-# connected watchers and at least three completed cycles; the simulator's
+# connected watchers and at least three completed cycles, which the
+# arbiter's /metrics (published on the host) shows too; the simulator's
 # orders show no violation; `docker compose restart arbiter` keeps the state
 # (fencing tokens keep increasing). Multi-host: the watchers reach the arbiter
 # over a network of their own; the lease holder is cut off mid-checkout with
@@ -26,6 +27,7 @@ cd "$(dirname "$0")/.."
 what="${1:-all}"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-restock-test}"
 export ARBITER_PORT="${ARBITER_PORT:-50551}"
+export ARBITER_HTTP_PORT="${ARBITER_HTTP_PORT:-18081}"
 export STORE_SIM_PORT="${STORE_SIM_PORT:-18080}"
 # Fast cycles for the test; the defaults in docker-compose.yml are for people.
 export RESTOCK_POLL_INTERVAL=200ms STORE_SIM_RESTOCK_EVERY=1s STORE_SIM_IN_STOCK_FOR=30s
@@ -62,6 +64,13 @@ healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "
 watchers_connected() { [ "$(status_get "sum(1 for w in s.get('watchers', []) if w.get('connected'))")" -ge 3 ]; }
 purchases_at_least() { [ "$(status_get "int(s.get('counters', {}).get('purchases', '0'))")" -ge "$1" ]; }
 next_token() { status_get "int(s.get('nextFencingToken', '0'))"; }
+# The arbiter's /metrics, from the host through the published port.
+arbiter_metric() { curl -fsS "http://localhost:$ARBITER_HTTP_PORT/metrics" | awk -v s="$1" '$1 == s { print $2 }'; }
+metrics_show_cycles() {
+  [ "$(arbiter_metric restock_watchers_connected)" = 3 ] &&
+    [ "$(arbiter_metric restock_grants_total)" -ge 3 ] &&
+    [ "$(arbiter_metric 'restock_releases_total{outcome="purchased"}')" -ge 3 ]
+}
 
 smoke() {
   files=(-f docker-compose.yml)
@@ -71,6 +80,7 @@ smoke() {
   wait_for "arbiter healthy" 90 healthy arbiter
   wait_for "three connected watchers" 60 watchers_connected
   wait_for "three completed purchase cycles" 120 purchases_at_least 3
+  wait_for "the arbiter's /metrics to show three watchers and three cycles" 30 metrics_show_cycles
   local violations
   violations="$(orders_get "o['violations']")"
   [ "$violations" = 0 ] || fail "the simulator recorded $violations overlapping checkouts"

@@ -184,12 +184,15 @@ fn start_expecting_failure(dir: &Path, args: &[String]) -> String {
     p.log_text()
 }
 
-/// The flags of a start with these files, on port 0 (the start is meant to
-/// fail before anyone could connect).
+/// The flags of a start with these files, on port 0 and without HTTP (the
+/// start is meant to fail before anyone could connect, and must not fail
+/// for a taken port 8081 instead).
 fn start_args(config: &Path, state: &Path) -> Vec<String> {
     vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--http-listen".into(),
+        "off".into(),
         "--config".into(),
         config.display().to_string(),
         "--state-file".into(),

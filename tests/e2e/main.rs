@@ -11,5 +11,6 @@ mod arbiter_grpcurl;
 mod cycle;
 mod helpers;
 mod hostile;
+mod metrics;
 mod raw_h2;
 mod security;

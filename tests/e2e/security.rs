@@ -360,7 +360,7 @@ async fn a_bad_certificate_or_key_file_stops_start_up_naming_it() {
     .unwrap();
     let start = |cert: &Path, key: &Path| {
         Command::new(bin("purchase-arbiter"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "off"])
             .args(["--config", &config.display().to_string()])
             .args([
                 "--state-file",

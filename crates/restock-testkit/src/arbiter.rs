@@ -121,6 +121,10 @@ pub struct ArbiterOptions {
     pub stock_ttl: String,
     pub failure_cooldown: String,
     pub test_mode: bool,
+    /// `--http-listen`: `127.0.0.1:0` by default, so tests running in
+    /// parallel never meet on the binary's default port 8081; `off` for a
+    /// test that needs no `/metrics`.
+    pub http_listen: String,
     pub extra_args: Vec<String>,
     /// With `--tls-cert`: how the health check reaches the server (the
     /// test's CA); plaintext otherwise.
@@ -136,6 +140,7 @@ impl Default for ArbiterOptions {
             stock_ttl: "10s".into(),
             failure_cooldown: "15s".into(),
             test_mode: false,
+            http_listen: "127.0.0.1:0".into(),
             extra_args: Vec::new(),
             health_tls: None,
         }
@@ -182,6 +187,8 @@ impl ArbiterOptions {
             "--failure-cooldown".into(),
             self.failure_cooldown.clone(),
             format!("--test-mode={}", self.test_mode),
+            "--http-listen".into(),
+            self.http_listen.clone(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args
@@ -230,6 +237,15 @@ impl ArbiterProcess {
 
     pub fn config_file(&self) -> PathBuf {
         self.dir.path().join("product_config.json")
+    }
+
+    /// `http://ADDR/metrics` of the HTTP listener it announced; panics if
+    /// it serves no HTTP (`http_listen: "off"`).
+    pub fn metrics_url(&self) -> String {
+        let addr = self.process.announced("http").unwrap_or_else(|| {
+            panic!("the arbiter announced no HTTP listener; start it with http_listen 127.0.0.1:0")
+        });
+        format!("http://{addr}/metrics")
     }
 
     /// `kill -9` (if it still runs), start again with the same flags, state

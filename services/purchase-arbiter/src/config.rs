@@ -7,11 +7,15 @@ use restock_domain::duration::parse_duration;
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
     auth::{ServerTlsArgs, TokenArgs},
+    http::{HTTP_LISTEN_ENV, HttpListen},
 };
 
 use crate::limits::{MIN_MESSAGE_BYTES, MIN_TTL};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+/// On by default, unlike a watcher's: there is one arbiter, and it is what
+/// an operator scrapes and alerts on first.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8081";
 pub const DEFAULT_CONFIG: &str = "config/product_config.json";
 pub const DEFAULT_STATE_FILE: &str = "data/arbiter-state.json";
 pub const DEFAULT_LEASE_TTL: &str = "30s";
@@ -34,6 +38,11 @@ pub struct ArbiterConfig {
     /// Address to serve gRPC on.
     #[arg(long, env = "RESTOCK_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz` over
+    /// HTTP ("off": nowhere).
+    #[arg(long, env = HTTP_LISTEN_ENV, default_value = DEFAULT_HTTP_LISTEN)]
+    pub http_listen: HttpListen,
 
     /// Product list in priority order (top first).
     #[arg(long, env = "RESTOCK_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -114,8 +123,9 @@ pub struct ArbiterConfig {
     #[command(flatten)]
     pub token: TokenArgs,
 
-    /// With a token: GetStatus stays open to callers without it (it only
-    /// reads). Health and reflection are always open.
+    /// With a token: GetStatus and `/metrics` stay open to callers without
+    /// it (they only read). Health, reflection and `/healthz` are always
+    /// open.
     #[arg(
         long,
         env = "RESTOCK_PUBLIC_STATUS",
@@ -188,11 +198,19 @@ mod tests {
     fn defaults_work_out_of_the_box() {
         let c = ArbiterConfig::try_parse_from(["purchase-arbiter"]).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert!(!c.test_mode);
         assert_eq!(c.max_reports_per_second, DEFAULT_MAX_REPORTS_PER_SECOND);
         assert_eq!(c.worker_threads, 1);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_http_listener_can_be_turned_off() {
+        let c = ArbiterConfig::try_parse_from(["a", "--http-listen", "off"]).unwrap();
+        assert_eq!(c.http_listen, HttpListen::Off);
+        assert!(ArbiterConfig::try_parse_from(["a", "--http-listen", "localhost"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,12 @@
 //! - `task`: the one task that owns the slot; batches commands, persists,
 //!   then answers.
 //! - `grpc`: the `restock.v1.PurchaseArbiter` service over the task; the
-//!   watcher's stream and its rate limit in their own modules.
+//!   watcher's stream and its rate limit in their own modules. Its per-RPC
+//!   metrics (`restock-runtime`) are served on `--http-listen`
+//!   (`0.0.0.0:8081` unless set) at `GET /metrics`.
+//! - `metrics`: the arbiter's own Prometheus metrics (the slot, grants,
+//!   refusals, releases, hand-off and fsync times, watchers, products),
+//!   recorded by the task after each write.
 //! - `limits`: every bound and tuning figure, each with its reason.
 //! - [`config`]: flags and environment variables (public: the binary
 //!   parses them).
@@ -31,11 +36,12 @@ pub mod config;
 mod bounded_log;
 mod grpc;
 mod limits;
+mod metrics;
 mod slot;
 mod store;
 mod task;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use restock_domain::{CatalogError, PriorityList};
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
@@ -44,6 +50,9 @@ use restock_runtime::{
     auth::{AuthError, AuthPolicy},
     error::Chain,
     grpc::support_routes,
+    http::{METRICS_PATH, bind_http, metrics_routes},
+    metrics::Registry,
+    rpc_metrics::{GrpcMetrics, RpcMetricsError},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +62,7 @@ use crate::{
     config::{ArbiterConfig, ConfigError},
     grpc::{ArbiterService, ReportLimit},
     limits::{HTTP2_KEEPALIVE, MAX_ENCODING_MESSAGE_BYTES},
+    metrics::ArbiterMetrics,
     slot::{Arbiter, Clock, SlotError, Timing},
     store::{StateFile, StoreError, saved},
 };
@@ -83,6 +93,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("per-RPC metrics: {0}")]
+    RpcMetrics(#[from] RpcMetricsError),
 }
 
 /// Loads the product list and the saved state, then serves until `shutdown`
@@ -106,6 +118,16 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    // /metrics follows GetStatus: behind the token, unless --public-status
+    // opens both.
+    let http_auth = AuthPolicy::new(
+        token.clone(),
+        if config.public_status {
+            vec![METRICS_PATH.to_owned()]
+        } else {
+            Vec::new()
+        },
+    );
     let auth = AuthPolicy::new(token, open);
     let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual);
     let mut server = tonic::transport::Server::builder();
@@ -148,8 +170,20 @@ pub async fn run(
     }
     let products = arbiter.catalog().len();
 
+    // One registry per arbiter (not per process), so in-process tests see
+    // each arbiter's own numbers.
+    let mut registry = Registry::default();
+    let metrics = ArbiterMetrics::default();
+    metrics.set_lease_ttl(config.lease_ttl.as_secs_f64());
+    metrics.register(&mut registry);
+    let rpc_metrics = GrpcMetrics::register(
+        &mut registry,
+        &[purchase_arbiter_server::SERVICE_NAME],
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )?;
+
     let stop = CancellationToken::new();
-    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone());
+    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone(), metrics);
     let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
         .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
@@ -164,9 +198,12 @@ pub async fn run(
     let arbiter_server = PurchaseArbiterServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE_BYTES);
-    restock_runtime::Bound::new()
-        .add("grpc", &listener)
-        .announce(&config.ready)?;
+    let http_listener = bind_http(config.http_listen).await?;
+    let mut bound = restock_runtime::Bound::new().add("grpc", &listener);
+    if let Some(l) = &http_listener {
+        bound = bound.add("http", l);
+    }
+    bound.announce(&config.ready)?;
     info!(
         config = %config.config.display(),
         state_file = %store.describe(),
@@ -179,8 +216,20 @@ pub async fn run(
         mutual_tls,
         auth = auth.is_on(),
         public_status = config.public_status,
+        http_listen = %config.http_listen,
         "purchase arbiter serving"
     );
+    // The HTTP listener stops last, after the final state write, so a
+    // scrape sees the shutdown through to the end.
+    let http_stop = CancellationToken::new();
+    let http_server = http_listener.map(|l| {
+        let stop = http_stop.clone();
+        tokio::spawn(restock_runtime::http::serve(
+            l,
+            metrics_routes(Arc::new(registry), http_auth),
+            async move { stop.cancelled().await },
+        ))
+    });
     let stopping = stop.clone();
     let health_on_stop = health.clone();
     let signal = async move {
@@ -197,6 +246,7 @@ pub async fn run(
     let serve = server
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+        .layer(rpc_metrics)
         .add_routes(support)
         .add_service(auth.guard(arbiter_server))
         // TCP_NODELAY, as tonic sets it on sockets it accepts itself (it
@@ -227,6 +277,14 @@ pub async fn run(
     stop.cancel();
     if let Err(e) = task.await {
         warn!(error = %Chain(&e), "arbiter task ended abnormally");
+    }
+    http_stop.cancel();
+    if let Some(h) = http_server {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the HTTP listener failed"),
+            Err(e) => warn!(error = %e, "the HTTP listener task failed"),
+        }
     }
     info!("purchase arbiter stopped");
     served.map_err(StartError::from)

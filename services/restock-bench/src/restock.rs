@@ -130,6 +130,10 @@ impl ArbiterProcess {
             "--failure-cooldown".into(),
             "1s".into(),
             format!("--test-mode={}", spec.test_mode),
+            // Nothing here scrapes it, and the default port (8081) would
+            // clash with an arbiter already running on this machine.
+            "--http-listen".into(),
+            "off".into(),
         ]);
         if !spec.fsync {
             args.push("--no-fsync".into());

@@ -31,6 +31,15 @@
 //! and connections are not saved). `GetStatus` answers after its batch's
 //! write; `WatchEvents` answers at once, from what has been published.
 //!
+//! # Metrics
+//!
+//! The task records the arbiter's metrics (`crate::metrics`) where it
+//! publishes: grants, releases and expiries as their events are published,
+//! refusals when their answers go out, the slot's gauges after a batch
+//! whose write succeeded. So a scrape shows what is durable, like an
+//! answer, and never a grant that a crash could take back. Per batch this
+//! costs a few atomic stores; stock reports add one add per batch.
+//!
 //! # Why a task and not a `Mutex<Arbiter>`
 //!
 //! mini-redis shares its state behind a `std::sync::Mutex` because its
@@ -65,12 +74,13 @@ use tracing::{debug, error, info, warn};
 use restock_runtime::error::Chain;
 
 use restock_domain::{
-    Catalog, Event, FencingToken, LeaseId, Observation, Outcome, PriorityList, ProductState,
-    Status, Tcin, WatcherId,
+    Catalog, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
+    ProductState, Status, Tcin, WatcherId,
 };
 
 use crate::{
     limits::{COMMAND_QUEUE, EVENT_BUFFER, LAZY_FLUSH, MAX_BATCH, WRITE_RETRY},
+    metrics::ArbiterMetrics,
     slot::{AcquireAnswer, ActiveLease, Arbiter, Clock, Effects, Push, SlotError},
     store::{
         StateStore, StoreError,
@@ -351,16 +361,19 @@ fn pending<T: Send + 'static>(reply: Reply<T>, value: Result<T, ArbiterError>) -
     })
 }
 
-/// Starts the task that owns `arbiter`. It stops when `shutdown` is
-/// cancelled, after a last write, closing every watcher stream.
+/// Starts the task that owns `arbiter`, recording into `metrics`. It stops
+/// when `shutdown` is cancelled, after a last write, closing every watcher
+/// stream.
 pub fn spawn<S: StateStore>(
     arbiter: Arbiter,
     clock: Clock,
     store: S,
     shutdown: CancellationToken,
+    metrics: ArbiterMetrics,
 ) -> (ArbiterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let observations_seen = arbiter.counters().observations;
     let task = ArbiterTask {
         arbiter,
         clock,
@@ -373,6 +386,11 @@ pub fn spawn<S: StateStore>(
         retry_at: None,
         published: 0,
         held: Vec::new(),
+        metrics,
+        observations_seen,
+        refused: Vec::new(),
+        batch_started: Instant::now(),
+        handoff_from: None,
     };
     let join = tokio::spawn(task.run(shutdown));
     (
@@ -405,6 +423,37 @@ struct ArbiterTask<S> {
     /// Pushes of batches whose write failed, for after the write that holds
     /// them.
     held: Vec<Push>,
+    metrics: ArbiterMetrics,
+    /// The slot's observation count as last added to the metric (the slot
+    /// counts since the state was created; the metric since this start).
+    observations_seen: u64,
+    /// Reasons of refusals not yet answered, counted once their answers go
+    /// out (after the write that remembers them).
+    refused: Vec<&'static str>,
+    /// When the batch being applied began: where a hand-off starts.
+    batch_started: Instant,
+    /// Set when a published event ended a lease; the next grant put on a
+    /// stream in the same commit measures the hand-off from it.
+    handoff_from: Option<Instant>,
+}
+
+/// What a commit's published events did, for the metrics.
+#[derive(Debug, Default)]
+struct Published {
+    lease_ended: bool,
+    products: bool,
+}
+
+impl Published {
+    fn note(&mut self, e: &Event) {
+        self.lease_ended |= e.kind.ends_lease();
+        // Every other kind may move a product (or add one, or reload the
+        // list); these three never do.
+        self.products |= !matches!(
+            e.kind,
+            EventKind::Renewed | EventKind::WatcherJoined | EventKind::WatcherLeft
+        );
+    }
 }
 
 fn log_event(e: &Event) {
@@ -462,6 +511,7 @@ impl<S: StateStore> ArbiterTask<S> {
                 }
             };
             let mut replies = Vec::new();
+            self.batch_started = Instant::now();
             match first {
                 Some(cmd) => self.apply(cmd, &mut replies),
                 None => self.arbiter.tick(self.clock.now()),
@@ -487,9 +537,17 @@ impl<S: StateStore> ArbiterTask<S> {
                 request_id,
                 reply,
             } => {
+                // A retry answered from memory is no new refusal; the
+                // slot's count says which this was.
+                let refusals = a.counters().refusals;
                 let r = a
                     .acquire(now, &tcin, &watcher_id, &request_id)
                     .map_err(ArbiterError::from);
+                if a.counters().refusals != refusals
+                    && let Ok(AcquireAnswer::Refused(refusal)) = &r
+                {
+                    self.refused.push(refusal.reason());
+                }
                 replies.push(pending(reply, r));
             }
             Command::Renew {
@@ -610,6 +668,8 @@ impl<S: StateStore> ArbiterTask<S> {
     /// the module documentation). A grant a stream cannot take is withdrawn
     /// and the next one made, in a further round.
     async fn commit_effects(&mut self, mut effects: Effects, mut replies: Vec<Pending>) {
+        // Connections are not saved: nothing to wait for.
+        self.metrics.set_watchers_connected(self.streams.len());
         loop {
             if effects.must_persist || self.retry_at.is_some() {
                 if let Err(e) = self.persist().await {
@@ -640,11 +700,17 @@ impl<S: StateStore> ArbiterTask<S> {
             for r in replies.drain(..) {
                 r(None);
             }
-            self.publish(effects.events);
+            for reason in self.refused.drain(..) {
+                self.metrics.refused(reason);
+            }
+            let products_changed = self.publish(effects.events);
+            self.record_state(products_changed);
             let mut pushes = std::mem::take(&mut self.held);
             pushes.append(&mut effects.pushes);
             let undelivered = self.deliver(pushes);
             if undelivered.is_empty() {
+                // A grant made later is not this lease end's hand-off.
+                self.handoff_from = None;
                 return;
             }
             let now = self.clock.now();
@@ -660,11 +726,14 @@ impl<S: StateStore> ArbiterTask<S> {
 
     /// Sends every event not published yet to the followers, in order:
     /// those held back by failed writes (from the history), then `fresh`,
-    /// the events of the batch being committed.
-    fn publish(&mut self, fresh: Vec<Event>) {
+    /// the events of the batch being committed; counts them in the
+    /// metrics. Returns whether any of them may have changed a product's
+    /// state.
+    fn publish(&mut self, fresh: Vec<Event>) -> bool {
         if fresh.is_empty() && self.published == self.arbiter.last_sequence() {
-            return; // most batches of stock reports
+            return false; // most batches of stock reports
         }
+        let mut seen = Published::default();
         let first_fresh = fresh.first().map_or(u64::MAX, |e| e.sequence);
         let held = self
             .arbiter
@@ -672,14 +741,38 @@ impl<S: StateStore> ArbiterTask<S> {
             .take_while(|e| e.sequence < first_fresh);
         for e in held {
             log_event(e);
+            seen.note(e);
+            self.metrics.published(e);
             // No followers is fine.
             let _ = self.events.send(e.clone());
         }
         for e in fresh {
             log_event(&e);
+            seen.note(&e);
+            self.metrics.published(&e);
             let _ = self.events.send(e);
         }
         self.published = self.arbiter.last_sequence();
+        if seen.lease_ended && self.handoff_from.is_none() {
+            self.handoff_from = Some(self.batch_started);
+        }
+        seen.products
+    }
+
+    /// The slot's gauges, as the write just made (or not needed) left it.
+    /// Products are counted again only when `products_changed`.
+    fn record_state(&mut self, products_changed: bool) {
+        let a = &self.arbiter;
+        self.metrics.set_slot(a.lease(), a.next_token());
+        let observations = a.counters().observations;
+        self.metrics
+            .observed(observations.saturating_sub(self.observations_seen));
+        self.observations_seen = observations;
+        if products_changed {
+            self.metrics
+                .set_products(a.products().map(|(_, p)| p.state()));
+        }
+        self.metrics.set_watchers_connected(self.streams.len());
     }
 
     /// Keeps a failed batch's pushes until a write holds them. A grant
@@ -737,6 +830,9 @@ impl<S: StateStore> ArbiterTask<S> {
                         _ => false,
                     };
                     if ok {
+                        if let Some(from) = self.handoff_from.take() {
+                            self.metrics.handoff_took(from.elapsed().as_secs_f64());
+                        }
                         info!(
                             watcher_id = %watcher_id,
                             tcin = %lease.tcin,
@@ -781,6 +877,8 @@ impl<S: StateStore> ArbiterTask<S> {
     async fn persist(&mut self) -> Result<(), Arc<PersistError>> {
         let now = self.clock.now();
         let store = self.store.clone();
+        // Wall time (std, not tokio's, which tests pause): the disk's.
+        let started = std::time::Instant::now();
         let result = if store.needs_full() {
             let snapshot = snapshot(&self.arbiter, now);
             let mark = SaveMarks::full(&self.arbiter);
@@ -804,6 +902,9 @@ impl<S: StateStore> ArbiterTask<S> {
         };
         match result {
             Ok(mark) => {
+                if self.store.fsyncs() {
+                    self.metrics.fsync_took(started.elapsed().as_secs_f64());
+                }
                 self.marks.persisted(mark);
                 self.dirty_since = None;
                 Ok(())

@@ -23,6 +23,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use restock_runtime::metrics::{Format, Registry, render};
+
 use super::*;
 use crate::{
     slot::{Clock, Timing},
@@ -149,6 +151,8 @@ fn timing(lease_ttl: Duration) -> Timing {
 /// An arbiter task over a [`TestDisk`] in a temporary folder.
 struct Running {
     handle: ArbiterHandle,
+    /// What the task records, registered for [`Self::metrics_page`].
+    metrics: Registry,
     disk: TestDisk,
     path: PathBuf,
     task: Option<JoinHandle<()>>,
@@ -177,17 +181,26 @@ impl Running {
             None => Arbiter::new(catalog, timing(lease_ttl), clock.now()),
         };
         let stop = CancellationToken::new();
-        let (handle, task) = spawn(arbiter, clock, disk.clone(), stop.clone());
+        let metrics = ArbiterMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let (handle, task) = spawn(arbiter, clock, disk.clone(), stop.clone(), metrics);
         // The start-up write is done once a first call is answered.
         handle.status().await.unwrap();
         Self {
             handle,
+            metrics: registry,
             disk,
             path,
             task: Some(task),
             stop,
             dir: None,
         }
+    }
+
+    /// `/metrics` as a scrape would see it now.
+    fn metrics_page(&self) -> String {
+        render(&self.metrics, Format::Text)
     }
 
     /// Opens a watcher's stream; its first message is the catalog.
@@ -336,6 +349,74 @@ async fn a_grant_whose_write_failed_is_not_answered_published_or_shown_until_a_w
     .await;
     let status = a.handle.status().await.unwrap();
     assert_eq!(status.lease.map(|l| l.lease_id), Some(lease.lease_id));
+}
+
+#[tokio::test]
+async fn metrics_show_a_grant_or_a_refusal_only_once_a_write_holds_it() {
+    let a = Running::start(Duration::from_secs(30)).await;
+    let shows = |line: &str| {
+        let page = a.metrics_page();
+        assert!(page.contains(line), "{line:?} missing from\n{page}");
+    };
+    let refused = "restock_refusals_total{reason=\"another_purchase_active\"}";
+    a.disk.refuse_writes(true);
+    assert!(persist_failed(
+        a.handle.acquire(t("A"), w("w1"), "r1".into()).await
+    ));
+    // Decided in memory (B is refused for A's lease), written nowhere.
+    assert!(persist_failed(
+        a.handle.acquire(t("B"), w("w2"), "r2".into()).await
+    ));
+    shows("restock_grants_total 0\n");
+    shows("restock_slot_held 0\n");
+    shows("restock_fencing_token 0\n");
+    shows(&format!("{refused} 0\n"));
+    shows("restock_products{state=\"attempting\"} 0\n");
+
+    // The next write holds both: the grant and the refusal count once,
+    // and the refusal's retry (answered from memory) adds nothing.
+    a.disk.refuse_writes(false);
+    let retry = a.handle.acquire(t("A"), w("w1"), "r1".into()).await;
+    assert!(matches!(retry, Ok(AcquireAnswer::Granted(_))), "{retry:?}");
+    let again = a.handle.acquire(t("B"), w("w2"), "r2".into()).await;
+    assert!(matches!(again, Ok(AcquireAnswer::Refused(_))), "{again:?}");
+    shows("restock_grants_total 1\n");
+    shows("restock_slot_held 1\n");
+    shows("restock_fencing_token 1\n");
+    shows(&format!("{refused} 1\n"));
+    shows("restock_products{state=\"attempting\"} 1\n");
+    let page = a.metrics_page();
+    let fsyncs = page
+        .lines()
+        .find_map(|l| l.strip_prefix("restock_journal_fsync_seconds_count "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(fsyncs.is_some_and(|n| n >= 1), "{page}");
+}
+
+#[tokio::test]
+async fn an_expired_lease_counts_as_an_expiration_not_a_release_and_frees_the_slot() {
+    let a = Running::start(Duration::from_millis(200)).await;
+    let granted = a.handle.acquire(t("A"), w("w1"), String::new()).await;
+    assert!(
+        matches!(granted, Ok(AcquireAnswer::Granted(_))),
+        "{granted:?}"
+    );
+    assert!(a.metrics_page().contains("restock_slot_held 1\n"));
+    until("the lease to expire", || {
+        a.metrics_page()
+            .contains("restock_lease_expirations_total 1\n")
+    })
+    .await;
+    let page = a.metrics_page();
+    for line in [
+        "restock_slot_held 0\n",
+        "restock_lease_expires_timestamp_seconds 0.0\n",
+        "restock_products{state=\"failed\"} 1\n",
+        "restock_releases_total{outcome=\"aborted\"} 0\n",
+        "restock_releases_total{outcome=\"failed\"} 0\n",
+    ] {
+        assert!(page.contains(line), "{line:?} missing from\n{page}");
+    }
 }
 
 #[tokio::test]
