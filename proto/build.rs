@@ -1,5 +1,6 @@
 //! Generates the restock.v1 types, client and server, plus an encoded file
-//! descriptor set that the services hand to tonic-reflection.
+//! descriptor set that the services hand to tonic-reflection, and serde
+//! impls in the proto3 JSON mapping (pbjson-build).
 //!
 //! protoc comes from `protoc-bin-vendored`, so a machine with only the Rust
 //! toolchain builds; a `PROTOC` set in the environment still wins.
@@ -20,8 +21,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rerun-if-env-changed=PROTOC");
+    let descriptor_path = out_dir.join("restock_descriptor.bin");
     tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("restock_descriptor.bin"))
+        .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(config, &protos, &["."])?;
+    // serde impls in the proto3 JSON mapping (camelCase names, 64-bit
+    // integers as strings, enums by name): what grpcurl prints, so the
+    // arbiter's HTTP JSON and a grpcurl call read the same.
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".restock.v1"])?;
     Ok(())
 }

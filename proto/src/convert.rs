@@ -405,6 +405,7 @@ impl From<&Status> for pb::GetStatusResponse {
             stock_ttl_ms: millis(s.stock_ttl),
             failure_cooldown_ms: millis(s.failure_cooldown),
             config_path: s.config_path.clone(),
+            unix_ms: restock_domain::timestamp::now_unix_ms(),
         }
     }
 }

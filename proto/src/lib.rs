@@ -2,7 +2,8 @@
 //! conversions to and from the domain types of `restock-domain`.
 //!
 //! Every service and client in the workspace uses these; the `.proto` files
-//! next to this crate are the contract. [`FILE_DESCRIPTOR_SET`] feeds server
+//! next to this crate are the contract. Every message also has serde impls
+//! in the proto3 JSON mapping (what `grpcurl` prints), for HTTP JSON. [`FILE_DESCRIPTOR_SET`] feeds server
 //! reflection so that `grpcurl` needs no `.proto` files; [`convert`] is
 //! where protocol messages become domain values (and back), so each
 //! service converts at its edge.
@@ -11,6 +12,7 @@
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("restock.v1");
+    include!(concat!(env!("OUT_DIR"), "/restock.v1.serde.rs"));
 }
 
 pub mod convert;

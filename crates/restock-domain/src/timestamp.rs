@@ -1,7 +1,14 @@
 //! Wall-clock times as every restock tool prints them, and as the history
 //! checker writes them into what it reports: RFC 3339, UTC, milliseconds.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// `2026-05-01T10:00:00.123Z`, or `-` for 0 (the protocol's "unset").
 pub fn rfc3339_ms(unix_ms: u64) -> String {

@@ -2,8 +2,6 @@
 //! the JSON shapes of status and events (field and enum names as in
 //! `arbiter.proto`, so scripts can use the same names as with grpcurl).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use restock_domain::{Outcome, ProductState};
 use restock_proto::{
     convert,
@@ -20,12 +18,7 @@ pub use restock_domain::duration::short_ms as duration_ms;
 pub use restock_domain::timestamp::rfc3339_ms as time;
 
 /// Milliseconds since the Unix epoch by this machine's clock.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use restock_domain::timestamp::now_unix_ms;
 
 /// At most `max` characters of `text`, with `...` when cut.
 pub fn shorten(text: &str, max: usize) -> String {

@@ -10,7 +10,7 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use restock_domain::{FencingToken, LeaseId, Tcin};
@@ -19,11 +19,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{book::StockBook, metrics::WatcherMetrics};
 
 /// Wall-clock milliseconds since the epoch (display only).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use restock_domain::timestamp::now_unix_ms as unix_ms;
 
 /// Everything the status call shows, and the stock book.
 #[derive(Debug, Default)]
