@@ -241,6 +241,35 @@ impl AuthPolicy {
         }
     }
 
+    /// Like [`Self::check`], for an HTTP route a browser may call: the
+    /// token is accepted from `Authorization: Bearer TOKEN` (scrapers,
+    /// curl) or from the HttpOnly [`SESSION_COOKIE`] that the login form
+    /// sets. A header, when present, decides alone.
+    pub fn check_http(&self, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
+        if self.token.is_none()
+            || self.open.iter().any(|p| p == path)
+            || headers.contains_key(http::header::AUTHORIZATION)
+        {
+            return self.check(path, headers);
+        }
+        match session_cookie(headers) {
+            Some(presented) if self.token.as_ref().is_some_and(|t| t.matches(&presented)) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(
+                "the session cookie holds a wrong token: log in again at /login",
+            )),
+            None => Err(Status::unauthenticated(
+                "missing bearer token: send `Authorization: Bearer TOKEN`, or log in at /login",
+            )),
+        }
+    }
+
+    /// Does `presented` equal the token? False when there is none.
+    pub fn accepts(&self, presented: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| t.matches(presented.trim().as_bytes()))
+    }
+
     /// Wraps a generated gRPC server so that [`Self::check`] runs first.
     pub fn guard<S>(&self, inner: S) -> RequireToken<S> {
         RequireToken {
@@ -248,6 +277,43 @@ impl AuthPolicy {
             policy: self.clone(),
         }
     }
+}
+
+/// The cookie the HTTP login form sets: the token, hex-encoded (a cookie
+/// value may not hold every character a token may), `HttpOnly` so no
+/// script on the page can read it.
+pub const SESSION_COOKIE: &str = "restock_token";
+
+/// The `Set-Cookie` value that logs a browser in with `token` for 30 days.
+pub fn session_cookie_value(token: &str) -> String {
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{SESSION_COOKIE}={hex}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000")
+}
+
+/// The `Set-Cookie` value that logs a browser out.
+pub fn session_cookie_cleared() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+/// The token in the request's [`SESSION_COOKIE`], decoded; `None` when
+/// there is no such cookie or it is not hex.
+fn session_cookie(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    let value = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then_some(value)
+        })?;
+    if value.len() % 2 != 0 {
+        return None;
+    }
+    (0..value.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(value.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A gRPC service behind an [`AuthPolicy`]: a refused call is answered
@@ -516,6 +582,45 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::Unauthenticated);
             assert!(e.message().contains("wrong"), "{wrong}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_browser_passes_with_the_login_cookie_and_a_header_decides_alone() {
+        let p = policy(&["/open"]);
+        let cookie = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::COOKIE, value.parse().unwrap());
+            h
+        };
+        let set = session_cookie_value("s3cret");
+        let pair = set.split(';').next().unwrap();
+        assert_eq!(pair, "restock_token=733363726574");
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+        p.check_http("/", &cookie(pair)).unwrap();
+        p.check_http("/", &cookie(&format!("theme=dark; {pair}; x=1")))
+            .unwrap();
+        // The cookie means nothing to gRPC calls.
+        assert!(p.check("/", &cookie(pair)).is_err());
+        let wrong = p
+            .check_http("/", &cookie("restock_token=733363726575"))
+            .unwrap_err();
+        assert!(wrong.message().contains("/login"), "{wrong:?}");
+        for bad in [
+            "restock_token=zz",
+            "restock_token=733",
+            "other=733363726574",
+        ] {
+            assert!(p.check_http("/", &cookie(bad)).is_err(), "{bad}");
+        }
+        let none = p.check_http("/", &http::HeaderMap::new()).unwrap_err();
+        assert!(none.message().contains("missing"), "{none:?}");
+        // A wrong header is refused even with a good cookie.
+        let mut both = cookie(pair);
+        both.insert(http::header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        assert!(p.check_http("/", &both).is_err());
+        p.check_http("/open", &http::HeaderMap::new()).unwrap();
+        assert!(p.accepts("s3cret") && !p.accepts("s3cre"));
+        assert!(!AuthPolicy::new(None, Vec::new()).accepts("s3cret"));
     }
 
     #[test]

@@ -124,7 +124,7 @@ async fn scrape(
     headers: HeaderMap,
 ) -> Response {
     let (registry, auth) = &*state;
-    if let Err(refused) = auth.check(METRICS_PATH, &headers) {
+    if let Err(refused) = auth.check_http(METRICS_PATH, &headers) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
@@ -142,6 +142,127 @@ async fn scrape(
         body,
     )
         .into_response()
+}
+
+/// The path of the login form (a browser's way to present the token).
+pub const LOGIN_PATH: &str = "/login";
+
+/// `GET /login`, a form asking for the token, and `POST /login`, which
+/// checks it and sets the HttpOnly session cookie
+/// ([`crate::auth::SESSION_COOKIE`]) before sending the browser back to
+/// `next` (a path on this server). `POST /logout` clears it. Without a
+/// token configured the form says there is nothing to log in to.
+pub fn login_routes(auth: AuthPolicy) -> Router {
+    Router::new()
+        .route(LOGIN_PATH, get(login_form).post(log_in))
+        .route("/logout", axum::routing::post(log_out))
+        .with_state(auth)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// Only a path on this server: `/x`, never `//host/x` or `https://…`.
+fn local_path(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    }
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn login_page(status: StatusCode, next: &str, problem: Option<&str>) -> Response {
+    let problem = problem
+        .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", escape_html(p)))
+        .unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>restock: log in</title><style>body{{font:16px system-ui,sans-serif;max-width:24rem;\
+         margin:4rem auto;padding:0 1rem}}input,button{{font:inherit;padding:.5rem;width:100%;\
+         box-sizing:border-box;margin:.25rem 0}}.problem{{color:#b00020}}</style></head><body>\
+         <h1>restock</h1><p>This page needs the arbiter's token (its <code>--auth-token-file</code>).</p>\
+         {problem}<form method=\"post\" action=\"{LOGIN_PATH}\">\
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\
+         <label>Token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus></label>\
+         <button type=\"submit\">Log in</button></form></body></html>",
+        next = escape_html(local_path(next)),
+    );
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn login_form(
+    State(auth): State<AuthPolicy>,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> Response {
+    if !auth.is_on() {
+        return axum::response::Redirect::to(local_path(&q.next)).into_response();
+    }
+    login_page(StatusCode::OK, &q.next, None)
+}
+
+async fn log_in(
+    State(auth): State<AuthPolicy>,
+    axum::extract::Form(form): axum::extract::Form<LoginForm>,
+) -> Response {
+    if !auth.is_on() {
+        return axum::response::Redirect::to(local_path(&form.next)).into_response();
+    }
+    if !auth.accepts(&form.token) {
+        tracing::warn!(route = LOGIN_PATH, "login refused: wrong token");
+        return login_page(StatusCode::UNAUTHORIZED, &form.next, Some("Wrong token."));
+    }
+    let cookie = crate::auth::session_cookie_value(form.token.trim());
+    let mut response = axum::response::Redirect::to(local_path(&form.next)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn log_out() -> Response {
+    let mut response = axum::response::Redirect::to(LOGIN_PATH).into_response();
+    if let Ok(v) = HeaderValue::from_str(&crate::auth::session_cookie_cleared()) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then it stops
