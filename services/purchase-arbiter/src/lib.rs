@@ -34,6 +34,7 @@
 pub mod config;
 
 mod bounded_log;
+mod feed;
 mod grpc;
 mod limits;
 mod metrics;

@@ -10,27 +10,23 @@ mod stream;
 
 use std::{path::PathBuf, pin::Pin};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use restock_proto::v1::{self as pb, purchase_arbiter_server::PurchaseArbiter};
-use tokio::{
-    sync::{broadcast, mpsc},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use restock_domain::{
-    Event, FencingToken, LeaseId, Outcome, PriorityList, ProductState, Tcin, WatcherId,
-};
+use restock_domain::{FencingToken, LeaseId, Outcome, PriorityList, ProductState, Tcin, WatcherId};
 use restock_proto::convert;
 use restock_runtime::error::chain_text;
 
 pub use report_limit::ReportLimit;
 
 use crate::{
-    limits::{EVENT_FOLLOWER_BUFFER, MAX_DETAIL_BYTES, MAX_REQUEST_ID_BYTES},
+    feed::{self, FeedEnd},
+    limits::{MAX_DETAIL_BYTES, MAX_REQUEST_ID_BYTES},
     slot::{AcquireAnswer, ActiveLease, Refusal, SlotError},
     task::{ArbiterError, ArbiterHandle},
 };
@@ -257,16 +253,17 @@ impl PurchaseArbiter for ArbiterService {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let from = request.into_inner().from_sequence;
-        let (history, live) = self.handle.events(from.max(1)).await.map_err(to_status)?;
         // from_sequence 0 means "only what happens from now on".
-        let history = if from == 0 { Vec::new() } else { history };
-        let (tx, rx) = mpsc::channel(EVENT_FOLLOWER_BUFFER);
-        let handle = self.handle.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(follow_events(handle, history, live, tx, shutdown));
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as Self::WatchEventsStream
-        ))
+        let from = if from == 0 { u64::MAX } else { from };
+        let feed = feed::follow(self.handle.clone(), from, self.shutdown.clone())
+            .await
+            .map_err(to_status)?;
+        let events = ReceiverStream::new(feed).map(|item| match item {
+            Ok(e) => Ok(pb::Event::from(&e)),
+            Err(FeedEnd::ShuttingDown) => Err(Status::unavailable("the arbiter is shutting down")),
+            Err(FeedEnd::Failed(e)) => Err(to_status(e)),
+        });
+        Ok(Response::new(Box::pin(events) as Self::WatchEventsStream))
     }
 
     async fn reset_product(
@@ -304,69 +301,6 @@ impl PurchaseArbiter for ArbiterService {
             products: n as u32,
             config_path: self.config_path.display().to_string(),
         }))
-    }
-}
-
-/// Sends history, then live events, to one `WatchEvents` follower. A follower
-/// that falls behind the live buffer catches up from history.
-async fn follow_events(
-    handle: ArbiterHandle,
-    history: Vec<Event>,
-    mut live: broadcast::Receiver<Event>,
-    tx: mpsc::Sender<Result<pb::Event, Status>>,
-    shutdown: CancellationToken,
-) {
-    let mut last = 0u64;
-    for e in history {
-        last = e.sequence;
-        if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the arbiter is shutting down"))).await;
-                return;
-            }
-            () = tx.closed() => return,
-            n = live.recv() => n,
-        };
-        match next {
-            Ok(e) => {
-                if e.sequence <= last {
-                    continue;
-                }
-                last = e.sequence;
-                if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Catch up from history, then follow again.
-                match handle.events(last + 1).await {
-                    Ok((missed, rx)) => {
-                        live = rx;
-                        for e in missed {
-                            last = e.sequence;
-                            if tx.send(Ok(pb::Event::from(&e))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(to_status(e))).await;
-                        return;
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                let _ = tx
-                    .send(Err(Status::unavailable("the arbiter is shutting down")))
-                    .await;
-                return;
-            }
-        }
     }
 }
 
