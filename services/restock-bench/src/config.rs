@@ -67,18 +67,38 @@ pub struct BenchConfig {
     #[arg(long, env = "RESTOCK_BENCH_WAITERS", default_value_t = DEFAULT_WAITERS)]
     pub waiters: usize,
 
-    /// Watcher processes in the end-to-end scenario; one row per value.
-    #[arg(
-        long,
-        env = "RESTOCK_BENCH_E2E_WATCHERS",
-        value_delimiter = ',',
-        default_value = "1,3"
-    )]
-    pub e2e_watchers: Vec<usize>,
+    /// Watcher processes in the end-to-end scenario; one row per value and
+    /// poll interval and planning setting (default 1,3,5; 3 with --quick).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_WATCHERS", value_delimiter = ',')]
+    pub e2e_watchers: Option<Vec<usize>>,
 
-    /// The watchers' poll interval in the end-to-end scenario.
-    #[arg(long, env = "RESTOCK_BENCH_E2E_POLL_INTERVAL", value_parser = restock_domain::duration::parse_duration, default_value = "100ms")]
-    pub e2e_poll_interval: Duration,
+    /// The watchers' poll intervals in the end-to-end scenario (default
+    /// 300ms,100ms; 100ms with --quick).
+    #[arg(long, alias = "e2e-poll-interval", env = "RESTOCK_BENCH_E2E_POLL_INTERVALS", value_delimiter = ',', value_parser = restock_domain::duration::parse_duration)]
+    pub e2e_poll_intervals: Option<Vec<Duration>>,
+
+    /// End-to-end poll planning settings to measure side by side: `true`
+    /// is the arbiter's default (watchers take turns), `false` passes
+    /// `--poll-planning false` (each watcher on its own schedule). An
+    /// arbiter without the flag is measured unplanned only.
+    #[arg(long, env = "RESTOCK_BENCH_E2E_PLANNING", value_delimiter = ',', default_value = "true,false", action = clap::ArgAction::Set)]
+    pub e2e_planning: Vec<bool>,
+
+    /// Flips per end-to-end configuration (default 200; 5 with --quick).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_SAMPLES")]
+    pub e2e_samples: Option<usize>,
+
+    /// Products the end-to-end scenario flips in turn; each flip waits until
+    /// every product is out of stock everywhere and the slot is free.
+    #[arg(long, env = "RESTOCK_BENCH_E2E_PRODUCTS", default_value_t = 3)]
+    pub e2e_products: usize,
+
+    /// Where the end-to-end scenario writes a trace of each slow flip
+    /// (detection to checkout above the poll interval + 10 ms): the
+    /// simulator's polls and orders and the arbiter's events around it, and
+    /// the processes' logs (at `info`); default: no traces, logs at `warn`.
+    #[arg(long, env = "RESTOCK_BENCH_E2E_TRACE_DIR")]
+    pub e2e_trace_dir: Option<PathBuf>,
 
     /// Hard limit of each scenario (default 120 s, 45 s with --quick).
     #[arg(long, env = "RESTOCK_BENCH_SCENARIO_TIMEOUT", value_parser = restock_domain::duration::parse_duration)]
@@ -135,7 +155,48 @@ impl BenchConfig {
     }
 
     pub fn plan(&self) -> Plan {
-        if self.quick { Plan::QUICK } else { Plan::FULL }
+        let mut plan = if self.quick { Plan::QUICK } else { Plan::FULL };
+        if let Some(n) = self.e2e_samples {
+            plan.e2e_samples = n;
+        }
+        plan
+    }
+
+    /// End-to-end watcher counts.
+    pub fn e2e_watchers(&self) -> Vec<usize> {
+        self.e2e_watchers.clone().unwrap_or_else(
+            || {
+                if self.quick { vec![3] } else { vec![1, 3, 5] }
+            },
+        )
+    }
+
+    /// End-to-end poll intervals.
+    pub fn e2e_poll_intervals(&self) -> Vec<Duration> {
+        self.e2e_poll_intervals.clone().unwrap_or_else(|| {
+            if self.quick {
+                vec![Duration::from_millis(100)]
+            } else {
+                vec![Duration::from_millis(300), Duration::from_millis(100)]
+            }
+        })
+    }
+
+    /// The end-to-end scenario's time limit unless one is given: its
+    /// configurations × flips × (two poll intervals + half a second), plus
+    /// 30 s per configuration to start and settle.
+    pub fn e2e_timeout(&self) -> Duration {
+        if let Some(t) = self.scenario_timeout {
+            return t;
+        }
+        let samples = self.plan().e2e_samples as u32;
+        let mut total = Duration::ZERO;
+        for poll in self.e2e_poll_intervals() {
+            let configs = (self.e2e_watchers().len() * self.e2e_planning.len()) as u32;
+            total += (poll * 2 + Duration::from_millis(500)) * samples * configs
+                + Duration::from_secs(30) * configs;
+        }
+        total.max(self.timeout())
     }
 }
 
@@ -171,7 +232,7 @@ impl Plan {
         contention_for: Duration::from_secs(5),
         ingest_for: Duration::from_secs(10),
         memory_reporting_for: Duration::from_secs(5),
-        e2e_samples: 150,
+        e2e_samples: 200,
     };
     pub const QUICK: Plan = Plan {
         handoffs: 300,
@@ -182,6 +243,6 @@ impl Plan {
         contention_for: Duration::from_secs(1),
         ingest_for: Duration::from_secs(2),
         memory_reporting_for: Duration::from_secs(1),
-        e2e_samples: 10,
+        e2e_samples: 5,
     };
 }

@@ -94,8 +94,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         redis_url,
         etcd_url,
         etcd_fsync: config.etcd_fsync,
-        e2e_watchers: config.e2e_watchers.clone(),
-        e2e_poll_interval: config.e2e_poll_interval,
+        e2e_watchers: config.e2e_watchers(),
+        e2e_poll_intervals: config.e2e_poll_intervals(),
+        e2e_planning: config.e2e_planning.clone(),
+        e2e_products: config.e2e_products.max(1),
+        e2e_trace_dir: config.e2e_trace_dir.clone(),
     };
     let limit = config.timeout();
     info!(
@@ -111,6 +114,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     for name in &selected {
         let t0 = Instant::now();
         info!(scenario = name, "scenario starting");
+        let limit = if *name == "end_to_end" {
+            config.e2e_timeout()
+        } else {
+            limit
+        };
         match tokio::time::timeout(limit, scenarios::run(name, &ctx)).await {
             Ok(Ok(r)) => {
                 info!(
@@ -160,8 +168,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
 #[allow(clippy::print_stdout)]
 fn print_results(rows: &[Row]) {
     println!("\n{}\n", report::table(rows));
+    if let Some(e2e) = report::e2e_table(rows) {
+        println!("End to end (issue 14):\n\n{e2e}\n");
+    }
     println!(
-        "Targets (issue 7):\n\n{}\n",
+        "Targets (issues 7 and 14):\n\n{}\n",
         report::targets_table(&report::targets(rows))
     );
 }

@@ -53,6 +53,20 @@ pub struct Row {
     pub cpu_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
+    /// End to end: watcher processes polling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchers: Option<u64>,
+    /// End to end: whether the arbiter planned the watchers' polls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned: Option<bool>,
+    /// End to end: the gaps between consecutive polls of a product across
+    /// all watchers (the simulator's poll log): median, p99, and p99/median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_gap_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_gap_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_gap_spread: Option<f64>,
 }
 
 impl Row {
@@ -70,6 +84,11 @@ impl Row {
             samples: None,
             cpu_percent: None,
             poll_interval_ms: None,
+            watchers: None,
+            planned: None,
+            poll_gap_p50_ms: None,
+            poll_gap_p99_ms: None,
+            poll_gap_spread: None,
         }
     }
 
@@ -117,6 +136,71 @@ impl Row {
         self.poll_interval_ms = Some(d.as_millis() as u64);
         self
     }
+}
+
+impl Row {
+    pub fn watchers(mut self, n: usize) -> Self {
+        self.watchers = Some(n as u64);
+        self
+    }
+
+    pub fn planned(mut self, on: bool) -> Self {
+        self.planned = Some(on);
+        self
+    }
+
+    /// Sets the poll-gap figures (nothing when there were no gaps).
+    pub fn poll_gaps(mut self, g: &GapSummary) -> Self {
+        if g.count > 0 {
+            self.poll_gap_p50_ms = Some(round2(g.p50_ms));
+            self.poll_gap_p99_ms = Some(round2(g.p99_ms));
+            self.poll_gap_spread = Some(round2(g.spread()));
+        }
+        self
+    }
+}
+
+/// Gaps between consecutive polls, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GapSummary {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl GapSummary {
+    /// Nearest-rank median, p99 and maximum of `gaps`.
+    pub fn of(gaps: &[f64]) -> Self {
+        let mut v: Vec<f64> = gaps.iter().copied().filter(|g| g.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let rank = (q * v.len() as f64).ceil() as usize;
+            v[rank.clamp(1, v.len()) - 1]
+        };
+        Self {
+            count: v.len(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: v.last().copied().unwrap_or(0.0),
+        }
+    }
+
+    /// p99 / median: 1 for perfectly even polling.
+    pub fn spread(&self) -> f64 {
+        if self.p50_ms > 0.0 {
+            self.p99_ms / self.p50_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 fn round1(v: f64) -> f64 {
@@ -204,6 +288,23 @@ mod tests {
     fn an_empty_set_summarises_to_zero() {
         let s = Latencies::default().summary();
         assert_eq!((s.count, s.p50_us, s.p99_us), (0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn poll_gaps_summarise_to_median_p99_and_spread() {
+        // 98 gaps of 100 ms and two of 160 ms: the p99 is a long one.
+        let mut gaps = vec![100.0; 98];
+        gaps.extend([160.0, 160.0]);
+        let g = GapSummary::of(&gaps);
+        assert_eq!(
+            (g.count, g.p50_ms, g.p99_ms, g.max_ms),
+            (100, 100.0, 160.0, 160.0)
+        );
+        assert!((g.spread() - 1.6).abs() < 1e-9);
+        let row = Row::new("end_to_end", System::Restock).poll_gaps(&g);
+        assert_eq!(row.poll_gap_spread, Some(1.6));
+        let none = Row::new("end_to_end", System::Restock).poll_gaps(&GapSummary::of(&[]));
+        assert_eq!(none.poll_gap_p50_ms, None, "no gaps, no figures");
     }
 
     #[test]

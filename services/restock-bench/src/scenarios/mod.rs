@@ -23,7 +23,10 @@ pub struct Ctx {
     pub etcd_url: Option<String>,
     pub etcd_fsync: bool,
     pub e2e_watchers: Vec<usize>,
-    pub e2e_poll_interval: std::time::Duration,
+    pub e2e_poll_intervals: Vec<std::time::Duration>,
+    pub e2e_planning: Vec<bool>,
+    pub e2e_products: usize,
+    pub e2e_trace_dir: Option<std::path::PathBuf>,
 }
 
 /// The fsync settings measured, fastest first.
