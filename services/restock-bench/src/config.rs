@@ -93,10 +93,12 @@ pub struct BenchConfig {
     #[arg(long, env = "RESTOCK_BENCH_E2E_PRODUCTS", default_value_t = 3)]
     pub e2e_products: usize,
 
-    /// Where the end-to-end scenario writes a trace of each slow flip
-    /// (detection to checkout above the poll interval + 10 ms): the
-    /// simulator's polls and orders and the arbiter's events around it, and
-    /// the processes' logs (at `info`); default: no traces, logs at `warn`.
+    /// Where the end-to-end scenario writes traces: every flip with the
+    /// machine's CPU and I/O stall time (/proc/pressure) and the arbiter's
+    /// slow fdatasyncs (its /metrics) around it, and for each slow flip
+    /// (above the poll interval + 10 ms) the simulator's polls and orders
+    /// and the arbiter's events, plus the processes' logs (at `info`).
+    /// Default: no traces, logs at `warn`.
     #[arg(long, env = "RESTOCK_BENCH_E2E_TRACE_DIR")]
     pub e2e_trace_dir: Option<PathBuf>,
 

@@ -77,6 +77,8 @@ pub struct ArbiterSpec {
     pub test_mode: bool,
     /// More flags for the arbiter.
     pub extra_args: Vec<String>,
+    /// Serve the HTTP listener (`/metrics`) on a free port instead of none.
+    pub http: bool,
 }
 
 impl ArbiterSpec {
@@ -87,6 +89,7 @@ impl ArbiterSpec {
             fsync,
             test_mode: true,
             extra_args: Vec::new(),
+            http: false,
         }
     }
 
@@ -103,6 +106,8 @@ impl ArbiterSpec {
 #[derive(Debug)]
 pub struct ArbiterProcess {
     pub url: String,
+    /// The HTTP listener (`/metrics`), when the spec asked for one.
+    pub http_url: Option<String>,
     // Dropped (killed) before the folder it writes to.
     process: ChildProcess,
     pub dir: tempfile::TempDir,
@@ -130,10 +135,10 @@ impl ArbiterProcess {
             "--failure-cooldown".into(),
             "1s".into(),
             format!("--test-mode={}", spec.test_mode),
-            // Nothing here scrapes it, and the default port (8081) would
-            // clash with an arbiter already running on this machine.
+            // Off unless asked for: the default port (8081) would clash
+            // with an arbiter already running on this machine.
             "--http-listen".into(),
-            "off".into(),
+            if spec.http { "127.0.0.1:0" } else { "off" }.into(),
         ]);
         if !spec.fsync {
             args.push("--no-fsync".into());
@@ -149,9 +154,20 @@ impl ArbiterProcess {
         )?;
         let addr = procs::announced(&mut process, &ready, "grpc", Duration::from_secs(20)).await?;
         let url = format!("http://{addr}");
+        let http_url = if spec.http {
+            let a = procs::announced(&mut process, &ready, "http", Duration::from_secs(20)).await?;
+            Some(format!("http://{a}"))
+        } else {
+            None
+        };
         procs::wait_grpc_healthy(&url, Duration::from_secs(20), &mut process).await?;
         debug!(url = %url, pid = process.pid(), fsync = spec.fsync, "arbiter started");
-        Ok(Self { url, process, dir })
+        Ok(Self {
+            url,
+            http_url,
+            process,
+            dir,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -174,6 +190,11 @@ impl ArbiterProcess {
 
     pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
         procs::cpu_ticks(self.pid())
+    }
+
+    /// The arbiter's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("arbiter.log")
     }
 
     pub fn state_file(&self) -> PathBuf {

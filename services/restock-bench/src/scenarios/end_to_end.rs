@@ -334,6 +334,8 @@ fn follow_events(
 
 async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<Measured> {
     let samples = ctx.plan.e2e_samples;
+    // Tracing also reads the machine's stall counters and the arbiter's
+    // fsync histogram around every flip.
     let tracing = ctx.e2e_trace_dir.is_some();
     let log = if tracing { "info" } else { "warn" };
     let dir = ctx.env.temp_dir("restock-bench-e2e-")?;
@@ -342,6 +344,8 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     write_product_config(&config, &products)?;
     let sim = StoreSim::start(&ctx.env, dir.path(), &config, log).await?;
     let mut spec = ArbiterSpec::cycling(products.clone(), true);
+    // Traces read the arbiter's fsync histogram around each flip.
+    spec.http = tracing;
     if arbiter_plans {
         spec.extra_args.extend([
             "--poll-planning".to_owned(),
@@ -411,6 +415,11 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             extra_checkouts += n.saturating_sub(1);
         }
         sim.delete("/admin/orders").await?;
+        let pressure_before = tracing.then(pressure_totals);
+        let fsyncs_before = match &arbiter.http_url {
+            Some(u) => Some(fsync_buckets(&sim.http, u).await?),
+            None => None,
+        };
         let phase = rand::rng().random_range(0..v.poll.as_micros() as u64);
         tokio::time::sleep(Duration::from_micros(phase)).await;
         let flipped = sim.set_stock(tcin, true).await?;
@@ -424,9 +433,23 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
         )
         .await?;
         sim.set_stock(tcin, false).await?;
+        let fsyncs = match (&arbiter.http_url, fsyncs_before) {
+            (Some(u), Some(before)) => {
+                Some(slow_fsyncs(&before, &fsync_buckets(&sim.http, u).await?))
+            }
+            _ => None,
+        };
+        let stalls = pressure_before.map(|b| stalled_ms(&b, &pressure_totals()));
         let took = Duration::from_millis(arrived - flipped);
         lat.record(took);
-        all.push(json!({"sample": k, "tcin": tcin, "flipped_unix_ms": flipped, "latency_ms": arrived - flipped}));
+        all.push(json!({
+            "sample": k,
+            "tcin": tcin,
+            "flipped_unix_ms": flipped,
+            "latency_ms": arrived - flipped,
+            "arbiter_fsyncs": fsyncs,
+            "stalled_ms": stalls,
+        }));
         if took > v.poll + SLOW_MARGIN {
             warn!(
                 scenario = SCENARIO,
@@ -468,7 +491,15 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     let gaps = GapSummary::of(&poll_gaps(&polls));
     follower.abort();
     if let Some(out) = &ctx.e2e_trace_dir {
-        write_traces(out, dir.path(), v, &all, &traces, &polls)?;
+        write_traces(
+            out,
+            dir.path(),
+            &arbiter.log_path(),
+            v,
+            &all,
+            &traces,
+            &polls,
+        )?;
     }
     if violations > 0 {
         bail!("store-sim saw {violations} overlapping checkouts during the end-to-end run");
@@ -540,11 +571,91 @@ async fn trace(
     }))
 }
 
+/// The kernel's pressure-stall totals (µs during which some task waited
+/// for a CPU, for I/O): `/proc/pressure/{cpu,io}`, `some total=`; zeros
+/// where the kernel has none.
+fn pressure_totals() -> [u64; 2] {
+    ["cpu", "io"].map(|r| {
+        std::fs::read_to_string(format!("/proc/pressure/{r}"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("some"))?
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    })
+}
+
+/// Milliseconds of CPU and I/O stall between two [`pressure_totals`]: time
+/// in which some task on the machine was runnable but had no CPU, or waited
+/// for the disk.
+fn stalled_ms(before: &[u64; 2], after: &[u64; 2]) -> Value {
+    let ms = |i: usize| after[i].saturating_sub(before[i]) as f64 / 1_000.0;
+    json!({ "cpu": ms(0), "io": ms(1) })
+}
+
+/// `restock_journal_fsync_seconds_bucket` of the arbiter's `/metrics`:
+/// (upper bound in seconds, cumulative count), `+Inf` as infinity.
+async fn fsync_buckets(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .context("GET /metrics on the arbiter")?
+        .error_for_status()
+        .context("GET /metrics on the arbiter")?
+        .text()
+        .await?;
+    Ok(parse_fsync_buckets(&text))
+}
+
+fn parse_fsync_buckets(text: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("restock_journal_fsync_seconds_bucket{"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.trim().parse::<f64>().ok()? as u64;
+            Some((le, count))
+        })
+        .collect()
+}
+
+/// How many fdatasyncs between two scrapes took longer than 10, 25, 50,
+/// 100 and 250 ms (bucket bounds), and how many there were.
+fn slow_fsyncs(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
+    let at = |b: &[(f64, u64)], le: f64| {
+        b.iter()
+            .find(|(l, _)| (*l - le).abs() < 1e-12 || (l.is_infinite() && le.is_infinite()))
+            .map_or(0, |(_, c)| *c)
+    };
+    let delta = |le: f64| at(after, le).saturating_sub(at(before, le));
+    let total = delta(f64::INFINITY);
+    let over = |le: f64| total.saturating_sub(delta(le));
+    json!({
+        "count": total,
+        "over_10ms": over(0.01),
+        "over_25ms": over(0.025),
+        "over_50ms": over(0.05),
+        "over_100ms": over(0.1),
+        "over_250ms": over(0.25),
+    })
+}
+
 /// `<dir>/<variant>.json`: every sample and each slow flip's trace; with a
 /// slow flip, the processes' logs too.
 fn write_traces(
     out: &Path,
     work: &Path,
+    arbiter_log: &Path,
     v: Variant,
     samples: &[Value],
     traces: &[Value],
@@ -569,6 +680,7 @@ fn write_traces(
                 std::fs::copy(&p, logs.join(p.file_name().unwrap_or_default()))?;
             }
         }
+        std::fs::copy(arbiter_log, logs.join("arbiter.log"))?;
     }
     info!(file = %file.display(), slow = traces.len(), "end-to-end trace written");
     Ok(())
@@ -645,6 +757,30 @@ mod tests {
                 "3 watchers every 100 ms, unplanned",
             ]
         );
+    }
+
+    #[test]
+    fn slow_fsyncs_come_from_the_histograms_difference() {
+        let page = |n: [u64; 4]| {
+            format!(
+                "# TYPE restock_journal_fsync_seconds histogram\n\
+                 restock_journal_fsync_seconds_bucket{{le=\"0.01\"}} {}\n\
+                 restock_journal_fsync_seconds_bucket{{le=\"0.05\"}} {}\n\
+                 restock_journal_fsync_seconds_bucket{{le=\"0.25\"}} {}\n\
+                 restock_journal_fsync_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 restock_journal_fsync_seconds_count {}\n",
+                n[0], n[1], n[2], n[3], n[3]
+            )
+        };
+        let before = parse_fsync_buckets(&page([10, 11, 11, 11]));
+        assert_eq!(before.len(), 4);
+        // Three more: one fast, one of 50-250 ms, one over 250 ms.
+        let after = parse_fsync_buckets(&page([11, 12, 13, 14]));
+        let d = slow_fsyncs(&before, &after);
+        assert_eq!(d["count"], 3);
+        assert_eq!(d["over_10ms"], 2);
+        assert_eq!(d["over_50ms"], 2);
+        assert_eq!(d["over_250ms"], 1);
     }
 
     #[test]
