@@ -239,13 +239,18 @@ impl ArbiterProcess {
         self.dir.path().join("product_config.json")
     }
 
-    /// `http://ADDR/metrics` of the HTTP listener it announced; panics if
-    /// it serves no HTTP (`http_listen: "off"`).
-    pub fn metrics_url(&self) -> String {
+    /// `http://ADDR` of the HTTP listener it announced (the status page,
+    /// `/metrics`); panics if it serves no HTTP (`http_listen: "off"`).
+    pub fn http_url(&self) -> String {
         let addr = self.process.announced("http").unwrap_or_else(|| {
             panic!("the arbiter announced no HTTP listener; start it with http_listen 127.0.0.1:0")
         });
-        format!("http://{addr}/metrics")
+        format!("http://{addr}")
+    }
+
+    /// `http://ADDR/metrics` of the HTTP listener it announced.
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.http_url())
     }
 
     /// `kill -9` (if it still runs), start again with the same flags, state

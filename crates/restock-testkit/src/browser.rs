@@ -160,7 +160,7 @@ pub struct Browser {
     /// Every console entry read so far (chromedriver hands each out once).
     log: Mutex<Vec<LogEntry>>,
     // Holds the profile and chromedriver's output; removed last.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Browser {
@@ -239,7 +239,7 @@ impl Browser {
             client,
             driver: guard.0.take().expect("driver"),
             log: Mutex::new(Vec::new()),
-            dir,
+            _dir: dir,
         })
     }
 
@@ -283,19 +283,40 @@ impl Browser {
     /// `limit`, and returns its value. On a timeout it panics naming `what`,
     /// the last value, and what the page shows.
     pub async fn wait_js(&self, what: &str, expr: &str, limit: Duration) -> Value {
+        self.wait_until(what, expr, limit, |v| truthy(v).then(|| v.clone()))
+            .await
+    }
+
+    /// Polls the JavaScript expression `expr` (a snapshot of what matters)
+    /// until `check` accepts its value, at most `limit`, and returns what
+    /// `check` made of it. On a timeout it panics naming `what`, the last
+    /// snapshot, and what the page shows.
+    pub async fn wait_until<T>(
+        &self,
+        what: &str,
+        expr: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
         let script = format!("return ({expr});");
         let start = Instant::now();
         loop {
             // A page being replaced may refuse one script: ask again.
             let last = self.client.execute(&script, Vec::new()).await;
-            match &last {
-                Ok(v) if truthy(v) => return v.clone(),
-                _ => {}
+            if let Ok(v) = &last
+                && let Some(done) = check(v)
+            {
+                return done;
             }
             if start.elapsed() >= limit {
                 let last = match last {
-                    Ok(v) => v.to_string(),
-                    Err(e) => format!("error: {e}"),
+                    Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    Err(e) => format!("an error: {e}"),
+                };
+                let expr = if expr.len() > 200 {
+                    "the snapshot"
+                } else {
+                    expr
                 };
                 panic!(
                     "timed out after {limit:?} waiting for {what}\n`{expr}` was {last}\n{}",
@@ -458,11 +479,7 @@ impl Browser {
             }
             Err(e) => format!("(unreadable: {e})"),
         };
-        format!(
-            "--- the page at {url} shows ---\n{text}\n--- console errors ---\n{errors}\n\
-             --- chromedriver's log: {} ---",
-            self.dir.path().join("chromedriver.log").display()
-        )
+        format!("--- the page at {url} shows ---\n{text}\n--- console errors ---\n{errors}")
     }
 
     /// Ends the session (chromedriver stops the browser and removes its
