@@ -240,7 +240,8 @@ impl ArbiterProcess {
     }
 
     /// `http://ADDR` of the HTTP listener it announced (the status page,
-    /// `/metrics`); panics if it serves no HTTP (`http_listen: "off"`).
+    /// `/api/status`, `/events`, `/metrics`); panics if it serves no HTTP
+    /// (`http_listen: "off"`).
     pub fn http_url(&self) -> String {
         let addr = self.process.announced("http").unwrap_or_else(|| {
             panic!("the arbiter announced no HTTP listener; start it with http_listen 127.0.0.1:0")
