@@ -12,6 +12,7 @@ mod arbiter_grpcurl;
 mod cycle;
 mod helpers;
 mod hostile;
+mod http_api;
 mod metrics;
 mod raw_h2;
 mod security;

@@ -22,6 +22,7 @@ pub const DEFAULT_LEASE_TTL: &str = "30s";
 pub const DEFAULT_STOCK_TTL: &str = "10s";
 pub const DEFAULT_FAILURE_COOLDOWN: &str = "15s";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "3s";
+pub const DEFAULT_STUCK_AFTER: &str = "2m";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_REPORTS_PER_SECOND: u32 = 200;
 /// One runtime thread: see `--worker-threads`.
@@ -39,8 +40,9 @@ pub struct ArbiterConfig {
     #[arg(long, env = "RESTOCK_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz` over
-    /// HTTP ("off": nowhere).
+    /// Where to serve the status page (`GET /`, `/api/status`, `/events`),
+    /// `GET /metrics` (Prometheus) and `GET /healthz` over HTTP ("off":
+    /// nowhere).
     #[arg(long, env = HTTP_LISTEN_ENV, default_value = DEFAULT_HTTP_LISTEN)]
     pub http_listen: HttpListen,
 
@@ -123,9 +125,14 @@ pub struct ArbiterConfig {
     #[command(flatten)]
     pub token: TokenArgs,
 
-    /// With a token: GetStatus and `/metrics` stay open to callers without
-    /// it (they only read). Health, reflection and `/healthz` are always
-    /// open.
+    /// The status page shows a "purchase stuck" alarm when one lease has
+    /// been held this long (renewals included).
+    #[arg(long, env = "RESTOCK_STUCK_AFTER", default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
+    pub stuck_after: Duration,
+
+    /// With a token: GetStatus, the status page (`/`, `/api/status`,
+    /// `/events`) and `/metrics` stay open to callers without it (they
+    /// only read). Health, reflection and `/healthz` are always open.
     #[arg(
         long,
         env = "RESTOCK_PUBLIC_STATUS",

@@ -21,6 +21,11 @@
 //!   watcher's stream and its rate limit in their own modules. Its per-RPC
 //!   metrics (`restock-runtime`) are served on `--http-listen`
 //!   (`0.0.0.0:8081` unless set) at `GET /metrics`.
+//! - `feed`: following the event history (history, then live, catching up
+//!   when behind), shared by `WatchEvents` and `/events`.
+//! - `web`: the HTTP listener's routes: the live status page (`/`, its
+//!   script and style inside the binary), `/api/status`, `/events`
+//!   (server-sent events), `/metrics`, the login form, `/healthz`.
 //! - `metrics`: the arbiter's own Prometheus metrics (the slot, grants,
 //!   refusals, releases, hand-off and fsync times, watchers, products),
 //!   recorded by the task after each write.
@@ -41,6 +46,7 @@ mod metrics;
 mod slot;
 mod store;
 mod task;
+mod web;
 
 use std::{future::Future, sync::Arc};
 
@@ -51,7 +57,7 @@ use restock_runtime::{
     auth::{AuthError, AuthPolicy},
     error::Chain,
     grpc::support_routes,
-    http::{METRICS_PATH, bind_http, metrics_routes},
+    http::{METRICS_PATH, bind_http},
     metrics::Registry,
     rpc_metrics::{GrpcMetrics, RpcMetricsError},
 };
@@ -119,12 +125,19 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    // /metrics follows GetStatus: behind the token, unless --public-status
-    // opens both.
+    // The status page, its JSON and events, and /metrics follow GetStatus:
+    // behind the token, unless --public-status opens them all.
     let http_auth = AuthPolicy::new(
         token.clone(),
         if config.public_status {
-            vec![METRICS_PATH.to_owned()]
+            [
+                web::PAGE_PATH,
+                web::STATUS_PATH,
+                web::EVENTS_PATH,
+                METRICS_PATH,
+            ]
+            .map(str::to_owned)
+            .to_vec()
         } else {
             Vec::new()
         },
@@ -185,6 +198,13 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone(), metrics);
+    let web = web::Web {
+        handle: handle.clone(),
+        auth: http_auth,
+        shutdown: stop.clone(),
+        config_path: config.config.display().to_string(),
+        stuck_after: config.stuck_after,
+    };
     let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
         .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
@@ -227,7 +247,7 @@ pub async fn run(
         let stop = http_stop.clone();
         tokio::spawn(restock_runtime::http::serve(
             l,
-            metrics_routes(Arc::new(registry), http_auth),
+            web::routes(web, Arc::new(registry)),
             async move { stop.cancelled().await },
         ))
     });

@@ -1,0 +1,392 @@
+// The restock status page: reads /api/status (GetStatus in the proto3 JSON
+// mapping) and follows /events (server-sent events, one per arbiter event).
+// It only reads; nothing here changes the arbiter.
+'use strict';
+
+(function () {
+  const STATUS_URL = '/api/status';
+  const EVENTS_URL = '/events';
+  // Status is read again after events (at most this often) and on a timer,
+  // so ages and stock expiry show without an event.
+  const STATUS_MIN_GAP_MS = 250;
+  const STATUS_REFRESH_MS = 5000;
+  const MAX_CYCLES = 30;
+
+  const stuckAfterMs = Number(document.body.dataset.stuckAfterMs) || 120000;
+  const $ = (id) => document.getElementById(id);
+
+  let status = null;
+  // performance.now() when `status` arrived: the countdown and ages run on
+  // the browser's monotonic clock from the arbiter's own figures.
+  let statusAt = 0;
+  let feedUp = false;
+  let lastSeq = 0;
+  // Fencing token -> one checkout, from GRANTED to RELEASED or EXPIRED.
+  const cycles = new Map();
+
+  const num = (v) => (v === undefined || v === null || v === '' ? 0 : Number(v));
+
+  function shortDuration(ms) {
+    ms = Math.max(0, Math.round(ms));
+    if (ms < 1000) return ms + ' ms';
+    const s = ms / 1000;
+    if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + ' s';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + ' min ' + String(Math.floor(s % 60)).padStart(2, '0') + ' s';
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h ' + String(m % 60).padStart(2, '0') + ' min';
+    return Math.floor(h / 24) + ' d';
+  }
+
+  function clockTime(unixMs) {
+    if (!unixMs) return '-';
+    return new Date(unixMs).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  }
+
+  // The arbiter's clock now, from the status's unix_ms and the time since.
+  function serverNow() {
+    if (!status) return Date.now();
+    return num(status.unixMs) + (performance.now() - statusAt);
+  }
+
+  function reportAge(at) {
+    return at ? shortDuration(serverNow() - at) + ' ago' : 'never';
+  }
+
+  function stateName(s) {
+    return String(s || 'PRODUCT_STATE_UNSPECIFIED').toLowerCase();
+  }
+
+  function outcomeName(o) {
+    return String(o || '').replace(/^OUTCOME_/, '').replace(/_/g, ' ').toLowerCase();
+  }
+
+  function cell(tr, text, cls) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  // An outcome with its detail cut to one short line; the whole detail (a
+  // checkout's answer can be long) is in the cell's tooltip.
+  function detailCell(tr, outcome, detail) {
+    if (!outcome) return cell(tr, '-', 'detail');
+    const full = detail ? outcome + ': ' + detail : outcome;
+    const td = cell(tr, full.length > 60 ? full.slice(0, 59) + '\u2026' : full, 'detail');
+    td.title = full;
+    return td;
+  }
+
+  function productName(tcin) {
+    if (!status) return tcin;
+    const p = (status.products || []).find((x) => x.tcin === tcin);
+    return p && p.name ? p.name : tcin;
+  }
+
+  // ---- rendering -------------------------------------------------------
+
+  function renderHeader() {
+    $('mode').hidden = !status.testMode;
+    const c = status.counters || {};
+    $('count-grants').textContent = num(c.grants);
+    $('count-purchases').textContent = num(c.purchases);
+    $('count-failures').textContent = num(c.failures);
+    $('count-expirations').textContent = num(c.expirations);
+    $('next-token').textContent = num(status.nextFencingToken);
+  }
+
+  function renderSlot() {
+    const lease = status.activeLease;
+    const slot = $('slot');
+    slot.dataset.held = lease ? 'true' : 'false';
+    $('slot-free').hidden = !!lease;
+    $('slot-lease').hidden = !lease;
+    if (!lease) {
+      for (const id of ['slot-tcin', 'slot-name', 'slot-watcher', 'slot-token', 'slot-countdown', 'slot-held-for']) {
+        $(id).textContent = '';
+      }
+      return;
+    }
+    $('slot-tcin').textContent = lease.tcin;
+    $('slot-name').textContent = productName(lease.tcin);
+    $('slot-watcher').textContent = lease.watcherId;
+    $('slot-token').textContent = num(lease.fencingToken);
+    tick();
+  }
+
+  function renderProducts() {
+    const body = $('products').tBodies[0];
+    const rows = [];
+    for (const p of status.products || []) {
+      const tr = document.createElement('tr');
+      const state = stateName(p.state);
+      tr.dataset.tcin = p.tcin;
+      tr.dataset.state = state;
+      cell(tr, p.configured === false ? '-' : num(p.priority));
+      const name = cell(tr, p.name || p.tcin);
+      if (p.name) {
+        const code = document.createElement('code');
+        code.textContent = ' ' + p.tcin;
+        name.appendChild(code);
+      }
+      let stateText = state;
+      if (state === 'failed' && num(p.cooldownRemainingMs) > 0) {
+        stateText += ' (again in ' + shortDuration(num(p.cooldownRemainingMs)) + ')';
+      }
+      const st = cell(tr, stateText, 'state');
+      st.dataset.state = state;
+      // In TEST_MODE purchases are voided and cycle past the quantity.
+      cell(tr, status.testMode ? String(num(p.purchases)) : num(p.purchases) + ' / ' + (num(p.quantity) || 1));
+      const seenAt = p.inStockAt || [];
+      const seen = cell(tr, seenAt.length > 2 ? seenAt.length + ' watchers' : seenAt.join(', ') || '-');
+      seen.title = seenAt.join(', ');
+      const last = outcomeName(p.lastOutcome);
+      detailCell(tr, last, p.lastDetail);
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+  }
+
+  function renderWatchers() {
+    const body = $('watchers').tBodies[0];
+    const rows = [];
+    const watchers = (status.watchers || []).slice().sort((a, b) =>
+      (b.connected === true) - (a.connected === true) || a.watcherId.localeCompare(b.watcherId));
+    for (const w of watchers) {
+      const tr = document.createElement('tr');
+      tr.dataset.watcher = w.watcherId;
+      tr.dataset.connected = w.connected ? 'true' : 'false';
+      cell(tr, w.watcherId);
+      const since = num(w.connectedSinceUnixMs);
+      cell(tr, w.connected ? 'yes, since ' + clockTime(since) : 'no', w.connected ? 'ok' : 'bad');
+      const age = cell(tr, reportAge(num(w.lastReportUnixMs)), 'age');
+      age.dataset.lastReport = num(w.lastReportUnixMs);
+      cell(tr, num(w.reports));
+      cell(tr, (w.polling || []).length + ' products');
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+    $('watchers-none').hidden = rows.length > 0;
+  }
+
+  function renderCycles() {
+    const body = $('cycles').tBodies[0];
+    const newest = [...cycles.values()].sort((a, b) => b.token - a.token).slice(0, MAX_CYCLES);
+    const rows = newest.map((c) => {
+      const tr = document.createElement('tr');
+      tr.dataset.token = c.token;
+      tr.dataset.outcome = c.outcome || 'running';
+      cell(tr, clockTime(c.grantedMs));
+      cell(tr, productName(c.tcin));
+      cell(tr, c.watcher);
+      cell(tr, c.token, 'token');
+      cell(tr, c.endedMs ? shortDuration(c.endedMs - c.grantedMs) : 'running');
+      if (c.outcome) detailCell(tr, outcomeName(c.outcome), c.detail);
+      else cell(tr, 'running', 'detail');
+      return tr;
+    });
+    body.replaceChildren(...rows);
+    $('cycles-none').hidden = rows.length > 0;
+  }
+
+  function alarms() {
+    const out = [];
+    if (!feedUp) {
+      out.push(['disconnected', 'No live feed from the arbiter: reconnecting. What is shown may be old.']);
+    }
+    if (!status) return out;
+    const lease = status.activeLease;
+    if (lease) {
+      const heldFor = serverNow() - num(lease.grantedAtUnixMs);
+      if (heldFor > stuckAfterMs) {
+        out.push(['stuck', 'Purchase stuck: ' + productName(lease.tcin) + ' has held the slot for ' +
+          shortDuration(heldFor) + ' (watcher ' + lease.watcherId + ', token ' + num(lease.fencingToken) + ').']);
+      }
+    }
+    if (!(status.watchers || []).some((w) => w.connected)) {
+      out.push(['no-watchers', 'No watcher connected: nothing is being watched.']);
+    }
+    if (status.paused) {
+      out.push(['paused', 'Paused: no new checkout starts until it is resumed.']);
+    }
+    return out;
+  }
+
+  function renderAlarms() {
+    const list = $('alarms');
+    const want = alarms();
+    const key = want.map((a) => a.join(':')).join('|');
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    list.replaceChildren(...want.map(([kind, text]) => {
+      const li = document.createElement('li');
+      li.dataset.alarm = kind;
+      li.textContent = text;
+      return li;
+    }));
+  }
+
+  function render() {
+    if (!status) return;
+    renderHeader();
+    renderSlot();
+    renderProducts();
+    renderWatchers();
+    renderCycles();
+    renderAlarms();
+    $('updated').textContent = 'status at ' + clockTime(num(status.unixMs));
+  }
+
+  // Every 250 ms: the lease countdown, ages, alarms that come with time.
+  function tick() {
+    if (status) {
+      const lease = status.activeLease;
+      if (lease) {
+        const left = num(lease.remainingMs) - (performance.now() - statusAt);
+        $('slot-countdown').textContent = left > 0 ? shortDuration(left) : 'expiring';
+        $('slot-held-for').textContent = shortDuration(serverNow() - num(lease.grantedAtUnixMs));
+      }
+      for (const td of document.querySelectorAll('#watchers td.age')) {
+        td.textContent = reportAge(num(td.dataset.lastReport));
+      }
+    }
+    renderAlarms();
+  }
+
+  // ---- status ----------------------------------------------------------
+
+  let statusBusy = false;
+  let statusAgain = false;
+  let statusLastAt = 0;
+  let statusTimer = 0;
+
+  function setConn(state, text) {
+    const conn = $('conn');
+    conn.dataset.state = state;
+    conn.textContent = text;
+  }
+
+  async function loadStatus() {
+    if (statusBusy) {
+      statusAgain = true;
+      return;
+    }
+    statusBusy = true;
+    statusLastAt = performance.now();
+    try {
+      const r = await fetch(STATUS_URL, { cache: 'no-store', credentials: 'same-origin' });
+      if (r.status === 401) {
+        location.assign('/login?next=/');
+        return;
+      }
+      if (!r.ok) throw new Error('GET ' + STATUS_URL + ': ' + r.status);
+      status = await r.json();
+      statusAt = performance.now();
+      render();
+    } catch (e) {
+      // Shown as the "disconnected" alarm when the feed is down too; a
+      // failed read while the feed is up is retried on the next event.
+      $('updated').textContent = 'status read failed (' + e.message + ')';
+    } finally {
+      statusBusy = false;
+      if (statusAgain) {
+        statusAgain = false;
+        scheduleStatus();
+      }
+    }
+  }
+
+  function scheduleStatus() {
+    if (statusTimer) return;
+    const wait = Math.max(0, STATUS_MIN_GAP_MS - (performance.now() - statusLastAt));
+    statusTimer = setTimeout(() => {
+      statusTimer = 0;
+      loadStatus();
+    }, wait);
+  }
+
+  // ---- events ----------------------------------------------------------
+
+  function applyEvent(e) {
+    const seq = num(e.sequence);
+    if (seq <= lastSeq) return;
+    lastSeq = seq;
+    document.body.dataset.lastSeq = String(seq);
+    const token = num(e.fencingToken);
+    switch (e.kind) {
+      case 'GRANTED':
+        cycles.set(token, { token, tcin: e.tcin, watcher: e.watcherId, grantedMs: num(e.unixMs), endedMs: 0, outcome: '', detail: '' });
+        break;
+      case 'RELEASED':
+      case 'EXPIRED': {
+        const c = cycles.get(token) ||
+          { token, tcin: e.tcin, watcher: e.watcherId, grantedMs: 0, endedMs: 0, outcome: '', detail: '' };
+        c.endedMs = num(e.unixMs);
+        c.outcome = e.kind === 'EXPIRED' ? 'OUTCOME_EXPIRED' : (e.outcome || 'OUTCOME_UNSPECIFIED');
+        c.detail = e.detail || '';
+        if (!c.grantedMs) c.grantedMs = c.endedMs;
+        cycles.set(token, c);
+        break;
+      }
+      default:
+        break;
+    }
+    if (cycles.size > MAX_CYCLES * 2) {
+      const keep = [...cycles.keys()].sort((a, b) => b - a).slice(0, MAX_CYCLES);
+      for (const k of [...cycles.keys()]) if (!keep.includes(k)) cycles.delete(k);
+    }
+  }
+
+  function follow() {
+    const source = new EventSource(EVENTS_URL);
+    source.onopen = () => {
+      feedUp = true;
+      setConn('live', 'live');
+      renderAlarms();
+      scheduleStatus();
+    };
+    source.onmessage = (m) => {
+      try {
+        applyEvent(JSON.parse(m.data));
+      } catch (err) {
+        // A malformed event is skipped; the next status read shows the truth.
+        $('updated').textContent = 'skipped an unreadable event';
+      }
+      renderCycles();
+      scheduleStatus();
+    };
+    source.addEventListener('gap', () => {
+      // Events were missed (away longer than the history holds): the cycle
+      // table restarts from what is still there.
+      cycles.clear();
+      scheduleStatus();
+    });
+    source.onerror = () => {
+      feedUp = false;
+      setConn('reconnecting', 'reconnecting');
+      renderAlarms();
+      // EventSource reconnects by itself (sending Last-Event-ID) unless the
+      // server refused it outright; then try again from scratch.
+      if (source.readyState === EventSource.CLOSED) {
+        setTimeout(follow, 2000);
+      }
+    };
+  }
+
+  function start() {
+    follow();
+    loadStatus();
+    setInterval(tick, 250);
+    setInterval(() => {
+      if (performance.now() - statusLastAt >= STATUS_REFRESH_MS) loadStatus();
+    }, 1000);
+  }
+
+  if (document.readyState === 'loading') {
+    document.addEventListener('DOMContentLoaded', start);
+  } else {
+    start();
+  }
+})();
