@@ -535,3 +535,45 @@ async fn on_a_phone_the_status_page_fits_the_width() {
     assert_no_console_errors(&b, "on a phone").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn a_checkout_held_past_stuck_after_raises_the_stuck_alarm_naming_its_watcher() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let list = products_json(&["100"]);
+    let arbiter = ArbiterProcess::start(ArbiterOptions {
+        extra_args: vec!["--stuck-after".into(), "1s".into()],
+        ..ArbiterOptions::listing(&list)
+    })
+    .await;
+    // The checkout takes 20 s: the lease (30 s) is held all that time.
+    let store = StoreSimProcess::start(list, &["--checkout-delay", "20s"]).await;
+    let w = WatcherProcess::start(&arbiter, &store, "w-slow", &[]).await;
+    w.wait_connected().await;
+    b.open(&format!("{}/", arbiter.http_url())).await;
+    wait_page(&b, "#conn live, no stuck alarm, the slot free", |p| {
+        (p.is_live() && p.held.as_deref() == Some("false") && p.alarms.is_empty()).then_some(())
+    })
+    .await;
+
+    store.set_stock("100", true).await;
+    wait_page(&b, "the slot held by w-slow", |p| {
+        (p.held.as_deref() == Some("true") && p.watcher.as_deref() == Some("w-slow")).then_some(())
+    })
+    .await;
+    wait_page(&b, "a `stuck` alarm", |p| {
+        p.alarms.iter().any(|a| a == "stuck").then_some(())
+    })
+    .await;
+    let text = b
+        .text("#alarms li[data-alarm=stuck]")
+        .await
+        .unwrap_or_default();
+    assert!(
+        text.contains("w-slow") && text.contains("Product 100"),
+        "the stuck alarm should name the watcher and the product: {text:?}"
+    );
+    assert_no_console_errors(&b, "with a stuck checkout").await;
+    b.close().await;
+}
