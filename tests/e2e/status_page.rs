@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, Browser, StoreSimProcess, Viewport,
-    WatcherProcess, browser::show_log, products_json,
+    WatcherProcess, browser::show_log, products_json, repo_root,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -135,32 +135,64 @@ async fn assert_no_console_errors(b: &Browser, when: &str) {
     );
 }
 
+/// The products of the repository's own `config/product_config.json`
+/// (real names, some long), in priority order: what a person running the
+/// system would see.
+struct Listing {
+    json: Value,
+    /// (tcin, name), in priority order.
+    products: Vec<(String, String)>,
+}
+
+fn repo_listing() -> Listing {
+    let path = repo_root().join("config/product_config.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let config: Value = serde_json::from_str(&text).expect("the product config is JSON");
+    let json = config["products"].clone();
+    let products: Vec<(String, String)> = json
+        .as_array()
+        .expect("a product list")
+        .iter()
+        .map(|p| {
+            (
+                p["tcin"].as_str().expect("a tcin").to_owned(),
+                p["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(products.len() >= 4, "{}: {products:?}", path.display());
+    Listing { json, products }
+}
+
 /// The cycle running: an arbiter in TEST_MODE (each checkout is voided, so
-/// product 100 is bought again and again), the store simulator with 100 in
-/// stock and checkouts of 1.5 s (a grant every second or two, each lease
-/// held long enough for its countdown to move), and `watchers` connected.
+/// the top product is bought again and again while in stock), the store
+/// simulator with checkouts of 1.5 s (a grant every second or two, each
+/// lease held long enough for its countdown to move), `in_stock` of the
+/// listing's products in stock, and `watchers` connected.
 struct System {
     arbiter: ArbiterProcess,
     store: StoreSimProcess,
     watchers: Vec<WatcherProcess>,
 }
 
-async fn running_system(watchers: &[&str]) -> System {
-    let list = products_json(&["100", "200", "300"]);
+async fn running_system(listing: &Listing, in_stock: &[usize], watchers: &[&str]) -> System {
     let arbiter = ArbiterProcess::start(ArbiterOptions {
         test_mode: true,
         lease_ttl: "10s".into(),
-        ..ArbiterOptions::listing(&list)
+        ..ArbiterOptions::listing(&listing.json)
     })
     .await;
-    let store = StoreSimProcess::start(list, &["--checkout-delay", "1500ms"]).await;
+    let store = StoreSimProcess::start(listing.json.clone(), &["--checkout-delay", "1500ms"]).await;
     let mut started = Vec::new();
     for id in watchers {
         let w = WatcherProcess::start(&arbiter, &store, id, &[]).await;
         w.wait_connected().await;
         started.push(w);
     }
-    store.set_stock("100", true).await;
+    for &i in in_stock {
+        store.set_stock(&listing.products[i].0, true).await;
+    }
     System {
         arbiter,
         store,
@@ -168,19 +200,22 @@ async fn running_system(watchers: &[&str]) -> System {
     }
 }
 
+const WATCHERS: [&str; 3] = ["watcher-1", "watcher-2", "watcher-3"];
+
 #[tokio::test]
 async fn the_status_page_follows_grants_cycles_and_watchers_live_without_a_reload() {
     let Some(b) = Browser::start().await else {
         return;
     };
-    let mut sys = running_system(&["w1", "w2", "w3"]).await;
+    let listing = repo_listing();
+    let (top, top_name) = listing.products[0].clone();
+    let mut sys = running_system(&listing, &[0, 2, 3], &WATCHERS).await;
     b.open(&format!("{}/", sys.arbiter.http_url())).await;
     let marker = mark_load(&b).await;
 
     wait_page(&b, "#conn data-state=live", |p| p.is_live().then_some(())).await;
-    let mut ids: Vec<(String, String)> = ["w1", "w2", "w3"]
-        .map(|w| (w.to_owned(), "true".to_owned()))
-        .to_vec();
+    let mut ids: Vec<(String, String)> =
+        WATCHERS.map(|w| (w.to_owned(), "true".to_owned())).to_vec();
     ids.sort();
     wait_page(&b, "three watcher rows, all data-connected=true", |p| {
         let mut rows = p.watchers.clone();
@@ -189,33 +224,32 @@ async fn the_status_page_follows_grants_cycles_and_watchers_live_without_a_reloa
     })
     .await;
 
-    // A lease is held, by one of the three, on product 100, shown whole.
+    // A lease is held, by one of the three, on the top product (TEST_MODE
+    // buys it again and again while it is in stock), shown whole.
     let first = wait_page(
         &b,
-        "#slot data-held=true by w1/w2/w3 on 100 (attempting), with a numeric #slot-token",
+        &format!(
+            "#slot data-held=true by one of {WATCHERS:?} on {top} (attempting), \
+             with a numeric #slot-token"
+        ),
         |p| {
             let held = p.held.as_deref() == Some("true")
                 && p.token().is_some()
-                && p.watcher
-                    .as_deref()
-                    .is_some_and(|w| ["w1", "w2", "w3"].contains(&w))
-                && p.tcin.as_deref() == Some("100")
-                && p.product_state("100") == Some("attempting");
+                && p.watcher.as_deref().is_some_and(|w| WATCHERS.contains(&w))
+                && p.tcin.as_deref() == Some(top.as_str())
+                && p.product_state(&top) == Some("attempting");
             held.then(|| p.clone())
         },
     )
     .await;
     assert_eq!(
         first.name.as_deref(),
-        Some("Product 100"),
+        Some(top_name.as_str()),
         "#slot-name: {first:#?}"
     );
-    let tcins: BTreeSet<&str> = first.products.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(
-        tcins,
-        BTreeSet::from(["100", "200", "300"]),
-        "#products rows: {first:#?}"
-    );
+    let rows: Vec<&str> = first.products.iter().map(|(t, _)| t.as_str()).collect();
+    let want: Vec<&str> = listing.products.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(rows, want, "#products rows, in priority order: {first:#?}");
     for (tcin, state) in &first.products {
         assert!(
             ["ready", "queued", "attempting", "purchased", "failed"].contains(&state.as_str()),
@@ -296,6 +330,11 @@ async fn the_status_page_follows_grants_cycles_and_watchers_live_without_a_reloa
 
     if let Some(path) = std::env::var_os("RESTOCK_SCREENSHOT") {
         let path = PathBuf::from(path);
+        // A picture worth showing: some history, and a lease just granted.
+        wait_page(&b, "five cycles, the slot held", |p| {
+            (p.cycles.len() >= 5 && p.held.as_deref() == Some("true")).then_some(())
+        })
+        .await;
         b.screenshot(&path).await;
         eprintln!(
             "saved a screenshot of the status page to {}",
@@ -318,8 +357,9 @@ async fn the_status_page_follows_grants_cycles_and_watchers_live_without_a_reloa
     // A watcher that dies is shown disconnected.
     let gone = sys.watchers.pop().expect("three watchers");
     drop(gone);
-    wait_page(&b, "w3's row to show data-connected=false", |p| {
-        (p.connected("w3") == Some("false") && p.connected("w1") == Some("true")).then_some(())
+    wait_page(&b, "watcher-3's row to show data-connected=false", |p| {
+        (p.connected("watcher-3") == Some("false") && p.connected("watcher-1") == Some("true"))
+            .then_some(())
     })
     .await;
 
@@ -508,7 +548,8 @@ async fn on_a_phone_the_status_page_fits_the_width() {
     let Some(b) = Browser::start_with(Viewport::PHONE).await else {
         return;
     };
-    let sys = running_system(&["watcher-with-a-long-name-1"]).await;
+    let listing = repo_listing();
+    let sys = running_system(&listing, &[0], &["watcher-with-a-long-name-1"]).await;
     b.open(&format!("{}/", sys.arbiter.http_url())).await;
     wait_page(&b, "a held slot shown live", |p| {
         (p.is_live() && p.held.as_deref() == Some("true") && p.watchers.len() == 1).then_some(())
