@@ -329,7 +329,8 @@ async fn the_status_page_follows_grants_cycles_and_watchers_live_without_a_reloa
     assert_no_console_errors(&b, "while the cycle runs").await;
 
     if let Some(path) = std::env::var_os("RESTOCK_SCREENSHOT") {
-        let path = PathBuf::from(path);
+        // Relative to the repository's top (tests run in tests/).
+        let path = repo_root().join(PathBuf::from(path));
         // A picture worth showing: some history, and a lease just granted.
         wait_page(&b, "five cycles, the slot held", |p| {
             (p.cycles.len() >= 5 && p.held.as_deref() == Some("true")).then_some(())
