@@ -263,7 +263,7 @@ metrics() {
   trap cleanup EXIT
   # Cached after the first time (seconds); the restock image is the one built before.
   log "metrics: docker compose --profile metrics build prometheus"
-  compose build prometheus >/dev/null
+  compose build prometheus
   log "metrics: docker compose --profile metrics up -d (Prometheus on $PROMETHEUS)"
   compose up -d --no-build
   local limit=90 missing
