@@ -68,7 +68,7 @@ pub use metrics::{check_metrics, metric, promtool, scrape};
 pub use net::ClosedPort;
 pub use process::{Announce, Process};
 pub use scripted::{Call, Release, Script, ScriptedArbiter};
-pub use store_sim::{StoreSimProcess, purchased};
+pub use store_sim::{Poll, StoreSimProcess, poll_gaps, purchased};
 pub use stream::WatcherStream;
 pub use wait::{eventually, wait_healthy, wait_serving};
 pub use watcher::{WatcherOptions, WatcherProcess};

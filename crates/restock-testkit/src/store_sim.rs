@@ -18,6 +18,43 @@ pub fn purchased(orders: &serde_json::Value) -> Vec<&serde_json::Value> {
     v
 }
 
+/// One stock request the simulator saw (`GET /admin/polls`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Poll {
+    pub tcin: String,
+    /// The watcher that sent it (its `X-Restock-Watcher` header), `""` if
+    /// none said.
+    pub watcher: String,
+    /// Milliseconds since the simulator started (monotonic, sub-ms).
+    pub at_ms: f64,
+    pub unix_ms: u64,
+}
+
+impl Poll {
+    fn from_json(v: &serde_json::Value) -> Self {
+        let text = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("poll without {k}: {v}"))
+                .to_owned()
+        };
+        Self {
+            tcin: text("tcin"),
+            watcher: text("watcher"),
+            at_ms: v["at_ms"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("poll without at_ms: {v}")),
+            unix_ms: v["unix_ms"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("poll without unix_ms: {v}")),
+        }
+    }
+}
+
+/// The gaps (ms) between consecutive polls, in order.
+pub fn poll_gaps(polls: &[Poll]) -> Vec<f64> {
+    polls.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect()
+}
+
 /// A running `store-sim` with its own product config, killed when dropped.
 #[derive(Debug)]
 pub struct StoreSimProcess {
@@ -93,5 +130,36 @@ impl StoreSimProcess {
             .json()
             .await
             .expect("orders JSON")
+    }
+
+    /// `GET /admin/polls?tcin=`: every recorded poll of the product, oldest
+    /// first.
+    pub async fn polls(&self, tcin: &str) -> Vec<Poll> {
+        let v: serde_json::Value = reqwest::get(format!("{}/admin/polls?tcin={tcin}", self.url()))
+            .await
+            .expect("GET /admin/polls")
+            .json()
+            .await
+            .expect("polls JSON");
+        v["polls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no polls list in {v}"))
+            .iter()
+            .map(Poll::from_json)
+            .collect()
+    }
+
+    /// `DELETE /admin/polls`.
+    pub async fn clear_polls(&self) {
+        let r = reqwest::Client::new()
+            .delete(format!("{}/admin/polls", self.url()))
+            .send()
+            .await
+            .expect("DELETE /admin/polls");
+        assert!(
+            r.status().is_success(),
+            "DELETE /admin/polls: {}",
+            r.status()
+        );
     }
 }

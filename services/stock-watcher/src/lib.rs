@@ -177,6 +177,7 @@ pub async fn run(
                 store_id: settings.store_id.clone(),
                 zip: settings.zip.clone(),
                 request_timeout: settings.request_timeout,
+                watcher_id: settings.watcher_id.to_string(),
             })?
             .counting(state.metrics().clone()),
         ),

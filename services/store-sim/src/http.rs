@@ -10,6 +10,7 @@
 //! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the fulfillment endpoint |
 //! | `GET`, `PUT /admin/checkout` | checkout delay and failure |
 //! | `GET`, `DELETE /admin/orders` | every attempt and the violations |
+//! | `GET /admin/polls[?tcin=&since_ms=]`, `DELETE /admin/polls` | every stock request: product, watcher, time (see [`crate::polls`]) |
 //! | `GET /healthz` | 200 when serving |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 
@@ -19,7 +20,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{FromRequest, Path, Query, Request, State, rejection::QueryRejection},
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{HeaderMap, HeaderValue, StatusCode, header::RETRY_AFTER},
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::{
     fulfillment,
     ledger::{Attempt, Begin, CheckoutResult, Order},
+    polls::{PollFilter, WATCHER_HEADER},
     sim::{Lookup, Simulator},
     stock::StockError,
 };
@@ -57,6 +59,7 @@ pub fn router(sim: Simulator) -> Router {
         )
         .route("/admin/checkout", get(get_checkout).put(set_checkout))
         .route("/admin/orders", get(list_orders).delete(clear_orders))
+        .route("/admin/polls", get(list_polls).delete(clear_polls))
         .route("/healthz", get(healthz))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -147,11 +150,30 @@ fn retailer_error(status: StatusCode, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Answers, and counts the answer by status.
+/// Records the poll, answers, and counts the answer by status.
 async fn fulfillment_handler(
     State(sim): State<Simulator>,
+    headers: HeaderMap,
     query: Result<Query<FulfillmentQuery>, QueryRejection>,
 ) -> Response {
+    // Every request that names a product is a poll of it, whatever the
+    // answer (an injected fault included): first, so its time is the
+    // request's arrival.
+    if let Ok(Query(q)) = &query
+        && let Some(tcin) = q.tcin.as_deref().filter(|t| !t.trim().is_empty())
+    {
+        let watcher = headers
+            .get(WATCHER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let cut = |s: &str| -> String {
+            match s.char_indices().nth(MAX_ID_LEN) {
+                Some((i, _)) => s[..i].to_owned(),
+                None => s.to_owned(),
+            }
+        };
+        sim.record_poll(&cut(tcin), &cut(watcher));
+    }
     let resp = fulfillment_answer(&sim, query);
     sim.metrics().fulfillment_answered(resp.status().as_u16());
     resp
@@ -482,6 +504,45 @@ async fn clear_orders(State(sim): State<Simulator>) -> Response {
     sim.clear_orders();
     info!("orders cleared");
     Json(json!({ "cleared": true })).into_response()
+}
+
+// ---- admin: polls ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollsQuery {
+    tcin: Option<String>,
+    since_ms: Option<f64>,
+}
+
+async fn list_polls(
+    State(sim): State<Simulator>,
+    query: Result<Query<PollsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "bad query string (tcin=T, since_ms=milliseconds): {}",
+            e.body_text()
+        ))
+    })?;
+    if let Some(s) = q.since_ms
+        && !s.is_finite()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "since_ms must be a number of milliseconds, not {s}"
+        )));
+    }
+    let filter = PollFilter {
+        tcin: q.tcin.filter(|t| !t.is_empty()),
+        since_ms: q.since_ms,
+    };
+    Ok(Json(sim.polls(&filter)).into_response())
+}
+
+async fn clear_polls(State(sim): State<Simulator>) -> Response {
+    let n = sim.clear_polls();
+    info!(cleared = n, "polls cleared");
+    Json(json!({ "cleared": n })).into_response()
 }
 
 // ---- misc ----

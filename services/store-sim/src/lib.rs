@@ -15,6 +15,8 @@
 //! - [`ledger`]: checkout attempts, the fencing check and the overlap
 //!   detector.
 //! - [`sim`]: all of the above behind one cloneable, mutex-guarded handle.
+//! - [`polls`]: the bounded log of every stock request, by product and
+//!   watcher (`GET /admin/polls`).
 //! - [`fulfillment`]: the retailer's answer format.
 //! - [`http`]: the routes.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
@@ -29,6 +31,7 @@ pub mod fulfillment;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod polls;
 pub mod random;
 pub mod scenario;
 pub mod sim;

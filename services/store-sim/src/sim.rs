@@ -21,6 +21,7 @@ use crate::{
     config::{MAX_CHECKOUT_DELAY, SimConfig},
     ledger::{Attempt, Begin, CheckoutResult, Ledger, Order, Snapshot, StockCheck},
     metrics::SimMetrics,
+    polls::{Poll, PollFilter, PollLog, PollsView},
     random::RandomRestocks,
     scenario::{Scenario, ScenarioError},
     stock::{Driver, StockBook, StockError, StockSource, StockState},
@@ -61,6 +62,12 @@ impl Clock {
     /// Milliseconds since the simulator started (the scenario's time axis).
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Milliseconds since the simulator started, with sub-millisecond
+    /// precision (the poll log's time axis).
+    pub fn elapsed_ms_f64(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1_000.0
     }
 
     /// Now, in unix milliseconds.
@@ -152,6 +159,8 @@ struct State {
 struct Inner {
     clock: Clock,
     state: Mutex<State>,
+    /// Its own lock: recording a poll never waits for the stock state's.
+    polls: PollLog,
     metrics: SimMetrics,
 }
 
@@ -173,6 +182,7 @@ impl Simulator {
                     checkout,
                     ledger: Ledger::new(),
                 }),
+                polls: PollLog::default(),
                 metrics: SimMetrics::default(),
             }),
         }
@@ -269,6 +279,29 @@ impl Simulator {
             },
             None => Lookup::Unknown,
         }
+    }
+
+    /// Records a request for `tcin`'s stock from `watcher` (`""` when the
+    /// request did not say), now.
+    pub fn record_poll(&self, tcin: &str, watcher: &str) {
+        let clock = self.inner.clock;
+        let at = clock.start.elapsed();
+        self.inner.polls.record(Poll {
+            tcin: tcin.to_owned(),
+            watcher: watcher.to_owned(),
+            at_ms: at.as_secs_f64() * 1_000.0,
+            unix_ms: clock.start_unix_ms + at.as_millis() as u64,
+        });
+    }
+
+    /// The recorded polls that match `filter`, oldest first.
+    pub fn polls(&self, filter: &PollFilter) -> PollsView {
+        self.inner.polls.view(filter)
+    }
+
+    /// Forgets every recorded poll; returns how many there were.
+    pub fn clear_polls(&self) -> usize {
+        self.inner.polls.clear()
     }
 
     /// Every product, in config order.

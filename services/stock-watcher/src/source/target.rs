@@ -45,7 +45,15 @@ pub struct TargetSettings {
     pub store_id: Option<String>,
     pub zip: Option<String>,
     pub request_timeout: Duration,
+    /// Sent as [`WATCHER_HEADER`] on every request.
+    pub watcher_id: String,
 }
+
+/// Names the watcher on every stock request, so the store simulator's poll
+/// log (`GET /admin/polls`) can tell the watchers' polls apart. Harmless for
+/// the real retailer: it ignores headers it does not know, and the value is
+/// the watcher's own id, nothing secret.
+pub const WATCHER_HEADER: &str = "x-restock-watcher";
 
 /// Asks Target's (or the simulator's) fulfillment endpoint.
 #[derive(Debug, Clone)]
@@ -132,6 +140,7 @@ impl StockSource for TargetSource {
             .client
             .get(self.url_for(tcin))
             .header(reqwest::header::ACCEPT, "application/json")
+            .header(WATCHER_HEADER, &self.settings.watcher_id)
             .send()
             .await
         {
@@ -422,6 +431,7 @@ mod tests {
             store_id: None,
             zip: None,
             request_timeout: Duration::from_secs(2),
+            watcher_id: "w-test".into(),
         })
         .unwrap()
     }
@@ -478,6 +488,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_request_names_the_watcher() {
+        use std::sync::{Arc, Mutex};
+
+        use axum::{Router, http::HeaderMap, routing::get};
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let app = Router::new().route(
+            &format!("/{FULFILLMENT_PATH}"),
+            get({
+                let seen = seen.clone();
+                move |headers: HeaderMap| async move {
+                    let w = headers
+                        .get(WATCHER_HEADER)
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    seen.lock().unwrap().push(w);
+                    sample("IN_STOCK", "UNAVAILABLE", "UNAVAILABLE", "UNAVAILABLE")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let src = source(Url::parse(&format!("http://{addr}")).unwrap());
+        for t in ["1", "2"] {
+            assert!(src.check(&Tcin::parse(t).unwrap()).await.unwrap().in_stock);
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Some("w-test".to_owned()), Some("w-test".to_owned())]
+        );
+    }
+
+    #[tokio::test]
     async fn connection_refused_is_a_transport_error() {
         let src = source(Url::parse("http://127.0.0.1:9").unwrap());
         let e = src.check(&Tcin::parse("1").unwrap()).await.unwrap_err();
@@ -527,6 +569,7 @@ mod tests {
             store_id: Some("1375".into()),
             zip: Some("55403".into()),
             request_timeout: Duration::from_secs(1),
+            watcher_id: "w1".into(),
         })
         .unwrap();
         let url = src.url_for(&Tcin::parse("87450164").unwrap());

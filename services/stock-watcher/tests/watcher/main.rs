@@ -13,6 +13,7 @@ mod backoff;
 mod helpers;
 mod lease_loss;
 mod metrics;
+mod polls;
 mod purchase;
 mod scripted;
 mod stub;

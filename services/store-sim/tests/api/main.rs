@@ -8,3 +8,4 @@ mod faults;
 mod fulfillment;
 mod helpers;
 mod metrics;
+mod polls;
