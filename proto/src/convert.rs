@@ -382,6 +382,7 @@ impl From<&Status> for pb::GetStatusResponse {
                     last_outcome: p.last_outcome.map_or(pb::Outcome::Unspecified, Into::into)
                         as i32,
                     last_detail: p.last_detail.clone(),
+                    effective_poll_interval_ms: p.effective_poll_interval.map_or(0, millis),
                 })
                 .collect(),
             watchers: s
@@ -394,6 +395,9 @@ impl From<&Status> for pb::GetStatusResponse {
                     connected_since_unix_ms: w.connected_since_unix_ms,
                     reports: w.reports,
                     polling: w.polling.iter().map(Tcin::to_string).collect(),
+                    poll_interval_ms: w.poll_interval.map_or(0, millis),
+                    planned: w.poll_phase.is_some(),
+                    poll_phase_ms: w.poll_phase.map_or(0, millis),
                 })
                 .collect(),
             test_mode: s.test_mode,
@@ -406,6 +410,7 @@ impl From<&Status> for pb::GetStatusResponse {
             failure_cooldown_ms: millis(s.failure_cooldown),
             config_path: s.config_path.clone(),
             unix_ms: restock_domain::timestamp::now_unix_ms(),
+            poll_planning: s.poll_planning,
         }
     }
 }
@@ -437,6 +442,8 @@ impl TryFrom<pb::GetStatusResponse> for Status {
                     cooldown_remaining: ms(p.cooldown_remaining_ms),
                     last_outcome: outcome("last_outcome", p.last_outcome).map_err(at)?,
                     last_detail: p.last_detail,
+                    effective_poll_interval: (p.effective_poll_interval_ms > 0)
+                        .then(|| ms(p.effective_poll_interval_ms)),
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -457,6 +464,8 @@ impl TryFrom<pb::GetStatusResponse> for Status {
                         .iter()
                         .map(|t| id("polling", Tcin::parse, t).map_err(at))
                         .collect::<Result<_, _>>()?,
+                    poll_interval: (w.poll_interval_ms > 0).then(|| ms(w.poll_interval_ms)),
+                    poll_phase: w.planned.then(|| ms(w.poll_phase_ms)),
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -477,6 +486,7 @@ impl TryFrom<pb::GetStatusResponse> for Status {
             stock_ttl: ms(s.stock_ttl_ms),
             failure_cooldown: ms(s.failure_cooldown_ms),
             config_path: s.config_path,
+            poll_planning: s.poll_planning,
         })
     }
 }

@@ -265,6 +265,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
                     ..Default::default()
                 }],
                 polling: Vec::new(),
+                poll_interval_ms: 0,
             },
             None,
             "",
@@ -281,6 +282,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
                     })
                     .collect(),
                 polling: Vec::new(),
+                poll_interval_ms: 0,
             },
             Some(Code::InvalidArgument),
             "at most 10000",
@@ -347,6 +349,7 @@ async fn invalid_product_ids_are_refused_everywhere_and_change_nothing() {
             watcher_id: "poller".into(),
             observations: Vec::new(),
             polling: vec!["200".into(), t.into()],
+            poll_interval_ms: 0,
         };
         let e = c
             .stream_stock(tokio_stream::iter(vec![first]))
@@ -489,6 +492,7 @@ async fn a_flooding_stream_is_slowed_then_cut_while_another_watcher_gets_its_gra
                 ..Default::default()
             }],
             polling: Vec::new(),
+            poll_interval_ms: 0,
         };
         // Bounded, in case the limit does not work.
         while sent < 100_000 && tx.send(report.clone()).await.is_ok() {
@@ -575,6 +579,7 @@ async fn two_thousand_streams_opened_and_dropped_leave_nothing_behind() {
                 ..Default::default()
             }],
             polling: Vec::new(),
+            poll_interval_ms: 0,
         })
         .await
         .unwrap();

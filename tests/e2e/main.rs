@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries, started as processes on ports they
 //! choose and announce (`--listen 127.0.0.1:0 --ready-file`), spoken to over
-//! real gRPC (and, where installed, the real `grpcurl`).
+//! real gRPC (and, where installed, the real `grpcurl`, and the status page
+//! in headless Chromium).
 //!
 //! Build the binaries first: `cargo build --workspace --bins` (the README's
 //! test command does). Set `TEST_LOG=1` to see every service's log.
@@ -13,5 +14,7 @@ mod helpers;
 mod hostile;
 mod http_api;
 mod metrics;
+mod poll_plan;
 mod raw_h2;
 mod security;
+mod status_page;

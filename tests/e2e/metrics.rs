@@ -54,7 +54,9 @@ const STREAM_CUT: &str = r#"grpc_server_handled_total{grpc_type="bidi_stream",gr
 #[tokio::test]
 async fn a_grant_a_refusal_and_a_release_move_their_metrics_and_promtool_accepts_the_page() {
     let mut arbiter = ArbiterProcess::start(ArbiterOptions::default()).await;
-    let before = page(&arbiter).await;
+    // The slot's gauges are set after the start-up write, which may finish
+    // a moment after the listener answers (a loaded machine showed it).
+    let before = wait_for(&arbiter, r#"restock_products{state="ready"}"#, 3.0).await;
     check_metrics("purchase-arbiter", &before);
     assert_eq!(value(&before, "restock_slot_held"), 0.0);
     assert_eq!(value(&before, "restock_grants_total"), 0.0);
@@ -215,6 +217,7 @@ async fn a_flooding_stream_cut_counts_as_resource_exhausted() {
                 ..Default::default()
             }],
             polling: Vec::new(),
+            poll_interval_ms: 0,
         };
         // Bounded, in case the limit does not work.
         for _ in 0..10_000 {

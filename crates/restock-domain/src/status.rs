@@ -41,6 +41,9 @@ pub struct ProductStatus {
     pub cooldown_remaining: Duration,
     pub last_outcome: Option<Outcome>,
     pub last_detail: String,
+    /// How often some connected watcher polls it, all together; `None`
+    /// when none says it does.
+    pub effective_poll_interval: Option<Duration>,
 }
 
 /// A watcher's line in the status.
@@ -53,6 +56,10 @@ pub struct WatcherStatus {
     pub reports: u64,
     /// The products it says it polls.
     pub polling: Vec<Tcin>,
+    /// Its `--poll-interval`, when it said.
+    pub poll_interval: Option<Duration>,
+    /// Its phase in the arbiter's poll plan, when it has one.
+    pub poll_phase: Option<Duration>,
 }
 
 /// The whole status.
@@ -74,6 +81,8 @@ pub struct Status {
     pub stock_ttl: Duration,
     pub failure_cooldown: Duration,
     pub config_path: String,
+    /// Whether the arbiter plans the watchers' polling.
+    pub poll_planning: bool,
 }
 
 impl Status {

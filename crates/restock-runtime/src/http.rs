@@ -204,7 +204,7 @@ fn login_page(status: StatusCode, next: &str, problem: Option<&str>) -> Response
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>restock: log in</title><style>body{{font:16px system-ui,sans-serif;max-width:24rem;\
+         <title>restock: log in</title><link rel=\"icon\" href=\"data:,\"><style>body{{font:16px system-ui,sans-serif;max-width:24rem;\
          margin:4rem auto;padding:0 1rem}}input,button{{font:inherit;padding:.5rem;width:100%;\
          box-sizing:border-box;margin:.25rem 0}}.problem{{color:#b00020}}</style></head><body>\
          <h1>restock</h1><p>This page needs the arbiter's token (its <code>--auth-token-file</code>).</p>\

@@ -210,7 +210,7 @@ impl ArbiterProcess {
     /// waits for it to be healthy.
     pub async fn start(opts: ArbiterOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let process = Process::start_server(
+        let mut process = Process::start_server(
             "purchase-arbiter",
             bin("purchase-arbiter"),
             opts.flags(dir.path()),
@@ -218,6 +218,12 @@ impl ArbiterProcess {
             Announce::grpc(),
         )
         .await;
+        // A restart brings the HTTP listener back on its address too, as
+        // the gRPC one: a browser showing the page, or a scraper, points at
+        // it.
+        if let Some(http) = process.announced("http") {
+            process.set_arg("--http-listen", &http.to_string());
+        }
         let a = Self {
             process,
             dir,
@@ -255,7 +261,7 @@ impl ArbiterProcess {
     }
 
     /// `kill -9` (if it still runs), start again with the same flags, state
-    /// and address, and wait for health.
+    /// and addresses (gRPC and HTTP), and wait for health.
     pub async fn kill9_and_restart(&mut self) {
         self.process.restart();
         self.process.wait_ready().await;
@@ -366,9 +372,11 @@ mod tests {
     async fn a_killed_arbiter_comes_back_on_the_address_it_announced() {
         let mut a = ArbiterProcess::start(ArbiterOptions::default()).await;
         let first = a.addr();
+        let http = a.http_url();
         assert_ne!(first.port(), 0);
         a.kill9_and_restart().await;
         assert_eq!(a.addr(), first);
+        assert_eq!(a.http_url(), http, "the HTTP listener moved");
         assert_eq!(a.status().await.products.len(), 3);
     }
 

@@ -31,12 +31,16 @@
 //! - [`grpcurl`]: the real `grpcurl`, when installed.
 //! - [`metrics`]: scraping `/metrics`, reading a series, and the real
 //!   `promtool check metrics`, when installed.
+//! - [`browser`]: [`Browser`], a headless Chromium driven through
+//!   Debian's `chromedriver`, when installed: open a page, wait for it,
+//!   read it, its console log, and a screenshot.
 //!
 //! The binaries are looked up in the test executable's profile folder
 //! (`target/debug/`), so run `cargo build --workspace --bins` before
 //! `cargo test` (the README's test command does both).
 
 pub mod arbiter;
+pub mod browser;
 pub mod grpcurl;
 pub mod history;
 pub mod metrics;
@@ -57,6 +61,7 @@ pub use arbiter::{
     ArbiterEndpoint, ArbiterOptions, ArbiterProcess, InProcessArbiter, event_kind, product,
     spawn_arbiter, spawn_arbiter_with,
 };
+pub use browser::{Browser, LogEntry, Viewport};
 pub use grpcurl::{grpcurl, run_grpcurl};
 pub use history::{History, StatusSnapshot};
 pub use metrics::{check_metrics, metric, promtool, scrape};

@@ -282,6 +282,18 @@ impl Process {
         self.spawn();
     }
 
+    /// Sets the value that follows `flag` in the command, for the starts
+    /// to come (a restart); panics if the command has no such flag.
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == flag)
+            .filter(|i| i + 1 < self.args.len())
+            .unwrap_or_else(|| panic!("{} was started without {flag} VALUE", self.name));
+        self.args[at + 1] = value.to_owned();
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

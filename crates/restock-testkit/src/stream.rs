@@ -71,6 +71,7 @@ impl WatcherStream {
                 watcher_id: String::new(),
                 observations,
                 polling: Vec::new(),
+                poll_interval_ms: 0,
             })
             .await
             .expect("send report");

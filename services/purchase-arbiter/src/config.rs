@@ -125,6 +125,20 @@ pub struct ArbiterConfig {
     #[command(flatten)]
     pub token: TokenArgs,
 
+    /// Plan the watchers' polling: the watchers polling a product take
+    /// turns (watcher k of N at k/N of the period) instead of polling at
+    /// random moments relative to each other. `false`: each polls on its
+    /// own schedule.
+    #[arg(
+        long,
+        env = "RESTOCK_POLL_PLANNING",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "true",
+        default_missing_value = "true"
+    )]
+    pub poll_planning: bool,
+
     /// The status page shows a "purchase stuck" alarm when one lease has
     /// been held this long (renewals included).
     #[arg(long, env = "RESTOCK_STUCK_AFTER", default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]

@@ -21,6 +21,8 @@
 //!   watcher's stream and its rate limit in their own modules. Its per-RPC
 //!   metrics (`restock-runtime`) are served on `--http-listen`
 //!   (`0.0.0.0:8081` unless set) at `GET /metrics`.
+//! - `plan`: poll planning, the turns the watchers of a product take; the
+//!   task makes the plan and sends it down the watchers' streams.
 //! - `feed`: following the event history (history, then live, catching up
 //!   when behind), shared by `WatchEvents` and `/events`.
 //! - `web`: the HTTP listener's routes: the live status page (`/`, its
@@ -43,6 +45,7 @@ mod feed;
 mod grpc;
 mod limits;
 mod metrics;
+mod plan;
 mod slot;
 mod store;
 mod task;
@@ -197,7 +200,14 @@ pub async fn run(
     )?;
 
     let stop = CancellationToken::new();
-    let (handle, task) = task::spawn(arbiter, clock, store.clone(), stop.clone(), metrics);
+    let (handle, task) = task::spawn(
+        arbiter,
+        clock,
+        store.clone(),
+        stop.clone(),
+        metrics,
+        config.poll_planning,
+    );
     let web = web::Web {
         handle: handle.clone(),
         auth: http_auth,

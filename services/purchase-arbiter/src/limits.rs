@@ -143,3 +143,13 @@ pub const MIN_TTL: Duration = Duration::from_millis(100);
 /// Smallest `--max-message-bytes` accepted: a report or request carrying a
 /// few ids must fit.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// The poll plan is made again at most this often after the watchers or
+/// the product list change: a burst of watchers connecting together gets a
+/// few plans, not one each, and every plan goes to every planned watcher.
+pub const REPLAN_MIN_GAP: Duration = Duration::from_millis(200);
+
+/// The plan is re-sent this often when nothing changed, from the arbiter's
+/// clock: a watcher's clock running 50 ppm fast drifts 1.5 ms in this time,
+/// so turns stay even for as long as the watchers run.
+pub const PLAN_RESEND: Duration = Duration::from_secs(30);

@@ -259,6 +259,7 @@ impl WatcherStream {
             watcher_id: id.clone(),
             observations: first,
             polling: Vec::new(),
+            poll_interval_ms: 0,
         })
         .await
         .map_err(|_| anyhow!("stream of {id} closed before its first report"))?;
@@ -319,6 +320,7 @@ impl WatcherStream {
                 watcher_id: String::new(),
                 observations,
                 polling: Vec::new(),
+                poll_interval_ms: 0,
             })
             .await
             .map_err(|_| anyhow!("the stream of watcher {} is closed", self.id))

@@ -195,6 +195,7 @@ pub struct ProductJson {
     pub cooldown_remaining_ms: u64,
     pub last_outcome: String,
     pub last_detail: String,
+    pub effective_poll_interval_ms: u64,
 }
 
 /// A watcher's line of status as JSON.
@@ -206,6 +207,9 @@ pub struct WatcherJson {
     pub connected_since_unix_ms: u64,
     pub reports: u64,
     pub polling: Vec<String>,
+    pub poll_interval_ms: u64,
+    pub planned: bool,
+    pub poll_phase_ms: u64,
 }
 
 /// The counters of status as JSON.
@@ -235,6 +239,8 @@ pub struct StatusJson {
     pub stock_ttl_ms: u64,
     pub failure_cooldown_ms: u64,
     pub config_path: String,
+    pub unix_ms: u64,
+    pub poll_planning: bool,
 }
 
 impl StatusJson {
@@ -257,6 +263,7 @@ impl StatusJson {
                     cooldown_remaining_ms: p.cooldown_remaining_ms,
                     last_outcome: outcome_name(p.last_outcome),
                     last_detail: p.last_detail.clone(),
+                    effective_poll_interval_ms: p.effective_poll_interval_ms,
                 })
                 .collect(),
             watchers: s
@@ -269,6 +276,9 @@ impl StatusJson {
                     connected_since_unix_ms: w.connected_since_unix_ms,
                     reports: w.reports,
                     polling: w.polling.clone(),
+                    poll_interval_ms: w.poll_interval_ms,
+                    planned: w.planned,
+                    poll_phase_ms: w.poll_phase_ms,
                 })
                 .collect(),
             test_mode: s.test_mode,
@@ -291,6 +301,8 @@ impl StatusJson {
             stock_ttl_ms: s.stock_ttl_ms,
             failure_cooldown_ms: s.failure_cooldown_ms,
             config_path: s.config_path.clone(),
+            unix_ms: s.unix_ms,
+            poll_planning: s.poll_planning,
         }
     }
 }

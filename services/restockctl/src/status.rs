@@ -80,6 +80,11 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
     if !s.config_path.is_empty() {
         text.push_str(&format!("Config    {}\n", s.config_path));
     }
+    text.push_str(if s.poll_planning {
+        "Polling   planned: the watchers of a product take turns\n"
+    } else {
+        "Polling   each watcher on its own schedule (--poll-planning false)\n"
+    });
 
     text.push_str("\nProducts\n");
     let mut products = table(&[
@@ -88,6 +93,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
         "STATE",
         "PURCHASES",
         "IN STOCK AT",
+        "POLLED EVERY",
         "LAST OUTCOME",
         "NAME",
         "NOTE",
@@ -120,6 +126,11 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
             Cell::new(state_name(p.state)),
             Cell::new(format!("{} of {}", p.purchases, p.quantity)),
             Cell::new(in_stock),
+            Cell::new(if p.effective_poll_interval_ms == 0 {
+                "-".to_owned()
+            } else {
+                duration_ms(p.effective_poll_interval_ms)
+            }),
             Cell::new(if outcome.is_empty() {
                 "-".into()
             } else {
@@ -147,6 +158,8 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
             "LAST REPORT",
             "REPORTS",
             "POLLING",
+            "EVERY",
+            "PHASE",
         ]);
         for w in &s.watchers {
             watchers.add_row(vec![
@@ -159,6 +172,16 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
                     "all".to_owned()
                 } else {
                     w.polling.join(",")
+                }),
+                Cell::new(if w.poll_interval_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    duration_ms(w.poll_interval_ms)
+                }),
+                Cell::new(if w.planned {
+                    duration_ms(w.poll_phase_ms)
+                } else {
+                    "own".to_owned()
                 }),
             ]);
         }
@@ -221,6 +244,9 @@ mod tests {
                 connected_since_unix_ms: 1_000,
                 reports: 12,
                 polling: vec![],
+                poll_interval_ms: 300,
+                planned: true,
+                poll_phase_ms: 100,
             }],
             test_mode: true,
             next_fencing_token: 8,

@@ -195,6 +195,7 @@ pub async fn run(
         arbiter::endpoint(&arbiter_url, arbiter_tls.clone()).map_err(StartError::ArbiterUrl)?;
     let calls = ArbiterCalls::new(&endpoint, send_token.clone(), settings.rpc_timeout);
     let (catalog_tx, catalog_rx) = watch::channel(None);
+    let (plan_tx, plan_rx) = watch::channel(None);
     let runner = CheckoutRunner::new(
         checkout,
         calls,
@@ -282,6 +283,7 @@ pub async fn run(
             only: settings.products.clone(),
         },
         catalog_rx,
+        plan_rx,
         poll_stop.clone(),
     ));
     let session_stop = CancellationToken::new();
@@ -294,6 +296,8 @@ pub async fn run(
             state: state.clone(),
             runner: runner.clone(),
             catalogs: catalog_tx,
+            plans: plan_tx,
+            poll_interval: settings.poll_interval,
             reconnect_initial: settings.reconnect_initial,
             reconnect_max: settings.reconnect_max,
         }

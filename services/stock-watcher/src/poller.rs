@@ -5,6 +5,13 @@
 //! arbiter session at once, so a restock reaches the arbiter without waiting
 //! for the rest of the round.
 //!
+//! With a poll plan from the arbiter (see the arbiter's `plan` module), the
+//! rounds follow it instead: they start at the moments it gives, one period
+//! apart, so the watchers polling a product take turns. The plan is timed
+//! from when it arrived, with this machine's monotonic clock. Without one
+//! (planning off, or the arbiter stream down) the watcher polls on its own
+//! schedule as above, and never stops.
+//!
 //! 403, 429, 435 and 5xx pause the whole source (one back-off shared by all
 //! products, doubling while refusals go on, reset by the first good answer);
 //! no product is reported out of stock because of them.
@@ -43,12 +50,40 @@ pub struct PollSettings {
 /// The latest catalog from the arbiter (`None` until the first one).
 pub type CatalogWatch = watch::Receiver<Option<Arc<Catalog>>>;
 
+/// This watcher's turn in the arbiter's poll plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollTurn {
+    /// A round starts at `first + k·period`.
+    pub first: Instant,
+    pub period: Duration,
+    /// Its place among the watchers sharing the period (for the log).
+    pub position: u32,
+    pub of: u32,
+}
+
+impl PollTurn {
+    /// The first start of a round strictly after `t`.
+    pub fn next_after(&self, t: Instant) -> Instant {
+        if self.first > t || self.period.is_zero() {
+            return self.first;
+        }
+        let since = t.duration_since(self.first).as_nanos();
+        let period = self.period.as_nanos();
+        let k = since / period + 1;
+        self.first + Duration::from_nanos(u64::try_from(k * period).unwrap_or(u64::MAX))
+    }
+}
+
+/// The current poll plan (`None`: poll on our own schedule).
+pub type PlanWatch = watch::Receiver<Option<PollTurn>>;
+
 /// Polls until `stop` is cancelled. See the module documentation.
 pub async fn run<S: StockSource>(
     source: Arc<S>,
     state: SharedState,
     settings: PollSettings,
     mut catalogs: CatalogWatch,
+    mut plans: PlanWatch,
     stop: CancellationToken,
 ) {
     let mut poller = Poller {
@@ -96,14 +131,40 @@ pub async fn run<S: StockSource>(
             () = stop.cancelled() => return,
             () = poller.round() => {},
         }
-        // Jittered so watchers do not poll in step, but only downwards: the
-        // gap between two rounds never exceeds --poll-interval, which is
-        // what bounds the time from a restock to its sighting.
-        let next = round_start + jitter_below(poller.settings.interval, 0.1);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep_until(next) => {},
+        // Until the next round: the plan's next turn, or our own schedule.
+        // A plan that arrives (or ends) meanwhile decides again.
+        loop {
+            let turn = *plans.borrow_and_update();
+            let next = next_round(&poller.settings, round_start, turn);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next) => break,
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        // No more plans: our own schedule from here on.
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep_until(next_round(&poller.settings, round_start, None)) => break,
+                        }
+                    }
+                }
+            }
         }
+    }
+}
+
+/// When the round after the one that started at `round_start` starts.
+///
+/// With a plan: its first turn after `round_start`; a round that ran past
+/// its next turn waits for the one after (the turns of the others stay
+/// where they are). Without: jittered so watchers do not poll in step, but
+/// only downwards: the gap between two rounds never exceeds
+/// --poll-interval, which is what bounds the time from a restock to its
+/// sighting.
+fn next_round(settings: &PollSettings, round_start: Instant, plan: Option<PollTurn>) -> Instant {
+    match plan {
+        Some(turn) => turn.next_after(round_start.max(Instant::now())),
+        None => round_start + jitter_below(settings.interval, 0.1),
     }
 }
 
@@ -365,15 +426,34 @@ mod tests {
         products: &[(&str, u64)],
         settings: PollSettings,
     ) -> (SharedState, CancellationToken) {
+        let (state, stop, plans) = start_planned(source, products, settings);
+        // No plan ever comes, as with planning off.
+        tokio::spawn(async move {
+            let _keep = plans;
+            std::future::pending::<()>().await;
+        });
+        (state, stop)
+    }
+
+    fn start_planned(
+        source: Arc<FakeSource>,
+        products: &[(&str, u64)],
+        settings: PollSettings,
+    ) -> (
+        SharedState,
+        CancellationToken,
+        watch::Sender<Option<PollTurn>>,
+    ) {
         let state = SharedState::new();
         let catalog = Arc::new(catalog(products, 9_000));
         // The catalog arrives after the poller started, as from the stream.
         let (tx, rx) = watch::channel(None);
+        let (plan_tx, plan_rx) = watch::channel(None);
         let stop = CancellationToken::new();
         tokio::spawn({
             let (state, stop) = (state.clone(), stop.clone());
             async move {
-                run(source, state, settings, rx, stop).await;
+                run(source, state, settings, rx, plan_rx, stop).await;
             }
         });
         tokio::spawn(async move {
@@ -381,7 +461,56 @@ mod tests {
             tx.send_replace(Some(catalog));
             std::future::pending::<()>().await;
         });
-        (state, stop)
+        (state, stop, plan_tx)
+    }
+
+    #[test]
+    fn a_turn_comes_once_a_period_from_its_first() {
+        let t0 = Instant::now();
+        let ms = |m| Duration::from_millis(m);
+        let turn = PollTurn {
+            first: t0 + ms(50),
+            period: ms(300),
+            position: 1,
+            of: 3,
+        };
+        assert_eq!(turn.next_after(t0), t0 + ms(50));
+        assert_eq!(turn.next_after(t0 + ms(50)), t0 + ms(350));
+        assert_eq!(turn.next_after(t0 + ms(349)), t0 + ms(350));
+        assert_eq!(turn.next_after(t0 + ms(1_000)), t0 + ms(1_250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_follow_the_plan_and_go_back_to_their_own_schedule_without_one() {
+        let src = FakeSource::new(vec![IN], Duration::ZERO);
+        let mut s = settings();
+        s.interval = Duration::from_millis(300);
+        let (_state, stop, plans) = start_planned(src.clone(), &[("1", 0)], s);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t0 = Instant::now();
+        let ms = |m| Duration::from_millis(m);
+        // The plan: turns at t0 + 120 + k·300.
+        plans.send_replace(Some(PollTurn {
+            first: t0 + ms(120),
+            period: ms(300),
+            position: 1,
+            of: 2,
+        }));
+        tokio::time::sleep(ms(1_000)).await;
+        let planned: Vec<u128> = src
+            .calls()
+            .iter()
+            .filter(|(at, _)| *at >= t0)
+            .map(|(at, _)| at.duration_since(t0).as_millis())
+            .collect();
+        assert_eq!(planned, [120, 420, 720], "rounds at the plan's turns");
+        // The stream goes down: own schedule again, never stopping.
+        plans.send_replace(None);
+        let t1 = Instant::now();
+        tokio::time::sleep(ms(2_000)).await;
+        let own = src.calls().iter().filter(|(at, _)| *at > t1).count();
+        assert!((6..=8).contains(&own), "{own} rounds in 2 s at 300 ms");
+        stop.cancel();
     }
 
     const IN: Result<Sighting, SourceError> = Ok(Sighting {
@@ -539,7 +668,15 @@ mod tests {
         let stop = CancellationToken::new();
         let mut s = settings();
         s.max_in_flight = 3;
-        tokio::spawn(run(Arc::new(SlowTop), state.clone(), s, rx, stop.clone()));
+        let (_plans, plan_rx) = watch::channel(None);
+        tokio::spawn(run(
+            Arc::new(SlowTop),
+            state.clone(),
+            s,
+            rx,
+            plan_rx,
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(100)).await;
         // "2" and "3" answered, but wait for "1".
         let r = state.lock().book.take_report(Instant::now(), false);

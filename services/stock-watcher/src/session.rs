@@ -37,6 +37,7 @@ use restock_runtime::{backoff::Backoff, error::Chain};
 use crate::{
     arbiter::CallError,
     book::ReportContent,
+    poller::PollTurn,
     runner::{CheckoutRunner, Revocation},
     state::{SharedState, unix_ms},
 };
@@ -102,6 +103,11 @@ pub struct Session {
     pub state: SharedState,
     pub runner: CheckoutRunner,
     pub catalogs: watch::Sender<Option<Arc<Catalog>>>,
+    /// Where the arbiter's poll plan goes (to the poller); `None` while no
+    /// stream is up, so the poller keeps its own schedule.
+    pub plans: watch::Sender<Option<PollTurn>>,
+    /// `--poll-interval`, told to the arbiter in the first report.
+    pub poll_interval: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
 }
@@ -114,6 +120,8 @@ impl Session {
         loop {
             let started = Instant::now();
             let ended = self.one_stream(&stop, &mut streams).await;
+            // Cut off from the arbiter: our own schedule until the next plan.
+            self.plans.send_replace(None);
             {
                 let mut st = self.state.lock();
                 st.arbiter_connected = false;
@@ -170,9 +178,12 @@ impl Session {
             st.book.take_report(Instant::now(), true)
         };
         let in_stock = hello.observations.len();
-        tx.send(stock_report(Some(&self.watcher_id), hello))
-            .await
-            .map_err(|_| StreamError::Ended)?;
+        tx.send(stock_report(
+            Some((&self.watcher_id, self.poll_interval)),
+            hello,
+        ))
+        .await
+        .map_err(|_| StreamError::Ended)?;
         let call = client.stream_stock(ReceiverStream::new(rx));
         let mut inbound = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -274,6 +285,31 @@ impl Session {
                 }
                 None
             }
+            Some(Kind::PollPlan(p)) => {
+                let turn = (p.period_ms > 0).then(|| PollTurn {
+                    first: Instant::now() + Duration::from_millis(p.offset_ms),
+                    period: Duration::from_millis(p.period_ms),
+                    position: p.position,
+                    of: p.of,
+                });
+                let before = self.plans.send_replace(turn);
+                let changed = match (before, turn) {
+                    (Some(a), Some(b)) => {
+                        (a.period, a.position, a.of) != (b.period, b.position, b.of)
+                    }
+                    (a, b) => a.is_some() != b.is_some(),
+                };
+                if changed {
+                    info!(
+                        period_ms = p.period_ms,
+                        offset_ms = p.offset_ms,
+                        turn = p.position + 1,
+                        of = p.of,
+                        "poll plan from the arbiter"
+                    );
+                }
+                None
+            }
             None => {
                 warn!("the arbiter sent an empty message; ignored");
                 None
@@ -353,10 +389,13 @@ fn catalog_from_pb(mut c: pb::Catalog) -> Result<Catalog, ConvertError> {
 }
 
 /// A `StockReport` carrying `content`; only the first report of a stream
-/// names the watcher.
-fn stock_report(watcher_id: Option<&WatcherId>, content: ReportContent) -> pb::StockReport {
+/// names the watcher and says how often it polls.
+fn stock_report(hello: Option<(&WatcherId, Duration)>, content: ReportContent) -> pb::StockReport {
     pb::StockReport {
-        watcher_id: watcher_id.map(ToString::to_string).unwrap_or_default(),
+        watcher_id: hello.map(|(w, _)| w.to_string()).unwrap_or_default(),
+        poll_interval_ms: hello.map_or(0, |(_, every)| {
+            u64::try_from(every.as_millis()).unwrap_or(u64::MAX)
+        }),
         observations: content
             .observations
             .iter()
@@ -448,8 +487,9 @@ mod tests {
             }],
             polling: Some(vec![Tcin::parse("100").unwrap()]),
         };
-        let first = stock_report(Some(&w), content.clone());
+        let first = stock_report(Some((&w, Duration::from_millis(300))), content.clone());
         assert_eq!(first.watcher_id, "w1");
+        assert_eq!(first.poll_interval_ms, 300);
         assert_eq!(first.polling, ["100"]);
         assert_eq!(first.observations[0].price_cents, Some(1_250));
         assert_eq!(first.observations[0].observed_at_unix_ms, 7);
@@ -461,6 +501,7 @@ mod tests {
             },
         );
         assert!(later.watcher_id.is_empty() && later.polling.is_empty());
+        assert_eq!(later.poll_interval_ms, 0);
     }
 
     #[test]

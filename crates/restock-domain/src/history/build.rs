@@ -118,6 +118,7 @@ pub fn status(sequence: u64, products: &[(Tcin, ProductState)], lease: Option<Le
                 cooldown_remaining: Duration::ZERO,
                 last_outcome: None,
                 last_detail: String::new(),
+                effective_poll_interval: None,
             })
             .collect(),
         watchers: Vec::new(),
@@ -130,5 +131,6 @@ pub fn status(sequence: u64, products: &[(Tcin, ProductState)], lease: Option<Le
         stock_ttl: Duration::from_secs(10),
         failure_cooldown: Duration::from_secs(60),
         config_path: String::new(),
+        poll_planning: false,
     }
 }

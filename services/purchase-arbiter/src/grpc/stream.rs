@@ -6,6 +6,8 @@
 //! the error that closed the stream, if any.
 
 use restock_proto::v1 as pb;
+use std::time::Duration;
+
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -112,10 +114,16 @@ impl Reader {
         let mut next = Some(first);
         let mut bucket = self.limit.map(|l| ReportBucket::new(l, Instant::now()));
         loop {
-            if let Some((polling, observations)) = next.take()
+            if let Some((polling, poll_interval, observations)) = next.take()
                 && self
                     .handle
-                    .report(watcher.clone(), self.conn, polling, observations)
+                    .report(
+                        watcher.clone(),
+                        self.conn,
+                        polling,
+                        poll_interval,
+                        observations,
+                    )
                     .await
                     .is_err()
             {
@@ -184,6 +192,15 @@ fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status
             fencing_token: token.0,
             reason,
         }),
+        WatcherMessage::PollPlan(plan) => Kind::PollPlan(plan.map_or_else(
+            pb::PollPlan::default,
+            |(slot, offset)| pb::PollPlan {
+                period_ms: millis(slot.period),
+                offset_ms: millis(offset),
+                position: slot.position,
+                of: slot.of,
+            },
+        )),
         WatcherMessage::Closed(reason, message) => {
             return Err(match reason {
                 CloseReason::ShuttingDown => Status::unavailable(message),
@@ -195,7 +212,17 @@ fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status
     Ok(pb::ArbiterMessage { kind: Some(kind) })
 }
 
-type ParsedReport = (Option<Vec<Tcin>>, Vec<Observation>);
+/// A report as the task takes it: the polling list and the poll interval
+/// when the watcher sent them, and the observations.
+type ParsedReport = (Option<Vec<Tcin>>, Option<Duration>, Vec<Observation>);
+
+/// The longest poll interval a watcher may announce; a longer one is a
+/// mistake (or garbage), and would make a plan nobody can follow.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport, Status> {
     if r.observations.len() > MAX_OBSERVATIONS_PER_REPORT {
@@ -232,5 +259,14 @@ fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport,
             .collect::<Result<Vec<_>, Status>>()?;
         Some(list)
     };
-    Ok((polling, observations))
+    let poll_interval = match r.poll_interval_ms {
+        0 => None,
+        ms if Duration::from_millis(ms) > MAX_POLL_INTERVAL => {
+            return Err(Status::invalid_argument(format!(
+                "poll_interval_ms {ms} from {watcher} is more than {MAX_POLL_INTERVAL:?}"
+            )));
+        }
+        ms => Some(Duration::from_millis(ms)),
+    };
+    Ok((polling, poll_interval, observations))
 }

@@ -256,6 +256,8 @@ struct Watcher {
     last_seen: Instant,
     reports: u64,
     polling: Vec<Tcin>,
+    /// Its `--poll-interval`, once it said (kept across reconnects).
+    poll_interval: Option<Duration>,
 }
 
 /// The whole arbiter state. See the module documentation.
@@ -873,6 +875,7 @@ impl Arbiter {
                 last_seen: now.mono,
                 reports: 0,
                 polling: Vec::new(),
+                poll_interval: None,
             });
         let replaced = w.conn.is_some();
         w.conn = Some(conn);
@@ -939,6 +942,40 @@ impl Arbiter {
         self.watchers
             .get(watcher_id)
             .is_some_and(|w| w.conn == Some(conn))
+    }
+
+    /// A watcher's stream says how often it polls. Returns whether that
+    /// changed what the arbiter knew (so polling is planned anew).
+    pub fn set_poll_interval(
+        &mut self,
+        watcher_id: &WatcherId,
+        conn: u64,
+        every: Duration,
+    ) -> bool {
+        if !self.is_current_conn(watcher_id, conn) {
+            return false;
+        }
+        let w = self.watchers.get_mut(watcher_id).expect("checked");
+        w.poll_interval.replace(every) != Some(every)
+    }
+
+    /// What poll planning needs: every connected watcher that said how
+    /// often it polls, and the products in priority order.
+    pub fn poll_inputs(&self) -> (Vec<Tcin>, Vec<crate::plan::PollInput>) {
+        let ranked = self.ranked().into_iter().cloned().collect();
+        let watchers = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some())
+            .filter_map(|(id, w)| {
+                Some(crate::plan::PollInput {
+                    watcher: id.clone(),
+                    period: w.poll_interval?,
+                    polling: w.polling.clone(),
+                })
+            })
+            .collect();
+        (ranked, watchers)
     }
 
     /// A batch of observations from a watcher's stream.

@@ -1473,6 +1473,8 @@ async fn status_shows_each_watcher_with_its_last_report() {
                 connected_since_unix_ms: T0 + 3_000,
                 reports: 1,
                 polling: vec![t("A"), t("B")],
+                poll_interval: None,
+                poll_phase: None,
             },
             WatcherStatus {
                 watcher_id: w("w2"),
@@ -1481,6 +1483,8 @@ async fn status_shows_each_watcher_with_its_last_report() {
                 connected_since_unix_ms: T0,
                 reports: 0,
                 polling: vec![],
+                poll_interval: None,
+                poll_phase: None,
             },
         ]
     );

@@ -11,6 +11,8 @@ impl Arbiter {
     /// Everything `GetStatus` shows (all but the config path, which the
     /// arbiter's state does not know).
     pub fn status(&self, now: Now) -> Status {
+        let (ranked, pollers) = self.poll_inputs();
+        let effective = crate::plan::effective_intervals(&ranked, &pollers);
         let products = self
             .ranked()
             .into_iter()
@@ -37,6 +39,7 @@ impl Arbiter {
                     }),
                     last_outcome: p.last_outcome,
                     last_detail: p.last_detail.clone(),
+                    effective_poll_interval: effective.get(tcin).copied(),
                 }
             })
             .collect();
@@ -50,6 +53,9 @@ impl Arbiter {
                 connected_since_unix_ms: w.connected_since_unix_ms,
                 reports: w.reports,
                 polling: w.polling.clone(),
+                poll_interval: w.poll_interval,
+                // The task's poll plan fills it in.
+                poll_phase: None,
             })
             .collect();
         watchers.sort_by(|a, b| a.watcher_id.cmp(&b.watcher_id));
@@ -66,6 +72,7 @@ impl Arbiter {
             stock_ttl: self.timing.stock_ttl,
             failure_cooldown: self.timing.failure_cooldown,
             config_path: String::new(),
+            poll_planning: false,
         }
     }
 }

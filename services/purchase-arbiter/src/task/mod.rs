@@ -79,8 +79,12 @@ use restock_domain::{
 };
 
 use crate::{
-    limits::{COMMAND_QUEUE, EVENT_BUFFER, LAZY_FLUSH, MAX_BATCH, WRITE_RETRY},
+    limits::{
+        COMMAND_QUEUE, EVENT_BUFFER, LAZY_FLUSH, MAX_BATCH, PLAN_RESEND, REPLAN_MIN_GAP,
+        WRITE_RETRY,
+    },
     metrics::ArbiterMetrics,
+    plan::{self, Plan, PollSlot},
     slot::{AcquireAnswer, ActiveLease, Arbiter, Clock, Effects, Push, SlotError},
     store::{
         StateStore, StoreError,
@@ -99,6 +103,9 @@ pub enum WatcherMessage {
         token: FencingToken,
         reason: String,
     },
+    /// When to poll (see `crate::plan`): the slot, and the wait from now
+    /// to its next round. `None`: no plan, poll on your own schedule.
+    PollPlan(Option<(PollSlot, std::time::Duration)>),
     /// The arbiter closes this stream.
     Closed(CloseReason, String),
 }
@@ -169,6 +176,7 @@ enum Command {
         watcher_id: WatcherId,
         conn: u64,
         polling: Option<Vec<Tcin>>,
+        poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
     },
     Status {
@@ -295,6 +303,7 @@ impl ArbiterHandle {
         watcher_id: WatcherId,
         conn: u64,
         polling: Option<Vec<Tcin>>,
+        poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
     ) -> Result<(), ArbiterError> {
         self.tx
@@ -302,6 +311,7 @@ impl ArbiterHandle {
                 watcher_id,
                 conn,
                 polling,
+                poll_interval,
                 observations,
             })
             .await
@@ -370,6 +380,7 @@ pub fn spawn<S: StateStore>(
     store: S,
     shutdown: CancellationToken,
     metrics: ArbiterMetrics,
+    poll_planning: bool,
 ) -> (ArbiterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -391,6 +402,7 @@ pub fn spawn<S: StateStore>(
         refused: Vec::new(),
         batch_started: Instant::now(),
         handoff_from: None,
+        planning: Planning::new(poll_planning),
     };
     let join = tokio::spawn(task.run(shutdown));
     (
@@ -435,6 +447,62 @@ struct ArbiterTask<S> {
     /// Set when a published event ended a lease; the next grant put on a
     /// stream in the same commit measures the hand-off from it.
     handoff_from: Option<Instant>,
+    planning: Planning,
+}
+
+/// The poll plan the task keeps and sends (see `crate::plan`). Nothing of
+/// it is saved: watchers say their periods again when they reconnect.
+#[derive(Debug)]
+struct Planning {
+    enabled: bool,
+    /// Phases count from here.
+    epoch: Instant,
+    plan: Plan,
+    /// Something the plan depends on changed since it was made.
+    dirty: bool,
+    /// When the plan was last made and sent.
+    last: Option<Instant>,
+}
+
+impl Planning {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            epoch: Instant::now(),
+            plan: Plan::default(),
+            dirty: false,
+            last: None,
+        }
+    }
+
+    fn touch(&mut self) {
+        self.dirty |= self.enabled;
+    }
+
+    /// When to make (or re-send) the plan next: soon after a change, but
+    /// at most once per [`REPLAN_MIN_GAP`] (a hundred watchers starting
+    /// together cause a few plans, not a hundred); otherwise every
+    /// [`PLAN_RESEND`], to correct the watchers' clock drift.
+    fn due(&self) -> Option<Instant> {
+        if !self.enabled {
+            return None;
+        }
+        match self.last {
+            None if self.dirty => Some(self.epoch),
+            None => None,
+            Some(last) if self.dirty => Some(last + REPLAN_MIN_GAP),
+            Some(last) if !self.plan.slots.is_empty() => Some(last + PLAN_RESEND),
+            Some(_) => None,
+        }
+    }
+
+    /// Fills in the plan's part of a status.
+    fn annotate(&self, status: &mut Status) {
+        status.poll_planning = self.enabled;
+        for w in &mut status.watchers {
+            w.poll_phase = self.plan.slots.get(&w.watcher_id).map(|s| s.phase);
+        }
+    }
 }
 
 /// What a commit's published events did, for the metrics.
@@ -499,6 +567,7 @@ impl<S: StateStore> ArbiterTask<S> {
             } else {
                 let wake = self.arbiter.next_deadline();
                 let flush = self.dirty_since.map(|t| t + LAZY_FLUSH);
+                let replan = self.planning.due();
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => break,
@@ -508,6 +577,7 @@ impl<S: StateStore> ArbiterTask<S> {
                     },
                     () = sleep_until_some(wake) => None,
                     () = sleep_until_some(flush) => None,
+                    () = sleep_until_some(replan) => None,
                 }
             };
             let mut replies = Vec::new();
@@ -523,6 +593,9 @@ impl<S: StateStore> ArbiterTask<S> {
                 }
             }
             self.commit(replies).await;
+            if self.planning.due().is_some_and(|at| at <= Instant::now()) {
+                self.send_poll_plan();
+            }
         }
         self.shut_down().await;
     }
@@ -588,6 +661,7 @@ impl<S: StateStore> ArbiterTask<S> {
                     ));
                 }
                 a.connect(now, &watcher_id, conn);
+                self.planning.touch();
             }
             Command::Disconnect {
                 watcher_id,
@@ -602,13 +676,23 @@ impl<S: StateStore> ArbiterTask<S> {
                     self.streams.remove(&watcher_id);
                 }
                 a.disconnect(now, &watcher_id, conn, &why);
+                self.planning.touch();
             }
             Command::Report {
                 watcher_id,
                 conn,
                 polling,
+                poll_interval,
                 observations,
             } => {
+                if polling.is_some() {
+                    self.planning.touch();
+                }
+                if let Some(every) = poll_interval
+                    && a.set_poll_interval(&watcher_id, conn, every)
+                {
+                    self.planning.touch();
+                }
                 if let Err(e) = a.report(now, &watcher_id, conn, polling, &observations) {
                     warn!(watcher_id = %watcher_id, error = %e, "closing a watcher stream: report refused");
                     if let Some((c, s)) = self.streams.get(&watcher_id)
@@ -624,7 +708,9 @@ impl<S: StateStore> ArbiterTask<S> {
             Command::Status { reply } => {
                 // Shown after the batch's write, like any answer: it may
                 // show a lease granted earlier in this batch.
-                replies.push(pending(reply, Ok(a.status(now))));
+                let mut status = a.status(now);
+                self.planning.annotate(&mut status);
+                replies.push(pending(reply, Ok(status)));
             }
             Command::Events { from, reply } => {
                 // Answered now with what has been published; the receiver,
@@ -651,9 +737,52 @@ impl<S: StateStore> ArbiterTask<S> {
             Command::Reload { catalog, reply } => {
                 let n = catalog.len();
                 a.reload(now, catalog);
+                self.planning.touch();
                 replies.push(pending(reply, Ok(n)));
             }
         }
+    }
+
+    /// Makes the poll plan from the connected watchers and sends each its
+    /// place: every planned watcher when the plan changed or is due to be
+    /// re-sent (the offsets are recomputed from now, so a re-sent plan
+    /// corrects drift without moving anyone); a watcher that left the plan
+    /// while connected is told to poll on its own.
+    fn send_poll_plan(&mut self) {
+        let now = Instant::now();
+        let (ranked, inputs) = self.arbiter.poll_inputs();
+        let plan = plan::plan(&ranked, &inputs);
+        let since_epoch = now.saturating_duration_since(self.planning.epoch);
+        let changed = plan != self.planning.plan;
+        for (watcher, slot) in &plan.slots {
+            if let Some((_, stream)) = self.streams.get(watcher) {
+                let _ = stream.try_send(WatcherMessage::PollPlan(Some((
+                    *slot,
+                    slot.offset(since_epoch),
+                ))));
+            }
+        }
+        for watcher in self.planning.plan.slots.keys() {
+            if !plan.slots.contains_key(watcher)
+                && let Some((_, stream)) = self.streams.get(watcher)
+            {
+                let _ = stream.try_send(WatcherMessage::PollPlan(None));
+            }
+        }
+        if changed {
+            info!(
+                planned = plan.slots.len(),
+                plan = ?plan
+                    .slots
+                    .iter()
+                    .map(|(w, s)| format!("{w}@{}ms/{}ms", s.phase.as_millis(), s.period.as_millis()))
+                    .collect::<Vec<_>>(),
+                "poll plan"
+            );
+        }
+        self.planning.plan = plan;
+        self.planning.dirty = false;
+        self.planning.last = Some(now);
     }
 
     /// Commits the batch just applied; see [`Self::commit_effects`].

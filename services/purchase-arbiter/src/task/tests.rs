@@ -184,7 +184,7 @@ impl Running {
         let metrics = ArbiterMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let (handle, task) = spawn(arbiter, clock, disk.clone(), stop.clone(), metrics);
+        let (handle, task) = spawn(arbiter, clock, disk.clone(), stop.clone(), metrics, true);
         // The start-up write is done once a first call is answered.
         handle.status().await.unwrap();
         Self {
@@ -224,7 +224,7 @@ impl Running {
             observed_at_unix_ms: 0,
         };
         self.handle
-            .report(w(watcher), conn, None, vec![obs])
+            .report(w(watcher), conn, None, None, vec![obs])
             .await
             .unwrap();
     }

@@ -144,6 +144,8 @@
       seen.title = seenAt.join(', ');
       const last = outcomeName(p.lastOutcome);
       detailCell(tr, last, p.lastDetail);
+      const every = num(p.effectivePollIntervalMs);
+      cell(tr, every ? shortDuration(every) : '-');
       rows.push(tr);
     }
     body.replaceChildren(...rows);
@@ -164,7 +166,10 @@
       const age = cell(tr, reportAge(num(w.lastReportUnixMs)), 'age');
       age.dataset.lastReport = num(w.lastReportUnixMs);
       cell(tr, num(w.reports));
-      cell(tr, (w.polling || []).length + ' products');
+      const polls = (w.polling || []).length;
+      const interval = num(w.pollIntervalMs);
+      cell(tr, (polls ? polls + ' products' : 'all') + (interval ? ' every ' + shortDuration(interval) : ''));
+      cell(tr, w.planned ? 'at ' + shortDuration(num(w.pollPhaseMs)) : (status.pollPlanning ? '-' : 'own'));
       rows.push(tr);
     }
     body.replaceChildren(...rows);
