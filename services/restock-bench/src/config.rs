@@ -88,8 +88,9 @@ pub struct BenchConfig {
     #[arg(long, env = "RESTOCK_BENCH_E2E_SAMPLES")]
     pub e2e_samples: Option<usize>,
 
-    /// Products the end-to-end scenario flips in turn; each flip waits until
-    /// every product is out of stock everywhere and the slot is free.
+    /// Products the end-to-end scenario flips in turn, so a flip need not
+    /// wait for every watcher to see the previous one gone (each flip still
+    /// starts with the slot free and no product in stock at the arbiter).
     #[arg(long, env = "RESTOCK_BENCH_E2E_PRODUCTS", default_value_t = 3)]
     pub e2e_products: usize,
 
