@@ -97,8 +97,9 @@ pub struct BenchConfig {
     /// Where the end-to-end scenario writes traces: every flip with the
     /// machine's CPU and I/O stall time (/proc/pressure) and the arbiter's
     /// slow fdatasyncs (its /metrics) around it, and for each slow flip
-    /// (above the poll interval + 10 ms) the simulator's polls and orders
-    /// and the arbiter's events, plus the processes' logs (at `info`).
+    /// (above T/N + 10 ms planned, T + 10 ms unplanned) the simulator's
+    /// polls and orders and the arbiter's events, plus the processes' logs
+    /// (at `info`).
     /// Default: no traces, logs at `warn`.
     #[arg(long, env = "RESTOCK_BENCH_E2E_TRACE_DIR")]
     pub e2e_trace_dir: Option<PathBuf>,

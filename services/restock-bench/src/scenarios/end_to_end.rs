@@ -53,7 +53,8 @@ use crate::{
 
 const SCENARIO: &str = "end_to_end";
 const WAIT: Duration = Duration::from_secs(15);
-/// A flip slower than the poll interval plus this is traced.
+/// A flip slower than the longest wait for a poll plus this is slow (and
+/// traced).
 const SLOW_MARGIN: Duration = Duration::from_millis(10);
 
 /// One configuration of the matrix.
@@ -74,6 +75,17 @@ impl Variant {
             self.poll.as_millis(),
             if self.planned { "planned" } else { "unplanned" }
         )
+    }
+
+    /// The slowest a flip should take: the longest wait for a poll (T/N
+    /// planned, T unplanned) plus [`SLOW_MARGIN`].
+    pub fn slow_after(&self) -> Duration {
+        let wait = if self.planned {
+            self.poll / self.watchers.max(1) as u32
+        } else {
+            self.poll
+        };
+        wait + SLOW_MARGIN
     }
 
     /// For file names.
@@ -316,7 +328,7 @@ pub fn poll_gaps(polls: &Value) -> Vec<f64> {
 struct Measured {
     lat: Latencies,
     gaps: GapSummary,
-    /// Flips slower than the poll interval + 10 ms.
+    /// Flips slower than [`Variant::slow_after`].
     slow: usize,
     /// Checkouts beyond the one each flip asks for (a re-grant of a product
     /// still reported in stock, refused or not).
@@ -481,7 +493,7 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             "arbiter_fsyncs": fsyncs,
             "stalled_ms": stalls,
         }));
-        if took > v.poll + SLOW_MARGIN {
+        if took > v.slow_after() {
             warn!(
                 scenario = SCENARIO,
                 variant = %v.name(),
@@ -544,9 +556,7 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     Ok(Measured {
         slow: all
             .iter()
-            .filter(|s| {
-                s["latency_ms"].as_u64().unwrap_or(0) > (v.poll + SLOW_MARGIN).as_millis() as u64
-            })
+            .filter(|s| s["latency_ms"].as_u64().unwrap_or(0) > v.slow_after().as_millis() as u64)
             .count(),
         lat,
         gaps,
