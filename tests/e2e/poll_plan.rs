@@ -120,8 +120,11 @@ async fn assert_turns(store: &StoreSimProcess, watchers: &[&str], expect_ms: f64
 async fn wait_planned(arbiter: &ArbiterProcess, n: usize) -> pb::GetStatusResponse {
     eventually(&format!("{n} watchers planned"), LONG, || async {
         let s = arbiter.status().await;
-        let planned: Vec<&pb::WatcherStatus> =
-            s.watchers.iter().filter(|w| w.connected && w.planned).collect();
+        let planned: Vec<&pb::WatcherStatus> = s
+            .watchers
+            .iter()
+            .filter(|w| w.connected && w.planned)
+            .collect();
         (planned.len() == n && s.watchers.iter().filter(|w| w.connected).count() == n)
             .then_some(s.clone())
     })

@@ -1,0 +1,497 @@
+//! The notifier with real processes: the arbiter, the store simulator, the
+//! watchers and `restock-notifier`, and a webhook receiver written here (an
+//! axum server on 127.0.0.1:0) that records every request and can answer
+//! `429 Retry-After` or `503` on demand.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use restock_proto::v1::ProductState;
+use restock_testkit::{
+    ArbiterEndpoint, ArbiterOptions, ClosedPort, NotifierProcess, Process, StoreSimProcess,
+    WatcherProcess, bin, eventually, product, products_json, spawn_arbiter_with,
+};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// One request the receiver accepted.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub idempotency_key: String,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct ReceiverState {
+    accepted: Vec<Received>,
+    /// Every request, accepted or not: (path, at).
+    attempts: Vec<(String, Instant)>,
+    /// Per path: answers to give before accepting (`429` with this many
+    /// seconds of `Retry-After`).
+    too_many: HashMap<String, VecDeque<u64>>,
+    /// Paths answering `503`.
+    down: HashSet<String>,
+}
+
+/// A webhook receiver standing in for the services.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let app = Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state }
+    }
+
+    /// `json://` URL of `path` on this receiver.
+    pub fn json_url(&self, path: &str) -> String {
+        format!("json://{}{path}", self.addr)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers the next `n` requests to `path` with `429 Retry-After: secs`.
+    pub fn too_many(&self, path: &str, n: usize, secs: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.too_many
+            .entry(path.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(secs, n));
+    }
+
+    pub fn set_down(&self, path: &str, down: bool) {
+        let mut s = self.state.lock().unwrap();
+        if down {
+            s.down.insert(path.to_owned());
+        } else {
+            s.down.remove(path);
+        }
+    }
+
+    pub fn accepted(&self, path: &str) -> Vec<Received> {
+        let s = self.state.lock().unwrap();
+        s.accepted
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn attempts(&self, path: &str) -> Vec<Instant> {
+        let s = self.state.lock().unwrap();
+        s.attempts
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// The accepted alerts of `kind` at `path`.
+    pub fn alerts(&self, path: &str, kind: &str) -> Vec<Value> {
+        self.accepted(path)
+            .into_iter()
+            .map(|r| r.body)
+            .filter(|b| b["kind"] == kind)
+            .collect()
+    }
+
+    /// Waits until `path` has accepted an alert of `kind`; returns it.
+    pub async fn wait_for(&self, path: &str, kind: &str) -> Value {
+        eventually(&format!("a {kind} alert at {path}"), LONG, || async {
+            self.alerts(path, kind).into_iter().next()
+        })
+        .await
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let now = Instant::now();
+    let mut s = state.lock().unwrap();
+    s.attempts.push((path.clone(), now));
+    if s.down.contains(&path) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down for the test").into_response();
+    }
+    if let Some(secs) = s.too_many.get_mut(&path).and_then(VecDeque::pop_front) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", secs.to_string())],
+            "slow down",
+        )
+            .into_response();
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.accepted.push(Received {
+        path,
+        idempotency_key: key,
+        body,
+        at: now,
+    });
+    (StatusCode::OK, "ok").into_response()
+}
+
+/// Waits until the notifier follows the arbiter's events.
+async fn wait_following(n: &NotifierProcess) {
+    eventually("the notifier to follow the arbiter", LONG, || async {
+        n.status().await.arbiter_connected.then_some(())
+    })
+    .await;
+}
+
+async fn wait_state(a: &impl ArbiterEndpoint, tcin: &str, state: ProductState) {
+    eventually(&format!("{tcin} {state:?}"), LONG, || async {
+        (product(&a.status().await, tcin).state == state as i32).then_some(())
+    })
+    .await;
+}
+
+/// Every accepted alert id at `path`, checking that none came twice.
+fn ids_once(r: &Receiver, path: &str) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for got in r.accepted(path) {
+        let id = got.body["id"].as_str().expect("an id").to_owned();
+        assert_eq!(got.idempotency_key, id, "Idempotency-Key is the id");
+        assert!(
+            seen.insert(id.clone()),
+            "{id} arrived twice: {:#?}",
+            r.accepted(path)
+        );
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_watchers_one_restock_one_in_stock_alert_and_one_purchase_alert() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let store =
+        StoreSimProcess::start(products_json(&["100"]), &["--checkout-delay", "50ms"]).await;
+    let rx = Receiver::start().await;
+    let notifier =
+        NotifierProcess::start(&arbiter.url(), &["--notify", &rx.json_url("/hook")]).await;
+    wait_following(&notifier).await;
+    let mut watchers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        watchers.push(WatcherProcess::start(&arbiter, &store, id, &[]).await);
+    }
+    for w in &watchers {
+        w.wait_connected().await;
+    }
+    store.set_stock("100", true).await;
+    let bought = rx.wait_for("/hook", "purchased").await;
+    wait_state(&arbiter, "100", ProductState::Purchased).await;
+    // Anything late would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_stock = rx.alerts("/hook", "in_stock");
+    assert_eq!(in_stock.len(), 1, "{in_stock:#?}");
+    assert_eq!(in_stock[0]["tcin"], "100");
+    assert_eq!(in_stock[0]["name"], "Product 100");
+    assert_eq!(rx.alerts("/hook", "checkout_started").len(), 1);
+    assert_eq!(rx.alerts("/hook", "purchased").len(), 1);
+    let order = restock_testkit::purchased(&store.orders().await)[0].clone();
+    assert_eq!(bought["fencing_token"], order["fencing_token"]);
+    assert_eq!(bought["watcher_id"], order["watcher_id"]);
+    assert!(bought["price_cents"].as_u64().is_some(), "{bought:#}");
+    assert_eq!(bought["test_mode"], false);
+    ids_once(&rx, "/hook");
+    // Shown with --nocapture: the README's example.
+    eprintln!(
+        "a purchased alert as it arrives:\n{}",
+        serde_json::to_string_pretty(&bought).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_flapping_inside_the_hold_down_alerts_once() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    // Paused: nothing is granted, so the product only flaps between ready
+    // and queued.
+    arbiter.set_paused(true).await;
+    let store = StoreSimProcess::start(products_json(&["100"]), &[]).await;
+    let rx = Receiver::start().await;
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &["--notify", &rx.json_url("/flap"), "--hold-down", "60s"],
+    )
+    .await;
+    wait_following(&notifier).await;
+    let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
+    w.wait_connected().await;
+    for _ in 0..10 {
+        store.set_stock("100", true).await;
+        wait_state(&arbiter, "100", ProductState::Queued).await;
+        store.set_stock("100", false).await;
+        wait_state(&arbiter, "100", ProductState::Ready).await;
+    }
+    rx.wait_for("/flap", "in_stock").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let queued = arbiter
+        .events()
+        .await
+        .iter()
+        .filter(|e| restock_testkit::event_kind(e) == restock_proto::v1::event::Kind::Queued)
+        .count();
+    assert!(queued >= 10, "the product flapped {queued} times");
+    assert_eq!(rx.alerts("/flap", "in_stock").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_destination_waits_and_the_other_is_not_delayed() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let rx = Receiver::start().await;
+    rx.too_many("/slow", 3, 2);
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/slow"),
+            "--notify",
+            &rx.json_url("/fast"),
+        ],
+    )
+    .await;
+    let start = Instant::now();
+    let answer = notifier.send_test("").await;
+    assert!(answer.delivered, "{answer:?}");
+    let slow = rx.accepted("/slow");
+    let fast = rx.accepted("/fast");
+    assert_eq!(slow.len(), 1, "delivered once");
+    assert_eq!(fast.len(), 1);
+    assert_eq!(
+        rx.attempts("/slow").len(),
+        4,
+        "three 429s, then the delivery"
+    );
+    let waited = slow[0].at - start;
+    assert!(
+        waited >= Duration::from_millis(5_900),
+        "Retry-After honoured: {waited:?}"
+    );
+    let fast_after = fast[0].at - start;
+    assert!(
+        fast_after < Duration::from_secs(2),
+        "the other destination waited {fast_after:?}"
+    );
+    assert_eq!(slow[0].body["kind"], "test");
+    assert_eq!(slow[0].idempotency_key, slow[0].body["id"]);
+    let status = notifier.status().await;
+    assert_eq!(status.destinations.len(), 2);
+    assert!(
+        status.destinations[0].last_error.contains("429"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_every_alert_arrives_once() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100", "200"])).await;
+    let store = StoreSimProcess::start(
+        products_json(&["100", "200"]),
+        &["--checkout-delay", "50ms"],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    rx.set_down("/k", true);
+    let mut notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/k"),
+            "--retry-initial",
+            "100ms",
+            "--retry-max",
+            "300ms",
+        ],
+    )
+    .await;
+    wait_following(&notifier).await;
+    let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
+    w.wait_connected().await;
+    store.set_stock("100", true).await;
+    wait_state(&arbiter, "100", ProductState::Purchased).await;
+    // in_stock, checkout_started, purchased: saved, not delivered.
+    eventually("three pending alerts in the state file", LONG, || async {
+        let s = notifier.state();
+        (s["outbox"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    })
+    .await;
+    notifier.process.kill9();
+    // Events while it is down.
+    store.set_stock("200", true).await;
+    wait_state(&arbiter, "200", ProductState::Purchased).await;
+    rx.set_down("/k", false);
+    notifier.kill9_and_restart().await;
+    eventually("six alerts delivered", LONG, || async {
+        (rx.accepted("/k").len() >= 6).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids = ids_once(&rx, "/k");
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    for tcin in ["100", "200"] {
+        for kind in ["in_stock", "checkout_started", "purchased"] {
+            let n = rx
+                .alerts("/k", kind)
+                .iter()
+                .filter(|a| a["tcin"] == tcin)
+                .count();
+            assert_eq!(n, 1, "{kind} for {tcin}");
+        }
+    }
+    // Once delivered, a restart sends nothing again.
+    eventually("an empty outbox", LONG, || async {
+        (notifier.state()["outbox"]
+            .as_array()
+            .is_some_and(Vec::is_empty))
+        .then_some(())
+    })
+    .await;
+    notifier.kill9_and_restart().await;
+    wait_following(&notifier).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.accepted("/k").len(), 6);
+}
+
+#[tokio::test]
+async fn a_bad_url_stops_it_at_start_up_naming_the_url_without_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::start(
+        "restock-notifier",
+        bin("restock-notifier"),
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--state-file",
+            "",
+            "--notify",
+            "discord://1234/s3cret-token?events=restock",
+        ]
+        .map(String::from)
+        .to_vec(),
+        dir.path().join("notifier.log"),
+    );
+    let code = p.wait_exit(LONG);
+    assert_ne!(code, Some(0));
+    let log = p.log_text();
+    assert!(log.contains("discord://1234/***?events=restock"), "{log}");
+    assert!(log.contains("unknown alert kind"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_arbiter_is_alerted_once_after_the_grace_period() {
+    let nobody = ClosedPort::new();
+    let rx = Receiver::start().await;
+    let start = Instant::now();
+    let _notifier = NotifierProcess::start(
+        &nobody.url(),
+        &[
+            "--notify",
+            &rx.json_url("/down"),
+            "--unreachable-after",
+            "1s",
+            "--reconnect-max",
+            "300ms",
+        ],
+    )
+    .await;
+    let alert = rx.wait_for("/down", "arbiter_unreachable").await;
+    let at = rx.accepted("/down")[0].at - start;
+    assert!(at >= Duration::from_secs(1), "alerted after {at:?}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains(&nobody.addr().to_string()),
+        "{alert:#}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.accepted("/down").len(), 1, "alerted once per outage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restockctl_notify_test_says_whether_the_alert_arrived() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let rx = Receiver::start().await;
+    rx.set_down("/dead", true);
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/ok"),
+            "--notify",
+            &format!("discord://1/s3cret?base={}", rx.base()),
+            "--notify",
+            &rx.json_url("/dead"),
+            "--test-deadline",
+            "1s",
+            "--retry-initial",
+            "200ms",
+        ],
+    )
+    .await;
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--notifier".to_owned(), notifier.url()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        std::process::Command::new(bin("restockctl"))
+            .args(all)
+            .output()
+            .expect("run restockctl")
+    };
+    let ok = ctl(&["notify", "test", "--notify", &rx.json_url("/ok")]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(rx.alerts("/ok", "test").len(), 1);
+    // Discord's format, at Discord's path.
+    let ok = ctl(&["notify", "test", "--notify", "2"]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let discord = rx.accepted("/api/webhooks/1/s3cret");
+    assert_eq!(discord.len(), 1);
+    assert_eq!(discord[0].body["embeds"][0]["title"], "Test alert");
+    let dead = ctl(&["notify", "test", "--notify", &rx.json_url("/dead")]);
+    assert_eq!(dead.status.code(), Some(1), "{dead:?}");
+    let text = String::from_utf8_lossy(&dead.stdout);
+    assert!(text.contains("503"), "{text}");
+    let status = ctl(&["notify", "status"]);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("discord://1/***") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
