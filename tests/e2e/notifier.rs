@@ -495,3 +495,96 @@ async fn restockctl_notify_test_says_whether_the_alert_arrived() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_gets_its_own_request_format() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let rx = Receiver::start().await;
+    let base = rx.base();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exec.out");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > {0}.tmp\nprintf '\\n%s\\n' \"$RESTOCK_ALERT_KIND\" >> {0}.tmp\nmv {0}.tmp {0}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &format!("discord://42/disc-secret?base={base}"),
+            "--notify",
+            &format!("slack://T01/B02/slack-secret?base={base}"),
+            "--notify",
+            &format!("ntfy://me:ntfy-secret@ignored/restock?base={base}&priority=high"),
+            "--notify",
+            &format!("tgram://123:tg-secret/-1001?base={base}"),
+            "--notify",
+            &format!("exec://{}", script.display()),
+        ],
+    )
+    .await;
+    let answer = notifier.send_test("").await;
+    assert!(answer.delivered, "{answer:?}");
+    assert_eq!(answer.deliveries.len(), 5);
+
+    let discord = rx.accepted("/api/webhooks/42/disc-secret");
+    assert_eq!(discord.len(), 1);
+    let embed = &discord[0].body["embeds"][0];
+    assert_eq!(embed["title"], "Test alert");
+    assert!(
+        embed["description"]
+            .as_str()
+            .unwrap()
+            .contains("discord://42/***")
+    );
+    assert_eq!(discord[0].body["content"], "Test alert");
+
+    let slack = rx.accepted("/services/T01/B02/slack-secret");
+    assert_eq!(slack.len(), 1);
+    assert!(
+        slack[0].body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Test alert")
+    );
+    assert_eq!(slack[0].body["blocks"][0]["type"], "header");
+
+    let ntfy = rx.accepted("/");
+    assert_eq!(ntfy.len(), 1);
+    assert_eq!(ntfy[0].body["topic"], "restock");
+    assert_eq!(ntfy[0].body["title"], "Test alert");
+    assert_eq!(ntfy[0].body["priority"], 4);
+
+    let tgram = rx.accepted("/bot123:tg-secret/sendMessage");
+    assert_eq!(tgram.len(), 1);
+    assert_eq!(tgram[0].body["chat_id"], "-1001");
+    assert!(
+        tgram[0].body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Test alert")
+    );
+
+    let text = std::fs::read_to_string(&out).expect("the command ran");
+    assert!(text.trim_end().ends_with("test"), "{text}");
+    let json: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(json["kind"], "test");
+
+    // Not one secret in the log or the status.
+    let status = format!("{:?}", notifier.status().await);
+    let log = notifier.process.log_text();
+    for secret in ["disc-secret", "slack-secret", "ntfy-secret", "tg-secret"] {
+        assert!(!status.contains(secret), "{secret} in {status}");
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
