@@ -588,3 +588,103 @@ async fn each_service_gets_its_own_request_format() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+/// A real SMTP server: Python's aiosmtpd, on a port the kernel picks,
+/// printing `PORT n` and then one JSON line per mail.
+const SMTP_SERVER: &str = r#"
+import asyncio, json
+from aiosmtpd.smtp import SMTP, AuthResult
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        login = getattr(session.auth_data, "login", None)
+        print(json.dumps({
+            "from": envelope.mail_from,
+            "to": envelope.rcpt_tos,
+            "login": login.decode() if login else None,
+            "data": envelope.content.decode("utf8", "replace"),
+        }), flush=True)
+        return "250 OK"
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    return AuthResult(success=True, auth_data=auth_data)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(
+        lambda: SMTP(Handler(), auth_require_tls=False, authenticator=authenticator),
+        "127.0.0.1", 0)
+    print("PORT", srv.sockets[0].getsockname()[1], flush=True)
+    await srv.serve_forever()
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_through_a_real_smtp_server() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("RESTOCK_REQUIRE_SMTP").as_deref() != Ok("1"),
+            "RESTOCK_REQUIRE_SMTP=1 but python3 -m aiosmtpd is not installed (pip install aiosmtpd)"
+        );
+        eprintln!("skipped: python3 with aiosmtpd is not installed (pip install aiosmtpd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("smtp.py");
+    std::fs::write(&script, SMTP_SERVER).unwrap();
+    let smtp = Process::start(
+        "aiosmtpd",
+        "python3".into(),
+        vec![script.display().to_string()],
+        dir.path().join("smtp.log"),
+    );
+    let port: u16 = eventually("the SMTP server's port", LONG, || async {
+        smtp.log_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("PORT "))
+            .and_then(|p| p.trim().parse().ok())
+    })
+    .await;
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &format!(
+                "mailto://alice:mail-secret@127.0.0.1:{port}?to=alerts@example.com&from=restock@example.com"
+            ),
+        ],
+    )
+    .await;
+    let answer = notifier.send_test("").await;
+    assert!(answer.delivered, "{answer:?}");
+    let mail: Value = eventually("the mail at the SMTP server", LONG, || async {
+        smtp.log_text()
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .and_then(|l| serde_json::from_str(l).ok())
+    })
+    .await;
+    assert_eq!(mail["to"][0], "alerts@example.com");
+    assert_eq!(mail["from"], "restock@example.com");
+    assert_eq!(mail["login"], "alice");
+    let data = mail["data"].as_str().unwrap();
+    assert!(data.contains("Subject: Test alert"), "{data}");
+    assert!(
+        data.contains(&format!(
+            "<{}@restock-notifier>",
+            answer.deliveries[0].alert_id
+        )),
+        "{data}"
+    );
+    let status = format!("{:?}", notifier.status().await);
+    assert!(status.contains("mailto://alice:***@127.0.0.1"), "{status}");
+    assert!(
+        !status.contains("mail-secret") && !notifier.process.log_text().contains("mail-secret")
+    );
+}

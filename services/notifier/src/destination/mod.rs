@@ -356,11 +356,11 @@ impl Destination {
         &self,
         client: &reqwest::Client,
         alert: &Alert,
-        exec_timeout: Duration,
+        timeout: Duration,
     ) -> Result<Sent, SendError> {
         let result = match &self.target {
-            Target::Exec { path } => exec::run(path, alert, exec_timeout).await,
-            Target::Email(e) => email::send(e, alert).await,
+            Target::Exec { path } => exec::run(path, alert, timeout).await,
+            Target::Email(e) => email::send(e, alert, timeout).await,
             _ => http::send(client, &self.target, alert).await,
         };
         result.map_err(|e| match e {
