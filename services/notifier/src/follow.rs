@@ -199,6 +199,15 @@ impl Follower {
         if seq < next {
             return; // already handled before a reconnect
         }
+        if seq > next && e.kind != pb::event::Kind::ArbiterStarted as i32 {
+            // The arbiter no longer holds them (the notifier was away longer
+            // than its history reaches): their alerts cannot be made.
+            warn!(
+                from = next,
+                to = seq - 1,
+                "events missed: no longer in the arbiter's history"
+            );
+        }
         let event = match Event::try_from(e) {
             Ok(ev) => Some(ev),
             Err(err) => {

@@ -96,7 +96,11 @@ pub async fn status(target: &Target, json: bool, out: &mut dyn Write) -> Result<
             d.sent,
             d.failed,
             d.pending,
-            d.events.join(","),
+            if d.events.len() >= 8 {
+                "all".to_owned()
+            } else {
+                d.events.join(",")
+            },
             if d.last_error.is_empty() {
                 String::new()
             } else {

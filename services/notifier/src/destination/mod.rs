@@ -40,8 +40,8 @@ pub enum DestinationError {
     Bad { url: String, problem: String },
 }
 
-/// One parsed destination.
-#[derive(Debug, Clone)]
+/// One parsed destination. Its `Debug` shows the redacted URL only.
+#[derive(Clone)]
 pub struct Destination {
     /// The URL with every secret replaced by `***`: what logs, errors and
     /// the status call show.
@@ -54,6 +54,17 @@ pub struct Destination {
     pub target: Target,
     /// The secrets in the URL, scrubbed out of any text shown about it.
     secrets: Vec<String>,
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Destination")
+            .field("redacted", &self.redacted)
+            .field("tag", &self.tag)
+            .field("events", &self.events)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How one destination is reached.
@@ -469,7 +480,8 @@ fn percent_decode(s: &str) -> String {
 /// A destination URL taken apart by hand: the services' URLs are not all
 /// valid URLs (a Telegram bot token `123:ABC` reads as a host and a bad
 /// port), so only the scheme, user info, host, path and query are split.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` is the redacted URL.
+#[derive(Clone, Default)]
 pub struct Parts {
     pub scheme: Option<String>,
     pub user: Option<String>,
@@ -481,6 +493,12 @@ pub struct Parts {
     /// From the first `/` after the host, without the query.
     pub path: String,
     pub query: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Parts({})", self.redacted())
+    }
 }
 
 impl Parts {
@@ -725,6 +743,13 @@ mod tests {
         assert!(d[0].wants(AlertKind::Purchased) && !d[0].wants(AlertKind::Stuck));
         let dup = parse_all(&["json://a/x json://a/x".to_owned()], &all()).unwrap_err();
         assert!(dup.to_string().contains("twice"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let d = Destination::parse("ntfy://u:s3cret@h/t", &all()).unwrap();
+        let text = format!("{d:?} {:?}", Parts::split("tgram://1:s3cret/2"));
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
