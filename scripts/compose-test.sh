@@ -20,7 +20,7 @@
 # with the token; no token or a wrong one gets UNAUTHENTICATED and changes
 # nothing; plaintext is refused. Metrics: `--profile metrics up -d`; Prometheus's
 # API (published on the host) shows the arbiter, the simulator and the three
-# watchers as targets that are up, the alert groups of
+# watchers and the notifier as targets that are up, the alert groups of
 # config/prometheus/alerts.yml loaded, and the watchers' numbers in queries.
 # `docker compose down -v` runs at the end, also when a step fails.
 # A single step (smoke, ...) uses the images as they are; BUILD=1 builds first.
@@ -225,7 +225,7 @@ tls() {
 # Prometheus's HTTP API: prom_api PATH [curl args...] prints the JSON answer.
 prom_api() { local path="$1"; shift; curl -fsS --max-time 5 "$@" "$PROMETHEUS/api/v1/$path"; }
 # The scrape targets that should be up: every service of docker-compose.yml.
-EXPECTED_TARGETS="arbiter store-sim watcher-1 watcher-2 watcher-3"
+EXPECTED_TARGETS="arbiter store-sim watcher-1 watcher-2 watcher-3 notifier"
 # Prints each expected target that is not up (by the host it scrapes), with its
 # health and last error; prints nothing once all are up.
 targets_not_up() {

@@ -20,7 +20,9 @@ use axum::{
 use restock_proto::v1::ProductState;
 use restock_testkit::{
     ArbiterEndpoint, ArbiterOptions, ClosedPort, NotifierProcess, Process, StoreSimProcess,
-    WatcherProcess, bin, eventually, product, products_json, spawn_arbiter_with,
+    WatcherProcess, bin, eventually,
+    metrics::{check_metrics, metric, scrape},
+    product, products_json, spawn_arbiter_with,
 };
 use serde_json::Value;
 
@@ -283,6 +285,8 @@ async fn a_rate_limited_destination_waits_and_the_other_is_not_delayed() {
             &rx.json_url("/slow"),
             "--notify",
             &rx.json_url("/fast"),
+            "--http-listen",
+            "127.0.0.1:0",
         ],
     )
     .await;
@@ -315,6 +319,35 @@ async fn a_rate_limited_destination_waits_and_the_other_is_not_delayed() {
     assert!(
         status.destinations[0].last_error.contains("429"),
         "{status:?}"
+    );
+    // The same story on /metrics (checked by promtool when installed).
+    let (page, _) = scrape(&notifier.metrics_url()).await;
+    check_metrics("restock-notifier", &page);
+    let series = |path: &str, result: &str| {
+        format!(
+            "restock_notifier_deliveries_total{{destination=\"{}\",result=\"{result}\"}}",
+            rx.json_url(path)
+        )
+    };
+    assert_eq!(
+        metric(&page, &series("/slow", "rate_limited")),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, &series("/slow", "delivered")),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, &series("/fast", "delivered")),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "restock_notifier_alerts_total{kind=\"test\"}"),
+        Some(0.0),
+        "test alerts are not made from events"
     );
 }
 

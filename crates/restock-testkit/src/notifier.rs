@@ -55,6 +55,17 @@ impl NotifierProcess {
         format!("http://{}", self.addr())
     }
 
+    /// `http://ADDR/metrics` of a notifier started with
+    /// `--http-listen 127.0.0.1:0` (panics if it serves no HTTP).
+    pub fn metrics_url(&self) -> String {
+        let addr = self.process.announced("http").unwrap_or_else(|| {
+            panic!(
+                "the notifier announced no HTTP listener; start it with --http-listen 127.0.0.1:0"
+            )
+        });
+        format!("http://{addr}/metrics")
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("notifier-state.json")
     }

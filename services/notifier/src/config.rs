@@ -8,6 +8,7 @@ use restock_domain::duration::{parse_duration, parse_positive_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
     auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs},
+    http::HttpListen,
 };
 
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
@@ -58,6 +59,11 @@ pub struct NotifierConfig {
     /// reflection) on.
     #[arg(long, env = "RESTOCK_NOTIFIER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Where to serve `GET /metrics` (Prometheus) and `GET /healthz` over
+    /// HTTP, or `off`.
+    #[arg(long, env = restock_runtime::http::HTTP_LISTEN_ENV, default_value = "off")]
+    pub http_listen: HttpListen,
 
     /// The event position, the outbox of undelivered alerts and the
     /// delivery records. Empty: memory only (a restart forgets them).

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::{
     alert::Alert,
     destination::{Destination, SendError},
+    metrics::{Attempt, NotifierMetrics},
     state::{self, FAILED_KEPT, Failed, Pending, Saved, StateError},
 };
 
@@ -54,16 +55,35 @@ struct StoreInner {
     /// Writes one at a time, each of the state as it is when it starts, so
     /// an older snapshot never lands after a newer one.
     write: tokio::sync::Mutex<()>,
+    metrics: NotifierMetrics,
 }
 
 impl Store {
-    pub fn new(saved: Saved, path: Option<PathBuf>) -> Self {
+    pub fn new(saved: Saved, path: Option<PathBuf>, metrics: NotifierMetrics) -> Self {
         Self {
             inner: Arc::new(StoreInner {
                 saved: Mutex::new(saved),
                 path,
                 write: tokio::sync::Mutex::new(()),
+                metrics,
             }),
+        }
+    }
+
+    pub fn metrics(&self) -> &NotifierMetrics {
+        &self.inner.metrics
+    }
+
+    /// Sets the pending gauge of every destination from the outbox.
+    pub fn count_pending(&self, destinations: &[Arc<Destination>]) {
+        let counts: Vec<usize> = self.with(|s| {
+            destinations
+                .iter()
+                .map(|d| s.outbox.iter().filter(|p| p.dest == d.tag).count())
+                .collect()
+        });
+        for (d, n) in destinations.iter().zip(counts) {
+            self.inner.metrics.set_pending(&d.redacted, n);
         }
     }
 
@@ -124,9 +144,11 @@ impl Store {
         alerts: &[Alert],
         destinations: &[Arc<Destination>],
         now: u64,
+        metrics: &NotifierMetrics,
     ) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         for a in alerts {
+            metrics.alert(a.kind);
             info!(
                 alert_id = %a.id,
                 kind = %a.kind,
@@ -289,6 +311,7 @@ impl Worker {
                                 r.last_sent_unix_ms = now;
                             });
                             self.store.persist_until_ok(&self.stop).await;
+                            self.count_pending();
                             info!(destination = %self.dest.redacted, alert_id = %id, kind = %p.alert.kind, "alert delivered");
                         }
                         End::Failed(reason) => {
@@ -309,6 +332,10 @@ impl Worker {
                                 s.failed.drain(..extra);
                             });
                             self.store.persist_until_ok(&self.stop).await;
+                            self.count_pending();
+                            self.store
+                                .metrics()
+                                .attempt(&self.dest.redacted, Attempt::Failed);
                             error!(destination = %self.dest.redacted, alert_id = %id, kind = %p.alert.kind, error = %reason, "alert not delivered; given up");
                         }
                     }
@@ -358,8 +385,10 @@ impl Worker {
                 r = self.dest.send(&self.client, alert, self.settings.request_timeout) => r,
                 () = self.stop.cancelled() => return End::Stopped,
             };
+            let metrics = self.store.metrics();
             let (wait, reason) = match sent {
                 Ok(s) => {
+                    metrics.attempt(&self.dest.redacted, Attempt::Delivered);
                     self.pause_until = s.pause.map(|d| Instant::now() + d);
                     return End::Delivered;
                 }
@@ -369,8 +398,21 @@ impl Worker {
                 Err(SendError::RateLimited {
                     retry_after: Some(d),
                     reason,
-                }) => (d, reason),
-                Err(e) => (backoff.next_delay(), e.reason().to_owned()),
+                }) => {
+                    metrics.attempt(&self.dest.redacted, Attempt::RateLimited);
+                    (d, reason)
+                }
+                Err(e) => {
+                    metrics.attempt(
+                        &self.dest.redacted,
+                        if matches!(e, SendError::RateLimited { .. }) {
+                            Attempt::RateLimited
+                        } else {
+                            Attempt::Retried
+                        },
+                    );
+                    (backoff.next_delay(), e.reason().to_owned())
+                }
             };
             let now = now_ms();
             self.store.with(|s| {
@@ -398,6 +440,13 @@ impl Worker {
                 return End::Stopped;
             }
         }
+    }
+
+    fn count_pending(&self) {
+        let n = self
+            .store
+            .with(|s| s.outbox.iter().filter(|p| p.dest == self.dest.tag).count());
+        self.store.metrics().set_pending(&self.dest.redacted, n);
     }
 
     /// Sleeps; false when stopped first.

@@ -107,6 +107,7 @@ impl Follower {
                 Ended::Lost(reason) => reason,
             };
             self.live.connected.store(false, Ordering::Relaxed);
+            self.store.metrics().set_connected(false);
             let now = now_ms();
             self.store
                 .with(|s| self.rules.arbiter_down(&mut s.rules, now));
@@ -178,6 +179,7 @@ impl Follower {
         self.store.with(|s| self.rules.arbiter_up(&mut s.rules));
         self.store.persist_until_ok(stop).await;
         self.live.connected.store(true, Ordering::Relaxed);
+        self.store.metrics().set_connected(true);
         backoff.reset();
         info!(arbiter = %self.arbiter_url, from_sequence = from, test_mode = self.rules.test_mode(), "following the arbiter's events");
         loop {
@@ -222,7 +224,7 @@ impl Follower {
                 None => Vec::new(),
             };
             s.next_sequence = seq + 1;
-            Store::enqueue(s, &alerts, &self.destinations, now)
+            Store::enqueue(s, &alerts, &self.destinations, now, self.store.metrics())
         });
         // The position and the rules' memory are saved with the next
         // write; an event that made alerts is saved now, before they go.
@@ -242,7 +244,7 @@ impl Follower {
                 &self.arbiter_url,
                 &self.down_reason,
             );
-            let d = Store::enqueue(s, &alerts, &self.destinations, now);
+            let d = Store::enqueue(s, &alerts, &self.destinations, now, self.store.metrics());
             (alerts, d)
         });
         if !alerts.is_empty() {
@@ -252,6 +254,7 @@ impl Follower {
     }
 
     fn dispatch(&self, jobs: Vec<(usize, String)>) {
+        self.store.count_pending(&self.destinations);
         for (i, id) in jobs {
             self.dispatcher.send(i, Job::Pending(id));
         }

@@ -16,6 +16,7 @@
 //!   destination (token bucket, `429`, retries with back-off, deadline).
 //! - [`follow`]: the arbiter connection: status, events, reconnects, timers.
 //! - [`grpc`]: `restock.v1.Notifier` (status, test alerts).
+//! - [`metrics`]: what `/metrics` shows (`--http-listen`).
 //!
 //! [`run`] wires them; the binary parses flags, sets up logging and calls it.
 
@@ -25,6 +26,7 @@ pub mod delivery;
 pub mod destination;
 pub mod follow;
 pub mod grpc;
+pub mod metrics;
 pub mod rules;
 pub mod state;
 
@@ -37,6 +39,8 @@ use restock_runtime::{
     announce::ListenError,
     auth::{AuthError, AuthPolicy, SendToken},
     grpc::support_routes,
+    http::{bind_http, metrics_routes},
+    rpc_metrics::{GrpcMetrics, RpcMetricsError},
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -82,6 +86,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("metrics set-up: {0}")]
+    Metrics(#[from] RpcMetricsError),
     #[error("gRPC server: {0}")]
     Serve(tonic::transport::Error),
 }
@@ -125,7 +131,9 @@ pub async fn run(
         Some(p) => state::load(p)?,
         None => state::Saved::default(),
     };
-    let store = Store::new(saved, state_path.clone());
+    let metrics = metrics::NotifierMetrics::default();
+    metrics.destinations(destinations.iter().map(|d| d.redacted.as_str()));
+    let store = Store::new(saved, state_path.clone(), metrics.clone());
     // Alerts waiting for a destination no longer configured cannot go
     // anywhere: said once, then dropped.
     let dropped = store.with(|s| {
@@ -161,7 +169,16 @@ pub async fn run(
 
     let (health, support) =
         support_routes(grpc::SERVICE_NAME, &[restock_proto::FILE_DESCRIPTOR_SET]).await?;
-    let auth = AuthPolicy::new(token, Vec::new());
+    let auth = AuthPolicy::new(token.clone(), Vec::new());
+    let http_auth = AuthPolicy::new(token, Vec::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let rpc_metrics = GrpcMetrics::register(
+        &mut registry,
+        &[grpc::SERVICE_NAME],
+        &[restock_proto::FILE_DESCRIPTOR_SET],
+    )?;
+    let http_listener = bind_http(config.http_listen).await?;
     let service = grpc::NotifierService {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -179,9 +196,11 @@ pub async fn run(
                 source,
             })?;
     }
-    restock_runtime::Bound::new()
-        .add("grpc", &listener)
-        .announce(&config.ready)?;
+    let mut bound = restock_runtime::Bound::new().add("grpc", &listener);
+    if let Some(l) = &http_listener {
+        bound = bound.add("http", l);
+    }
+    bound.announce(&config.ready)?;
     info!(
         arbiter = %arbiter_url,
         destinations = ?destinations.iter().map(|d| d.redacted.as_str()).collect::<Vec<_>>(),
@@ -214,8 +233,17 @@ pub async fn run(
     );
     let follow_task = tokio::spawn(follower.run(stop.clone()));
 
+    let http_server = http_listener.map(|l| {
+        let stop = stop.clone();
+        tokio::spawn(restock_runtime::http::serve(
+            l,
+            metrics_routes(Arc::new(registry), http_auth),
+            async move { stop.cancelled().await },
+        ))
+    });
     let server_stop = stop.clone();
     let served = server
+        .layer(rpc_metrics)
         .add_routes(support)
         .add_service(auth.guard(NotifierServer::new(service)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -231,6 +259,9 @@ pub async fn run(
     let _ = follow_task.await;
     for w in workers {
         let _ = w.await;
+    }
+    if let Some(h) = http_server {
+        let _ = h.await;
     }
     // The last word: position, outbox and records as they stand.
     store.persist().await?;
