@@ -150,8 +150,9 @@ impl Follower {
         self.live.test_mode.store(view.test_mode, Ordering::Relaxed);
         let now = now_ms();
         let from = self.store.with(|s| {
-            self.rules.on_status(&mut s.rules, view, now);
-            if s.next_sequence == 0 {
+            let fresh = s.next_sequence == 0;
+            self.rules.on_status(&mut s.rules, view, now, fresh);
+            if fresh {
                 // A fresh start: from the arbiter's newest event on (the
                 // past is not news).
                 s.next_sequence = status.last_event_sequence + 1;

@@ -109,14 +109,25 @@ impl Rules {
     }
 
     /// Takes in a fresh status: names and mode, and the present (watchers,
-    /// the lease, products already available, which are not alerted: they
-    /// were in stock before the notifier looked).
-    pub fn on_status(&mut self, state: &mut RulesState, view: ArbiterView, now_ms: u64) {
+    /// the lease). On a `fresh` start (no saved position) the products
+    /// already available are marked so, and not alerted: they were in stock
+    /// before the notifier looked. Otherwise the events since the saved
+    /// position are replayed next and say what became available meanwhile,
+    /// alerts included.
+    pub fn on_status(
+        &mut self,
+        state: &mut RulesState,
+        view: ArbiterView,
+        now_ms: u64,
+        fresh: bool,
+    ) {
         self.names = view.names;
         self.test_mode = view.test_mode;
-        for tcin in &view.available {
-            let a = state.products.entry(tcin.clone()).or_default();
-            a.available = true;
+        if fresh {
+            for tcin in &view.available {
+                let a = state.products.entry(tcin.clone()).or_default();
+                a.available = true;
+            }
         }
         state.watchers = view.connected_watchers;
         self.watchers_changed(state, now_ms);
@@ -553,7 +564,7 @@ mod tests {
         let mut granted = lease_event(EventKind::Granted, 1, 0);
         granted.from_state = Some(ProductState::Queued);
         r.on_event(&mut s, &granted);
-        r.on_status(&mut s, ArbiterView::default(), 0);
+        r.on_status(&mut s, ArbiterView::default(), 0, true);
         // on_status without a lease clears it; put it back.
         r.on_event(&mut s, &granted);
         assert!(r.on_tick(&mut s, 119_000, true, "a", "").is_empty());
@@ -578,6 +589,22 @@ mod tests {
         assert!(r.on_tick(&mut s, 1_100_000, false, "a", "").is_empty());
         r.arbiter_up(&mut s);
         assert_eq!(s.down_since_ms, None);
+    }
+
+    #[test]
+    fn what_was_in_stock_before_a_fresh_start_is_not_news_but_a_replay_is() {
+        let mut r = rules();
+        let view = || ArbiterView {
+            available: ["100".to_owned()].into_iter().collect(),
+            ..ArbiterView::default()
+        };
+        let mut fresh = RulesState::default();
+        r.on_status(&mut fresh, view(), 0, true);
+        assert!(r.on_event(&mut fresh, &queued(5, 1_000)).is_empty());
+        // Resuming: the product came in while the notifier was away.
+        let mut resumed = RulesState::default();
+        r.on_status(&mut resumed, view(), 0, false);
+        assert_eq!(r.on_event(&mut resumed, &queued(5, 1_000)).len(), 1);
     }
 
     #[test]
