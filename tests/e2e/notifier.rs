@@ -205,8 +205,17 @@ async fn three_watchers_one_restock_one_in_stock_alert_and_one_purchase_alert() 
     let store =
         StoreSimProcess::start(products_json(&["100"]), &["--checkout-delay", "50ms"]).await;
     let rx = Receiver::start().await;
-    let notifier =
-        NotifierProcess::start(&arbiter.url(), &["--notify", &rx.json_url("/hook")]).await;
+    let only_purchases = format!("{}?events=purchased", rx.json_url("/purchases"));
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/hook"),
+            "--notify",
+            &only_purchases,
+        ],
+    )
+    .await;
     wait_following(&notifier).await;
     let mut watchers = Vec::new();
     for id in ["w1", "w2", "w3"] {
@@ -232,6 +241,12 @@ async fn three_watchers_one_restock_one_in_stock_alert_and_one_purchase_alert() 
     assert!(bought["price_cents"].as_u64().is_some(), "{bought:#}");
     assert_eq!(bought["test_mode"], false);
     ids_once(&rx, "/hook");
+    // The destination with ?events=purchased got that alert and nothing else,
+    // under an id of its own.
+    let mine = rx.accepted("/purchases");
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].body["kind"], "purchased");
+    assert_ne!(mine[0].body["id"], bought["id"]);
     // Shown with --nocapture: the README's example.
     eprintln!(
         "a purchased alert as it arrives:\n{}",
@@ -531,7 +546,12 @@ async fn restockctl_notify_test_says_whether_the_alert_arrived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_service_gets_its_own_request_format() {
-    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    // TEST_MODE: every title says so.
+    let arbiter = spawn_arbiter_with(ArbiterOptions {
+        test_mode: true,
+        ..ArbiterOptions::products(&["100"])
+    })
+    .await;
     let rx = Receiver::start().await;
     let base = rx.base();
     let dir = tempfile::tempdir().unwrap();
@@ -566,6 +586,7 @@ async fn each_service_gets_its_own_request_format() {
         ],
     )
     .await;
+    wait_following(&notifier).await;
     let answer = notifier.send_test("").await;
     assert!(answer.delivered, "{answer:?}");
     assert_eq!(answer.deliveries.len(), 5);
@@ -573,14 +594,14 @@ async fn each_service_gets_its_own_request_format() {
     let discord = rx.accepted("/api/webhooks/42/disc-secret");
     assert_eq!(discord.len(), 1);
     let embed = &discord[0].body["embeds"][0];
-    assert_eq!(embed["title"], "Test alert");
+    assert_eq!(embed["title"], "[TEST MODE] Test alert");
     assert!(
         embed["description"]
             .as_str()
             .unwrap()
             .contains("discord://42/***")
     );
-    assert_eq!(discord[0].body["content"], "Test alert");
+    assert_eq!(discord[0].body["content"], "[TEST MODE] Test alert");
 
     let slack = rx.accepted("/services/T01/B02/slack-secret");
     assert_eq!(slack.len(), 1);
@@ -588,14 +609,14 @@ async fn each_service_gets_its_own_request_format() {
         slack[0].body["text"]
             .as_str()
             .unwrap()
-            .starts_with("Test alert")
+            .starts_with("[TEST MODE] Test alert")
     );
     assert_eq!(slack[0].body["blocks"][0]["type"], "header");
 
     let ntfy = rx.accepted("/");
     assert_eq!(ntfy.len(), 1);
     assert_eq!(ntfy[0].body["topic"], "restock");
-    assert_eq!(ntfy[0].body["title"], "Test alert");
+    assert_eq!(ntfy[0].body["title"], "[TEST MODE] Test alert");
     assert_eq!(ntfy[0].body["priority"], 4);
 
     let tgram = rx.accepted("/bot123:tg-secret/sendMessage");
@@ -605,13 +626,14 @@ async fn each_service_gets_its_own_request_format() {
         tgram[0].body["text"]
             .as_str()
             .unwrap()
-            .starts_with("Test alert")
+            .starts_with("[TEST MODE] Test alert")
     );
 
     let text = std::fs::read_to_string(&out).expect("the command ran");
     assert!(text.trim_end().ends_with("test"), "{text}");
     let json: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(json["kind"], "test");
+    assert_eq!(json["test_mode"], true);
 
     // Not one secret in the log or the status.
     let status = format!("{:?}", notifier.status().await);
@@ -720,4 +742,52 @@ async fn email_goes_through_a_real_smtp_server() {
     assert!(
         !status.contains("mail-secret") && !notifier.process.log_text().contains("mail-secret")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_purchase_and_a_system_without_watchers_are_alerted_once() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    // A checkout that takes 20 s holds the lease well past --stuck-after.
+    let store = StoreSimProcess::start(products_json(&["100"]), &["--checkout-delay", "20s"]).await;
+    let rx = Receiver::start().await;
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/ops"),
+            "--stuck-after",
+            "1s",
+            "--no-watchers-after",
+            "1s",
+        ],
+    )
+    .await;
+    wait_following(&notifier).await;
+    // Nobody is watching yet.
+    let lonely = rx.wait_for("/ops", "no_watchers").await;
+    assert_eq!(lonely["title"], "No watcher connected");
+    let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
+    w.wait_connected().await;
+    store.set_stock("100", true).await;
+    let started = rx.wait_for("/ops", "checkout_started").await;
+    let stuck = rx.wait_for("/ops", "stuck").await;
+    assert_eq!(stuck["fencing_token"], started["fencing_token"]);
+    assert_eq!(stuck["watcher_id"], "w1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.alerts("/ops", "stuck").len(), 1);
+    assert_eq!(rx.alerts("/ops", "no_watchers").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_it_cleanly_with_its_state_written() {
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let rx = Receiver::start().await;
+    let mut notifier =
+        NotifierProcess::start(&arbiter.url(), &["--notify", &rx.json_url("/t")]).await;
+    wait_following(&notifier).await;
+    let next = notifier.status().await.next_event_sequence;
+    assert_eq!(notifier.process.terminate(LONG), Some(0));
+    let saved = notifier.state();
+    assert_eq!(saved["next_sequence"], next, "{saved:#}");
+    assert!(notifier.process.log_text().contains("notifier stopping"));
 }
