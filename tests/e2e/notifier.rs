@@ -454,8 +454,7 @@ async fn a_bad_url_stops_it_at_start_up_naming_the_url_without_its_secret() {
         .to_vec(),
         dir.path().join("notifier.log"),
     );
-    let code = p.wait_exit(LONG);
-    assert_ne!(code, Some(0));
+    assert_eq!(p.wait_exit(LONG), Some(2), "the start-up exit code");
     let log = p.log_text();
     assert!(log.contains("discord://1234/***?events=restock"), "{log}");
     assert!(log.contains("unknown alert kind"), "{log}");

@@ -92,6 +92,15 @@ pub enum StartError {
     Serve(tonic::transport::Error),
 }
 
+/// Checks what can be checked before binding (the alert kinds and every
+/// destination URL), so a bad one stops the binary at once, with the
+/// start-up exit code.
+pub fn check(config: &NotifierConfig) -> Result<(), StartError> {
+    let default_events = parse_kinds(&config.events)?;
+    destination::parse_all(&config.notify, &default_events)?;
+    Ok(())
+}
+
 /// Runs the notifier on `listener` until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,

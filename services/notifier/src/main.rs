@@ -13,6 +13,9 @@ const BINARY: &str = "restock-notifier";
 async fn main() -> ExitCode {
     let config = NotifierConfig::parse();
     config.log.init("info");
+    if let Err(e) = restock_notifier::check(&config) {
+        return process::fail(BINARY, &e, process::EXIT_START);
+    }
     process::serve(BINARY, "grpc", config.listen, |listener| {
         restock_notifier::run(listener, config, shutdown_signal())
     })
