@@ -99,7 +99,7 @@ async fn judge(resp: Response) -> Result<Sent, SendError> {
     Err(SendError::Permanent(reason))
 }
 
-/// How long a 429 asks us to wait: `Retry-After` (seconds), Discord's
+/// How long a 429 asks us to wait: `Retry-After` (seconds or an HTTP date), Discord's
 /// `X-RateLimit-Reset-After` (fractional seconds) or its JSON `retry_after`,
 /// Telegram's `parameters.retry_after`.
 pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
@@ -109,7 +109,18 @@ pub fn retry_after(headers: &HeaderMap, body: &str) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
     };
+    // Retry-After may also be an HTTP date.
+    let date_secs = || {
+        let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
+        let at = httpdate::parse_http_date(text.trim()).ok()?;
+        Some(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs_f64(),
+        )
+    };
     let secs = header_secs(RETRY_AFTER.as_str())
+        .or_else(date_secs)
         .or_else(|| header_secs("x-ratelimit-reset-after"))
         .or_else(|| {
             let doc: Value = serde_json::from_str(body).ok()?;
@@ -261,6 +272,14 @@ mod tests {
             Some(Duration::from_secs(3))
         );
         assert_eq!(retry_after(&HeaderMap::new(), "slow down"), None);
+        let mut h = HeaderMap::new();
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let d = retry_after(&h, "").unwrap();
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         h.insert("x-ratelimit-reset-after", "1.25".parse().unwrap());
