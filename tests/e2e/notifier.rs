@@ -790,3 +790,59 @@ async fn sigterm_stops_it_cleanly_with_its_state_written() {
     assert_eq!(saved["next_sequence"], next, "{saved:#}");
     assert!(notifier.process.log_text().contains("notifier stopping"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_calls_the_notifier_without_proto_files() {
+    let Some(grpcurl) = restock_testkit::grpcurl() else {
+        return; // grpcurl() said why it was skipped
+    };
+    let arbiter = spawn_arbiter_with(ArbiterOptions::products(&["100"])).await;
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            "discord://1/grpcurl-secret?base=http://127.0.0.1:9",
+        ],
+    )
+    .await;
+    let addr = notifier.addr().to_string();
+    let (ok, out, err) = restock_testkit::run_grpcurl(&grpcurl, &["-plaintext", &addr, "list"]);
+    assert!(ok, "{err}");
+    let services: Vec<&str> = out.lines().collect();
+    assert!(services.contains(&"restock.v1.Notifier"), "{out}");
+    assert!(services.contains(&"grpc.health.v1.Health"), "{out}");
+    assert!(!services.contains(&"restock.v1.PurchaseArbiter"), "{out}");
+    let (ok, out, err) = restock_testkit::run_grpcurl(
+        &grpcurl,
+        &["-plaintext", &addr, "restock.v1.Notifier/GetNotifierStatus"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("discord://1/***"), "{out}");
+    assert!(!out.contains("grpcurl-secret"), "{out}");
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_it_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("notifier-state.json");
+    std::fs::write(&state, "{ half a file").unwrap();
+    let mut p = Process::start(
+        "restock-notifier",
+        bin("restock-notifier"),
+        vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-file".into(),
+            state.display().to_string(),
+        ],
+        dir.path().join("notifier.log"),
+    );
+    assert_ne!(p.wait_exit(LONG), Some(0));
+    let log = p.log_text();
+    assert!(log.contains(&state.display().to_string()), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "{ half a file",
+        "never replaced by an empty state"
+    );
+}
