@@ -28,6 +28,25 @@ use crate::alert::{Alert, AlertKind};
 /// At most this much of an error answer is kept in the reason.
 const BODY_IN_REASON: usize = 300;
 
+/// The services' length limits (characters): a longer text is refused
+/// with a 400, so it is cut (with `…`) instead.
+const DISCORD_TITLE_MAX: usize = 256;
+const DISCORD_CONTENT_MAX: usize = 2000;
+const DISCORD_DESCRIPTION_MAX: usize = 4096;
+const TELEGRAM_TEXT_MAX: usize = 4096;
+const SLACK_HEADER_MAX: usize = 150;
+const SLACK_SECTION_MAX: usize = 3000;
+
+/// `text` cut to at most `max` characters, ending in `…` when cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// Sends `alert` to a webhook-kind `target`.
 pub async fn send(
     client: &reqwest::Client,
@@ -182,11 +201,11 @@ pub fn discord_body(a: &Alert) -> Value {
     }
     json!({
         "username": "restock",
-        "content": a.title,
+        "content": cut(&a.title, DISCORD_CONTENT_MAX),
         "allowed_mentions": {"parse": []},
         "embeds": [{
-            "title": a.title,
-            "description": a.message,
+            "title": cut(&a.title, DISCORD_TITLE_MAX),
+            "description": cut(&a.message, DISCORD_DESCRIPTION_MAX),
             "color": colour(a.kind),
             "fields": fields,
             "footer": {"text": format!("{} · {}", a.kind, a.id)},
@@ -201,8 +220,8 @@ pub fn slack_body(a: &Alert) -> Value {
     json!({
         "text": format!("{}: {}", a.title, a.message),
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": a.title}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": a.message}},
+            {"type": "header", "text": {"type": "plain_text", "text": cut(&a.title, SLACK_HEADER_MAX)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": cut(&a.message, SLACK_SECTION_MAX)}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("{} · {}", a.kind, a.id)}]},
         ],
     })
@@ -241,7 +260,7 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
 pub fn telegram_body(a: &Alert, chat_id: &str) -> Value {
     json!({
         "chat_id": chat_id,
-        "text": format!("{}\n\n{}", a.title, a.message),
+        "text": cut(&format!("{}\n\n{}", a.title, a.message), TELEGRAM_TEXT_MAX),
         "disable_web_page_preview": true,
     })
 }
@@ -284,6 +303,35 @@ mod tests {
         h.insert("x-ratelimit-remaining", "0".parse().unwrap());
         h.insert("x-ratelimit-reset-after", "1.25".parse().unwrap());
         assert_eq!(discord_bucket_empty(&h), Some(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn long_texts_are_cut_to_the_services_limits() {
+        let mut a = Alert::new(
+            "k".into(),
+            AlertKind::Purchased,
+            "t".into(),
+            "x".repeat(5000),
+            0,
+        );
+        a.title = "é".repeat(300);
+        let d = discord_body(&a);
+        assert_eq!(
+            d["embeds"][0]["description"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            4096
+        );
+        assert_eq!(
+            d["embeds"][0]["title"].as_str().unwrap().chars().count(),
+            256
+        );
+        assert!(d["embeds"][0]["title"].as_str().unwrap().ends_with('…'));
+        let t = telegram_body(&a, "1");
+        assert_eq!(t["text"].as_str().unwrap().chars().count(), 4096);
+        assert_eq!(cut("short", 10), "short");
     }
 
     #[test]
