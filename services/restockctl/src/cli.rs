@@ -24,9 +24,10 @@ pub const DEFAULT_STUCK_AFTER: &str = "120s";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (monitor: no problem found; health: SERVING; acquire: granted)
+  0  success (monitor: no problem found; health: SERVING; acquire: granted;
+     notify test: every destination took the test alert)
   1  a negative answer: monitor found a problem, health is not SERVING,
-     acquire was refused
+     acquire was refused, a test alert was not delivered
   2  bad command line
   3  cannot reach the server: connection refused, timed out, or UNAVAILABLE
   4  the server answered with an error status (e.g. FAILED_PRECONDITION for a

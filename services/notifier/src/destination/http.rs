@@ -34,6 +34,7 @@ const DISCORD_TITLE_MAX: usize = 256;
 const DISCORD_CONTENT_MAX: usize = 2000;
 const DISCORD_DESCRIPTION_MAX: usize = 4096;
 const TELEGRAM_TEXT_MAX: usize = 4096;
+const DISCORD_FIELD_MAX: usize = 1024;
 const SLACK_HEADER_MAX: usize = 150;
 const SLACK_SECTION_MAX: usize = 3000;
 
@@ -188,7 +189,9 @@ pub fn discord_body(a: &Alert) -> Value {
             Some(n) => format!("{n} ({t})"),
             None => t.clone(),
         };
-        fields.push(json!({"name": "Product", "value": product, "inline": true}));
+        fields.push(
+            json!({"name": "Product", "value": cut(&product, DISCORD_FIELD_MAX), "inline": true}),
+        );
     }
     if let Some(p) = a.price_text() {
         fields.push(json!({"name": "Price", "value": p, "inline": true}));
@@ -197,7 +200,7 @@ pub fn discord_body(a: &Alert) -> Value {
         fields.push(json!({"name": "Fencing token", "value": t.to_string(), "inline": true}));
     }
     if let Some(w) = &a.watcher_id {
-        fields.push(json!({"name": "Watcher", "value": w, "inline": true}));
+        fields.push(json!({"name": "Watcher", "value": cut(w, DISCORD_FIELD_MAX), "inline": true}));
     }
     json!({
         "username": "restock",
