@@ -28,10 +28,11 @@ RUN set -eu; \
             > .cargo/config.toml; \
     fi; \
     cargo build --release --locked \
-        -p purchase-arbiter -p stock-watcher -p store-sim -p restockctl
+        -p purchase-arbiter -p stock-watcher -p store-sim -p restockctl -p restock-notifier
 RUN mkdir -p /out \
     && cp target/release/purchase-arbiter target/release/stock-watcher \
-          target/release/store-sim target/release/restockctl /out/
+          target/release/store-sim target/release/restockctl \
+          target/release/restock-notifier /out/
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # CA bundle from the build stage (rust:*-slim carries ca-certificates), so no apt is needed here.
@@ -45,5 +46,5 @@ COPY --from=build /out/ /usr/local/bin/
 WORKDIR /var/lib/restock
 COPY config/ config/
 USER 10001:10001
-EXPOSE 50051 8081
+EXPOSE 50051 50053 8081
 CMD ["purchase-arbiter"]

@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Handed to prost directly: no process-wide environment change needed.
     config.protoc_executable(protoc);
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["restock/v1/arbiter.proto", "restock/v1/watcher.proto"];
+    let protos = [
+        "restock/v1/arbiter.proto",
+        "restock/v1/watcher.proto",
+        "restock/v1/notifier.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -20,7 +20,7 @@
 # with the token; no token or a wrong one gets UNAUTHENTICATED and changes
 # nothing; plaintext is refused. Metrics: `--profile metrics up -d`; Prometheus's
 # API (published on the host) shows the arbiter, the simulator and the three
-# watchers as targets that are up, the alert groups of
+# watchers and the notifier as targets that are up, the alert groups of
 # config/prometheus/alerts.yml loaded, and the watchers' numbers in queries.
 # `docker compose down -v` runs at the end, also when a step fails.
 # A single step (smoke, ...) uses the images as they are; BUILD=1 builds first.
@@ -36,6 +36,9 @@ export ARBITER_PORT="${ARBITER_PORT:-50551}"
 export ARBITER_HTTP_PORT="${ARBITER_HTTP_PORT:-18081}"
 export STORE_SIM_PORT="${STORE_SIM_PORT:-18080}"
 export PROMETHEUS_PORT="${PROMETHEUS_PORT:-19090}"
+export NOTIFIER_PORT="${NOTIFIER_PORT:-50553}"
+# No destinations: the notifier logs its alerts, which the smoke test reads.
+export RESTOCK_NOTIFY=""
 # Fast cycles for the test; the defaults in docker-compose.yml are for people.
 export RESTOCK_POLL_INTERVAL=200ms STORE_SIM_RESTOCK_EVERY=1s STORE_SIM_IN_STOCK_FOR=30s
 export STORE_SIM_CHECKOUT_DELAY=300ms
@@ -74,6 +77,12 @@ purchases_at_least() { [ "$(status_get "int(s.get('counters', {}).get('purchases
 next_token() { status_get "int(s.get('nextFencingToken', '0'))"; }
 # The arbiter's /metrics, from the host through the published port.
 arbiter_metric() { curl -fsS "http://localhost:$ARBITER_HTTP_PORT/metrics" | awk -v s="$1" '$1 == s { print $2 }'; }
+# The notifier (no destinations configured) logged alerts of these kinds.
+notifier_logged() {
+  local logs kind
+  logs="$(compose logs --no-color notifier 2>/dev/null)"
+  for kind in "$@"; do grep -q "kind=$kind" <<<"$logs" || return 1; done
+}
 metrics_show_cycles() {
   [ "$(arbiter_metric restock_watchers_connected)" = 3 ] &&
     [ "$(arbiter_metric restock_grants_total)" -ge 3 ] &&
@@ -89,6 +98,11 @@ smoke() {
   wait_for "three connected watchers" 60 watchers_connected
   wait_for "three completed purchase cycles" 120 purchases_at_least 3
   wait_for "the arbiter's /metrics to show three watchers and three cycles" 30 metrics_show_cycles
+  wait_for "notifier healthy" 60 healthy notifier
+  # Every cycle is a checkout_started and a purchased alert (in_stock depends on
+  # the random timeline and the hold-down; the e2e tests check it).
+  wait_for "the notifier to log checkout_started and purchased alerts" 60 \
+    notifier_logged checkout_started purchased
   local violations
   violations="$(orders_get "o['violations']")"
   [ "$violations" = 0 ] || fail "the simulator recorded $violations overlapping checkouts"
@@ -211,7 +225,7 @@ tls() {
 # Prometheus's HTTP API: prom_api PATH [curl args...] prints the JSON answer.
 prom_api() { local path="$1"; shift; curl -fsS --max-time 5 "$@" "$PROMETHEUS/api/v1/$path"; }
 # The scrape targets that should be up: every service of docker-compose.yml.
-EXPECTED_TARGETS="arbiter store-sim watcher-1 watcher-2 watcher-3"
+EXPECTED_TARGETS="arbiter store-sim watcher-1 watcher-2 watcher-3 notifier"
 # Prints each expected target that is not up (by the host it scrapes), with its
 # health and last error; prints nothing once all are up.
 targets_not_up() {

@@ -8,7 +8,8 @@
 //! where protocol messages become domain values (and back), so each
 //! service converts at its edge.
 
-/// Package `restock.v1`: the purchase arbiter and the stock watcher.
+/// Package `restock.v1`: the purchase arbiter, the stock watcher and the
+/// notifier.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("restock.v1");

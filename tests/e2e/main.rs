@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod http_api;
 mod metrics;
+mod notifier;
 mod poll_plan;
 mod raw_h2;
 mod security;

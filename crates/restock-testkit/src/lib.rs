@@ -20,6 +20,7 @@
 //!   client, its status and its events.
 //! - [`watcher`]: [`WatcherProcess`], set up by [`WatcherOptions`].
 //! - [`store_sim`]: [`StoreSimProcess`], the store simulator binary.
+//! - [`notifier`]: [`NotifierProcess`], the notifier binary.
 //! - [`scripted`]: [`ScriptedArbiter`], for what a correct arbiter never
 //!   does on demand: grants and revocations pushed down a watcher's stream,
 //!   failed releases, scripted statuses and event histories. It records
@@ -45,6 +46,7 @@ pub mod grpcurl;
 pub mod history;
 pub mod metrics;
 pub mod net;
+pub mod notifier;
 pub mod process;
 pub mod scripted;
 pub mod store_sim;
@@ -66,6 +68,7 @@ pub use grpcurl::{grpcurl, run_grpcurl};
 pub use history::{History, StatusSnapshot};
 pub use metrics::{check_metrics, metric, promtool, scrape};
 pub use net::ClosedPort;
+pub use notifier::NotifierProcess;
 pub use process::{Announce, Process};
 pub use scripted::{Call, Release, Script, ScriptedArbiter};
 pub use store_sim::{Poll, StoreSimProcess, poll_gaps, purchased};

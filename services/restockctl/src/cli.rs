@@ -10,6 +10,8 @@ use restock_runtime::auth::{ClientTlsArgs, TokenArgs};
 
 /// Where the arbiter listens unless `--arbiter` or `RESTOCK_ARBITER` says.
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
+/// Where the notifier listens unless `--notifier` or `RESTOCK_NOTIFIER` says.
+pub const DEFAULT_NOTIFIER: &str = "http://127.0.0.1:50053";
 /// Time limit for connecting and for each unary call.
 pub const DEFAULT_TIMEOUT: &str = "10s";
 /// How long `monitor` watches.
@@ -22,9 +24,10 @@ pub const DEFAULT_STUCK_AFTER: &str = "120s";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (monitor: no problem found; health: SERVING; acquire: granted)
+  0  success (monitor: no problem found; health: SERVING; acquire: granted;
+     notify test: every destination took the test alert)
   1  a negative answer: monitor found a problem, health is not SERVING,
-     acquire was refused
+     acquire was refused, a test alert was not delivered
   2  bad command line
   3  cannot reach the server: connection refused, timed out, or UNAVAILABLE
   4  the server answered with an error status (e.g. FAILED_PRECONDITION for a
@@ -40,6 +43,10 @@ pub struct Cli {
     /// host:port means http://host:port.
     #[arg(long, global = true, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
     pub arbiter: String,
+
+    /// The notifier's gRPC URL (for `notify`).
+    #[arg(long, global = true, env = "RESTOCK_NOTIFIER", default_value = DEFAULT_NOTIFIER)]
+    pub notifier: String,
 
     /// Time limit for connecting and for each unary call.
     #[arg(long, global = true, env = "RESTOCK_TIMEOUT", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
@@ -155,6 +162,25 @@ pub enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// The notifier (`--notifier`): send a test alert, or show each
+    /// destination's delivery record.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+/// `notify` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Sends a test alert and waits for the answer: exits 0 only when it
+    /// was delivered (to every destination, or to the one named).
+    Test {
+        /// One destination: its URL as configured, as `notify status` shows
+        /// it (redacted), or its position (1 = the first --notify).
+        #[arg(long)]
+        notify: Option<String>,
+    },
+    /// Every destination: sent, failed, pending, the last error.
+    Status,
 }
 
 /// Flags of `events`.

@@ -18,6 +18,7 @@
 //!   `release`.
 //! - [`health`]: `health`, against any gRPC server with the standard health
 //!   service.
+//! - [`notify`]: `notify test` and `notify status`, against the notifier.
 //!
 //! [`run`] executes a parsed command line and returns the exit code; the
 //! binary only parses, sets up logging and calls it.
@@ -30,10 +31,11 @@ pub mod feed;
 pub mod format;
 pub mod health;
 pub mod monitor;
+pub mod notify;
 pub mod operator;
 pub mod status;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, NotifyCommand};
 use client::Target;
 use error::{CtlError, EXIT_NEGATIVE, EXIT_OK};
 
@@ -54,11 +56,12 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError> {
-    let role = match cli.command {
-        Command::Health { .. } => "server",
-        _ => "arbiter",
+    let (role, url) = match cli.command {
+        Command::Health { .. } => ("server", &cli.arbiter),
+        Command::Notify(_) => ("notifier", &cli.notifier),
+        _ => ("arbiter", &cli.arbiter),
     };
-    let target = Target::new(&cli.arbiter, cli.timeout, role)?.secured(&cli.tls(), &cli.token())?;
+    let target = Target::new(url, cli.timeout, role)?.secured(&cli.tls(), &cli.token())?;
     let json = cli.json;
     match cli.command {
         Command::Status => status::run(&target, json, out).await.map(|()| EXIT_OK),
@@ -108,5 +111,9 @@ async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError>
             .await
         }
         Command::Health { service } => health::run(&target, &service, json, out).await,
+        Command::Notify(NotifyCommand::Test { notify }) => {
+            notify::test(&target, notify.as_deref(), json, out).await
+        }
+        Command::Notify(NotifyCommand::Status) => notify::status(&target, json, out).await,
     }
 }

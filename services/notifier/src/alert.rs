@@ -1,0 +1,219 @@
+//! What the notifier sends: the [`Alert`], its [`AlertKind`], and the one
+//! JSON shape every destination is given (a webhook gets it as it is; the
+//! chat services get its title and message in their own format).
+
+use std::{collections::BTreeSet, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A product became available after being out of stock everywhere for
+    /// at least the hold-down.
+    InStock,
+    /// The arbiter granted the slot: a checkout is running.
+    CheckoutStarted,
+    /// A checkout bought the product.
+    Purchased,
+    /// A checkout ended without a purchase, or its lease expired.
+    CheckoutFailed,
+    /// A lease has been held longer than `--stuck-after`.
+    Stuck,
+    /// No watcher has been connected to the arbiter for a while.
+    NoWatchers,
+    /// The notifier has not reached the arbiter for a while.
+    ArbiterUnreachable,
+    /// Sent on demand (`restockctl notify test`), to every destination
+    /// whatever its filter.
+    Test,
+}
+
+impl AlertKind {
+    pub const ALL: [Self; 8] = [
+        Self::InStock,
+        Self::CheckoutStarted,
+        Self::Purchased,
+        Self::CheckoutFailed,
+        Self::Stuck,
+        Self::NoWatchers,
+        Self::ArbiterUnreachable,
+        Self::Test,
+    ];
+
+    /// The name in JSON, in `--events` and in `?events=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InStock => "in_stock",
+            Self::CheckoutStarted => "checkout_started",
+            Self::Purchased => "purchased",
+            Self::CheckoutFailed => "checkout_failed",
+            Self::Stuck => "stuck",
+            Self::NoWatchers => "no_watchers",
+            Self::ArbiterUnreachable => "arbiter_unreachable",
+            Self::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An alert kind that does not exist, as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, test, or all)"
+)]
+pub struct UnknownKind(pub String);
+
+impl FromStr for AlertKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
+        let wanted = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+            .ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+/// Parses a list of kinds (`in_stock,purchased`, or `all`), separated by
+/// commas or white space. Empty means all.
+pub fn parse_kinds(text: &str) -> Result<BTreeSet<AlertKind>, UnknownKind> {
+    let mut out = BTreeSet::new();
+    for word in text.split([',', ' ', '\t', '\n']).filter(|w| !w.is_empty()) {
+        if word == "all" {
+            out.extend(AlertKind::ALL);
+        } else {
+            out.insert(word.parse()?);
+        }
+    }
+    if out.is_empty() {
+        out.extend(AlertKind::ALL);
+    }
+    Ok(out)
+}
+
+/// One alert, as every destination receives it. `id` is stable for one
+/// alert to one destination: the same on every retry and after a restart,
+/// and sent as the `Idempotency-Key` header, so a receiver can drop a
+/// duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub kind: AlertKind,
+    pub title: String,
+    pub message: String,
+    pub tcin: Option<String>,
+    pub name: Option<String>,
+    pub price_cents: Option<u64>,
+    pub fencing_token: Option<u64>,
+    pub watcher_id: Option<String>,
+    pub unix_ms: u64,
+    pub test_mode: bool,
+}
+
+/// What TEST_MODE puts in front of every title.
+pub const TEST_MODE_PREFIX: &str = "[TEST MODE] ";
+
+impl Alert {
+    /// An alert with `key` as its id (the destination's part is added when
+    /// it is queued), `title` prefixed in TEST_MODE.
+    pub fn new(key: String, kind: AlertKind, title: String, message: String, unix_ms: u64) -> Self {
+        Self {
+            id: key,
+            kind,
+            title,
+            message,
+            tcin: None,
+            name: None,
+            price_cents: None,
+            fencing_token: None,
+            watcher_id: None,
+            unix_ms,
+            test_mode: false,
+        }
+    }
+
+    /// Marks the alert as one from a TEST_MODE arbiter: the title says so.
+    pub fn in_test_mode(mut self, test_mode: bool) -> Self {
+        self.test_mode = test_mode;
+        if test_mode && !self.title.starts_with(TEST_MODE_PREFIX) {
+            self.title = format!("{TEST_MODE_PREFIX}{}", self.title);
+        }
+        self
+    }
+
+    /// The copy of this alert for one destination: its id gets the
+    /// destination's tag.
+    pub fn for_destination(&self, tag: &str) -> Self {
+        Self {
+            id: format!("{}-{tag}", self.id),
+            ..self.clone()
+        }
+    }
+
+    /// The alert as JSON (the body of a `json://` POST, an `exec://`
+    /// command's stdin).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// A price as people read it (`$19.99`).
+    pub fn price_text(&self) -> Option<String> {
+        self.price_cents
+            .map(|c| restock_domain::Price::from_cents(c).formatted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_lists_and_all() {
+        let k = parse_kinds("in_stock, purchased").unwrap();
+        assert_eq!(
+            k.into_iter().collect::<Vec<_>>(),
+            [AlertKind::InStock, AlertKind::Purchased]
+        );
+        assert_eq!(parse_kinds("all").unwrap().len(), 8);
+        assert_eq!(parse_kinds("").unwrap().len(), 8);
+        let e = parse_kinds("in_stock,restock").unwrap_err().to_string();
+        assert!(e.contains("\"restock\""), "{e}");
+    }
+
+    #[test]
+    fn the_json_shape_has_every_field_even_when_empty() {
+        let a = Alert::new("k".into(), AlertKind::Test, "T".into(), "M".into(), 5)
+            .in_test_mode(true)
+            .for_destination("abcd");
+        let v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "fencing_token",
+                "id",
+                "kind",
+                "message",
+                "name",
+                "price_cents",
+                "tcin",
+                "test_mode",
+                "title",
+                "unix_ms",
+                "watcher_id"
+            ]
+        );
+        assert_eq!(v["id"], "k-abcd");
+        assert_eq!(v["kind"], "test");
+        assert_eq!(v["title"], "[TEST MODE] T");
+        assert!(v["tcin"].is_null());
+    }
+}

@@ -1,0 +1,297 @@
+//! Following the arbiter: `GetStatus` for the present (names, mode,
+//! watchers, the lease), then `WatchEvents` from the saved position; each
+//! event through the rules, its alerts into the outbox (saved with the new
+//! position before anything is sent), then to the workers. When the stream
+//! breaks it reconnects with back-off, and after `--unreachable-after` the
+//! outage itself is an alert. A timer drives the alerts that come from time
+//! passing (stuck, no watchers, unreachable).
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use restock_domain::Event;
+use restock_proto::v1::{
+    self as pb, GetStatusRequest, WatchEventsRequest,
+    purchase_arbiter_client::PurchaseArbiterClient,
+};
+use restock_runtime::{Backoff, auth::SendToken, error::status_text};
+use tokio::time::{Instant, Interval};
+use tokio_util::sync::CancellationToken;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tracing::{info, warn};
+
+use crate::{
+    alert::Alert,
+    delivery::{Dispatcher, Job, Store, now_ms},
+    destination::Destination,
+    rules::{ArbiterView, Rules},
+};
+
+/// A client of the arbiter that sends the shared token on every call.
+pub type Client = PurchaseArbiterClient<InterceptedService<Channel, SendToken>>;
+
+/// How often time-based rules are checked.
+pub const TICK: Duration = Duration::from_millis(250);
+/// First wait before reconnecting.
+pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
+
+/// What the status call reads of the follower.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub connected: Arc<AtomicBool>,
+    pub test_mode: Arc<AtomicBool>,
+}
+
+/// The event follower; see the module documentation.
+#[derive(Debug)]
+pub struct Follower {
+    pub arbiter_url: String,
+    pub client: Client,
+    pub rules: Rules,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub destinations: Arc<[Arc<Destination>]>,
+    pub live: Live,
+    pub rpc_timeout: Duration,
+    pub reconnect_max: Duration,
+    /// Why the arbiter is unreachable, for the alert.
+    down_reason: String,
+}
+
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+impl Follower {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        arbiter_url: String,
+        client: Client,
+        rules: Rules,
+        store: Store,
+        dispatcher: Dispatcher,
+        destinations: Arc<[Arc<Destination>]>,
+        live: Live,
+        rpc_timeout: Duration,
+        reconnect_max: Duration,
+    ) -> Self {
+        Self {
+            arbiter_url,
+            client,
+            rules,
+            store,
+            dispatcher,
+            destinations,
+            live,
+            rpc_timeout,
+            reconnect_max,
+            down_reason: String::new(),
+        }
+    }
+
+    /// Follows until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(RECONNECT_INITIAL, self.reconnect_max);
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reason = match self.session(&mut ticker, &stop, &mut backoff).await {
+                Ended::Stopped => return,
+                Ended::Lost(reason) => reason,
+            };
+            self.live.connected.store(false, Ordering::Relaxed);
+            self.store.metrics().set_connected(false);
+            let now = now_ms();
+            self.store
+                .with(|s| self.rules.arbiter_down(&mut s.rules, now));
+            let wait = backoff.next_delay();
+            warn!(arbiter = %self.arbiter_url, error = %reason, retry_in_ms = wait.as_millis() as u64, "cannot follow the arbiter's events; retrying");
+            self.down_reason = reason;
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(until) => break,
+                    _ = ticker.tick() => self.tick(false, &stop).await,
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        ticker: &mut Interval,
+        stop: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Ended {
+        let status = match tokio::time::timeout(
+            self.rpc_timeout,
+            self.client.get_status(GetStatusRequest {}),
+        )
+        .await
+        {
+            Err(_) => {
+                return Ended::Lost(format!(
+                    "GetStatus: no answer within {:?}",
+                    self.rpc_timeout
+                ));
+            }
+            Ok(Err(s)) => return Ended::Lost(format!("GetStatus: {}", status_text(&s))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let view = view_of(&status);
+        self.live.test_mode.store(view.test_mode, Ordering::Relaxed);
+        let now = now_ms();
+        let from = self.store.with(|s| {
+            let fresh = s.next_sequence == 0;
+            self.rules.on_status(&mut s.rules, view, now, fresh);
+            if fresh {
+                // A fresh start: from the arbiter's newest event on (the
+                // past is not news).
+                s.next_sequence = status.last_event_sequence + 1;
+            }
+            s.next_sequence
+        });
+        let stream = match tokio::time::timeout(
+            self.rpc_timeout,
+            self.client.watch_events(WatchEventsRequest {
+                from_sequence: from,
+            }),
+        )
+        .await
+        {
+            Err(_) => {
+                return Ended::Lost(format!(
+                    "WatchEvents: no answer within {:?}",
+                    self.rpc_timeout
+                ));
+            }
+            Ok(Err(s)) => return Ended::Lost(format!("WatchEvents: {}", status_text(&s))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let mut stream = stream;
+        self.store.with(|s| self.rules.arbiter_up(&mut s.rules));
+        self.store.persist_until_ok(stop).await;
+        self.live.connected.store(true, Ordering::Relaxed);
+        self.store.metrics().set_connected(true);
+        backoff.reset();
+        info!(arbiter = %self.arbiter_url, from_sequence = from, test_mode = self.rules.test_mode(), "following the arbiter's events");
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ended::Stopped,
+                _ = ticker.tick() => self.tick(true, stop).await,
+                m = stream.message() => match m {
+                    Ok(Some(e)) => self.on_event(e, stop).await,
+                    Ok(None) => return Ended::Lost("the arbiter ended the event stream".to_owned()),
+                    Err(s) => return Ended::Lost(format!("WatchEvents: {}", status_text(&s))),
+                },
+            }
+        }
+    }
+
+    async fn on_event(&mut self, e: pb::Event, stop: &CancellationToken) {
+        let seq = e.sequence;
+        let next = self.store.with(|s| s.next_sequence);
+        if seq < next {
+            return; // already handled before a reconnect
+        }
+        if seq > next && e.kind != pb::event::Kind::ArbiterStarted as i32 {
+            // The arbiter no longer holds them (the notifier was away longer
+            // than its history reaches): their alerts cannot be made.
+            warn!(
+                from = next,
+                to = seq - 1,
+                "events missed: no longer in the arbiter's history"
+            );
+        }
+        let event = match Event::try_from(e) {
+            Ok(ev) => Some(ev),
+            Err(err) => {
+                warn!(sequence = seq, error = %err, "skipping an event this build cannot read");
+                None
+            }
+        };
+        let now = now_ms();
+        let dispatch = self.store.with(|s| {
+            let alerts = match &event {
+                Some(ev) => self.rules.on_event(&mut s.rules, ev),
+                None => Vec::new(),
+            };
+            s.next_sequence = seq + 1;
+            Store::enqueue(s, &alerts, &self.destinations, now, self.store.metrics())
+        });
+        // The position and the rules' memory are saved with the next
+        // write; an event that made alerts is saved now, before they go.
+        if !dispatch.is_empty() || event.as_ref().is_some_and(|e| e.kind.ends_lease()) {
+            self.store.persist_until_ok(stop).await;
+        }
+        self.dispatch(dispatch);
+    }
+
+    async fn tick(&mut self, connected: bool, stop: &CancellationToken) {
+        let now = now_ms();
+        let (alerts, dispatch) = self.store.with(|s| {
+            let alerts: Vec<Alert> = self.rules.on_tick(
+                &mut s.rules,
+                now,
+                connected,
+                &self.arbiter_url,
+                &self.down_reason,
+            );
+            let d = Store::enqueue(s, &alerts, &self.destinations, now, self.store.metrics());
+            (alerts, d)
+        });
+        if !alerts.is_empty() {
+            self.store.persist_until_ok(stop).await;
+            self.dispatch(dispatch);
+        }
+    }
+
+    fn dispatch(&self, jobs: Vec<(usize, String)>) {
+        self.store.count_pending(&self.destinations);
+        for (i, id) in jobs {
+            self.dispatcher.send(i, Job::Pending(id));
+        }
+    }
+}
+
+/// What the rules take from a status answer.
+pub fn view_of(s: &pb::GetStatusResponse) -> ArbiterView {
+    let queued = pb::ProductState::Queued as i32;
+    let attempting = pb::ProductState::Attempting as i32;
+    ArbiterView {
+        names: s
+            .products
+            .iter()
+            .map(|p| (p.tcin.clone(), p.name.clone()))
+            .collect(),
+        test_mode: s.test_mode,
+        connected_watchers: s
+            .watchers
+            .iter()
+            .filter(|w| w.connected)
+            .map(|w| w.watcher_id.clone())
+            .collect::<BTreeSet<_>>(),
+        available: s
+            .products
+            .iter()
+            .filter(|p| p.state == queued || p.state == attempting)
+            .map(|p| p.tcin.clone())
+            .collect(),
+        lease: s.active_lease.as_ref().map(|l| {
+            (
+                l.tcin.clone(),
+                l.watcher_id.clone(),
+                l.fencing_token,
+                l.granted_at_unix_ms,
+            )
+        }),
+    }
+}

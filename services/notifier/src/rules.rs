@@ -1,0 +1,616 @@
+//! Which events become which alerts: no I/O, no clock of its own (every
+//! call says what time it is), so the rules are tested directly.
+//!
+//! What the rules remember between events ([`RulesState`]: which products
+//! are available and since when they are out, the current lease, the
+//! connected watchers, the outages) is saved in the state file with the
+//! event position, so a restart neither repeats nor forgets an alert.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
+
+use restock_domain::{Event, EventKind, Outcome, ProductState, duration::short};
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{Alert, AlertKind};
+
+/// The time limits of the rules.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSettings {
+    /// How long a product must have been out of stock everywhere before it
+    /// coming back is a new `in_stock` alert.
+    pub hold_down: Duration,
+    /// A lease held this long is `stuck`.
+    pub stuck_after: Duration,
+    /// No watcher connected for this long is `no_watchers`.
+    pub no_watchers_after: Duration,
+    /// The arbiter unreachable for this long is `arbiter_unreachable`.
+    pub unreachable_after: Duration,
+}
+
+/// Whether a product is available (queued or being bought), and since when
+/// it is not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Availability {
+    pub available: bool,
+    /// When it stopped being available (arbiter's clock, unix ms); `None`
+    /// when it never was.
+    #[serde(default)]
+    pub out_since_ms: Option<u64>,
+}
+
+/// The lease being held, as the events told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLease {
+    pub tcin: String,
+    pub watcher_id: String,
+    pub token: u64,
+    pub granted_at_ms: u64,
+    #[serde(default)]
+    pub stuck_alerted: bool,
+}
+
+/// What the rules remember; saved with the event position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesState {
+    #[serde(default)]
+    pub products: BTreeMap<String, Availability>,
+    #[serde(default)]
+    pub lease: Option<HeldLease>,
+    #[serde(default)]
+    pub watchers: BTreeSet<String>,
+    /// Since when no watcher is connected (unix ms), and whether that was
+    /// alerted.
+    #[serde(default)]
+    pub no_watchers_since_ms: Option<u64>,
+    #[serde(default)]
+    pub no_watchers_alerted: bool,
+    /// Since when the arbiter is unreachable (unix ms, the notifier's
+    /// clock), and whether that was alerted.
+    #[serde(default)]
+    pub down_since_ms: Option<u64>,
+    #[serde(default)]
+    pub down_alerted: bool,
+}
+
+/// What the arbiter's status says, as far as the rules care.
+#[derive(Debug, Clone, Default)]
+pub struct ArbiterView {
+    pub names: HashMap<String, String>,
+    pub test_mode: bool,
+    pub connected_watchers: BTreeSet<String>,
+    /// Products queued or attempting now.
+    pub available: BTreeSet<String>,
+    /// The lease now: (tcin, watcher, token, granted at).
+    pub lease: Option<(String, String, u64, u64)>,
+}
+
+/// The rules, with what they know of the arbiter (names, mode).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub settings: RuleSettings,
+    names: HashMap<String, String>,
+    test_mode: bool,
+}
+
+impl Rules {
+    pub fn new(settings: RuleSettings) -> Self {
+        Self {
+            settings,
+            names: HashMap::new(),
+            test_mode: false,
+        }
+    }
+
+    pub fn test_mode(&self) -> bool {
+        self.test_mode
+    }
+
+    /// Takes in a fresh status: names and mode, and the present (watchers,
+    /// the lease). On a `fresh` start (no saved position) the products
+    /// already available are marked so, and not alerted: they were in stock
+    /// before the notifier looked. Otherwise the events since the saved
+    /// position are replayed next and say what became available meanwhile,
+    /// alerts included.
+    pub fn on_status(
+        &mut self,
+        state: &mut RulesState,
+        view: ArbiterView,
+        now_ms: u64,
+        fresh: bool,
+    ) {
+        self.names = view.names;
+        self.test_mode = view.test_mode;
+        if fresh {
+            for tcin in &view.available {
+                let a = state.products.entry(tcin.clone()).or_default();
+                a.available = true;
+            }
+        }
+        state.watchers = view.connected_watchers;
+        self.watchers_changed(state, now_ms);
+        match (&state.lease, view.lease) {
+            (Some(held), Some((_, _, token, _))) if held.token == token => {}
+            (_, Some((tcin, watcher_id, token, granted_at_ms))) => {
+                state.lease = Some(HeldLease {
+                    tcin,
+                    watcher_id,
+                    token,
+                    granted_at_ms,
+                    stuck_alerted: false,
+                });
+            }
+            (_, None) => state.lease = None,
+        }
+    }
+
+    /// The alerts one event makes (usually none).
+    pub fn on_event(&self, state: &mut RulesState, e: &Event) -> Vec<Alert> {
+        let tcin = e.tcin.as_ref().map(|t| t.to_string());
+        let watcher = e.watcher_id.as_ref().map(|w| w.to_string());
+        let token = e.fencing_token.map(|t| t.get());
+        let mut out = Vec::new();
+        match e.kind {
+            EventKind::Queued => {
+                if let Some(t) = &tcin
+                    && self.becomes_available(state, t, e.unix_ms)
+                {
+                    out.push(self.in_stock(e, t));
+                }
+            }
+            EventKind::Granted => {
+                if let Some(t) = &tcin {
+                    if e.from_state != Some(ProductState::Queued)
+                        && self.becomes_available(state, t, e.unix_ms)
+                    {
+                        out.push(self.in_stock(e, t));
+                    }
+                    state.products.entry(t.clone()).or_default().available = true;
+                    state.lease = Some(HeldLease {
+                        tcin: t.clone(),
+                        watcher_id: watcher.clone().unwrap_or_default(),
+                        token: token.unwrap_or(0),
+                        granted_at_ms: e.unix_ms,
+                        stuck_alerted: false,
+                    });
+                    let name = self.name(t);
+                    let who = watcher.as_deref().unwrap_or("a watcher");
+                    out.push(self.about(
+                        e,
+                        AlertKind::CheckoutStarted,
+                        format!("Checkout started: {name}"),
+                        format!(
+                            "{who} is checking out {name} (TCIN {t}) with fencing token {}.",
+                            token.unwrap_or(0)
+                        ),
+                    ));
+                }
+            }
+            EventKind::Released | EventKind::Expired => {
+                if let Some(t) = &tcin {
+                    self.goes_out(state, t, e.unix_ms);
+                    if state.lease.as_ref().is_some_and(|l| Some(l.token) == token) {
+                        state.lease = None;
+                    }
+                    out.push(self.lease_ended(e, t));
+                }
+            }
+            EventKind::Unqueued => {
+                if let Some(t) = &tcin {
+                    self.goes_out(state, t, e.unix_ms);
+                }
+            }
+            EventKind::WatcherJoined => {
+                if let Some(w) = watcher {
+                    state.watchers.insert(w);
+                    self.watchers_changed(state, e.unix_ms);
+                }
+            }
+            EventKind::WatcherLeft => {
+                if let Some(w) = watcher {
+                    state.watchers.remove(&w);
+                    self.watchers_changed(state, e.unix_ms);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Alerts that come from time passing: a stuck lease, no watchers (both
+    /// only while the arbiter is reachable, `connected`), an unreachable
+    /// arbiter (`down_reason` says why it is).
+    pub fn on_tick(
+        &self,
+        state: &mut RulesState,
+        now_ms: u64,
+        connected: bool,
+        arbiter: &str,
+        down_reason: &str,
+    ) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if connected {
+            if let Some(l) = &mut state.lease
+                && !l.stuck_alerted
+                && now_ms.saturating_sub(l.granted_at_ms) >= ms(self.settings.stuck_after)
+            {
+                l.stuck_alerted = true;
+                let l = l.clone();
+                let name = self.name(&l.tcin);
+                let held = short(Duration::from_millis(
+                    now_ms.saturating_sub(l.granted_at_ms),
+                ));
+                let mut a = Alert::new(
+                    format!("stuck-{}", l.token),
+                    AlertKind::Stuck,
+                    format!("Purchase stuck: {name}"),
+                    format!(
+                        "{} has held the purchase slot for {name} (TCIN {}) for {held} (fencing token {}); the limit is {}.",
+                        l.watcher_id,
+                        l.tcin,
+                        l.token,
+                        short(self.settings.stuck_after)
+                    ),
+                    now_ms,
+                );
+                a.tcin = Some(l.tcin.clone());
+                a.name = self.names.get(&l.tcin).cloned();
+                a.fencing_token = Some(l.token);
+                a.watcher_id = Some(l.watcher_id.clone());
+                out.push(a.in_test_mode(self.test_mode));
+            }
+            if let Some(since) = state.no_watchers_since_ms
+                && !state.no_watchers_alerted
+                && now_ms.saturating_sub(since) >= ms(self.settings.no_watchers_after)
+            {
+                state.no_watchers_alerted = true;
+                out.push(
+                    Alert::new(
+                        format!("no_watchers-{since}"),
+                        AlertKind::NoWatchers,
+                        "No watcher connected".to_owned(),
+                        format!(
+                            "No stock watcher has been connected to the arbiter for {}: nothing is being polled.",
+                            short(Duration::from_millis(now_ms.saturating_sub(since)))
+                        ),
+                        now_ms,
+                    )
+                    .in_test_mode(self.test_mode),
+                );
+            }
+        } else if let Some(since) = state.down_since_ms
+            && !state.down_alerted
+            && now_ms.saturating_sub(since) >= ms(self.settings.unreachable_after)
+        {
+            state.down_alerted = true;
+            out.push(
+                Alert::new(
+                    format!("arbiter_unreachable-{since}"),
+                    AlertKind::ArbiterUnreachable,
+                    "Arbiter unreachable".to_owned(),
+                    format!(
+                        "The notifier has not reached the arbiter at {arbiter} for {}: {down_reason}",
+                        short(Duration::from_millis(now_ms.saturating_sub(since)))
+                    ),
+                    now_ms,
+                )
+                .in_test_mode(self.test_mode),
+            );
+        }
+        out
+    }
+
+    /// The arbiter could not be reached (again); the outage starts now
+    /// unless it already started.
+    pub fn arbiter_down(&self, state: &mut RulesState, now_ms: u64) {
+        state.down_since_ms.get_or_insert(now_ms);
+    }
+
+    /// The event stream is open: any outage is over.
+    pub fn arbiter_up(&self, state: &mut RulesState) {
+        state.down_since_ms = None;
+        state.down_alerted = false;
+    }
+
+    fn watchers_changed(&self, state: &mut RulesState, now_ms: u64) {
+        if state.watchers.is_empty() {
+            state.no_watchers_since_ms.get_or_insert(now_ms);
+        } else {
+            state.no_watchers_since_ms = None;
+            state.no_watchers_alerted = false;
+        }
+    }
+
+    /// Marks `tcin` available; true when that is news worth an alert (it
+    /// was never seen, or out for at least the hold-down).
+    fn becomes_available(&self, state: &mut RulesState, tcin: &str, at_ms: u64) -> bool {
+        let a = state.products.entry(tcin.to_owned()).or_default();
+        if a.available {
+            return false;
+        }
+        a.available = true;
+        match a.out_since_ms {
+            None => true,
+            Some(since) => at_ms.saturating_sub(since) >= ms(self.settings.hold_down),
+        }
+    }
+
+    fn goes_out(&self, state: &mut RulesState, tcin: &str, at_ms: u64) {
+        let a = state.products.entry(tcin.to_owned()).or_default();
+        if a.available || a.out_since_ms.is_none() {
+            a.available = false;
+            a.out_since_ms = Some(at_ms);
+        }
+    }
+
+    fn name(&self, tcin: &str) -> String {
+        match self.names.get(tcin) {
+            Some(n) if !n.trim().is_empty() => n.clone(),
+            _ => format!("product {tcin}"),
+        }
+    }
+
+    /// An alert about the event's product, lease and watcher.
+    fn about(&self, e: &Event, kind: AlertKind, title: String, message: String) -> Alert {
+        let mut a = Alert::new(
+            format!("e{}-{}", e.sequence, kind.as_str()),
+            kind,
+            title,
+            message,
+            e.unix_ms,
+        );
+        a.tcin = e.tcin.as_ref().map(|t| t.to_string());
+        a.name = a.tcin.as_ref().and_then(|t| self.names.get(t)).cloned();
+        a.fencing_token = e.fencing_token.map(|t| t.get());
+        a.watcher_id = e.watcher_id.as_ref().map(|w| w.to_string());
+        a.in_test_mode(self.test_mode)
+    }
+
+    fn in_stock(&self, e: &Event, tcin: &str) -> Alert {
+        let name = self.name(tcin);
+        let mut a = self.about(
+            e,
+            AlertKind::InStock,
+            format!("In stock: {name}"),
+            format!("{name} (TCIN {tcin}) is in stock."),
+        );
+        // The queueing is not a lease: no token, no single watcher.
+        a.fencing_token = None;
+        a
+    }
+
+    fn lease_ended(&self, e: &Event, tcin: &str) -> Alert {
+        let name = self.name(tcin);
+        let who = e
+            .watcher_id
+            .as_ref()
+            .map_or("a watcher".to_owned(), |w| w.to_string());
+        let token = e.fencing_token.map_or(0, |t| t.get());
+        let detail = if e.detail.trim().is_empty() {
+            String::new()
+        } else {
+            format!(" Detail: {}", e.detail.trim())
+        };
+        match (e.kind, e.outcome) {
+            (EventKind::Released, Some(Outcome::Purchased)) => {
+                let price = price_from_detail(&e.detail);
+                let price_text = price
+                    .map(|c| format!(" for {}", restock_domain::Price::from_cents(c).formatted()))
+                    .unwrap_or_default();
+                let mut a = self.about(
+                    e,
+                    AlertKind::Purchased,
+                    format!("Purchased: {name}"),
+                    format!(
+                        "{who} bought {name} (TCIN {tcin}){price_text}, fencing token {token}.{detail}"
+                    ),
+                );
+                a.price_cents = price;
+                a
+            }
+            (EventKind::Expired, _) => self.about(
+                e,
+                AlertKind::CheckoutFailed,
+                format!("Lease expired: {name}"),
+                format!(
+                    "{who} stopped renewing its lease on {name} (TCIN {tcin}, fencing token {token}); the arbiter ended it.{detail}"
+                ),
+            ),
+            (_, outcome) => {
+                let how = outcome.map_or("unknown", |o| o.as_str());
+                self.about(
+                    e,
+                    AlertKind::CheckoutFailed,
+                    format!("Checkout failed: {name}"),
+                    format!(
+                        "{who}'s checkout of {name} (TCIN {tcin}, fencing token {token}) ended {how}.{detail}"
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The price of a purchase, from the checkout's detail when it holds a JSON
+/// object with `price_cents` (cents) or `price` (dollars), as the store
+/// simulator's order does (`HTTP 200: {"result":"purchased","price":19.99,…}`).
+pub fn price_from_detail(detail: &str) -> Option<u64> {
+    let start = detail.find('{')?;
+    let end = detail.rfind('}')?;
+    let doc: serde_json::Value = serde_json::from_str(detail.get(start..=end)?).ok()?;
+    if let Some(c) = doc.get("price_cents").and_then(serde_json::Value::as_u64) {
+        return Some(c);
+    }
+    let dollars = doc.get("price").and_then(serde_json::Value::as_f64)?;
+    restock_domain::Price::from_dollars(dollars)
+        .ok()
+        .map(|p| p.cents())
+}
+
+#[cfg(test)]
+mod tests {
+    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
+
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::new(RuleSettings {
+            hold_down: Duration::from_secs(60),
+            stuck_after: Duration::from_secs(120),
+            no_watchers_after: Duration::from_secs(300),
+            unreachable_after: Duration::from_secs(30),
+        })
+    }
+
+    fn t(s: &str) -> Tcin {
+        Tcin::parse(s).unwrap()
+    }
+
+    fn queued(seq: u64, at: u64) -> Event {
+        Event::new(EventKind::Queued)
+            .product(&t("100"), ProductState::Ready, ProductState::Queued)
+            .at(seq, at)
+    }
+
+    fn unqueued(seq: u64, at: u64) -> Event {
+        Event::new(EventKind::Unqueued)
+            .product(&t("100"), ProductState::Queued, ProductState::Ready)
+            .at(seq, at)
+    }
+
+    fn lease_event(kind: EventKind, seq: u64, at: u64) -> Event {
+        Event::new(kind)
+            .lease(
+                &LeaseId::parse("l1").unwrap(),
+                &t("100"),
+                &WatcherId::parse("w1").unwrap(),
+                FencingToken(7),
+            )
+            .at(seq, at)
+    }
+
+    #[test]
+    fn flapping_inside_the_hold_down_alerts_once() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let mut alerts = r.on_event(&mut s, &queued(1, 1_000));
+        for i in 0..10 {
+            alerts.extend(r.on_event(&mut s, &unqueued(2 + 2 * i, 2_000 + i * 1_000)));
+            alerts.extend(r.on_event(&mut s, &queued(3 + 2 * i, 2_500 + i * 1_000)));
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, AlertKind::InStock);
+        assert_eq!(alerts[0].id, "e1-in_stock");
+        // Out for longer than the hold-down: a new alert.
+        r.on_event(&mut s, &unqueued(30, 20_000));
+        let again = r.on_event(&mut s, &queued(31, 80_000));
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn a_purchase_alerts_with_its_price_and_token() {
+        let r = rules();
+        let mut s = RulesState::default();
+        r.on_event(&mut s, &queued(1, 1_000));
+        let mut granted = lease_event(EventKind::Granted, 2, 2_000);
+        granted.from_state = Some(ProductState::Queued);
+        let started = r.on_event(&mut s, &granted);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].kind, AlertKind::CheckoutStarted);
+        let released = lease_event(EventKind::Released, 3, 3_000)
+            .outcome(Outcome::Purchased)
+            .detail(r#"HTTP 200: {"result":"purchased","price":19.99}"#);
+        let bought = r.on_event(&mut s, &released);
+        assert_eq!(bought[0].kind, AlertKind::Purchased);
+        assert_eq!(bought[0].price_cents, Some(1999));
+        assert_eq!(bought[0].fencing_token, Some(7));
+        assert!(
+            bought[0].message.contains("$19.99"),
+            "{}",
+            bought[0].message
+        );
+        // Requeued at once in TEST_MODE: no second in-stock alert.
+        assert!(r.on_event(&mut s, &queued(4, 3_001)).is_empty());
+        assert!(s.lease.is_none());
+    }
+
+    #[test]
+    fn a_grant_straight_from_ready_is_in_stock() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let mut granted = lease_event(EventKind::Granted, 1, 1_000);
+        granted.from_state = Some(ProductState::Ready);
+        let kinds: Vec<AlertKind> = r
+            .on_event(&mut s, &granted)
+            .iter()
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(kinds, [AlertKind::InStock, AlertKind::CheckoutStarted]);
+        let expired = r.on_event(&mut s, &lease_event(EventKind::Expired, 2, 5_000));
+        assert_eq!(expired[0].kind, AlertKind::CheckoutFailed);
+        assert!(expired[0].title.starts_with("Lease expired"));
+    }
+
+    #[test]
+    fn timers_alert_once() {
+        let mut r = rules();
+        let mut s = RulesState::default();
+        let mut granted = lease_event(EventKind::Granted, 1, 0);
+        granted.from_state = Some(ProductState::Queued);
+        r.on_event(&mut s, &granted);
+        r.on_status(&mut s, ArbiterView::default(), 0, true);
+        // on_status without a lease clears it; put it back.
+        r.on_event(&mut s, &granted);
+        assert!(r.on_tick(&mut s, 119_000, true, "a", "").is_empty());
+        let stuck = r.on_tick(&mut s, 121_000, true, "a", "");
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].kind, AlertKind::Stuck);
+        let later = r.on_tick(&mut s, 400_000, true, "a", "");
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert_eq!(later[0].kind, AlertKind::NoWatchers);
+        assert!(r.on_tick(&mut s, 900_000, true, "a", "").is_empty());
+
+        r.arbiter_down(&mut s, 1_000_000);
+        r.arbiter_down(&mut s, 1_010_000);
+        assert!(
+            r.on_tick(&mut s, 1_020_000, false, "a", "refused")
+                .is_empty()
+        );
+        let down = r.on_tick(&mut s, 1_031_000, false, "http://a", "refused");
+        assert_eq!(down.len(), 1);
+        assert_eq!(down[0].id, "arbiter_unreachable-1000000");
+        assert!(down[0].message.contains("refused"));
+        assert!(r.on_tick(&mut s, 1_100_000, false, "a", "").is_empty());
+        r.arbiter_up(&mut s);
+        assert_eq!(s.down_since_ms, None);
+    }
+
+    #[test]
+    fn what_was_in_stock_before_a_fresh_start_is_not_news_but_a_replay_is() {
+        let mut r = rules();
+        let view = || ArbiterView {
+            available: ["100".to_owned()].into_iter().collect(),
+            ..ArbiterView::default()
+        };
+        let mut fresh = RulesState::default();
+        r.on_status(&mut fresh, view(), 0, true);
+        assert!(r.on_event(&mut fresh, &queued(5, 1_000)).is_empty());
+        // Resuming: the product came in while the notifier was away.
+        let mut resumed = RulesState::default();
+        r.on_status(&mut resumed, view(), 0, false);
+        assert_eq!(r.on_event(&mut resumed, &queued(5, 1_000)).len(), 1);
+    }
+
+    #[test]
+    fn prices_come_from_the_checkout_detail() {
+        assert_eq!(price_from_detail(r#"HTTP 200: {"price": 5.5}"#), Some(550));
+        assert_eq!(price_from_detail(r#"{"price_cents": 12}"#), Some(12));
+        assert_eq!(price_from_detail("order 42"), None);
+    }
+}
