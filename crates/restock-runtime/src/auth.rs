@@ -60,6 +60,12 @@ pub enum AuthError {
         origin: String,
         problem: TokenProblem,
     },
+    /// The TLS files were read, but the server cannot be set up with them.
+    #[error("TLS {describe} cannot be used: {source}")]
+    TlsUnusable {
+        describe: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// What is wrong with a token's text.
@@ -383,6 +389,26 @@ pub struct ServerTls {
     pub mutual: bool,
     /// The files, for messages.
     pub describe: String,
+}
+
+impl ServerTls {
+    /// A gRPC server builder that serves TLS with this set-up; with `None`
+    /// (no `--tls-cert`), a plaintext one. Every service starts its server
+    /// here, so TLS is set up (and refused) the same way everywhere.
+    pub fn server_builder(tls: Option<&Self>) -> Result<tonic::transport::Server, AuthError> {
+        let server = tonic::transport::Server::builder();
+        match tls {
+            None => Ok(server),
+            Some(tls) => {
+                server
+                    .tls_config(tls.config.clone())
+                    .map_err(|source| AuthError::TlsUnusable {
+                        describe: tls.describe.clone(),
+                        source,
+                    })
+            }
+        }
+    }
 }
 
 impl ServerTlsArgs {

@@ -37,7 +37,7 @@ use restock_proto::v1::{
 };
 use restock_runtime::{
     announce::ListenError,
-    auth::{AuthError, AuthPolicy, SendToken},
+    auth::{AuthError, AuthPolicy, SendToken, ServerTls},
     grpc::support_routes,
     http::{bind_http, metrics_routes},
     rpc_metrics::{GrpcMetrics, RpcMetricsError},
@@ -77,11 +77,6 @@ pub enum StartError {
     },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
-    #[error("TLS set-up ({describe}): {source}")]
-    TlsConfig {
-        describe: String,
-        source: tonic::transport::Error,
-    },
     #[error("reflection set-up: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
@@ -196,15 +191,7 @@ pub async fn run(
         arbiter_url: arbiter_url.clone(),
         test_wait: config.test_deadline + Duration::from_secs(5),
     };
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &server_tls {
-        server = server
-            .tls_config(tls.config.clone())
-            .map_err(|source| StartError::TlsConfig {
-                describe: tls.describe.clone(),
-                source,
-            })?;
-    }
+    let server = ServerTls::server_builder(server_tls.as_ref())?;
     let mut bound = restock_runtime::Bound::new().add("grpc", &listener);
     if let Some(l) = &http_listener {
         bound = bound.add("http", l);

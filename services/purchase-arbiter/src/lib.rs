@@ -57,7 +57,7 @@ use restock_domain::{CatalogError, PriorityList};
 use restock_proto::v1::purchase_arbiter_server::{self, PurchaseArbiterServer};
 use restock_runtime::{
     announce::ListenError,
-    auth::{AuthError, AuthPolicy},
+    auth::{AuthError, AuthPolicy, ServerTls},
     error::Chain,
     grpc::support_routes,
     http::{METRICS_PATH, bind_http},
@@ -86,11 +86,6 @@ pub enum StartError {
     /// file and the problem, and keeps the I/O error).
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("TLS {describe} cannot be used")]
-    TlsConfig {
-        describe: String,
-        source: tonic::transport::Error,
-    },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -147,15 +142,7 @@ pub async fn run(
     );
     let auth = AuthPolicy::new(token, open);
     let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        server = server
-            .tls_config(tls.config.clone())
-            .map_err(|source| StartError::TlsConfig {
-                describe: tls.describe.clone(),
-                source,
-            })?;
-    }
+    let server = ServerTls::server_builder(tls.as_ref())?;
     let catalog = PriorityList::load(&config.config)?;
     let store = StateFile::new(config.state_path(), !config.no_fsync);
     store.check_writable()?;

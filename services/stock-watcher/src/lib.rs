@@ -61,7 +61,7 @@ mod status;
 use std::{future::Future, sync::Arc};
 
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
-use restock_runtime::auth::{AuthError, AuthPolicy, SendToken};
+use restock_runtime::auth::{AuthError, AuthPolicy, SendToken, ServerTls};
 use restock_runtime::{
     announce::ListenError,
     error::Chain,
@@ -100,11 +100,6 @@ pub enum StartError {
     /// the problem, and keeps the I/O error).
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("TLS {describe} cannot be used: {source}")]
-    TlsConfig {
-        describe: String,
-        source: tonic::transport::Error,
-    },
     #[error("stock source: {0}")]
     Source(#[from] source::target::SetupError),
     #[error("checkout HTTP client: {0}")]
@@ -159,15 +154,7 @@ pub async fn run(
         },
     );
     let auth = AuthPolicy::new(token, open);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        server = server
-            .tls_config(tls.config.clone())
-            .map_err(|source| StartError::TlsConfig {
-                describe: tls.describe.clone(),
-                source,
-            })?;
-    }
+    let server = ServerTls::server_builder(tls.as_ref())?;
     let state = SharedState::new();
     let source = match settings.source {
         SourceKind::Target => Arc::new(
