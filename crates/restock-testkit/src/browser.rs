@@ -175,20 +175,37 @@ impl Browser {
         let (driver_path, browser_path) = chromium()?;
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("chromedriver.log");
-        let mut cmd = Command::new(&driver_path);
-        cmd.arg("--port=0")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&out).expect("chromedriver log file"))
-            .stderr(fs::File::create(dir.path().join("chromedriver.err")).expect("log file"));
-        // Its own process group, so a drop kills the browser it started too.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let driver = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", driver_path.display()));
-        // From here on a panic kills it (Browser's drop needs a client, so
-        // this guard does it until then).
-        let mut guard = Group(Some(driver));
-        let port = wait_port(&out, guard.0.as_mut().expect("driver"));
+        // `--port=0` lets chromedriver pick a port, but it binds IPv4 and
+        // IPv6 apart and gives up ("IPv4 port not available") when the
+        // port it got on one is taken on the other: a race with every
+        // other test binding ports. Starting it again picks another port.
+        let mut attempt = 0;
+        let (guard, port) = loop {
+            attempt += 1;
+            let mut cmd = Command::new(&driver_path);
+            cmd.arg("--port=0")
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(&out).expect("chromedriver log file"))
+                .stderr(fs::File::create(dir.path().join("chromedriver.err")).expect("log file"));
+            // Its own process group, so a drop kills the browser it started too.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            let driver = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", driver_path.display()));
+            // From here on a panic kills it (Browser's drop needs a client,
+            // so this guard does it until then).
+            let mut guard = Group(Some(driver));
+            match wait_port(&out, guard.0.as_mut().expect("driver")) {
+                Ok(port) => break (guard, port),
+                Err(text) if attempt < DRIVER_ATTEMPTS => {
+                    eprintln!("chromedriver did not start (attempt {attempt}), again:\n{text}");
+                }
+                Err(text) => panic!(
+                    "chromedriver exited before announcing its port, {attempt} times; the last:\n{text}"
+                ),
+            }
+        };
+        let mut guard = guard;
 
         let profile = dir.path().join("profile");
         let caps = json!({
@@ -518,9 +535,13 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// How many times chromedriver is started before its failing to pick a
+/// port fails the test.
+const DRIVER_ATTEMPTS: u32 = 5;
+
 /// Reads chromedriver's `... started successfully on port N.` from its
-/// output.
-fn wait_port(out: &Path, driver: &mut Child) -> u16 {
+/// output; `Err` with its output when it exited first.
+fn wait_port(out: &Path, driver: &mut Child) -> Result<u16, String> {
     let start = Instant::now();
     loop {
         let text = fs::read_to_string(out).unwrap_or_default();
@@ -532,10 +553,10 @@ fn wait_port(out: &Path, driver: &mut Child) -> u16 {
                 .parse()
                 .ok()
         }) {
-            return port;
+            return Ok(port);
         }
         if let Ok(Some(status)) = driver.try_wait() {
-            panic!("chromedriver exited ({status}) before announcing its port:\n{text}");
+            return Err(format!("({status})\n{text}"));
         }
         assert!(
             start.elapsed() < START_LIMIT,
