@@ -187,6 +187,15 @@ async fn a_watcher_cut_off_from_the_arbiter_keeps_polling_on_its_own_schedule() 
     .await;
     w.wait_connected().await;
     wait_planned(&arbiter, 1).await;
+    // What the planning-off test looks for in a watcher's log is there when
+    // a plan came.
+    eventually("the watcher to log its plan", LONG, || async {
+        w.process
+            .log_text()
+            .contains("poll plan from the arbiter")
+            .then_some(())
+    })
+    .await;
 
     // No arbiter at all: the watcher goes on polling, every 200 ms or a
     // little less (its own jittered schedule).
@@ -210,4 +219,46 @@ async fn a_watcher_cut_off_from_the_arbiter_keeps_polling_on_its_own_schedule() 
     arbiter.kill9_and_restart().await;
     w.wait_connected().await;
     wait_planned(&arbiter, 1).await;
+}
+
+#[tokio::test]
+async fn with_planning_off_no_watcher_gets_a_plan_and_status_says_so() {
+    let arbiter = ArbiterProcess::start(ArbiterOptions {
+        extra_args: vec!["--poll-planning".into(), "false".into()],
+        ..ArbiterOptions::products(&[TCIN])
+    })
+    .await;
+    let store = StoreSimProcess::start(products_json(&[TCIN]), &[]).await;
+    let mut watchers = Vec::new();
+    for id in ["off-1", "off-2"] {
+        let w = WatcherProcess::start_with(
+            WatcherOptions::new(id, arbiter.url())
+                .store(&store)
+                .poll_interval("300ms"),
+        )
+        .await;
+        w.wait_connected().await;
+        watchers.push(w);
+    }
+    // Longer than a re-plan takes (0.2 s) with two watchers connected.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = arbiter.status().await;
+    assert!(!s.poll_planning, "{s:?}");
+    assert_eq!(s.watchers.iter().filter(|w| w.connected).count(), 2);
+    assert!(
+        s.watchers
+            .iter()
+            .all(|w| !w.planned && w.poll_interval_ms == 300),
+        "{s:?}"
+    );
+    // The effective interval is shown all the same: two at 300 ms.
+    assert_eq!(s.products[0].effective_poll_interval_ms, 150);
+    for w in &watchers {
+        assert!(
+            !w.process.log_text().contains("poll plan from the arbiter"),
+            "{} got a plan:\n{}",
+            w.id,
+            w.process.log_text()
+        );
+    }
 }

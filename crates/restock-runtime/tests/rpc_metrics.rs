@@ -151,6 +151,26 @@ async fn expect(url: &str, series: &str, want: f64) {
     );
 }
 
+/// The one call of `labels` is counted as ended with `code`, and not as
+/// `OK` (what a header-only count would say of a stream).
+async fn expect_ended_as(url: &str, labels: &str, code: &str) {
+    expect(
+        url,
+        &format!("grpc_server_handled_total{{{labels},grpc_code=\"{code}\"}}"),
+        1.0,
+    )
+    .await;
+    let text = scrape(url).await;
+    assert_eq!(
+        value(
+            &text,
+            &format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn unary_calls_count_by_type_method_and_code() {
     let s = start().await;
@@ -209,21 +229,7 @@ async fn a_stream_counts_with_the_code_of_its_trailers() {
     let end = stream.message().await.unwrap_err();
     assert_eq!(end.code(), Code::ResourceExhausted, "{end:?}");
     let labels = r#"grpc_type="bidi_stream",grpc_service="restock.v1.PurchaseArbiter",grpc_method="StreamStock""#;
-    expect(
-        &s.http,
-        &format!("grpc_server_handled_total{{{labels},grpc_code=\"ResourceExhausted\"}}"),
-        1.0,
-    )
-    .await;
-    let text = scrape(&s.http).await;
-    assert_eq!(
-        value(
-            &text,
-            &format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}")
-        ),
-        Some(0.0),
-        "{text}"
-    );
+    expect_ended_as(&s.http, labels, "ResourceExhausted").await;
 }
 
 #[tokio::test]
@@ -285,19 +291,5 @@ async fn a_stream_the_client_abandons_counts_as_canceled() {
     drop(watch);
     let labels =
         r#"grpc_type="server_stream",grpc_service="grpc.health.v1.Health",grpc_method="Watch""#;
-    expect(
-        &s.http,
-        &format!("grpc_server_handled_total{{{labels},grpc_code=\"Canceled\"}}"),
-        1.0,
-    )
-    .await;
-    let text = scrape(&s.http).await;
-    assert_eq!(
-        value(
-            &text,
-            &format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}")
-        ),
-        Some(0.0),
-        "{text}"
-    );
+    expect_ended_as(&s.http, labels, "Canceled").await;
 }
