@@ -24,8 +24,8 @@ COPY . .
 RUN set -eu; \
     if [ -d vendor ]; then \
         mkdir -p .cargo; \
-        printf '[source.crates-io]\nreplace-with = "vendored-sources"\n\n[source.vendored-sources]\ndirectory = "vendor"\n' \
-            > .cargo/config.toml; \
+        printf '\n[source.crates-io]\nreplace-with = "vendored-sources"\n\n[source.vendored-sources]\ndirectory = "vendor"\n' \
+            >> .cargo/config.toml; \
     fi; \
     cargo build --release --locked \
         -p purchase-arbiter -p stock-watcher -p store-sim -p restockctl -p restock-notifier

@@ -13,7 +13,7 @@ use restock_domain::{
     WatcherId, WatcherStatus, duration::millis,
 };
 
-use crate::v1 as pb;
+use crate::{ROLE_STANDALONE, v1 as pb};
 
 /// A protocol message that does not make a valid domain value: which field,
 /// and why.
@@ -411,6 +411,10 @@ impl From<&Status> for pb::GetStatusResponse {
             config_path: s.config_path.clone(),
             unix_ms: restock_domain::timestamp::now_unix_ms(),
             poll_planning: s.poll_planning,
+            // The arbiter's gRPC layer says which part it plays when it is
+            // a replica (see `GetStatusResponse.role`).
+            role: ROLE_STANDALONE.into(),
+            leader_url: String::new(),
         }
     }
 }

@@ -20,5 +20,12 @@ pub mod convert;
 
 pub use convert::ConvertError;
 
+/// `GetStatusResponse.role` of the one arbiter with its state file.
+pub const ROLE_STANDALONE: &str = "standalone";
+/// `GetStatusResponse.role` of the replica elected through etcd.
+pub const ROLE_LEADER: &str = "leader";
+/// `GetStatusResponse.role` of a replica that does not lead.
+pub const ROLE_FOLLOWER: &str = "follower";
+
 /// The encoded `FileDescriptorSet` of every restock `.proto` file.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("restock_descriptor");

@@ -22,6 +22,8 @@
 //!   its rendering in the format a scrape asks for.
 //! - [`http`]: `--http-listen` ([`http::HttpListen`]) and the HTTP listener
 //!   serving `GET /metrics` and `GET /healthz`.
+//! - [`leader`]: how a replica that does not lead names the leader
+//!   (`UNAVAILABLE` and the `restock-leader` trailer), and reading it back.
 //! - [`announce`]: binding, `--ready-file`, and the "listening" log line.
 //! - [`process`]: the exit of every `main`.
 //!
@@ -34,6 +36,7 @@ pub mod backoff;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod leader;
 pub mod log;
 pub mod metrics;
 pub mod process;
