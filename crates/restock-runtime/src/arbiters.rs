@@ -254,7 +254,7 @@ impl ArbiterTracker {
     /// other while an election settles). Moving to a hinted leader or to
     /// the next URL is otherwise immediate.
     pub fn should_back_off(&self) -> bool {
-        (self.failures > 0 && self.failures % self.urls.len() == 0)
+        (self.failures > 0 && self.failures.is_multiple_of(self.urls.len()))
             || self.hints > self.urls.len() + 1
     }
 }
@@ -401,7 +401,8 @@ mod tests {
             assert!(hops < 10, "hints alone never back off");
         }
         assert_eq!(hops, 4);
-        t.on_success(&t.current().to_owned());
+        let leader = t.current().to_owned();
+        t.on_success(&leader);
         assert!(!t.should_back_off());
     }
 }
