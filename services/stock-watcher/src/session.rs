@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use restock_domain::{Catalog, FencingToken, Lease, LeaseId, Tcin, WatcherId};
 use restock_proto::ConvertError;
-use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain};
+use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::leader_hint};
 
 use crate::{
     arbiter::{ArbiterLink, CallError, LinkError},
@@ -67,6 +67,9 @@ pub enum StreamError {
     Refused(#[source] CallError),
     #[error("the arbiter is shutting down: {0}")]
     ArbiterStopping(#[source] CallError),
+    /// A replica that does not lead (it names the leader when it knows).
+    #[error("this arbiter replica does not lead: {0}")]
+    NotLeader(#[source] CallError),
     #[error("another stream with this watcher id replaced this one: {0}")]
     Replaced(#[source] CallError),
     #[error("the stream failed: {0}")]
@@ -89,6 +92,7 @@ impl StreamError {
     /// going away, ABORTED a newer stream with this watcher's id.
     fn from_status(s: tonic::Status) -> Self {
         match s.code() {
+            Code::Unavailable if is_not_leader(&s) => Self::NotLeader(s.into()),
             Code::Unavailable => Self::ArbiterStopping(s.into()),
             Code::Aborted => Self::Replaced(s.into()),
             _ => Self::Failed(s.into()),
@@ -101,7 +105,7 @@ impl StreamError {
     /// a leader that answers stays with it.
     fn move_link(&self, link: &ArbiterLink, url: &str) -> Move {
         match self {
-            Self::Refused(e) | Self::ArbiterStopping(e) | Self::Failed(e) => {
+            Self::Refused(e) | Self::ArbiterStopping(e) | Self::NotLeader(e) | Self::Failed(e) => {
                 link.on_error(url, e.status())
             }
             Self::Link(_) | Self::Connect { .. } | Self::Ended | Self::NoCatalog(_) => {
@@ -164,17 +168,22 @@ impl Session {
             }
             // Moving to a named leader or to the next URL is immediate; the
             // back-off is for an arbiter that failed again, or for a whole
-            // round of URLs that failed.
-            let (delay, why) = match e.move_link(&self.link, &url) {
-                Move::ToLeader { .. } if !self.link.should_back_off() => {
-                    (Duration::ZERO, "the replica named the leader")
-                }
-                Move::ToNext { .. } if !self.link.should_back_off() => {
-                    (Duration::ZERO, "trying the next arbiter URL")
-                }
-                Move::ToLeader { .. } => (backoff.next_delay(), "the replica named the leader"),
-                Move::ToNext { .. } => (backoff.next_delay(), "every arbiter URL failed in a row"),
-                Move::Stay => (backoff.next_delay(), "the same arbiter again"),
+            // round of URLs that failed. (The unary calls may have found
+            // the leader already: then the stream follows them.)
+            let step = e.move_link(&self.link, &url);
+            let moved = self.link.current() != url;
+            let back_off = !moved || self.link.should_back_off();
+            let why = match step {
+                Move::ToLeader { .. } => "the replica named the leader",
+                Move::ToNext { .. } if back_off => "every arbiter URL failed in a row",
+                Move::ToNext { .. } => "trying the next arbiter URL",
+                Move::Stay if moved => "a renewal or release found the leader",
+                Move::Stay => "the same arbiter again",
+            };
+            let delay = if back_off {
+                backoff.next_delay()
+            } else {
+                Duration::ZERO
             };
             info!(
                 arbiter = %self.link.current(),
@@ -404,6 +413,11 @@ impl Session {
             .await
             .map_err(|_| StreamError::Ended)
     }
+}
+
+/// A replica's "not the leader" answer (with or without the leader's URL).
+fn is_not_leader(s: &tonic::Status) -> bool {
+    leader_hint(s).is_some() || s.message().contains("not the leader")
 }
 
 /// The arbiter's catalog as a domain [`Catalog`], in priority order.
