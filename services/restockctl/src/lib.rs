@@ -56,12 +56,16 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError> {
-    let (role, url) = match cli.command {
-        Command::Health { .. } => ("server", &cli.arbiter),
-        Command::Notify(_) => ("notifier", &cli.notifier),
-        _ => ("arbiter", &cli.arbiter),
+    let target = match cli.command {
+        // Any one gRPC server: the first --arbiter URL.
+        Command::Health { .. } => {
+            Target::arbiters(&cli.arbiter, cli.timeout, &cli.tls(), &cli.token())?
+                .with_role("server")
+        }
+        Command::Notify(_) => Target::new(&cli.notifier, cli.timeout, "notifier")?
+            .secured(&cli.tls(), &cli.token())?,
+        _ => Target::arbiters(&cli.arbiter, cli.timeout, &cli.tls(), &cli.token())?,
     };
-    let target = Target::new(url, cli.timeout, role)?.secured(&cli.tls(), &cli.token())?;
     let json = cli.json;
     match cli.command {
         Command::Status => status::run(&target, json, out).await.map(|()| EXIT_OK),
