@@ -17,7 +17,7 @@
 //! - anything else: UNIMPLEMENTED.
 //!
 //! It can play a replica that does not lead ([`ScriptedArbiter::step_down`]):
-//! its open stream ends and every call but `GetStatus` is answered as a
+//! its open streams (the watcher's and `WatchEvents`) end and every call but `GetStatus` is answered as a
 //! follower answers (`UNAVAILABLE`, the leader in the `restock-leader`
 //! trailer), until [`ScriptedArbiter::lead`].
 //!
@@ -37,7 +37,7 @@ use restock_proto::v1::{
 };
 use tokio::{net::TcpListener, sync::mpsc, sync::oneshot};
 use tokio_stream::{
-    Stream, StreamExt,
+    Stream,
     wrappers::{ReceiverStream, TcpListenerStream},
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -150,6 +150,8 @@ struct Recorded {
     fail_releases: u32,
     /// `Some`: a replica that does not lead, naming this leader (if any).
     follower_of: Option<Option<String>>,
+    /// Open `WatchEvents` streams: dropping them ends the streams.
+    event_streams: Vec<mpsc::Sender<Result<pb::Event, Status>>>,
     status_calls: usize,
 }
 
@@ -288,6 +290,7 @@ impl ScriptedArbiter {
         let mut r = lock(&self.shared);
         r.follower_of = Some(leader.map(str::to_owned));
         r.stream = None;
+        r.event_streams.clear();
     }
 
     /// Leads (again): answers every call as scripted.
@@ -453,16 +456,22 @@ impl PurchaseArbiter for Service {
             from_sequence: from,
         });
         unless_leading(&self.shared)?;
-        let history: Vec<Result<pb::Event, Status>> = self
+        let history: Vec<pb::Event> = self
             .script
             .events
             .iter()
             .filter(|e| from > 0 && e.sequence >= from)
             .cloned()
-            .map(Ok)
             .collect();
-        let stream = tokio_stream::iter(history).chain(tokio_stream::pending());
-        Ok(Response::new(Box::pin(stream) as Self::WatchEventsStream))
+        // The history, then open until a step-down drops the sender.
+        let (tx, rx) = mpsc::channel(history.len().max(1));
+        for e in history {
+            tx.try_send(Ok(e)).expect("room for the history");
+        }
+        lock(&self.shared).event_streams.push(tx);
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as Self::WatchEventsStream
+        ))
     }
 
     async fn reset_product(
