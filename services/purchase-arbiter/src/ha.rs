@@ -130,22 +130,23 @@ fn read(path: &PathBuf, flag: &'static str) -> Result<Vec<u8>, StartError> {
     })
 }
 
-/// `--advertise-url`, or http(s)://<host name>:<port> when not given.
-pub fn advertise_url(config: &ArbiterConfig, tls: bool) -> String {
+/// `--advertise-url`, or http(s)://<host>:<port> of the bound listener
+/// (the host name when it listens on every address).
+pub fn advertise_url(config: &ArbiterConfig, bound: std::net::SocketAddr, tls: bool) -> String {
     if let Some(url) = &config.etcd.advertise_url {
         return url.trim_end_matches('/').to_owned();
     }
     let scheme = if tls { "https" } else { "http" };
-    let host = if config.listen.ip().is_unspecified() {
+    let host = if bound.ip().is_unspecified() {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into())
     } else {
-        config.listen.ip().to_string()
+        bound.ip().to_string()
     };
-    format!("{scheme}://{host}:{}", config.listen.port())
+    format!("{scheme}://{host}:{}", bound.port())
 }
 
 /// Runs terms until `stop`; returns once the last term has ended (its

@@ -218,7 +218,14 @@ pub async fn run(
         StoreKind::Etcd => {
             let client = ha::connect(&config.etcd).await?;
             let endpoints = config.etcd.endpoints().join(",");
-            let advertise_url = ha::advertise_url(&config, tls.is_some());
+            let bound = listener.local_addr().map_err(|source| {
+                StartError::Listen(ListenError::Bind {
+                    what: "grpc",
+                    addr: config.listen,
+                    source,
+                })
+            })?;
+            let advertise_url = ha::advertise_url(&config, bound, tls.is_some());
             let (replica, roles) = Replica::new(Role::Follower { leader_url: None });
             let keys = store::etcd::EtcdKeys::new(&config.etcd.etcd_prefix);
             let state = format!("etcd {endpoints} key {}", keys.snapshot);
