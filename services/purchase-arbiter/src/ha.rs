@@ -73,8 +73,8 @@ pub struct Replicas {
     pub poll_planning: bool,
 }
 
-/// Connects to etcd (the client balances over every endpoint) and checks
-/// it answers, so a wrong endpoint stops start-up with a message naming it.
+/// Makes the etcd client (it balances over every endpoint); a bad TLS file
+/// stops start-up, naming it.
 pub async fn connect(args: &EtcdArgs) -> Result<Client, StartError> {
     let endpoints = args.endpoints();
     let named = endpoints.join(",");
@@ -113,10 +113,10 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, StartError> {
         .await
         .map_err(|_| fail("connect", format!("no connection within {ttl:?}")))?
         .map_err(|e| fail("connect", e.to_string()))?;
-    let mut kv = client.kv_client();
-    etcd::bounded(&named, "first request", ttl * 2, kv.get("/", None))
-        .await
-        .map_err(StartError::Store)?;
+    // No request yet: etcd may still be forming its cluster (compose
+    // starts everything at once). The replica serves as a follower and
+    // campaigns, logging every failed try with the endpoints, until etcd
+    // answers.
     Ok(client)
 }
 
@@ -197,11 +197,14 @@ impl Replicas {
         self.ttl / ETCD_CHECKS_PER_TTL
     }
 
-    async fn etcd<T>(
+    async fn etcd<T, F>(
         &self,
         step: &'static str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
+        request: impl FnMut() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
         etcd::bounded(&self.endpoints, step, self.ttl, request).await
     }
 
@@ -212,22 +215,38 @@ impl Replicas {
         health: &Health,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let mut leases = self.client.lease_client();
+        let leases = self.client.lease_client();
+        let ttl = self.ttl.as_secs() as i64;
         let lease = self
-            .etcd(
-                "take an etcd lease",
-                leases.grant(self.ttl.as_secs() as i64, None),
-            )
+            .etcd("take an etcd lease", || {
+                let mut leases = leases.clone();
+                async move { leases.grant(ttl, None).await }
+            })
             .await?
             .id();
         let keep = self.keep_alive(lease);
-        let mut election = self.client.election_client();
+        let election = self.client.election_client();
+        let campaign = async {
+            loop {
+                let mut election = election.clone();
+                match election
+                    .campaign(
+                        self.keys.election.clone(),
+                        self.advertise_url.clone(),
+                        lease,
+                    )
+                    .await
+                {
+                    // Not sent (a member just went away): try another.
+                    Err(e) if etcd::never_sent(&e) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
         let elected = tokio::select! {
-            r = election.campaign(
-                self.keys.election.clone(),
-                self.advertise_url.clone(),
-                lease,
-            ) => r.map_err(|e| StoreError::Etcd {
+            r = campaign => r.map_err(|e| StoreError::Etcd {
                 endpoints: self.endpoints.clone(),
                 step: "campaign",
                 message: e.to_string(),
@@ -396,12 +415,16 @@ impl Replicas {
                     self.ttl.as_millis()
                 );
             }
-            let mut kv = self.client.kv_client();
+            let kv = self.client.kv_client();
             match etcd::bounded(
                 &self.endpoints,
                 "check the leadership key",
                 self.interval(),
-                kv.get(guard.key.clone(), None),
+                || {
+                    let mut kv = kv.clone();
+                    let key = guard.key.clone();
+                    async move { kv.get(key, None).await }
+                },
             )
             .await
             {
@@ -531,23 +554,26 @@ impl Replicas {
     async fn follow(&self, roles: &watch::Sender<Role>) {
         let mut last: Option<Option<String>> = None;
         loop {
-            let mut election = self.client.election_client();
-            let leader = match etcd::bounded(
-                &self.endpoints,
-                "ask who leads",
-                self.interval(),
-                election.leader(self.keys.election.clone()),
-            )
-            .await
-            {
+            let election = self.client.election_client();
+            let asked = etcd::bounded(&self.endpoints, "ask who leads", self.interval(), || {
+                let mut election = election.clone();
+                let name = self.keys.election.clone();
+                async move { election.leader(name).await }
+            })
+            .await;
+            let leader = match asked {
                 Ok(r) => r
                     .kv()
                     .and_then(|kv| kv.value_str().ok())
                     .map(str::to_owned)
                     .filter(|u| !u.is_empty()),
+                // etcd's answer when nobody campaigns.
+                Err(e) if e.to_string().contains("no leader") => None,
                 Err(e) => {
+                    // Unanswered: what was known stands until etcd answers.
                     debug!(error = %e, "who leads: no answer");
-                    None
+                    tokio::time::sleep(self.interval().min(Duration::from_secs(1))).await;
+                    continue;
                 }
             };
             if last.as_ref() != Some(&leader) {
@@ -565,12 +591,17 @@ impl Replicas {
     }
 
     async fn resign(&self, leader: LeaderKey) {
-        let mut election = self.client.election_client();
+        let election = self.client.election_client();
         match self
-            .etcd(
-                "resign",
-                election.resign(Some(ResignOptions::new().with_leader(leader))),
-            )
+            .etcd("resign", || {
+                let mut election = election.clone();
+                let leader = leader.clone();
+                async move {
+                    election
+                        .resign(Some(ResignOptions::new().with_leader(leader)))
+                        .await
+                }
+            })
             .await
         {
             Ok(_) => info!("leadership resigned: another replica takes over now"),
@@ -581,9 +612,12 @@ impl Replicas {
     }
 
     async fn revoke(&self, lease: i64) {
-        let mut leases = self.client.lease_client();
+        let leases = self.client.lease_client();
         if let Err(e) = self
-            .etcd("revoke the etcd lease", leases.revoke(lease))
+            .etcd("revoke the etcd lease", || {
+                let mut leases = leases.clone();
+                async move { leases.revoke(lease).await }
+            })
             .await
         {
             debug!(error = %e, lease, "lease not revoked; it expires by itself");

@@ -72,6 +72,12 @@ pub const ETCD_JOURNAL_COMPACT: u64 = 512 * 1024;
 /// keeps its etcd lease alive three times per TTL.
 pub const ETCD_CHECKS_PER_TTL: u32 = 3;
 
+/// Revisions of etcd's history a leader keeps when it compacts: a replica
+/// waiting in its campaign watches the key ahead of it from the revision
+/// it last read, and compacting past that revision would end its campaign
+/// with an error (it would campaign again, at the back of the queue).
+pub const ETCD_KEEP_REVISIONS: i64 = 10_000;
+
 // ----- the owning task -----
 
 /// Commands queued for the arbiter task. When it is full, callers wait for

@@ -26,8 +26,8 @@
 //! (`next_fencing_token`), so they rise across every change of leader.
 //!
 //! etcd keeps every old version of a key until its history is compacted;
-//! with `--etcd-compact` (the default) the leader compacts up to each whole
-//! state it writes.
+//! with `--etcd-compact` (the default) the leader compacts it after each
+//! whole state it writes, keeping the last [`ETCD_KEEP_REVISIONS`].
 //!
 //! The task's writes run on a blocking thread (as the state file's fsyncs
 //! do); each request here is bounded by the store's timeout, so a lost etcd
@@ -46,7 +46,7 @@ use super::{
     StateStore, StoreError,
     format::{Delta, SNAPSHOT_VERSION, Snapshot},
 };
-use crate::limits::{ETCD_JOURNAL_COMPACT, JOURNAL_SNAPSHOT_RATIO};
+use crate::limits::{ETCD_JOURNAL_COMPACT, ETCD_KEEP_REVISIONS, JOURNAL_SNAPSHOT_RATIO};
 
 /// The keys of one deployment under its prefix.
 #[derive(Debug, Clone)]
@@ -71,21 +71,50 @@ impl EtcdKeys {
 }
 
 /// Runs one etcd request with a time limit, naming the step if it fails.
-pub async fn bounded<T>(
+/// A request that never left (no connection to the member the client
+/// picked, e.g. one that was just killed) is sent again at once, within the
+/// same limit: the client balances over every endpoint, and the next try
+/// goes elsewhere. A request that may have reached etcd is never repeated
+/// here (its outcome is unknown; the caller decides).
+pub async fn bounded<T, F>(
     endpoints: &str,
     step: &'static str,
     limit: Duration,
-    request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
+    mut request: impl FnMut() -> F,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
     let fail = |message: String| StoreError::Etcd {
         endpoints: endpoints.to_owned(),
         step,
         message,
     };
-    match tokio::time::timeout(limit, request).await {
+    let tries = async {
+        loop {
+            match request().await {
+                Err(e) if never_sent(&e) => {
+                    debug!(step, error = %e, "etcd request not sent; trying another member");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    match tokio::time::timeout(limit, tries).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(fail(e.to_string())),
         Err(_) => Err(fail(format!("no answer within {limit:?}"))),
+    }
+}
+
+/// Whether `e` says the request never reached etcd (no connection).
+pub fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect error")
+        }
+        _ => false,
     }
 }
 
@@ -96,13 +125,12 @@ pub async fn load(
     keys: &EtcdKeys,
     limit: Duration,
 ) -> Result<Option<Snapshot>, StoreError> {
-    let mut kv = client.kv_client();
-    let got = bounded(
-        endpoints,
-        "read the state",
-        limit,
-        kv.get(keys.snapshot.clone(), None),
-    )
+    let kv = client.kv_client();
+    let got = bounded(endpoints, "read the state", limit, || {
+        let mut kv = kv.clone();
+        let key = keys.snapshot.clone();
+        async move { kv.get(key, None).await }
+    })
     .await?;
     let Some(kv_pair) = got.kvs().first() else {
         return Ok(None);
@@ -123,12 +151,11 @@ pub async fn load(
         ));
     }
     let prefix = keys.journal_of(snapshot.journal);
-    let records = bounded(
-        endpoints,
-        "read the journal",
-        limit,
-        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-    )
+    let records = bounded(endpoints, "read the journal", limit, || {
+        let mut kv = kv.clone();
+        let prefix = prefix.clone();
+        async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+    })
     .await?;
     // etcd returns a range in key order, which is the write order.
     for r in records.kvs() {
@@ -253,10 +280,14 @@ impl EtcdState {
             return Err(self.deposed_error());
         }
         let txn = Txn::new().when([self.guard.compare()]).and_then(ops);
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let answer = self
             .runtime
-            .block_on(bounded(&self.endpoints, step, self.limit, kv.txn(txn)));
+            .block_on(bounded(&self.endpoints, step, self.limit, || {
+                let mut kv = kv.clone();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            }));
         match answer {
             Ok(r) if r.succeeded() => Ok(r.header().map_or(0, |h| h.revision())),
             Ok(_) => {
@@ -269,13 +300,24 @@ impl EtcdState {
         }
     }
 
+    /// Compacts etcd's history up to [`ETCD_KEEP_REVISIONS`] before
+    /// `revision`: a candidate that has just started waiting for the
+    /// leader's key to go watches from a recent revision, and compacting
+    /// past it would cut its campaign short.
     fn compact_to(&self, revision: i64) {
-        let mut kv = self.client.kv_client();
+        let revision = revision - ETCD_KEEP_REVISIONS;
+        if revision <= 0 {
+            return;
+        }
+        let kv = self.client.kv_client();
         let done = self.runtime.block_on(bounded(
             &self.endpoints,
             "compact etcd's history",
             self.limit,
-            kv.compact(revision, None),
+            || {
+                let mut kv = kv.clone();
+                async move { kv.compact(revision, None).await }
+            },
         ));
         match done {
             Ok(_) => debug!(revision, "etcd history compacted"),
