@@ -154,6 +154,10 @@ pub struct ArbiterTracker {
     failures: usize,
     /// Hints followed since the last success.
     hints: usize,
+    /// URLs that failed in this round (since the last success, or since
+    /// every URL failed in a row): a replica still naming one of them as
+    /// the leader (it has not noticed the leader died) is not followed.
+    failed: Vec<String>,
 }
 
 impl ArbiterTracker {
@@ -166,6 +170,7 @@ impl ArbiterTracker {
             last_good: None,
             failures: 0,
             hints: 0,
+            failed: Vec::new(),
         }
     }
 
@@ -189,15 +194,28 @@ impl ArbiterTracker {
         if same_url(url, &self.current) {
             self.failures = 0;
             self.hints = 0;
+            self.failed.clear();
         }
         self.last_good = Some(url.to_owned());
     }
 
     /// A replica named `leader` as the leader: try it next, listed or not.
+    /// A leader that failed in this round is not followed (the replica has
+    /// not noticed yet that it died): the replica counts as failed, and the
+    /// next URL is tried.
     pub fn on_hint(&mut self, leader: &str) -> Move {
         let leader = leader.trim();
         if same_url(leader, &self.current) {
             return Move::Stay;
+        }
+        if self.failed.iter().any(|f| same_url(f, leader)) {
+            info!(
+                arbiter = %self.current,
+                leader = %leader,
+                "the arbiter names a leader that just failed; not followed"
+            );
+            let current = self.current.clone();
+            return self.on_failure(&current);
         }
         let from = std::mem::replace(&mut self.current, leader.to_owned());
         self.hints += 1;
@@ -234,6 +252,13 @@ impl ArbiterTracker {
             return Move::Stay;
         }
         self.failures += 1;
+        if !self.failed.iter().any(|f| same_url(f, failed)) {
+            self.failed.push(failed.to_owned());
+        }
+        if self.failures.is_multiple_of(self.urls.len()) {
+            // A new round: hints are trusted again.
+            self.failed.clear();
+        }
         // After a hinted URL that is not listed, `index` is still the
         // listed one that was current before it: back to the list after it.
         let next = (self.index + 1) % self.urls.len();
@@ -384,6 +409,34 @@ mod tests {
         // An unlisted leader that fails: back to the list, after a:1.
         t.on_failure("http://d:1");
         assert_eq!(t.current(), "http://b:1");
+    }
+
+    #[test]
+    fn a_leader_that_just_failed_is_not_followed_again() {
+        let mut t = ArbiterTracker::new(list("http://a:1,http://b:1,http://c:1"));
+        t.on_hint("http://c:1");
+        // c died; a and b still name it until their election notices.
+        t.on_failure("http://c:1");
+        assert_eq!(t.current(), "http://a:1");
+        assert_eq!(
+            t.on_hint("http://c:1"),
+            Move::ToNext {
+                from: "http://a:1".into(),
+                to: "http://b:1".into()
+            }
+        );
+        assert!(!t.should_back_off());
+        t.on_hint("http://c:1");
+        assert_eq!(t.current(), "http://c:1");
+        assert!(t.should_back_off(), "every URL failed in a row");
+        // A new round trusts hints again; a new leader is followed.
+        t.on_failure("http://c:1");
+        assert_eq!(t.current(), "http://a:1");
+        assert!(matches!(t.on_hint("http://c:1"), Move::ToNext { .. }));
+        // b was elected: a success trusts every hint again.
+        t.on_success("http://b:1");
+        assert_eq!(t.last_good(), Some("http://b:1"));
+        assert!(matches!(t.on_hint("http://c:1"), Move::ToLeader { .. }));
     }
 
     #[test]
