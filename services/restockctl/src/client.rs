@@ -107,8 +107,18 @@ impl Target {
         tls: &ClientTlsArgs,
         token: &TokenArgs,
     ) -> Result<Self, CtlError> {
-        let entries: Vec<String> = list.split(',').map(with_scheme).collect();
-        for entry in entries.iter().filter(|e| e.as_str() != "http://") {
+        // An empty entry stays empty, for the list's own error.
+        let entries: Vec<String> = list
+            .split(',')
+            .map(|e| {
+                if e.trim().is_empty() {
+                    String::new()
+                } else {
+                    with_scheme(e)
+                }
+            })
+            .collect();
+        for entry in entries.iter().filter(|e| !e.is_empty()) {
             Self::new(entry, timeout, "arbiter")?;
         }
         let urls = ArbiterUrls::parse(&entries.join(",")).map_err(|e| CtlError::BadUrl {
@@ -452,6 +462,27 @@ mod tests {
         assert_eq!(t.url, "http://127.0.0.1:50051");
         let t = Target::new("http://arbiter:50051", Duration::from_secs(1), "arbiter").unwrap();
         assert_eq!(t.url, "http://arbiter:50051");
+    }
+
+    #[test]
+    fn an_arbiter_list_is_checked_entry_by_entry() {
+        let none = || (ClientTlsArgs::default(), TokenArgs::default());
+        let (tls, token) = none();
+        let t =
+            Target::arbiters(" a:1, http://b:2 ", Duration::from_secs(1), &tls, &token).unwrap();
+        assert_eq!(t.url, "http://a:1");
+        assert!(t.has_replicas());
+        let one = Target::arbiters("a:1", Duration::from_secs(1), &tls, &token).unwrap();
+        assert!(!one.has_replicas());
+        for (list, named) in [
+            ("a:1,,b:2", "entry 2"),
+            ("a:1,a:1", "twice"),
+            ("a:1,http://bad host:1", "bad host"),
+        ] {
+            let e = Target::arbiters(list, Duration::from_secs(1), &tls, &token).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "{e}");
+            assert!(e.to_string().contains(named), "{list}: {e}");
+        }
     }
 
     #[test]
