@@ -14,7 +14,8 @@
 //! - [`state`]: the state file's format and its atomic write.
 //! - [`delivery`]: the shared [`delivery::Store`], and one worker per
 //!   destination (token bucket, `429`, retries with back-off, deadline).
-//! - [`follow`]: the arbiter connection: status, events, reconnects, timers.
+//! - [`follow`]: the arbiter connection: status, events, reconnects (to the
+//!   leader among the `--arbiter` replicas), timers.
 //! - [`grpc`]: `restock.v1.Notifier` (status, test alerts).
 //! - [`metrics`]: what `/metrics` shows (`--http-listen`).
 //!

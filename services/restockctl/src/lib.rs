@@ -3,11 +3,13 @@
 //! # Layout
 //!
 //! - [`cli`]: flags, subcommands and their defaults; the exit codes.
-//! - [`client`]: the server URL, connecting, and one call with a time limit.
+//! - [`client`]: the server URL (or the arbiter replicas' URLs, and finding
+//!   the leader among them), connecting, and one call with a time limit.
 //! - [`error`]: what can fail, its message, and its exit code.
 //! - [`format`]: times, durations, enum names, event lines, JSON shapes.
 //! - [`status`]: `status` as tables or JSON.
-//! - [`feed`]: a `WatchEvents` stream that resumes after disconnects.
+//! - [`feed`]: a `WatchEvents` stream that resumes after disconnects (at
+//!   the new leader after a failover).
 //! - [`events`]: `events [--follow] [--from N]`.
 //! - [`monitor`]: `monitor`: follows events and status snapshots, converts
 //!   them to domain types and feeds them to the domain's history checker

@@ -11,12 +11,15 @@
 //!   time limits and the source's back-off.
 //! - `book`: what the source said and what the arbiter was told; decides
 //!   each stock report.
-//! - `session`: the `StreamStock` stream, reconnecting with back-off.
+//! - `session`: the `StreamStock` stream, reconnecting to the leader among
+//!   the `--arbiter` replicas (with back-off once every URL failed).
 //! - `runner`: turns a grant into one checkout and releases it.
 //! - `lease`: the lease keeper: renews, and stops the checkout when the
 //!   lease can no longer be trusted (unit-tested with paused time).
 //! - `checkout`: the HTTP and command checkouts.
-//! - `arbiter`: unary calls to the arbiter (renew, release).
+//! - `arbiter`: the link to the arbiter replicas (which URL to try now,
+//!   each URL's endpoint and TLS) and the unary calls (renew, release),
+//!   sent again at once to the leader a follower names.
 //! - `status`: the `restock.v1.StockWatcher` status service.
 //! - `state`: the shared state behind those.
 //! - `metrics`: the watcher's Prometheus metrics, served on
