@@ -381,3 +381,66 @@ async fn a_call_refused_by_a_follower_is_made_at_the_leader_it_names() {
     assert_eq!(out.code, 0, "{}", out.show());
     assert_eq!(leader.releases().len(), 2, "{}", out.show());
 }
+
+/// `events --follow` given two replicas follows the leader the follower
+/// names, and when that leader steps down (its stream ends) it resumes at
+/// the new leader after the last event it printed: nothing twice, nothing
+/// missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_moves_to_the_new_leader_from_where_it_was() {
+    // Both replicas read the same history (as from one store): #2 GRANTED,
+    // #3 RELEASED; the second, leading later, holds #4 GRANTED too.
+    let history = History::starting(2, now_ms())
+        .granted("100", "lease-1", 1)
+        .released("100", "lease-1", 1);
+    let more = history.clone().granted("100", "lease-2", 2);
+    let first = ScriptedArbiter::start(
+        Script::new()
+            .statuses([pb::GetStatusResponse {
+                role: restock_proto::ROLE_LEADER.into(),
+                ..ready(4)
+            }])
+            .events(history.into_events()),
+    )
+    .await;
+    let second = ScriptedArbiter::start(
+        Script::new()
+            .statuses([follower_of(&first.url())])
+            .events(more.into_events()),
+    )
+    .await;
+    second.step_down(Some(&first.url()));
+
+    let list = format!("{},{}", second.url(), first.url());
+    let follow = crate::helpers::Background::start(&[
+        "--arbiter",
+        &list,
+        "events",
+        "--follow",
+        "--from",
+        "2",
+    ]);
+    follow
+        .wait_for(false, "RELEASED 100", std::time::Duration::from_secs(10))
+        .await;
+
+    second.lead();
+    first.step_down(Some(&second.url()));
+    // The second grant (#4) only the new leader holds.
+    follow
+        .wait_for(false, "lease=lease-2", std::time::Duration::from_secs(10))
+        .await;
+    let lines = follow.stdout_lines();
+    let sequences: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(sequences, ["#2", "#3", "#4"], "{lines:#?}");
+    follow
+        .wait_for(
+            true,
+            &format!("event stream resumed from #4 at {}", second.url()),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+}
