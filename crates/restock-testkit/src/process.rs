@@ -23,6 +23,10 @@ pub const READY_LIMIT: Duration = Duration::from_secs(30);
 pub struct Announce {
     pub ip: IpAddr,
     pub key: &'static str,
+    /// 0 (the server picks) unless the test reserved one
+    /// ([`crate::ReservedPort`]) because the server must be told its own
+    /// address up front.
+    pub port: u16,
 }
 
 impl Announce {
@@ -31,6 +35,7 @@ impl Announce {
         Self {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             key: "grpc",
+            port: 0,
         }
     }
 
@@ -45,6 +50,15 @@ impl Announce {
     /// The same, on another local address (the fault suite's "hosts").
     pub fn on(self, ip: IpAddr) -> Self {
         Self { ip, ..self }
+    }
+
+    /// The same, on this address (a port the test holds).
+    pub fn at(self, addr: SocketAddr) -> Self {
+        Self {
+            ip: addr.ip(),
+            port: addr.port(),
+            ..self
+        }
     }
 }
 
@@ -103,7 +117,7 @@ impl Process {
             log,
             listen: Some(Listen {
                 announce,
-                addr: SocketAddr::new(announce.ip, 0),
+                addr: SocketAddr::new(announce.ip, announce.port),
                 bound: false,
                 ready_file,
             }),
