@@ -317,6 +317,14 @@ impl ArbiterProcess {
         .await;
     }
 
+    /// Waits, after `process.restart()`, until it has announced its
+    /// address and is up (healthy, or for a replica answering
+    /// `GetStatus`): for restarting several at once, then waiting.
+    pub async fn wait_restarted(&mut self) {
+        self.process.wait_ready().await;
+        self.wait_healthy().await;
+    }
+
     /// What a replica says it is (`leader`, `follower`, `standalone`) and
     /// the leader's URL it knows, or `None` when it does not answer within
     /// `limit` (down, or stopped).
