@@ -1033,10 +1033,21 @@ fn link_broken(h: &History, watcher: &str, from_ms: u64, to_ms: u64) -> Option<u
                 // A killed process never speaks again for what it held.
                 f.started_ms <= to_ms && f.started_ms + h.settings.clock_tolerance_ms >= from_ms
             } else {
-                f.started_ms <= to_ms && f.healed_ms >= from_ms
+                f.started_ms <= to_ms && outage_end(h, f) >= from_ms
             }
         })
         .map(|f| f.id)
+}
+
+/// Until when `f` may have kept the watchers from a granting arbiter: its
+/// heal, or in HA mode the heal plus the time a failover may still take
+/// (a killed leader restarted at once is a follower; the lead moves only
+/// when its etcd lease runs out, after the heal).
+fn outage_end(h: &History, f: &FaultRecord) -> u64 {
+    match &h.ha {
+        Some(ha) if f.kind.is_ha() => f.healed_ms + ha.election_ttl_ms + ha.failover_margin_ms,
+        _ => f.healed_ms,
+    }
 }
 
 /// A lease whose holder could not have released it (killed before the
