@@ -20,7 +20,7 @@ use crate::{
     cluster::{CHECKOUT_DELAY_MS, LEASE_TTL, STOCK_TTL, StockDriver, now_ms},
     history::{self, EventLog, ledger_from_json},
     proxy::LinkState,
-    replicas::{ELECTION_TTL, ReplicaCluster},
+    replicas::{ELECTION_TTL, ReplicaCluster, WatcherLinks},
     rng::Rng,
 };
 
@@ -68,7 +68,8 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
     let stock_rng = root.fork(2);
     // A prefix of its own, so that nothing from another run is read back.
     let prefix = format!("/restock-faults-{seed:x}/");
-    let Some(mut cluster) = ReplicaCluster::start(WATCHERS_PER_HOST, &prefix).await else {
+    let links = WatcherLinks::from_env();
+    let Some(mut cluster) = ReplicaCluster::start(WATCHERS_PER_HOST, &prefix, links).await else {
         eprintln!("SKIPPED: the HA fault suite needs etcd (apt-get install etcd-server)");
         return;
     };

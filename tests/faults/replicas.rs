@@ -13,6 +13,12 @@
 //!
 //! Which replica leads is asked of the replicas themselves (`GetStatus`'s
 //! `role`): the suite never assumes it.
+//!
+//! `RESTOCK_HA_WATCHER_LINKS=follow-leader` gives each watcher one link
+//! instead, which the suite points at whichever replica leads (closing its
+//! connections when the lead moves): for a watcher that takes one
+//! `--arbiter` URL only, so that the replicas can be tested without the
+//! watchers' own leader-following.
 
 use std::{
     net::IpAddr,
@@ -53,6 +59,33 @@ pub struct Replica {
     pub port: ReservedPort,
 }
 
+/// How the watchers reach the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatcherLinks {
+    /// One link per replica, all three in `--arbiter`: the watcher finds
+    /// the leader itself.
+    EveryReplica,
+    /// One link, pointed by the suite at the leader.
+    FollowLeader,
+}
+
+impl WatcherLinks {
+    /// `RESTOCK_HA_WATCHER_LINKS`: `every-replica` (the default) or
+    /// `follow-leader`.
+    pub fn from_env() -> Self {
+        match std::env::var("RESTOCK_HA_WATCHER_LINKS")
+            .as_deref()
+            .map(str::trim)
+        {
+            Err(_) | Ok("" | "every-replica") => Self::EveryReplica,
+            Ok("follow-leader") => Self::FollowLeader,
+            Ok(other) => {
+                panic!("RESTOCK_HA_WATCHER_LINKS={other:?}: known: every-replica, follow-leader")
+            }
+        }
+    }
+}
+
 /// A stock watcher, its host and its links to the replicas.
 #[derive(Debug)]
 pub struct ReplicaWatcher {
@@ -67,6 +100,9 @@ pub struct ReplicaWatcher {
 /// the replicas, the store, then etcd.
 #[derive(Debug)]
 pub struct ReplicaCluster {
+    /// With [`WatcherLinks::FollowLeader`]: the task pointing the links at
+    /// the leader (aborted on drop).
+    pub link_steering: Option<tokio::task::JoinHandle<()>>,
     pub watchers: Vec<ReplicaWatcher>,
     pub replicas: Vec<Replica>,
     pub store: StoreSimProcess,
@@ -78,7 +114,11 @@ impl ReplicaCluster {
     /// Starts everything, waits for one leader and every watcher connected
     /// to it. `None` when etcd is not installed (and not required): the
     /// caller skips.
-    pub async fn start(watchers_per_host: usize, prefix: &str) -> Option<Self> {
+    pub async fn start(
+        watchers_per_host: usize,
+        prefix: &str,
+        links: WatcherLinks,
+    ) -> Option<Self> {
         let etcd = EtcdCluster::start(ETCD_MEMBERS).await?;
         let mut replicas = Vec::new();
         for r in 0..REPLICAS {
@@ -140,13 +180,15 @@ impl ReplicaCluster {
             },
         ];
         let mut c = Self {
+            link_steering: None,
             watchers: Vec::new(),
             replicas,
             store,
             hosts,
             etcd,
         };
-        c.wait_leader(Duration::from_secs(30))
+        let first = c
+            .wait_leader(Duration::from_secs(30))
             .await
             .unwrap_or_else(|| {
                 panic!(
@@ -158,14 +200,19 @@ impl ReplicaCluster {
             let host = c.hosts[h].clone();
             for i in 1..=watchers_per_host {
                 let id = format!("{}-w{i}", host.name);
-                let mut links = Vec::new();
-                for r in &c.replicas {
-                    links.push(
-                        LinkProxy::start(host.ip, r.arbiter.addr())
+                let mut proxies = Vec::new();
+                let upstreams: Vec<_> = match links {
+                    WatcherLinks::EveryReplica => c.replicas.iter().collect(),
+                    WatcherLinks::FollowLeader => vec![&c.replicas[first]],
+                };
+                for r in upstreams {
+                    proxies.push(
+                        LinkProxy::start(host.ip, r.port.addr())
                             .await
                             .unwrap_or_else(|e| panic!("link proxy on {}: {e}", host.ip)),
                     );
                 }
+                let links = proxies;
                 let arbiters = links
                     .iter()
                     .map(|l| format!("http://{}", l.addr()))
@@ -186,10 +233,68 @@ impl ReplicaCluster {
                 });
             }
         }
+        if links == WatcherLinks::FollowLeader {
+            c.link_steering = Some(c.steer_links_to_the_leader());
+        }
         c.wait_all_connected(Duration::from_secs(30)).await;
         Some(c)
     }
 
+    /// Points every watcher's link at the replica that says it leads,
+    /// asked every 100 ms, until aborted.
+    fn steer_links_to_the_leader(&self) -> tokio::task::JoinHandle<()> {
+        let handles: Vec<_> = self
+            .watchers
+            .iter()
+            .flat_map(|w| &w.links)
+            .map(LinkProxy::upstream_handle)
+            .collect();
+        let replicas: Vec<(String, std::net::SocketAddr)> = self
+            .replicas
+            .iter()
+            .map(|r| (r.port.url(), r.port.addr()))
+            .collect();
+        tokio::spawn(async move {
+            loop {
+                let roles = futures::future::join_all(replicas.iter().map(|(url, _)| async move {
+                    let url = url.clone();
+                    tokio::time::timeout(ASK_LIMIT, async move {
+                        let mut c = restock_proto::v1::purchase_arbiter_client::PurchaseArbiterClient::connect(url).await.ok()?;
+                        Some(c.get_status(GetStatusRequest {}).await.ok()?.into_inner().role)
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }))
+                .await;
+                let leaders: Vec<usize> = (0..roles.len())
+                    .filter(|&i| roles[i].as_deref() == Some("leader"))
+                    .collect();
+                if let [l] = leaders[..] {
+                    for h in &handles {
+                        h.send_if_modified(|u| {
+                            let changed = *u != replicas[l].1;
+                            *u = replicas[l].1;
+                            changed
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+}
+
+/// Ends the link steering with the cluster.
+impl Drop for ReplicaCluster {
+    fn drop(&mut self) {
+        if let Some(t) = self.link_steering.take() {
+            t.abort();
+        }
+    }
+}
+
+impl ReplicaCluster {
     /// A note for a panic message (the roles as last asked).
     fn roles_blocking_hint(&self) -> Vec<String> {
         self.replicas
