@@ -414,7 +414,14 @@ fn gap_summary(gaps: impl Iterator<Item = u64>) -> String {
     v.sort_unstable();
     match v.len() {
         0 => "none".into(),
-        n => format!("{n} gaps, median {} ms, worst {} ms", v[n / 2], v[n - 1]),
+        n => {
+            let median = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2
+            };
+            format!("{n} gaps, median {median} ms, worst {} ms", v[n - 1])
+        }
     }
 }
 

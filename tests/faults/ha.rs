@@ -48,6 +48,9 @@ const WATCHERS_PER_HOST: usize = 3;
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// How far the store's and the arbiters' clocks may disagree.
 const CLOCK_TOLERANCE_MS: u64 = 100;
+/// How many times a restarted replica is started before the suite gives
+/// up on it.
+const START_TRIES: usize = 5;
 /// How long to wait for one leader to aim a fault at before skipping it.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -99,10 +102,12 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
         records: Vec::new(),
         targets: BTreeMap::new(),
         kinds,
+        startup_exits: Vec::new(),
     };
     injector.run(started + Duration::from_secs(seconds)).await;
     let faults = std::mem::take(&mut injector.records);
     let targets = std::mem::take(&mut injector.targets);
+    let startup_exits = std::mem::take(&mut injector.startup_exits);
     drop(injector);
 
     cluster.heal_all_links();
@@ -162,6 +167,15 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
     };
     let report = checker::check(&history);
     eprintln!("{}", report.render(seed));
+    if !startup_exits.is_empty() {
+        eprintln!(
+            "replica starts that exited before serving ({}), each started again:",
+            startup_exits.len()
+        );
+        for e in &startup_exits {
+            eprintln!("  {e}");
+        }
+    }
     eprintln!(
         "run: {seconds} s of faults, {} stock changes, {} events followed",
         stock.flips(),
@@ -224,6 +238,8 @@ pub struct HaInjector<'a> {
     /// The replica each leader fault aimed at, by fault id.
     pub targets: BTreeMap<usize, usize>,
     pub kinds: Vec<FaultKind>,
+    /// Replica starts that exited before serving (see `supervise`).
+    pub startup_exits: Vec<String>,
 }
 
 impl std::fmt::Debug for HaInjector<'_> {
@@ -310,6 +326,22 @@ impl HaInjector<'_> {
         );
     }
 
+    /// Waits until replica `r`, just restarted, is up, starting it again
+    /// when it exits at start-up (as Compose's `restart: unless-stopped`
+    /// would); each such exit is printed and kept for the report: the
+    /// replica gave up on etcd at start-up.
+    async fn supervise(&mut self, r: usize) {
+        let exits = self.cluster.replicas[r]
+            .arbiter
+            .wait_restarted_supervised(START_TRIES)
+            .await;
+        for e in exits {
+            let note = format!("replica {r} exited at start-up and was started again: {e}");
+            eprintln!("[{}]   {note}", self.elapsed());
+            self.startup_exits.push(note);
+        }
+    }
+
     fn sleep_ms(ms: u64) -> tokio::time::Sleep {
         tokio::time::sleep(Duration::from_millis(ms))
     }
@@ -337,7 +369,8 @@ impl HaInjector<'_> {
                 Self::sleep_ms(down).await;
                 let rec = Self::record(kind, started, format!("replica {r} down {down} ms"));
                 // Back as a follower: another replica leads by now.
-                self.cluster.replicas[r].arbiter.kill9_and_restart().await;
+                self.cluster.replicas[r].arbiter.process.restart();
+                self.supervise(r).await;
                 Some((rec, Some(r)))
             }
             FaultKind::LeaderPause => {
@@ -428,8 +461,8 @@ impl HaInjector<'_> {
                 for r in &mut self.cluster.replicas {
                     r.arbiter.process.restart();
                 }
-                for r in &mut self.cluster.replicas {
-                    r.arbiter.wait_restarted().await;
+                for r in 0..self.cluster.replicas.len() {
+                    self.supervise(r).await;
                 }
                 Some((rec, leader))
             }

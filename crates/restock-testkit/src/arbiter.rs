@@ -317,6 +317,32 @@ impl ArbiterProcess {
         .await;
     }
 
+    /// Waits, after `process.restart()`, until it is up, starting it again
+    /// (as a supervisor such as Compose's `restart: unless-stopped` would)
+    /// whenever it exits before announcing its address, at most `tries`
+    /// times in all. Returns what each start that exited said last (empty
+    /// when the first start came up); panics when none did.
+    pub async fn wait_restarted_supervised(&mut self, tries: usize) -> Vec<String> {
+        let mut exits = Vec::new();
+        for _ in 0..tries {
+            match self.process.wait_ready_or_exit().await {
+                Ok(_) => {
+                    self.wait_healthy().await;
+                    return exits;
+                }
+                Err(status) => {
+                    exits.push(format!("{status}: {}", self.process.last_log_line()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.process.restart();
+                }
+            }
+        }
+        panic!(
+            "{} exited at every one of {tries} starts: {exits:#?}",
+            self.process.name()
+        );
+    }
+
     /// Waits, after `process.restart()`, until it has announced its
     /// address and is up (healthy, or for a replica answering
     /// `GetStatus`): for restarting several at once, then waiting.
