@@ -91,7 +91,10 @@ impl Member {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        // Lossy: etcd's warnings quote requests, whose values may be bytes
+        // that are not UTF-8.
+        let bytes = fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         let mut out = format!("----- last log lines of etcd member {} -----", self.name);
         for l in tail.into_iter().rev() {
