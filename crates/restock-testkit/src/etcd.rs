@@ -148,8 +148,10 @@ impl EtcdCluster {
     pub async fn start(n: usize) -> Option<Self> {
         assert!(n >= 1, "an etcd cluster has at least one member");
         let binary = etcd_binary()?;
+        // A name of the test kit's own: an `rm -rf /tmp/restock-etcd*` or a
+        // `pkill -f` by hand elsewhere on the machine must not reach it.
         let dir = tempfile::Builder::new()
-            .prefix("restock-etcd-")
+            .prefix("restock-testkit-cluster-")
             .tempdir()
             .expect("temp dir");
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
