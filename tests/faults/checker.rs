@@ -634,8 +634,15 @@ fn history_complete(h: &History, counts: &Counts) -> Check {
             ));
         }
     }
+    let mut failover_gaps = 0usize;
     for w in h.events.windows(2) {
         let (a, b) = (&w[0], &w[1]);
+        if b.sequence > a.sequence + 1
+            && b.kind != EventKind::ArbiterStarted
+            && failover_between(h, a, b)
+        {
+            failover_gaps += 1;
+        }
         if b.sequence <= a.sequence {
             failures.push(format!(
                 "event {} follows event {}: not in order",
@@ -672,7 +679,11 @@ fn history_complete(h: &History, counts: &Counts) -> Check {
             "{} events from #1, {} unreadable; gaps only at restarts{}; counters {}",
             h.events.len(),
             h.unreadable_events.len(),
-            if h.ha.is_some() { " and failovers" } else { "" },
+            if h.ha.is_some() {
+                format!(" and failovers ({failover_gaps} across a failover)")
+            } else {
+                String::new()
+            },
             if h.counters.is_some() {
                 "compared"
             } else {

@@ -29,7 +29,11 @@
 //! store and the six watchers given every replica, under the replicas'
 //! faults (`leader-kill`, `leader-pause`, `leader-etcd-cut`,
 //! `etcd-member-kill`, `replicas-restart`; `RESTOCK_FAULT_ONLY` picks among
-//! these there). The same seed and time variables apply:
+//! these there). Each watcher is given every replica (`--arbiter
+//! URL1,URL2,URL3`, each through a link of its own);
+//! `RESTOCK_HA_WATCHER_LINKS=follow-leader` gives it one link that the
+//! suite points at the leader instead (see [`replicas`]). The same seed
+//! and time variables apply:
 //!
 //! ```sh
 //! RESTOCK_FAULT_MODE=ha RESTOCK_FAULT_SECONDS=60 cargo test -p restock-e2e --test faults -- --nocapture
