@@ -361,6 +361,7 @@ impl Replicas {
             url: self.advertise_url.clone(),
         });
         health.set_service(true).await;
+        self.metrics.set_leading(true);
         info!(
             leadership_key = %key,
             revision = guard.revision,
@@ -374,6 +375,7 @@ impl Replicas {
         // Stop answering first, then end the task (its streams close).
         let _ = roles.send(Role::Follower { leader_url: None });
         health.set_service(false).await;
+        self.metrics.set_leading(false);
         if stop.is_cancelled() {
             info!("shutting down: last write, then resigning the leadership");
         } else {
@@ -383,6 +385,8 @@ impl Replicas {
         if let Err(e) = task.await {
             error!(error = %e, "the arbiter task of this term ended abnormally");
         }
+        // The task's last batch may have set the gauges again.
+        self.metrics.set_leading(false);
         Ok(())
     }
 

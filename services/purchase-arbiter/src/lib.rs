@@ -166,6 +166,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = ArbiterMetrics::default();
     metrics.set_lease_ttl(config.lease_ttl.as_secs_f64());
+    metrics.set_leading(config.store == StoreKind::File);
     metrics.register(&mut registry);
     let rpc_metrics = GrpcMetrics::register(
         &mut registry,
