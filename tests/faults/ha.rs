@@ -144,6 +144,17 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
     let orders = cluster.orders().await;
     let (events, unreadable_events) = log.to_checker();
     let (served_by, conflicts) = log.sources();
+    let mut by_count = [0usize; 4];
+    for mask in served_by.values() {
+        by_count[(mask.count_ones() as usize).min(3)] += 1;
+    }
+    eprintln!(
+        "events streamed by one replica {}, by two {}, by all three {}; {} sequence numbers streamed with different events",
+        by_count[1],
+        by_count[2],
+        by_count[3],
+        conflicts.len()
+    );
     let history = History {
         events,
         unreadable_events,
