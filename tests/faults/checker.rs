@@ -256,6 +256,10 @@ pub struct HaHistory {
     pub conflicts: Vec<String>,
     /// The replica each leader fault aimed at, by fault id.
     pub targets: BTreeMap<usize, usize>,
+    /// For each leader pause (by fault id): how long after SIGCONT the
+    /// resumed replica said (`GetStatus`) it no longer led; `None` when it
+    /// still said so at the suite's limit.
+    pub resumed_as_follower: BTreeMap<usize, Option<u64>>,
     /// The replicas' `--election-ttl`.
     pub election_ttl_ms: u64,
     /// From a fault's injection, the next grant comes within the election
@@ -794,6 +798,13 @@ fn deposed_leaders_wrote_nothing(h: &History, ha: &HaHistory, notes: &mut Vec<St
             continue;
         };
         looked_at += 1;
+        if let Some(None) = ha.resumed_as_follower.get(&f.id) {
+            failures.push(format!(
+                "fault #{} ({}): replica {r}, resumed after another replica took the lead, still said it led when the suite stopped asking",
+                f.id,
+                f.kind.name()
+            ));
+        }
         let bit = 1u8 << r;
         let until = h.faults.get(i + 1).map_or(u64::MAX, |n| n.started_ms);
         let window = || {
@@ -846,7 +857,7 @@ fn deposed_leaders_wrote_nothing(h: &History, ha: &HaHistory, notes: &mut Vec<St
         }
     }
     Check {
-        name: "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing)",
+        name: "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing and stepped down)",
         scope: format!("{looked_at} leader faults"),
         failures,
     }
@@ -1716,6 +1727,7 @@ mod tests {
                 .collect(),
             conflicts: Vec::new(),
             targets: targets.iter().copied().collect(),
+            resumed_as_follower: BTreeMap::new(),
             election_ttl_ms: 2_000,
             failover_margin_ms: 4_000,
         }
@@ -1723,7 +1735,7 @@ mod tests {
 
     const GAPS: &str =
         "HA: from every fault's injection the next grant comes within election TTL + margin";
-    const DEPOSED: &str = "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing)";
+    const DEPOSED: &str = "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing and stepped down)";
 
     #[test]
     fn ha_a_failover_within_the_bound_passes_and_its_gap_is_measured() {
@@ -1813,6 +1825,23 @@ mod tests {
         sides.served_by.insert(late, 0b011);
         h.ha = Some(sides);
         assert!(!failed_checks(&check(&h)).contains(&DEPOSED));
+    }
+
+    #[test]
+    fn ha_a_resumed_leader_that_still_says_it_leads_is_caught() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPause, 2_000, 4_400));
+        s.cycle(4_500, 2, "w2");
+        let mut h = s.history();
+        let mut sides = ha(&h, 4_500, &[(1, 0)]);
+        sides.resumed_as_follower.insert(1, Some(40));
+        h.ha = Some(sides.clone());
+        assert!(check(&h).passed());
+        sides.resumed_as_follower.insert(1, None);
+        h.ha = Some(sides);
+        assert_only_failed(&check(&h), DEPOSED, "still said it led");
     }
 
     #[test]

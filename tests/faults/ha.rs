@@ -51,6 +51,10 @@ const WATCHERS_PER_HOST: usize = 3;
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// How far the store's and the arbiters' clocks may disagree.
 const CLOCK_TOLERANCE_MS: u64 = 100;
+/// How long a leader resumed after a pause past the election TTL may
+/// still say it leads: it must notice within one keep-alive check (TTL/3)
+/// or its next guarded write; 3 s is far past both.
+const RESUME_LIMIT: Duration = Duration::from_secs(3);
 /// How many times a restarted replica is started before the suite gives
 /// up on it.
 const START_TRIES: usize = 5;
@@ -106,11 +110,14 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
         targets: BTreeMap::new(),
         kinds,
         startup_exits: Vec::new(),
+        resumed: None,
+        resumed_as_follower: BTreeMap::new(),
     };
     injector.run(started + Duration::from_secs(seconds)).await;
     let faults = std::mem::take(&mut injector.records);
     let targets = std::mem::take(&mut injector.targets);
     let startup_exits = std::mem::take(&mut injector.startup_exits);
+    let resumed_as_follower = std::mem::take(&mut injector.resumed_as_follower);
     drop(injector);
 
     cluster.heal_all_links();
@@ -175,6 +182,7 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
             served_by,
             conflicts,
             targets,
+            resumed_as_follower,
             election_ttl_ms: ELECTION_TTL.as_millis() as u64,
             failover_margin_ms: FAILOVER_MARGIN.as_millis() as u64,
         }),
@@ -254,6 +262,11 @@ pub struct HaInjector<'a> {
     pub kinds: Vec<FaultKind>,
     /// Replica starts that exited before serving (see `supervise`).
     pub startup_exits: Vec<String>,
+    /// The last leader pause: how long after SIGCONT the resumed replica
+    /// said it was a follower (`None`: it still said leader).
+    pub resumed: Option<Option<u64>>,
+    /// Each leader pause's, by fault id.
+    pub resumed_as_follower: BTreeMap<usize, Option<u64>>,
 }
 
 impl std::fmt::Debug for HaInjector<'_> {
@@ -301,6 +314,9 @@ impl HaInjector<'_> {
             if let Some(r) = target {
                 self.targets.insert(record.id, r);
             }
+            if let Some(stepped_down) = self.resumed.take() {
+                self.resumed_as_follower.insert(record.id, stepped_down);
+            }
             eprintln!(
                 "[{}] fault #{} {}: {} (healed after {} ms)",
                 self.elapsed(),
@@ -338,6 +354,23 @@ impl HaInjector<'_> {
             self.recovery_bound,
             self.seed
         );
+    }
+
+    /// Waits (at most `limit`) until replica `r` answers that it does not
+    /// lead; how long that took, in ms.
+    async fn wait_not_leader(&self, r: usize, limit: Duration) -> Option<u64> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let role = self.cluster.replicas[r]
+                .arbiter
+                .role(Duration::from_millis(300))
+                .await;
+            if role.is_some_and(|(role, _)| role != "leader") {
+                return Some(start.elapsed().as_millis() as u64);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
     }
 
     /// Waits until replica `r`, just restarted, is up, starting it again
@@ -393,8 +426,17 @@ impl HaInjector<'_> {
                 let started = now_ms();
                 self.cluster.replicas[r].arbiter.process.signal("-STOP");
                 Self::sleep_ms(pause).await;
-                let rec = Self::record(kind, started, format!("replica {r} stopped {pause} ms"));
+                let mut rec =
+                    Self::record(kind, started, format!("replica {r} stopped {pause} ms"));
                 self.cluster.replicas[r].arbiter.process.signal("-CONT");
+                // Another replica leads by now: the resumed one must find
+                // out and say so.
+                let stepped_down = self.wait_not_leader(r, RESUME_LIMIT).await;
+                rec.detail += &match stepped_down {
+                    Some(ms) => format!(", a follower {ms} ms after SIGCONT"),
+                    None => format!(", still the leader {RESUME_LIMIT:?} after SIGCONT"),
+                };
+                self.resumed = Some(stepped_down);
                 Some((rec, Some(r)))
             }
             FaultKind::LeaderEtcdCut => {
