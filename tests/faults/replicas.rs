@@ -192,8 +192,8 @@ impl ReplicaCluster {
             .await
             .unwrap_or_else(|| {
                 panic!(
-                    "no replica leads 30 s after all three started; roles: {:?}",
-                    c.roles_blocking_hint()
+                    "no replica leads 30 s after all three started ({}); their logs follow",
+                    c.replica_names().join(", ")
                 )
             });
         for h in 0..c.hosts.len() {
@@ -295,8 +295,8 @@ impl Drop for ReplicaCluster {
 }
 
 impl ReplicaCluster {
-    /// A note for a panic message (the roles as last asked).
-    fn roles_blocking_hint(&self) -> Vec<String> {
+    /// Each replica's name and URL, for a panic message.
+    fn replica_names(&self) -> Vec<String> {
         self.replicas
             .iter()
             .map(|r| format!("{} at {}", r.name, r.arbiter.url()))
