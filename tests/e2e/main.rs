@@ -12,6 +12,7 @@ mod arbiter_faults;
 mod arbiter_grpcurl;
 mod cycle;
 mod etcd;
+mod ha;
 mod helpers;
 mod hostile;
 mod http_api;

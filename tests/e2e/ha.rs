@@ -1,0 +1,409 @@
+//! Arbiter replicas on a real three-member etcd cluster (Debian's
+//! `etcd-server`): one leader grants, followers name it, a held lease and
+//! the fencing tokens survive the leader's death, a frozen leader cannot
+//! write, a clean stop hands over at once, and a deployment moving from the
+//! file store keeps its tokens rising.
+
+use std::time::{Duration, Instant};
+
+use restock_proto::v1::{
+    self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest,
+    purchase_arbiter_client::PurchaseArbiterClient,
+};
+use restock_runtime::leader::{LEADER_METADATA, leader_hint};
+use restock_testkit::{
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, etcd::EtcdCluster, eventually,
+};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{must_acquire, renew, status};
+
+const SERVICE: &str = "restock.v1.PurchaseArbiter";
+
+/// A replica's flags: the cluster, a prefix of the test's own, a short
+/// election TTL.
+fn replica_options(etcd: &EtcdCluster, prefix: &str, ttl: &str) -> ArbiterOptions {
+    ArbiterOptions {
+        lease_ttl: "20s".into(),
+        extra_args: vec![
+            "--store".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            etcd.endpoints(),
+            "--etcd-prefix".into(),
+            format!("/{prefix}/"),
+            "--election-ttl".into(),
+            ttl.into(),
+        ],
+        ..ArbiterOptions::products(&["100", "200"])
+    }
+}
+
+async fn replicas(opts: &ArbiterOptions, n: usize) -> Vec<ArbiterProcess> {
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        all.push(ArbiterProcess::start(opts.clone()).await);
+    }
+    all
+}
+
+fn url(a: &ArbiterProcess) -> String {
+    format!("http://{}", a.addr())
+}
+
+/// Every replica's answer to GetStatus.
+async fn roles(all: &[ArbiterProcess]) -> Vec<Option<pb::GetStatusResponse>> {
+    let mut out = Vec::new();
+    for a in all {
+        // A replica that was killed answers nothing; a stopped one (SIGSTOP)
+        // accepts the connection but never answers, hence the bound.
+        let answer = async {
+            let mut c = PurchaseArbiterClient::connect(url(a)).await.ok()?;
+            c.get_status(pb::GetStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        out.push(
+            tokio::time::timeout(Duration::from_secs(1), answer)
+                .await
+                .ok()
+                .flatten(),
+        );
+    }
+    out
+}
+
+/// Waits until exactly one of `candidates` (indexes into `all`) leads and
+/// every live replica names it; returns its index.
+async fn one_leader(all: &[ArbiterProcess], candidates: &[usize], limit: Duration) -> usize {
+    eventually("one leader, named by every replica", limit, || async {
+        let answers = roles(all).await;
+        let leaders: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| answers[i].as_ref().is_some_and(|s| s.role == "leader"))
+            .collect();
+        let [leader] = leaders[..] else { return None };
+        let named = url(&all[leader]);
+        candidates
+            .iter()
+            .all(|&i| answers[i].as_ref().is_some_and(|s| s.leader_url == named))
+            .then_some(leader)
+    })
+    .await
+}
+
+async fn service_serving(a: &ArbiterProcess, service: &str) -> bool {
+    let channel = tonic::transport::Endpoint::from_shared(url(a))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == 1)
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_followers_name_it() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let opts = replica_options(&etcd, "lead", "2s");
+    let all = replicas(&opts, 3).await;
+    let leader = one_leader(&all, &[0, 1, 2], Duration::from_secs(15)).await;
+    let leader_url = url(&all[leader]);
+
+    for (i, a) in all.iter().enumerate() {
+        let mut c = a.client().await;
+        let s = status(&mut c).await;
+        assert_eq!(s.leader_url, leader_url);
+        // Health: every live replica is SERVING; the service only where
+        // it is served.
+        assert!(service_serving(a, "").await, "replica {i} overall health");
+        assert_eq!(
+            service_serving(a, SERVICE).await,
+            i == leader,
+            "replica {i}"
+        );
+        if i == leader {
+            assert_eq!(s.role, "leader");
+            assert_eq!(s.products.len(), 2, "the leader shows the state");
+            let lease = must_acquire(&mut c, "100", "w1").await;
+            assert!(lease.fencing_token >= 1);
+            continue;
+        }
+        assert_eq!(s.role, "follower");
+        assert!(
+            s.products.is_empty(),
+            "a follower shows no state of its own"
+        );
+        // Every state-changing call: UNAVAILABLE, naming the leader.
+        let e = c
+            .acquire_purchase(AcquirePurchaseRequest {
+                tcin: "200".into(),
+                watcher_id: "w2".into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("a follower grants nothing");
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.message().contains(&leader_url), "{e}");
+        assert_eq!(leader_hint(&e).as_deref(), Some(leader_url.as_str()));
+        assert!(e.metadata().get(LEADER_METADATA).is_some());
+        let e = c
+            .set_paused(pb::SetPausedRequest { paused: true })
+            .await
+            .expect_err("a follower pauses nothing");
+        assert_eq!(leader_hint(&e).as_deref(), Some(leader_url.as_str()));
+        let e = c
+            .watch_events(pb::WatchEventsRequest { from_sequence: 1 })
+            .await
+            .expect_err("a follower has no event history to give");
+        assert_eq!(leader_hint(&e).as_deref(), Some(leader_url.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let opts = replica_options(&etcd, "survive", "2s");
+    let mut all = replicas(&opts, 3).await;
+    let first = one_leader(&all, &[0, 1, 2], Duration::from_secs(15)).await;
+    let mut c = all[first].client().await;
+    // A few grants, so the token is well past 1.
+    for _ in 0..3 {
+        let l = must_acquire(&mut c, "200", "w2").await;
+        c.release_purchase(ReleasePurchaseRequest {
+            lease_id: l.lease_id,
+            fencing_token: l.fencing_token,
+            outcome: pb::Outcome::Failed as i32,
+            detail: "test".into(),
+        })
+        .await
+        .unwrap();
+        // Failed puts the product in cool-down; reset it for the next.
+        c.reset_product(pb::ResetProductRequest { tcin: "200".into() })
+            .await
+            .unwrap();
+    }
+    let held = must_acquire(&mut c, "100", "w1").await;
+
+    all[first].process.kill9();
+    let killed_at = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = one_leader(&all, &rest, Duration::from_secs(15)).await;
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(2 + 4),
+        "failover took {failover:?} at an election TTL of 2 s"
+    );
+    let mut c = all[second].client().await;
+    let s = status(&mut c).await;
+    let lease = s.active_lease.expect("the lease carried over");
+    assert_eq!(lease.lease_id, held.lease_id);
+    assert_eq!(lease.fencing_token, held.fencing_token);
+    // A whole TTL from the take-over, not what was left on the dead one.
+    assert!(
+        lease.remaining_ms > 20_000 - 2_000,
+        "remaining {} ms after the take-over",
+        lease.remaining_ms
+    );
+    // The holder goes on with the new leader as if nothing happened.
+    let renewed = renew(&mut c, &held)
+        .await
+        .expect("renewed at the new leader");
+    assert_eq!(renewed.fencing_token, held.fencing_token);
+    c.release_purchase(ReleasePurchaseRequest {
+        lease_id: held.lease_id.clone(),
+        fencing_token: held.fencing_token,
+        outcome: pb::Outcome::Purchased as i32,
+        detail: "bought".into(),
+    })
+    .await
+    .expect("released at the new leader");
+    let next = must_acquire(&mut c, "200", "w2").await;
+    assert!(
+        next.fencing_token > held.fencing_token,
+        "tokens rise across the failover: {} after {}",
+        next.fencing_token,
+        held.fencing_token
+    );
+
+    // The old leader comes back as a follower of the new one.
+    all[first].kill9_and_restart().await;
+    let still = one_leader(&all, &[0, 1, 2], Duration::from_secs(15)).await;
+    assert_eq!(still, second, "a restarted replica does not take over");
+}
+
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_and_cannot_write_when_it_wakes() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let opts = replica_options(&etcd, "freeze", "2s");
+    let all = replicas(&opts, 3).await;
+    let first = one_leader(&all, &[0, 1, 2], Duration::from_secs(15)).await;
+    let mut old = all[first].client().await;
+    let before = must_acquire(&mut old, "200", "w2").await;
+
+    all[first].process.signal("-STOP");
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = one_leader(&all, &rest, Duration::from_secs(15)).await;
+    let mut new = all[second].client().await;
+    // The new leader knows the old one's grant and goes on from it.
+    let s = status(&mut new).await;
+    assert_eq!(
+        s.active_lease.map(|l| l.fencing_token),
+        Some(before.fencing_token)
+    );
+
+    // Woken up, the old leader still believes it leads for a moment; an
+    // acquire sent to it now must not be granted (its write fails its
+    // guard), and it steps down.
+    let sent = tokio::spawn(async move {
+        old.acquire_purchase(AcquirePurchaseRequest {
+            tcin: "100".into(),
+            watcher_id: "w1".into(),
+            request_id: String::new(),
+        })
+        .await
+    });
+    all[first].process.signal("-CONT");
+    match sent.await.unwrap() {
+        Ok(r) => {
+            let r = r.into_inner();
+            assert!(
+                !r.granted,
+                "a deposed leader granted token {:?}",
+                r.lease.map(|l| l.fencing_token)
+            );
+        }
+        Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e}"),
+    }
+    eventually(
+        "the woken leader to follow",
+        Duration::from_secs(10),
+        || async {
+            let mut c = all[first].client().await;
+            let s = status(&mut c).await;
+            (s.role == "follower").then_some(())
+        },
+    )
+    .await;
+    // The new leader's tokens went on from the last written one.
+    let after = status(&mut new).await;
+    assert_eq!(after.next_fencing_token, before.fencing_token + 1);
+}
+
+#[tokio::test]
+async fn a_clean_stop_hands_the_leadership_over_at_once() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    // A long TTL: only a resignation can make the failover quick.
+    let opts = replica_options(&etcd, "resign", "10s");
+    let mut all = replicas(&opts, 2).await;
+    let first = one_leader(&all, &[0, 1], Duration::from_secs(25)).await;
+    let stopped_at = Instant::now();
+    assert_eq!(
+        all[first].process.terminate(Duration::from_secs(10)),
+        Some(0),
+        "the leader stops cleanly"
+    );
+    let other = 1 - first;
+    one_leader(&all, &[other], Duration::from_secs(5)).await;
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(4), "hand-over took {took:?}");
+    let log = all[first].process.log_text();
+    assert!(log.contains("leadership resigned"), "{log}");
+}
+
+#[tokio::test]
+async fn moving_from_the_file_store_keeps_the_tokens_rising() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    // A standalone arbiter hands out a few tokens and stops.
+    let mut standalone = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
+    let mut c = standalone.client().await;
+    let last = must_acquire(&mut c, "100", "w1").await;
+    drop(c);
+    assert_eq!(
+        standalone.process.terminate(Duration::from_secs(10)),
+        Some(0)
+    );
+    let state_file = standalone.state_file();
+
+    let mut opts = replica_options(&etcd, "import", "2s");
+    opts.extra_args.extend([
+        "--import-state-file".into(),
+        state_file.display().to_string(),
+    ]);
+    let all = replicas(&opts, 1).await;
+    one_leader(&all, &[0], Duration::from_secs(15)).await;
+    let mut c = all[0].client().await;
+    let s = status(&mut c).await;
+    assert_eq!(s.next_fencing_token, last.fencing_token + 1);
+    assert_eq!(
+        s.active_lease.map(|l| l.lease_id),
+        Some(last.lease_id),
+        "the lease carried over too"
+    );
+
+    // A floor on a fresh prefix.
+    let mut opts = replica_options(&etcd, "floor", "2s");
+    opts.extra_args
+        .extend(["--token-floor".into(), "5000".into()]);
+    let all = replicas(&opts, 1).await;
+    one_leader(&all, &[0], Duration::from_secs(15)).await;
+    let mut c = all[0].client().await;
+    let granted = must_acquire(&mut c, "100", "w1").await;
+    assert_eq!(granted.fencing_token, 5000);
+}
+
+#[tokio::test]
+async fn bad_etcd_flags_stop_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = restock_testkit::write_product_config(dir.path(), &["100"]);
+    for (args, want) in [
+        (vec!["--store", "etcd"], "--etcd-endpoints"),
+        (
+            vec!["--store", "etcd", "--etcd-endpoints", "127.0.0.1:2379"],
+            "must start with http://",
+        ),
+        (
+            vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:9",
+                "--election-ttl",
+                "2500ms",
+            ],
+            "--election-ttl",
+        ),
+    ] {
+        let out = std::process::Command::new(restock_testkit::bin("purchase-arbiter"))
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--http-listen",
+                "off",
+            ])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
