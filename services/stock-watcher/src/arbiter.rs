@@ -122,6 +122,11 @@ impl ArbiterLink {
         self.tracker().current().to_owned()
     }
 
+    /// How many URLs (arbiter replicas) were given.
+    pub fn replicas(&self) -> usize {
+        self.tracker().urls().len()
+    }
+
     /// The URLs given, comma-separated.
     pub fn describe(&self) -> String {
         self.tracker().urls().to_string()
@@ -328,6 +333,11 @@ impl fmt::Display for ReleaseAnswer {
     }
 }
 
+/// How long an election among arbiter replicas may take, on top of a
+/// lease's TTL, for a release to still be worth retrying: four times the
+/// arbiter's default election TTL (5 s).
+pub const FAILOVER_ALLOWANCE: Duration = Duration::from_secs(20);
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct ArbiterCalls {
@@ -338,6 +348,24 @@ pub struct ArbiterCalls {
 impl ArbiterCalls {
     pub fn new(link: ArbiterLink, rpc_timeout: Duration) -> Self {
         Self { link, rpc_timeout }
+    }
+
+    /// Until when a release of `lease` starting now is worth retrying, given
+    /// `until` from the lease's own clock. With several replicas the leader
+    /// may be changing, and a replica that takes over gives every lease its
+    /// whole TTL from the take-over: the release is tried until a leader
+    /// answers (accepted, or refused once the lease ended there), for up to
+    /// one TTL plus [`FAILOVER_ALLOWANCE`] from now, instead of giving up
+    /// after a few tries at the dead leader while the next one is elected
+    /// (which leaves the slot held until the lease expires at the new one,
+    /// and the purchase unrecorded). Nothing waits on it: the watcher takes
+    /// new grants meanwhile.
+    pub fn release_deadline(&self, lease: &HeldLease, until: Instant) -> Instant {
+        if self.link.replicas() > 1 {
+            until.max(Instant::now() + lease.ttl + FAILOVER_ALLOWANCE)
+        } else {
+            until
+        }
     }
 
     /// Releases `lease` with `outcome`, retrying transient failures with a
@@ -450,5 +478,53 @@ impl Renewer for ArbiterCalls {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use restock_domain::Tcin;
+
+    use super::*;
+
+    fn calls(urls: &str) -> ArbiterCalls {
+        let link = ArbiterLink::new(
+            ArbiterUrls::parse(urls).unwrap(),
+            ClientTlsArgs::default(),
+            SendToken::new(None),
+        )
+        .unwrap();
+        ArbiterCalls::new(link, Duration::from_secs(1))
+    }
+
+    fn held(ttl: Duration) -> HeldLease {
+        HeldLease {
+            lease_id: LeaseId::parse("lease-1").unwrap(),
+            tcin: Tcin::parse("100").unwrap(),
+            token: FencingToken(1),
+            ttl,
+            remaining: ttl,
+            received_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_outlasts_an_election_only_with_several_replicas() {
+        let ttl = Duration::from_secs(2);
+        let soon = Instant::now() + Duration::from_millis(300);
+        let one = calls("http://127.0.0.1:1");
+        assert_eq!(one.release_deadline(&held(ttl), soon), soon);
+
+        let three = calls("http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3");
+        let before = Instant::now();
+        let until = three.release_deadline(&held(ttl), soon);
+        assert!(
+            until >= before + ttl + FAILOVER_ALLOWANCE,
+            "{:?}",
+            until - before
+        );
+        // A lease clock that already runs later is kept.
+        let late = Instant::now() + Duration::from_secs(600);
+        assert_eq!(three.release_deadline(&held(ttl), late), late);
     }
 }

@@ -215,7 +215,10 @@ impl CheckoutRunner {
 
     fn release_unused(&self, held: HeldLease, detail: String) {
         let inner = self.inner.clone();
-        let until = held.received_at + held.remaining;
+        let mut until = held.received_at + held.remaining;
+        if !self.inner.shutdown.is_cancelled() {
+            until = self.inner.calls.release_deadline(&held, until);
+        }
         self.inner.tasks.spawn(async move {
             Self::hold_release_while_stream_open(&inner).await;
             inner
@@ -333,7 +336,9 @@ impl CheckoutRunner {
         }
         Self::hold_release_while_stream_open(inner).await;
         // Worth retrying while the arbiter may still hold the lease for us.
-        let mut until = kept.trusted_until + lease::safety_margin(held.ttl);
+        let mut until = inner
+            .calls
+            .release_deadline(&held, kept.trusted_until + lease::safety_margin(held.ttl));
         if kept.ended_by == EndedBy::Shutdown {
             until = until.min(Instant::now() + SHUTDOWN_RELEASE_LIMIT);
         }
