@@ -156,6 +156,146 @@ pub struct ArbiterConfig {
         default_missing_value = "true"
     )]
     pub public_status: bool,
+
+    /// Where the durable state lives: `file` (the state file and its
+    /// journal, one arbiter) or `etcd` (any number of replicas sharing the
+    /// state in etcd; one, elected through etcd, grants).
+    #[arg(long, env = "RESTOCK_STORE", value_enum, default_value_t = StoreKind::File)]
+    pub store: StoreKind,
+
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    File,
+    Etcd,
+}
+
+pub const DEFAULT_ETCD_PREFIX: &str = "/restock/";
+pub const DEFAULT_ELECTION_TTL: &str = "5s";
+
+/// The flags of `--store etcd`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd's client URLs, comma-separated (every member, so losing one
+    /// loses nothing).
+    #[arg(long, env = "RESTOCK_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Where in etcd this deployment's keys live (its election, state and
+    /// journal). Deployments sharing an etcd use different prefixes.
+    #[arg(long, env = "RESTOCK_ETCD_PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// How long a leader that stopped answering etcd keeps the leadership:
+    /// its etcd lease's TTL, the bound on how long a failover waits for a
+    /// dead leader. Whole seconds, at least 2s.
+    #[arg(long, env = "RESTOCK_ELECTION_TTL", default_value = DEFAULT_ELECTION_TTL, value_parser = parse_duration)]
+    pub election_ttl: Duration,
+
+    /// The URL other machines reach this replica's gRPC at (what followers
+    /// name as the leader). Default: http://<host name>:<--listen port>.
+    #[arg(long, env = "RESTOCK_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// PEM CA certificate(s) to trust for etcd's server certificates; turns
+    /// TLS towards etcd on (https:// endpoints without it trust the public
+    /// CAs).
+    #[arg(long, env = "RESTOCK_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate for etcd (mutual TLS); needs --etcd-key.
+    #[arg(long, env = "RESTOCK_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "RESTOCK_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// etcd user (etcd's own authentication); needs --etcd-password.
+    #[arg(long, env = "RESTOCK_ETCD_USER")]
+    pub etcd_user: Option<String>,
+
+    /// Password of --etcd-user (prefer the environment variable).
+    #[arg(long, env = "RESTOCK_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+
+    /// When etcd holds no state yet: start from this state file (a
+    /// deployment moving from `--store file`), so fencing tokens keep
+    /// rising and the lease, counts and history carry over.
+    #[arg(long, env = "RESTOCK_IMPORT_STATE_FILE")]
+    pub import_state_file: Option<PathBuf>,
+
+    /// The lowest fencing token the next grant may carry (a floor for a
+    /// deployment whose store saw tokens from elsewhere). Tokens only ever
+    /// rise: a floor below the next token changes nothing.
+    #[arg(long, env = "RESTOCK_TOKEN_FLOOR", default_value_t = 0)]
+    pub token_floor: u64,
+
+    /// Compact etcd's history of this deployment's writes after each full
+    /// state write (etcd keeps every old version until compacted, and a
+    /// full etcd stops taking writes). Turn off only when etcd compacts
+    /// itself (--auto-compaction-retention).
+    #[arg(
+        long,
+        env = "RESTOCK_ETCD_COMPACT",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "true",
+        default_missing_value = "true"
+    )]
+    pub etcd_compact: bool,
+}
+
+impl EtcdArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            return Err(ConfigError::NoEtcdEndpoints);
+        }
+        if let Some(bad) = endpoints
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err(ConfigError::EtcdEndpoint(bad.clone()));
+        }
+        let ttl = self.election_ttl;
+        if ttl < Duration::from_secs(2) || ttl.subsec_nanos() != 0 {
+            return Err(ConfigError::ElectionTtl(ttl));
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::AdvertiseUrl(url.clone()));
+        }
+        let p = &self.etcd_prefix;
+        if !p.starts_with('/') || !p.ends_with('/') {
+            return Err(ConfigError::EtcdPrefix(p.clone()));
+        }
+        match (&self.etcd_cert, &self.etcd_key) {
+            (Some(_), None) => return Err(ConfigError::EtcdFlags("--etcd-cert needs --etcd-key")),
+            (None, Some(_)) => return Err(ConfigError::EtcdFlags("--etcd-key needs --etcd-cert")),
+            _ => {}
+        }
+        if self.etcd_user.is_some() != self.etcd_password.is_some() {
+            return Err(ConfigError::EtcdFlags(
+                "--etcd-user and --etcd-password go together",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The endpoints, trimmed, without empty entries.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .iter()
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
 }
 
 /// A path that may be empty: clap's own path parser refuses an empty
@@ -172,6 +312,20 @@ pub enum ConfigError {
     TooShort { flag: &'static str, value: Duration },
     #[error("--max-message-bytes {0} is too small; at least {MIN_MESSAGE_BYTES}")]
     MessageTooSmall(usize),
+    #[error("--store etcd needs --etcd-endpoints (etcd's client URLs, comma-separated)")]
+    NoEtcdEndpoints,
+    #[error("--etcd-endpoints {0:?} must start with http:// or https://")]
+    EtcdEndpoint(String),
+    #[error(
+        "--election-ttl {0:?} must be whole seconds, at least 2s (etcd leases count in seconds)"
+    )]
+    ElectionTtl(Duration),
+    #[error("--advertise-url {0:?} must start with http:// or https://")]
+    AdvertiseUrl(String),
+    #[error("--etcd-prefix {0:?} must start with '/' and end with '/'")]
+    EtcdPrefix(String),
+    #[error("{0}")]
+    EtcdFlags(&'static str),
 }
 
 impl ArbiterConfig {
@@ -184,6 +338,9 @@ impl ArbiterConfig {
         }
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
             return Err(ConfigError::MessageTooSmall(self.max_message_bytes));
+        }
+        if self.store == StoreKind::Etcd {
+            self.etcd.validate()?;
         }
         Ok(())
     }
@@ -242,6 +399,65 @@ mod tests {
         assert!(!off.test_mode);
         let yes = ArbiterConfig::try_parse_from(["a", "--test-mode", "yes"]).unwrap();
         assert!(yes.test_mode);
+    }
+
+    #[test]
+    fn the_etcd_store_checks_its_flags() {
+        let err = |args: &[&str]| {
+            let mut all = vec!["a", "--store", "etcd"];
+            all.extend_from_slice(args);
+            ArbiterConfig::try_parse_from(all)
+                .unwrap()
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(err(&[]).unwrap().contains("--etcd-endpoints"));
+        assert!(
+            err(&["--etcd-endpoints", "e1:2379"])
+                .unwrap()
+                .contains("e1:2379")
+        );
+        assert!(
+            err(&[
+                "--etcd-endpoints",
+                "http://e1:2379",
+                "--election-ttl",
+                "1500ms"
+            ])
+            .unwrap()
+            .contains("--election-ttl")
+        );
+        assert!(
+            err(&[
+                "--etcd-endpoints",
+                "http://e1:2379",
+                "--etcd-prefix",
+                "restock"
+            ])
+            .unwrap()
+            .contains("--etcd-prefix")
+        );
+        assert_eq!(
+            err(&["--etcd-endpoints", "http://e1:2379, http://e2:2379"]),
+            None
+        );
+        let c = ArbiterConfig::try_parse_from([
+            "a",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://e1:2379,http://e2:2379",
+        ])
+        .unwrap();
+        assert_eq!(c.etcd.endpoints(), ["http://e1:2379", "http://e2:2379"]);
+        assert_eq!(c.etcd.election_ttl, Duration::from_secs(5));
+        assert_eq!(c.etcd.etcd_prefix, DEFAULT_ETCD_PREFIX);
+        // The file store needs none of it.
+        ArbiterConfig::try_parse_from(["a"])
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //!   (`store::saved`).
 //! - `task`: the one task that owns the slot; batches commands, persists,
 //!   then answers.
+//! - `replica`: which task answers now: the one task of a standalone
+//!   arbiter, or the current term's with `--store etcd`, where a follower
+//!   names the leader instead.
+//! - `ha`: replicas on etcd: the election, each term's task over the
+//!   guarded etcd store (`store::etcd`), stepping down.
 //! - `grpc`: the `restock.v1.PurchaseArbiter` service over the task; the
 //!   watcher's stream and its rate limit in their own modules. Its per-RPC
 //!   metrics (`restock-runtime`) are served on `--http-listen`
@@ -43,9 +48,11 @@ pub mod config;
 mod bounded_log;
 mod feed;
 mod grpc;
+mod ha;
 mod limits;
 mod metrics;
 mod plan;
+mod replica;
 mod slot;
 mod store;
 mod task;
@@ -69,10 +76,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{ArbiterConfig, ConfigError},
+    config::{ArbiterConfig, ConfigError, StoreKind},
     grpc::{ArbiterService, ReportLimit},
     limits::{HTTP2_KEEPALIVE, MAX_ENCODING_MESSAGE_BYTES},
     metrics::ArbiterMetrics,
+    replica::{Replica, Role, Term},
     slot::{Arbiter, Clock, SlotError, Timing},
     store::{StateFile, StoreError, saved},
 };
@@ -144,8 +152,7 @@ pub async fn run(
     let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual);
     let server = ServerTls::server_builder(tls.as_ref())?;
     let catalog = PriorityList::load(&config.config)?;
-    let store = StateFile::new(config.state_path(), !config.no_fsync);
-    store.check_writable()?;
+    let products = catalog.len();
     let timing = Timing {
         lease_ttl: config.lease_ttl,
         stock_ttl: config.stock_ttl,
@@ -153,32 +160,13 @@ pub async fn run(
         test_mode: config.test_mode,
     };
     let clock = Clock::new();
-    let now = clock.now();
-    let arbiter = match store.load()? {
-        Some(snapshot) => saved::restore(snapshot, catalog, timing, now).map_err(|source| {
-            StartError::Restore {
-                path: store.describe(),
-                source,
-            }
-        })?,
-        None => Arbiter::new(catalog, timing, now),
-    };
-    if let Some(lease) = arbiter.lease() {
-        info!(
-            tcin = %lease.tcin,
-            watcher_id = %lease.watcher_id,
-            fencing_token = lease.token.get(),
-            remaining_ms = lease.remaining(now).as_millis() as u64,
-            "lease carried over from before the restart"
-        );
-    }
-    let products = arbiter.catalog().len();
 
     // One registry per arbiter (not per process), so in-process tests see
     // each arbiter's own numbers.
     let mut registry = Registry::default();
     let metrics = ArbiterMetrics::default();
     metrics.set_lease_ttl(config.lease_ttl.as_secs_f64());
+    metrics.set_leading(config.store == StoreKind::File);
     metrics.register(&mut registry);
     let rpc_metrics = GrpcMetrics::register(
         &mut registry,
@@ -187,22 +175,86 @@ pub async fn run(
     )?;
 
     let stop = CancellationToken::new();
-    let (handle, task) = task::spawn(
-        arbiter,
-        clock,
-        store.clone(),
-        stop.clone(),
-        metrics,
-        config.poll_planning,
-    );
+    // The file store: one task for the life of the process. The etcd
+    // store: terms started by `ha` once this replica is elected.
+    let (replica, state, standalone_task, replicas) = match config.store {
+        StoreKind::File => {
+            let store = StateFile::new(config.state_path(), !config.no_fsync);
+            store.check_writable()?;
+            let now = clock.now();
+            let arbiter = match store.load()? {
+                Some(snapshot) => {
+                    saved::restore(snapshot, catalog, timing, now).map_err(|source| {
+                        StartError::Restore {
+                            path: store.describe(),
+                            source,
+                        }
+                    })?
+                }
+                None => Arbiter::new(catalog, timing, now),
+            };
+            if let Some(lease) = arbiter.lease() {
+                info!(
+                    tcin = %lease.tcin,
+                    watcher_id = %lease.watcher_id,
+                    fencing_token = lease.token.get(),
+                    remaining_ms = lease.remaining(now).as_millis() as u64,
+                    "lease carried over from before the restart"
+                );
+            }
+            let (handle, task) = task::spawn(
+                arbiter,
+                clock,
+                store.clone(),
+                stop.clone(),
+                metrics,
+                config.poll_planning,
+            );
+            let (replica, _) = Replica::new(Role::Standalone(Term {
+                handle,
+                stop: stop.clone(),
+            }));
+            (replica, store.describe(), Some(task), None)
+        }
+        StoreKind::Etcd => {
+            let client = ha::connect(&config.etcd).await?;
+            let endpoints = config.etcd.endpoints().join(",");
+            let bound = listener.local_addr().map_err(|source| {
+                StartError::Listen(ListenError::Bind {
+                    what: "grpc",
+                    addr: config.listen,
+                    source,
+                })
+            })?;
+            let advertise_url = ha::advertise_url(&config, bound, tls.is_some());
+            let (replica, roles) = Replica::new(Role::Follower { leader_url: None });
+            let keys = store::etcd::EtcdKeys::new(&config.etcd.etcd_prefix);
+            let state = format!("etcd {endpoints} key {}", keys.snapshot);
+            let replicas = ha::Replicas {
+                client,
+                endpoints,
+                keys,
+                ttl: config.etcd.election_ttl,
+                advertise_url,
+                import: config.etcd.import_state_file.clone(),
+                token_floor: config.etcd.token_floor,
+                compact: config.etcd.etcd_compact,
+                config_path: config.config.clone(),
+                timing,
+                clock,
+                metrics,
+                poll_planning: config.poll_planning,
+            };
+            (replica, state, None, Some((replicas, roles)))
+        }
+    };
     let web = web::Web {
-        handle: handle.clone(),
+        replica: replica.clone(),
         auth: http_auth,
-        shutdown: stop.clone(),
         config_path: config.config.display().to_string(),
         stuck_after: config.stuck_after,
     };
-    let service = ArbiterService::new(handle, config.config.clone(), stop.clone())
+    let service = ArbiterService::new(replica, config.config.clone())
         .with_report_limit(ReportLimit::per_second(config.max_reports_per_second));
 
     let (health, support) = support_routes(
@@ -210,6 +262,16 @@ pub async fn run(
         &[restock_proto::FILE_DESCRIPTOR_SET],
     )
     .await?;
+
+    // A replica serves health at once (SERVING overall) but its service
+    // only while it leads.
+    let elections = match replicas {
+        Some((replicas, roles)) => {
+            health.set_service(false).await;
+            Some(ha::spawn(replicas, roles, health.clone(), stop.clone()))
+        }
+        None => None,
+    };
 
     spawn_reload_on_sighup(service.clone(), stop.clone());
 
@@ -224,7 +286,8 @@ pub async fn run(
     bound.announce(&config.ready)?;
     info!(
         config = %config.config.display(),
-        state_file = %store.describe(),
+        state = %state,
+        store = ?config.store,
         products,
         lease_ttl_ms = config.lease_ttl.as_millis() as u64,
         stock_ttl_ms = config.stock_ttl.as_millis() as u64,
@@ -293,8 +356,10 @@ pub async fn run(
     };
     info!("gRPC server stopped; waiting for the final state write");
     stop.cancel();
-    if let Err(e) = task.await {
-        warn!(error = %Chain(&e), "arbiter task ended abnormally");
+    for task in standalone_task.into_iter().chain(elections) {
+        if let Err(e) = task.await {
+            warn!(error = %Chain(&e), "arbiter task ended abnormally");
+        }
     }
     http_stop.cancel();
     if let Some(h) = http_server {

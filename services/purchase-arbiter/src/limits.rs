@@ -61,6 +61,23 @@ pub const JOURNAL_MIN_COMPACT: u64 = 4 * 1024 * 1024;
 /// compacting sooner would make most writes full ones.
 pub const JOURNAL_SNAPSHOT_RATIO: u64 = 4;
 
+/// With `--store etcd`, journal records that make the next write a whole
+/// state (which replaces them): what a newly elected leader reads back
+/// before it can grant, so kept well below the file store's
+/// [`JOURNAL_MIN_COMPACT`].
+pub const ETCD_JOURNAL_COMPACT: u64 = 512 * 1024;
+
+/// How often a leader (and a follower, for who leads) asks etcd, as a
+/// fraction of `--election-ttl`: a leader checks its leadership key and
+/// keeps its etcd lease alive three times per TTL.
+pub const ETCD_CHECKS_PER_TTL: u32 = 3;
+
+/// Revisions of etcd's history a leader keeps when it compacts: a replica
+/// waiting in its campaign watches the key ahead of it from the revision
+/// it last read, and compacting past that revision would end its campaign
+/// with an error (it would campaign again, at the back of the queue).
+pub const ETCD_KEEP_REVISIONS: i64 = 10_000;
+
 // ----- the owning task -----
 
 /// Commands queued for the arbiter task. When it is full, callers wait for

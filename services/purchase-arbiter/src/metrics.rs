@@ -79,6 +79,7 @@ struct StateLabel {
 /// See the module documentation. Cheap to clone: every handle is shared.
 #[derive(Debug, Clone)]
 pub struct ArbiterMetrics {
+    leading: Gauge,
     slot_held: Gauge,
     fencing_token: Gauge,
     lease_expires: Gauge<f64, AtomicU64>,
@@ -125,6 +126,7 @@ impl Default for ArbiterMetrics {
                 .clone()
         });
         Self {
+            leading: Gauge::default(),
             slot_held: Gauge::default(),
             fencing_token: Gauge::default(),
             lease_expires: Gauge::default(),
@@ -147,6 +149,11 @@ impl Default for ArbiterMetrics {
 impl ArbiterMetrics {
     /// Adds every metric to `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "restock_arbiter_leading",
+            "1 while this arbiter grants (standalone, or the replica elected through etcd); 0 on a replica that follows",
+            self.leading.clone(),
+        );
         registry.register(
             "restock_slot_held",
             "1 while a lease holds the purchase slot",
@@ -212,6 +219,18 @@ impl ArbiterMetrics {
             "Tracked products by state",
             self.products.clone(),
         );
+    }
+
+    /// Whether this arbiter grants. A replica that stops leading shows an
+    /// empty slot and no watchers: the leader's figures are the ones that
+    /// count, and a follower's stale ones would set off alerts.
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.set(i64::from(leading));
+        if !leading {
+            self.slot_held.set(0);
+            self.lease_expires.set(0.0);
+            self.watchers_connected.set(0);
+        }
     }
 
     /// `--lease-ttl`.

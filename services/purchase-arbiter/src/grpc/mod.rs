@@ -14,7 +14,6 @@ use futures::{Stream, StreamExt};
 use restock_proto::v1::{self as pb, purchase_arbiter_server::PurchaseArbiter};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -27,6 +26,7 @@ pub use report_limit::ReportLimit;
 use crate::{
     feed::{self, FeedEnd},
     limits::{MAX_DETAIL_BYTES, MAX_REQUEST_ID_BYTES},
+    replica::Replica,
     slot::{AcquireAnswer, ActiveLease, Refusal, SlotError},
     task::{ArbiterError, ArbiterHandle},
 };
@@ -93,20 +93,24 @@ fn outcome_from_pb(value: i32) -> Result<Outcome, Status> {
 /// The gRPC face of the arbiter task.
 #[derive(Debug, Clone)]
 pub struct ArbiterService {
-    handle: ArbiterHandle,
+    replica: Replica,
     config_path: PathBuf,
-    shutdown: CancellationToken,
     report_limit: Option<ReportLimit>,
 }
 
 impl ArbiterService {
-    pub fn new(handle: ArbiterHandle, config_path: PathBuf, shutdown: CancellationToken) -> Self {
+    pub fn new(replica: Replica, config_path: PathBuf) -> Self {
         Self {
-            handle,
+            replica,
             config_path,
-            shutdown,
             report_limit: None,
         }
+    }
+
+    /// The arbiter task to ask: the standalone one or this leader's; a
+    /// follower's `UNAVAILABLE` naming the leader otherwise.
+    fn handle(&self) -> Result<ArbiterHandle, Status> {
+        self.replica.current().map(|t| t.handle)
     }
 
     /// Limits how fast each `StreamStock` stream may report (`None`: no
@@ -126,7 +130,7 @@ impl ArbiterService {
                 warn!(error = %e, "product config reload refused; keeping the current list");
                 Status::invalid_argument(format!("{e}; the current product list is kept"))
             })?;
-        let n = self.handle.reload(list).await.map_err(to_status)?;
+        let n = self.handle()?.reload(list).await.map_err(to_status)?;
         info!(config = %self.config_path.display(), products = n, "product config reloaded");
         Ok(n)
     }
@@ -150,7 +154,7 @@ impl PurchaseArbiter for ArbiterService {
             )));
         }
         let answer = self
-            .handle
+            .handle()?
             .acquire(product.clone(), watcher.clone(), r.request_id)
             .await
             .map_err(to_status)?;
@@ -191,7 +195,7 @@ impl PurchaseArbiter for ArbiterService {
         let r = request.into_inner();
         let (lease_id, token) = lease_ref(&r.lease_id, r.fencing_token)?;
         let lease = self
-            .handle
+            .handle()?
             .renew(lease_id, token)
             .await
             .map_err(to_status)?;
@@ -214,7 +218,7 @@ impl PurchaseArbiter for ArbiterService {
             )));
         }
         let (released, state) = self
-            .handle
+            .handle()?
             .release(lease_id.clone(), token, outcome, r.detail)
             .await
             .map_err(|e| {
@@ -241,9 +245,14 @@ impl PurchaseArbiter for ArbiterService {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let mut status = self.handle.status().await.map_err(to_status)?;
+        let Ok(term) = self.replica.current() else {
+            return Ok(Response::new(self.replica.follower_status()));
+        };
+        let mut status = term.handle.status().await.map_err(to_status)?;
         status.config_path = self.config_path.display().to_string();
-        Ok(Response::new(pb::GetStatusResponse::from(&status)))
+        let mut answer = pb::GetStatusResponse::from(&status);
+        self.replica.annotate(&mut answer);
+        Ok(Response::new(answer))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -255,7 +264,8 @@ impl PurchaseArbiter for ArbiterService {
         let from = request.into_inner().from_sequence;
         // from_sequence 0 means "only what happens from now on".
         let from = if from == 0 { u64::MAX } else { from };
-        let feed = feed::follow(self.handle.clone(), from, self.shutdown.clone())
+        let term = self.replica.current()?;
+        let feed = feed::follow(term.handle, from, term.stop)
             .await
             .map_err(to_status)?;
         let events = ReceiverStream::new(feed).map(|item| match item {
@@ -272,7 +282,7 @@ impl PurchaseArbiter for ArbiterService {
     ) -> Result<Response<pb::ResetProductResponse>, Status> {
         let product = tcin(&request.into_inner().tcin)?;
         let previous = self
-            .handle
+            .handle()?
             .reset(product.clone())
             .await
             .map_err(to_status)?;
@@ -287,7 +297,7 @@ impl PurchaseArbiter for ArbiterService {
         request: Request<pb::SetPausedRequest>,
     ) -> Result<Response<pb::SetPausedResponse>, Status> {
         let paused = request.into_inner().paused;
-        let paused = self.handle.set_paused(paused).await.map_err(to_status)?;
+        let paused = self.handle()?.set_paused(paused).await.map_err(to_status)?;
         info!(paused, "pause switch set");
         Ok(Response::new(pb::SetPausedResponse { paused }))
     }

@@ -35,11 +35,13 @@ pub(super) async fn open(
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    // A follower refuses at once, before waiting for the first report.
+    let term = service.replica.current()?;
     let mut inbound = request.into_inner();
     let first = hello(&mut inbound).await?;
     let watcher = watcher_id(&first.watcher_id)?;
     let first = parse_report(&watcher, first)?;
-    let handle = service.handle.clone();
+    let handle = term.handle;
     let conn = handle.new_conn();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     handle
@@ -53,7 +55,8 @@ pub(super) async fn open(
         watcher,
         conn,
         limit: service.report_limit,
-        shutdown: service.shutdown.clone(),
+        // The term's stop: a leader stepping down ends its streams.
+        shutdown: term.stop,
         errors: err_tx,
     };
     tokio::spawn(reader.run(inbound, first));

@@ -26,6 +26,7 @@
 //! record hold; [`saved`], how they are made from the slot and the slot from
 //! them.
 
+pub mod etcd;
 pub mod format;
 pub mod saved;
 
@@ -71,6 +72,24 @@ pub enum StoreError {
         step: &'static str,
         source: io::Error,
     },
+    /// An etcd request failed or timed out (`--store etcd`).
+    #[error("etcd ({endpoints}): {step}: {message}")]
+    Etcd {
+        endpoints: String,
+        step: &'static str,
+        message: String,
+    },
+    /// The state in etcd cannot be read back.
+    #[error(
+        "the state in etcd under {key} is unreadable ({message}); refusing to lead with an empty state"
+    )]
+    EtcdCorrupt { key: String, message: String },
+    /// A guarded write found the leadership key gone or changed: another
+    /// replica leads (or will). Nothing of the write happened.
+    #[error(
+        "this replica no longer leads: its leadership key {key} (created at revision {revision}) is gone or replaced in etcd, so the write was refused"
+    )]
+    Deposed { key: String, revision: i64 },
 }
 
 /// What the arbiter task needs of the place its state goes. [`StateFile`]

@@ -202,6 +202,13 @@
       out.push(['disconnected', 'No live feed from the arbiter: reconnecting. What is shown may be old.']);
     }
     if (!status) return out;
+    if (status.role === 'follower') {
+      // A replica that does not lead has no state of its own to show.
+      out.push(['follower', status.leaderUrl
+        ? 'This arbiter replica follows: the leader is ' + status.leaderUrl + '. Open the leader\'s status page to see the slot.'
+        : 'This arbiter replica follows, and no leader is elected yet.']);
+      return out;
+    }
     const lease = status.activeLease;
     if (lease) {
       const heldFor = serverNow() - num(lease.grantedAtUnixMs);

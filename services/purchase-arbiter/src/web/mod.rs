@@ -36,13 +36,9 @@ use restock_runtime::{
     metrics::Registry,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{
-    feed,
-    task::{ArbiterError, ArbiterHandle},
-};
+use crate::{feed, replica::Replica, task::ArbiterError};
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -72,11 +68,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 /// What the routes share.
 #[derive(Debug)]
 pub struct Web {
-    pub handle: ArbiterHandle,
+    /// Which arbiter task answers (a follower serves only who leads).
+    pub replica: Replica,
     pub auth: AuthPolicy,
-    /// The arbiter's stop signal: ends every `/events` stream, so the
-    /// listener's graceful shutdown does not wait for them.
-    pub shutdown: CancellationToken,
     /// Shown as `config_path` in `/api/status`, as in `GetStatus`.
     pub config_path: String,
     /// When the page raises its "purchase stuck" alarm.
@@ -196,14 +190,17 @@ async fn api_status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
     if let Some(r) = refusal(&shared, STATUS_PATH, &headers, false) {
         return r;
     }
-    match shared.web.handle.status().await {
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    let replica = &shared.web.replica;
+    let Ok(term) = replica.current() else {
+        return (no_store, axum::Json(replica.follower_status())).into_response();
+    };
+    match term.handle.status().await {
         Ok(mut status) => {
             status.config_path.clone_from(&shared.web.config_path);
-            (
-                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-                axum::Json(pb::GetStatusResponse::from(&status)),
-            )
-                .into_response()
+            let mut answer = pb::GetStatusResponse::from(&status);
+            replica.annotate(&mut answer);
+            (no_store, axum::Json(answer)).into_response()
         }
         Err(e) => unavailable(&e),
     }
@@ -247,9 +244,19 @@ async fn events(
                 .into_response();
         }
     };
+    let term = match shared.web.replica.current() {
+        Ok(term) => term,
+        Err(not_leader) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", not_leader.message()),
+            )
+                .into_response();
+        }
+    };
     let from = match start_of_feed(&headers, &query) {
         Ok(Some(from)) => from.max(1),
-        Ok(None) => match shared.web.handle.status().await {
+        Ok(None) => match term.handle.status().await {
             Ok(s) => s
                 .last_event_sequence
                 .saturating_sub(EVENTS_ON_CONNECT - 1)
@@ -258,11 +265,11 @@ async fn events(
         },
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     };
-    let feed =
-        match feed::follow(shared.web.handle.clone(), from, shared.web.shutdown.clone()).await {
-            Ok(f) => f,
-            Err(e) => return unavailable(&e),
-        };
+    // The term's stop is a child of the arbiter's: either ends the feed.
+    let feed = match feed::follow(term.handle, from, term.stop).await {
+        Ok(f) => f,
+        Err(e) => return unavailable(&e),
+    };
     debug!(from, "status page following events");
     // The first event says whether anything asked for is gone from history
     // (a page away for long): the page then knows its table has a hole.
