@@ -364,7 +364,34 @@ ha_has_lease() { [ -n "$(leader_status "s.get('activeLease', {}).get('leaseId', 
 # Purchases as the store recorded them (ground truth, whichever replica granted them).
 store_purchases() { orders_get "sum(1 for x in o['orders'] if x['result'] == 'purchased')"; }
 store_purchases_at_least() { [ "$(store_purchases)" -ge "$1" ]; }
-notifier_purchased_alerts() { compose logs --no-color notifier 2>/dev/null | grep -c 'kind=purchased' || true; }
+# The highest fencing token of a purchased alert the notifier logged (0: none yet).
+notifier_purchased_token() {
+  compose logs --no-color notifier 2>/dev/null |
+    sed -n 's/.*kind=purchased.*fencing_token=\([0-9]*\).*/\1/p' | sort -n | tail -1 | grep . || echo 0
+}
+# checkout_after MS: whether the store accepted a checkout that began at or after MS (unix ms).
+checkout_after() {
+  [ "$(orders_get "sum(1 for x in o['orders'] if x['accepted'] and x['started_at_ms'] >= $1)")" -ge 1 ]
+}
+# failover_pause KILL_MS LEAD_MS: "START TOKEN PREVIOUS_FINISH" of the checkout that ended the
+# longest pause (no accepted checkout in flight) among those that began from the kill up to
+# the first one after the new leader answered, and when the checkout before it finished.
+failover_pause() {
+  curl -fsS --max-time 5 "$STORE/admin/orders" | python3 -c '
+import json, sys
+kill, lead = int(sys.argv[1]), int(sys.argv[2])
+acc = sorted((x for x in json.load(sys.stdin)["orders"] if x["accepted"]), key=lambda x: x["started_at_ms"])
+end = min(x["started_at_ms"] for x in acc if x["started_at_ms"] >= lead)
+best = None
+for i, x in enumerate(acc):
+    if not kill <= x["started_at_ms"] <= end:
+        continue
+    prev = max([y["finished_at_ms"] for y in acc[:i]] or [kill])
+    if best is None or x["started_at_ms"] - prev > best[0]:
+        best = (x["started_at_ms"] - prev, x["started_at_ms"], x["fencing_token"], prev)
+print(best[1], best[2], best[3])
+' "$1" "$2"
+}
 # Prints what is wrong with the store's ledger: overlaps, and accepted checkouts whose fencing
 # tokens do not increase (a lease retrying its checkout keeps its token; a new lease must
 # have a higher one). Nothing when all is well.
@@ -437,10 +464,9 @@ ha() {
 
   # Kill the leader mid-checkout: a lease is held, the store has the checkout in flight.
   wait_for "a lease held by a watcher (the leader $leader)" 60 ha_has_lease
-  local old="$leader" token_before purchases_before alerts_before kill_ms lead_ms
+  local old="$leader" token_before purchases_before kill_ms lead_ms
   token_before="$(leader_status "int(s.get('nextFencingToken', '0'))")"
   purchases_before="$(store_purchases)"
-  alerts_before="$(notifier_purchased_alerts)"
   kill_ms="$(now_ms)"
   docker kill "$(compose ps -q "$old")" >/dev/null
   log "killed the leader $old (lease held; next token $token_before; $purchases_before purchases so far)"
@@ -450,25 +476,23 @@ ha() {
   done
   wait_leader 60 "${survivors[@]}"
   lead_ms="$(now_ms)"
-  log "ok: $leader leads after $(( lead_ms - kill_ms )) ms ($ha_seen)"
+  log "ok: $leader leads $(( lead_ms - kill_ms )) ms after the kill ($ha_seen)"
 
   local token_after
   token_after="$(leader_status "int(s.get('nextFencingToken', '0'))")"
   (( token_after >= token_before )) ||
     fail "the new leader's next fencing token went back from $token_before to $token_after"
-  # The first checkout the store accepted under a lease granted after the kill.
-  first_new_checkout_ms() {
-    orders_get "min([x['started_at_ms'] for x in o['orders'] if x['accepted'] and x['fencing_token'] >= $token_before] or [0])"
-  }
-  new_checkout() { [ "$(first_new_checkout_ms)" -gt 0 ]; }
-  wait_for "a checkout under a lease from the new leader (token >= $token_before)" 90 new_checkout
-  local checkout_ms
-  checkout_ms="$(first_new_checkout_ms)"
-  log "failover gap: new leader after $(( lead_ms - kill_ms )) ms, first checkout under it $(( checkout_ms - kill_ms )) ms after the kill"
+  # The gap as the store saw it: the longest time with no checkout in flight, from the kill
+  # to the first checkout after the new leader answered (its first grant may come before
+  # this script sees it lead).
+  wait_for "a checkout after the new leader took over" 90 checkout_after "$lead_ms"
+  local first_ms first_token prev_ms
+  read -r first_ms first_token prev_ms <<<"$(failover_pause "$kill_ms" "$lead_ms")"
+  log "failover gap: a new leader answered $(( lead_ms - kill_ms )) ms after the kill; no checkout in flight from $(( prev_ms - kill_ms )) ms to $(( first_ms - kill_ms )) ms after it ($(( first_ms - prev_ms )) ms; the next one token $first_token)"
   wait_for "three watchers connected to the new leader $leader" 60 ha_watchers_connected
   wait_for "three more purchases after the failover" 120 store_purchases_at_least $(( purchases_before + 3 ))
-  notifier_follows() { (( $(notifier_purchased_alerts) > alerts_before )); }
-  wait_for "the notifier to log a purchased alert after the failover" 60 notifier_follows
+  notifier_follows() { (( $(notifier_purchased_token) >= first_token )); }
+  wait_for "the notifier to log a purchased alert granted by the new leader (token >= $first_token)" 60 notifier_follows
   problems="$(ledger_problems)"
   [ -z "$problems" ] || fail "across the failover: $problems"
   log "ok: no overlapping checkout, fencing tokens strictly increasing ($(orders_get "len(o['orders'])") orders, highest token $(orders_get "o['highest_token']"))"
