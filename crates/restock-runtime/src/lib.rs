@@ -24,6 +24,9 @@
 //!   serving `GET /metrics` and `GET /healthz`.
 //! - [`leader`]: how a replica that does not lead names the leader
 //!   (`UNAVAILABLE` and the `restock-leader` trailer), and reading it back.
+//! - [`arbiters`]: `--arbiter URL1,URL2,...` ([`arbiters::ArbiterUrls`]) and
+//!   which replica a client tries now ([`arbiters::ArbiterTracker`]: the
+//!   hinted leader, else the next URL round robin).
 //! - [`announce`]: binding, `--ready-file`, and the "listening" log line.
 //! - [`process`]: the exit of every `main`.
 //!
@@ -31,6 +34,7 @@
 //! `restock-proto` and `restock-domain`.
 
 pub mod announce;
+pub mod arbiters;
 pub mod auth;
 pub mod backoff;
 pub mod error;

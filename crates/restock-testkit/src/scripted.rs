@@ -16,6 +16,11 @@
 //!   (none for 0, "only new ones"), then the stream stays open;
 //! - anything else: UNIMPLEMENTED.
 //!
+//! It can play a replica that does not lead ([`ScriptedArbiter::step_down`]):
+//! its open streams (the watcher's and `WatchEvents`) end and every call but `GetStatus` is answered as a
+//! follower answers (`UNAVAILABLE`, the leader in the `restock-leader`
+//! trailer), until [`ScriptedArbiter::lead`].
+//!
 //! Every call is recorded ([`ScriptedArbiter::calls`]).
 
 use std::{
@@ -32,7 +37,7 @@ use restock_proto::v1::{
 };
 use tokio::{net::TcpListener, sync::mpsc, sync::oneshot};
 use tokio_stream::{
-    Stream, StreamExt,
+    Stream,
     wrappers::{ReceiverStream, TcpListenerStream},
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -143,6 +148,10 @@ struct Recorded {
     granted: HashMap<String, pb::Lease>,
     /// Releases still to refuse with UNAVAILABLE.
     fail_releases: u32,
+    /// `Some`: a replica that does not lead, naming this leader (if any).
+    follower_of: Option<Option<String>>,
+    /// Open `WatchEvents` streams: dropping them ends the streams.
+    event_streams: Vec<mpsc::Sender<Result<pb::Event, Status>>>,
     status_calls: usize,
 }
 
@@ -274,6 +283,29 @@ impl ScriptedArbiter {
             .expect("the stream takes the message");
     }
 
+    /// Plays a replica that does not lead (naming `leader`, if any): the
+    /// open watcher stream ends, and every call but `GetStatus` is answered
+    /// `UNAVAILABLE` with the leader's URL in the `restock-leader` trailer.
+    pub fn step_down(&self, leader: Option<&str>) {
+        let mut r = lock(&self.shared);
+        r.follower_of = Some(leader.map(str::to_owned));
+        r.stream = None;
+        r.event_streams.clear();
+    }
+
+    /// Leads (again): answers every call as scripted.
+    pub fn lead(&self) {
+        lock(&self.shared).follower_of = None;
+    }
+
+    /// Makes `RenewLease` answer for `lease` without pushing a grant: a new
+    /// leader that read the lease from the shared store.
+    pub fn adopt(&self, lease: pb::Lease) {
+        lock(&self.shared)
+            .granted
+            .insert(lease.lease_id.clone(), lease);
+    }
+
     /// Pushes a grant of `lease`.
     pub async fn grant(&self, lease: pb::Lease) {
         self.push(Kind::Grant(lease)).await;
@@ -303,6 +335,14 @@ struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The follower's answer while [`ScriptedArbiter::step_down`] holds.
+fn unless_leading(shared: &Shared) -> Result<(), Status> {
+    match &lock(shared).follower_of {
+        None => Ok(()),
+        Some(leader) => Err(restock_runtime::leader::not_leader(leader.as_deref())),
+    }
+}
+
 fn not_scripted<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented(
         "not part of the scripted arbiter's script",
@@ -323,8 +363,11 @@ impl PurchaseArbiter for Service {
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         let r = request.into_inner();
-        let mut rec = lock(&self.shared);
-        rec.calls.push(Call::Renew(r.lease_id.clone()));
+        lock(&self.shared)
+            .calls
+            .push(Call::Renew(r.lease_id.clone()));
+        unless_leading(&self.shared)?;
+        let rec = lock(&self.shared);
         match rec.granted.get(&r.lease_id) {
             Some(lease) => Ok(Response::new(pb::RenewLeaseResponse {
                 lease: Some(pb::Lease {
@@ -344,12 +387,13 @@ impl PurchaseArbiter for Service {
         request: Request<pb::ReleasePurchaseRequest>,
     ) -> Result<Response<pb::ReleasePurchaseResponse>, Status> {
         let r = request.into_inner();
-        let mut rec = lock(&self.shared);
-        rec.calls.push(Call::Release(Release {
+        lock(&self.shared).calls.push(Call::Release(Release {
             lease_id: r.lease_id,
             outcome: pb::Outcome::try_from(r.outcome).unwrap_or_default(),
             detail: r.detail,
         }));
+        unless_leading(&self.shared)?;
+        let mut rec = lock(&self.shared);
         if rec.fail_releases > 0 {
             rec.fail_releases -= 1;
             return Err(Status::unavailable("state write failed"));
@@ -366,6 +410,7 @@ impl PurchaseArbiter for Service {
         &self,
         request: Request<Streaming<pb::StockReport>>,
     ) -> Result<Response<Self::StreamStockStream>, Status> {
+        unless_leading(&self.shared)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         tx.send(Ok(pb::ArbiterMessage {
@@ -410,16 +455,23 @@ impl PurchaseArbiter for Service {
         lock(&self.shared).calls.push(Call::WatchEvents {
             from_sequence: from,
         });
-        let history: Vec<Result<pb::Event, Status>> = self
+        unless_leading(&self.shared)?;
+        let history: Vec<pb::Event> = self
             .script
             .events
             .iter()
             .filter(|e| from > 0 && e.sequence >= from)
             .cloned()
-            .map(Ok)
             .collect();
-        let stream = tokio_stream::iter(history).chain(tokio_stream::pending());
-        Ok(Response::new(Box::pin(stream) as Self::WatchEventsStream))
+        // The history, then open until a step-down drops the sender.
+        let (tx, rx) = mpsc::channel(history.len().max(1));
+        for e in history {
+            tx.try_send(Ok(e)).expect("room for the history");
+        }
+        lock(&self.shared).event_streams.push(tx);
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as Self::WatchEventsStream
+        ))
     }
 
     async fn reset_product(

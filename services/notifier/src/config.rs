@@ -36,7 +36,11 @@ pub const DEFAULT_RPC_TIMEOUT: &str = "5s";
     about = "Follows the purchase arbiter's events and sends one alert per restock, checkout and purchase to webhooks, Discord, Slack, ntfy, Telegram, email or a command"
 )]
 pub struct NotifierConfig {
-    /// The purchase arbiter's gRPC URL.
+    /// The purchase arbiter's gRPC URL, or every replica's, comma-separated
+    /// (http://a:50051,http://b:50051). Events are followed at the leader:
+    /// a follower names it, and a replica that cannot be reached is skipped
+    /// for the next URL; after a failover the stream resumes at the new
+    /// leader from the saved position.
     #[arg(long, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
     pub arbiter: String,
 

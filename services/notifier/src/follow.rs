@@ -5,9 +5,16 @@
 //! breaks it reconnects with back-off, and after `--unreachable-after` the
 //! outage itself is an alert. A timer drives the alerts that come from time
 //! passing (stuck, no watchers, unreachable).
+//!
+//! Given several arbiter replicas ([`Arbiters`]) it follows the leader: a
+//! follower's status (or an `UNAVAILABLE` answer) names it and the next
+//! session goes there at once; a replica that cannot be reached, knows no
+//! leader, or ends the stream (a leader stepping down does) makes it try
+//! the next URL at once. The back-off applies once every URL failed in a
+//! row (with one URL: after every failure, as before).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -16,14 +23,27 @@ use std::{
 };
 
 use restock_domain::Event;
-use restock_proto::v1::{
-    self as pb, GetStatusRequest, WatchEventsRequest,
-    purchase_arbiter_client::PurchaseArbiterClient,
+use restock_proto::{
+    ROLE_FOLLOWER,
+    v1::{
+        self as pb, GetStatusRequest, WatchEventsRequest,
+        purchase_arbiter_client::PurchaseArbiterClient,
+    },
 };
-use restock_runtime::{Backoff, auth::SendToken, error::status_text};
+use restock_runtime::{
+    Backoff,
+    arbiters::{ArbiterTracker, ArbiterUrls},
+    auth::{ClientTlsArgs, SendToken},
+    error::status_text,
+    leader::leader_hint,
+};
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tonic::{
+    Code, Status,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -41,6 +61,81 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// First wait before reconnecting.
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(250);
 
+/// The arbiter URLs, which one to try now, and a lazily connected client
+/// per URL (each with its own TLS set-up: the server name comes from its
+/// host).
+#[derive(Debug)]
+pub struct Arbiters {
+    tracker: ArbiterTracker,
+    tls: ClientTlsArgs,
+    token: SendToken,
+    connect_timeout: Duration,
+    clients: HashMap<String, Client>,
+}
+
+impl Arbiters {
+    /// Makes every URL's client now, so a bad URL or TLS file stops
+    /// start-up with a message naming it.
+    pub fn new(
+        urls: ArbiterUrls,
+        tls: ClientTlsArgs,
+        token: SendToken,
+        connect_timeout: Duration,
+    ) -> Result<Self, crate::StartError> {
+        let mut arbiters = Self {
+            tracker: ArbiterTracker::new(urls.clone()),
+            tls,
+            token,
+            connect_timeout,
+            clients: HashMap::new(),
+        };
+        for url in urls.urls() {
+            arbiters.client(url)?;
+        }
+        Ok(arbiters)
+    }
+
+    /// The URLs given, comma-separated.
+    pub fn describe(&self) -> String {
+        self.tracker.urls().to_string()
+    }
+
+    fn client(&mut self, url: &str) -> Result<Client, crate::StartError> {
+        if let Some(c) = self.clients.get(url) {
+            return Ok(c.clone());
+        }
+        let (dial, tls) = self.tls.load(url)?;
+        let url_error = |source| crate::StartError::ArbiterUrl {
+            url: dial.clone(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(dial.clone()).map_err(url_error)?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(url_error)?;
+        }
+        let endpoint = endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let client =
+            PurchaseArbiterClient::with_interceptor(endpoint.connect_lazy(), self.token.clone());
+        self.clients.insert(url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// `url` answered `status`: follow the leader it names, or move on when
+    /// it was not reached or knows no leader.
+    fn on_error(&mut self, url: &str, status: &Status) {
+        if let Some(leader) = leader_hint(status) {
+            self.tracker.on_hint(&leader);
+        } else if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+            self.tracker.on_failure(url);
+        }
+    }
+}
+
 /// What the status call reads of the follower.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
@@ -51,8 +146,9 @@ pub struct Live {
 /// The event follower; see the module documentation.
 #[derive(Debug)]
 pub struct Follower {
+    /// The replica followed now (or last tried), for logs and the alert.
     pub arbiter_url: String,
-    pub client: Client,
+    pub arbiters: Arbiters,
     pub rules: Rules,
     pub store: Store,
     pub dispatcher: Dispatcher,
@@ -72,8 +168,7 @@ enum Ended {
 impl Follower {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        arbiter_url: String,
-        client: Client,
+        arbiters: Arbiters,
         rules: Rules,
         store: Store,
         dispatcher: Dispatcher,
@@ -83,8 +178,8 @@ impl Follower {
         reconnect_max: Duration,
     ) -> Self {
         Self {
-            arbiter_url,
-            client,
+            arbiter_url: arbiters.tracker.current().to_owned(),
+            arbiters,
             rules,
             store,
             dispatcher,
@@ -111,8 +206,15 @@ impl Follower {
             let now = now_ms();
             self.store
                 .with(|s| self.rules.arbiter_down(&mut s.rules, now));
-            let wait = backoff.next_delay();
-            warn!(arbiter = %self.arbiter_url, error = %reason, retry_in_ms = wait.as_millis() as u64, "cannot follow the arbiter's events; retrying");
+            // Moving to another replica is immediate, until every one
+            // failed in a row.
+            let next_url = self.arbiters.tracker.current().to_owned();
+            let wait = if next_url != self.arbiter_url && !self.arbiters.tracker.should_back_off() {
+                Duration::ZERO
+            } else {
+                backoff.next_delay()
+            };
+            warn!(arbiter = %self.arbiter_url, next_arbiter = %next_url, error = %reason, retry_in_ms = wait.as_millis() as u64, "cannot follow the arbiter's events; retrying");
             self.down_reason = reason;
             let until = Instant::now() + wait;
             loop {
@@ -131,21 +233,47 @@ impl Follower {
         stop: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Ended {
-        let status = match tokio::time::timeout(
-            self.rpc_timeout,
-            self.client.get_status(GetStatusRequest {}),
-        )
-        .await
-        {
-            Err(_) => {
-                return Ended::Lost(format!(
-                    "GetStatus: no answer within {:?}",
-                    self.rpc_timeout
-                ));
+        let url = self.arbiters.tracker.current().to_owned();
+        self.arbiter_url = url.clone();
+        let mut client = match self.arbiters.client(&url) {
+            Ok(c) => c,
+            Err(e) => {
+                // Only a leader's URL met for the first time can get here
+                // (its TLS set-up was not checked at start-up).
+                self.arbiters.tracker.on_failure(&url);
+                return Ended::Lost(e.to_string());
             }
-            Ok(Err(s)) => return Ended::Lost(format!("GetStatus: {}", status_text(&s))),
-            Ok(Ok(r)) => r.into_inner(),
         };
+        let status =
+            match tokio::time::timeout(self.rpc_timeout, client.get_status(GetStatusRequest {}))
+                .await
+            {
+                Err(_) => {
+                    self.arbiters.tracker.on_failure(&url);
+                    return Ended::Lost(format!(
+                        "GetStatus: no answer within {:?}",
+                        self.rpc_timeout
+                    ));
+                }
+                Ok(Err(s)) => {
+                    self.arbiters.on_error(&url, &s);
+                    return Ended::Lost(format!("GetStatus: {}", status_text(&s)));
+                }
+                Ok(Ok(r)) => r.into_inner(),
+            };
+        if status.role == ROLE_FOLLOWER {
+            // A follower's answer holds no state; the leader's does.
+            return Ended::Lost(if status.leader_url.is_empty() {
+                self.arbiters.tracker.on_failure(&url);
+                "this replica does not lead and knows no leader yet".to_owned()
+            } else {
+                self.arbiters.tracker.on_hint(&status.leader_url);
+                format!(
+                    "this replica does not lead; the leader is {}",
+                    status.leader_url
+                )
+            });
+        }
         let view = view_of(&status);
         self.live.test_mode.store(view.test_mode, Ordering::Relaxed);
         let now = now_ms();
@@ -161,21 +289,26 @@ impl Follower {
         });
         let stream = match tokio::time::timeout(
             self.rpc_timeout,
-            self.client.watch_events(WatchEventsRequest {
+            client.watch_events(WatchEventsRequest {
                 from_sequence: from,
             }),
         )
         .await
         {
             Err(_) => {
+                self.arbiters.tracker.on_failure(&url);
                 return Ended::Lost(format!(
                     "WatchEvents: no answer within {:?}",
                     self.rpc_timeout
                 ));
             }
-            Ok(Err(s)) => return Ended::Lost(format!("WatchEvents: {}", status_text(&s))),
+            Ok(Err(s)) => {
+                self.arbiters.on_error(&url, &s);
+                return Ended::Lost(format!("WatchEvents: {}", status_text(&s)));
+            }
             Ok(Ok(r)) => r.into_inner(),
         };
+        self.arbiters.tracker.on_success(&url);
         let mut stream = stream;
         self.store.with(|s| self.rules.arbiter_up(&mut s.rules));
         self.store.persist_until_ok(stop).await;
@@ -189,8 +322,15 @@ impl Follower {
                 _ = ticker.tick() => self.tick(true, stop).await,
                 m = stream.message() => match m {
                     Ok(Some(e)) => self.on_event(e, stop).await,
-                    Ok(None) => return Ended::Lost("the arbiter ended the event stream".to_owned()),
-                    Err(s) => return Ended::Lost(format!("WatchEvents: {}", status_text(&s))),
+                    Ok(None) => {
+                        // A leader that steps down ends its streams.
+                        self.arbiters.tracker.on_failure(&url);
+                        return Ended::Lost("the arbiter ended the event stream".to_owned());
+                    }
+                    Err(s) => {
+                        self.arbiters.on_error(&url, &s);
+                        return Ended::Lost(format!("WatchEvents: {}", status_text(&s)));
+                    }
                 },
             }
         }

@@ -14,7 +14,8 @@
 //! - [`state`]: the state file's format and its atomic write.
 //! - [`delivery`]: the shared [`delivery::Store`], and one worker per
 //!   destination (token bucket, `429`, retries with back-off, deadline).
-//! - [`follow`]: the arbiter connection: status, events, reconnects, timers.
+//! - [`follow`]: the arbiter connection: status, events, reconnects (to the
+//!   leader among the `--arbiter` replicas), timers.
 //! - [`grpc`]: `restock.v1.Notifier` (status, test alerts).
 //! - [`metrics`]: what `/metrics` shows (`--http-listen`).
 //!
@@ -32,11 +33,10 @@ pub mod state;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use restock_proto::v1::{
-    notifier_server::NotifierServer, purchase_arbiter_client::PurchaseArbiterClient,
-};
+use restock_proto::v1::notifier_server::NotifierServer;
 use restock_runtime::{
     announce::ListenError,
+    arbiters::{ArbiterListError, ArbiterUrls},
     auth::{AuthError, AuthPolicy, SendToken, ServerTls},
     grpc::support_routes,
     http::{bind_http, metrics_routes},
@@ -45,7 +45,6 @@ use restock_runtime::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::info;
 
 use crate::{
@@ -53,7 +52,7 @@ use crate::{
     config::NotifierConfig,
     delivery::{DeliverySettings, Store},
     destination::DestinationError,
-    follow::{Follower, Live},
+    follow::{Arbiters, Follower, Live},
     rules::{RuleSettings, Rules},
     state::StateError,
 };
@@ -75,6 +74,8 @@ pub enum StartError {
         url: String,
         source: tonic::transport::Error,
     },
+    #[error("--arbiter: {0}")]
+    ArbiterList(#[from] ArbiterListError),
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("reflection set-up: {0}")]
@@ -109,26 +110,14 @@ pub async fn run(
             .map(Arc::new)
             .collect();
     let server_tls = config.tls.load()?;
-    let (arbiter_url, arbiter_tls) = config.arbiter_tls.load(config.arbiter.trim())?;
     let token = config.token.load()?;
-    let url_error = |source| StartError::ArbiterUrl {
-        url: arbiter_url.clone(),
-        source,
-    };
-    let mut endpoint = Endpoint::from_shared(arbiter_url.clone()).map_err(url_error)?;
-    if let Some(tls) = arbiter_tls {
-        endpoint = endpoint.tls_config(tls).map_err(url_error)?;
-    }
-    let endpoint = endpoint
-        .connect_timeout(config.rpc_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let client = PurchaseArbiterClient::with_interceptor(
-        endpoint.connect_lazy(),
+    let arbiters = Arbiters::new(
+        ArbiterUrls::parse(&config.arbiter)?,
+        config.arbiter_tls.clone(),
         SendToken::new(token.as_ref()),
-    );
+        config.rpc_timeout,
+    )?;
+    let arbiter_url = arbiters.describe();
 
     let state_path = config.state_path();
     let saved = match &state_path {
@@ -217,8 +206,7 @@ pub async fn run(
         unreachable_after: config.unreachable_after,
     });
     let follower = Follower::new(
-        arbiter_url,
-        client,
+        arbiters,
         rules,
         store.clone(),
         dispatcher,

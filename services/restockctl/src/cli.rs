@@ -39,8 +39,13 @@ Durations take a unit (500ms, 2s, 5m) or are seconds (300).";
 #[derive(Debug, Parser)]
 #[command(name = "restockctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The arbiter's gRPC URL (for `health`: any gRPC server). A bare
-    /// host:port means http://host:port.
+    /// The arbiter's gRPC URL, or every replica's, comma-separated
+    /// (http://a:50051,http://b:50051); a bare host:port means
+    /// http://host:port. Every command goes to the leader: a follower's
+    /// status names it, an UNAVAILABLE answer's restock-leader trailer
+    /// too, and a replica that cannot be reached is skipped for the next;
+    /// `events` and `monitor` follow a new leader. For `health`: any gRPC
+    /// server (the first URL).
     #[arg(long, global = true, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
     pub arbiter: String,
 

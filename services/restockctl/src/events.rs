@@ -5,7 +5,6 @@
 
 use std::{io::Write, time::Instant};
 
-use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -23,26 +22,31 @@ pub async fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
-    let mut client = PurchaseArbiterClient::new(target.connect().await?);
-    let (from, until) = if args.follow {
-        let from = match args.from {
-            Some(n) => n,
+    let (at, client, from, until) = if args.follow {
+        match args.from {
+            Some(n) => {
+                let (at, client) = target.connect_leader().await?;
+                (at, client, n, None)
+            }
             // Start after the newest event rather than with "only new
             // events" (0), so that a resume after a disconnect knows where
             // it is even if nothing happened before the disconnect.
-            None => last_sequence(target, &mut client).await? + 1,
-        };
-        (from, None)
+            None => {
+                let (at, client, status) = target.find_leader().await?;
+                (at, client, status.last_event_sequence + 1, None)
+            }
+        }
     } else {
-        let last = last_sequence(target, &mut client).await?;
+        let (at, client, status) = target.find_leader().await?;
+        let last = status.last_event_sequence;
         let from = args.from.unwrap_or(1);
         if from > last || last == 0 {
             return Ok(());
         }
-        (from, Some(last))
+        (at, client, from, Some(last))
     };
     let (tx, mut rx) = mpsc::channel(1024);
-    let _feed = AbortOnDrop(feed::spawn(client, from, tx));
+    let _feed = AbortOnDrop(feed::spawn(target.clone(), at.clone(), client, from, tx));
     // Without --follow a broken stream is retried for --timeout at most.
     let mut lost_since: Option<Instant> = None;
     while let Some(item) = rx.recv().await {
@@ -62,26 +66,36 @@ pub async fn run(
                 }
             }
             FeedItem::Lost {
+                url,
                 error,
                 retry_in,
                 next,
+                next_url,
             } => {
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if !args.follow && since.elapsed() >= target.timeout {
                     return Err(CtlError::Unreachable {
                         role: target.role,
-                        url: target.url.clone(),
+                        url,
                         reason: format!("WatchEvents: {error}"),
                     });
                 }
+                let at = if next_url == url {
+                    String::new()
+                } else {
+                    format!(" at {next_url}")
+                };
                 eprintln!(
-                    "restockctl: event stream from {} lost ({error}); resuming from #{next} in {}",
-                    target.url,
+                    "restockctl: event stream from {url} lost ({error}); resuming from #{next}{at} in {}",
                     duration(retry_in)
                 );
             }
-            FeedItem::Resumed { from } => {
-                eprintln!("restockctl: event stream resumed from #{from}");
+            FeedItem::Resumed { from, url } => {
+                if url == at.url {
+                    eprintln!("restockctl: event stream resumed from #{from}");
+                } else {
+                    eprintln!("restockctl: event stream resumed from #{from} at {url}");
+                }
             }
             FeedItem::Missed { from, to } => {
                 eprintln!(
@@ -91,14 +105,4 @@ pub async fn run(
         }
     }
     Ok(())
-}
-
-async fn last_sequence(
-    target: &Target,
-    client: &mut PurchaseArbiterClient<crate::client::Channel>,
-) -> Result<u64, CtlError> {
-    Ok(target
-        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
-        .await?
-        .last_event_sequence)
 }

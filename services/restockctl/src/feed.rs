@@ -2,15 +2,22 @@
 //! reconnects with backoff and asks for the events after the last one it
 //! passed on, so nothing is shown twice and a gap (events the arbiter no
 //! longer holds) is announced rather than hidden.
+//!
+//! With several arbiter replicas it follows the leader: a stream refused
+//! with the leader's URL goes there at once, and one that breaks or cannot
+//! be opened moves on to the next URL; the back-off applies once every URL
+//! failed in a row.
 
 use std::time::Duration;
 
-use crate::client::Channel;
 use restock_proto::v1::{self as pb, event::Kind, purchase_arbiter_client::PurchaseArbiterClient};
 use restock_runtime::Backoff;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::error::{code_name, describe_status};
+use crate::{
+    client::{ArbiterClient, Target},
+    error::{code_name, describe_status},
+};
 
 /// First wait after a broken stream.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -21,15 +28,19 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     Event(pb::Event),
-    /// The stream broke; the feed tries again after `retry_in`, from `next`.
+    /// The stream from `url` broke; the feed tries again after `retry_in`,
+    /// from `next`, at `next_url` (another replica when it moved on).
     Lost {
+        url: String,
         error: String,
         retry_in: Duration,
         next: u64,
+        next_url: String,
     },
-    /// The stream is open again after a loss.
+    /// The stream is open again after a loss, at `url`.
     Resumed {
         from: u64,
+        url: String,
     },
     /// Events `from..=to` are no longer in the arbiter's history (or were
     /// never numbered: after a restart the numbering jumps, and that jump,
@@ -41,29 +52,87 @@ pub enum FeedItem {
 }
 
 /// Starts following events from sequence `from` (0: only new events) and
-/// sends them to `tx`. The task ends when `tx`'s receiver is dropped.
+/// sends them to `tx`, first over `client`, connected to `at` (a replica of
+/// `target`). The task ends when `tx`'s receiver is dropped.
 pub fn spawn(
-    client: PurchaseArbiterClient<Channel>,
+    target: Target,
+    at: Target,
+    client: ArbiterClient,
     from: u64,
     tx: mpsc::Sender<FeedItem>,
 ) -> JoinHandle<()> {
-    tokio::spawn(follow(client, from, tx))
+    tokio::spawn(follow(target, at, client, from, tx))
 }
 
-async fn follow(mut client: PurchaseArbiterClient<Channel>, from: u64, tx: mpsc::Sender<FeedItem>) {
+async fn follow(
+    target: Target,
+    at: Target,
+    client: ArbiterClient,
+    from: u64,
+    tx: mpsc::Sender<FeedItem>,
+) {
     let mut next = from;
     let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     let mut lost = false;
+    // The replica followed and its client; `None` after it failed, until a
+    // connection to the next one is made.
+    let mut link = Some((at.clone(), client));
+    let mut last_url = at.url;
     loop {
+        let (at, mut client) = match link.take() {
+            Some(l) => l,
+            None => match target.current() {
+                Err(e) => {
+                    // Only the TLS files read again can fail here.
+                    let _ = tx
+                        .send(FeedItem::Lost {
+                            url: last_url.clone(),
+                            error: e.to_string(),
+                            retry_in: BACKOFF_MAX,
+                            next,
+                            next_url: last_url.clone(),
+                        })
+                        .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(BACKOFF_MAX) => continue,
+                        () = tx.closed() => return,
+                    }
+                }
+                Ok(at) => match at.connect().await {
+                    Ok(c) => (at, PurchaseArbiterClient::new(c)),
+                    Err(e) => {
+                        target.moved_on(&at, None);
+                        last_url = at.url.clone();
+                        if !lose(&target, &tx, &mut backoff, &at, e.to_string(), next).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            },
+        };
+        last_url = at.url.clone();
         let opened = client
             .watch_events(pb::WatchEventsRequest {
                 from_sequence: next,
             })
             .await;
         let error = match opened {
-            Err(status) => format!("{}: {}", code_name(status.code()), describe_status(&status)),
+            Err(status) => {
+                target.moved_on(&at, Some(&status));
+                format!("{}: {}", code_name(status.code()), describe_status(&status))
+            }
             Ok(response) => {
-                if lost && tx.send(FeedItem::Resumed { from: next }).await.is_err() {
+                target.worked(&at);
+                if lost
+                    && tx
+                        .send(FeedItem::Resumed {
+                            from: next,
+                            url: at.url.clone(),
+                        })
+                        .await
+                        .is_err()
+                {
                     return;
                 }
                 let mut stream = response.into_inner();
@@ -91,8 +160,13 @@ async fn follow(mut client: PurchaseArbiterClient<Channel>, from: u64, tx: mpsc:
                                 return;
                             }
                         }
-                        Ok(None) => break "the arbiter ended the stream".to_owned(),
+                        Ok(None) => {
+                            // A leader that steps down ends its streams.
+                            target.moved_on(&at, None);
+                            break "the arbiter ended the stream".to_owned();
+                        }
                         Err(status) => {
+                            target.moved_on(&at, Some(&status));
                             break format!(
                                 "{}: {}",
                                 code_name(status.code()),
@@ -104,19 +178,46 @@ async fn follow(mut client: PurchaseArbiterClient<Channel>, from: u64, tx: mpsc:
             }
         };
         lost = true;
-        let retry_in = backoff.next_delay();
-        let item = FeedItem::Lost {
-            error,
-            retry_in,
-            next,
-        };
-        if tx.send(item).await.is_err() {
+        // The same replica again: keep its client (its channel reconnects).
+        if target.current().is_ok_and(|now| now.url == at.url) {
+            link = Some((at.clone(), client));
+        }
+        if !lose(&target, &tx, &mut backoff, &at, error, next).await {
             return;
         }
-        tokio::select! {
-            () = tokio::time::sleep(retry_in) => {}
-            () = tx.closed() => return,
-        }
+    }
+}
+
+/// Tells that the stream from `at` was lost and waits before the next
+/// attempt: not at all when moving on to another replica, unless every
+/// one failed in a row. `false` when nobody listens any more.
+async fn lose(
+    target: &Target,
+    tx: &mpsc::Sender<FeedItem>,
+    backoff: &mut Backoff,
+    at: &Target,
+    error: String,
+    next: u64,
+) -> bool {
+    let next_url = target.current().map_or_else(|_| at.url.clone(), |t| t.url);
+    let retry_in = if next_url != at.url && !target.should_back_off() {
+        Duration::ZERO
+    } else {
+        backoff.next_delay()
+    };
+    let item = FeedItem::Lost {
+        url: at.url.clone(),
+        error,
+        retry_in,
+        next,
+        next_url,
+    };
+    if tx.send(item).await.is_err() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(retry_in) => true,
+        () = tx.closed() => false,
     }
 }
 

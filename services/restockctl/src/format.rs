@@ -227,6 +227,11 @@ pub struct CountersJson {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusJson {
     pub arbiter: String,
+    /// "standalone", "leader" or "follower" (empty from an arbiter that
+    /// predates replicas).
+    pub role: String,
+    /// The leader's URL, when the arbiter is a replica and knows it.
+    pub leader_url: String,
     pub active_lease: Option<LeaseJson>,
     pub products: Vec<ProductJson>,
     pub watchers: Vec<WatcherJson>,
@@ -247,6 +252,8 @@ impl StatusJson {
     pub fn new(arbiter: &str, s: &pb::GetStatusResponse) -> Self {
         Self {
             arbiter: arbiter.to_owned(),
+            role: s.role.clone(),
+            leader_url: s.leader_url.clone(),
             active_lease: s.active_lease.as_ref().map(LeaseJson::from),
             products: s
                 .products

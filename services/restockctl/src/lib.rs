@@ -3,11 +3,13 @@
 //! # Layout
 //!
 //! - [`cli`]: flags, subcommands and their defaults; the exit codes.
-//! - [`client`]: the server URL, connecting, and one call with a time limit.
+//! - [`client`]: the server URL (or the arbiter replicas' URLs, and finding
+//!   the leader among them), connecting, and one call with a time limit.
 //! - [`error`]: what can fail, its message, and its exit code.
 //! - [`format`]: times, durations, enum names, event lines, JSON shapes.
 //! - [`status`]: `status` as tables or JSON.
-//! - [`feed`]: a `WatchEvents` stream that resumes after disconnects.
+//! - [`feed`]: a `WatchEvents` stream that resumes after disconnects (at
+//!   the new leader after a failover).
 //! - [`events`]: `events [--follow] [--from N]`.
 //! - [`monitor`]: `monitor`: follows events and status snapshots, converts
 //!   them to domain types and feeds them to the domain's history checker
@@ -56,12 +58,16 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError> {
-    let (role, url) = match cli.command {
-        Command::Health { .. } => ("server", &cli.arbiter),
-        Command::Notify(_) => ("notifier", &cli.notifier),
-        _ => ("arbiter", &cli.arbiter),
+    let target = match cli.command {
+        // Any one gRPC server: the first --arbiter URL.
+        Command::Health { .. } => {
+            Target::arbiters(&cli.arbiter, cli.timeout, &cli.tls(), &cli.token())?
+                .with_role("server")
+        }
+        Command::Notify(_) => Target::new(&cli.notifier, cli.timeout, "notifier")?
+            .secured(&cli.tls(), &cli.token())?,
+        _ => Target::arbiters(&cli.arbiter, cli.timeout, &cli.tls(), &cli.token())?,
     };
-    let target = Target::new(url, cli.timeout, role)?.secured(&cli.tls(), &cli.token())?;
     let json = cli.json;
     match cli.command {
         Command::Status => status::run(&target, json, out).await.map(|()| EXIT_OK),

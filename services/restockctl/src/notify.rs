@@ -26,10 +26,7 @@ pub async fn test(
     out: &mut dyn Write,
 ) -> Result<u8, CtlError> {
     let mut client = NotifierClient::new(target.connect().await?);
-    let long = Target {
-        timeout: target.timeout.max(TEST_CALL_LIMIT),
-        ..target.clone()
-    };
+    let long = target.with_timeout(target.timeout.max(TEST_CALL_LIMIT));
     let answer = long
         .call(
             "Notifier.SendTest",

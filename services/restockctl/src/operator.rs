@@ -1,11 +1,11 @@
 //! Operator commands: `reset`, `pause`, `resume`, `reload`, and `acquire`,
-//! `renew`, `release` for trying the slot by hand. Each makes one unary call
-//! and prints its answer as a sentence or as JSON.
+//! `renew`, `release` for trying the slot by hand. Each makes one unary call (at the
+//! leader, when `--arbiter` lists replicas) and prints its answer as a
+//! sentence or as JSON.
 
 use std::io::Write;
 
-use crate::client::Channel;
-use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+use restock_proto::v1 as pb;
 use serde::Serialize;
 
 use crate::{
@@ -14,10 +14,6 @@ use crate::{
     error::{CtlError, EXIT_NEGATIVE, EXIT_OK},
     format::{LeaseJson, duration_ms, state_name, time},
 };
-
-async fn client(target: &Target) -> Result<PurchaseArbiterClient<Channel>, CtlError> {
-    Ok(PurchaseArbiterClient::new(target.connect().await?))
-}
 
 fn print_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), CtlError> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
@@ -33,14 +29,12 @@ pub async fn reset(
     out: &mut dyn Write,
 ) -> Result<u8, CtlError> {
     let r = target
-        .call(
-            "ResetProduct",
-            client(target)
-                .await?
-                .reset_product(pb::ResetProductRequest {
-                    tcin: tcin.to_owned(),
-                }),
-        )
+        .leader_call("ResetProduct", |mut c| {
+            let req = pb::ResetProductRequest {
+                tcin: tcin.to_owned(),
+            };
+            async move { c.reset_product(req).await }
+        })
         .await?;
     let previous = state_name(r.previous_state);
     if json {
@@ -70,12 +64,10 @@ pub async fn set_paused(
     out: &mut dyn Write,
 ) -> Result<u8, CtlError> {
     let r = target
-        .call(
-            "SetPaused",
-            client(target)
-                .await?
-                .set_paused(pb::SetPausedRequest { paused }),
-        )
+        .leader_call("SetPaused", |mut c| {
+            let req = pb::SetPausedRequest { paused };
+            async move { c.set_paused(req).await }
+        })
         .await?;
     if json {
         #[derive(Serialize)]
@@ -97,12 +89,10 @@ pub async fn set_paused(
 /// `reload`.
 pub async fn reload(target: &Target, json: bool, out: &mut dyn Write) -> Result<u8, CtlError> {
     let r = target
-        .call(
-            "ReloadConfig",
-            client(target)
-                .await?
-                .reload_config(pb::ReloadConfigRequest {}),
-        )
+        .leader_call("ReloadConfig", |mut c| {
+            let req = pb::ReloadConfigRequest {};
+            async move { c.reload_config(req).await }
+        })
         .await?;
     if json {
         #[derive(Serialize)]
@@ -137,16 +127,14 @@ pub async fn acquire(
     out: &mut dyn Write,
 ) -> Result<u8, CtlError> {
     let r = target
-        .call(
-            "AcquirePurchase",
-            client(target)
-                .await?
-                .acquire_purchase(pb::AcquirePurchaseRequest {
-                    tcin: tcin.to_owned(),
-                    watcher_id: watcher_id.to_owned(),
-                    request_id: request_id.unwrap_or_default().to_owned(),
-                }),
-        )
+        .leader_call("AcquirePurchase", |mut c| {
+            let req = pb::AcquirePurchaseRequest {
+                tcin: tcin.to_owned(),
+                watcher_id: watcher_id.to_owned(),
+                request_id: request_id.unwrap_or_default().to_owned(),
+            };
+            async move { c.acquire_purchase(req).await }
+        })
         .await?;
     if json {
         #[derive(Serialize)]
@@ -214,13 +202,13 @@ pub async fn renew(
     out: &mut dyn Write,
 ) -> Result<u8, CtlError> {
     let r = target
-        .call(
-            "RenewLease",
-            client(target).await?.renew_lease(pb::RenewLeaseRequest {
+        .leader_call("RenewLease", |mut c| {
+            let req = pb::RenewLeaseRequest {
                 lease_id: lease_id.to_owned(),
                 fencing_token: token,
-            }),
-        )
+            };
+            async move { c.renew_lease(req).await }
+        })
         .await?;
     let lease = r.lease.unwrap_or_default();
     if json {
@@ -251,17 +239,15 @@ pub async fn release(
 ) -> Result<u8, CtlError> {
     let outcome = pb::Outcome::from(outcome);
     let r = target
-        .call(
-            "ReleasePurchase",
-            client(target)
-                .await?
-                .release_purchase(pb::ReleasePurchaseRequest {
-                    lease_id: lease_id.to_owned(),
-                    fencing_token: token,
-                    outcome: outcome as i32,
-                    detail: detail.unwrap_or_default().to_owned(),
-                }),
-        )
+        .leader_call("ReleasePurchase", |mut c| {
+            let req = pb::ReleasePurchaseRequest {
+                lease_id: lease_id.to_owned(),
+                fencing_token: token,
+                outcome: outcome as i32,
+                detail: detail.unwrap_or_default().to_owned(),
+            };
+            async move { c.release_purchase(req).await }
+        })
         .await?;
     let state = state_name(r.product_state);
     if json {

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use comfy_table::{Cell, CellAlignment, Table, presets};
-use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+use restock_proto::{ROLE_FOLLOWER, ROLE_STANDALONE, v1 as pb};
 
 use crate::{
     client::Target,
@@ -12,18 +12,16 @@ use crate::{
     format::{StatusJson, duration_ms, outcome_word, shorten, state_name},
 };
 
-/// Fetches the status and prints it.
+/// Fetches the status (the leader's, when `--arbiter` lists replicas: a
+/// follower's answer names the leader, who is asked then) and prints it.
 pub async fn run(target: &Target, json: bool, out: &mut dyn Write) -> Result<(), CtlError> {
-    let mut client = PurchaseArbiterClient::new(target.connect().await?);
-    let status = target
-        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
-        .await?;
+    let (at, _, status) = target.find_leader().await?;
     if json {
-        serde_json::to_writer_pretty(&mut *out, &StatusJson::new(&target.url, &status))
+        serde_json::to_writer_pretty(&mut *out, &StatusJson::new(&at.url, &status))
             .map_err(std::io::Error::from)?;
         writeln!(out)?;
     } else {
-        out.write_all(render(&target.url, &status, crate::format::now_unix_ms()).as_bytes())?;
+        out.write_all(render(&at.url, &status, crate::format::now_unix_ms()).as_bytes())?;
     }
     Ok(())
 }
@@ -54,7 +52,26 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
     } else {
         "running"
     };
-    text.push_str(&format!("Arbiter   {url}  mode {mode}, {paused}\n"));
+    if s.role == ROLE_FOLLOWER {
+        // A follower's answer holds no state: the leader's is the state.
+        let leader = if s.leader_url.is_empty() {
+            "no leader is elected (an election may be under way)".to_owned()
+        } else {
+            format!("the leader is {}", s.leader_url)
+        };
+        text.push_str(&format!(
+            "Arbiter   {url} (follower): {leader}; no replica that leads answered\n"
+        ));
+        return text;
+    }
+    // "standalone" (or an arbiter from before replicas, which says nothing)
+    // is not worth a word; a leader is.
+    let role = if s.role.is_empty() || s.role == ROLE_STANDALONE {
+        String::new()
+    } else {
+        format!(" ({})", s.role)
+    };
+    text.push_str(&format!("Arbiter   {url}{role}  mode {mode}, {paused}\n"));
     match &s.active_lease {
         Some(l) => text.push_str(&format!(
             "Slot      held by product {} (watcher {}), token {}, {} left of {}\n          lease {}\n",
@@ -265,5 +282,35 @@ mod tests {
         assert!(text.contains("cool-down 4.0s left"), "{text}");
         assert!(text.contains("1.0s ago"), "{text}");
         assert!(text.contains("last event #42"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_says_its_role_and_a_follower_only_that() {
+        let leader = pb::GetStatusResponse {
+            role: "leader".into(),
+            ..Default::default()
+        };
+        let text = render("http://a:1", &leader, 0);
+        assert!(
+            text.starts_with("Arbiter   http://a:1 (leader)  mode"),
+            "{text}"
+        );
+        let standalone = pb::GetStatusResponse {
+            role: "standalone".into(),
+            ..Default::default()
+        };
+        let text = render("http://a:1", &standalone, 0);
+        assert!(text.starts_with("Arbiter   http://a:1  mode"), "{text}");
+
+        let follower = pb::GetStatusResponse {
+            role: "follower".into(),
+            ..Default::default()
+        };
+        let text = render("http://b:1", &follower, 0);
+        assert!(
+            text.contains("(follower)") && text.contains("no leader is elected"),
+            "{text}"
+        );
+        assert!(!text.contains("Slot"), "a follower holds no state: {text}");
     }
 }

@@ -1,18 +1,35 @@
-//! Unary calls to the arbiter: renewing and releasing a lease. They go over
-//! their own lazily connected channel, independent of the stock stream, so a
-//! checkout keeps renewing while the stream reconnects. They take and give
-//! domain values (lease ids, fencing tokens, outcomes); the requests and
-//! answers are built and read here only.
+//! The watcher's link to the arbiter replicas, and its unary calls: renewing
+//! and releasing a lease.
+//!
+//! [`ArbiterLink`] knows the `--arbiter` URLs and which one to try now (an
+//! [`ArbiterTracker`] shared by the stream and the unary calls, so what one
+//! learns about the leader the other uses at once), and makes each URL's
+//! endpoint with its own TLS set-up (the server name comes from its host).
+//!
+//! The unary calls go over their own lazily connected channels, independent
+//! of the stock stream, so a checkout keeps renewing while the stream
+//! reconnects. A call answered `UNAVAILABLE` with the leader's URL is sent
+//! again to that leader at once. They take and give domain values (lease
+//! ids, fencing tokens, outcomes); the requests and answers are built and
+//! read here only.
 
-use std::{fmt, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use restock_proto::{
     ConvertError,
     v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient},
 };
 use restock_runtime::{
-    auth::SendToken,
+    arbiters::{ArbiterTracker, ArbiterUrls, Move},
+    auth::{AuthError, ClientTlsArgs, SendToken},
     error::{Chain, status_text},
+    leader::leader_hint,
 };
 use tokio::time::Instant;
 use tonic::{
@@ -48,6 +65,185 @@ pub fn endpoint(
         .keep_alive_while_idle(true))
 }
 
+/// One arbiter URL could not be made into an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TLS files (read again for a URL first met as a leader hint).
+    #[error("TLS towards {url}: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: AuthError,
+    },
+    #[error("arbiter URL {url}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// See the module documentation. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct ArbiterLink(Arc<LinkInner>);
+
+#[derive(Debug)]
+struct LinkInner {
+    tls: ClientTlsArgs,
+    token: SendToken,
+    // A std mutex: nothing awaits while either is held.
+    tracker: Mutex<ArbiterTracker>,
+    /// Lazily connected unary clients, by URL as given.
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl ArbiterLink {
+    /// Checks every URL's endpoint and TLS set-up now, so a bad one stops
+    /// start-up with a message naming it.
+    pub fn new(urls: ArbiterUrls, tls: ClientTlsArgs, token: SendToken) -> Result<Self, LinkError> {
+        let link = Self(Arc::new(LinkInner {
+            tls,
+            token,
+            tracker: Mutex::new(ArbiterTracker::new(urls.clone())),
+            clients: Mutex::new(HashMap::new()),
+        }));
+        for url in urls.urls() {
+            link.endpoint(url)?;
+        }
+        Ok(link)
+    }
+
+    fn tracker(&self) -> MutexGuard<'_, ArbiterTracker> {
+        self.0.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The URL to try now.
+    pub fn current(&self) -> String {
+        self.tracker().current().to_owned()
+    }
+
+    /// The URLs given, comma-separated.
+    pub fn describe(&self) -> String {
+        self.tracker().urls().to_string()
+    }
+
+    /// Does any URL use TLS?
+    pub fn any_tls(&self) -> Result<bool, LinkError> {
+        let urls = self.tracker().urls().clone();
+        for url in urls.urls() {
+            if self.load_tls(url)?.1.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn load_tls(&self, url: &str) -> Result<(String, Option<ClientTlsConfig>), LinkError> {
+        self.0.tls.load(url).map_err(|source| LinkError::Tls {
+            url: url.to_owned(),
+            source,
+        })
+    }
+
+    /// `url`'s endpoint: TLS per URL (with any TLS flag an `http://` URL is
+    /// dialled as `https://`), the server name from its own host. Answers
+    /// the URL dialled too.
+    pub fn endpoint(&self, url: &str) -> Result<(String, Endpoint), LinkError> {
+        let (dial, tls) = self.load_tls(url)?;
+        let endpoint = endpoint(&dial, tls).map_err(|source| LinkError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
+        Ok((dial, endpoint))
+    }
+
+    /// The token sent on every call.
+    pub fn token(&self) -> SendToken {
+        self.0.token.clone()
+    }
+
+    /// `url` worked: it leads (or is the only arbiter).
+    pub fn on_success(&self, url: &str) {
+        self.tracker().on_success(url);
+    }
+
+    /// `url` answered `status` (or could not be reached): follow the leader
+    /// it names, or move on to the next URL when it was not reached or
+    /// knows no leader. Other answers change nothing.
+    pub fn on_error(&self, url: &str, status: &Status) -> Move {
+        if let Some(leader) = leader_hint(status) {
+            return self.tracker().on_hint(&leader);
+        }
+        if moves_on(status.code()) {
+            return self.tracker().on_failure(url);
+        }
+        Move::Stay
+    }
+
+    /// `url` could not be used at all (no connection, no catalog, the
+    /// stream ended): move on to the next URL.
+    pub fn on_failure(&self, url: &str) -> Move {
+        self.tracker().on_failure(url)
+    }
+
+    /// See [`ArbiterTracker::should_back_off`].
+    pub fn should_back_off(&self) -> bool {
+        self.tracker().should_back_off()
+    }
+
+    fn client(&self, url: &str) -> Result<Client, LinkError> {
+        let mut clients = self.0.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(url) {
+            return Ok(c.clone());
+        }
+        let (_, endpoint) = self.endpoint(url)?;
+        let client =
+            PurchaseArbiterClient::with_interceptor(endpoint.connect_lazy(), self.0.token.clone());
+        clients.insert(url.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// One unary call to the current URL. Answered `UNAVAILABLE` with the
+    /// leader's URL, it is made once more at that leader at once; any
+    /// failure moves the tracker on as [`Self::on_error`] says.
+    pub async fn unary<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let url = self.current();
+        let first = self.call_at(&url, &call).await;
+        let Err(status) = first else {
+            return first;
+        };
+        match self.on_error(&url, &status) {
+            Move::ToLeader { to, .. } => self.call_at(&to, &call).await.inspect_err(|s| {
+                self.on_error(&to, s);
+            }),
+            _ => Err(status),
+        }
+    }
+
+    async fn call_at<T, F, Fut>(&self, url: &str, call: &F) -> Result<T, Status>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let client = self.client(url).map_err(|e| {
+            Status::unavailable(format!("cannot use the arbiter at {url}: {}", Chain(&e)))
+        })?;
+        let answer = call(client).await?;
+        self.on_success(url);
+        Ok(answer.into_inner())
+    }
+}
+
+/// Does a status say the URL cannot serve us now (not reached, no leader
+/// known, no answer in time), so the next one is worth a try?
+fn moves_on(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+}
+
 /// Is this status worth retrying (the arbiter was not reached, or is busy)?
 pub fn is_transient(code: Code) -> bool {
     matches!(
@@ -71,6 +267,11 @@ pub struct CallError(Status);
 impl CallError {
     pub fn code(&self) -> Code {
         self.0.code()
+    }
+
+    /// The answer itself (for the leader's URL it may name).
+    pub fn status(&self) -> &Status {
+        &self.0
     }
 
     /// Is it worth retrying (the arbiter was not reached, or is busy)?
@@ -130,16 +331,13 @@ impl fmt::Display for ReleaseAnswer {
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct ArbiterCalls {
-    client: Client,
+    link: ArbiterLink,
     rpc_timeout: Duration,
 }
 
 impl ArbiterCalls {
-    pub fn new(endpoint: &Endpoint, token: SendToken, rpc_timeout: Duration) -> Self {
-        Self {
-            client: PurchaseArbiterClient::with_interceptor(endpoint.connect_lazy(), token),
-            rpc_timeout,
-        }
+    pub fn new(link: ArbiterLink, rpc_timeout: Duration) -> Self {
+        Self { link, rpc_timeout }
     }
 
     /// Releases `lease` with `outcome`, retrying transient failures with a
@@ -156,16 +354,21 @@ impl ArbiterCalls {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut req = tonic::Request::new(pb::ReleasePurchaseRequest {
-                lease_id: lease.lease_id.to_string(),
-                fencing_token: lease.token.get(),
-                outcome: pb::Outcome::from(outcome) as i32,
-                detail: detail.to_owned(),
-            });
-            req.set_timeout(self.rpc_timeout);
-            let status = match self.client.clone().release_purchase(req).await {
-                Ok(resp) => {
-                    let r = resp.into_inner();
+            let answer = self
+                .link
+                .unary(|mut client| {
+                    let mut req = tonic::Request::new(pb::ReleasePurchaseRequest {
+                        lease_id: lease.lease_id.to_string(),
+                        fencing_token: lease.token.get(),
+                        outcome: pb::Outcome::from(outcome) as i32,
+                        detail: detail.to_owned(),
+                    });
+                    req.set_timeout(self.rpc_timeout);
+                    async move { client.release_purchase(req).await }
+                })
+                .await;
+            let status = match answer {
+                Ok(r) => {
                     info!(
                         lease_id = %lease.lease_id,
                         tcin = %lease.tcin,
@@ -221,13 +424,19 @@ impl Renewer for ArbiterCalls {
     /// nothing: it counts as a failed renewal (retried; the checkout stops
     /// when the lease can no longer be trusted).
     async fn renew(&self, lease_id: &LeaseId, token: FencingToken) -> Result<Duration, RenewError> {
-        let mut req = tonic::Request::new(pb::RenewLeaseRequest {
-            lease_id: lease_id.to_string(),
-            fencing_token: token.get(),
-        });
-        req.set_timeout(self.rpc_timeout);
-        match self.client.clone().renew_lease(req).await {
-            Ok(resp) => match resp.into_inner().lease.map(Lease::try_from) {
+        let answer = self
+            .link
+            .unary(|mut client| {
+                let mut req = tonic::Request::new(pb::RenewLeaseRequest {
+                    lease_id: lease_id.to_string(),
+                    fencing_token: token.get(),
+                });
+                req.set_timeout(self.rpc_timeout);
+                async move { client.renew_lease(req).await }
+            })
+            .await;
+        match answer {
+            Ok(r) => match r.lease.map(Lease::try_from) {
                 Some(Ok(renewed)) => Ok(lease::time_left(&renewed)),
                 Some(Err(e)) => Err(RenewError::Unreachable(Box::new(BadRenewal::Lease(e)))),
                 None => Err(RenewError::Unreachable(Box::new(BadRenewal::NoLease))),

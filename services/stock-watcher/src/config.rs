@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use restock_domain::{IdError, Tcin, WatcherId, duration::parse_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
+    arbiters::{ArbiterListError, ArbiterUrls},
     auth::{ClientTlsArgs, ServerTlsArgs, TokenArgs},
     http::HttpListen,
 };
@@ -63,7 +64,11 @@ impl CheckoutKind {
     about = "Polls a stock source, reports in-stock products to the purchase arbiter, and runs a checkout only when the arbiter grants one"
 )]
 pub struct WatcherConfig {
-    /// The purchase arbiter's gRPC URL.
+    /// The purchase arbiter's gRPC URL, or every replica's, comma-separated
+    /// (http://a:50051,http://b:50051,http://c:50051). The watcher streams
+    /// to the leader: it starts with the first URL, goes straight to the
+    /// leader a replica names, and tries the next URL when one cannot be
+    /// reached; it backs off only once every URL failed in a row.
     #[arg(long, env = "RESTOCK_ARBITER", default_value = DEFAULT_ARBITER)]
     pub arbiter: String,
 
@@ -202,7 +207,8 @@ pub enum CheckoutSettings {
 /// The flags, checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub arbiter: String,
+    /// One URL, or every replica's.
+    pub arbiter: ArbiterUrls,
     pub watcher_id: WatcherId,
     /// Empty means every product of the catalog.
     pub products: Vec<Tcin>,
@@ -239,6 +245,8 @@ pub enum ConfigError {
     ArbiterUrl { value: String, source: UrlError },
     #[error("--arbiter {0:?} must start with http:// or https://")]
     ArbiterScheme(String),
+    #[error("--arbiter: {0}")]
+    ArbiterList(#[source] ArbiterListError),
     #[error("--products: {0}")]
     Products(#[source] IdError),
     #[error("{flag} {value:?} is too short; at least 10ms")]
@@ -272,14 +280,23 @@ impl WatcherConfig {
             Some(id) => WatcherId::parse(id.trim()).map_err(ConfigError::WatcherId)?,
             None => default_watcher_id(),
         };
-        let arbiter = self.arbiter.trim().to_owned();
-        let parsed = reqwest::Url::parse(&arbiter).map_err(|source| ConfigError::ArbiterUrl {
-            value: arbiter.clone(),
-            source,
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ConfigError::ArbiterScheme(arbiter));
+        // Each entry as one URL was checked before replicas existed (same
+        // errors), then the list as a whole (empty entries, duplicates).
+        for entry in self
+            .arbiter
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let parsed = reqwest::Url::parse(entry).map_err(|source| ConfigError::ArbiterUrl {
+                value: entry.to_owned(),
+                source,
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(ConfigError::ArbiterScheme(entry.to_owned()));
+            }
         }
+        let arbiter = ArbiterUrls::parse(&self.arbiter).map_err(ConfigError::ArbiterList)?;
         let mut products = Vec::new();
         for p in self
             .products
@@ -481,6 +498,27 @@ mod tests {
         .unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(5));
         assert!(with(&["--poll-interval", "soon"]).contains("--poll-interval"));
+    }
+
+    #[test]
+    fn arbiter_takes_a_list_of_replicas() {
+        let url = ["--checkout-url", "http://x/checkout"];
+        let with = |arbiter: &'static str| {
+            let mut v: Vec<&str> = url.to_vec();
+            v.extend_from_slice(&["--arbiter", arbiter]);
+            parse(&v)
+        };
+        let s = with(" http://a:1, https://b:2 ,http://c:3").unwrap();
+        assert_eq!(
+            s.arbiter.urls(),
+            ["http://a:1", "https://b:2", "http://c:3"]
+        );
+        let e = with("http://a:1,http://a:1/").unwrap_err();
+        assert!(e.starts_with("--arbiter") && e.contains("twice"), "{e}");
+        let e = with("http://a:1,b:2").unwrap_err();
+        assert!(e.contains("--arbiter") && e.contains("\"b:2\""), "{e}");
+        let e = with("http://a:1,,http://c:3").unwrap_err();
+        assert!(e.contains("--arbiter") && e.contains("entry 2"), "{e}");
     }
 
     #[test]

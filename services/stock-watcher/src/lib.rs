@@ -11,12 +11,15 @@
 //!   time limits and the source's back-off.
 //! - `book`: what the source said and what the arbiter was told; decides
 //!   each stock report.
-//! - `session`: the `StreamStock` stream, reconnecting with back-off.
+//! - `session`: the `StreamStock` stream, reconnecting to the leader among
+//!   the `--arbiter` replicas (with back-off once every URL failed).
 //! - `runner`: turns a grant into one checkout and releases it.
 //! - `lease`: the lease keeper: renews, and stops the checkout when the
 //!   lease can no longer be trusted (unit-tested with paused time).
 //! - `checkout`: the HTTP and command checkouts.
-//! - `arbiter`: unary calls to the arbiter (renew, release).
+//! - `arbiter`: the link to the arbiter replicas (which URL to try now,
+//!   each URL's endpoint and TLS) and the unary calls (renew, release),
+//!   sent again at once to the leader a follower names.
 //! - `status`: the `restock.v1.StockWatcher` status service.
 //! - `state`: the shared state behind those.
 //! - `metrics`: the watcher's Prometheus metrics, served on
@@ -76,7 +79,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::{
-    arbiter::ArbiterCalls,
+    arbiter::{ArbiterCalls, ArbiterLink},
     checkout::{Checkout, CommandCheckout, HttpCheckout},
     config::{CheckoutSettings, SourceKind, WatcherConfig},
     poller::PollSettings,
@@ -104,8 +107,10 @@ pub enum StartError {
     Source(#[from] source::target::SetupError),
     #[error("checkout HTTP client: {0}")]
     CheckoutClient(#[from] reqwest::Error),
-    #[error("arbiter URL: {0}")]
-    ArbiterUrl(#[source] tonic::transport::Error),
+    /// An `--arbiter` URL's endpoint or TLS set-up (the error names the
+    /// URL).
+    #[error("--arbiter: {0}")]
+    ArbiterUrl(#[source] arbiter::LinkError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
@@ -132,9 +137,16 @@ pub async fn run(
     // TLS files and the token are read first, so a bad one stops start-up
     // with a message naming it.
     let tls = config.tls.load()?;
-    let (arbiter_url, arbiter_tls) = config.arbiter_tls.load(&settings.arbiter)?;
     let token = config.token.load()?;
     let send_token = SendToken::new(token.as_ref());
+    let link = ArbiterLink::new(
+        settings.arbiter.clone(),
+        config.arbiter_tls.clone(),
+        send_token.clone(),
+    )
+    .map_err(StartError::ArbiterUrl)?;
+    let arbiter_tls = link.any_tls().map_err(StartError::ArbiterUrl)?;
+    let arbiter_url = link.describe();
     let open = if config.public_status {
         vec![format!(
             "/{}/GetWatcherStatus",
@@ -178,9 +190,7 @@ pub async fn run(
             settings.checkout_timeout,
         )),
     };
-    let endpoint =
-        arbiter::endpoint(&arbiter_url, arbiter_tls.clone()).map_err(StartError::ArbiterUrl)?;
-    let calls = ArbiterCalls::new(&endpoint, send_token.clone(), settings.rpc_timeout);
+    let calls = ArbiterCalls::new(link.clone(), settings.rpc_timeout);
     let (catalog_tx, catalog_rx) = watch::channel(None);
     let (plan_tx, plan_rx) = watch::channel(None);
     let runner = CheckoutRunner::new(
@@ -228,7 +238,7 @@ pub async fn run(
         products = ?settings.products.iter().map(ToString::to_string).collect::<Vec<_>>(),
         tls = tls.is_some(),
         mutual_tls = tls.as_ref().is_some_and(|t| t.mutual),
-        arbiter_tls = arbiter_tls.is_some(),
+        arbiter_tls,
         auth = auth.is_on(),
         public_status = config.public_status,
         http_listen = %config.http_listen,
@@ -276,9 +286,7 @@ pub async fn run(
     let session_stop = CancellationToken::new();
     let session = tokio::spawn(
         Session {
-            url: arbiter_url,
-            endpoint,
-            token: send_token,
+            link,
             watcher_id: settings.watcher_id.clone(),
             state: state.clone(),
             runner: runner.clone(),

@@ -1,5 +1,8 @@
-//! The arbiter session: keeps one `StreamStock` stream open, reconnecting with
-//! exponential back-off and jitter after any failure.
+//! The arbiter session: keeps one `StreamStock` stream open, with the leader
+//! among the `--arbiter` URLs, reconnecting after any failure: straight to
+//! the leader a replica named, else to the next URL given, and with
+//! exponential back-off and jitter once every URL failed in a row (with one
+//! URL: after every failure, as before replicas existed).
 //!
 //! On every (re)connect the first report names the watcher and carries the
 //! current in-stock state, so the arbiter knows at once what this watcher
@@ -20,22 +23,21 @@ use std::{sync::Arc, time::Duration};
 use restock_proto::v1::{
     self as pb, arbiter_message::Kind, purchase_arbiter_client::PurchaseArbiterClient,
 };
-use restock_runtime::auth::SendToken;
 use tokio::{
     sync::{mpsc, watch},
     time::{Instant, MissedTickBehavior},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Streaming, transport::Endpoint};
+use tonic::{Code, Streaming};
 use tracing::{error, info, warn};
 
 use restock_domain::{Catalog, FencingToken, Lease, LeaseId, Tcin, WatcherId};
 use restock_proto::ConvertError;
-use restock_runtime::{backoff::Backoff, error::Chain};
+use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::leader_hint};
 
 use crate::{
-    arbiter::CallError,
+    arbiter::{ArbiterLink, CallError, LinkError},
     book::ReportContent,
     poller::PollTurn,
     runner::{CheckoutRunner, Revocation},
@@ -54,6 +56,8 @@ const OUTBOUND_BUFFER: usize = 64;
 /// Why a stream ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    #[error("{0}")]
+    Link(#[source] LinkError),
     #[error("cannot connect to the arbiter at {url}: {source}")]
     Connect {
         url: String,
@@ -63,6 +67,9 @@ pub enum StreamError {
     Refused(#[source] CallError),
     #[error("the arbiter is shutting down: {0}")]
     ArbiterStopping(#[source] CallError),
+    /// A replica that does not lead (it names the leader when it knows).
+    #[error("this arbiter replica does not lead: {0}")]
+    NotLeader(#[source] CallError),
     #[error("another stream with this watcher id replaced this one: {0}")]
     Replaced(#[source] CallError),
     #[error("the stream failed: {0}")]
@@ -85,9 +92,26 @@ impl StreamError {
     /// going away, ABORTED a newer stream with this watcher's id.
     fn from_status(s: tonic::Status) -> Self {
         match s.code() {
+            Code::Unavailable if is_not_leader(&s) => Self::NotLeader(s.into()),
             Code::Unavailable => Self::ArbiterStopping(s.into()),
             Code::Aborted => Self::Replaced(s.into()),
             _ => Self::Failed(s.into()),
+        }
+    }
+
+    /// Moves `link` on from `url` as this end says: to the leader a replica
+    /// named, or to the next URL when `url` could not be reached, knows no
+    /// leader, stopped, or gave no catalog. A stream refused or replaced by
+    /// a leader that answers stays with it.
+    fn move_link(&self, link: &ArbiterLink, url: &str) -> Move {
+        match self {
+            Self::Refused(e) | Self::ArbiterStopping(e) | Self::NotLeader(e) | Self::Failed(e) => {
+                link.on_error(url, e.status())
+            }
+            Self::Link(_) | Self::Connect { .. } | Self::Ended | Self::NoCatalog(_) => {
+                link.on_failure(url)
+            }
+            Self::Replaced(_) | Self::CatalogNotFirst | Self::BadCatalog(_) => Move::Stay,
         }
     }
 }
@@ -95,10 +119,8 @@ impl StreamError {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Session {
-    pub url: String,
-    pub endpoint: Endpoint,
-    /// Sent on every (re)connect.
-    pub token: SendToken,
+    /// The arbiter URLs and which one leads, shared with the unary calls.
+    pub link: ArbiterLink,
     pub watcher_id: WatcherId,
     pub state: SharedState,
     pub runner: CheckoutRunner,
@@ -119,7 +141,8 @@ impl Session {
         let mut streams = 0u64;
         loop {
             let started = Instant::now();
-            let ended = self.one_stream(&stop, &mut streams).await;
+            let url = self.link.current();
+            let ended = self.one_stream(&url, &stop, &mut streams).await;
             // Cut off from the arbiter: our own schedule until the next plan.
             self.plans.send_replace(None);
             {
@@ -133,19 +156,39 @@ impl Session {
             };
             match &e {
                 StreamError::Replaced(_) => error!(
-                    arbiter = %self.url,
+                    arbiter = %url,
                     watcher_id = %self.watcher_id,
                     error = %Chain(&e),
                     "arbiter stream lost: is another watcher running with the same --watcher-id?"
                 ),
-                _ => warn!(arbiter = %self.url, error = %Chain(&e), "arbiter stream lost"),
+                _ => warn!(arbiter = %url, error = %Chain(&e), "arbiter stream lost"),
             }
             if started.elapsed() >= STABLE_AFTER {
                 backoff.reset();
             }
-            let delay = backoff.next_delay();
+            // Moving to a named leader or to the next URL is immediate; the
+            // back-off is for an arbiter that failed again, or for a whole
+            // round of URLs that failed. (The unary calls may have found
+            // the leader already: then the stream follows them.)
+            let step = e.move_link(&self.link, &url);
+            let moved = self.link.current() != url;
+            let back_off = !moved || self.link.should_back_off();
+            let why = match step {
+                Move::ToLeader { .. } => "the replica named the leader",
+                Move::ToNext { .. } if back_off => "every arbiter URL failed in a row",
+                Move::ToNext { .. } => "trying the next arbiter URL",
+                Move::Stay if moved => "a renewal or release found the leader",
+                Move::Stay => "the same arbiter again",
+            };
+            let delay = if back_off {
+                backoff.next_delay()
+            } else {
+                Duration::ZERO
+            };
             info!(
-                arbiter = %self.url,
+                arbiter = %self.link.current(),
+                previous = %url,
+                reason = why,
                 delay_ms = delay.as_millis() as u64,
                 "reconnecting to the arbiter"
             );
@@ -159,18 +202,20 @@ impl Session {
     /// One stream, from connecting to its end. `Ok` only on shutdown.
     async fn one_stream(
         &self,
+        url: &str,
         stop: &CancellationToken,
         streams: &mut u64,
     ) -> Result<(), StreamError> {
-        let connect = self.endpoint.connect();
+        let (dial, endpoint) = self.link.endpoint(url).map_err(StreamError::Link)?;
+        let connect = endpoint.connect();
         let channel = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             c = connect => c.map_err(|source| StreamError::Connect {
-                url: self.url.clone(),
+                url: dial,
                 source,
             })?,
         };
-        let mut client = PurchaseArbiterClient::with_interceptor(channel, self.token.clone());
+        let mut client = PurchaseArbiterClient::with_interceptor(channel, self.link.token());
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let hello = {
             let mut st = self.state.lock();
@@ -206,8 +251,11 @@ impl Session {
             Ok(Ok(Some(_))) => return Err(StreamError::CatalogNotFirst),
         };
         let mut refresh_every = self.take_catalog(catalog)?;
+        // A catalog comes only from the leader (or a lone arbiter).
+        self.link.on_success(url);
         {
             let mut st = self.state.lock();
+            st.arbiter_url = url.to_owned();
             st.arbiter_connected = true;
             st.arbiter_connected_since_unix_ms = unix_ms();
             if *streams > 0 {
@@ -217,7 +265,7 @@ impl Session {
         self.state.metrics().set_arbiter_connected(true);
         *streams += 1;
         info!(
-            arbiter = %self.url,
+            arbiter = %url,
             watcher_id = %self.watcher_id,
             in_stock,
             "connected to the arbiter"
@@ -365,6 +413,11 @@ impl Session {
             .await
             .map_err(|_| StreamError::Ended)
     }
+}
+
+/// A replica's "not the leader" answer (with or without the leader's URL).
+fn is_not_leader(s: &tonic::Status) -> bool {
+    leader_hint(s).is_some() || s.message().contains("not the leader")
 }
 
 /// The arbiter's catalog as a domain [`Catalog`], in priority order.

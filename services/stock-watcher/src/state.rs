@@ -26,6 +26,8 @@ pub use restock_domain::timestamp::now_unix_ms as unix_ms;
 pub struct Inner {
     pub book: StockBook,
     pub arbiter_connected: bool,
+    /// The arbiter URL of the current (or last) stream; empty before one.
+    pub arbiter_url: String,
     pub arbiter_connected_since_unix_ms: u64,
     pub reconnects: u64,
     /// The source asked us to pause until then.

@@ -31,7 +31,12 @@ impl StatusService {
         let st = self.state.lock();
         pb::GetWatcherStatusResponse {
             watcher_id: self.watcher_id.to_string(),
-            arbiter: self.arbiter.clone(),
+            // The replica streamed with (the leader), else the URLs given.
+            arbiter: if st.arbiter_url.is_empty() {
+                self.arbiter.clone()
+            } else {
+                st.arbiter_url.clone()
+            },
             arbiter_connected: st.arbiter_connected,
             arbiter_connected_since_unix_ms: if st.arbiter_connected {
                 st.arbiter_connected_since_unix_ms

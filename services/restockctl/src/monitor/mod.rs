@@ -15,19 +15,18 @@ use std::{
     time::Duration,
 };
 
-use crate::client::Channel;
 use restock_domain::{
     Event, Status,
     history::{Checker, Notice},
 };
-use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient};
+use restock_proto::{ROLE_FOLLOWER, v1 as pb};
 use tokio::{sync::mpsc, task::JoinHandle, time::MissedTickBehavior};
 
 pub use report::{Report, Window};
 
 use crate::{
     cli::MonitorArgs,
-    client::Target,
+    client::{ArbiterClient, Target},
     error::CtlError,
     feed::{self, AbortOnDrop, FeedItem},
     format::{duration, now_unix_ms},
@@ -44,11 +43,8 @@ pub async fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<bool, CtlError> {
-    let mut client = PurchaseArbiterClient::new(target.connect().await?);
     let started = now_unix_ms();
-    let first = target
-        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
-        .await?;
+    let (at, client, first) = target.find_leader().await?;
     let mut monitor = Checker::new(args.stuck_after);
     // Progress goes to stderr, and only to a terminal: never into a log or a
     // pipe.
@@ -62,17 +58,24 @@ pub async fn run(
     live.notices(observe_status(&mut monitor, first, now_unix_ms()))?;
 
     let (event_tx, mut events) = mpsc::channel(1024);
-    let _feed = AbortOnDrop(feed::spawn(client.clone(), first_sequence + 1, event_tx));
+    let _feed = AbortOnDrop(feed::spawn(
+        target.clone(),
+        at.clone(),
+        client.clone(),
+        first_sequence + 1,
+        event_tx,
+    ));
     let (status_tx, mut statuses) = mpsc::channel(4);
     let _poller = AbortOnDrop(spawn_poller(
         target.clone(),
+        at.clone(),
         client,
         args.interval,
         status_tx,
     ));
     live.line(&format!(
         "monitoring {} for {}: status every {}, stuck after {}; from event #{}",
-        target.url,
+        at.url,
         duration(args.duration),
         duration(args.interval),
         duration(args.stuck_after),
@@ -96,7 +99,7 @@ pub async fn run(
             }
             Some(item) = events.recv() => match item {
                 FeedItem::Event(e) => live.notices(observe_event(&mut monitor, e, now_unix_ms()))?,
-                FeedItem::Lost { error, retry_in, next } => {
+                FeedItem::Lost { error, retry_in, next, .. } => {
                     if stream_lost_at.is_none() {
                         stream_lost_at = Some(now_unix_ms());
                         let message = format!(
@@ -106,7 +109,7 @@ pub async fn run(
                         live.notices(monitor.warn(message, now_unix_ms()))?;
                     }
                 }
-                FeedItem::Resumed { from } => {
+                FeedItem::Resumed { from, .. } => {
                     let lost_for = stream_lost_at
                         .take()
                         .map_or(0, |at| now_unix_ms().saturating_sub(at));
@@ -156,7 +159,7 @@ pub async fn run(
     let report = Report::new(
         &monitor,
         Window {
-            arbiter: target.url.clone(),
+            arbiter: at.url.clone(),
             started_unix_ms: started,
             ended_unix_ms: now_unix_ms(),
             interrupted,
@@ -208,21 +211,53 @@ fn observe_status(
 
 /// Takes a status snapshot every `interval` and sends it with its arrival
 /// time. A slow answer delays the next one rather than piling calls up.
+/// After a failed one, or a snapshot from a replica that no longer leads,
+/// the next is taken from the leader found anew (with several replicas).
 fn spawn_poller(
     target: Target,
-    mut client: PurchaseArbiterClient<Channel>,
+    at: Target,
+    client: ArbiterClient,
     interval: Duration,
     tx: mpsc::Sender<Result<(pb::GetStatusResponse, u64), CtlError>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut link = Some((at, client));
         loop {
             ticker.tick().await;
-            let polled = target
-                .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
-                .await
-                .map(|s| (s, now_unix_ms()));
+            let polled = match link.take() {
+                Some((at, mut client)) => {
+                    let answer = at
+                        .call("GetStatus", client.get_status(pb::GetStatusRequest {}))
+                        .await;
+                    let leads = answer.as_ref().is_ok_and(|s| s.role != ROLE_FOLLOWER);
+                    if leads || !target.has_replicas() {
+                        link = Some((at, client));
+                    }
+                    answer
+                }
+                None => target.find_leader().await.map(|(at, client, s)| {
+                    link = Some((at, client));
+                    s
+                }),
+            }
+            .and_then(|s| {
+                // A follower's answer holds no state: not a snapshot.
+                if s.role == ROLE_FOLLOWER {
+                    Err(CtlError::Unreachable {
+                        role: target.role,
+                        url: target.url.clone(),
+                        reason: format!(
+                            "GetStatus: no replica that leads answered (a follower names the leader as {:?})",
+                            s.leader_url
+                        ),
+                    })
+                } else {
+                    Ok(s)
+                }
+            })
+            .map(|s| (s, now_unix_ms()));
             if tx.send(polled).await.is_err() {
                 return;
             }

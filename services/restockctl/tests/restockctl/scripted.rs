@@ -281,3 +281,166 @@ async fn monitor_against_an_unreachable_arbiter_says_so() {
         out.show()
     );
 }
+
+/// A follower's status: it names `leader`, and nothing else.
+fn follower_of(leader: &str) -> pb::GetStatusResponse {
+    pb::GetStatusResponse {
+        role: restock_proto::ROLE_FOLLOWER.into(),
+        leader_url: leader.into(),
+        unix_ms: now_ms(),
+        ..Default::default()
+    }
+}
+
+/// Two replicas, the follower listed first, and an address where nobody
+/// listens: `status` shows the leader's state (found through the follower's
+/// answer, or past the dead address), saying which replica answered and
+/// that it leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_finds_the_leader_among_the_replicas() {
+    let leader = ScriptedArbiter::start(Script::new().statuses([pb::GetStatusResponse {
+        role: restock_proto::ROLE_LEADER.into(),
+        leader_url: String::new(),
+        ..ready(7)
+    }]))
+    .await;
+    let follower =
+        ScriptedArbiter::start(Script::new().statuses([follower_of(&leader.url())])).await;
+    let closed = ClosedPort::new();
+
+    let list = format!("{},{}", follower.url(), leader.url());
+    let out = ctl(&["--arbiter", &list, "--json", "status"]).await;
+    assert_eq!(out.code, 0, "{}", out.show());
+    let v = out.json();
+    assert_eq!(v["arbiter"], leader.url(), "{}", out.show());
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["last_event_sequence"], 7);
+    assert_eq!(
+        follower.calls(),
+        [restock_testkit::scripted::Call::GetStatus]
+    );
+
+    // Text: the replica that answered and its role; a dead first URL is
+    // skipped.
+    let list = format!("{},{}", closed.url(), leader.url());
+    let out = ctl(&["--arbiter", &list, "status"]).await;
+    assert_eq!(out.code, 0, "{}", out.show());
+    assert!(
+        out.stdout
+            .starts_with(&format!("Arbiter   {} (leader)  mode", leader.url())),
+        "{}",
+        out.show()
+    );
+
+    // A list with a bad entry is a usage error naming it.
+    let out = ctl(&[
+        "--arbiter",
+        &format!("{},ftp://x:1", leader.url()),
+        "status",
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}", out.show());
+    assert!(out.stderr.contains("ftp://x:1"), "{}", out.show());
+}
+
+/// A replica that no longer leads answers a release UNAVAILABLE with the
+/// leader's URL in the `restock-leader` trailer: `release` makes it again
+/// at once at that leader, which takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_refused_by_a_follower_is_made_at_the_leader_it_names() {
+    let leader = ScriptedArbiter::start(Script::new()).await;
+    let follower = ScriptedArbiter::start(Script::new()).await;
+    follower.step_down(Some(&leader.url()));
+    let list = format!("{},{}", follower.url(), leader.url());
+    let out = ctl(&[
+        "--arbiter",
+        &list,
+        "release",
+        "lease-1",
+        "1",
+        "--outcome",
+        "purchased",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.show());
+    let taken: Vec<String> = leader.releases().into_iter().map(|r| r.lease_id).collect();
+    assert_eq!(taken, ["lease-1"], "{}", out.show());
+    assert_eq!(follower.releases().len(), 1, "asked once, refused");
+
+    // With only the follower listed, the hint still leads to the leader.
+    let out = ctl(&[
+        "--arbiter",
+        &follower.url(),
+        "release",
+        "lease-2",
+        "1",
+        "--outcome",
+        "purchased",
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{}", out.show());
+    assert_eq!(leader.releases().len(), 2, "{}", out.show());
+}
+
+/// `events --follow` given two replicas follows the leader the follower
+/// names, and when that leader steps down (its stream ends) it resumes at
+/// the new leader after the last event it printed: nothing twice, nothing
+/// missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_moves_to_the_new_leader_from_where_it_was() {
+    // Both replicas read the same history (as from one store): #2 GRANTED,
+    // #3 RELEASED; the second, leading later, holds #4 GRANTED too.
+    let history = History::starting(2, now_ms())
+        .granted("100", "lease-1", 1)
+        .released("100", "lease-1", 1);
+    let more = history.clone().granted("100", "lease-2", 2);
+    let first = ScriptedArbiter::start(
+        Script::new()
+            .statuses([pb::GetStatusResponse {
+                role: restock_proto::ROLE_LEADER.into(),
+                ..ready(4)
+            }])
+            .events(history.into_events()),
+    )
+    .await;
+    let second = ScriptedArbiter::start(
+        Script::new()
+            .statuses([follower_of(&first.url())])
+            .events(more.into_events()),
+    )
+    .await;
+    second.step_down(Some(&first.url()));
+
+    let list = format!("{},{}", second.url(), first.url());
+    let follow = crate::helpers::Background::start(&[
+        "--arbiter",
+        &list,
+        "events",
+        "--follow",
+        "--from",
+        "2",
+    ]);
+    follow
+        .wait_for(false, "RELEASED 100", std::time::Duration::from_secs(10))
+        .await;
+
+    second.lead();
+    first.step_down(Some(&second.url()));
+    // The second grant (#4) only the new leader holds.
+    follow
+        .wait_for(false, "lease=lease-2", std::time::Duration::from_secs(10))
+        .await;
+    let lines = follow.stdout_lines();
+    let sequences: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(sequences, ["#2", "#3", "#4"], "{lines:#?}");
+    follow
+        .wait_for(
+            true,
+            &format!("event stream resumed from #4 at {}", second.url()),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+}

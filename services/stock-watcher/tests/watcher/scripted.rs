@@ -276,3 +276,76 @@ async fn health_and_reflection_are_served() {
     assert!(answers.next().await.unwrap().is_ok());
     watcher.stop().await;
 }
+
+/// Two replicas, the follower listed first: the watcher goes straight to the
+/// leader it names. After a failover (the leader steps down naming the
+/// other, which leads now and knows the lease) the running checkout's lease
+/// is renewed at the new leader within its deadline, the checkout carries
+/// on, and the stream moves there too, opening with a full report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_follows_the_leader_through_a_failover() {
+    let a = ScriptedArbiter::start(Script::new()).await;
+    let b = ScriptedArbiter::start(Script::new()).await;
+    b.step_down(Some(&a.url()));
+    let store = StoreStub::start().await;
+    store.set_checkout_mode(CheckoutMode::Hang);
+    let watcher = InProcess::start(&format!("{},{}", b.url(), a.url()), &store).await;
+    eventually(
+        "the stream at the leader",
+        Duration::from_secs(5),
+        || async { a.connected().then_some(()) },
+    )
+    .await;
+    assert!(!b.connected(), "the follower holds no stream");
+    assert!(b.reports().is_empty(), "{:?}", b.reports());
+
+    let granted = lease("lease-1", "100", "w1", 1, TTL);
+    a.grant(granted.clone()).await;
+    eventually("the checkout POST", Duration::from_secs(5), || async {
+        store.checkouts().into_iter().next()
+    })
+    .await;
+    eventually(
+        "a renewal at the first leader",
+        Duration::from_secs(3),
+        || async { a.renewed("lease-1").then_some(()) },
+    )
+    .await;
+
+    // Failover.
+    b.adopt(granted);
+    b.lead();
+    a.step_down(Some(&b.url()));
+    let failover = std::time::Instant::now();
+    eventually(
+        "a renewal at the new leader",
+        Duration::from_secs(3),
+        || async { b.renewed("lease-1").then_some(()) },
+    )
+    .await;
+    eventually(
+        "the stream at the new leader",
+        Duration::from_secs(5),
+        || async { b.connected().then_some(()) },
+    )
+    .await;
+    let hello = eventually("the first report", Duration::from_secs(5), || async {
+        b.reports().into_iter().next()
+    })
+    .await;
+    assert_eq!(hello.watcher_id, "w1");
+    assert_eq!(hello.polling, ["100"], "{hello:?}");
+
+    // Longer than the TTL after the failover, the checkout still runs.
+    tokio::time::sleep(TTL.saturating_sub(failover.elapsed()) + Duration::from_millis(500)).await;
+    let checkout = &store.checkouts()[0];
+    assert!(
+        checkout.ended_at.is_none() && !checkout.dropped,
+        "the checkout carries on: {checkout:?}"
+    );
+    assert!(
+        b.releases().is_empty() && a.releases().is_empty(),
+        "nothing released while the checkout runs"
+    );
+    watcher.stop().await;
+}
