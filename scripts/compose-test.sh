@@ -326,23 +326,24 @@ replica_status() {
     python3 -c "import json,sys; s=json.load(sys.stdin); print($2)"
 }
 # find_leader SERVICE...: sets $leader when exactly one of these replicas says it leads and
-# every other one names it (its advertise URL, http://SERVICE:50051) as the leader; else
-# prints what each said and fails.
+# every other one names it (its advertise URL, http://SERVICE:50051) as the leader, all in one
+# round of GetStatus; $ha_seen is what each said. The first time one alone says it leads,
+# sets $ha_one_leader_ms (unix ms) if empty.
 find_leader() {
-  local svc line leaders=() followers_ok=1
+  local svc line leaders=()
+  local -A said=()
   ha_seen=""
   for svc in "$@"; do
     line="$(replica_status "$svc" "s.get('role', '') + ' ' + s.get('leaderUrl', '-')" 2>/dev/null)" || line="(no answer)"
+    said[$svc]="$line"
     ha_seen+="$svc: $line; "
     if [ "${line%% *}" = leader ]; then leaders+=("$svc"); fi
   done
   [ "${#leaders[@]}" = 1 ] || return 1
+  [ -n "${ha_one_leader_ms:-}" ] || ha_one_leader_ms="$(now_ms)"
   for svc in "$@"; do
-    [ "$svc" = "${leaders[0]}" ] && continue
-    line="$(replica_status "$svc" "s.get('role', '') + ' ' + s.get('leaderUrl', '-')" 2>/dev/null)" || return 1
-    [ "$line" = "follower http://${leaders[0]}:50051" ] || followers_ok=0
+    [ "$svc" = "${leaders[0]}" ] || [ "${said[$svc]}" = "follower http://${leaders[0]}:50051" ] || return 1
   done
-  (( followers_ok )) || return 1
   leader="${leaders[0]}"
 }
 # wait_leader SECONDS SERVICE...: like wait_for, polling every 0.2 s (the failover gap is measured
@@ -350,6 +351,7 @@ find_leader() {
 wait_leader() {
   local limit="$1"; shift
   local until=$(( $(date +%s) + limit ))
+  ha_one_leader_ms=""
   until find_leader "$@"; do
     if (( $(date +%s) >= until )); then
       compose ps; compose logs --tail 40 "$@"
@@ -476,7 +478,7 @@ ha() {
   done
   wait_leader 60 "${survivors[@]}"
   lead_ms="$(now_ms)"
-  log "ok: $leader leads $(( lead_ms - kill_ms )) ms after the kill ($ha_seen)"
+  log "ok: $leader leads ($(( ha_one_leader_ms - kill_ms )) ms after the kill), named by the other live replica after $(( lead_ms - kill_ms )) ms ($ha_seen)"
 
   local token_after
   token_after="$(leader_status "int(s.get('nextFencingToken', '0'))")"
@@ -488,7 +490,7 @@ ha() {
   wait_for "a checkout after the new leader took over" 90 checkout_after "$lead_ms"
   local first_ms first_token prev_ms
   read -r first_ms first_token prev_ms <<<"$(failover_pause "$kill_ms" "$lead_ms")"
-  log "failover gap: a new leader answered $(( lead_ms - kill_ms )) ms after the kill; no checkout in flight from $(( prev_ms - kill_ms )) ms to $(( first_ms - kill_ms )) ms after it ($(( first_ms - prev_ms )) ms; the next one token $first_token)"
+  log "failover gap: a new leader answered $(( ha_one_leader_ms - kill_ms )) ms after the kill; no checkout in flight from $(( prev_ms - kill_ms )) ms to $(( first_ms - kill_ms )) ms after it ($(( first_ms - prev_ms )) ms; the next one token $first_token)"
   wait_for "three watchers connected to the new leader $leader" 60 ha_watchers_connected
   wait_for "three more purchases after the failover" 120 store_purchases_at_least $(( purchases_before + 3 ))
   notifier_follows() { (( $(notifier_purchased_token) >= first_token )); }
