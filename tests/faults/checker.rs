@@ -90,6 +90,19 @@ pub enum FaultKind {
     HostCutOff,
     /// Many products flipping in and out of stock.
     RestockStorm,
+    /// HA mode: `kill -9` of the leading replica, restarted later (as a
+    /// follower).
+    LeaderKill,
+    /// HA mode: SIGSTOP of the leading replica for longer than the
+    /// election TTL, then SIGCONT: deposed meanwhile, it must not grant.
+    LeaderPause,
+    /// HA mode: the leading replica cut from every etcd member (not from
+    /// the watchers), then healed.
+    LeaderEtcdCut,
+    /// HA mode: `kill -9` of one etcd member, restarted later on its data.
+    EtcdMemberKill,
+    /// HA mode: every replica restarted at once (SIGTERM or `kill -9`).
+    ReplicasRestart,
 }
 
 impl FaultKind {
@@ -105,6 +118,15 @@ impl FaultKind {
         Self::RestockStorm,
     ];
 
+    /// The HA mode's faults (`RESTOCK_FAULT_MODE=ha`).
+    pub const HA: [FaultKind; 5] = [
+        Self::LeaderKill,
+        Self::LeaderPause,
+        Self::LeaderEtcdCut,
+        Self::EtcdMemberKill,
+        Self::ReplicasRestart,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::ArbiterKill => "arbiter kill -9",
@@ -116,6 +138,11 @@ impl FaultKind {
             Self::WatcherCutOff => "watcher cut off",
             Self::HostCutOff => "host cut off",
             Self::RestockStorm => "restock storm",
+            Self::LeaderKill => "leader replica kill -9",
+            Self::LeaderPause => "leader replica SIGSTOP > election TTL",
+            Self::LeaderEtcdCut => "leader replica cut from etcd",
+            Self::EtcdMemberKill => "etcd member kill -9",
+            Self::ReplicasRestart => "all replicas restarted at once",
         }
     }
 
@@ -131,6 +158,11 @@ impl FaultKind {
             Self::WatcherCutOff => "watcher-cut",
             Self::HostCutOff => "host-cut",
             Self::RestockStorm => "storm",
+            Self::LeaderKill => "leader-kill",
+            Self::LeaderPause => "leader-pause",
+            Self::LeaderEtcdCut => "leader-etcd-cut",
+            Self::EtcdMemberKill => "etcd-member-kill",
+            Self::ReplicasRestart => "replicas-restart",
         }
     }
 
@@ -140,8 +172,24 @@ impl FaultKind {
         matches!(self, Self::WatcherKill | Self::HolderKill)
     }
 
+    /// Does it leave every watcher without an arbiter that grants for a
+    /// while (the arbiter down, or, in HA mode, a failover, which any HA
+    /// fault may cause: an etcd member's loss can cost the leader its
+    /// keep-alive)?
     fn kills_arbiter(self) -> bool {
-        matches!(self, Self::ArbiterKill | Self::ArbiterKillAfterGrant)
+        matches!(self, Self::ArbiterKill | Self::ArbiterKillAfterGrant) || self.is_ha()
+    }
+
+    fn is_ha(self) -> bool {
+        Self::HA.contains(&self)
+    }
+
+    /// Does it aim at the leading replica (which must lose the lead)?
+    fn deposes_leader(self) -> bool {
+        matches!(
+            self,
+            Self::LeaderKill | Self::LeaderPause | Self::LeaderEtcdCut
+        )
     }
 }
 
@@ -191,6 +239,38 @@ pub struct History {
     /// `None` when not known (then that cross-check is skipped).
     pub counters: Option<ArbiterCounters>,
     pub settings: Settings,
+    /// HA mode (`RESTOCK_FAULT_MODE=ha`): the replicas' side of the run.
+    pub ha: Option<HaHistory>,
+}
+
+/// What HA mode adds to the history: who streamed which event, the
+/// replica each leader fault aimed at, and the failover bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaHistory {
+    /// Which replicas streamed each event, by sequence (bit `i`: replica
+    /// `i`). The follower reads every replica; an event only the deposed
+    /// leader streamed never reached etcd.
+    pub served_by: BTreeMap<u64, u8>,
+    /// Sequence numbers two replicas streamed with different events (the
+    /// first one seen is in the history).
+    pub conflicts: Vec<String>,
+    /// The replica each leader fault aimed at, by fault id.
+    pub targets: BTreeMap<usize, usize>,
+    /// For each leader pause (by fault id): how long after SIGCONT the
+    /// resumed replica said (`GetStatus`) it no longer led; `None` when it
+    /// still said so at the suite's limit.
+    pub resumed_as_follower: BTreeMap<usize, Option<u64>>,
+    /// The replicas' `--election-ttl`.
+    pub election_ttl_ms: u64,
+    /// From a fault's injection, the next grant comes within the election
+    /// TTL plus this (see the HA suite for why this much).
+    pub failover_margin_ms: u64,
+}
+
+impl HaHistory {
+    fn served(&self, sequence: u64) -> u8 {
+        self.served_by.get(&sequence).copied().unwrap_or(0)
+    }
 }
 
 /// One check and what it found.
@@ -229,6 +309,8 @@ pub struct Counts {
     pub overlaps_found: usize,
     pub unexplained_expirations: usize,
     pub worst_recovery_ms: Option<u64>,
+    /// HA mode: each fault's gap from its injection to the next grant.
+    pub failover_gaps_ms: Vec<(FaultKind, u64)>,
 }
 
 /// The verdict.
@@ -299,6 +381,22 @@ impl Report {
         if let Some(w) = c.worst_recovery_ms {
             let _ = writeln!(s, "slowest grant after a fault healed: {w} ms");
         }
+        if !c.failover_gaps_ms.is_empty() {
+            let _ = writeln!(
+                s,
+                "failover gaps (injection to the next grant anywhere): {}",
+                gap_summary(c.failover_gaps_ms.iter().map(|(_, g)| *g))
+            );
+            let kinds: BTreeSet<FaultKind> = c.failover_gaps_ms.iter().map(|(k, _)| *k).collect();
+            for k in kinds {
+                let gaps = c
+                    .failover_gaps_ms
+                    .iter()
+                    .filter(|(f, _)| *f == k)
+                    .map(|(_, g)| *g);
+                let _ = writeln!(s, "  {:<38} {}", k.name(), gap_summary(gaps));
+            }
+        }
         let _ = writeln!(
             s,
             "violations: {} (store), {} (overlapping pairs found by the checker)",
@@ -311,6 +409,23 @@ impl Report {
             let _ = writeln!(s, "note: ... and {} more notes", self.notes.len() - 20);
         }
         s
+    }
+}
+
+/// `n gaps, median M ms, worst W ms`.
+fn gap_summary(gaps: impl Iterator<Item = u64>) -> String {
+    let mut v: Vec<u64> = gaps.collect();
+    v.sort_unstable();
+    match v.len() {
+        0 => "none".into(),
+        n => {
+            let median = if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2
+            };
+            format!("{n} gaps, median {median} ms, worst {} ms", v[n - 1])
+        }
     }
 }
 
@@ -393,6 +508,15 @@ pub fn check(h: &History) -> Report {
     ));
     checks.push(recovery_after_faults(h, &mut counts));
     checks.push(purchases_match(h, &leases, &mut counts, &mut notes));
+    if let Some(ha) = &h.ha {
+        checks.push(failover_gaps(h, ha, &mut counts));
+        checks.push(deposed_leaders_wrote_nothing(h, ha, &mut notes));
+        notes.extend(
+            ha.conflicts
+                .iter()
+                .map(|c| format!("two replicas numbered events alike: {c}")),
+        );
+    }
     Report {
         checks,
         counts,
@@ -514,14 +638,24 @@ fn history_complete(h: &History, counts: &Counts) -> Check {
             ));
         }
     }
+    let mut failover_gaps = 0usize;
     for w in h.events.windows(2) {
         let (a, b) = (&w[0], &w[1]);
+        if b.sequence > a.sequence + 1
+            && b.kind != EventKind::ArbiterStarted
+            && failover_between(h, a, b)
+        {
+            failover_gaps += 1;
+        }
         if b.sequence <= a.sequence {
             failures.push(format!(
                 "event {} follows event {}: not in order",
                 b.sequence, a.sequence
             ));
-        } else if b.sequence != a.sequence + 1 && b.kind != EventKind::ArbiterStarted {
+        } else if b.sequence != a.sequence + 1
+            && b.kind != EventKind::ArbiterStarted
+            && !failover_between(h, a, b)
+        {
             failures.push(format!(
                 "events {}..{} are missing and no restart explains it",
                 a.sequence + 1,
@@ -546,15 +680,185 @@ fn history_complete(h: &History, counts: &Counts) -> Check {
     Check {
         name: "the event history is complete",
         scope: format!(
-            "{} events from #1, {} unreadable; gaps only at restarts; counters {}",
+            "{} events from #1, {} unreadable; gaps only at restarts{}; counters {}",
             h.events.len(),
             h.unreadable_events.len(),
+            if h.ha.is_some() {
+                format!(" and failovers ({failover_gaps} across a failover)")
+            } else {
+                String::new()
+            },
             if h.counters.is_some() {
                 "compared"
             } else {
                 "not known"
             }
         ),
+        failures,
+    }
+}
+
+/// HA mode: may events be missing between `a` and `b` because the lead
+/// changed hands? Each leader streams its events as it makes them, but
+/// only what it wrote to etcd outlives it: the events a deposed leader made
+/// last (and a follower cut from it did not read) are gone, and a new
+/// leader numbers on from what etcd holds. So a gap is explained when
+/// different replicas streamed `a` and `b`, or a fault that can move the
+/// lead was under way between them (until a new leader could have been
+/// elected). Outside HA mode, never.
+fn failover_between(h: &History, a: &Event, b: &Event) -> bool {
+    let Some(ha) = &h.ha else {
+        return false;
+    };
+    if ha.served(a.sequence) != ha.served(b.sequence) {
+        return true;
+    }
+    let tol = h.settings.clock_tolerance_ms;
+    let settle = ha.election_ttl_ms + ha.failover_margin_ms;
+    h.faults.iter().any(|f| {
+        f.kind.kills_arbiter()
+            && f.started_ms <= b.unix_ms + tol
+            && f.healed_ms + settle + tol >= a.unix_ms
+    })
+}
+
+/// HA mode: from each fault's injection, the next grant anywhere (any
+/// replica, through any failover) comes within the election TTL plus the
+/// margin. Printed as median and worst, overall and by kind.
+fn failover_gaps(h: &History, ha: &HaHistory, counts: &mut Counts) -> Check {
+    let bound = ha.election_ttl_ms + ha.failover_margin_ms;
+    let grants: Vec<u64> = h
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Granted)
+        .map(|e| e.unix_ms)
+        .collect();
+    let mut failures = Vec::new();
+    for f in h.faults.iter().filter(|f| f.kind.is_ha()) {
+        match grants.iter().copied().find(|g| *g >= f.started_ms) {
+            Some(g) => {
+                let gap = g - f.started_ms;
+                counts.failover_gaps_ms.push((f.kind, gap));
+                if gap > bound {
+                    failures.push(format!(
+                        "fault #{} ({}, {}): the next grant came {gap} ms after it began (bound {bound} ms)",
+                        f.id,
+                        f.kind.name(),
+                        f.detail
+                    ));
+                }
+            }
+            None => failures.push(format!(
+                "fault #{} ({}, {}): no grant after it began",
+                f.id,
+                f.kind.name(),
+                f.detail
+            )),
+        }
+    }
+    Check {
+        name: "HA: from every fault's injection the next grant comes within election TTL + margin",
+        scope: format!(
+            "{} faults, bound {bound} ms = election TTL {} + margin {}",
+            counts.failover_gaps_ms.len(),
+            ha.election_ttl_ms,
+            ha.failover_margin_ms
+        ),
+        failures,
+    }
+}
+
+/// Is this event one a leader writes for a lease?
+fn is_lease_write(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Granted | EventKind::Renewed | EventKind::Released | EventKind::Expired
+    )
+}
+
+/// HA mode: a leader deposed by a fault (killed, paused past the election
+/// TTL, cut from etcd) writes nothing once another replica has led. For
+/// each such fault, from its injection to the next fault: once an event
+/// streamed by another replica (and not by the target) shows the new
+/// leader at work, no lease event may come from the target alone; and a
+/// paused leader grants nothing after it is resumed. A deposed leader's
+/// late write must fail at etcd (its txn is guarded on its leadership key);
+/// one that got through would be streamed by it and by no one else. Store
+/// refusals of stale tokens in that window are counted as the fencing
+/// line at work, in the notes.
+fn deposed_leaders_wrote_nothing(h: &History, ha: &HaHistory, notes: &mut Vec<String>) -> Check {
+    let tol = h.settings.clock_tolerance_ms;
+    let mut failures = Vec::new();
+    let mut looked_at = 0usize;
+    for (i, f) in h.faults.iter().enumerate() {
+        if !f.kind.deposes_leader() {
+            continue;
+        }
+        let Some(&r) = ha.targets.get(&f.id) else {
+            continue;
+        };
+        looked_at += 1;
+        if let Some(None) = ha.resumed_as_follower.get(&f.id) {
+            failures.push(format!(
+                "fault #{} ({}): replica {r}, resumed after another replica took the lead, still said it led when the suite stopped asking",
+                f.id,
+                f.kind.name()
+            ));
+        }
+        let bit = 1u8 << r;
+        let until = h.faults.get(i + 1).map_or(u64::MAX, |n| n.started_ms);
+        let window = || {
+            h.events
+                .iter()
+                .filter(move |e| e.unix_ms >= f.started_ms && e.unix_ms < until)
+        };
+        let successor = window()
+            .find(|e| is_lease_write(e.kind) && ha.served(e.sequence) & bit == 0)
+            .map(|e| (e.unix_ms, ha.served(e.sequence)));
+        for e in window().filter(|e| is_lease_write(e.kind) && ha.served(e.sequence) == bit) {
+            let after_successor = successor.is_some_and(|(t, _)| e.unix_ms > t + tol);
+            let resumed_grant = f.kind == FaultKind::LeaderPause
+                && e.kind == EventKind::Granted
+                && e.unix_ms > f.healed_ms + tol;
+            if after_successor || resumed_grant {
+                failures.push(format!(
+                    "fault #{} ({}): replica {r} alone streamed event {} ({}, token {}) at {}{}",
+                    f.id,
+                    f.kind.name(),
+                    e.sequence,
+                    e.kind,
+                    e.fencing_token.map_or(0, |t| t.get()),
+                    e.unix_ms,
+                    match successor {
+                        Some((t, by)) => format!(
+                            ", after replicas {by:#05b} led from {t} (a deposed leader's write went through)"
+                        ),
+                        None => " after it was resumed".into(),
+                    }
+                ));
+            }
+        }
+        let refused = h
+            .store
+            .orders
+            .iter()
+            .filter(|o| {
+                o.result == "stale_token"
+                    && o.started_at_ms >= f.started_ms
+                    && o.started_at_ms < until
+            })
+            .count();
+        if refused > 0 {
+            notes.push(format!(
+                "fault #{} ({}, replica {r}): the store refused {refused} checkouts with a stale token meanwhile (stopped by the fencing line, not a failure)",
+                f.id,
+                f.kind.name()
+            ));
+        }
+    }
+    Check {
+        name: "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing and stepped down)",
+        scope: format!("{looked_at} leader faults"),
         failures,
     }
 }
@@ -758,10 +1062,21 @@ fn link_broken(h: &History, watcher: &str, from_ms: u64, to_ms: u64) -> Option<u
                 // A killed process never speaks again for what it held.
                 f.started_ms <= to_ms && f.started_ms + h.settings.clock_tolerance_ms >= from_ms
             } else {
-                f.started_ms <= to_ms && f.healed_ms >= from_ms
+                f.started_ms <= to_ms && outage_end(h, f) >= from_ms
             }
         })
         .map(|f| f.id)
+}
+
+/// Until when `f` may have kept the watchers from a granting arbiter: its
+/// heal, or in HA mode the heal plus the time a failover may still take
+/// (a killed leader restarted at once is a follower; the lead moves only
+/// when its etcd lease runs out, after the heal).
+fn outage_end(h: &History, f: &FaultRecord) -> u64 {
+    match &h.ha {
+        Some(ha) if f.kind.is_ha() => f.healed_ms + ha.election_ttl_ms + ha.failover_margin_ms,
+        _ => f.healed_ms,
+    }
 }
 
 /// A lease whose holder could not have released it (killed before the
@@ -1072,6 +1387,7 @@ mod tests {
                 faults: self.faults.clone(),
                 counters: None,
                 settings: settings(),
+                ha: None,
             }
         }
     }
@@ -1378,6 +1694,172 @@ mod tests {
             r.notes
                 .iter()
                 .any(|n| n.contains("does not name its lease")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    /// A fault record for the HA tests.
+    fn fault(id: usize, kind: FaultKind, started_ms: u64, healed_ms: u64) -> FaultRecord {
+        FaultRecord {
+            id,
+            kind,
+            watchers: Vec::new(),
+            started_ms,
+            healed_ms,
+            detail: kind.slug().into(),
+        }
+    }
+
+    /// HA mode's side: every event streamed by replica 0 up to `switch_at`
+    /// (by time), by replica 1 after.
+    fn ha(h: &History, switch_at: u64, targets: &[(usize, usize)]) -> HaHistory {
+        HaHistory {
+            served_by: h
+                .events
+                .iter()
+                .map(|e| {
+                    (
+                        e.sequence,
+                        if e.unix_ms < switch_at { 0b001 } else { 0b010 },
+                    )
+                })
+                .collect(),
+            conflicts: Vec::new(),
+            targets: targets.iter().copied().collect(),
+            resumed_as_follower: BTreeMap::new(),
+            election_ttl_ms: 2_000,
+            failover_margin_ms: 4_000,
+        }
+    }
+
+    const GAPS: &str =
+        "HA: from every fault's injection the next grant comes within election TTL + margin";
+    const DEPOSED: &str = "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing and stepped down)";
+
+    #[test]
+    fn ha_a_failover_within_the_bound_passes_and_its_gap_is_measured() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults.push(fault(1, FaultKind::LeaderKill, 2_000, 4_000));
+        // Replica 1 leads from 4_500; numbering jumps past what replica 0
+        // had not written to etcd.
+        s.seq += 5;
+        s.cycle(4_500, 2, "w2");
+        let mut h = s.history();
+        h.ha = Some(ha(&h, 4_500, &[(1, 0)]));
+        let r = check(&h);
+        assert!(r.passed(), "{}", r.render(1));
+        assert_eq!(
+            r.counts.failover_gaps_ms,
+            vec![(FaultKind::LeaderKill, 2_500)]
+        );
+        assert!(
+            r.render(1).contains("median 2500 ms, worst 2500 ms"),
+            "{}",
+            r.render(1)
+        );
+    }
+
+    #[test]
+    fn ha_a_slow_failover_is_caught() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPause, 2_000, 4_500));
+        s.cycle(9_000, 2, "w2");
+        let mut h = s.history();
+        h.ha = Some(ha(&h, 4_500, &[(1, 0)]));
+        let r = check(&h);
+        assert_failed(&r, &[GAPS]);
+        assert!(
+            r.failures()
+                .iter()
+                .any(|f| f.contains("7000 ms after it began"))
+        );
+    }
+
+    #[test]
+    fn ha_a_gap_needs_a_failover() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.seq += 3;
+        s.cycle(2_000, 2, "w1");
+        let mut h = s.history();
+        // One replica streamed everything and no fault was under way.
+        h.ha = Some(ha(&h, u64::MAX, &[]));
+        assert_only_failed(&check(&h), "the event history is complete", "are missing");
+    }
+
+    #[test]
+    fn ha_a_deposed_leaders_late_grant_is_caught_and_a_shared_one_is_not() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPause, 2_000, 5_000));
+        s.cycle(4_500, 2, "w2");
+        // Replica 0, resumed, grants token 3 on its own at 5_200.
+        s.grant(5_200, 3, "w1");
+        s.expire(7_300, 3, "w1");
+        let mut h = s.history();
+        let mut sides = ha(&h, 4_500, &[(1, 0)]);
+        let late = h
+            .events
+            .iter()
+            .find(|e| e.unix_ms == 5_200)
+            .unwrap()
+            .sequence;
+        sides.served_by.insert(late, 0b001);
+        h.ha = Some(sides.clone());
+        let r = check(&h);
+        assert_failed(&r, &[DEPOSED]);
+        assert!(
+            r.failures()
+                .iter()
+                .any(|f| f.contains("replica 0 alone streamed event")),
+            "{}",
+            r.render(1)
+        );
+        // The same grant streamed by the new leader too went through etcd
+        // under the new leadership: not the deposed leader's.
+        sides.served_by.insert(late, 0b011);
+        h.ha = Some(sides);
+        assert!(!failed_checks(&check(&h)).contains(&DEPOSED));
+    }
+
+    #[test]
+    fn ha_a_resumed_leader_that_still_says_it_leads_is_caught() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPause, 2_000, 4_400));
+        s.cycle(4_500, 2, "w2");
+        let mut h = s.history();
+        let mut sides = ha(&h, 4_500, &[(1, 0)]);
+        sides.resumed_as_follower.insert(1, Some(40));
+        h.ha = Some(sides.clone());
+        assert!(check(&h).passed());
+        sides.resumed_as_follower.insert(1, None);
+        h.ha = Some(sides);
+        assert_only_failed(&check(&h), DEPOSED, "still said it led");
+    }
+
+    #[test]
+    fn ha_stale_token_refusals_are_noted_not_failed() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderEtcdCut, 2_000, 4_400));
+        s.cycle(4_500, 2, "w2");
+        s.order(1, "w1", 4_800, 4_801, "stale_token");
+        let mut h = s.history();
+        h.ha = Some(ha(&h, 4_500, &[(1, 0)]));
+        let r = check(&h);
+        assert!(r.passed(), "{}", r.render(1));
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("refused 1 checkouts with a stale token")),
             "{:?}",
             r.notes
         );

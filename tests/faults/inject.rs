@@ -34,6 +34,12 @@ fn per_round(kind: FaultKind) -> usize {
         | FaultKind::WatcherPause
         | FaultKind::HostCutOff
         | FaultKind::RestockStorm => 1,
+        // HA mode's (see `ha`), never drawn here.
+        FaultKind::LeaderKill
+        | FaultKind::LeaderPause
+        | FaultKind::LeaderEtcdCut
+        | FaultKind::EtcdMemberKill
+        | FaultKind::ReplicasRestart => 0,
     }
 }
 
@@ -391,6 +397,12 @@ impl Injector<'_> {
                 );
                 Some(r)
             }
+            // HA mode's faults need the replicas (see `ha`).
+            FaultKind::LeaderKill
+            | FaultKind::LeaderPause
+            | FaultKind::LeaderEtcdCut
+            | FaultKind::EtcdMemberKill
+            | FaultKind::ReplicasRestart => None,
         }
     }
 

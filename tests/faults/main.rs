@@ -23,15 +23,33 @@
 //! interleaving. `RESTOCK_FAULT_ONLY=holder-pause,watcher-cut` limits the
 //! faults to the kinds named (see `FaultKind::slug`).
 //!
+//! `RESTOCK_FAULT_MODE=ha` runs the HA mode instead ([`ha`]): three etcd
+//! members (Debian's `etcd`; skipped without it unless
+//! `RESTOCK_REQUIRE_ETCD=1`), three arbiter replicas kept in them, the
+//! store and the six watchers given every replica, under the replicas'
+//! faults (`leader-kill`, `leader-pause`, `leader-etcd-cut`,
+//! `etcd-member-kill`, `replicas-restart`; `RESTOCK_FAULT_ONLY` picks among
+//! these there). Each watcher is given every replica (`--arbiter
+//! URL1,URL2,URL3`, each through a link of its own);
+//! `RESTOCK_HA_WATCHER_LINKS=follow-leader` gives it one link that the
+//! suite points at the leader instead (see [`replicas`]). The same seed
+//! and time variables apply:
+//!
+//! ```sh
+//! RESTOCK_FAULT_MODE=ha RESTOCK_FAULT_SECONDS=60 cargo test -p restock-e2e --test faults -- --nocapture
+//! ```
+//!
 //! The target has `test = false`, so `cargo test --workspace` stays quick;
 //! `scripts/test.sh` (the README's test command, run by CI) runs it by name
 //! with `--test faults`, which also runs the checker's unit tests.
 
 mod checker;
 mod cluster;
+mod ha;
 mod history;
 mod inject;
 mod proxy;
+mod replicas;
 mod rng;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,22 +92,43 @@ fn env_u64(name: &str) -> Option<u64> {
     Some(parsed.unwrap_or_else(|e| panic!("{name}={raw:?} is not a number: {e}")))
 }
 
-/// Every fault kind, or the ones named in `RESTOCK_FAULT_ONLY`
-/// (comma-separated slugs such as `holder-pause,watcher-cut`), to dwell on
-/// one kind of failure.
-fn fault_kinds() -> Vec<FaultKind> {
+/// `RESTOCK_FAULT_MODE=ha`: the replicas' suite instead of the default.
+fn ha_mode() -> bool {
+    match std::env::var("RESTOCK_FAULT_MODE")
+        .as_deref()
+        .map(str::trim)
+    {
+        Err(_) | Ok("" | "default") => false,
+        Ok("ha") => true,
+        Ok(other) => panic!("RESTOCK_FAULT_MODE={other:?}: unknown mode; known: default, ha"),
+    }
+}
+
+/// The seed: `RESTOCK_FAULT_SEED`, or one picked from the clock.
+fn seed() -> u64 {
+    env_u64("RESTOCK_FAULT_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+/// Every fault kind of the mode (`all`), or the ones named in
+/// `RESTOCK_FAULT_ONLY` (comma-separated slugs such as
+/// `holder-pause,watcher-cut`), to dwell on one kind of failure.
+fn fault_kinds(all: &[FaultKind]) -> Vec<FaultKind> {
     let Ok(only) = std::env::var("RESTOCK_FAULT_ONLY") else {
-        return FaultKind::ALL.to_vec();
+        return all.to_vec();
     };
     only.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            FaultKind::ALL
-                .into_iter()
+            all.iter()
+                .copied()
                 .find(|k| k.slug() == s)
                 .unwrap_or_else(|| {
-                    let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.slug()).collect();
+                    let known: Vec<&str> = all.iter().map(|k| k.slug()).collect();
                     panic!(
                         "RESTOCK_FAULT_ONLY: unknown fault {s:?}; known: {}",
                         known.join(", ")
@@ -119,17 +158,17 @@ impl Drop for ReplayHint {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_two_checkouts_at_once_whatever_fails() {
+    if ha_mode() {
+        eprintln!("RESTOCK_FAULT_MODE=ha: the replicas' suite runs instead of this one");
+        return;
+    }
     let seconds = env_u64("RESTOCK_FAULT_SECONDS").unwrap_or(90);
-    let seed = env_u64("RESTOCK_FAULT_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = seed();
     let _hint = ReplayHint { seed, seconds };
     eprintln!(
         "fault suite: seed {seed}, {seconds} s of faults (replay: RESTOCK_FAULT_SEED={seed} RESTOCK_FAULT_SECONDS={seconds})"
     );
-    let kinds = fault_kinds();
+    let kinds = fault_kinds(&FaultKind::ALL);
     if kinds.len() < FaultKind::ALL.len() {
         eprintln!(
             "only these faults (RESTOCK_FAULT_ONLY): {}",
@@ -220,6 +259,7 @@ async fn never_two_checkouts_at_once_whatever_fails() {
             liveness_margin_ms: LIVENESS_MARGIN.as_millis() as u64,
             clock_tolerance_ms: CLOCK_TOLERANCE_MS,
         },
+        ha: None,
     };
     let report = checker::check(&history);
     eprintln!("{}", report.render(seed));
@@ -237,6 +277,46 @@ async fn never_two_checkouts_at_once_whatever_fails() {
         "the history check failed (seed {seed}; replay with RESTOCK_FAULT_SEED={seed} RESTOCK_FAULT_SECONDS={seconds}):\n{}",
         report.failures().join("\n")
     );
+}
+
+/// HA mode (`RESTOCK_FAULT_MODE=ha`, see [`ha`]): the same promises over
+/// three arbiter replicas kept in etcd, under the replicas' faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_never_two_checkouts_at_once_whatever_fails() {
+    if !ha_mode() {
+        return; // the default mode runs the test above
+    }
+    let seconds = env_u64("RESTOCK_FAULT_SECONDS").unwrap_or(60);
+    let seed = seed();
+    let _hint = HaReplayHint { seed, seconds };
+    eprintln!(
+        "HA fault suite: seed {seed}, {seconds} s of faults (replay: RESTOCK_FAULT_MODE=ha RESTOCK_FAULT_SEED={seed} RESTOCK_FAULT_SECONDS={seconds})"
+    );
+    let kinds = fault_kinds(&FaultKind::HA);
+    if kinds.len() < FaultKind::HA.len() {
+        eprintln!(
+            "only these faults (RESTOCK_FAULT_ONLY): {}",
+            kinds.iter().map(|k| k.slug()).collect::<Vec<_>>().join(",")
+        );
+    }
+    ha::run(seconds, seed, kinds).await;
+}
+
+/// [`ReplayHint`] for the HA mode.
+struct HaReplayHint {
+    seed: u64,
+    seconds: u64,
+}
+
+impl Drop for HaReplayHint {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "HA fault suite FAILED with seed {0}; replay with RESTOCK_FAULT_MODE=ha RESTOCK_FAULT_SEED={0} RESTOCK_FAULT_SECONDS={1}",
+                self.seed, self.seconds
+            );
+        }
+    }
 }
 
 /// Waits until no lease is held and no checkout runs, for a whole stock

@@ -46,6 +46,7 @@ pub enum LinkState {
 pub struct LinkProxy {
     addr: SocketAddr,
     state: watch::Sender<LinkState>,
+    upstream: watch::Sender<SocketAddr>,
     accept: JoinHandle<()>,
 }
 
@@ -56,21 +57,41 @@ impl LinkProxy {
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let (state, _) = watch::channel(LinkState::Open);
+        let (upstream, _) = watch::channel(upstream);
         let states = state.clone();
+        let upstreams = upstream.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
                 let rx = states.subscribe();
-                tokio::spawn(connection(client, ip, upstream, rx));
+                tokio::spawn(connection(client, ip, upstreams.subscribe(), rx));
             }
         });
         Ok(Self {
             addr,
             state,
+            upstream,
             accept,
         })
+    }
+
+    /// Points the link at another server: new connections go there, and
+    /// the ones open now are closed (their client dials again, reaching
+    /// the new one). HA mode uses it for a link that follows the leader.
+    pub fn retarget(&self, upstream: SocketAddr) {
+        self.upstream.send_if_modified(|u| {
+            let changed = *u != upstream;
+            *u = upstream;
+            changed
+        });
+    }
+
+    /// A handle that retargets the link (as [`LinkProxy::retarget`]) from
+    /// another task.
+    pub fn upstream_handle(&self) -> watch::Sender<SocketAddr> {
+        self.upstream.clone()
     }
 
     /// Where the watcher dials.
@@ -121,10 +142,15 @@ async fn down(mut rx: watch::Receiver<LinkState>) {
     }
 }
 
+/// Completes when the link is pointed elsewhere (or the proxy is dropped).
+async fn retargeted(mut upstream: watch::Receiver<SocketAddr>) {
+    let _ = upstream.changed().await;
+}
+
 async fn connection(
     client: TcpStream,
     ip: IpAddr,
-    upstream: SocketAddr,
+    mut upstream: watch::Receiver<SocketAddr>,
     mut rx: watch::Receiver<LinkState>,
 ) {
     // A connection that arrives during a black hole waits, unanswered,
@@ -132,7 +158,8 @@ async fn connection(
     if !gate(&mut rx).await {
         return;
     }
-    let Ok(server) = dial(ip, upstream).await else {
+    let to = *upstream.borrow_and_update();
+    let Ok(server) = dial(ip, to).await else {
         // The arbiter is down: the client sees its connection close.
         return;
     };
@@ -146,6 +173,7 @@ async fn connection(
         () = pump(cr, sw, rx.clone()) => {}
         () = pump(sr, cw, rx.clone()) => {}
         () = down(rx) => {}
+        () = retargeted(upstream) => {}
     }
 }
 
@@ -235,5 +263,25 @@ mod tests {
             .unwrap()
             .unwrap_or(0);
         assert_eq!(n, 0, "a link that goes down closes its connections");
+    }
+
+    #[tokio::test]
+    async fn a_retargeted_link_closes_its_connections_and_dials_the_new_server() {
+        let (a, b) = (echo().await, echo().await);
+        let proxy = LinkProxy::start("127.0.0.2".parse().unwrap(), a)
+            .await
+            .unwrap();
+        let short = Duration::from_millis(500);
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut s, b"a", short).await.unwrap(), b"a");
+        proxy.retarget(b);
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "a retargeted link closes what it carried");
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut s, b"b", short).await.unwrap(), b"b");
     }
 }

@@ -129,6 +129,20 @@ pub struct ArbiterOptions {
     /// With `--tls-cert`: how the health check reaches the server (the
     /// test's CA); plaintext otherwise.
     pub health_tls: Option<ClientTlsConfig>,
+    /// `--store etcd` (a replica): where etcd is and how the replicas
+    /// elect their leader. `None`: the state file in the arbiter's folder.
+    pub etcd: Option<EtcdStore>,
+}
+
+/// A replica's `--store etcd` flags (see [`ArbiterProcess::start_replica`]).
+#[derive(Debug, Clone)]
+pub struct EtcdStore {
+    /// `--etcd-endpoints`: comma-separated client URLs.
+    pub endpoints: String,
+    /// `--etcd-prefix`: shared by the replicas of one arbiter.
+    pub prefix: String,
+    /// `--election-ttl`, e.g. `2s`.
+    pub election_ttl: String,
 }
 
 impl Default for ArbiterOptions {
@@ -143,6 +157,7 @@ impl Default for ArbiterOptions {
             http_listen: "127.0.0.1:0".into(),
             extra_args: Vec::new(),
             health_tls: None,
+            etcd: None,
         }
     }
 }
@@ -175,11 +190,25 @@ impl ArbiterOptions {
                 write_product_config(dir, &products)
             }
         };
-        let mut args = vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--state-file".into(),
-            dir.join("state.json").display().to_string(),
+        let mut args = vec!["--config".into(), config.display().to_string()];
+        match &self.etcd {
+            // The state is etcd's: no state file.
+            Some(etcd) => args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints.clone(),
+                "--etcd-prefix".into(),
+                etcd.prefix.clone(),
+                "--election-ttl".into(),
+                etcd.election_ttl.clone(),
+            ]),
+            None => args.extend([
+                "--state-file".into(),
+                dir.join("state.json").display().to_string(),
+            ]),
+        }
+        args.extend([
             "--lease-ttl".into(),
             self.lease_ttl.clone(),
             "--stock-ttl".into(),
@@ -189,7 +218,7 @@ impl ArbiterOptions {
             format!("--test-mode={}", self.test_mode),
             "--http-listen".into(),
             self.http_listen.clone(),
-        ];
+        ]);
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -203,6 +232,9 @@ pub struct ArbiterProcess {
     pub process: Process,
     pub dir: tempfile::TempDir,
     health_tls: Option<ClientTlsConfig>,
+    /// A replica (`--store etcd`): up means answering `GetStatus`, as a
+    /// leader or a follower, rather than the health service's SERVING.
+    replica: bool,
 }
 
 impl ArbiterProcess {
@@ -228,13 +260,110 @@ impl ArbiterProcess {
             process,
             dir,
             health_tls: opts.health_tls,
+            replica: false,
+        };
+        a.wait_healthy().await;
+        a
+    }
+
+    /// Starts one replica of an arbiter kept in etcd (`opts.etcd` must be
+    /// set) on `listen`, a port the test holds ([`crate::ReservedPort`])
+    /// because the replica advertises its own URL (`--advertise-url`)
+    /// before it binds; `name` tells its log from the others'. Waits until
+    /// it answers `GetStatus`, as leader or follower.
+    pub async fn start_replica(opts: ArbiterOptions, name: &str, listen: SocketAddr) -> Self {
+        assert!(opts.etcd.is_some(), "a replica needs ArbiterOptions::etcd");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args = opts.flags(dir.path());
+        args.extend(["--advertise-url".into(), format!("http://{listen}")]);
+        let mut process = Process::start_server(
+            name,
+            bin("purchase-arbiter"),
+            args,
+            dir.path().join(format!("{name}.log")),
+            Announce::grpc().at(listen),
+        )
+        .await;
+        if let Some(http) = process.announced("http") {
+            process.set_arg("--http-listen", &http.to_string());
+        }
+        let a = Self {
+            process,
+            dir,
+            health_tls: None,
+            replica: true,
         };
         a.wait_healthy().await;
         a
     }
 
     async fn wait_healthy(&self) {
-        wait_serving(self.addr(), self.health_tls.as_ref(), HEALTHY_LIMIT).await;
+        if !self.replica {
+            wait_serving(self.addr(), self.health_tls.as_ref(), HEALTHY_LIMIT).await;
+            return;
+        }
+        let url = self.url();
+        crate::eventually(
+            &format!("{} to answer GetStatus", self.process.name()),
+            HEALTHY_LIMIT,
+            || {
+                let url = url.clone();
+                async move {
+                    let mut c = PurchaseArbiterClient::connect(url).await.ok()?;
+                    c.get_status(GetStatusRequest {}).await.ok().map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits, after `process.restart()`, until it is up, starting it again
+    /// (as a supervisor such as Compose's `restart: unless-stopped` would)
+    /// whenever it exits before announcing its address, at most `tries`
+    /// times in all. Returns what each start that exited said last (empty
+    /// when the first start came up); panics when none did.
+    pub async fn wait_restarted_supervised(&mut self, tries: usize) -> Vec<String> {
+        let mut exits = Vec::new();
+        for _ in 0..tries {
+            match self.process.wait_ready_or_exit().await {
+                Ok(_) => {
+                    self.wait_healthy().await;
+                    return exits;
+                }
+                Err(status) => {
+                    exits.push(format!("{status}: {}", self.process.last_log_line()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.process.restart();
+                }
+            }
+        }
+        panic!(
+            "{} exited at every one of {tries} starts: {exits:#?}",
+            self.process.name()
+        );
+    }
+
+    /// Waits, after `process.restart()`, until it has announced its
+    /// address and is up (healthy, or for a replica answering
+    /// `GetStatus`): for restarting several at once, then waiting.
+    pub async fn wait_restarted(&mut self) {
+        self.process.wait_ready().await;
+        self.wait_healthy().await;
+    }
+
+    /// What a replica says it is (`leader`, `follower`, `standalone`) and
+    /// the leader's URL it knows, or `None` when it does not answer within
+    /// `limit` (down, or stopped).
+    pub async fn role(&self, limit: Duration) -> Option<(String, String)> {
+        let url = self.url();
+        tokio::time::timeout(limit, async move {
+            let mut c = PurchaseArbiterClient::connect(url).await.ok()?;
+            let s = c.get_status(GetStatusRequest {}).await.ok()?.into_inner();
+            Some((s.role, s.leader_url))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     pub fn state_file(&self) -> PathBuf {

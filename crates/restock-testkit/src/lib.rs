@@ -28,7 +28,12 @@
 //! - [`history`]: builders for `pb::Event` histories and status snapshots.
 //! - [`stream`]: [`WatcherStream`], a watcher's stream played by the test.
 //! - [`wait`]: [`eventually`] and the health checks; never a fixed sleep.
-//! - [`net`]: [`ClosedPort`], an address where nobody listens.
+//! - [`net`]: [`ClosedPort`], an address where nobody listens, and
+//!   [`ReservedPort`], a port held for a server that must be told its
+//!   address before it starts.
+//! - [`etcd`]: [`EtcdCluster`], a real etcd cluster of N members on
+//!   loopback (Debian's `etcd`, when installed), for the arbiter replicas
+//!   ([`ArbiterProcess::start_replica`]).
 //! - [`grpcurl`]: the real `grpcurl`, when installed.
 //! - [`metrics`]: scraping `/metrics`, reading a series, and the real
 //!   `promtool check metrics`, when installed.
@@ -42,6 +47,7 @@
 
 pub mod arbiter;
 pub mod browser;
+pub mod etcd;
 pub mod grpcurl;
 pub mod history;
 pub mod metrics;
@@ -60,14 +66,15 @@ use std::{
 };
 
 pub use arbiter::{
-    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, InProcessArbiter, event_kind, product,
-    spawn_arbiter, spawn_arbiter_with,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, EtcdStore, InProcessArbiter, event_kind,
+    product, spawn_arbiter, spawn_arbiter_with,
 };
 pub use browser::{Browser, LogEntry, Viewport};
+pub use etcd::{EtcdCluster, etcd_binary, etcd_required};
 pub use grpcurl::{grpcurl, run_grpcurl};
 pub use history::{History, StatusSnapshot};
 pub use metrics::{check_metrics, metric, promtool, scrape};
-pub use net::ClosedPort;
+pub use net::{ClosedPort, ReservedPort};
 pub use notifier::NotifierProcess;
 pub use process::{Announce, Process};
 pub use scripted::{Call, Release, Script, ScriptedArbiter};

@@ -23,6 +23,10 @@ pub const READY_LIMIT: Duration = Duration::from_secs(30);
 pub struct Announce {
     pub ip: IpAddr,
     pub key: &'static str,
+    /// 0 (the server picks) unless the test reserved one
+    /// ([`crate::ReservedPort`]) because the server must be told its own
+    /// address up front.
+    pub port: u16,
 }
 
 impl Announce {
@@ -31,6 +35,7 @@ impl Announce {
         Self {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             key: "grpc",
+            port: 0,
         }
     }
 
@@ -45,6 +50,15 @@ impl Announce {
     /// The same, on another local address (the fault suite's "hosts").
     pub fn on(self, ip: IpAddr) -> Self {
         Self { ip, ..self }
+    }
+
+    /// The same, on this address (a port the test holds).
+    pub fn at(self, addr: SocketAddr) -> Self {
+        Self {
+            ip: addr.ip(),
+            port: addr.port(),
+            ..self
+        }
     }
 }
 
@@ -103,7 +117,7 @@ impl Process {
             log,
             listen: Some(Listen {
                 announce,
-                addr: SocketAddr::new(announce.ip, 0),
+                addr: SocketAddr::new(announce.ip, announce.port),
                 bound: false,
                 ready_file,
             }),
@@ -151,6 +165,21 @@ impl Process {
     /// if the process exits first or says nothing within [`READY_LIMIT`]. After the first start, the
     /// address is kept for restarts.
     pub async fn wait_ready(&mut self) -> SocketAddr {
+        match self.wait_ready_or_exit().await {
+            Ok(addr) => addr,
+            // The log follows: a Process prints it when dropped in a panic.
+            Err(status) => panic!(
+                "{} exited ({status}) before announcing its address",
+                self.name
+            ),
+        }
+    }
+
+    /// [`Process::wait_ready`], but a process that exits before announcing
+    /// its address is an `Err` with its exit status, for a caller that
+    /// starts it again as a supervisor would (a server may exit on purpose
+    /// when a dependency does not answer at start-up).
+    pub async fn wait_ready_or_exit(&mut self) -> Result<SocketAddr, std::process::ExitStatus> {
         let start = Instant::now();
         loop {
             let l = self
@@ -169,18 +198,13 @@ impl Process {
                 );
                 l.addr = addr;
                 l.bound = true;
-                return addr;
+                return Ok(addr);
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                // The log follows: a Process prints it when dropped in a
-                // panic.
-                panic!(
-                    "{} exited ({status}) before announcing its address",
-                    self.name
-                );
+                return Err(status);
             }
             assert!(
                 start.elapsed() < READY_LIMIT,
@@ -296,6 +320,15 @@ impl Process {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last line of its log (what a process that exited said last).
+    pub fn last_log_line(&self) -> String {
+        self.log_text()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     fn log_tail(&self, lines: usize) -> String {
