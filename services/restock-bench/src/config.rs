@@ -11,6 +11,10 @@ pub const DEFAULT_OUT: &str = "target/bench/results.json";
 /// Waiters (besides the holder) in the hand-off scenario.
 pub const DEFAULT_WAITERS: usize = 32;
 
+/// The `--election-ttl` of a lone `--store etcd` arbiter in the hand-off
+/// and grant scenarios (the arbiter's default; nothing fails over there).
+pub const ETCD_STORE_ELECTION_TTL: Duration = Duration::from_secs(5);
+
 /// Every scenario, in the order they run.
 pub const SCENARIOS: [&str; 7] = [
     "handoff",

@@ -11,6 +11,8 @@
 //! - [`restock`]: the real `purchase-arbiter` process and in-process
 //!   stand-in watchers (one `StreamStock` stream each).
 //! - [`redis_lock`], [`etcd_lock`]: the baselines.
+//! - [`etcd_txn`]: one guarded etcd transaction, what the arbiter's etcd
+//!   store writes per change, timed by itself.
 //! - [`scenarios`]: hand-off, grant, cycle, contention, ingest, memory, end
 //!   to end; each returns result rows.
 //! - [`stats`]: latency percentiles and the result row.
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod etcd_lock;
+pub mod etcd_txn;
 pub mod procs;
 pub mod redis_lock;
 pub mod report;
@@ -114,10 +117,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     for name in &selected {
         let t0 = Instant::now();
         info!(scenario = name, "scenario starting");
-        let limit = if *name == "end_to_end" {
-            config.e2e_timeout()
-        } else {
-            limit
+        let limit = match *name {
+            "end_to_end" => config.e2e_timeout(),
+            _ => limit,
         };
         match tokio::time::timeout(limit, scenarios::run(name, &ctx)).await {
             Ok(Ok(r)) => {
@@ -170,6 +172,9 @@ fn print_results(rows: &[Row]) {
     println!("\n{}\n", report::table(rows));
     if let Some(e2e) = report::e2e_table(rows) {
         println!("End to end (issue 14):\n\n{e2e}\n");
+    }
+    if let Some(replicas) = report::replicas_table(rows) {
+        println!("Arbiter replicas on etcd (issue 13):\n\n{replicas}\n");
     }
     println!(
         "Targets (issues 7 and 14):\n\n{}\n",

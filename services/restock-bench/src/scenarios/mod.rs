@@ -11,7 +11,12 @@ pub mod memory;
 
 use tracing::info;
 
-use crate::{config::Plan, restock::Env, stats::Row};
+use crate::{
+    config::{ETCD_STORE_ELECTION_TTL, Plan},
+    procs,
+    restock::{Env, EtcdReplica, fresh_etcd_prefix},
+    stats::Row,
+};
 
 /// What every scenario gets.
 #[derive(Debug, Clone)]
@@ -27,6 +32,16 @@ pub struct Ctx {
     pub e2e_planning: Vec<bool>,
     pub e2e_products: usize,
     pub e2e_trace_dir: Option<std::path::PathBuf>,
+}
+
+/// A lone `--store etcd` arbiter on etcd at `url`, under a fresh prefix.
+pub fn etcd_replica(url: &str, what: &str) -> anyhow::Result<EtcdReplica> {
+    Ok(EtcdReplica {
+        endpoint: url.to_owned(),
+        prefix: fresh_etcd_prefix(what),
+        election_ttl: ETCD_STORE_ELECTION_TTL,
+        port: procs::reserve_port()?,
+    })
 }
 
 /// The fsync settings measured, fastest first.
