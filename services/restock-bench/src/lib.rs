@@ -14,7 +14,7 @@
 //! - [`etcd_txn`]: one guarded etcd transaction, what the arbiter's etcd
 //!   store writes per change, timed by itself.
 //! - [`scenarios`]: hand-off, grant, cycle, contention, ingest, memory, end
-//!   to end; each returns result rows.
+//!   to end, failover (replicas on etcd); each returns result rows.
 //! - [`stats`]: latency percentiles and the result row.
 //! - [`report`]: the table, the targets checked, the JSON file.
 //!
@@ -42,7 +42,7 @@ use crate::{config::BenchConfig, restock::Env, scenarios::Ctx, stats::Row};
 /// Runs the selected scenarios, writes the JSON, prints the table and the
 /// targets. Fails (after writing what was measured) if any scenario failed.
 pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
-    let selected = config.selected()?;
+    let mut selected = config.selected()?;
     let env = Env {
         bin_dir: config.bin_dir()?,
         work_dir: config.work_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -90,6 +90,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             None
         }
     };
+    if etcd_url.is_none() && selected.contains(&"failover") {
+        if config.scenarios.is_empty() {
+            warn!("no --etcd-url: the failover scenario (arbiter replicas on etcd) is skipped");
+            selected.retain(|s| *s != "failover");
+        } else {
+            bail!("the failover scenario needs etcd: --etcd-url or RESTOCK_BENCH_ETCD_URL");
+        }
+    }
     let ctx = Ctx {
         env,
         plan: config.plan(),
@@ -102,6 +110,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         e2e_planning: config.e2e_planning.clone(),
         e2e_products: config.e2e_products.max(1),
         e2e_trace_dir: config.e2e_trace_dir.clone(),
+        failover_election_ttl: config.failover_election_ttl,
     };
     let limit = config.timeout();
     info!(
@@ -119,6 +128,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         info!(scenario = name, "scenario starting");
         let limit = match *name {
             "end_to_end" => config.e2e_timeout(),
+            "failover" => config.failover_timeout(),
             _ => limit,
         };
         match tokio::time::timeout(limit, scenarios::run(name, &ctx)).await {

@@ -4,6 +4,7 @@
 
 pub mod contention;
 pub mod end_to_end;
+pub mod failover;
 pub mod grant;
 pub mod handoff;
 pub mod ingest;
@@ -32,6 +33,7 @@ pub struct Ctx {
     pub e2e_planning: Vec<bool>,
     pub e2e_products: usize,
     pub e2e_trace_dir: Option<std::path::PathBuf>,
+    pub failover_election_ttl: std::time::Duration,
 }
 
 /// A lone `--store etcd` arbiter on etcd at `url`, under a fresh prefix.
@@ -73,6 +75,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         "ingest" => ingest::run(ctx).await,
         "memory" => memory::run(ctx).await,
         "end_to_end" => end_to_end::run(ctx).await,
+        "failover" => failover::run(ctx).await,
         other => anyhow::bail!("no scenario named {other:?}"),
     }
 }
