@@ -90,6 +90,19 @@ pub async fn journal_record_bytes(url: &str, prefix: &str) -> anyhow::Result<Opt
     Ok(sizes.get(sizes.len() / 2).copied())
 }
 
+/// etcd's current revision: it rises by one with every transaction that
+/// writes, so the rise across a run counts the arbiter's etcd writes.
+pub async fn revision(url: &str) -> anyhow::Result<i64> {
+    let mut client = connect(url).await?;
+    let r = client
+        .get("/", None)
+        .await
+        .context("etcd: reading the revision")?;
+    r.header()
+        .map(|h| h.revision())
+        .context("etcd answered without a header")
+}
+
 /// Deletes every key under `prefix` (a finished measurement's state).
 pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<()> {
     let mut client = connect(url).await?;

@@ -53,10 +53,16 @@ pub async fn run_grant(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             etcd_prefix = %prefix,
             "restock: report → grant on the stream, arbiter on etcd (--store etcd)"
         );
+        let before = etcd_txn::revision(url).await?;
         let lat = restock_grant(ctx, &spec(ctx, true).on_etcd(replica), count).await?;
+        // Each grant and the release after it (not timed): the revision's
+        // rise counts the arbiter's etcd writes.
+        let writes = (etcd_txn::revision(url).await? - before) as f64 / count as f64;
         etcd_txn::delete_prefix(url, &prefix).await?;
         let row = Row::new(SCENARIO, System::Restock)
-            .variant("report in stock → grant pushed, arbiter on etcd (--store etcd)")
+            .variant(format!(
+                "report in stock → grant pushed, arbiter on etcd (--store etcd), {writes:.2} etcd writes per grant + release"
+            ))
             .fsync(ctx.etcd_fsync)
             .store(Store::Etcd)
             .latencies(&lat);

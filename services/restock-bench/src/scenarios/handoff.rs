@@ -122,10 +122,21 @@ async fn etcd_store(ctx: &Ctx, url: &str, variant: &str) -> anyhow::Result<Vec<R
         "restock hand-off, arbiter on etcd (--store etcd)"
     );
     let spec = ArbiterSpec::cycling(product_ids(ctx.waiters + 1), true).on_etcd(replica);
+    // Nothing else writes to etcd meanwhile: the revision's rise counts the
+    // arbiter's writes (its start-up's few among thousands of hand-offs).
+    let before = etcd_txn::revision(url).await?;
     let lat = restock_handoff(ctx, &spec, ctx.plan.handoffs).await?;
+    let writes = (etcd_txn::revision(url).await? - before) as f64 / ctx.plan.handoffs as f64;
+    info!(
+        scenario = SCENARIO,
+        etcd_writes_per_handoff = format!("{writes:.2}"),
+        "the arbiter's etcd writes, counted by etcd's revision"
+    );
     let mut rows = vec![
         Row::new(SCENARIO, System::Restock)
-            .variant(format!("{variant}, arbiter on etcd (--store etcd)"))
+            .variant(format!(
+                "{variant}, arbiter on etcd (--store etcd), {writes:.2} etcd writes per hand-off"
+            ))
             .fsync(ctx.etcd_fsync)
             .store(Store::Etcd)
             .latencies(&lat),
