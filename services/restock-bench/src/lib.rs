@@ -11,8 +11,10 @@
 //! - [`restock`]: the real `purchase-arbiter` process and in-process
 //!   stand-in watchers (one `StreamStock` stream each).
 //! - [`redis_lock`], [`etcd_lock`]: the baselines.
+//! - [`etcd_txn`]: one guarded etcd transaction, what the arbiter's etcd
+//!   store writes per change, timed by itself.
 //! - [`scenarios`]: hand-off, grant, cycle, contention, ingest, memory, end
-//!   to end; each returns result rows.
+//!   to end, failover (replicas on etcd); each returns result rows.
 //! - [`stats`]: latency percentiles and the result row.
 //! - [`report`]: the table, the issue's targets checked, the JSON file.
 //!
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod etcd_lock;
+pub mod etcd_txn;
 pub mod procs;
 pub mod redis_lock;
 pub mod report;
@@ -39,7 +42,7 @@ use crate::{config::BenchConfig, restock::Env, scenarios::Ctx, stats::Row};
 /// Runs the selected scenarios, writes the JSON, prints the table and the
 /// targets. Fails (after writing what was measured) if any scenario failed.
 pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
-    let selected = config.selected()?;
+    let mut selected = config.selected()?;
     let env = Env {
         bin_dir: config.bin_dir()?,
         work_dir: config.work_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -87,6 +90,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
             None
         }
     };
+    if etcd_url.is_none() && selected.contains(&"failover") {
+        if config.scenarios.is_empty() {
+            warn!("no --etcd-url: the failover scenario (arbiter replicas on etcd) is skipped");
+            selected.retain(|s| *s != "failover");
+        } else {
+            bail!("the failover scenario needs etcd: --etcd-url or RESTOCK_BENCH_ETCD_URL");
+        }
+    }
     let ctx = Ctx {
         env,
         plan: config.plan(),
@@ -99,6 +110,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         e2e_planning: config.e2e_planning.clone(),
         e2e_products: config.e2e_products.max(1),
         e2e_trace_dir: config.e2e_trace_dir.clone(),
+        failover_election_ttl: config.failover_election_ttl,
     };
     let limit = config.timeout();
     info!(
@@ -114,10 +126,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     for name in &selected {
         let t0 = Instant::now();
         info!(scenario = name, "scenario starting");
-        let limit = if *name == "end_to_end" {
-            config.e2e_timeout()
-        } else {
-            limit
+        let limit = match *name {
+            "end_to_end" => config.e2e_timeout(),
+            "failover" => config.failover_timeout(),
+            _ => limit,
         };
         match tokio::time::timeout(limit, scenarios::run(name, &ctx)).await {
             Ok(Ok(r)) => {
@@ -170,6 +182,9 @@ fn print_results(rows: &[Row]) {
     println!("\n{}\n", report::table(rows));
     if let Some(e2e) = report::e2e_table(rows) {
         println!("End to end (issue 14):\n\n{e2e}\n");
+    }
+    if let Some(replicas) = report::replicas_table(rows) {
+        println!("Arbiter replicas on etcd (issue 13):\n\n{replicas}\n");
     }
     println!(
         "Targets (issues 7 and 14):\n\n{}\n",

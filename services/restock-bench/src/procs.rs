@@ -27,6 +27,16 @@ pub fn listen_anywhere(ready: &Path) -> Vec<String> {
     ]
 }
 
+/// A loopback port that was free a moment ago, for a server that must be
+/// told its address before it starts (an arbiter replica advertises its
+/// URL to the others). Bind, release and use is a race with whatever else
+/// binds ports on the machine; only replicas use it, everything else binds
+/// port 0 and announces ([`listen_anywhere`]).
+pub fn reserve_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
 /// Waits for `process` to write its ready file and returns the address it
 /// announced for `what` (`"grpc"`, `"http"`); fails with the process's last
 /// log lines if it dies or takes longer than `limit`.
@@ -98,6 +108,47 @@ impl ChildProcess {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `kill -9` and reap (what dropping it does, now).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, through `kill(1)`: the workspace forbids the `unsafe` a
+    /// direct `kill(2)` needs, and the millisecond `kill` takes to start is
+    /// small against what the signal is timed for.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} ({}) failed: {status}", self.pid(), self.name);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit by itself (true), then
+    /// kills it (false).
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+                self.child = None;
+                return true;
+            }
+            if start.elapsed() > limit {
+                self.kill9();
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Fails if the process already exited, with the end of its log.

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use comfy_table::{Table, presets::ASCII_MARKDOWN};
 
-use crate::stats::{Row, System};
+use crate::stats::{Row, Store, System};
 
 fn ms(us: Option<f64>) -> String {
     us.map_or_else(String::new, |v| {
@@ -114,6 +114,46 @@ pub fn e2e_table(rows: &[Row]) -> Option<String> {
     Some(t.to_string())
 }
 
+/// The rows of issue 13 side by side: hand-off and grant with the arbiter
+/// on its state file and on etcd, etcd's lock, one guarded etcd txn, and
+/// the failover gaps; `None` without any etcd-store row.
+pub fn replicas_table(rows: &[Row]) -> Option<String> {
+    if !rows.iter().any(|r| r.store == Some(Store::Etcd)) {
+        return None;
+    }
+    let mut t = Table::new();
+    t.load_preset(ASCII_MARKDOWN);
+    t.set_header(vec![
+        "scenario", "system", "store", "variant", "fsync", "p50 ms", "p99 ms", "max ms", "samples",
+    ]);
+    let shown = rows.iter().filter(|r| match r.scenario {
+        "handoff" | "grant" => {
+            r.system == System::Etcd || (r.system == System::Restock && r.store.is_some())
+        }
+        "failover" => true,
+        _ => false,
+    });
+    for r in shown {
+        t.add_row(vec![
+            r.scenario.to_owned(),
+            r.system.as_str().to_owned(),
+            match r.store {
+                Some(Store::File) => "file".into(),
+                Some(Store::Etcd) => "etcd".into(),
+                None => String::new(),
+            },
+            r.variant.clone().unwrap_or_default(),
+            r.fsync
+                .map_or_else(String::new, |f| if f { "on" } else { "off" }.into()),
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.max_us),
+            r.samples.map_or_else(String::new, |v| v.to_string()),
+        ]);
+    }
+    Some(t.to_string())
+}
+
 /// One target of issue 7, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetCheck {
@@ -123,11 +163,55 @@ pub struct TargetCheck {
     pub met: Option<bool>,
 }
 
+/// The rows of a scenario and system (with `fsync`, of that setting). The
+/// arbiter's rows are those on its state file: the targets of issues 7 and
+/// 14 are about it; its rows on etcd are checked apart.
 fn find<'a>(rows: &'a [Row], scenario: &str, system: System, fsync: Option<bool>) -> Vec<&'a Row> {
     rows.iter()
         .filter(|r| r.scenario == scenario && r.system == system)
         .filter(|r| fsync.is_none() || r.fsync == fsync)
+        .filter(|r| r.store != Some(Store::Etcd))
         .collect()
+}
+
+/// The slack allowed over "one guarded txn" (issue 13: "about one guarded
+/// etcd transaction over the file store's, no more").
+const ONE_TXN_SLACK: f64 = 1.25;
+
+/// Issue 13: the arbiter on etcd costs about one guarded etcd txn over the
+/// arbiter on its state file without fsync (where the only durable write
+/// is the etcd one), at p50.
+fn one_txn_over(rows: &[Row], scenario: &str, what: &str) -> TargetCheck {
+    let target = format!(
+        "{what} on etcd ≤ on the state file (fsync off) + one guarded etcd txn, p50 (×{ONE_TXN_SLACK} slack)"
+    );
+    let p50 = |r: Option<&Row>| r.and_then(|r| r.p50_us);
+    let file = p50(find(rows, scenario, System::Restock, Some(false))
+        .first()
+        .copied());
+    let on_etcd = p50(rows
+        .iter()
+        .find(|r| r.scenario == scenario && r.store == Some(Store::Etcd)));
+    let txn = p50(rows.iter().find(|r| {
+        r.system == System::Etcd
+            && r.variant
+                .as_deref()
+                .is_some_and(|v| v.starts_with("one guarded txn"))
+    }));
+    match (file, on_etcd, txn) {
+        (Some(f), Some(e), Some(x)) => TargetCheck {
+            target,
+            measured: format!(
+                "{:.3} − {:.3} = {:.3} ms over; one txn {:.3} ms",
+                e / 1_000.0,
+                f / 1_000.0,
+                (e - f) / 1_000.0,
+                x / 1_000.0
+            ),
+            met: Some(e - f <= ONE_TXN_SLACK * x),
+        },
+        _ => not_measured(&target),
+    }
 }
 
 fn not_measured(target: &str) -> TargetCheck {
@@ -235,6 +319,14 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
             }
         },
     );
+    for (scenario, what) in [("handoff", "hand-off"), ("grant", "grant")] {
+        if rows
+            .iter()
+            .any(|r| r.scenario == scenario && r.store == Some(Store::Etcd))
+        {
+            out.push(one_txn_over(rows, scenario, what));
+        }
+    }
     let ingest = first("ingest", System::Restock, None).and_then(|r| r.per_second);
     out.push(match ingest {
         Some(v) => TargetCheck {
@@ -471,6 +563,59 @@ mod tests {
         assert!(table.contains("| planned"), "{table}");
         assert!(table.contains("2.90"), "{table}");
         assert_eq!(e2e_table(&rows[..0]), None);
+    }
+
+    #[test]
+    fn etcd_store_rows_are_checked_against_one_txn_and_kept_out_of_the_file_targets() {
+        let rows = vec![
+            Row::new("handoff", System::Restock)
+                .fsync(false)
+                .store(Store::File)
+                .latencies(&lat(300)),
+            Row::new("handoff", System::Restock)
+                .fsync(true)
+                .store(Store::File)
+                .latencies(&lat(600)),
+            Row::new("handoff", System::Restock)
+                .fsync(true)
+                .store(Store::Etcd)
+                .latencies(&lat(1_100)),
+            Row::new("handoff", System::Etcd)
+                .variant("one guarded txn: put a 900-byte record")
+                .fsync(true)
+                .latencies(&lat(700)),
+            Row::new("grant", System::Restock)
+                .fsync(false)
+                .store(Store::File)
+                .latencies(&lat(200)),
+            Row::new("grant", System::Restock)
+                .fsync(true)
+                .store(Store::Etcd)
+                .latencies(&lat(1_200)),
+        ];
+        let checks = targets(&rows);
+        // The file store's row with fsync, not the etcd store's.
+        assert!(checks[1].measured.starts_with("0.600"), "{checks:?}");
+        let find = |text: &str| {
+            checks
+                .iter()
+                .find(|c| c.target.starts_with(text))
+                .unwrap_or_else(|| panic!("no target starting {text:?} in {checks:?}"))
+        };
+        // 1.1 − 0.3 = 0.8 ms ≤ 1.25 × 0.7 ms.
+        assert_eq!(find("hand-off on etcd").met, Some(true));
+        assert!(
+            find("hand-off on etcd")
+                .measured
+                .contains("= 0.800 ms over"),
+            "{checks:?}"
+        );
+        // 1.2 − 0.2 = 1.0 ms > 0.875 ms.
+        assert_eq!(find("grant on etcd").met, Some(false));
+        let table = replicas_table(&rows).unwrap();
+        assert!(table.contains("| etcd "), "{table}");
+        assert!(table.contains("one guarded txn"), "{table}");
+        assert_eq!(replicas_table(&rows[..2]), None);
     }
 
     #[test]

@@ -79,6 +79,45 @@ pub struct ArbiterSpec {
     pub extra_args: Vec<String>,
     /// Serve the HTTP listener (`/metrics`) on a free port instead of none.
     pub http: bool,
+    /// Where the arbiter keeps its state.
+    pub store: StoreSpec,
+}
+
+/// Where an arbiter keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// The state file and its journal, in the arbiter's temporary folder.
+    File,
+    /// `--store etcd`: one replica of a deployment under `prefix`.
+    Etcd(EtcdReplica),
+}
+
+/// The flags of one `--store etcd` replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdReplica {
+    /// etcd's client URL.
+    pub endpoint: String,
+    /// The deployment's keys (fresh per measurement: [`fresh_etcd_prefix`]).
+    pub prefix: String,
+    pub election_ttl: Duration,
+    /// The port it listens on. A replica names itself to the others by
+    /// `--advertise-url`, which must hold the real port, so it cannot pick
+    /// its own (port 0) as a lone arbiter does; a restarted replica comes
+    /// back on the same port, where the benchmark's client knows it.
+    pub port: u16,
+}
+
+impl EtcdReplica {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A new `--etcd-prefix` of its own, so no measurement reads another's
+/// state or election.
+pub fn fresh_etcd_prefix(what: &str) -> String {
+    use rand::Rng;
+    format!("/restock-bench/{what}-{:08x}/", rand::rng().random::<u32>())
 }
 
 impl ArbiterSpec {
@@ -90,7 +129,14 @@ impl ArbiterSpec {
             test_mode: true,
             extra_args: Vec::new(),
             http: false,
+            store: StoreSpec::File,
         }
+    }
+
+    /// The same arbiter as a `--store etcd` replica.
+    pub fn on_etcd(mut self, replica: EtcdReplica) -> Self {
+        self.store = StoreSpec::Etcd(replica);
+        self
     }
 
     /// Lifts the per-stream report limit (a guard against one flooding
@@ -117,17 +163,43 @@ impl ArbiterProcess {
     /// Starts the arbiter on a free port with a fresh state file in a
     /// temporary folder, and waits until it is healthy. Leases last 10
     /// minutes and stock reports an hour, so nothing expires mid-scenario.
+    ///
+    /// A `--store etcd` replica is healthy (overall) as soon as it serves,
+    /// leader or not: [`wait_role`] waits for it to lead.
     pub async fn start(env: &Env, spec: &ArbiterSpec) -> anyhow::Result<Self> {
         let dir = env.temp_dir("restock-bench-arbiter-")?;
         let config = dir.path().join("product_config.json");
         write_product_config(&config, &spec.products)?;
         let ready = dir.path().join("arbiter.ready.json");
-        let mut args = procs::listen_anywhere(&ready);
+        let mut args = match &spec.store {
+            StoreSpec::File => {
+                let mut a = procs::listen_anywhere(&ready);
+                a.extend([
+                    "--state-file".into(),
+                    dir.path().join("state.json").display().to_string(),
+                ]);
+                a
+            }
+            StoreSpec::Etcd(r) => vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", r.port),
+                "--ready-file".into(),
+                ready.display().to_string(),
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                r.endpoint.clone(),
+                "--etcd-prefix".into(),
+                r.prefix.clone(),
+                "--election-ttl".into(),
+                format!("{}s", r.election_ttl.as_secs()),
+                "--advertise-url".into(),
+                r.url(),
+            ],
+        };
         args.extend([
             "--config".into(),
             config.display().to_string(),
-            "--state-file".into(),
-            dir.path().join("state.json").display().to_string(),
             "--lease-ttl".into(),
             "10m".into(),
             "--stock-ttl".into(),
@@ -172,6 +244,39 @@ impl ArbiterProcess {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// `kill -9` (and reaped).
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// SIGTERM: a clean shutdown (a leader resigns).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        self.process.terminate()
+    }
+
+    /// Waits up to `limit` for the process to exit; kills it after that.
+    /// True when it exited by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        self.process.wait_exit(limit).await
+    }
+
+    /// Starts a lone arbiter and, for a `--store etcd` one, waits until it
+    /// leads (it answers nothing that changes state before).
+    pub async fn start_leading(env: &Env, spec: &ArbiterSpec) -> anyhow::Result<Self> {
+        let mut arbiter = Self::start(env, spec).await?;
+        if let StoreSpec::Etcd(r) = &spec.store {
+            let c = arbiter.client().await?;
+            if let Err(e) = wait_role(&c, "leader", r.election_ttl * 3).await {
+                arbiter.check_running()?;
+                return Err(e.context(format!(
+                    "the arbiter on etcd did not lead; last log lines:\n{}",
+                    arbiter.process.log_tail(20)
+                )));
+            }
+        }
+        Ok(arbiter)
     }
 
     /// A client on a connection of its own.
@@ -378,6 +483,16 @@ pub async fn set_paused(c: &mut Client, paused: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("SetPaused({paused})"))?;
     Ok(())
+}
+
+/// Waits until the arbiter at `c` says it plays `role` (`"leader"`,
+/// `"follower"`; GetStatus answers on every replica).
+pub async fn wait_role(c: &Client, role: &str, limit: Duration) -> anyhow::Result<()> {
+    procs::eventually(&format!("the arbiter to be {role}"), limit, || {
+        let mut c = c.clone();
+        async move { Ok((status(&mut c).await?.role == role).then_some(())) }
+    })
+    .await
 }
 
 /// Waits until every product in `tcins` is QUEUED.

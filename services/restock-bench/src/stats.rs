@@ -24,6 +24,16 @@ impl System {
     }
 }
 
+/// Where the arbiter of a restock row kept its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    /// The state file and its journal (`--store file`, the default).
+    File,
+    /// `--store etcd`: replicas electing a leader through etcd.
+    Etcd,
+}
+
 /// One line of the results. Fields that do not apply are left out of the
 /// JSON. `variant`, `samples`, `cpu_percent` and `poll_interval_ms` add to
 /// the fields: they tell rows of one scenario and system apart
@@ -43,6 +53,8 @@ pub struct Row {
     pub p99_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +79,13 @@ pub struct Row {
     pub poll_gap_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_gap_spread: Option<f64>,
+    /// Restock rows of the hand-off, grant and failover scenarios: the
+    /// arbiter's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Store>,
+    /// Failover: the replicas' `--election-ttl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election_ttl_ms: Option<u64>,
 }
 
 impl Row {
@@ -79,6 +98,7 @@ impl Row {
             p50_us: None,
             p99_us: None,
             p999_us: None,
+            max_us: None,
             per_second: None,
             rss_mb: None,
             samples: None,
@@ -89,7 +109,19 @@ impl Row {
             poll_gap_p50_ms: None,
             poll_gap_p99_ms: None,
             poll_gap_spread: None,
+            store: None,
+            election_ttl_ms: None,
         }
+    }
+
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn election_ttl(mut self, ttl: Duration) -> Self {
+        self.election_ttl_ms = Some(ttl.as_millis() as u64);
+        self
     }
 
     pub fn variant(mut self, v: impl Into<String>) -> Self {
@@ -102,12 +134,13 @@ impl Row {
         self
     }
 
-    /// Sets p50/p99/p99.9 and the sample count from `lat`.
+    /// Sets p50/p99/p99.9/max and the sample count from `lat`.
     pub fn latencies(mut self, lat: &Latencies) -> Self {
         let s = lat.summary();
         self.p50_us = Some(s.p50_us);
         self.p99_us = Some(s.p99_us);
         self.p999_us = Some(s.p999_us);
+        self.max_us = Some(s.max_us);
         self.samples = Some(s.count as u64);
         self
     }
@@ -220,6 +253,7 @@ pub struct Summary {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    pub max_us: f64,
 }
 
 impl Latencies {
@@ -263,6 +297,7 @@ impl Latencies {
             p50_us: at(0.50),
             p99_us: at(0.99),
             p999_us: at(0.999),
+            max_us: at(1.0),
         }
     }
 }
@@ -282,6 +317,7 @@ mod tests {
         assert_eq!(s.p50_us, 500.0);
         assert_eq!(s.p99_us, 990.0);
         assert_eq!(s.p999_us, 999.0);
+        assert_eq!(s.max_us, 1_000.0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - `grant`: the slot is free; a watcher reports a product in stock on its
 //!   stream; timed until its grant arrives on that stream. Baselines: one
 //!   `SET NX PX` on a free Redis lock, one Lock call on a free etcd lock.
+//!   With etcd given, also the arbiter as a lone `--store etcd` replica.
 //! - `cycle`: `AcquirePurchase` + `ReleasePurchase`, timed together (each
 //!   with a fresh request id, as a client that retries safely sends).
 //!   Baselines: `SET NX PX` + Lua compare-and-delete; etcd Lock + Unlock.
@@ -14,11 +15,11 @@ use restock_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{Ctx, FSYNC_SETTINGS, progress};
+use super::{Ctx, FSYNC_SETTINGS, etcd_replica, progress};
 use crate::{
-    etcd_lock, redis_lock,
+    etcd_lock, etcd_txn, redis_lock,
     restock::{self, ArbiterProcess, ArbiterSpec, WatcherStream, observation, product_ids},
-    stats::{Latencies, Row, System},
+    stats::{Latencies, Row, Store, System},
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -34,10 +35,36 @@ pub async fn run_grant(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             grants = count,
             "restock: report → grant on the stream"
         );
-        let lat = restock_grant(ctx, fsync, count).await?;
+        let lat = restock_grant(ctx, &spec(ctx, fsync), count).await?;
         let row = Row::new(SCENARIO, System::Restock)
             .variant("report in stock → grant pushed")
             .fsync(fsync)
+            .store(Store::File)
+            .latencies(&lat);
+        progress(&row);
+        rows.push(row);
+    }
+    if let Some(url) = &ctx.etcd_url {
+        let replica = etcd_replica(url, "grant")?;
+        let prefix = replica.prefix.clone();
+        info!(
+            scenario = SCENARIO,
+            grants = count,
+            etcd_prefix = %prefix,
+            "restock: report → grant on the stream, arbiter on etcd (--store etcd)"
+        );
+        let before = etcd_txn::revision(url).await?;
+        let lat = restock_grant(ctx, &spec(ctx, true).on_etcd(replica), count).await?;
+        // Each grant and the release after it (not timed): the revision's
+        // rise counts the arbiter's etcd writes.
+        let writes = (etcd_txn::revision(url).await? - before) as f64 / count as f64;
+        etcd_txn::delete_prefix(url, &prefix).await?;
+        let row = Row::new(SCENARIO, System::Restock)
+            .variant(format!(
+                "report in stock → grant pushed, arbiter on etcd (--store etcd), {writes:.2} etcd writes per grant + release"
+            ))
+            .fsync(ctx.etcd_fsync)
+            .store(Store::Etcd)
             .latencies(&lat);
         progress(&row);
         rows.push(row);
@@ -119,10 +146,9 @@ fn spec(ctx: &Ctx, fsync: bool) -> ArbiterSpec {
     ArbiterSpec::cycling(product_ids(ctx.waiters + 1), fsync).without_report_limit()
 }
 
-async fn restock_grant(ctx: &Ctx, fsync: bool, count: usize) -> anyhow::Result<Latencies> {
-    let spec = spec(ctx, fsync);
+async fn restock_grant(ctx: &Ctx, spec: &ArbiterSpec, count: usize) -> anyhow::Result<Latencies> {
     let tcin = spec.products[0].clone();
-    let mut arbiter = ArbiterProcess::start(&ctx.env, &spec).await?;
+    let mut arbiter = ArbiterProcess::start_leading(&ctx.env, spec).await?;
     let channel = restock::connect(&arbiter.url).await?;
     let mut unary = restock::Client::new(channel.clone());
     let (grants_tx, mut grants) = mpsc::unbounded_channel();

@@ -8,6 +8,12 @@
 //! line gets the lock, as the next product in priority order gets the
 //! slot), and first-come (whoever polls first; Redis itself knows no order).
 //!
+//! With etcd given, the arbiter is measured a third time as a lone
+//! `--store etcd` replica (its own `--etcd-prefix`), and one guarded etcd
+//! transaction putting a record of the size its journal records had is
+//! timed by itself: issue 13 expects the etcd store's hand-off to cost
+//! about one such transaction over the file store's, no more.
+//!
 //! Every watcher gets the slot once per round, in priority order: a holder
 //! releases with OUT_OF_STOCK (its sighting is cleared), so the next product
 //! down the list wins. Before the last one releases, every other watcher
@@ -20,14 +26,14 @@ use restock_proto::v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClie
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{Ctx, FSYNC_SETTINGS, progress};
+use super::{Ctx, FSYNC_SETTINGS, etcd_replica, progress};
 use crate::{
-    etcd_lock,
+    etcd_lock, etcd_txn,
     redis_lock::{self, Order},
     restock::{
         self, ArbiterProcess, ArbiterSpec, Granted, WatcherStream, observation, product_ids,
     },
-    stats::{Latencies, Row, System},
+    stats::{Latencies, Row, Store, System},
 };
 
 const SCENARIO: &str = "handoff";
@@ -44,13 +50,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             waiters = ctx.waiters,
             "restock hand-off"
         );
-        let lat = restock_handoff(ctx, fsync, ctx.plan.handoffs).await?;
+        let spec = ArbiterSpec::cycling(product_ids(ctx.waiters + 1), fsync);
+        let lat = restock_handoff(ctx, &spec, ctx.plan.handoffs).await?;
         let row = Row::new(SCENARIO, System::Restock)
             .variant(variant.clone())
             .fsync(fsync)
+            .store(Store::File)
             .latencies(&lat);
         progress(&row);
         rows.push(row);
+    }
+    if let Some(url) = &ctx.etcd_url {
+        rows.extend(etcd_store(ctx, url, &variant).await?);
     }
     if let Some(url) = &ctx.redis_url {
         for (order, label) in [
@@ -98,6 +109,62 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The hand-off with the arbiter on etcd, then one guarded etcd
+/// transaction of the same record size.
+async fn etcd_store(ctx: &Ctx, url: &str, variant: &str) -> anyhow::Result<Vec<Row>> {
+    let replica = etcd_replica(url, "handoff")?;
+    let prefix = replica.prefix.clone();
+    info!(
+        scenario = SCENARIO,
+        handoffs = ctx.plan.handoffs,
+        waiters = ctx.waiters,
+        etcd_prefix = %prefix,
+        "restock hand-off, arbiter on etcd (--store etcd)"
+    );
+    let spec = ArbiterSpec::cycling(product_ids(ctx.waiters + 1), true).on_etcd(replica);
+    // Nothing else writes to etcd meanwhile: the revision's rise counts the
+    // arbiter's writes (its start-up's few among thousands of hand-offs).
+    let before = etcd_txn::revision(url).await?;
+    let lat = restock_handoff(ctx, &spec, ctx.plan.handoffs).await?;
+    let writes = (etcd_txn::revision(url).await? - before) as f64 / ctx.plan.handoffs as f64;
+    info!(
+        scenario = SCENARIO,
+        etcd_writes_per_handoff = format!("{writes:.2}"),
+        "the arbiter's etcd writes, counted by etcd's revision"
+    );
+    let mut rows = vec![
+        Row::new(SCENARIO, System::Restock)
+            .variant(format!(
+                "{variant}, arbiter on etcd (--store etcd), {writes:.2} etcd writes per hand-off"
+            ))
+            .fsync(ctx.etcd_fsync)
+            .store(Store::Etcd)
+            .latencies(&lat),
+    ];
+    progress(&rows[0]);
+    let measured = etcd_txn::journal_record_bytes(url, &prefix).await?;
+    etcd_txn::delete_prefix(url, &prefix).await?;
+    let bytes = measured.unwrap_or(etcd_txn::DEFAULT_RECORD_BYTES);
+    info!(
+        scenario = SCENARIO,
+        txns = ctx.plan.handoffs,
+        record_bytes = bytes,
+        measured = measured.is_some(),
+        "one guarded etcd txn, as the etcd store writes a hand-off's record"
+    );
+    let txn_prefix = restock::fresh_etcd_prefix("txn");
+    let lat = etcd_txn::guarded_puts(url, &txn_prefix, ctx.plan.handoffs, bytes).await?;
+    let row = Row::new(SCENARIO, System::Etcd)
+        .variant(format!(
+            "one guarded txn: put a {bytes}-byte record if the leader key stands"
+        ))
+        .fsync(ctx.etcd_fsync)
+        .latencies(&lat);
+    progress(&row);
+    rows.push(row);
+    Ok(rows)
+}
+
 async fn next_grant(grants: &mut mpsc::UnboundedReceiver<Granted>) -> anyhow::Result<Granted> {
     tokio::time::timeout(WAIT, grants.recv())
         .await
@@ -105,11 +172,11 @@ async fn next_grant(grants: &mut mpsc::UnboundedReceiver<Granted>) -> anyhow::Re
         .context("every watcher stream closed")
 }
 
-async fn restock_handoff(ctx: &Ctx, fsync: bool, count: usize) -> anyhow::Result<Latencies> {
-    let n = ctx.waiters + 1;
-    let products = product_ids(n);
-    let mut arbiter =
-        ArbiterProcess::start(&ctx.env, &ArbiterSpec::cycling(products.clone(), fsync)).await?;
+async fn restock_handoff(ctx: &Ctx, spec: &ArbiterSpec, count: usize) -> anyhow::Result<Latencies> {
+    let fsync = spec.fsync;
+    let n = spec.products.len();
+    let products = spec.products.clone();
+    let mut arbiter = ArbiterProcess::start_leading(&ctx.env, spec).await?;
     let mut control = arbiter.client().await?;
     // Everyone reports first, so the first grant goes to the top product.
     restock::set_paused(&mut control, true).await?;

@@ -4,6 +4,7 @@
 
 pub mod contention;
 pub mod end_to_end;
+pub mod failover;
 pub mod grant;
 pub mod handoff;
 pub mod ingest;
@@ -11,7 +12,12 @@ pub mod memory;
 
 use tracing::info;
 
-use crate::{config::Plan, restock::Env, stats::Row};
+use crate::{
+    config::{ETCD_STORE_ELECTION_TTL, Plan},
+    procs,
+    restock::{Env, EtcdReplica, fresh_etcd_prefix},
+    stats::Row,
+};
 
 /// What every scenario gets.
 #[derive(Debug, Clone)]
@@ -27,6 +33,17 @@ pub struct Ctx {
     pub e2e_planning: Vec<bool>,
     pub e2e_products: usize,
     pub e2e_trace_dir: Option<std::path::PathBuf>,
+    pub failover_election_ttl: std::time::Duration,
+}
+
+/// A lone `--store etcd` arbiter on etcd at `url`, under a fresh prefix.
+pub fn etcd_replica(url: &str, what: &str) -> anyhow::Result<EtcdReplica> {
+    Ok(EtcdReplica {
+        endpoint: url.to_owned(),
+        prefix: fresh_etcd_prefix(what),
+        election_ttl: ETCD_STORE_ELECTION_TTL,
+        port: procs::reserve_port()?,
+    })
 }
 
 /// The fsync settings measured, fastest first.
@@ -58,6 +75,7 @@ pub async fn run(name: &str, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         "ingest" => ingest::run(ctx).await,
         "memory" => memory::run(ctx).await,
         "end_to_end" => end_to_end::run(ctx).await,
+        "failover" => failover::run(ctx).await,
         other => anyhow::bail!("no scenario named {other:?}"),
     }
 }
