@@ -390,6 +390,17 @@ async fn bad_etcd_flags_stop_start_up_with_a_clear_message() {
             ],
             "--election-ttl",
         ),
+        (
+            vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:9",
+                "--etcd-user",
+                "root",
+            ],
+            "--etcd-user and --etcd-password go together",
+        ),
     ] {
         let out = std::process::Command::new(restock_testkit::bin("purchase-arbiter"))
             .args([
@@ -406,4 +417,55 @@ async fn bad_etcd_flags_stop_start_up_with_a_clear_message() {
         assert!(!out.status.success(), "{args:?} started");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn etcd_authentication_lets_the_right_user_lead_and_stops_a_wrong_password() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    // etcd's own authentication on, with the root user.
+    let mut admin = etcd_client::Client::connect(etcd.client_urls(), None)
+        .await
+        .unwrap();
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut opts = replica_options(&etcd, "auth", "2s");
+    opts.extra_args.extend([
+        "--etcd-user".into(),
+        "root".into(),
+        "--etcd-password".into(),
+        "s3cret".into(),
+    ]);
+    let all = replicas(&opts, 1).await;
+    one_leader(&all, &[0], Duration::from_secs(15)).await;
+    let mut c = all[0].client().await;
+    must_acquire(&mut c, "100", "w1").await;
+
+    // A wrong password stops start-up, saying etcd refused it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = restock_testkit::write_product_config(dir.path(), &["100"]);
+    let mut child = std::process::Command::new(restock_testkit::bin("purchase-arbiter"))
+        .args(["--config", &config.display().to_string()])
+        .args(["--http-listen", "off", "--listen", "127.0.0.1:0"])
+        .args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()])
+        .args(["--etcd-user", "root", "--etcd-password", "wrong"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let exited = eventually("the arbiter to exit", Duration::from_secs(15), || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!exited.success(), "started with a wrong etcd password");
+    assert!(
+        stderr.contains("etcd") && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
 }
