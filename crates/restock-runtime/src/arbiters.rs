@@ -118,7 +118,7 @@ fn check_url(entry: &str) -> Result<(), ArbiterListError> {
 
 /// The same server: equal but for a trailing `/` and letter case (scheme
 /// and host are case-insensitive; arbiter URLs carry no path).
-fn same_url(a: &str, b: &str) -> bool {
+pub fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/')
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }

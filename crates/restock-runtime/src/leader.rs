@@ -9,23 +9,32 @@ use tonic::{Code, Status, metadata::MetadataValue};
 /// The trailer naming the leader's URL (its `--advertise-url`).
 pub const LEADER_METADATA: &str = "restock-leader";
 
+/// How every [`not_leader`] message begins (what [`is_not_leader`] reads
+/// when no leader is known, so there is no trailer).
+const NOT_LEADER: &str = "this arbiter replica is not the leader";
+
 /// The answer of a replica that does not lead: `UNAVAILABLE`, with the
 /// leader's URL in the message and the trailer when one is known.
 pub fn not_leader(leader_url: Option<&str>) -> Status {
     match leader_url.filter(|u| !u.is_empty()) {
         Some(url) => {
-            let mut status = Status::unavailable(format!(
-                "this arbiter replica is not the leader; the leader is {url}"
-            ));
+            let mut status = Status::unavailable(format!("{NOT_LEADER}; the leader is {url}"));
             if let Ok(v) = MetadataValue::try_from(url) {
                 status.metadata_mut().insert(LEADER_METADATA, v);
             }
             status
         }
-        None => Status::unavailable(
-            "this arbiter replica is not the leader and no leader is elected yet; try again shortly",
-        ),
+        None => Status::unavailable(format!(
+            "{NOT_LEADER} and no leader is elected yet; try again shortly"
+        )),
     }
+}
+
+/// Is `status` a replica's [`not_leader`] answer (naming the leader or
+/// not), rather than an arbiter that could not be reached?
+pub fn is_not_leader(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && (leader_hint(status).is_some() || status.message().starts_with(NOT_LEADER))
 }
 
 /// The leader's URL a `not_leader` answer names, if `status` is one.
@@ -60,6 +69,11 @@ mod tests {
         let none = not_leader(None);
         assert_eq!(leader_hint(&none), None);
         assert!(none.message().contains("no leader"), "{}", none.message());
+
+        assert!(is_not_leader(&s));
+        assert!(is_not_leader(&none));
+        assert!(!is_not_leader(&Status::unavailable("connection refused")));
+        assert!(!is_not_leader(&Status::failed_precondition(NOT_LEADER)));
 
         let mut other = Status::failed_precondition("x");
         other

@@ -20,7 +20,7 @@ use restock_proto::{
     v1::{self as pb, purchase_arbiter_client::PurchaseArbiterClient},
 };
 use restock_runtime::{
-    arbiters::{ArbiterTracker, ArbiterUrls, Move},
+    arbiters::{ArbiterTracker, ArbiterUrls, Move, same_url},
     auth::{ClientTlsArgs, SendToken, TokenArgs},
     leader::leader_hint,
 };
@@ -251,7 +251,7 @@ impl Target {
     pub fn worked(&self, at: &Self) {
         if let Some(mut t) = self.tracker() {
             let url = t.current().to_owned();
-            if same_target(&url, &at.given) {
+            if same_url(&url, &at.given) {
                 t.on_success(&url);
             }
         }
@@ -265,7 +265,7 @@ impl Target {
             return false;
         };
         let current = t.current().to_owned();
-        if !same_target(&current, &at.given) {
+        if !same_url(&current, &at.given) {
             // Someone else moved on already.
             return true;
         }
@@ -444,12 +444,6 @@ impl Target {
             Ok(Ok(response)) => Ok(response.into_inner()),
         }
     }
-}
-
-/// The same server, but for a trailing `/` and letter case.
-fn same_target(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/')
-        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 #[cfg(test)]

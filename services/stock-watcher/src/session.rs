@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use restock_domain::{Catalog, FencingToken, Lease, LeaseId, Tcin, WatcherId};
 use restock_proto::ConvertError;
-use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::leader_hint};
+use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::is_not_leader};
 
 use crate::{
     arbiter::{ArbiterLink, CallError, LinkError},
@@ -413,11 +413,6 @@ impl Session {
             .await
             .map_err(|_| StreamError::Ended)
     }
-}
-
-/// A replica's "not the leader" answer (with or without the leader's URL).
-fn is_not_leader(s: &tonic::Status) -> bool {
-    leader_hint(s).is_some() || s.message().contains("not the leader")
 }
 
 /// The arbiter's catalog as a domain [`Catalog`], in priority order.

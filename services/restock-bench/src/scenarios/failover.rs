@@ -33,7 +33,7 @@ use anyhow::{Context, bail};
 use restock_proto::v1::{
     self as pb, AcquirePurchaseRequest, GetStatusRequest, ReleasePurchaseRequest,
 };
-use restock_runtime::leader::leader_hint;
+use restock_runtime::leader::{is_not_leader, leader_hint};
 use tokio::{sync::mpsc, task::JoinSet};
 use tonic::{Code, Status, transport::Endpoint};
 use tracing::{debug, error, info, warn};
@@ -369,7 +369,7 @@ impl LeaderClient {
                 }
                 Ok(Err(s)) if try_elsewhere(&s) => {
                     let hint = leader_hint(&s);
-                    let follower = hint.is_some() || s.message().contains("not the leader");
+                    let follower = is_not_leader(&s);
                     if !follower {
                         self.unreachable_since[i] = Some(Instant::now());
                     }
