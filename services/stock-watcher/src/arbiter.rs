@@ -333,21 +333,24 @@ impl fmt::Display for ReleaseAnswer {
     }
 }
 
-/// How long an election among arbiter replicas may take, on top of a
-/// lease's TTL, for a release to still be worth retrying: four times the
-/// arbiter's default election TTL (5 s).
-pub const FAILOVER_ALLOWANCE: Duration = Duration::from_secs(20);
-
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct ArbiterCalls {
     link: ArbiterLink,
     rpc_timeout: Duration,
+    /// How long an election among replicas may take, on top of a lease's
+    /// TTL, for a release to still be worth retrying
+    /// (`--failover-allowance`).
+    failover_allowance: Duration,
 }
 
 impl ArbiterCalls {
-    pub fn new(link: ArbiterLink, rpc_timeout: Duration) -> Self {
-        Self { link, rpc_timeout }
+    pub fn new(link: ArbiterLink, rpc_timeout: Duration, failover_allowance: Duration) -> Self {
+        Self {
+            link,
+            rpc_timeout,
+            failover_allowance,
+        }
     }
 
     /// Until when a release of `lease` starting now is worth retrying, given
@@ -355,14 +358,14 @@ impl ArbiterCalls {
     /// may be changing, and a replica that takes over gives every lease its
     /// whole TTL from the take-over: the release is tried until a leader
     /// answers (accepted, or refused once the lease ended there), for up to
-    /// one TTL plus [`FAILOVER_ALLOWANCE`] from now, instead of giving up
+    /// one TTL plus `--failover-allowance` from now, instead of giving up
     /// after a few tries at the dead leader while the next one is elected
     /// (which leaves the slot held until the lease expires at the new one,
     /// and the purchase unrecorded). Nothing waits on it: the watcher takes
     /// new grants meanwhile.
     pub fn release_deadline(&self, lease: &HeldLease, until: Instant) -> Instant {
         if self.link.replicas() > 1 {
-            until.max(Instant::now() + lease.ttl + FAILOVER_ALLOWANCE)
+            until.max(Instant::now() + lease.ttl + self.failover_allowance)
         } else {
             until
         }
@@ -487,6 +490,8 @@ mod tests {
 
     use super::*;
 
+    const ALLOWANCE: Duration = Duration::from_secs(20);
+
     fn calls(urls: &str) -> ArbiterCalls {
         let link = ArbiterLink::new(
             ArbiterUrls::parse(urls).unwrap(),
@@ -494,7 +499,7 @@ mod tests {
             SendToken::new(None),
         )
         .unwrap();
-        ArbiterCalls::new(link, Duration::from_secs(1))
+        ArbiterCalls::new(link, Duration::from_secs(1), ALLOWANCE)
     }
 
     fn held(ttl: Duration) -> HeldLease {
@@ -518,11 +523,7 @@ mod tests {
         let three = calls("http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3");
         let before = Instant::now();
         let until = three.release_deadline(&held(ttl), soon);
-        assert!(
-            until >= before + ttl + FAILOVER_ALLOWANCE,
-            "{:?}",
-            until - before
-        );
+        assert!(until >= before + ttl + ALLOWANCE, "{:?}", until - before);
         // A lease clock that already runs later is kept.
         let late = Instant::now() + Duration::from_secs(600);
         assert_eq!(three.release_deadline(&held(ttl), late), late);

@@ -25,6 +25,8 @@ pub const DEFAULT_SOURCE_BACKOFF_INITIAL: &str = "2s";
 pub const DEFAULT_SOURCE_BACKOFF_MAX: &str = "60s";
 pub const DEFAULT_CHECKOUT_TIMEOUT: &str = "120s";
 pub const DEFAULT_RPC_TIMEOUT: &str = "5s";
+/// Four times the arbiter's default `--election-ttl` (5 s).
+pub const DEFAULT_FAILOVER_ALLOWANCE: &str = "20s";
 pub const DEFAULT_RECONNECT_INITIAL: &str = "250ms";
 pub const DEFAULT_RECONNECT_MAX: &str = "10s";
 /// The watcher id when neither the flag nor a host name gives one.
@@ -155,6 +157,12 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_RPC_TIMEOUT", default_value = DEFAULT_RPC_TIMEOUT, value_parser = parse_duration)]
     pub rpc_timeout: Duration,
 
+    /// With several --arbiter URLs (replicas): how long beyond the lease's
+    /// TTL a release is retried while the replicas elect a new leader.
+    /// Keep it above the arbiters' --election-ttl (a few times it).
+    #[arg(long, env = "RESTOCK_FAILOVER_ALLOWANCE", default_value = DEFAULT_FAILOVER_ALLOWANCE, value_parser = parse_duration)]
+    pub failover_allowance: Duration,
+
     /// First pause before reconnecting to the arbiter; it doubles (with
     /// jitter) while reconnecting fails.
     #[arg(long, env = "RESTOCK_RECONNECT_INITIAL", default_value = DEFAULT_RECONNECT_INITIAL, value_parser = parse_duration)]
@@ -225,6 +233,7 @@ pub struct Settings {
     pub checkout: CheckoutSettings,
     pub checkout_timeout: Duration,
     pub rpc_timeout: Duration,
+    pub failover_allowance: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
 }
@@ -397,6 +406,7 @@ impl WatcherConfig {
             checkout,
             checkout_timeout: self.checkout_timeout,
             rpc_timeout: self.rpc_timeout,
+            failover_allowance: self.failover_allowance,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,
         })
@@ -463,6 +473,15 @@ mod tests {
             vec![Tcin::parse("100").unwrap(), Tcin::parse("200").unwrap()]
         );
         assert_eq!(s.checkout_kind(), CheckoutKind::Http);
+        assert_eq!(s.failover_allowance, Duration::from_secs(20));
+        let s = parse(&[
+            "--checkout-url",
+            "http://x/checkout",
+            "--failover-allowance",
+            "45s",
+        ])
+        .unwrap();
+        assert_eq!(s.failover_allowance, Duration::from_secs(45));
     }
 
     #[test]

@@ -190,7 +190,11 @@ pub async fn run(
             settings.checkout_timeout,
         )),
     };
-    let calls = ArbiterCalls::new(link.clone(), settings.rpc_timeout);
+    let calls = ArbiterCalls::new(
+        link.clone(),
+        settings.rpc_timeout,
+        settings.failover_allowance,
+    );
     let (catalog_tx, catalog_rx) = watch::channel(None);
     let (plan_tx, plan_rx) = watch::channel(None);
     let runner = CheckoutRunner::new(
