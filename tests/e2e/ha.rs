@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use restock_proto::v1::{self as pb, AcquirePurchaseRequest, ReleasePurchaseRequest};
 use restock_runtime::leader::{LEADER_METADATA, leader_hint};
 use restock_testkit::{
-    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, etcd::EtcdCluster, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess,
+    etcd::{EtcdCluster, EtcdTls},
+    eventually,
 };
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -460,6 +462,76 @@ async fn etcd_authentication_lets_the_right_user_lead_and_stops_a_wrong_password
     assert!(!exited.success(), "started with a wrong etcd password");
     assert!(
         stderr.contains("etcd") && stderr.contains("authentication failed"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn tls_towards_etcd_with_a_client_certificate() {
+    // scripts/make-certs.sh's CA, server certificate (for 127.0.0.1) and
+    // client certificate: etcd takes the first two, the replica the CA and
+    // the client pair.
+    let certs = tempfile::tempdir().unwrap();
+    let made =
+        std::process::Command::new(restock_testkit::repo_root().join("scripts/make-certs.sh"))
+            .arg(certs.path())
+            .output()
+            .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |name: &str| certs.path().join(name);
+    let Some(etcd) = EtcdCluster::start_tls(
+        1,
+        EtcdTls {
+            cert: file("server.pem"),
+            key: file("server-key.pem"),
+            ca: file("ca.pem"),
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let path = |name: &str| file(name).display().to_string();
+    let mut opts = replica_options(&etcd, "tls", "2s");
+    let at = opts
+        .extra_args
+        .iter()
+        .position(|a| a == "--etcd-endpoints")
+        .unwrap();
+    opts.extra_args[at + 1] = etcd.tls_endpoints();
+    opts.extra_args.extend([
+        "--etcd-ca".into(),
+        path("ca.pem"),
+        "--etcd-cert".into(),
+        path("client.pem"),
+        "--etcd-key".into(),
+        path("client-key.pem"),
+    ]);
+    let all = replicas(&opts, 1).await;
+    one_leader(&all, &[0], Duration::from_secs(15)).await;
+    let mut c = all[0].client().await;
+    must_acquire(&mut c, "100", "w1").await;
+
+    // A CA file that is not there stops start-up, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = restock_testkit::write_product_config(dir.path(), &["100"]);
+    let missing = dir.path().join("no-such-ca.pem");
+    let out = std::process::Command::new(restock_testkit::bin("purchase-arbiter"))
+        .args(["--config", &config.display().to_string()])
+        .args(["--http-listen", "off", "--listen", "127.0.0.1:0"])
+        .args(["--store", "etcd", "--etcd-endpoints", &etcd.tls_endpoints()])
+        .arg("--etcd-ca")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its CA file");
+    assert!(
+        stderr.contains("--etcd-ca") && stderr.contains("no-such-ca.pem"),
         "{stderr}"
     );
 }

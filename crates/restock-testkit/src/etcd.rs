@@ -79,11 +79,20 @@ struct Member {
     child: Option<Child>,
     /// Started once already: a restart rejoins (`existing`).
     started: bool,
+    /// With [`EtcdCluster::start_tls`]: a second client port, https with
+    /// client certificates (the http one stays for the harness itself).
+    tls_client: Option<ReservedPort>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
         self.client.url()
+    }
+
+    fn tls_client_url(&self) -> Option<String> {
+        self.tls_client
+            .as_ref()
+            .map(|p| format!("https://{}", p.addr()))
     }
 
     fn peer_url(&self) -> String {
@@ -135,9 +144,19 @@ pub struct EtcdCluster {
     binary: PathBuf,
     token: String,
     members: Vec<Member>,
+    tls: Option<EtcdTls>,
     http: reqwest::Client,
     // Dropped last: the members' data and logs.
     dir: tempfile::TempDir,
+}
+
+/// The files of a member's https client port: its certificate and key, and
+/// the CA a client's certificate must chain to (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl EtcdCluster {
@@ -146,6 +165,16 @@ impl EtcdCluster {
     /// Panics, with every member's last log lines, if the cluster does not
     /// form.
     pub async fn start(n: usize) -> Option<Self> {
+        Self::start_with(n, None).await
+    }
+
+    /// [`Self::start`], each member also serving clients over https that
+    /// must show a certificate of `tls.ca` ([`Self::tls_endpoints`]).
+    pub async fn start_tls(n: usize, tls: EtcdTls) -> Option<Self> {
+        Self::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<EtcdTls>) -> Option<Self> {
         assert!(n >= 1, "an etcd cluster has at least one member");
         let binary = etcd_binary()?;
         // A name of the test kit's own: an `rm -rf /tmp/restock-etcd*` or a
@@ -164,6 +193,7 @@ impl EtcdCluster {
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
                 started: false,
+                tls_client: tls.as_ref().map(|_| ReservedPort::new(ip)),
             })
             .collect();
         // Unique per cluster, so members of two clusters (two tests at
@@ -180,6 +210,7 @@ impl EtcdCluster {
             binary,
             token,
             members,
+            tls,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -193,6 +224,15 @@ impl EtcdCluster {
             c.wait_healthy(i).await;
         }
         Some(c)
+    }
+
+    /// The https client URLs, comma-separated (with [`Self::start_tls`]).
+    pub fn tls_endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.tls_client_url().expect("started with start_tls"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// How many members it was started with.
@@ -242,12 +282,27 @@ impl EtcdCluster {
             .expect("open etcd log file");
         let err = out.try_clone().expect("clone log file");
         let state = if m.started { "existing" } else { "new" };
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        let clients = match (&self.tls, m.tls_client_url()) {
+            (Some(tls), Some(https)) => {
+                command
+                    .arg("--cert-file")
+                    .arg(&tls.cert)
+                    .arg("--key-file")
+                    .arg(&tls.key)
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+                format!("{},{https}", m.client_url())
+            }
+            _ => m.client_url(),
+        };
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .args(["--listen-client-urls", &m.client_url()])
-            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-client-urls", &clients])
+            .args(["--advertise-client-urls", &clients])
             .args(["--listen-peer-urls", &m.peer_url()])
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &initial_cluster])

@@ -90,14 +90,14 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, StartError> {
     if https || args.etcd_ca.is_some() || args.etcd_cert.is_some() {
         let mut tls = TlsOptions::new();
         if let Some(ca) = &args.etcd_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-ca")?));
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-ca", &named)?));
         } else {
             tls = tls.with_webpki_roots();
         }
         if let (Some(cert), Some(key)) = (&args.etcd_cert, &args.etcd_key) {
             tls = tls.identity(Identity::from_pem(
-                read(cert, "--etcd-cert")?,
-                read(key, "--etcd-key")?,
+                read(cert, "--etcd-cert", &named)?,
+                read(key, "--etcd-key", &named)?,
             ));
         }
         options = options.with_tls(tls);
@@ -120,10 +120,10 @@ pub async fn connect(args: &EtcdArgs) -> Result<Client, StartError> {
     Ok(client)
 }
 
-fn read(path: &PathBuf, flag: &'static str) -> Result<Vec<u8>, StartError> {
+fn read(path: &PathBuf, flag: &'static str, endpoints: &str) -> Result<Vec<u8>, StartError> {
     std::fs::read(path).map_err(|e| {
         StartError::Store(StoreError::Etcd {
-            endpoints: String::new(),
+            endpoints: endpoints.to_owned(),
             step: flag,
             message: format!("cannot read {}: {e}", path.display()),
         })
