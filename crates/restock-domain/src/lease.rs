@@ -23,3 +23,12 @@ pub struct Lease {
     /// has ended.
     pub remaining: Duration,
 }
+
+/// How much before a lease's deadline its holder stops trusting it:
+/// `max(ttl/5, 500 ms)`, at most half the TTL. The holder stops its
+/// checkout that long before the deadline it counts on its own clock, and
+/// the arbiter never pushes a grant with less than that left (the holder
+/// could not use it).
+pub fn holder_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(Duration::from_millis(500)).min(ttl / 2)
+}

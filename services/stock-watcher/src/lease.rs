@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use restock_domain::{FencingToken, Lease, LeaseId, Tcin};
 use restock_runtime::error::{Chain, chain_text};
 
-use crate::checkout::CheckoutResult;
+use crate::checkout::{CheckoutOutcome, CheckoutResult};
 
 /// Smallest time limit of one renewal call.
 const MIN_CALL_LIMIT: Duration = Duration::from_millis(50);
@@ -57,19 +57,22 @@ impl HeldLease {
 }
 
 /// What is left of `lease` by the arbiter's message, at most its TTL. Zero
-/// is read as "not filled in": the full TTL (an ended lease is never
-/// granted or renewed, so zero means nothing else here).
+/// is what the arbiter writes for a lease that has ended (a grant whose
+/// write outlasted it, or a renewal answered too late): nothing left.
 pub fn time_left(lease: &Lease) -> Duration {
-    if lease.remaining.is_zero() {
-        lease.ttl
-    } else {
-        lease.remaining.min(lease.ttl)
-    }
+    lease.remaining.min(lease.ttl)
 }
 
-/// How much before the lease's deadline (by our clock) the checkout stops.
+/// How much before the lease's deadline (by our clock) the checkout stops
+/// (the arbiter's rule too: [`restock_domain::lease::holder_margin`]).
 pub fn safety_margin(ttl: Duration) -> Duration {
-    (ttl / 5).max(Duration::from_millis(500)).min(ttl / 2)
+    restock_domain::lease::holder_margin(ttl)
+}
+
+/// Whether a grant leaves enough time to start a checkout: more than the
+/// safety margin.
+pub fn has_time_left(lease: &HeldLease) -> bool {
+    lease.remaining > safety_margin(lease.ttl)
 }
 
 /// How often a running checkout renews its lease.
@@ -174,17 +177,41 @@ where
     let mut next_renew = lease.received_at + renew_every(ttl);
     let mut renewal: Option<BoxFuture<'_, (Instant, Result<Duration, RenewError>)>> = None;
     let mut renewals = 0u64;
+    if Instant::now() >= trusted_until {
+        // No trusted time at all: the checkout is never polled, so not even
+        // its first request is handed to a connection.
+        cancel.cancel();
+        warn!(
+            lease_id = %lease.lease_id,
+            tcin = %lease.tcin,
+            remaining_ms = lease.remaining.as_millis() as u64,
+            margin_ms = margin.as_millis() as u64,
+            "the lease has no time left to trust: the checkout does not start"
+        );
+        return Kept {
+            result: CheckoutResult::new(
+                CheckoutOutcome::Aborted,
+                "not started: no time left on the lease",
+            ),
+            ended_by: EndedBy::TrustLost,
+            renewals,
+            trusted_until,
+        };
+    }
     let mut checkout = pin!(checkout);
     let mut revoked = pin!(revoked);
     let ended_by = loop {
+        // The reasons to stop are polled before the checkout, so a
+        // checkout is never driven (a request never written) once the lease
+        // is lost, revoked or the watcher stops.
         tokio::select! {
             biased;
-            result = &mut checkout => {
-                return Kept { result, ended_by: EndedBy::Finished, renewals, trusted_until };
-            }
             reason = &mut revoked => break EndedBy::Revoked(reason),
             () = shutdown.cancelled() => break EndedBy::Shutdown,
             () = sleep_until(trusted_until) => break EndedBy::TrustLost,
+            result = &mut checkout => {
+                return Kept { result, ended_by: EndedBy::Finished, renewals, trusted_until };
+            }
             (sent_at, answer) = async { renewal.as_mut().expect("guarded by is_some").await }, if renewal.is_some() => {
                 renewal = None;
                 match answer {
@@ -247,7 +274,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::checkout::CheckoutOutcome;
 
     /// What a fake renewal does.
     #[derive(Debug, Clone)]
@@ -532,8 +558,54 @@ mod tests {
         assert_eq!(l.remaining, Duration::from_millis(29_990));
         assert_eq!((l.token, l.received_at), (FencingToken(4), now));
         grant.remaining = Duration::ZERO;
-        assert_eq!(time_left(&grant), grant.ttl, "not filled in: the TTL");
+        assert_eq!(
+            time_left(&grant),
+            Duration::ZERO,
+            "zero is what the arbiter writes for a lease that has ended"
+        );
+        assert_eq!(HeldLease::new(&grant, now).remaining, Duration::ZERO);
         grant.remaining = Duration::from_secs(99);
         assert_eq!(time_left(&grant), grant.ttl, "never more than the TTL");
+    }
+
+    /// A lease with no trusted time left (a grant that arrived after, or
+    /// just before, its deadline) never lets the checkout start: the POST
+    /// must not even be handed to the connection.
+    #[tokio::test(start_paused = true)]
+    async fn no_trusted_time_left_never_polls_the_checkout() {
+        for left in [Duration::ZERO, Duration::from_millis(1), safety_margin(TTL)] {
+            let mut l = lease();
+            l.remaining = left;
+            let renewer = FakeRenewer::new(vec![Answer::Ok], TTL);
+            let cancel = CancellationToken::new();
+            let shutdown = CancellationToken::new();
+            let polled = Arc::new(Mutex::new(false));
+            let checkout = {
+                let polled = polled.clone();
+                async move {
+                    *polled.lock().unwrap() = true;
+                    CheckoutResult::new(CheckoutOutcome::Purchased, "bought")
+                }
+            };
+            let kept = keep(
+                &l,
+                &renewer,
+                Duration::from_secs(5),
+                checkout,
+                &cancel,
+                std::future::pending(),
+                &shutdown,
+                |_| {},
+            )
+            .await;
+            assert!(
+                !*polled.lock().unwrap(),
+                "the checkout ran with {left:?} left"
+            );
+            assert_eq!(kept.ended_by, EndedBy::TrustLost, "{left:?} left");
+            assert_eq!(kept.result.outcome, CheckoutOutcome::Aborted);
+            assert!(kept.ended_by.may_release());
+            assert!(renewer.calls().is_empty(), "nothing to renew");
+        }
     }
 }

@@ -120,11 +120,34 @@ impl CheckoutRunner {
         }
         let held = HeldLease::new(&grant, received_at);
         let mut active = self.active();
+        if let Some(running) = active.as_ref()
+            && running.lease_id == held.lease_id
+        {
+            warn!(lease_id = %held.lease_id, "the same grant arrived again; the checkout already runs");
+            return;
+        }
+        if !lease::has_time_left(&held) {
+            // A grant that outlived its lease on the way (the arbiter's write
+            // or the network was slow): starting now could overlap the next
+            // holder. The arbiter has ended it or is about to.
+            warn!(
+                lease_id = %held.lease_id,
+                tcin = %held.tcin,
+                fencing_token = held.token.get(),
+                remaining_ms = held.remaining.as_millis() as u64,
+                margin_ms = lease::safety_margin(held.ttl).as_millis() as u64,
+                "a grant arrived with no time left on its lease: no checkout; releasing it ABORTED"
+            );
+            let detail = format!(
+                "grant arrived with no time left ({} ms, less than the {} ms safety margin): no checkout started",
+                held.remaining.as_millis(),
+                lease::safety_margin(held.ttl).as_millis()
+            );
+            drop(active);
+            self.release_unused(held, detail);
+            return;
+        }
         if let Some(running) = active.as_ref() {
-            if running.lease_id == held.lease_id {
-                warn!(lease_id = %held.lease_id, "the same grant arrived again; the checkout already runs");
-                return;
-            }
             error!(
                 running_lease_id = %running.lease_id,
                 running_fencing_token = running.token.get(),

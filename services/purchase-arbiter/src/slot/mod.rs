@@ -858,6 +858,28 @@ impl Arbiter {
         self.settle(now);
     }
 
+    /// A grant whose lease is (nearly) over by the time its write finished
+    /// (a slow fsync or etcd txn, a paused process): pushing it would let
+    /// its holder start a checkout it could not finish before the deadline,
+    /// or after it, while the next holder is granted. So it is never
+    /// pushed: the lease ends as expired at once and the next product is
+    /// granted, in the same batch.
+    pub fn expire_unpushed(&mut self, now: Now, lease_id: &LeaseId) {
+        if self.lease.as_ref().is_some_and(|l| &l.lease_id == lease_id) {
+            let lease = self.lease.take().expect("checked");
+            let left = ms(lease.remaining(now));
+            self.end_lease(
+                now,
+                lease,
+                Outcome::Expired,
+                format!(
+                    "lease expired before it could be pushed: the write that held the grant left {left} ms of it, less than its holder's safety margin"
+                ),
+            );
+        }
+        self.settle(now);
+    }
+
     /// A watcher opened its stream. A second stream under the same id
     /// replaces the first (`conn` tells them apart).
     pub fn connect(&mut self, now: Now, watcher_id: &WatcherId, conn: u64) {

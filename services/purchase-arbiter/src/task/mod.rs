@@ -75,7 +75,7 @@ use restock_runtime::error::Chain;
 
 use restock_domain::{
     Catalog, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
-    ProductState, Status, Tcin, WatcherId,
+    ProductState, Status, Tcin, WatcherId, lease::holder_margin,
 };
 
 use crate::{
@@ -116,6 +116,24 @@ pub enum CloseReason {
     ShuttingDown,
     Replaced,
     TooManyProducts,
+}
+
+/// A grant [`ArbiterTask::deliver`] did not put on its stream.
+#[derive(Debug)]
+enum Undelivered {
+    /// The stream is gone or not reading: the grant is withdrawn.
+    Closed {
+        watcher_id: WatcherId,
+        conn: u64,
+        lease_id: LeaseId,
+    },
+    /// Too little of the lease was left when its write finished: it ends
+    /// as expired.
+    Late {
+        watcher_id: WatcherId,
+        lease_id: LeaseId,
+        left: std::time::Duration,
+    },
 }
 
 /// Why a call failed.
@@ -843,11 +861,32 @@ impl<S: StateStore> ArbiterTask<S> {
                 return;
             }
             let now = self.clock.now();
-            for (watcher_id, conn, lease_id) in undelivered {
-                warn!(watcher_id = %watcher_id, lease_id = %lease_id, "grant could not be delivered; withdrawing it");
-                self.streams.remove(&watcher_id);
-                self.arbiter
-                    .abandon_grant(now, &watcher_id, conn, &lease_id);
+            for u in undelivered {
+                match u {
+                    Undelivered::Closed {
+                        watcher_id,
+                        conn,
+                        lease_id,
+                    } => {
+                        warn!(watcher_id = %watcher_id, lease_id = %lease_id, "grant could not be delivered; withdrawing it");
+                        self.streams.remove(&watcher_id);
+                        self.arbiter
+                            .abandon_grant(now, &watcher_id, conn, &lease_id);
+                    }
+                    Undelivered::Late {
+                        watcher_id,
+                        lease_id,
+                        left,
+                    } => {
+                        warn!(
+                            watcher_id = %watcher_id,
+                            lease_id = %lease_id,
+                            left_ms = left.as_millis() as u64,
+                            "a grant's write outlasted its lease: not pushed, the lease ends as expired and the next product is granted"
+                        );
+                        self.arbiter.expire_unpushed(now, &lease_id);
+                    }
+                }
             }
             effects = self.arbiter.take_effects();
         }
@@ -933,9 +972,10 @@ impl<S: StateStore> ArbiterTask<S> {
         });
     }
 
-    /// Puts pushes on the streams; returns the grants that could not be.
-    fn deliver(&mut self, pushes: Vec<Push>) -> Vec<(WatcherId, u64, LeaseId)> {
+    /// Puts pushes on the streams; returns the grants that were not.
+    fn deliver(&mut self, pushes: Vec<Push>) -> Vec<Undelivered> {
         let mut undelivered = Vec::new();
+        let now = self.clock.now();
         for push in pushes {
             match push {
                 Push::Grant {
@@ -950,6 +990,18 @@ impl<S: StateStore> ArbiterTask<S> {
                         .lease()
                         .is_none_or(|cur| cur.lease_id != lease.lease_id)
                     {
+                        continue;
+                    }
+                    // Nor is one whose write took (nearly) all of its time:
+                    // its holder could not finish, or even start, a checkout
+                    // before the deadline (see `Arbiter::expire_unpushed`).
+                    let left = lease.remaining(now);
+                    if left <= holder_margin(lease.ttl) {
+                        undelivered.push(Undelivered::Late {
+                            watcher_id,
+                            lease_id: lease.lease_id,
+                            left,
+                        });
                         continue;
                     }
                     let ok = match self.streams.get(&watcher_id) {
@@ -970,7 +1022,11 @@ impl<S: StateStore> ArbiterTask<S> {
                             "slot granted on the watcher's stream"
                         );
                     } else {
-                        undelivered.push((watcher_id, conn, lease.lease_id));
+                        undelivered.push(Undelivered::Closed {
+                            watcher_id,
+                            conn,
+                            lease_id: lease.lease_id,
+                        });
                     }
                 }
                 Push::Revoked {

@@ -564,3 +564,80 @@ async fn watch_events_hands_out_only_what_is_written_then_the_rest_as_it_is() {
         (EventKind::Granted, history[0].sequence + 1)
     );
 }
+
+// ----- a write that outlasts the lease -----
+
+/// Every grant received on `rx` so far (other messages skipped).
+fn grants_pushed(rx: &mut mpsc::Receiver<WatcherMessage>) -> Vec<ActiveLease> {
+    let mut got = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if let WatcherMessage::Grant(l) = m {
+            got.push(l);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_grant_whose_write_outlasted_its_lease_is_never_pushed_and_the_next_product_is_granted() {
+    // A 1 s lease; the write of its grant is held for 1.3 s (a sick disk, a
+    // slow etcd txn, a paused process).
+    let a = Running::start(Duration::from_secs(1)).await;
+    let mut follower = a.follow().await;
+    let (c1, mut rx1) = a.connect("w1").await;
+    let (c2, mut rx2) = a.connect("w2").await;
+    a.disk.close_gate();
+    a.report_in_stock("w1", c1, "A").await;
+    until("the grant's write", || a.disk.waiting_at_gate() == 1).await;
+    a.report_in_stock("w2", c2, "B").await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    a.disk.open_gate();
+
+    // The next product goes to w2, with a whole lease.
+    let next = loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx2.recv()).await {
+            Ok(Some(WatcherMessage::Grant(l))) => break l,
+            Ok(Some(_)) => continue,
+            other => panic!("no grant for w2: {other:?}"),
+        }
+    };
+    assert_eq!((next.tcin.as_str(), next.token), ("B", FencingToken(2)));
+    // w1 never saw the grant whose lease had ended.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = grants_pushed(&mut rx1);
+    assert!(
+        late.is_empty(),
+        "a grant past its deadline was pushed: {late:?}"
+    );
+
+    // The history says so: A granted, expired at once (never pushed), B
+    // granted; in that order.
+    let events: Vec<Event> = received(&mut follower)
+        .into_iter()
+        .filter(|e| e.fencing_token.is_some())
+        .collect();
+    let seen: Vec<(EventKind, &str, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.tcin.as_ref().map_or("", |t| t.as_str()),
+                e.fencing_token.map_or(0, |t| t.0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen[..3],
+        [
+            (EventKind::Granted, "A", 1),
+            (EventKind::Expired, "A", 1),
+            (EventKind::Granted, "B", 2),
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        events[1].detail.contains("before it could be pushed"),
+        "{:?}",
+        events[1].detail
+    );
+}

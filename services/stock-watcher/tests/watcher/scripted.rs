@@ -129,6 +129,55 @@ async fn a_second_grant_is_released_aborted_and_a_revocation_stops_the_checkout(
     watcher.stop().await;
 }
 
+/// A grant whose lease has already ended when it arrives (`remaining_ms: 0`,
+/// what the arbiter writes for an ended lease), or has less left than the
+/// watcher's safety margin: no checkout starts, and it is released ABORTED.
+/// A grant with time left afterwards still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_with_no_time_left_starts_no_checkout_and_is_released_aborted() {
+    let arbiter = ScriptedArbiter::start(Script::new()).await;
+    let store = StoreStub::start().await;
+    store.set_checkout_mode(CheckoutMode::Purchase(Duration::from_millis(200)));
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
+    eventually("the stream", Duration::from_secs(10), || async {
+        arbiter.connected().then_some(())
+    })
+    .await;
+
+    let mut ended = lease("lease-ended", "100", "w1", 3, TTL);
+    ended.remaining_ms = 0;
+    arbiter.grant(ended).await;
+    // The safety margin of a 3 s lease is 600 ms: 400 ms left is too little.
+    let mut late = lease("lease-late", "100", "w1", 4, TTL);
+    late.remaining_ms = 400;
+    arbiter.grant(late).await;
+    let rs = eventually("both releases", Duration::from_secs(5), || async {
+        let r = arbiter.releases();
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    for (r, id) in rs.iter().zip(["lease-ended", "lease-late"]) {
+        assert_eq!(r.lease_id, id, "{rs:?}");
+        assert_eq!(r.outcome, pb::Outcome::Aborted, "{r:?}");
+        assert!(r.detail.contains("no time left"), "{r:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store.checkouts().is_empty(),
+        "no checkout may start on a lease with no time left: {:?}",
+        store.checkouts()
+    );
+    assert!(!arbiter.renewed("lease-ended") && !arbiter.renewed("lease-late"));
+
+    arbiter.grant(lease("lease-ok", "100", "w1", 5, TTL)).await;
+    let c = eventually("the checkout POST", Duration::from_secs(5), || async {
+        store.checkouts().into_iter().next()
+    })
+    .await;
+    assert_eq!(c.token(), 5);
+    watcher.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_is_retried_while_the_arbiter_answers_unavailable() {
     let arbiter = ScriptedArbiter::start(Script::new()).await;
