@@ -1,9 +1,10 @@
 //! The checkout ledger: every checkout attempt, the fencing check, and the
 //! overlap detector that the project's tests treat as ground truth.
 //!
-//! A checkout is **accepted** when its fencing token is at least the highest
-//! token accepted so far (equal is the same lease retrying) and the product
-//! is known and in stock. An accepted checkout is *in flight* from
+//! A checkout is **accepted** when its fencing token is above every token
+//! accepted so far (a token is used once: an equal one is a holder, or an
+//! arbiter that lost its state, reusing it) and the product is known and in
+//! stock. An accepted checkout is *in flight* from
 //! [`Ledger::begin`] to [`Ledger::finish`]. Two accepted checkouts overlap
 //! when one begins while the other is in flight; every such pair is one
 //! violation.
@@ -42,7 +43,7 @@ pub struct Attempt {
 pub enum CheckoutResult {
     /// Bought (voided right after in test mode).
     Purchased,
-    /// Refused: the fencing token is lower than the highest accepted one.
+    /// Refused: the fencing token is not above the highest accepted one.
     StaleToken,
     /// Refused: the product is out of stock.
     OutOfStock,
@@ -202,10 +203,10 @@ impl Ledger {
         self.next_id += 1;
         let id = self.next_id;
         let refusal = match (self.highest_token, stock) {
-            (Some(h), _) if attempt.fencing_token < h => Some((
+            (Some(h), _) if attempt.fencing_token <= h => Some((
                 CheckoutResult::StaleToken,
                 format!(
-                    "fencing token {} is lower than the highest accepted token {h}",
+                    "fencing token {} is not above the highest accepted token {h} (each token is used once)",
                     attempt.fencing_token
                 ),
                 stock_price(stock),
@@ -440,7 +441,7 @@ mod tests {
         // Starts in the very millisecond the first one finished.
         let b = accept(&mut l, 2, "b", 400);
         done(&mut l, b, 700);
-        let c = accept(&mut l, 2, "b", 700);
+        let c = accept(&mut l, 3, "b", 700);
         done(&mut l, c, 700);
         assert_eq!(l.violations(), 0);
         assert_eq!(l.snapshot().orders.len(), 3);
@@ -450,7 +451,7 @@ mod tests {
     fn checkouts_starting_in_the_same_millisecond_are_caught() {
         let mut l = Ledger::new();
         let a = accept(&mut l, 5, "a", 1000);
-        let b = accept(&mut l, 5, "b", 1000);
+        let b = accept(&mut l, 6, "b", 1000);
         assert_eq!(l.violations(), 1, "found as soon as the second began");
         // Finishing both in the same millisecond does not count it twice.
         done(&mut l, a, 1000);
@@ -474,7 +475,7 @@ mod tests {
         }
         assert_eq!(l.violations(), 3);
         // A later, separate checkout adds nothing.
-        let d = accept(&mut l, 3, "c", 60);
+        let d = accept(&mut l, 4, "c", 60);
         done(&mut l, d, 90);
         assert_eq!(l.violations(), 3);
     }
@@ -496,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_tokens_are_refused_and_equal_ones_accepted() {
+    fn stale_and_reused_tokens_are_refused() {
         let mut l = Ledger::new();
         let a = accept(&mut l, 7, "a", 0);
         done(&mut l, a, 10);
@@ -513,13 +514,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let again = accept(&mut l, 7, "a", 30);
-        done(&mut l, again, 40);
-        assert_eq!(l.highest_token(), Some(7));
+        // The same token again (reused by a holder, or by an arbiter that
+        // lost its state and counts from 1 again): refused as well.
+        match l.begin(attempt(7, "again"), IN, 30) {
+            Begin::Refused(o) => assert_eq!(o.result, CheckoutResult::StaleToken),
+            other => panic!("a reused token was accepted: {other:?}"),
+        }
+        let next = accept(&mut l, 8, "a", 40);
+        done(&mut l, next, 50);
+        assert_eq!(l.highest_token(), Some(8));
         assert_eq!(l.violations(), 0);
         assert_eq!(
             l.snapshot().orders.len(),
-            3,
+            4,
             "refused attempts are recorded"
         );
     }
@@ -572,7 +579,7 @@ mod tests {
     fn clearing_keeps_in_flight_checkouts_and_the_highest_token() {
         let mut l = Ledger::new();
         let a = accept(&mut l, 4, "a", 0);
-        let b = accept(&mut l, 4, "b", 1);
+        let b = accept(&mut l, 5, "b", 1);
         assert_eq!(l.violations(), 1);
         l.clear();
         assert_eq!(l.violations(), 0);
@@ -581,6 +588,6 @@ mod tests {
         done(&mut l, b, 3);
         assert_eq!(l.snapshot().orders.len(), 2);
         assert_eq!(l.violations(), 0, "the pair was counted before the clear");
-        assert_eq!(l.highest_token(), Some(4));
+        assert_eq!(l.highest_token(), Some(5));
     }
 }

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::helpers::{checkout_with, eventually, spawn_app};
+use crate::helpers::{checkout_with, eventually, overlapping_pair, spawn_app};
 
 #[tokio::test]
 async fn a_checkout_in_stock_is_purchased_and_recorded_with_its_times() {
@@ -69,12 +69,10 @@ async fn refusals_are_recorded_stale_tokens_first() {
     let (_, v) = app.checkout("222", 2, "late").await;
     assert_eq!(v["result"], "stale_token");
 
-    // Equal to the highest: the same lease retrying is accepted.
+    // Equal to the highest: a token is used once, so reused is stale too.
     let (status, v) = app.checkout("111", 5, "a").await;
-    assert_eq!(
-        (status, v["result"].clone()),
-        (StatusCode::OK, json!("purchased"))
-    );
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(v["result"], "stale_token");
 
     let (status, v) = app.checkout("999", 6, "a").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -94,7 +92,7 @@ async fn refusals_are_recorded_stale_tokens_first() {
             "purchased",
             "stale_token",
             "stale_token",
-            "purchased",
+            "stale_token",
             "unknown_product"
         ]
     );
@@ -112,12 +110,9 @@ async fn refusals_are_recorded_stale_tokens_first() {
 async fn two_overlapping_checkouts_are_a_violation() {
     let app = spawn_app(Duration::from_millis(1000)).await;
     app.set_stock("111", true).await;
-    // The same token twice is allowed (a retry), so the only thing wrong
-    // here is that both run at once.
-    let (a, b) = tokio::join!(
-        checkout_with(&app.client, app.addr, "111", 7, "watcher-a", false),
-        checkout_with(&app.client, app.addr, "111", 7, "watcher-b", false),
-    );
+    // Rising tokens, so the only thing wrong here is that both run at once.
+    let [a, b] =
+        overlapping_pair(&app.client, app.addr, "111", 7, ["watcher-a", "watcher-b"]).await;
     assert_eq!(a.1["result"], "purchased");
     assert_eq!(b.1["result"], "purchased");
 
@@ -276,7 +271,7 @@ async fn delay_and_failure_can_be_changed_at_run_time() {
         .await
         .unwrap();
     assert_eq!(v, json!({"delay_ms": 250, "fail": false}));
-    let (status, _) = app.checkout("111", 1, "w").await;
+    let (status, _) = app.checkout("111", 2, "w").await;
     assert_eq!(status, StatusCode::OK);
     app.stop().await;
 }
@@ -285,10 +280,7 @@ async fn delay_and_failure_can_be_changed_at_run_time() {
 async fn orders_can_be_cleared() {
     let app = spawn_app(Duration::from_millis(300)).await;
     app.set_stock("111", true).await;
-    let _ = tokio::join!(
-        checkout_with(&app.client, app.addr, "111", 1, "a", false),
-        checkout_with(&app.client, app.addr, "111", 1, "b", false),
-    );
+    overlapping_pair(&app.client, app.addr, "111", 1, ["a", "b"]).await;
     assert_eq!(app.orders().await["violations"], 1);
     let resp = app
         .client
@@ -301,7 +293,7 @@ async fn orders_can_be_cleared() {
     assert_eq!(orders["violations"], 0);
     assert_eq!(orders["orders"], json!([]));
     // Fencing does not go backwards on a clear.
-    assert_eq!(orders["highest_token"], 1);
+    assert_eq!(orders["highest_token"], 2);
     app.stop().await;
 }
 
@@ -315,7 +307,8 @@ async fn under_concurrency_every_overlapping_pair_is_counted_exactly_once() {
             tokio::spawn(async move {
                 // 70 ms apart: no start lands near another's end (300 ms later).
                 tokio::time::sleep(Duration::from_millis(i * 70)).await;
-                checkout_with(&client, addr, "111", 1, &format!("w{i}"), true).await
+                // Rising tokens in start order: each is accepted.
+                checkout_with(&client, addr, "111", i + 1, &format!("w{i}"), true).await
             })
         })
         .collect();

@@ -193,6 +193,35 @@ pub async fn checkout_with(
     (status, resp.json().await.unwrap())
 }
 
+/// Two checkouts of `tcin` that overlap: `watchers[0]` with `token`, and,
+/// once that one is in flight, `watchers[1]` with `token + 1` (each token
+/// is accepted once, so a pair must rise). Returns both answers.
+pub async fn overlapping_pair(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    tcin: &str,
+    token: u64,
+    watchers: [&str; 2],
+) -> [(StatusCode, Value); 2] {
+    let (c, t, w) = (client.clone(), tcin.to_owned(), watchers[0].to_owned());
+    let first = tokio::spawn(async move { checkout_with(&c, addr, &t, token, &w, false).await });
+    let in_flight = eventually(Duration::from_secs(5), || async {
+        let v: Value = client
+            .get(format!("http://{addr}/admin/orders"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["in_flight"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert!(in_flight, "the first checkout never got in flight");
+    let second = checkout_with(client, addr, tcin, token + 1, watchers[1], false).await;
+    [first.await.unwrap(), second]
+}
+
 /// Polls `check` every 20 ms until it is true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where

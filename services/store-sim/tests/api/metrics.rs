@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, checkout_with, spawn_app};
+use crate::helpers::{TestApp, overlapping_pair, spawn_app};
 
 async fn metrics(app: &TestApp) -> String {
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
@@ -56,10 +56,7 @@ async fn checkouts_and_answers_are_counted_by_result_and_status() {
 async fn an_overlap_counts_as_a_violation_and_stays_counted_after_a_clear() {
     let app = spawn_app(Duration::from_millis(500)).await;
     app.set_stock("111", true).await;
-    tokio::join!(
-        checkout_with(&app.client, app.addr, "111", 7, "watcher-a", false),
-        checkout_with(&app.client, app.addr, "111", 7, "watcher-b", false),
-    );
+    overlapping_pair(&app.client, app.addr, "111", 7, ["watcher-a", "watcher-b"]).await;
     assert_eq!(
         value(&metrics(&app).await, "store_sim_violations_total"),
         Some(1.0)
