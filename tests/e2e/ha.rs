@@ -34,6 +34,8 @@ fn replica_options(etcd: &EtcdCluster, prefix: &str, ttl: &str) -> ArbiterOption
             format!("/{prefix}/"),
             "--election-ttl".into(),
             ttl.into(),
+            // The test's prefix is new: no token was ever handed out there.
+            "--fresh-state".into(),
         ],
         ..ArbiterOptions::products(&["100", "200"])
     }
@@ -357,6 +359,93 @@ async fn moving_from_the_file_store_keeps_the_tokens_rising() {
     assert_eq!(granted.fencing_token, 5000);
 }
 
+/// Fencing tokens never start from 1 again where tokens were handed out:
+/// a replica given no state to start from refuses to lead an empty prefix
+/// (another, given the file store's state, leads instead and the tokens go
+/// on), and a prefix whose state was written and then lost is refused even
+/// with `--fresh-state`, until `--token-floor` is given.
+#[tokio::test]
+async fn a_replica_never_starts_tokens_from_1_where_it_may_not() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let mut standalone = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
+    let mut c = standalone.client().await;
+    let last = must_acquire(&mut c, "100", "w1").await;
+    drop(c);
+    assert_eq!(
+        standalone.process.terminate(Duration::from_secs(10)),
+        Some(0)
+    );
+    let state_file = standalone.state_file();
+
+    // A replica without the import flag (nor --fresh-state) wins the first
+    // election alone: it must not start a new state.
+    let mut strict = replica_options(&etcd, "nofresh", "2s");
+    strict.extra_args.retain(|a| a != "--fresh-state");
+    let mut all = replicas(&strict, 1).await;
+    eventually(
+        "the refusal in the log",
+        Duration::from_secs(15),
+        || async {
+            all[0]
+                .process
+                .log_text()
+                .contains("none was asked for")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_ne!(
+        all[0].role(Duration::from_secs(1)).await.map(|r| r.0),
+        Some("leader".to_owned())
+    );
+    // The replica given the state file leads, and the tokens go on.
+    let mut importing = strict.clone();
+    importing.extra_args.extend([
+        "--import-state-file".into(),
+        state_file.display().to_string(),
+    ]);
+    all.push(ArbiterProcess::start(importing).await);
+    let leader = one_leader(&all, &[0, 1], Duration::from_secs(30)).await;
+    assert_eq!(leader, 1, "only the replica with the state file may lead");
+    let mut c = all[1].client().await;
+    let s = status(&mut c).await;
+    assert_eq!(s.next_fencing_token, last.fencing_token + 1);
+    assert_eq!(s.active_lease.map(|l| l.lease_id), Some(last.lease_id));
+    drop(c);
+    for a in &mut all {
+        a.process.terminate(Duration::from_secs(10));
+    }
+
+    // The state is lost from etcd (its marker stays): --fresh-state is
+    // not enough.
+    let mut kv = etcd_client::Client::connect(etcd.client_urls(), None)
+        .await
+        .unwrap();
+    kv.delete("/nofresh/state", None).await.unwrap();
+    assert!(kv.get("/nofresh/written", None).await.unwrap().count() == 1);
+    let fresh = replica_options(&etcd, "nofresh", "2s");
+    let all = replicas(&fresh, 1).await;
+    eventually(
+        "the refusal in the log",
+        Duration::from_secs(15),
+        || async { all[0].process.log_text().contains("was lost").then_some(()) },
+    )
+    .await;
+    let log = all[0].process.log_text();
+    assert!(log.contains("--token-floor"), "{log}");
+    drop(all);
+    let mut floored = fresh.clone();
+    floored
+        .extra_args
+        .extend(["--token-floor".into(), "9000".into()]);
+    let all = replicas(&floored, 1).await;
+    one_leader(&all, &[0], Duration::from_secs(15)).await;
+    let mut c = all[0].client().await;
+    assert_eq!(must_acquire(&mut c, "100", "w1").await.fencing_token, 9000);
+}
+
 #[tokio::test]
 async fn bad_etcd_flags_stop_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -388,6 +477,17 @@ async fn bad_etcd_flags_stop_start_up_with_a_clear_message() {
                 "root",
             ],
             "--etcd-user and --etcd-password go together",
+        ),
+        (
+            vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:9",
+                "--import-state-file",
+                "/nonexistent/restock-state.json",
+            ],
+            "--import-state-file /nonexistent/restock-state.json: no such file",
         ),
     ] {
         let out = std::process::Command::new(restock_testkit::bin("purchase-arbiter"))

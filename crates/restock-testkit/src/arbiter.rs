@@ -202,6 +202,8 @@ impl ArbiterOptions {
                 etcd.prefix.clone(),
                 "--election-ttl".into(),
                 etcd.election_ttl.clone(),
+                // Each test's prefix is its own and new.
+                "--fresh-state".into(),
             ]),
             None => args.extend([
                 "--state-file".into(),

@@ -55,7 +55,8 @@ pub struct ArbiterConfig {
     #[arg(long, env = "RESTOCK_STATE_FILE", default_value = DEFAULT_STATE_FILE, value_parser = parse_path_or_empty)]
     pub state_file: PathBuf,
 
-    /// How long a lease lasts unless renewed.
+    /// How long a lease lasts unless renewed. With --store etcd, one etcd
+    /// write is bounded by half of it (or --election-ttl, if smaller).
     #[arg(long, env = "RESTOCK_LEASE_TTL", default_value = DEFAULT_LEASE_TTL, value_parser = parse_duration)]
     pub lease_ttl: Duration,
 
@@ -192,7 +193,8 @@ pub struct EtcdArgs {
 
     /// How long a leader that stopped answering etcd keeps the leadership:
     /// its etcd lease's TTL, the bound on how long a failover waits for a
-    /// dead leader. Whole seconds, at least 2s.
+    /// dead leader. Whole seconds, at least 2s. One etcd write is bounded
+    /// by the smaller of this and half of --lease-ttl.
     #[arg(long, env = "RESTOCK_ELECTION_TTL", default_value = DEFAULT_ELECTION_TTL, value_parser = parse_duration)]
     pub election_ttl: Duration,
 
@@ -225,15 +227,36 @@ pub struct EtcdArgs {
 
     /// When etcd holds no state yet: start from this state file (a
     /// deployment moving from `--store file`), so fencing tokens keep
-    /// rising and the lease, counts and history carry over.
+    /// rising and the lease, counts and history carry over. Stop the
+    /// file-store arbiter first, and give the flag to every replica (any
+    /// of them may win the first election). A missing file stops start-up.
     #[arg(long, env = "RESTOCK_IMPORT_STATE_FILE")]
     pub import_state_file: Option<PathBuf>,
 
     /// The lowest fencing token the next grant may carry (a floor for a
     /// deployment whose store saw tokens from elsewhere). Tokens only ever
-    /// rise: a floor below the next token changes nothing.
+    /// rise: a floor below the next token changes nothing. Also what lets a
+    /// replica start a new state where etcd says one was written and is
+    /// gone.
     #[arg(long, env = "RESTOCK_TOKEN_FLOOR", default_value_t = 0)]
     pub token_floor: u64,
+
+    /// Where etcd holds no state and never did, start a new one (fencing
+    /// tokens from 1). Without it (or --import-state-file, or
+    /// --token-floor) a replica refuses to lead an empty prefix, so one
+    /// started without the import flag cannot start tokens from 1 while
+    /// another replica's host has the state file. Never enough where etcd's
+    /// marker says a state was written and is gone: that needs
+    /// --token-floor.
+    #[arg(
+        long,
+        env = "RESTOCK_FRESH_STATE",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub fresh_state: bool,
 
     /// Compact etcd's history of this deployment's writes after each full
     /// state write (etcd keeps every old version until compacted, and a
@@ -288,6 +311,15 @@ impl EtcdArgs {
         Ok(())
     }
 
+    /// The bound of one etcd write: the election TTL, and at most half the
+    /// lease TTL, so a write that hangs fails (and its grant is never
+    /// answered) well before a lease it would grant could run out. (A
+    /// grant whose write still took most of its lease is not pushed at
+    /// all: see `task`.)
+    pub fn write_limit(&self, lease_ttl: Duration) -> Duration {
+        self.election_ttl.min(lease_ttl / 2)
+    }
+
     /// The endpoints, trimmed, without empty entries.
     pub fn endpoints(&self) -> Vec<String> {
         self.etcd_endpoints
@@ -326,6 +358,10 @@ pub enum ConfigError {
     EtcdPrefix(String),
     #[error("{0}")]
     EtcdFlags(&'static str),
+    #[error(
+        "--import-state-file {0}: no such file (stop the file-store arbiter and name its --state-file)"
+    )]
+    ImportMissing(String),
 }
 
 impl ArbiterConfig {

@@ -65,6 +65,10 @@ pub struct Replicas {
     pub advertise_url: String,
     pub import: Option<PathBuf>,
     pub token_floor: u64,
+    /// `--fresh-state`: with no state and no marker in etcd, start a new one.
+    pub fresh_state: bool,
+    /// Bound of one etcd write (see `EtcdArgs::write_limit`).
+    pub write_limit: Duration,
     pub compact: bool,
     pub config_path: PathBuf,
     pub timing: Timing,
@@ -304,8 +308,16 @@ impl Replicas {
         let key = String::from_utf8_lossy(&guard.key).into_owned();
         let now = self.clock.now();
         let loaded = etcd::load(&self.client, &self.endpoints, &self.keys, self.ttl).await?;
-        let generation = loaded.as_ref().map_or(0, |s| s.journal);
-        let arbiter = self.arbiter_for_term(loaded, now)?;
+        let arbiter = match self.arbiter_for_term(&loaded, now) {
+            Ok(a) => a,
+            Err(e) => {
+                // Leave the leadership to a replica that can start (one
+                // given the state file, say); this one campaigns again
+                // after a back-off and says why each time.
+                error!(error = %Chain(&e), "cannot lead: stepping down");
+                return Err(e);
+            }
+        };
         if let Some(lease) = arbiter.lease() {
             info!(
                 tcin = %lease.tcin,
@@ -320,14 +332,14 @@ impl Replicas {
             client: self.client.clone(),
             endpoints: self.endpoints.clone(),
             keys: self.keys.clone(),
-            limit: self.ttl,
+            limit: self.write_limit,
             compact: self.compact,
         };
         // Cancelled by the store when a write fails its guard; the term's
         // stop (a child of the arbiter's) is separate, so the last write
         // of a clean shutdown is still made.
         let deposed = CancellationToken::new();
-        let store = EtcdState::new(access, guard.clone(), generation, deposed.clone());
+        let store = EtcdState::new(access, guard.clone(), &loaded, deposed.clone());
         let next_token = arbiter.next_token();
         let (handle, task) = task::spawn(
             arbiter,
@@ -453,7 +465,7 @@ impl Replicas {
     /// new), a held lease given the whole TTL from now, the token floor.
     fn arbiter_for_term(
         &self,
-        loaded: Option<Snapshot>,
+        loaded: &etcd::Loaded,
         now: crate::slot::Now,
     ) -> Result<Arbiter, StoreError> {
         let catalog = PriorityList::load(&self.config_path).map_err(|e| StoreError::Etcd {
@@ -461,27 +473,9 @@ impl Replicas {
             step: "load the product config for a new term",
             message: e.to_string(),
         })?;
-        let mut snapshot = match loaded {
-            Some(s) => s,
-            None => match &self.import {
-                Some(path) => {
-                    let file = StateFile::new(Some(path.clone()), false);
-                    match file.load()? {
-                        Some(s) => {
-                            info!(import_state_file = %path.display(), next_fencing_token = s.next_fencing_token, "etcd holds no state yet: starting from the imported state file");
-                            s
-                        }
-                        None => {
-                            warn!(import_state_file = %path.display(), "--import-state-file names no file; starting with a new state");
-                            saved::snapshot(&Arbiter::new(catalog.clone(), self.timing, now), now)
-                        }
-                    }
-                }
-                None => {
-                    info!("etcd holds no state yet: starting with a new state");
-                    saved::snapshot(&Arbiter::new(catalog.clone(), self.timing, now), now)
-                }
-            },
+        let mut snapshot = match &loaded.snapshot {
+            Some(s) => s.clone(),
+            None => self.first_state(loaded.marker, &catalog, now)?,
         };
         if let Some(l) = &mut snapshot.lease {
             // Clocks of different machines need not agree: the holder was
@@ -501,6 +495,65 @@ impl Replicas {
             key: self.keys.snapshot.clone(),
             message: e.to_string(),
         })
+    }
+
+    /// The state to start from when etcd holds none: the imported state
+    /// file, or a new state only when that cannot hand out a fencing token
+    /// again. A new state starts tokens at 1, so it needs to be asked for:
+    /// `--fresh-state` where no state was ever written under the prefix,
+    /// `--token-floor` (above every token handed out) where the marker
+    /// says one was and is gone. Without either, a replica that wins the
+    /// first election while another replica's host has the state file to
+    /// import would start from 1: it refuses, and the term fails.
+    fn first_state(
+        &self,
+        marker: bool,
+        catalog: &PriorityList,
+        now: crate::slot::Now,
+    ) -> Result<Snapshot, StoreError> {
+        let refuse = |message: String| StoreError::Refused {
+            key: self.keys.snapshot.clone(),
+            message,
+        };
+        let new_state = || saved::snapshot(&Arbiter::new(catalog.clone(), self.timing, now), now);
+        if marker {
+            if self.token_floor > 0 {
+                warn!(
+                    state_key = %self.keys.snapshot,
+                    token_floor = self.token_floor,
+                    "etcd says a state was written here and it is gone: starting a new state with tokens from --token-floor"
+                );
+                return Ok(new_state());
+            }
+            return Err(refuse(format!(
+                "no state, but {} says a state was written under this prefix before: it was lost, and a new state would hand out fencing tokens from 1 again. Restore it, or start with --token-floor above the highest token ever handed out",
+                self.keys.marker
+            )));
+        }
+        if let Some(path) = &self.import {
+            // Checked at start-up; gone since then is an error too.
+            let file = StateFile::new(Some(path.clone()), false);
+            return match file.load()? {
+                Some(s) => {
+                    info!(import_state_file = %path.display(), next_fencing_token = s.next_fencing_token, "etcd holds no state yet: starting from the imported state file");
+                    Ok(s)
+                }
+                None => Err(refuse(format!(
+                    "--import-state-file {} names no file",
+                    path.display()
+                ))),
+            };
+        }
+        if self.fresh_state || self.token_floor > 0 {
+            info!(
+                token_floor = self.token_floor,
+                "etcd holds no state yet: starting with a new state"
+            );
+            return Ok(new_state());
+        }
+        Err(refuse(
+            "etcd holds no state yet, and none was asked for: give --import-state-file (the file store's state, so fencing tokens keep rising), --token-floor, or --fresh-state for a deployment that never handed out a token".into(),
+        ))
     }
 
     /// Keeps `lease` alive every TTL/3; re-opens the keep-alive stream when

@@ -217,6 +217,17 @@ pub async fn run(
             (replica, store.describe(), Some(task), None)
         }
         StoreKind::Etcd => {
+            // A state file to import is read now: a missing or unreadable
+            // one would otherwise be found only by the replica that wins
+            // the first election (and, missing, used to mean "start with
+            // tokens from 1").
+            if let Some(path) = &config.etcd.import_state_file
+                && store::StateFile::new(Some(path.clone()), false)
+                    .load()?
+                    .is_none()
+            {
+                return Err(ConfigError::ImportMissing(path.display().to_string()).into());
+            }
             let client = ha::connect(&config.etcd).await?;
             let endpoints = config.etcd.endpoints().join(",");
             let bound = listener.local_addr().map_err(|source| {
@@ -238,6 +249,8 @@ pub async fn run(
                 advertise_url,
                 import: config.etcd.import_state_file.clone(),
                 token_floor: config.etcd.token_floor,
+                fresh_state: config.etcd.fresh_state,
+                write_limit: config.etcd.write_limit(config.lease_ttl),
                 compact: config.etcd.etcd_compact,
                 config_path: config.config.clone(),
                 timing,

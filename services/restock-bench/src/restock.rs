@@ -195,6 +195,8 @@ impl ArbiterProcess {
                 format!("{}s", r.election_ttl.as_secs()),
                 "--advertise-url".into(),
                 r.url(),
+                // Every measurement's prefix is new.
+                "--fresh-state".into(),
             ],
         };
         args.extend([

@@ -9,6 +9,11 @@
 //! - `<prefix>election`: the election (etcd's election API keeps one key per
 //!   candidate under it; the oldest is the leader, its value the leader's
 //!   `--advertise-url`).
+//! - `<prefix>written`: the marker that a state was ever written here, put
+//!   with every whole state. A replica that finds the marker but no state
+//!   knows the state was lost (deleted, or a wrong prefix restored) and
+//!   refuses to start a new one, which would hand out fencing tokens from 1
+//!   again (`crate::ha`).
 //!
 //! **Every write is a transaction guarded by the leadership key**: it
 //! succeeds only while the key this replica was elected with still exists
@@ -20,6 +25,18 @@
 //! task shows nothing a write does not hold). Writing the whole state
 //! replaces the journal in the same transaction, so a reader sees either the
 //! old state and its journal or the new state, never a mix.
+//!
+//! **And on the state key's revision**: every transaction also compares the
+//! `mod_revision` of `<prefix>state` with the one this term last read or
+//! wrote. A write whose answer timed out may still be applied by etcd later
+//! (a member that was paused or cut off holds it, then passes it on), after
+//! the retry that replaced it and the journal records after that: within
+//! the same term the leadership key still stands, so without this compare
+//! that late whole state would put the state back and its journal delete
+//! would take the newer records with it. With it, the late write finds the
+//! key moved and changes nothing. A retry that finds the key moved by its
+//! own late-applied first try fails the same way, and the term steps down:
+//! the next term reads back whatever etcd holds (safe, if not the fastest).
 //!
 //! Reading (by a replica that has just been elected) takes the state and its
 //! journal's records in order. Fencing tokens are part of every record
@@ -54,6 +71,7 @@ pub struct EtcdKeys {
     pub election: String,
     pub snapshot: String,
     pub journal: String,
+    pub marker: String,
 }
 
 impl EtcdKeys {
@@ -62,6 +80,7 @@ impl EtcdKeys {
             election: format!("{prefix}election"),
             snapshot: format!("{prefix}state"),
             journal: format!("{prefix}journal/"),
+            marker: format!("{prefix}written"),
         }
     }
 
@@ -118,23 +137,55 @@ pub fn never_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Reads the state and its journal (`None`: etcd holds no state yet).
+/// What a new term reads from etcd.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The state and its journal applied; `None` when etcd holds none.
+    pub snapshot: Option<Snapshot>,
+    /// The `mod_revision` of the state key (0 when there is none): the
+    /// term's writes are guarded on it.
+    pub state_revision: i64,
+    /// Whether the marker that a state was ever written here is present.
+    pub marker: bool,
+}
+
+/// The marker's value (what it says to someone reading etcd by hand).
+const MARKER_VALUE: &str = "a restock arbiter state has been written under this prefix; if the state key beside it is missing, that state was lost";
+
+/// Reads the state and its journal, and the marker.
 pub async fn load(
     client: &Client,
     endpoints: &str,
     keys: &EtcdKeys,
     limit: Duration,
-) -> Result<Option<Snapshot>, StoreError> {
+) -> Result<Loaded, StoreError> {
     let kv = client.kv_client();
+    // One transaction, so the state and the marker are read at one
+    // revision.
+    let read = Txn::new().and_then([
+        TxnOp::get(keys.snapshot.clone(), None),
+        TxnOp::get(keys.marker.clone(), None),
+    ]);
     let got = bounded(endpoints, "read the state", limit, || {
         let mut kv = kv.clone();
-        let key = keys.snapshot.clone();
-        async move { kv.get(key, None).await }
+        let read = read.clone();
+        async move { kv.txn(read).await }
     })
     .await?;
-    let Some(kv_pair) = got.kvs().first() else {
-        return Ok(None);
+    let mut ranges = got.op_responses().into_iter().filter_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let state = ranges.next();
+    let marker = ranges.next().is_some_and(|g| !g.kvs().is_empty());
+    let Some(kv_pair) = state.as_ref().and_then(|g| g.kvs().first()) else {
+        return Ok(Loaded {
+            snapshot: None,
+            state_revision: 0,
+            marker,
+        });
     };
+    let state_revision = kv_pair.mod_revision();
     let corrupt = |key: &str, message: String| StoreError::EtcdCorrupt {
         key: key.to_owned(),
         message,
@@ -164,7 +215,11 @@ pub async fn load(
             serde_json::from_slice(r.value()).map_err(|e| corrupt(&key, e.to_string()))?;
         snapshot.apply(delta);
     }
-    Ok(Some(snapshot))
+    Ok(Loaded {
+        snapshot: Some(snapshot),
+        state_revision,
+        marker,
+    })
 }
 
 /// The leadership key a term was elected with: writes succeed only while
@@ -218,6 +273,9 @@ pub struct EtcdState {
 struct Journal {
     /// The generation of the state last read or written.
     generation: u64,
+    /// The state key's `mod_revision` as this term last read or wrote it
+    /// (0: no state key): every write is guarded on it.
+    state_revision: i64,
     /// Records written after it (this term).
     records: u64,
     bytes: u64,
@@ -243,9 +301,10 @@ impl EtcdState {
     pub fn new(
         access: EtcdAccess,
         guard: Guard,
-        generation: u64,
+        loaded: &Loaded,
         deposed: CancellationToken,
     ) -> Self {
+        let generation = loaded.snapshot.as_ref().map_or(0, |s| s.journal);
         Self {
             client: access.client,
             endpoints: access.endpoints,
@@ -257,6 +316,7 @@ impl EtcdState {
             runtime: tokio::runtime::Handle::current(),
             journal: Arc::new(Mutex::new(Journal {
                 generation,
+                state_revision: loaded.state_revision,
                 ..Journal::default()
             })),
         }
@@ -273,13 +333,47 @@ impl EtcdState {
         }
     }
 
-    /// Runs `ops` in a transaction guarded by the leadership key; the
-    /// revision it was written at.
-    fn guarded(&self, step: &'static str, ops: Vec<TxnOp>) -> Result<i64, StoreError> {
+    /// `ops` in a transaction guarded by the leadership key and by the
+    /// state key's revision as this term last saw it (see the module
+    /// documentation).
+    fn guarded_txn(&self, state_revision: i64, ops: Vec<TxnOp>) -> Txn {
+        Txn::new()
+            .when([
+                self.guard.compare(),
+                Compare::mod_revision(self.keys.snapshot.clone(), CompareOp::Equal, state_revision),
+            ])
+            .and_then(ops)
+    }
+
+    /// The transaction that writes `snapshot` as the whole state of the
+    /// next generation after `j`'s: its generation, encoded size and txn.
+    fn whole_state_txn(
+        &self,
+        j: &Journal,
+        mut snapshot: Snapshot,
+    ) -> Result<(u64, u64, Txn), StoreError> {
+        let generation = j.generation + 1;
+        snapshot.journal = generation;
+        let value = to_json(&snapshot, &self.keys.snapshot)?;
+        let bytes = value.len() as u64;
+        let ops = vec![
+            TxnOp::put(self.keys.snapshot.clone(), value, None),
+            // Every older generation's records go in the same transaction.
+            TxnOp::delete(
+                self.keys.journal.clone(),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
+            TxnOp::put(self.keys.marker.clone(), MARKER_VALUE, None),
+        ];
+        Ok((generation, bytes, self.guarded_txn(j.state_revision, ops)))
+    }
+
+    /// Runs `txn` (from [`Self::guarded_txn`]); the revision it was written
+    /// at.
+    fn guarded(&self, step: &'static str, txn: Txn) -> Result<i64, StoreError> {
         if self.deposed.is_cancelled() {
             return Err(self.deposed_error());
         }
-        let txn = Txn::new().when([self.guard.compare()]).and_then(ops);
         let kv = self.client.kv_client();
         let answer = self
             .runtime
@@ -292,7 +386,11 @@ impl EtcdState {
             Ok(r) if r.succeeded() => Ok(r.header().map_or(0, |h| h.revision())),
             Ok(_) => {
                 let e = self.deposed_error();
-                warn!(error = %e, "a guarded write failed its guard; stepping down");
+                warn!(
+                    error = %e,
+                    state_key = %self.keys.snapshot,
+                    "a guarded write failed its guard (the leadership key is gone or re-created, or the state key moved since this term last wrote it); stepping down"
+                );
                 self.deposed.cancel();
                 Err(e)
             }
@@ -352,24 +450,16 @@ impl StateStore for EtcdState {
             || j.bytes >= ETCD_JOURNAL_COMPACT.max(JOURNAL_SNAPSHOT_RATIO * j.snapshot_bytes)
     }
 
-    fn save(&self, mut snapshot: Snapshot) -> Result<(), StoreError> {
+    fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
         let mut j = self.lock();
-        let generation = j.generation + 1;
-        snapshot.journal = generation;
-        let value = to_json(&snapshot, &self.keys.snapshot)?;
-        let bytes = value.len() as u64;
-        let ops = vec![
-            TxnOp::put(self.keys.snapshot.clone(), value, None),
-            // Every older generation's records go in the same transaction.
-            TxnOp::delete(
-                self.keys.journal.clone(),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
-        ];
+        let (generation, bytes, txn) = self.whole_state_txn(&j, snapshot)?;
         j.whole_written = false;
-        let revision = self.guarded("write the whole state", ops)?;
+        let revision = self.guarded("write the whole state", txn)?;
         *j = Journal {
             generation,
+            // The put is part of this transaction: the key's mod_revision
+            // is the transaction's revision.
+            state_revision: revision,
             records: 0,
             bytes: 0,
             snapshot_bytes: bytes,
@@ -389,7 +479,8 @@ impl StateStore for EtcdState {
         let key = format!("{}{n:020}", self.keys.journal_of(j.generation));
         let value = to_json(&delta, &key)?;
         let bytes = value.len() as u64;
-        match self.guarded("write a journal record", vec![TxnOp::put(key, value, None)]) {
+        let txn = self.guarded_txn(j.state_revision, vec![TxnOp::put(key, value, None)]);
+        match self.guarded("write a journal record", txn) {
             Ok(_) => {
                 j.records = n;
                 j.bytes += bytes;
@@ -402,5 +493,135 @@ impl StateStore for EtcdState {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real three-member etcd cluster (the test kit's); skipped
+    //! where etcd is not installed, unless RESTOCK_REQUIRE_ETCD is set.
+
+    use restock_domain::PriorityList;
+    use restock_testkit::etcd::EtcdCluster;
+
+    use super::*;
+    use crate::{
+        slot::{Arbiter, Clock, Timing},
+        store::saved::{SaveMarks, snapshot},
+    };
+
+    fn arbiter() -> Arbiter {
+        let catalog = PriorityList::parse(r#"{"products":[{"tcin":"A"}]}"#, "test.json").unwrap();
+        let timing = Timing {
+            lease_ttl: Duration::from_secs(30),
+            stock_ttl: Duration::from_secs(30),
+            failure_cooldown: Duration::from_secs(30),
+            test_mode: false,
+        };
+        Arbiter::new(catalog, timing, Clock::new().now())
+    }
+
+    /// A whole state whose next fencing token says which write it is.
+    fn state(next_token: u64) -> Snapshot {
+        let mut s = snapshot(&arbiter(), Clock::new().now());
+        s.next_fencing_token = next_token;
+        s
+    }
+
+    fn record(next_token: u64) -> Delta {
+        let (mut d, _) = SaveMarks::default().delta(&arbiter(), Clock::new().now());
+        d.next_fencing_token = next_token;
+        d
+    }
+
+    /// Elected through `client`: the guard its writes carry.
+    async fn elected(client: &Client, keys: &EtcdKeys) -> Guard {
+        let lease = client.lease_client().grant(60, None).await.unwrap().id();
+        let mut won = client
+            .election_client()
+            .campaign(keys.election.clone(), "test", lease)
+            .await
+            .unwrap();
+        let leader = won.take_leader().expect("a leader key");
+        Guard {
+            key: leader.key().to_vec(),
+            revision: leader.rev(),
+        }
+    }
+
+    /// A term's writer that talks to etcd through `client` alone.
+    fn writer(client: &Client, keys: &EtcdKeys, guard: &Guard, loaded: &Loaded) -> EtcdState {
+        let access = EtcdAccess {
+            client: client.clone(),
+            endpoints: "test".into(),
+            keys: keys.clone(),
+            limit: Duration::from_secs(1),
+            compact: false,
+        };
+        EtcdState::new(access, guard.clone(), loaded, CancellationToken::new())
+    }
+
+    /// Issue 19, finding 5: the first try of a whole-state write goes to a
+    /// member that is paused, so it times out; the retry (same generation,
+    /// same term) commits through another member, and a journal record
+    /// follows. When the paused member wakes, the first try reaches etcd
+    /// late. Guarded on the leadership key alone it applied (the key still
+    /// stands within the term): the state went back and its journal delete
+    /// took the newer record. Guarded also on the state key's revision, it
+    /// changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whole_state_write_applied_late_cannot_roll_the_state_back() {
+        let Some(etcd) = EtcdCluster::start(3).await else {
+            return;
+        };
+        let urls = etcd.client_urls();
+        let keys = EtcdKeys::new("/late-write/");
+        let via = |i: usize| Client::connect([urls[i].clone()], None);
+        let (paused, other) = (via(0).await.unwrap(), via(1).await.unwrap());
+        let guard = elected(&other, &keys).await;
+        let loaded = load(&other, "test", &keys, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(loaded.snapshot.is_none() && !loaded.marker);
+        let first_try = writer(&paused, &keys, &guard, &loaded);
+        let retry = writer(&other, &keys, &guard, &loaded);
+
+        etcd.stop(0);
+        // Sent, and left to etcd: the store's time limit gives up waiting
+        // for the answer, but what was sent may still be applied.
+        let (_, _, late_txn) = {
+            let j = first_try.lock();
+            first_try.whole_state_txn(&j, state(100)).unwrap()
+        };
+        let mut kv = paused.kv_client();
+        let late = tokio::spawn(async move { kv.txn(late_txn).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!late.is_finished(), "the paused member answered");
+
+        tokio::task::spawn_blocking(move || {
+            retry.save(state(200))?;
+            retry.append(record(201))
+        })
+        .await
+        .unwrap()
+        .expect("the retry and the next record commit through another member");
+
+        etcd.cont(0);
+        let answer = tokio::time::timeout(Duration::from_secs(20), late)
+            .await
+            .expect("the woken member answers")
+            .unwrap();
+        if let Ok(r) = &answer {
+            assert!(!r.succeeded(), "the late whole-state write was applied");
+        }
+        let now = load(&other, "test", &keys, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let s = now.snapshot.expect("a state");
+        assert_eq!(
+            s.next_fencing_token, 201,
+            "the retry's state and its journal record stand"
+        );
+        assert!(now.marker, "a whole write leaves the marker");
     }
 }

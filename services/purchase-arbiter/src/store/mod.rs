@@ -90,6 +90,11 @@ pub enum StoreError {
         "this replica no longer leads: its leadership key {key} (created at revision {revision}) is gone or replaced in etcd, so the write was refused"
     )]
     Deposed { key: String, revision: i64 },
+    /// etcd holds no state under this key and starting a new one could
+    /// hand out fencing tokens again (`--store etcd`; the message says what
+    /// to give).
+    #[error("etcd state {key}: {message}")]
+    Refused { key: String, message: String },
 }
 
 /// What the arbiter task needs of the place its state goes. [`StateFile`]
