@@ -17,10 +17,12 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
-use restock_proto::v1::ProductState;
+use restock_proto::v1::{ProductState, event::Kind};
 use restock_testkit::{
-    ArbiterEndpoint, ArbiterOptions, ClosedPort, NotifierProcess, Process, StoreSimProcess,
-    WatcherProcess, bin, eventually,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, ClosedPort, EtcdCluster, History,
+    NotifierProcess, Process, Script, ScriptedArbiter, StatusSnapshot, StoreSimProcess,
+    WatcherOptions, WatcherProcess, bin, event_kind, eventually,
+    history::now_ms,
     metrics::{check_metrics, metric, scrape},
     product, products_json, spawn_arbiter_with,
 };
@@ -286,6 +288,277 @@ async fn stock_flapping_inside_the_hold_down_alerts_once() {
         .count();
     assert!(queued >= 10, "the product flapped {queued} times");
     assert_eq!(rx.alerts("/flap", "in_stock").len(), 1);
+}
+
+/// The `in_stock` alerts for `tcin` accepted at `path`.
+fn in_stock_of(r: &Receiver, path: &str, tcin: &str) -> Vec<Value> {
+    r.alerts(path, "in_stock")
+        .into_iter()
+        .filter(|a| a["tcin"] == tcin)
+        .collect()
+}
+
+/// Issue 19: a restarted arbiter puts its queued products back to ready
+/// with no event but ARBITER_STARTED. A product that sold out while it was
+/// down must alert again when it comes back after the hold-down; one still
+/// in stock, reported again at once, is the same restock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_arbiter_restart_stock_back_after_the_hold_down_alerts_again() {
+    const HOLD_DOWN_MS: u64 = 4_000;
+    let mut arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100", "200"])).await;
+    // Paused (which the state file keeps): nothing is granted, so the
+    // products only move between ready and queued.
+    arbiter.set_paused(true).await;
+    let store = StoreSimProcess::start(products_json(&["100", "200"]), &[]).await;
+    let rx = Receiver::start().await;
+    let notifier = NotifierProcess::start(
+        &arbiter.url(),
+        &[
+            "--notify",
+            &rx.json_url("/r"),
+            "--hold-down",
+            &format!("{HOLD_DOWN_MS}ms"),
+            "--reconnect-max",
+            "300ms",
+        ],
+    )
+    .await;
+    wait_following(&notifier).await;
+    let w = WatcherProcess::start(&arbiter, &store, "w1", &[]).await;
+    w.wait_connected().await;
+    store.set_stock("100", true).await;
+    store.set_stock("200", true).await;
+    eventually("an in_stock alert for each product", LONG, || async {
+        (rx.alerts("/r", "in_stock").len() == 2).then_some(())
+    })
+    .await;
+
+    arbiter.process.kill9();
+    // 100 sells out while the arbiter is down; 200 stays in stock.
+    store.set_stock("100", false).await;
+    arbiter.kill9_and_restart().await;
+    let events = arbiter.events().await;
+    let started_ms = events
+        .iter()
+        .rev()
+        .find(|e| event_kind(e) == Kind::ArbiterStarted)
+        .expect("the restarted arbiter's ARBITER_STARTED")
+        .unix_ms;
+    // The watcher reports 200 again as soon as it is back: inside the
+    // hold-down after the restart.
+    wait_state(&arbiter, "200", ProductState::Queued).await;
+    let requeued_ms = arbiter
+        .events()
+        .await
+        .iter()
+        .rev()
+        .find(|e| event_kind(e) == Kind::Queued && e.tcin == "200")
+        .expect("200 queued again")
+        .unix_ms;
+    assert!(
+        requeued_ms > started_ms && requeued_ms - started_ms < HOLD_DOWN_MS,
+        "200 requeued {} ms after the restart; the test needs it inside the hold-down",
+        requeued_ms.saturating_sub(started_ms)
+    );
+    // 100 comes back once the hold-down has passed since the restart.
+    let back_at = started_ms + HOLD_DOWN_MS + 200;
+    tokio::time::sleep(Duration::from_millis(back_at.saturating_sub(now_ms()))).await;
+    store.set_stock("100", true).await;
+    eventually("a second in_stock alert for 100", LONG, || async {
+        (in_stock_of(&rx, "/r", "100").len() == 2).then_some(())
+    })
+    .await;
+    // Anything late would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hundred = in_stock_of(&rx, "/r", "100");
+    assert_eq!(hundred.len(), 2, "{hundred:#?}");
+    assert!(
+        hundred[1]["unix_ms"].as_u64().unwrap() >= started_ms + HOLD_DOWN_MS,
+        "{hundred:#?}"
+    );
+    let two_hundred = in_stock_of(&rx, "/r", "200");
+    assert_eq!(two_hundred.len(), 1, "{two_hundred:#?}");
+    assert_eq!(rx.accepted("/r").len(), 3, "{:#?}", rx.accepted("/r"));
+    ids_once(&rx, "/r");
+}
+
+/// The one replica among `candidates` that leads, once every one of them
+/// names it.
+async fn leader_among(all: &[ArbiterProcess], candidates: &[usize]) -> usize {
+    eventually("one leader named by every replica", LONG, || async {
+        let mut roles = Vec::new();
+        for &i in candidates {
+            roles.push((i, all[i].role(Duration::from_secs(1)).await?));
+        }
+        let leaders: Vec<usize> = roles
+            .iter()
+            .filter(|(_, (role, _))| role == "leader")
+            .map(|(i, _)| *i)
+            .collect();
+        let [leader] = leaders[..] else { return None };
+        let url = all[leader].url();
+        roles
+            .iter()
+            .all(|(_, (_, named))| *named == url)
+            .then_some(leader)
+    })
+    .await
+}
+
+/// Issue 19 with replicas: a take-over is a restart as far as the notifier
+/// can tell (the new leader emits ARBITER_STARTED and its queued products
+/// are ready again), so a product that sold out across the leader's death
+/// alerts again when it comes back after the hold-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_take_over_stock_back_after_the_hold_down_alerts_again() {
+    const HOLD_DOWN_MS: u64 = 4_000;
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return; // EtcdCluster::start said why it was skipped
+    };
+    let opts = ArbiterOptions {
+        extra_args: [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoints(),
+            "--etcd-prefix",
+            "/notifier-take-over/",
+            "--election-ttl",
+            "2s",
+            // A new deployment: no token was ever handed out.
+            "--fresh-state",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ArbiterOptions::products(&["100"])
+    };
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        all.push(ArbiterProcess::start(opts.clone()).await);
+    }
+    let first = leader_among(&all, &[0, 1, 2]).await;
+    all[first].set_paused(true).await;
+    let urls = all.iter().map(|a| a.url()).collect::<Vec<_>>().join(",");
+    let store = StoreSimProcess::start(products_json(&["100"]), &[]).await;
+    let rx = Receiver::start().await;
+    let notifier = NotifierProcess::start(
+        &urls,
+        &[
+            "--notify",
+            &rx.json_url("/ha"),
+            "--hold-down",
+            &format!("{HOLD_DOWN_MS}ms"),
+            "--reconnect-max",
+            "300ms",
+        ],
+    )
+    .await;
+    wait_following(&notifier).await;
+    let w = WatcherProcess::start_with(WatcherOptions::new("w1", urls.clone()).store(&store)).await;
+    w.wait_connected().await;
+    store.set_stock("100", true).await;
+    rx.wait_for("/ha", "in_stock").await;
+
+    all[first].process.kill9();
+    // 100 sells out across the take-over.
+    store.set_stock("100", false).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = leader_among(&all, &rest).await;
+    let started_ms = all[second]
+        .events()
+        .await
+        .iter()
+        .rev()
+        .find(|e| event_kind(e) == Kind::ArbiterStarted)
+        .expect("the new leader's ARBITER_STARTED")
+        .unix_ms;
+    assert_eq!(
+        product(&all[second].status().await, "100").state,
+        ProductState::Ready as i32
+    );
+    let back_at = started_ms + HOLD_DOWN_MS + 200;
+    tokio::time::sleep(Duration::from_millis(back_at.saturating_sub(now_ms()))).await;
+    store.set_stock("100", true).await;
+    eventually("a second in_stock alert for 100", LONG, || async {
+        (in_stock_of(&rx, "/ha", "100").len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(in_stock_of(&rx, "/ha", "100").len(), 2);
+    ids_once(&rx, "/ha");
+}
+
+/// Issue 19: the notifier resumes from its saved position and the
+/// arbiter's history no longer holds the events right after it (it was
+/// away while more happened than the arbiter keeps). The gap is alerted,
+/// once, naming the range, and a restart of the notifier does not repeat
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_event_feed_is_alerted_once_with_its_range() {
+    let rx = Receiver::start().await;
+    // First the notifier follows an arbiter whose newest event is 40.
+    let before = ScriptedArbiter::start(
+        Script::new().statuses([StatusSnapshot::new(&["100"])
+            .sequence(40)
+            .test_mode(false)
+            .build()]),
+    )
+    .await;
+    let mut notifier = NotifierProcess::start(
+        &before.url(),
+        &["--notify", &rx.json_url("/gap"), "--reconnect-max", "300ms"],
+    )
+    .await;
+    wait_following(&notifier).await;
+    eventually("position 41 saved", LONG, || async {
+        (notifier.state()["next_sequence"] == 41).then_some(())
+    })
+    .await;
+    notifier.process.kill9();
+    // While it is down, the arbiter moves on and its history now starts at
+    // 98: 41 to 97 are gone. Event 98 is a restock.
+    let history = History::starting(98, now_ms()).queued("100");
+    let after = ScriptedArbiter::start(
+        Script::new()
+            .statuses([StatusSnapshot::new(&["100"])
+                .state("100", ProductState::Queued)
+                .sequence(history.last_sequence())
+                .test_mode(false)
+                .build()])
+            .events(history.into_events()),
+    )
+    .await;
+    notifier.process.set_arg("--arbiter", &after.url());
+    notifier.kill9_and_restart().await;
+    let gap = rx.wait_for("/gap", "missed_events").await;
+    let id = gap["id"].as_str().unwrap();
+    assert!(id.starts_with("missed_events-41-97-"), "{gap:#}");
+    let message = gap["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Events 41 to 97 (57 events) were not received"),
+        "{message}"
+    );
+    assert!(message.contains("may be lost"), "{message}");
+    assert!(gap["tcin"].is_null(), "{gap:#}");
+    // The event after the gap still makes its alert.
+    let in_stock = rx.wait_for("/gap", "in_stock").await;
+    assert_eq!(in_stock["tcin"], "100");
+    assert_eq!(notifier.status().await.next_event_sequence, 99);
+
+    // Restarted, it resumes after the gap: nothing is sent again.
+    eventually("an empty outbox", LONG, || async {
+        (notifier.state()["outbox"]
+            .as_array()
+            .is_some_and(Vec::is_empty))
+        .then_some(())
+    })
+    .await;
+    notifier.kill9_and_restart().await;
+    wait_following(&notifier).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.alerts("/gap", "missed_events").len(), 1);
+    assert_eq!(rx.accepted("/gap").len(), 2, "{:#?}", rx.accepted("/gap"));
+    ids_once(&rx, "/gap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

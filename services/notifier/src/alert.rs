@@ -25,13 +25,17 @@ pub enum AlertKind {
     NoWatchers,
     /// The notifier has not reached the arbiter for a while.
     ArbiterUnreachable,
+    /// Events the notifier never received: on resuming, the arbiter's
+    /// history no longer held the ones after its saved position, so any
+    /// alert they would have made is lost.
+    MissedEvents,
     /// Sent on demand (`restockctl notify test`), to every destination
     /// whatever its filter.
     Test,
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::InStock,
         Self::CheckoutStarted,
         Self::Purchased,
@@ -39,6 +43,7 @@ impl AlertKind {
         Self::Stuck,
         Self::NoWatchers,
         Self::ArbiterUnreachable,
+        Self::MissedEvents,
         Self::Test,
     ];
 
@@ -52,6 +57,7 @@ impl AlertKind {
             Self::Stuck => "stuck",
             Self::NoWatchers => "no_watchers",
             Self::ArbiterUnreachable => "arbiter_unreachable",
+            Self::MissedEvents => "missed_events",
             Self::Test => "test",
         }
     }
@@ -66,7 +72,7 @@ impl fmt::Display for AlertKind {
 /// An alert kind that does not exist, as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, test, or all)"
+    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, missed_events, test, or all)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -181,8 +187,17 @@ mod tests {
             k.into_iter().collect::<Vec<_>>(),
             [AlertKind::InStock, AlertKind::Purchased]
         );
-        assert_eq!(parse_kinds("all").unwrap().len(), 8);
-        assert_eq!(parse_kinds("").unwrap().len(), 8);
+        assert_eq!(parse_kinds("all").unwrap().len(), AlertKind::ALL.len());
+        assert_eq!(parse_kinds("").unwrap().len(), AlertKind::ALL.len());
+        // Every kind's name parses back to it, the newest included.
+        for k in AlertKind::ALL {
+            assert_eq!(k.as_str().parse::<AlertKind>(), Ok(k));
+            assert!(UnknownKind(String::new()).to_string().contains(k.as_str()));
+        }
+        assert_eq!(
+            serde_json::to_value(AlertKind::MissedEvents).unwrap(),
+            "missed_events"
+        );
         let e = parse_kinds("in_stock,restock").unwrap_err().to_string();
         assert!(e.contains("\"restock\""), "{e}");
     }

@@ -342,13 +342,14 @@ impl Follower {
         if seq < next {
             return; // already handled before a reconnect
         }
-        if seq > next && e.kind != pb::event::Kind::ArbiterStarted as i32 {
+        let missed = missed_range(next, &e);
+        if let Some((from, to)) = missed {
             // The arbiter no longer holds them (the notifier was away longer
-            // than its history reaches): their alerts cannot be made.
+            // than its history reaches): their alerts cannot be made, so the
+            // gap itself is alerted.
             warn!(
-                from = next,
-                to = seq - 1,
-                "events missed: no longer in the arbiter's history"
+                from,
+                to, "events missed: no longer in the arbiter's history; alerted"
             );
         }
         let event = match Event::try_from(e) {
@@ -360,10 +361,15 @@ impl Follower {
         };
         let now = now_ms();
         let dispatch = self.store.with(|s| {
-            let alerts = match &event {
-                Some(ev) => self.rules.on_event(&mut s.rules, ev),
-                None => Vec::new(),
-            };
+            // The gap's alert enters the outbox in the same write that moves
+            // the position past it: alerted once, even across a restart.
+            let mut alerts: Vec<Alert> = missed
+                .map(|(from, to)| self.rules.missed_events(from, to, now))
+                .into_iter()
+                .collect();
+            if let Some(ev) = &event {
+                alerts.extend(self.rules.on_event(&mut s.rules, ev));
+            }
             s.next_sequence = seq + 1;
             Store::enqueue(s, &alerts, &self.destinations, now, self.store.metrics())
         });
@@ -402,6 +408,15 @@ impl Follower {
     }
 }
 
+/// The sequence numbers skipped before `e` when `next` was expected, if
+/// that is a loss. A jump to an `ARBITER_STARTED` event is not: a restarted
+/// arbiter (or a new leader) continues after the block of numbers it had
+/// reserved, and the rest of that block was never used.
+pub fn missed_range(next: u64, e: &pb::Event) -> Option<(u64, u64)> {
+    (e.sequence > next && e.kind != pb::event::Kind::ArbiterStarted as i32)
+        .then(|| (next, e.sequence - 1))
+}
+
 /// What the rules take from a status answer.
 pub fn view_of(s: &pb::GetStatusResponse) -> ArbiterView {
     let queued = pb::ProductState::Queued as i32;
@@ -433,5 +448,30 @@ pub fn view_of(s: &pb::GetStatusResponse) -> ArbiterView {
                 l.granted_at_unix_ms,
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(sequence: u64, kind: pb::event::Kind) -> pb::Event {
+        pb::Event {
+            sequence,
+            kind: kind as i32,
+            ..pb::Event::default()
+        }
+    }
+
+    #[test]
+    fn a_jump_is_a_gap_unless_a_restarted_arbiter_made_it() {
+        let queued = pb::event::Kind::Queued;
+        assert_eq!(missed_range(41, &event(98, queued)), Some((41, 97)));
+        assert_eq!(missed_range(41, &event(42, queued)), Some((41, 41)));
+        assert_eq!(missed_range(41, &event(41, queued)), None);
+        assert_eq!(
+            missed_range(41, &event(1_001, pb::event::Kind::ArbiterStarted)),
+            None
+        );
     }
 }

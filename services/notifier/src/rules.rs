@@ -202,6 +202,7 @@ impl Rules {
                     self.goes_out(state, t, e.unix_ms);
                 }
             }
+            EventKind::ArbiterStarted => self.arbiter_started(state, e.unix_ms),
             EventKind::WatcherJoined => {
                 if let Some(w) = watcher {
                     state.watchers.insert(w);
@@ -302,6 +303,29 @@ impl Rules {
         out
     }
 
+    /// The alert for events `from..=to` that were never received (the
+    /// arbiter's history no longer held them when the notifier resumed):
+    /// whatever they would have alerted is lost, so the user is told to
+    /// look. Its id is the range, so it is the same alert however often
+    /// the gap is met (a receiver drops a repeat by its key).
+    pub fn missed_events(&self, from: u64, to: u64, now_ms: u64) -> Alert {
+        let which = if from == to {
+            format!("Event {from} was")
+        } else {
+            format!("Events {from} to {to} ({} events) were", to - from + 1)
+        };
+        Alert::new(
+            format!("missed_events-{from}-{to}"),
+            AlertKind::MissedEvents,
+            "Events missed: alerts may be lost".to_owned(),
+            format!(
+                "{which} not received: the arbiter no longer holds them (the notifier was away longer than its event history reaches). Purchased or in_stock alerts among them may be lost; check the arbiter's status (restockctl status)."
+            ),
+            now_ms,
+        )
+        .in_test_mode(self.test_mode)
+    }
+
     /// The arbiter could not be reached (again); the outage starts now
     /// unless it already started.
     pub fn arbiter_down(&self, state: &mut RulesState, now_ms: u64) {
@@ -334,6 +358,26 @@ impl Rules {
         match a.out_since_ms {
             None => true,
             Some(since) => at_ms.saturating_sub(since) >= ms(self.settings.hold_down),
+        }
+    }
+
+    /// A restarted arbiter (or a replica taking over) puts its queued
+    /// products back to ready without an event per product, so every
+    /// product thought available goes out as of the restart; the hold-down
+    /// then decides whether its next report is news. The lease is kept: it
+    /// may carry over the restart (its product is attempting again) and is
+    /// ended by its own RELEASED or EXPIRED. Without this a product that
+    /// sold out while the arbiter was down would never alert again.
+    fn arbiter_started(&self, state: &mut RulesState, at_ms: u64) {
+        let leased = state.lease.as_ref().map(|l| l.tcin.clone());
+        let available: Vec<String> = state
+            .products
+            .iter()
+            .filter(|(tcin, a)| a.available && Some(*tcin) != leased.as_ref())
+            .map(|(tcin, _)| tcin.clone())
+            .collect();
+        for tcin in available {
+            self.goes_out(state, &tcin, at_ms);
         }
     }
 
@@ -473,8 +517,20 @@ mod tests {
     }
 
     fn queued(seq: u64, at: u64) -> Event {
+        queued_of("100", seq, at)
+    }
+
+    fn queued_of(tcin: &str, seq: u64, at: u64) -> Event {
         Event::new(EventKind::Queued)
-            .product(&t("100"), ProductState::Ready, ProductState::Queued)
+            .product(&t(tcin), ProductState::Ready, ProductState::Queued)
+            .at(seq, at)
+    }
+
+    /// What a restarted arbiter (or a replica taking over) says, and all it
+    /// says: its queued products are back to ready without an event.
+    fn started(seq: u64, at: u64) -> Event {
+        Event::new(EventKind::ArbiterStarted)
+            .detail("state restored")
             .at(seq, at)
     }
 
@@ -511,6 +567,59 @@ mod tests {
         r.on_event(&mut s, &unqueued(30, 20_000));
         let again = r.on_event(&mut s, &queued(31, 80_000));
         assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn after_an_arbiter_restart_the_hold_down_decides_whether_stock_is_news() {
+        let r = rules();
+        let mut s = RulesState::default();
+        assert_eq!(r.on_event(&mut s, &queued_of("100", 1, 1_000)).len(), 1);
+        assert_eq!(r.on_event(&mut s, &queued_of("200", 2, 1_500)).len(), 1);
+        // The arbiter restarts at 10 s: both were queued, both are ready
+        // now, and no event said so.
+        assert!(r.on_event(&mut s, &started(1_001, 10_000)).is_empty());
+        for tcin in ["100", "200"] {
+            assert_eq!(
+                s.products[tcin],
+                Availability {
+                    available: false,
+                    out_since_ms: Some(10_000)
+                },
+                "{tcin}"
+            );
+        }
+        // 200 reported again inside the hold-down after the restart: the
+        // same restock, not news.
+        assert!(
+            r.on_event(&mut s, &queued_of("200", 1_002, 30_000))
+                .is_empty()
+        );
+        // 100 back once the hold-down has passed since the restart: news.
+        let again = r.on_event(&mut s, &queued_of("100", 1_003, 70_000));
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].kind, AlertKind::InStock);
+        assert_eq!(again[0].id, "e1003-in_stock");
+        assert_eq!(again[0].tcin.as_deref(), Some("100"));
+    }
+
+    #[test]
+    fn a_lease_carried_over_a_restart_is_kept_and_its_product_stays_available() {
+        let r = rules();
+        let mut s = RulesState::default();
+        r.on_event(&mut s, &queued(1, 1_000));
+        let mut granted = lease_event(EventKind::Granted, 2, 2_000);
+        granted.from_state = Some(ProductState::Queued);
+        r.on_event(&mut s, &granted);
+        // The restored lease's product is attempting again, not ready.
+        assert!(r.on_event(&mut s, &started(1_001, 10_000)).is_empty());
+        assert_eq!(s.lease.as_ref().map(|l| l.token), Some(7));
+        assert!(s.products["100"].available);
+        // Its own release ends it, long after the hold-down, and a
+        // TEST_MODE requeue at once is still the same restock.
+        let released = lease_event(EventKind::Released, 1_002, 90_000).outcome(Outcome::Purchased);
+        assert_eq!(r.on_event(&mut s, &released)[0].kind, AlertKind::Purchased);
+        assert!(s.lease.is_none());
+        assert!(r.on_event(&mut s, &queued(1_003, 90_001)).is_empty());
     }
 
     #[test]
@@ -605,6 +714,30 @@ mod tests {
         let mut resumed = RulesState::default();
         r.on_status(&mut resumed, view(), 0, false);
         assert_eq!(r.on_event(&mut resumed, &queued(5, 1_000)).len(), 1);
+    }
+
+    #[test]
+    fn missed_events_name_their_range_in_the_text_and_the_id() {
+        let r = rules();
+        let a = r.missed_events(41, 97, 5_000);
+        assert_eq!(a.kind, AlertKind::MissedEvents);
+        assert_eq!(a.id, "missed_events-41-97");
+        assert_eq!(a.unix_ms, 5_000);
+        assert!(
+            a.message
+                .starts_with("Events 41 to 97 (57 events) were not received"),
+            "{}",
+            a.message
+        );
+        assert!(a.message.contains("may be lost"), "{}", a.message);
+        // The same gap met again (a restart) is the same alert.
+        assert_eq!(r.missed_events(41, 97, 9_000).id, a.id);
+        let one = r.missed_events(7, 7, 0);
+        assert!(
+            one.message.starts_with("Event 7 was not"),
+            "{}",
+            one.message
+        );
     }
 
     #[test]

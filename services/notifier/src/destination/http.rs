@@ -175,7 +175,9 @@ fn colour(kind: AlertKind) -> u32 {
         AlertKind::CheckoutStarted => 0x34_98_db,
         AlertKind::Purchased => 0xf1_c4_0f,
         AlertKind::CheckoutFailed | AlertKind::Stuck => 0xe7_4c_3c,
-        AlertKind::NoWatchers | AlertKind::ArbiterUnreachable => 0xe6_7e_22,
+        AlertKind::NoWatchers | AlertKind::ArbiterUnreachable | AlertKind::MissedEvents => {
+            0xe6_7e_22
+        }
         AlertKind::Test => 0x95_a5_a6,
     }
 }
@@ -235,6 +237,8 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
     let default_priority = match a.kind {
         AlertKind::InStock | AlertKind::Purchased => 4,
         AlertKind::CheckoutFailed | AlertKind::Stuck | AlertKind::ArbiterUnreachable => 4,
+        // Purchases or restocks among the missed events went unalerted.
+        AlertKind::MissedEvents => 4,
         _ => 3,
     };
     let mut tags: Vec<String> = tags.to_vec();
@@ -242,7 +246,7 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
         match a.kind {
             AlertKind::InStock => "shopping_cart",
             AlertKind::Purchased => "tada",
-            AlertKind::CheckoutFailed | AlertKind::Stuck => "warning",
+            AlertKind::CheckoutFailed | AlertKind::Stuck | AlertKind::MissedEvents => "warning",
             AlertKind::ArbiterUnreachable | AlertKind::NoWatchers => "rotating_light",
             AlertKind::CheckoutStarted => "hourglass_flowing_sand",
             AlertKind::Test => "white_check_mark",
@@ -335,6 +339,26 @@ mod tests {
         let t = telegram_body(&a, "1");
         assert_eq!(t["text"].as_str().unwrap().chars().count(), 4096);
         assert_eq!(cut("short", 10), "short");
+    }
+
+    #[test]
+    fn missed_events_are_a_warning_on_ntfy_and_orange_on_discord() {
+        let a = Alert::new(
+            "missed_events-41-97".into(),
+            AlertKind::MissedEvents,
+            "t".into(),
+            "m".into(),
+            0,
+        );
+        let n = ntfy_body(&a, "restock", None, &[]);
+        assert_eq!(n["priority"], 4);
+        assert_eq!(n["tags"], serde_json::json!(["warning"]));
+        let d = discord_body(&a);
+        assert_eq!(d["embeds"][0]["color"], 0xe6_7e_22);
+        assert_eq!(
+            d["embeds"][0]["footer"]["text"],
+            "missed_events · missed_events-41-97"
+        );
     }
 
     #[test]
