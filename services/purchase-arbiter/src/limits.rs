@@ -45,10 +45,22 @@ pub const SEQUENCE_BLOCK: u64 = 1_000;
 
 // ----- the state file -----
 
-/// Events kept in the state file, for followers resuming across a restart.
-/// Fewer than in memory: every full snapshot writes them all, and the last
-/// few hundred transitions are what a follower that missed a restart needs.
-pub const SAVED_EVENTS: usize = 500;
+/// Events kept in the state file (and in etcd), for followers resuming
+/// across a restart: the newest that fit in [`SAVED_EVENT_BYTES`], never
+/// more than memory holds. Bounded in bytes, not in events, because what
+/// it must not outgrow is a size: every whole snapshot writes them all, and
+/// with `--store etcd` the whole state is one etcd value, which etcd caps
+/// at 1.5 MiB by default (`--max-request-bytes`); the products, leases and
+/// answers need the rest. 500 events (the old count) was about two minutes
+/// of the fault suite's non-stop cycling: a notifier away across a restart
+/// for longer lost `purchased` alerts. 512 KiB is about 2,000 ordinary
+/// events (about 250 bytes each), over five minutes of that cycling and
+/// hours of a real system's; a gap beyond it is alerted by the notifier
+/// (`missed_events`).
+pub const SAVED_EVENT_BYTES: usize = 512 * 1024;
+
+/// The count bound beside [`SAVED_EVENT_BYTES`]: what memory holds.
+pub const SAVED_EVENTS: usize = EVENT_HISTORY;
 
 /// The journal grows to at least this many bytes before a full snapshot
 /// replaces it (and to [`JOURNAL_SNAPSHOT_RATIO`] times the snapshot's size

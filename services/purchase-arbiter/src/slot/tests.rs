@@ -1115,8 +1115,12 @@ async fn a_restored_arbiter_keeps_the_lease_tokens_and_product_states() {
     let lease = b.lease().cloned().expect("the lease survives");
     assert_eq!(lease.lease_id, la.lease_id);
     assert_eq!(lease.token, FencingToken(2));
-    assert_eq!(lease.expires_at_unix_ms, T0 + 30_000);
-    assert_eq!(lease.remaining(c2.now()), Duration::from_secs(15));
+    // The time left by whole milliseconds, rounded up (see saved::restore).
+    assert_eq!(lease.expires_at_unix_ms, T0 + 30_001);
+    assert_eq!(
+        lease.remaining(c2.now()),
+        Duration::from_secs(15) + Duration::from_millis(1)
+    );
     assert_eq!(state(&b, &c2, "A"), ProductState::Attempting);
     assert_eq!(state(&b, &c2, "B"), ProductState::Ready);
     let view_c = product(&b, &c2, "C");
@@ -1134,7 +1138,7 @@ async fn a_restored_arbiter_keeps_the_lease_tokens_and_product_states() {
     assert!(effects.must_persist);
     assert_eq!(kinds(&effects.events), [EventKind::ArbiterStarted]);
     assert_eq!(effects.events[0].sequence, reserved + 1);
-    assert!(effects.events[0].detail.contains("15000 ms left"));
+    assert!(effects.events[0].detail.contains("15001 ms left"));
     assert_eq!(b.events_from(0)[..old_events.len()], old_events[..]);
     assert_eq!(b.last_sequence(), reserved + 1);
 
@@ -1145,8 +1149,9 @@ async fn a_restored_arbiter_keeps_the_lease_tokens_and_product_states() {
         Refusal::AlreadyPurchased { purchases: 1 }
     );
 
-    // The lease ends on its original deadline.
-    advance(Duration::from_secs(15) - MS).await;
+    // The lease ends on its original deadline, rounded up to the next
+    // whole millisecond (never before it).
+    advance(Duration::from_secs(15)).await;
     b.tick(c2.now());
     assert_eq!(b.lease(), Some(&lease));
     advance(MS).await;

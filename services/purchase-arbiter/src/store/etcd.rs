@@ -555,14 +555,14 @@ mod tests {
             client: client.clone(),
             endpoints: "test".into(),
             keys: keys.clone(),
-            limit: Duration::from_secs(1),
+            limit: Duration::from_secs(5),
             compact: false,
         };
         EtcdState::new(access, guard.clone(), loaded, CancellationToken::new())
     }
 
     /// Issue 19, finding 5: the first try of a whole-state write goes to a
-    /// member that is paused, so it times out; the retry (same generation,
+    /// member that is paused (SIGSTOP), so its answer never comes; the retry (same generation,
     /// same term) commits through another member, and a journal record
     /// follows. When the paused member wakes, the first try reaches etcd
     /// late. Guarded on the leadership key alone it applied (the key still
@@ -576,8 +576,24 @@ mod tests {
         };
         let urls = etcd.client_urls();
         let keys = EtcdKeys::new("/late-write/");
-        let via = |i: usize| Client::connect([urls[i].clone()], None);
-        let (paused, other) = (via(0).await.unwrap(), via(1).await.unwrap());
+        let mut clients = Vec::new();
+        for url in &urls {
+            clients.push(Client::connect([url.clone()], None).await.unwrap());
+        }
+        // Pause a member that does not lead etcd's own raft, so the rest
+        // commit at once (pausing the raft leader makes them elect another
+        // first, and etcd answers "request timed out" meanwhile).
+        let mut follower = None;
+        for (i, c) in clients.iter_mut().enumerate() {
+            let s = c.status().await.unwrap();
+            if s.header().map(|h| h.member_id()) != Some(s.leader()) {
+                follower = Some(i);
+                break;
+            }
+        }
+        let p = follower.expect("two of three members follow");
+        let paused = clients[p].clone();
+        let other = clients[(p + 1) % clients.len()].clone();
         let guard = elected(&other, &keys).await;
         let loaded = load(&other, "test", &keys, Duration::from_secs(5))
             .await
@@ -586,7 +602,7 @@ mod tests {
         let first_try = writer(&paused, &keys, &guard, &loaded);
         let retry = writer(&other, &keys, &guard, &loaded);
 
-        etcd.stop(0);
+        etcd.stop(p);
         // Sent, and left to etcd: the store's time limit gives up waiting
         // for the answer, but what was sent may still be applied.
         let (_, _, late_txn) = {
@@ -606,7 +622,7 @@ mod tests {
         .unwrap()
         .expect("the retry and the next record commit through another member");
 
-        etcd.cont(0);
+        etcd.cont(p);
         let answer = tokio::time::timeout(Duration::from_secs(20), late)
             .await
             .expect("the woken member answers")

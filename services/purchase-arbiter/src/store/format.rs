@@ -12,7 +12,7 @@ use restock_domain::{
     Counters, Event, FencingToken, LeaseId, Outcome, ProductState, Tcin, WatcherId,
 };
 
-use crate::limits::{ENDED_LEASES, IDEMPOTENCY_ENTRIES, SAVED_EVENTS};
+use crate::limits::{ENDED_LEASES, IDEMPOTENCY_ENTRIES, SAVED_EVENT_BYTES, SAVED_EVENTS};
 
 /// Format version of [`Snapshot`]. Version 2 added the journal (a snapshot
 /// names the journal whose records follow it); version 1 files are read.
@@ -64,7 +64,39 @@ impl Snapshot {
         push_bounded(&mut self.ended_leases, d.ended_leases, ENDED_LEASES);
         push_bounded(&mut self.idempotency, d.idempotency, IDEMPOTENCY_ENTRIES);
         push_bounded(&mut self.events, d.events, SAVED_EVENTS);
+        let keep = saved_event_count(self.events.iter().rev());
+        self.events.drain(..self.events.len() - keep);
     }
+}
+
+/// About how many bytes `e` takes in the saved JSON: the fixed part of an
+/// event with every field set (names, numbers, states) and its strings.
+/// An estimate, so that choosing what to save costs no encoding; what
+/// matters is that [`Snapshot::apply`] and the arbiter's snapshot use the
+/// same one, so a journal replayed gives exactly the state written whole.
+pub fn saved_event_bytes(e: &Event) -> usize {
+    const FIXED: usize = 200;
+    FIXED
+        + e.tcin.as_ref().map_or(0, |t| t.as_str().len())
+        + e.watcher_id.as_ref().map_or(0, |w| w.as_str().len())
+        + e.lease_id.as_ref().map_or(0, |l| l.as_str().len())
+        + e.detail.len()
+}
+
+/// How many of `newest_first` (events, newest first) are saved: as many as
+/// fit in [`SAVED_EVENT_BYTES`], at most [`SAVED_EVENTS`], and always the
+/// newest one.
+pub fn saved_event_count<'a>(newest_first: impl Iterator<Item = &'a Event>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for e in newest_first.take(SAVED_EVENTS) {
+        bytes += saved_event_bytes(e);
+        if bytes > SAVED_EVENT_BYTES && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// One journal record: what changed since the previous write (see

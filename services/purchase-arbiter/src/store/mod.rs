@@ -460,7 +460,7 @@ impl StateFile {
 mod tests {
     use super::*;
     use crate::slot::{Arbiter, Clock, Now, Timing};
-    use restock_domain::PriorityList;
+    use restock_domain::{PriorityList, Tcin, WatcherId};
     use saved::{SaveMarks, snapshot};
     use std::time::Duration;
 
@@ -788,6 +788,80 @@ mod tests {
     /// moved out of the slot's module (a grant, a refusal, a failed release
     /// with its cool-down, a pause, a renewal): they still load, and what
     /// they hold is written back exactly as that arbiter wrote it.
+    /// The saved history is bounded in bytes (etcd holds the whole state
+    /// in one value), and holds far more than the old 500 events; a journal
+    /// replayed keeps the same events as the whole state written at once.
+    #[test]
+    fn the_saved_history_is_bounded_in_bytes_and_the_journal_keeps_the_same() {
+        use crate::limits::{SAVED_EVENT_BYTES, SAVED_EVENTS};
+        use format::saved_event_bytes;
+        let list = PriorityList::parse(r#"{"products":[{"tcin":"111"}]}"#, "p").unwrap();
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let mut a = Arbiter::new(list, timing(), clock.now());
+        let mut marks = SaveMarks::default();
+        let mut on_disk = snapshot(&a, clock.now());
+        marks.persisted(SaveMarks::full(&a));
+        for i in 0..4_000 {
+            a.set_paused(clock.now(), i % 2 == 0);
+            if i % 1_000 == 999 {
+                let (delta, mark) = marks.delta(&a, clock.now());
+                on_disk.apply(delta);
+                marks.persisted(mark);
+            }
+        }
+        let whole = snapshot(&a, clock.now());
+        let bytes: usize = whole.events.iter().map(saved_event_bytes).sum();
+        assert!(bytes <= SAVED_EVENT_BYTES, "{bytes} bytes saved");
+        assert!(
+            whole.events.len() > 1_500 && whole.events.len() < SAVED_EVENTS,
+            "{} events saved",
+            whole.events.len()
+        );
+        assert_eq!(
+            whole.events.last().map(|e| e.sequence),
+            Some(a.last_sequence())
+        );
+        assert_eq!(
+            on_disk.events, whole.events,
+            "journal and whole state agree"
+        );
+    }
+
+    /// A lease carried over a restart never ends before its deadline as
+    /// written (whole milliseconds, cut down on both sides, so the real
+    /// time left can be up to 1 ms more than the difference): rounded up.
+    #[test]
+    fn a_carried_lease_keeps_at_least_its_time_left_at_the_millisecond_boundary() {
+        let list = PriorityList::parse(r#"{"products":[{"tcin":"111"}]}"#, "p").unwrap();
+        let granted = Clock::starting_at(1_700_000_000_000).now();
+        let mut a = Arbiter::new(list.clone(), timing(), granted);
+        let w = WatcherId::parse("w1").unwrap();
+        let answer = a
+            .acquire(granted, &Tcin::parse("111").unwrap(), &w, "r1")
+            .unwrap();
+        assert!(matches!(answer, crate::slot::AcquireAnswer::Granted(_)));
+        let ttl_ms = timing().lease_ttl.as_millis() as u64;
+        for (left_ms, want_ms) in [
+            (500, Some(501)),
+            (1, Some(2)),
+            (0, Some(1)),
+            (ttl_ms, Some(ttl_ms)),
+        ] {
+            let written = saved::snapshot(&a, granted);
+            let restart =
+                Clock::starting_at(written.lease.as_ref().unwrap().expires_at_unix_ms - left_ms)
+                    .now();
+            let b = saved::restore(written, list.clone(), timing(), restart).unwrap();
+            let carried = b.lease().map(|l| l.remaining(restart).as_millis() as u64);
+            assert_eq!(carried, want_ms, "{left_ms} ms left as written");
+        }
+        // Past the written deadline: ended for sure.
+        let written = saved::snapshot(&a, granted);
+        let late = Clock::starting_at(written.lease.as_ref().unwrap().expires_at_unix_ms + 1).now();
+        let b = saved::restore(written, list, timing(), late).unwrap();
+        assert!(b.lease().is_none(), "expired while the arbiter was down");
+    }
+
     #[test]
     fn a_state_file_written_before_still_loads_and_saves_the_same() {
         let dir = tempfile::tempdir().unwrap();
@@ -813,7 +887,9 @@ mod tests {
         let a = saved::restore(loaded, list, timing(), now).unwrap();
         let lease = a.lease().unwrap();
         assert_eq!((lease.tcin.as_str(), lease.token.0), ("222", 2));
-        assert_eq!(lease.expires_at_unix_ms, 1_700_000_034_000);
+        // Written as ending at ..._034_000 (whole ms, cut down): carried
+        // with the time left rounded up.
+        assert_eq!(lease.expires_at_unix_ms, 1_700_000_034_001);
         assert_eq!(a.answers().iter().count(), 4);
         assert_eq!(a.ended().len(), 1);
         let status = a.status(now);

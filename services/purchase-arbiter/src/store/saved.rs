@@ -9,14 +9,11 @@ use restock_domain::{PriorityList, ProductState, Tcin};
 
 use super::format::{
     Delta, SNAPSHOT_VERSION, SavedAnswer, SavedEndedLease, SavedLease, SavedProduct, SavedRefusal,
-    Snapshot,
+    Snapshot, saved_event_count,
 };
-use crate::{
-    limits::SAVED_EVENTS,
-    slot::{
-        AcquireAnswer, ActiveLease, AnswerKey, Arbiter, EndedLease, Now, Product, Refusal, Resume,
-        SlotError, Timing, ms,
-    },
+use crate::slot::{
+    AcquireAnswer, ActiveLease, AnswerKey, Arbiter, EndedLease, Now, Product, Refusal, Resume,
+    SlotError, Timing, ms,
 };
 
 /// The durable part of the state, whole.
@@ -36,7 +33,11 @@ pub fn snapshot(a: &Arbiter, now: Now) -> Snapshot {
         ended_leases: a.ended().iter().map(saved_ended).collect(),
         idempotency: a.answers().iter().map(saved_answer).collect(),
         counters: a.counters(),
-        events: a.history().newest(SAVED_EVENTS).cloned().collect(),
+        events: a
+            .history()
+            .newest(saved_event_count(a.history().iter().rev()))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -117,9 +118,10 @@ impl SaveMarks {
         let history = a.history();
         let first_new = history.partition_point(|e| e.sequence <= self.events_upto);
         let new_events = history.len() - first_new;
+        let saved_new = saved_event_count(history.iter_from(first_new).rev());
         let events = history
             .iter_from(first_new)
-            .skip(new_events.saturating_sub(SAVED_EVENTS))
+            .skip(new_events - saved_new)
             .cloned()
             .collect();
         let delta = Delta {
@@ -324,10 +326,17 @@ pub fn restore(
         })
         .collect();
     let lease = snapshot.lease.map(|l| {
-        let left = l
-            .expires_at_unix_ms
-            .saturating_sub(now.unix_ms)
-            .min(l.ttl_ms);
+        // Both wall times are whole milliseconds, cut down: the deadline
+        // written may be up to 1 ms before the real one, and `now` up to
+        // 1 ms before the real now. Rounding the time left up (1 ms more)
+        // keeps the carried lease from ending before a whole TTL has passed
+        // for its holder; one whose written deadline is already past has
+        // ended for sure.
+        let left = if l.expires_at_unix_ms >= now.unix_ms {
+            (l.expires_at_unix_ms - now.unix_ms + 1).min(l.ttl_ms)
+        } else {
+            0
+        };
         ActiveLease {
             lease_id: l.lease_id,
             tcin: l.tcin,

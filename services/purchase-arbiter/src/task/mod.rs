@@ -202,7 +202,7 @@ enum Command {
     },
     Events {
         from: u64,
-        reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)>,
+        reply: Reply<(Vec<Event>, broadcast::Receiver<Event>, u64)>,
     },
     Reset {
         tcin: Tcin,
@@ -347,6 +347,17 @@ impl ArbiterHandle {
         &self,
         from: u64,
     ) -> Result<(Vec<Event>, broadcast::Receiver<Event>), ArbiterError> {
+        let (history, live, _) = self.events_with_position(from).await?;
+        Ok((history, live))
+    }
+
+    /// [`Self::events`], and the sequence number of the newest event
+    /// published when the receiver subscribed (what the receiver's first
+    /// event follows).
+    pub async fn events_with_position(
+        &self,
+        from: u64,
+    ) -> Result<(Vec<Event>, broadcast::Receiver<Event>, u64), ArbiterError> {
         self.call(|reply| Command::Events { from, reply }).await
     }
 
@@ -742,7 +753,7 @@ impl<S: StateStore> ArbiterTask<S> {
                     .take_while(|e| e.sequence <= published)
                     .cloned()
                     .collect();
-                let _ = reply.send(Ok((history, rx)));
+                let _ = reply.send(Ok((history, rx, published)));
             }
             Command::Reset { tcin, reply } => {
                 let r = a.reset(now, &tcin).map_err(ArbiterError::from);
