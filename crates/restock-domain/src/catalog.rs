@@ -37,9 +37,44 @@ impl ProductSpec {
         }
     }
 
-    /// Is `price` (when known) above the product's limit?
-    pub fn too_expensive(&self, price: Option<Price>) -> bool {
-        matches!((price, self.max_price), (Some(p), Some(max)) if p > max)
+    /// What the product's price limit says of `price` (`None`: the source
+    /// gave no price). Fails closed: a product with a limit and no known
+    /// price may not be bought, since a buying bot that cannot see the
+    /// price cannot keep to the limit (Target's stock answers carry none).
+    pub fn price_check(&self, price: Option<Price>) -> PriceCheck {
+        match (self.max_price, price) {
+            (None, _) => PriceCheck::Allowed,
+            (Some(_), None) => PriceCheck::Unknown,
+            (Some(max), Some(p)) if p > max => PriceCheck::Above,
+            (Some(_), Some(_)) => PriceCheck::Allowed,
+        }
+    }
+
+    /// May it be bought at `price`? Only [`PriceCheck::Allowed`].
+    pub fn may_buy_at(&self, price: Option<Price>) -> bool {
+        self.price_check(price) == PriceCheck::Allowed
+    }
+}
+
+/// See [`ProductSpec::price_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceCheck {
+    /// No limit, or a known price within it.
+    Allowed,
+    /// A known price above `max_price`.
+    Above,
+    /// The product has a `max_price` and no price is known.
+    Unknown,
+}
+
+impl PriceCheck {
+    /// Why a product in stock does not count, in a log line or an event.
+    pub fn why_not(self) -> Option<&'static str> {
+        match self {
+            Self::Allowed => None,
+            Self::Above => Some("the price is above max_price"),
+            Self::Unknown => Some("no price known and the product has a max_price"),
+        }
     }
 }
 

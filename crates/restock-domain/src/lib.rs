@@ -33,7 +33,7 @@ pub mod status;
 pub mod stock;
 pub mod timestamp;
 
-pub use catalog::{Catalog, CatalogError, PriorityList, ProductSpec};
+pub use catalog::{Catalog, CatalogError, PriceCheck, PriorityList, ProductSpec};
 pub use event::{Event, EventKind};
 pub use ids::{FencingToken, IdError, LeaseId, Tcin, WatcherId};
 pub use lease::Lease;

@@ -57,7 +57,7 @@ impl Entry {
     fn reportable(&self) -> bool {
         self.seen
             .as_ref()
-            .is_some_and(|o| o.in_stock && !self.product.too_expensive(o.price))
+            .is_some_and(|o| o.in_stock && self.product.may_buy_at(o.price))
     }
 
     /// What the arbiter is told: the last answer, with `in_stock` saying
@@ -181,14 +181,15 @@ impl StockBook {
             Ok(s) => {
                 let was = e.seen.as_ref().map(|w| (w.in_stock, w.price));
                 if s.in_stock
-                    && e.product.too_expensive(s.price)
+                    && let Some(why) = e.product.price_check(s.price).why_not()
                     && was.is_none_or(|(in_stock, price)| !in_stock || price != s.price)
                 {
                     warn!(
                         tcin = %tcin,
                         price_cents = s.price.map(Price::cents),
                         max_price_cents = e.product.max_price.map(Price::cents),
-                        "in stock but above max_price: not reported as in stock"
+                        why,
+                        "in stock but not reported as in stock"
                     );
                 }
                 if was.map(|(in_stock, _)| in_stock) != Some(s.in_stock) {

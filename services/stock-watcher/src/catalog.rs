@@ -28,7 +28,7 @@ pub fn watch_list(catalog: &Catalog, only: &[Tcin]) -> (Vec<ProductSpec>, Vec<Tc
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use restock_domain::{Price, PriorityList};
+    use restock_domain::{Price, PriceCheck, PriorityList};
 
     use super::*;
 
@@ -85,13 +85,16 @@ pub(crate) mod tests {
         let c = catalog(&[("100", 1_000), ("200", 0)], 10_000);
         let p = c.products.get(&t("100")).unwrap();
         let cents = |c| Some(Price::from_cents(c));
-        assert!(p.too_expensive(cents(1_001)));
-        assert!(!p.too_expensive(cents(1_000)));
-        assert!(
-            !p.too_expensive(None),
-            "unknown price is not over the limit"
+        assert_eq!(p.price_check(cents(1_001)), PriceCheck::Above);
+        assert!(p.may_buy_at(cents(1_000)));
+        assert_eq!(
+            p.price_check(None),
+            PriceCheck::Unknown,
+            "an unknown price may not be bought: fail closed"
         );
+        assert!(!p.may_buy_at(None));
         let unlimited = c.products.get(&t("200")).unwrap();
-        assert!(!unlimited.too_expensive(cents(u64::MAX)));
+        assert!(unlimited.may_buy_at(cents(u64::MAX)));
+        assert!(unlimited.may_buy_at(None), "no limit, no price needed");
     }
 }

@@ -30,8 +30,8 @@ use std::{
 use tokio::time::Instant;
 
 use restock_domain::{
-    Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
-    ProductSpec, ProductState, Tcin, WatcherId,
+    Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriceCheck,
+    PriorityList, ProductSpec, ProductState, Tcin, WatcherId,
 };
 
 pub use clock::{Clock, Now};
@@ -1022,8 +1022,13 @@ impl Arbiter {
         self.counters.observations += observations.len() as u64;
         let mut result = Ok(());
         for o in observations {
-            let too_expensive = self.spec(&o.tcin).is_some_and(|s| s.too_expensive(o.price));
-            let in_stock = o.in_stock && !too_expensive;
+            // Checked here too, not only by the watcher: a watcher of an
+            // older version (or one whose source gives no price) cannot
+            // make the arbiter buy over the limit.
+            let price = self
+                .spec(&o.tcin)
+                .map_or(PriceCheck::Allowed, |s| s.price_check(o.price));
+            let in_stock = o.in_stock && price == PriceCheck::Allowed;
             if in_stock {
                 let p = match self.product_mut(&o.tcin) {
                     Ok(p) => p,
@@ -1042,10 +1047,9 @@ impl Arbiter {
             } else if let Some(p) = self.products.get_mut(&o.tcin)
                 && p.sightings.remove(watcher_id).is_some()
             {
-                let why = if too_expensive {
-                    format!("{watcher_id} reports a price above max_price")
-                } else {
-                    format!("reported out of stock by {watcher_id}")
+                let why = match price.why_not() {
+                    Some(why) if o.in_stock => format!("in stock at {watcher_id}, but {why}"),
+                    _ => format!("reported out of stock by {watcher_id}"),
                 };
                 self.requeue(now, &o.tcin, &why);
             }

@@ -1034,8 +1034,24 @@ async fn a_price_above_max_price_does_not_count_as_in_stock() {
 
     release(&mut a, &c, &hold, Outcome::Aborted);
     assert_eq!(pushed_grants(&mut a), []);
-    // An unknown price does not hold a product back.
+    // An unknown price holds back a product with a max_price (fail
+    // closed: a watcher that cannot see the price cannot keep to it)...
     report(&mut a, &c, "w1", 1, &[in_stock("A")]);
+    assert_eq!(state(&a, &c, "A"), ProductState::Ready);
+    assert_eq!(pushed_grants(&mut a), []);
+    // ... and not one without (B has no limit).
+    report(&mut a, &c, "w1", 1, &[in_stock("B")]);
+    assert_eq!(one_pushed_grant(&mut a).2.tcin, t("B"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_product_with_a_max_price_is_never_granted_without_a_known_price() {
+    let (mut a, c) = fixture(r#"[{"tcin":"A","max_price":10.00}]"#);
+    a.connect(c.now(), &w("w1"), 1);
+    report(&mut a, &c, "w1", 1, &[in_stock("A")]);
+    assert_eq!(state(&a, &c, "A"), ProductState::Ready);
+    assert_eq!(pushed_grants(&mut a), []);
+    report(&mut a, &c, "w1", 1, &[priced("A", 999)]);
     assert_eq!(one_pushed_grant(&mut a).2.tcin, t("A"));
 }
 

@@ -242,6 +242,66 @@ async fn reports_carry_the_watcher_id_polling_list_and_price() {
     watcher.stop().await;
 }
 
+/// The watcher alone (against a scripted arbiter that checks nothing): a
+/// product with a max_price is reported in stock only with a known price
+/// within it; in stock with no price, or above it, is reported as not in
+/// stock (the status still shows what the source said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_with_a_max_price_is_reported_in_stock_only_with_a_price_within_it() {
+    let catalog = pb::Catalog {
+        products: vec![pb::CatalogProduct {
+            tcin: "100".into(),
+            name: "Cards".into(),
+            priority: 1,
+            max_price_cents: 1_000,
+            quantity: 1,
+            enabled: true,
+        }],
+        lease_ttl_ms: 3_000,
+        stock_ttl_ms: 10_000,
+        test_mode: false,
+    };
+    let arbiter = ScriptedArbiter::start(Script::new().catalog(catalog)).await;
+    let store = StoreStub::start().await;
+    store.set_stock("100", true);
+    let watcher = InProcess::start(&arbiter.url(), &store).await;
+    let in_stock_reported = || {
+        arbiter
+            .reports()
+            .iter()
+            .flat_map(|r| r.observations.clone())
+            .filter(|o| o.tcin == "100" && o.in_stock)
+            .collect::<Vec<_>>()
+    };
+    // In stock with no price at the source (polled every 100 ms): never
+    // reported in stock.
+    let polled = |n: usize| {
+        let store = &store;
+        async move { (store.polls().len() >= n).then_some(()) }
+    };
+    eventually("ten polls without a price", Duration::from_secs(10), || {
+        polled(10)
+    })
+    .await;
+    assert_eq!(in_stock_reported(), [], "in stock with no known price");
+    // Above the limit: the same.
+    store.set_price("100", 24.99);
+    let seen = store.polls().len();
+    eventually("ten polls above the limit", Duration::from_secs(10), || {
+        polled(seen + 10)
+    })
+    .await;
+    assert_eq!(in_stock_reported(), [], "above max_price");
+    // Within it: in stock, with the price.
+    store.set_price("100", 9.99);
+    let o = eventually("an in-stock report", Duration::from_secs(10), || async {
+        in_stock_reported().into_iter().next()
+    })
+    .await;
+    assert_eq!(o.price_cents, Some(999));
+    watcher.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
     use tokio_stream::StreamExt;
