@@ -31,6 +31,7 @@ use std::{
 use restock_domain::{
     Event, EventKind, FencingToken, Outcome,
     history::{Checker, Cycle, CycleEnd, ProblemKind},
+    lease::holder_margin,
 };
 
 /// One checkout as the store recorded it (`GET /admin/orders`).
@@ -103,6 +104,15 @@ pub enum FaultKind {
     EtcdMemberKill,
     /// HA mode: every replica restarted at once (SIGTERM or `kill -9`).
     ReplicasRestart,
+    /// HA mode: SIGSTOP of the leading replica the moment one of its
+    /// grants is streamed, for the election TTL + 1 s, then SIGCONT: the
+    /// next leader carries the lease; the resumed one must grant nothing.
+    LeaderPauseAtGrant,
+    /// HA mode: SIGSTOP of one etcd member (the raft leader, or each in
+    /// turn) for longer than the lease TTL but less than the election TTL,
+    /// then SIGCONT: the leader's writes through it hang past the lease
+    /// TTL while the leader itself may keep its lead.
+    EtcdMemberPause,
 }
 
 impl FaultKind {
@@ -119,12 +129,14 @@ impl FaultKind {
     ];
 
     /// The HA mode's faults (`RESTOCK_FAULT_MODE=ha`).
-    pub const HA: [FaultKind; 5] = [
+    pub const HA: [FaultKind; 7] = [
         Self::LeaderKill,
         Self::LeaderPause,
         Self::LeaderEtcdCut,
         Self::EtcdMemberKill,
         Self::ReplicasRestart,
+        Self::LeaderPauseAtGrant,
+        Self::EtcdMemberPause,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +155,8 @@ impl FaultKind {
             Self::LeaderEtcdCut => "leader replica cut from etcd",
             Self::EtcdMemberKill => "etcd member kill -9",
             Self::ReplicasRestart => "all replicas restarted at once",
+            Self::LeaderPauseAtGrant => "leader replica SIGSTOP at its grant",
+            Self::EtcdMemberPause => "etcd member SIGSTOP > lease TTL",
         }
     }
 
@@ -163,6 +177,8 @@ impl FaultKind {
             Self::LeaderEtcdCut => "leader-etcd-cut",
             Self::EtcdMemberKill => "etcd-member-kill",
             Self::ReplicasRestart => "replicas-restart",
+            Self::LeaderPauseAtGrant => "leader-pause-at-grant",
+            Self::EtcdMemberPause => "etcd-member-pause",
         }
     }
 
@@ -188,8 +204,14 @@ impl FaultKind {
     fn deposes_leader(self) -> bool {
         matches!(
             self,
-            Self::LeaderKill | Self::LeaderPause | Self::LeaderEtcdCut
+            Self::LeaderKill | Self::LeaderPause | Self::LeaderEtcdCut | Self::LeaderPauseAtGrant
         )
+    }
+
+    /// Is it a SIGSTOP of the leader, which is resumed later (and must
+    /// then grant nothing)?
+    fn pauses_leader(self) -> bool {
+        matches!(self, Self::LeaderPause | Self::LeaderPauseAtGrant)
     }
 }
 
@@ -262,6 +284,10 @@ pub struct HaHistory {
     pub resumed_as_follower: BTreeMap<usize, Option<u64>>,
     /// The replicas' `--election-ttl`.
     pub election_ttl_ms: u64,
+    /// The faults (by id) injected while the replicas ran with another
+    /// `--election-ttl` (the HA suite's etcd-member-pause phase), and that
+    /// TTL: their failover and liveness bounds count it instead.
+    pub election_ttls_ms: BTreeMap<usize, u64>,
     /// From a fault's injection, the next grant comes within the election
     /// TTL plus this (see the HA suite for why this much).
     pub failover_margin_ms: u64,
@@ -270,6 +296,19 @@ pub struct HaHistory {
 impl HaHistory {
     fn served(&self, sequence: u64) -> u8 {
         self.served_by.get(&sequence).copied().unwrap_or(0)
+    }
+
+    /// The election TTL in force for fault `f`.
+    fn election_ttl_for(&self, f: &FaultRecord) -> u64 {
+        self.election_ttls_ms
+            .get(&f.id)
+            .copied()
+            .unwrap_or(self.election_ttl_ms)
+    }
+
+    /// How long after fault `f`'s injection the next grant may come.
+    fn failover_bound(&self, f: &FaultRecord) -> u64 {
+        self.election_ttl_for(f) + self.failover_margin_ms
     }
 }
 
@@ -299,6 +338,9 @@ pub struct Counts {
     pub released: BTreeMap<&'static str, usize>,
     pub expirations: usize,
     pub undelivered_grants: usize,
+    /// Leases ended EXPIRED at once because the write that held their
+    /// grant left less than the holder's margin (never pushed).
+    pub unpushed_grants: usize,
     pub checkout_attempts: usize,
     pub accepted_checkouts: usize,
     pub store_purchases: usize,
@@ -358,12 +400,13 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "arbiter: {} grants, {} renewals, {} starts (1 + restarts), {} expirations ({} not explained by a fault), {} grants withdrawn undelivered",
+            "arbiter: {} grants, {} renewals, {} starts (1 + restarts), {} expirations ({} not explained by a fault, {} of grants never pushed: their write left less than the holder's margin), {} grants withdrawn undelivered",
             c.grants,
             c.renewals,
             c.arbiter_starts,
             c.expirations,
             c.unexplained_expirations,
+            c.unpushed_grants,
             c.undelivered_grants
         );
         let released: Vec<String> = c.released.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -442,6 +485,10 @@ struct LeaseEnd<'a> {
 /// The arbiter withdraws a grant it could not put on the watcher's stream;
 /// the watcher never saw it (see `Arbiter::abandon_grant`).
 const UNDELIVERED: &str = "grant could not be delivered";
+/// The arbiter ends as EXPIRED, at once, a lease whose grant's write left
+/// less than the holder's safety margin: the grant is never pushed, so no
+/// one may use its token (see `Arbiter::expire_unpushed`).
+const UNPUSHED: &str = "lease expired before it could be pushed";
 
 impl LeaseEnd<'_> {
     /// The end of `lease`, if its RELEASED or EXPIRED was seen.
@@ -466,6 +513,10 @@ impl LeaseEnd<'_> {
         self.kind == EventKind::Released
             && self.outcome == Some(Outcome::Aborted)
             && self.detail.contains(UNDELIVERED)
+    }
+
+    fn is_unpushed(&self) -> bool {
+        self.kind == EventKind::Expired && self.detail.contains(UNPUSHED)
     }
 
     fn is_purchase(&self) -> bool {
@@ -500,6 +551,7 @@ pub fn check(h: &History) -> Report {
     checks.push(tokens_increase(h));
     checks.push(no_stale_token(h, &leases));
     checks.push(checkouts_end_inside_their_lease(h, &leases));
+    checks.push(checkouts_inside_what_their_holder_was_given(h, &leases));
     checks.push(unreleased_leases_expire(
         h,
         &leases,
@@ -536,6 +588,9 @@ fn count_arbiter(h: &History, arbiter: &Checker, counts: &mut Counts) {
     for end in arbiter.cycles().iter().filter_map(LeaseEnd::of) {
         if end.kind == EventKind::Expired {
             counts.expirations += 1;
+            if end.is_unpushed() {
+                counts.unpushed_grants += 1;
+            }
         } else if end.is_undelivered() {
             counts.undelivered_grants += 1;
         } else {
@@ -714,11 +769,10 @@ fn failover_between(h: &History, a: &Event, b: &Event) -> bool {
         return true;
     }
     let tol = h.settings.clock_tolerance_ms;
-    let settle = ha.election_ttl_ms + ha.failover_margin_ms;
     h.faults.iter().any(|f| {
         f.kind.kills_arbiter()
             && f.started_ms <= b.unix_ms + tol
-            && f.healed_ms + settle + tol >= a.unix_ms
+            && f.healed_ms + ha.failover_bound(f) + tol >= a.unix_ms
     })
 }
 
@@ -727,6 +781,7 @@ fn failover_between(h: &History, a: &Event, b: &Event) -> bool {
 /// margin. Printed as median and worst, overall and by kind.
 fn failover_gaps(h: &History, ha: &HaHistory, counts: &mut Counts) -> Check {
     let bound = ha.election_ttl_ms + ha.failover_margin_ms;
+    let longer: BTreeSet<u64> = ha.election_ttls_ms.values().copied().collect();
     let grants: Vec<u64> = h
         .events
         .iter()
@@ -735,6 +790,7 @@ fn failover_gaps(h: &History, ha: &HaHistory, counts: &mut Counts) -> Check {
         .collect();
     let mut failures = Vec::new();
     for f in h.faults.iter().filter(|f| f.kind.is_ha()) {
+        let bound = ha.failover_bound(f);
         match grants.iter().copied().find(|g| *g >= f.started_ms) {
             Some(g) => {
                 let gap = g - f.started_ms;
@@ -759,10 +815,18 @@ fn failover_gaps(h: &History, ha: &HaHistory, counts: &mut Counts) -> Check {
     Check {
         name: "HA: from every fault's injection the next grant comes within election TTL + margin",
         scope: format!(
-            "{} faults, bound {bound} ms = election TTL {} + margin {}",
+            "{} faults, bound {bound} ms = election TTL {} + margin {}{}",
             counts.failover_gaps_ms.len(),
             ha.election_ttl_ms,
-            ha.failover_margin_ms
+            ha.failover_margin_ms,
+            longer
+                .iter()
+                .map(|t| format!(
+                    "; {} faults under election TTL {t}: bound {} ms",
+                    ha.election_ttls_ms.values().filter(|v| *v == t).count(),
+                    t + ha.failover_margin_ms
+                ))
+                .collect::<String>()
         ),
         failures,
     }
@@ -817,7 +881,7 @@ fn deposed_leaders_wrote_nothing(h: &History, ha: &HaHistory, notes: &mut Vec<St
             .map(|e| (e.unix_ms, ha.served(e.sequence)));
         for e in window().filter(|e| is_lease_write(e.kind) && ha.served(e.sequence) == bit) {
             let after_successor = successor.is_some_and(|(t, _)| e.unix_ms > t + tol);
-            let resumed_grant = f.kind == FaultKind::LeaderPause
+            let resumed_grant = f.kind.pauses_leader()
                 && e.kind == EventKind::Granted
                 && e.unix_ms > f.healed_ms + tol;
             if after_successor || resumed_grant {
@@ -1048,6 +1112,76 @@ fn checkouts_end_inside_their_lease(h: &History, leases: &Leases<'_>) -> Check {
     }
 }
 
+/// What the holder was given, as against what the arbiter did with the
+/// lease afterwards: the holder counts a lease from the grant or renewal it
+/// received and stops `margin` before that runs out; it never learns of
+/// the whole TTL a new leader gives a lease carried over a failover, or of
+/// a restarted arbiter's, so a checkout must end within the TTL of the
+/// last GRANTED or RENEWED of its lease that came before its end (from
+/// whichever replica). Stricter than ending before the lease's end: a
+/// holder that trusted a take-over's TTL, or ran on past its own deadline
+/// while the next leader still held the slot for it, fails here. And a
+/// grant the arbiter ended unpushed (its write left less than the margin)
+/// never reached anyone: no checkout, accepted or refused, carries its
+/// token.
+fn checkouts_inside_what_their_holder_was_given(h: &History, leases: &Leases<'_>) -> Check {
+    let tol = h.settings.clock_tolerance_ms;
+    let ttl = h.settings.lease_ttl_ms;
+    let mut extended: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for e in &h.events {
+        if let (EventKind::Granted | EventKind::Renewed, Some(t)) = (e.kind, e.fencing_token) {
+            extended.entry(t.get()).or_default().push(e.unix_ms);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut unpushed = 0usize;
+    for l in leases.values() {
+        if !LeaseEnd::of(l).is_some_and(|e| e.is_unpushed()) {
+            continue;
+        }
+        unpushed += 1;
+        for o in h.store.orders.iter().filter(|o| o.token == l.token.get()) {
+            failures.push(format!(
+                "checkout #{} ({}) carries token {}, whose grant to {} the arbiter never pushed (it expired unpushed)",
+                o.id, o.result, o.token, l.watcher_id
+            ));
+        }
+    }
+    let acc = accepted(h);
+    let mut looked_at = 0usize;
+    for o in &acc {
+        let (Some(l), Some(f)) = (leases.get(&FencingToken(o.token)), o.finished_at_ms) else {
+            continue; // reported by the stale-token and lease-end checks
+        };
+        looked_at += 1;
+        let last = extended
+            .get(&o.token)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|t| *t <= f + tol)
+            .max()
+            .unwrap_or(l.started_at_unix_ms);
+        if f > last + ttl + tol {
+            failures.push(format!(
+                "checkout #{} (token {}, {} by {}) ended at {f}, {} ms past the TTL of its lease's last grant or renewal (at {last}): its holder ran on time it was never given",
+                o.id,
+                o.token,
+                o.tcin,
+                o.watcher_id,
+                f - last - ttl
+            ));
+        }
+    }
+    Check {
+        name: "every checkout ended within the TTL of its lease's last grant or renewal, and none used a grant never pushed",
+        scope: format!(
+            "{looked_at} finished accepted checkouts, {unpushed} grants expired unpushed"
+        ),
+        failures,
+    }
+}
+
 /// Was `watcher` unable to reach the arbiter at some moment in
 /// `[from_ms, to_ms]` (killed, paused, cut off, or the arbiter down)?
 fn link_broken(h: &History, watcher: &str, from_ms: u64, to_ms: u64) -> Option<usize> {
@@ -1074,7 +1208,7 @@ fn link_broken(h: &History, watcher: &str, from_ms: u64, to_ms: u64) -> Option<u
 /// when its etcd lease runs out, after the heal).
 fn outage_end(h: &History, f: &FaultRecord) -> u64 {
     match &h.ha {
-        Some(ha) if f.kind.is_ha() => f.healed_ms + ha.election_ttl_ms + ha.failover_margin_ms,
+        Some(ha) if f.kind.is_ha() => f.healed_ms + ha.failover_bound(f),
         _ => f.healed_ms,
     }
 }
@@ -1093,9 +1227,32 @@ fn unreleased_leases_expire(
     let ttl = h.settings.lease_ttl_ms;
     let mut failures = Vec::new();
     let mut silenced = 0usize;
+    let margin = holder_margin(Duration::from_millis(ttl)).as_millis() as u64;
     for l in leases.values() {
         let Some(end) = LeaseEnd::of(l) else { continue };
         if end.is_undelivered() {
+            continue;
+        }
+        if end.is_unpushed() {
+            // Ended by the arbiter, not by its holder, who never saw it:
+            // early by design, but by no more than the holder's margin
+            // (no checkout may carry its token: see
+            // `checkouts_inside_what_their_holder_was_given`).
+            if end.at_ms + tol + margin < l.extended_at_unix_ms + ttl {
+                failures.push(format!(
+                    "lease with token {} expired unpushed at {}, {} ms before its TTL ran out (more than the holder's margin, {margin} ms)",
+                    l.token,
+                    end.at_ms,
+                    l.extended_at_unix_ms + ttl - end.at_ms
+                ));
+            }
+            notes.push(format!(
+                "lease with token {} ({} to {}) expired unpushed {} ms after its grant: its write left less than the holder's margin",
+                l.token,
+                l.tcin,
+                l.watcher_id,
+                end.at_ms.saturating_sub(l.started_at_unix_ms)
+            ));
             continue;
         }
         let silent_by = h.faults.iter().find(|f| {
@@ -1161,8 +1318,15 @@ fn unreleased_leases_expire(
 
 /// After each fault heals, the next grant comes within TTL + margin. The
 /// suite keeps products in stock throughout, so a grant is always due.
+/// In HA mode the margin holds one election TTL; a fault injected under a
+/// longer one (see [`HaHistory::election_ttls_ms`]) gets the difference.
 fn recovery_after_faults(h: &History, counts: &mut Counts) -> Check {
-    let bound = h.settings.lease_ttl_ms + h.settings.liveness_margin_ms;
+    let base = h.settings.lease_ttl_ms + h.settings.liveness_margin_ms;
+    let longer_election = |f: &FaultRecord| {
+        h.ha.as_ref().map_or(0, |ha| {
+            ha.election_ttl_for(f).saturating_sub(ha.election_ttl_ms)
+        })
+    };
     let grants: Vec<u64> = h
         .events
         .iter()
@@ -1171,6 +1335,7 @@ fn recovery_after_faults(h: &History, counts: &mut Counts) -> Check {
         .collect();
     let mut failures = Vec::new();
     for f in &h.faults {
+        let bound = base + longer_election(f);
         let next = grants.iter().copied().find(|g| *g >= f.healed_ms);
         match next {
             Some(g) => {
@@ -1196,11 +1361,17 @@ fn recovery_after_faults(h: &History, counts: &mut Counts) -> Check {
     Check {
         name: "after every fault heals the next grant comes within TTL + margin",
         scope: format!(
-            "{} faults, bound {} ms = TTL {} + margin {}",
+            "{} faults, bound {} ms = TTL {} + margin {}{}",
             h.faults.len(),
-            bound,
+            base,
             h.settings.lease_ttl_ms,
-            h.settings.liveness_margin_ms
+            h.settings.liveness_margin_ms,
+            match h.faults.iter().map(longer_election).max() {
+                Some(extra) if extra > 0 => {
+                    format!(" (+{extra} ms under a longer election TTL)")
+                }
+                _ => String::new(),
+            }
         ),
         failures,
     }
@@ -1729,6 +1900,7 @@ mod tests {
             targets: targets.iter().copied().collect(),
             resumed_as_follower: BTreeMap::new(),
             election_ttl_ms: 2_000,
+            election_ttls_ms: BTreeMap::new(),
             failover_margin_ms: 4_000,
         }
     }
@@ -1862,6 +2034,160 @@ mod tests {
                 .any(|n| n.contains("refused 1 checkouts with a stale token")),
             "{:?}",
             r.notes
+        );
+    }
+
+    const GIVEN: &str = "every checkout ended within the TTL of its lease's last grant or renewal, and none used a grant never pushed";
+
+    #[test]
+    fn a_checkout_past_its_last_grant_or_renewal_is_caught_though_a_takeover_carried_the_lease() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPauseAtGrant, 2_050, 5_050));
+        // Granted at 2_000 by replica 0, paused at once; replica 1 carries
+        // the lease with a whole TTL from its take-over (4_400), and it
+        // expires there at 6_400. The holder never renewed: its checkout
+        // must end by 4_000 (+ tolerance), whatever replica 1 gave.
+        s.grant(2_000, 2, "w2");
+        s.order(2, "w2", 2_005, 4_300, "purchased");
+        s.expire(6_400, 2, "w2");
+        s.cycle(6_500, 3, "w1");
+        let mut h = s.history();
+        h.ha = Some(ha(&h, 4_400, &[(1, 0)]));
+        let r = check(&h);
+        assert!(
+            !failed_checks(&r).contains(&"every checkout ended before the arbiter freed its slot"),
+            "{}",
+            r.render(1)
+        );
+        assert_failed(&r, &[GIVEN]);
+        assert!(
+            r.failures()
+                .iter()
+                .any(|f| f.contains("checkout #2") && f.contains("300 ms past")),
+            "{}",
+            r.render(1)
+        );
+        // Renewed at the new leader at 3_000: its time ran to 5_000.
+        let mut s2 = Script::default();
+        s2.cycle(1_000, 1, "w1");
+        s2.faults = s.faults.clone();
+        s2.grant(2_000, 2, "w2");
+        s2.renew(3_000, 2, "w2");
+        s2.order(2, "w2", 2_005, 4_300, "purchased");
+        s2.release(4_310, 2, "w2", Outcome::Purchased);
+        s2.cycle(6_500, 3, "w1");
+        let mut h = s2.history();
+        h.ha = Some(ha(&h, 2_900, &[(1, 0)]));
+        let r = check(&h);
+        assert!(r.passed(), "{}", r.render(1));
+    }
+
+    #[test]
+    fn an_unpushed_grant_may_end_early_but_no_one_may_use_its_token() {
+        let unpushed = |s: &mut Script, at: u64, token: u64| {
+            let seq = s.next();
+            let mut e = build::expired(seq, at, &lease(token, "w2"));
+            e.detail = format!("{UNPUSHED}: the write that held the grant left 400 ms of it");
+            s.events.push(e);
+        };
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::EtcdMemberPause, 1_900, 3_500));
+        // Its write took 1.6 s: 400 ms left, under the 500 ms margin.
+        s.grant(2_000, 2, "w2");
+        unpushed(&mut s, 3_600, 2);
+        s.cycle(3_700, 3, "w1");
+        let mut h = s.history();
+        h.ha = Some(ha(&h, u64::MAX, &[]));
+        let r = check(&h);
+        assert!(r.passed(), "{}", r.render(1));
+        assert_eq!(r.counts.unpushed_grants, 1);
+        assert_eq!(r.counts.unexplained_expirations, 0);
+        // Someone used the token anyway.
+        let mut h2 = h.clone();
+        h2.store.orders.push(StoreOrder {
+            id: 9,
+            tcin: "100".into(),
+            token: 2,
+            lease_id: "lease-2".into(),
+            watcher_id: "w2".into(),
+            started_at_ms: 3_650,
+            finished_at_ms: Some(3_651),
+            result: "stale_token".into(),
+            accepted: false,
+        });
+        assert_only_failed(&check(&h2), GIVEN, "never pushed");
+        // Ended far earlier than the margin allows.
+        let mut s = Script::default();
+        s.grant(2_000, 2, "w2");
+        unpushed(&mut s, 2_900, 2);
+        let r = check(&s.history());
+        assert_only_failed(
+            &r,
+            "every lease that ended without its holder's release shows as EXPIRED",
+            "expired unpushed",
+        );
+    }
+
+    #[test]
+    fn ha_faults_under_a_longer_election_ttl_are_held_to_its_bound() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::EtcdMemberPause, 2_000, 4_000));
+        // 8 s to the next grant: past 2 s + 4 s, within 5 s + 4 s; 6 s
+        // from the heal: past TTL + margin (5 s), within it + 3 s.
+        s.cycle(10_000, 2, "w2");
+        let mut h = s.history();
+        let mut sides = ha(&h, 10_000, &[]);
+        h.ha = Some(sides.clone());
+        assert_failed(
+            &check(&h),
+            &[
+                GAPS,
+                "after every fault heals the next grant comes within TTL + margin",
+            ],
+        );
+        sides.election_ttls_ms.insert(1, 5_000);
+        h.ha = Some(sides);
+        let r = check(&h);
+        assert!(r.passed(), "{}", r.render(1));
+    }
+
+    #[test]
+    fn ha_a_leader_paused_at_its_grant_that_grants_on_resume_is_caught() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.faults
+            .push(fault(1, FaultKind::LeaderPauseAtGrant, 2_010, 5_010));
+        s.grant(2_000, 2, "w2");
+        s.order(2, "w2", 2_005, 2_505, "purchased");
+        // Released at replica 1, which leads from 4_400.
+        s.release(4_500, 2, "w2", Outcome::Purchased);
+        // Replica 0, resumed, grants token 3 on its own.
+        s.grant(5_200, 3, "w1");
+        s.expire(7_300, 3, "w1");
+        let mut h = s.history();
+        let mut sides = ha(&h, 4_400, &[(1, 0)]);
+        let late = h
+            .events
+            .iter()
+            .find(|e| e.unix_ms == 5_200)
+            .unwrap()
+            .sequence;
+        sides.served_by.insert(late, 0b001);
+        h.ha = Some(sides);
+        let r = check(&h);
+        assert_failed(&r, &[DEPOSED]);
+        assert!(
+            r.failures()
+                .iter()
+                .any(|f| f.contains("leader replica SIGSTOP at its grant")),
+            "{}",
+            r.render(1)
         );
     }
 }

@@ -58,6 +58,14 @@ fn same_event(a: &pb::Event, b: &pb::Event) -> bool {
         && a.watcher_id == b.watcher_id
 }
 
+/// See [`EventLog::lease_activity`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseActivity {
+    pub grants: usize,
+    pub ends: usize,
+    pub unpushed: usize,
+}
+
 /// The lease the history says is live now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveLease {
@@ -126,6 +134,64 @@ impl EventLog {
             .filter(|e| e.kind() == Kind::Granted && e.unix_ms >= unix_ms)
             .map(|e| e.unix_ms)
             .next()
+    }
+
+    /// What the events in `[from_ms, to_ms]` show the leader doing: grants
+    /// and ends of leases (releases and expiries), and how many of those
+    /// expiries were of grants never pushed (their write left less than
+    /// the holder's margin).
+    pub fn lease_activity(&self, from_ms: u64, to_ms: u64) -> LeaseActivity {
+        let mut a = LeaseActivity::default();
+        for e in self
+            .lock()
+            .iter()
+            .filter(|e| e.unix_ms >= from_ms && e.unix_ms <= to_ms)
+        {
+            match e.kind() {
+                Kind::Granted => a.grants += 1,
+                Kind::Released => a.ends += 1,
+                Kind::Expired => {
+                    a.ends += 1;
+                    if e.detail.contains("before it could be pushed") {
+                        a.unpushed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        a
+    }
+
+    /// How the lease with `token` ended, if it has: its RELEASED or
+    /// EXPIRED, and the replicas that streamed it (HA mode; 0 otherwise).
+    pub fn end_of(&self, token: u64) -> Option<(pb::Event, u8)> {
+        let end = self
+            .lock()
+            .iter()
+            .find(|e| {
+                matches!(e.kind(), Kind::Released | Kind::Expired) && e.fencing_token == token
+            })
+            .cloned()?;
+        let by = self
+            .replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .served_by
+            .get(&end.sequence)
+            .copied()
+            .unwrap_or(0);
+        Some((end, by))
+    }
+
+    /// HA mode: which replicas have streamed event `sequence` so far.
+    pub fn served_by(&self, sequence: u64) -> u8 {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .served_by
+            .get(&sequence)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn push(&self, e: pb::Event) -> bool {

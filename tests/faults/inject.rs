@@ -39,7 +39,9 @@ fn per_round(kind: FaultKind) -> usize {
         | FaultKind::LeaderPause
         | FaultKind::LeaderEtcdCut
         | FaultKind::EtcdMemberKill
-        | FaultKind::ReplicasRestart => 0,
+        | FaultKind::ReplicasRestart
+        | FaultKind::LeaderPauseAtGrant
+        | FaultKind::EtcdMemberPause => 0,
     }
 }
 
@@ -402,7 +404,9 @@ impl Injector<'_> {
             | FaultKind::LeaderPause
             | FaultKind::LeaderEtcdCut
             | FaultKind::EtcdMemberKill
-            | FaultKind::ReplicasRestart => None,
+            | FaultKind::ReplicasRestart
+            | FaultKind::LeaderPauseAtGrant
+            | FaultKind::EtcdMemberPause => None,
         }
     }
 

@@ -27,10 +27,12 @@
 //! members (Debian's `etcd`; skipped without it unless
 //! `RESTOCK_REQUIRE_ETCD=1`), three arbiter replicas kept in them, the
 //! store and the six watchers given every replica, under the replicas'
-//! faults (`leader-kill`, `leader-pause`, `leader-etcd-cut`,
-//! `etcd-member-kill`, `replicas-restart`; `RESTOCK_FAULT_ONLY` picks among
-//! these there). Each watcher is given every replica (`--arbiter
-//! URL1,URL2,URL3`, each through a link of its own);
+//! faults (`leader-kill`, `leader-pause`, `leader-pause-at-grant`,
+//! `leader-etcd-cut`, `etcd-member-kill`, `replicas-restart`, and
+//! `etcd-member-pause` in a last phase at election TTL 5 s;
+//! `RESTOCK_FAULT_ONLY` picks among these there). Each watcher is given
+//! every replica (`--arbiter URL1,URL2,URL3`, each through a link of its
+//! own);
 //! `RESTOCK_HA_WATCHER_LINKS=follow-leader` gives it one link that the
 //! suite points at the leader instead (see [`replicas`]). The same seed
 //! and time variables apply:

@@ -40,6 +40,9 @@ use crate::{
 /// The replicas' `--election-ttl`: short, so that a 60–90 s run sees
 /// several failovers (the binary's default is 5 s).
 pub const ELECTION_TTL: Duration = Duration::from_secs(2);
+/// The replicas' `--election-ttl` in the HA suite's etcd-member-pause
+/// phase (the binary's default), above the lease TTL: see `ha`.
+pub const PAUSE_PHASE_ELECTION_TTL: Duration = Duration::from_secs(5);
 pub const REPLICAS: usize = 3;
 pub const ETCD_MEMBERS: usize = 3;
 /// How long one replica may take to answer `GetStatus` before it counts
@@ -369,6 +372,65 @@ impl ReplicaCluster {
             (s.watchers.iter().filter(|w| w.connected).count() == want).then_some(())
         })
         .await;
+    }
+
+    /// Sets every replica's `--election-ttl` for its next start (replicas
+    /// of one prefix share their timings: restart them all after this).
+    pub fn set_election_ttl(&mut self, ttl: Duration) {
+        for r in &mut self.replicas {
+            r.arbiter
+                .process
+                .set_arg("--election-ttl", &format!("{}ms", ttl.as_millis()));
+        }
+    }
+
+    /// The etcd member that is raft leader, as the members themselves say
+    /// (`/v3/maintenance/status`: the member whose id is the leader it
+    /// names); `None` when none answers so within [`ASK_LIMIT`].
+    pub async fn etcd_raft_leader(&self) -> Option<usize> {
+        let http = reqwest::Client::builder()
+            .timeout(ASK_LIMIT)
+            .build()
+            .expect("an HTTP client");
+        let asks = self.etcd.client_urls().into_iter().map(|url| {
+            let http = http.clone();
+            async move {
+                let v: Value = http
+                    .post(format!("{url}/v3/maintenance/status"))
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let me = v["header"]["member_id"].as_str()?.to_owned();
+                Some(v["leader"].as_str() == Some(me.as_str()))
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .iter()
+            .position(|is| *is == Some(true))
+    }
+
+    /// How many lines of the replicas' logs (all three, every start so far)
+    /// contain each of `needles`.
+    pub fn log_counts(&self, needles: &[&str]) -> Vec<usize> {
+        let logs: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| r.arbiter.process.log_text())
+            .collect();
+        needles
+            .iter()
+            .map(|n| {
+                logs.iter()
+                    .flat_map(|l| l.lines())
+                    .filter(|l| l.contains(n))
+                    .count()
+            })
+            .collect()
     }
 
     /// Cuts (or heals) replica `r` from every etcd member.
