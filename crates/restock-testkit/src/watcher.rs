@@ -30,6 +30,8 @@ pub struct WatcherOptions {
     pub checkout_url: Option<String>,
     pub poll_interval: String,
     pub reconnect_max: String,
+    /// `--target-endpoint`: the watcher's default (`hierarchy`) unless set.
+    pub target_endpoint: String,
     /// The local address its own gRPC listens on (port 0).
     pub ip: IpAddr,
     /// Flags after the ones above.
@@ -46,6 +48,7 @@ impl WatcherOptions {
             checkout_url: None,
             poll_interval: "100ms".into(),
             reconnect_max: "500ms".into(),
+            target_endpoint: "hierarchy".into(),
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             extra_args: Vec::new(),
         }
@@ -66,6 +69,12 @@ impl WatcherOptions {
     /// Checks out with an HTTP POST to `url`.
     pub fn checkout_http(mut self, url: impl Into<String>) -> Self {
         self.checkout_url = Some(url.into());
+        self
+    }
+
+    /// Polls this Target endpoint (`fulfillment`, `hierarchy`, `summary`).
+    pub fn endpoint(mut self, endpoint: &str) -> Self {
+        self.target_endpoint = endpoint.to_owned();
         self
     }
 
@@ -103,6 +112,12 @@ impl WatcherOptions {
             "target".into(),
             "--source-url".into(),
             source,
+            // Every test source is the simulator (or a stub standing in for
+            // it): its poll log tells the watchers apart by the header this
+            // flag turns on.
+            "--source-is-simulator".into(),
+            "--target-endpoint".into(),
+            self.target_endpoint.clone(),
         ];
         if let Some(url) = &self.checkout_url {
             args.extend(["--checkout".into(), "http".into(), "--checkout-url".into()]);

@@ -31,6 +31,9 @@ struct Entry {
     last_success: Option<Instant>,
     last_poll_unix_ms: u64,
     last_error: String,
+    /// The kind of the last error (`captcha`, `timeout`, ...); empty after
+    /// a good answer.
+    last_error_kind: &'static str,
     polls: u64,
     errors: u64,
     /// What the arbiter was last told on this stream (`None`: nothing, which
@@ -46,6 +49,7 @@ impl Entry {
             last_success: None,
             last_poll_unix_ms: 0,
             last_error: String::new(),
+            last_error_kind: "",
             polls: 0,
             errors: 0,
             reported: None,
@@ -107,6 +111,11 @@ pub struct ProductPoll {
     pub last_poll_unix_ms: u64,
     /// Empty after a good answer.
     pub last_error: String,
+    /// The kind of the last error; empty after a good answer.
+    pub error_kind: &'static str,
+    /// In stock at the source, but the product has a `max_price` and no
+    /// price is known: shown, never reported in stock.
+    pub price_unknown: bool,
     pub polls: u64,
     pub errors: u64,
 }
@@ -184,12 +193,17 @@ impl StockBook {
                     && let Some(why) = e.product.price_check(s.price).why_not()
                     && was.is_none_or(|(in_stock, price)| !in_stock || price != s.price)
                 {
+                    let what = if s.price.is_none() {
+                        "in stock, price unknown: not reported as in stock"
+                    } else {
+                        "in stock above max_price: not reported as in stock"
+                    };
                     warn!(
                         tcin = %tcin,
                         price_cents = s.price.map(Price::cents),
                         max_price_cents = e.product.max_price.map(Price::cents),
                         why,
-                        "in stock but not reported as in stock"
+                        "{what}"
                     );
                 }
                 if was.map(|(in_stock, _)| in_stock) != Some(s.in_stock) {
@@ -203,10 +217,12 @@ impl StockBook {
                 });
                 e.last_success = Some(now);
                 e.last_error.clear();
+                e.last_error_kind = "";
             }
             Err(err) => {
                 e.errors += 1;
                 e.last_error = chain_text(err);
+                e.last_error_kind = err.kind_str();
             }
         }
         Recorded {
@@ -269,6 +285,10 @@ impl StockBook {
                     price: e.seen.as_ref().and_then(|o| o.price),
                     last_poll_unix_ms: e.last_poll_unix_ms,
                     last_error: e.last_error.clone(),
+                    error_kind: e.last_error_kind,
+                    price_unknown: e.seen.as_ref().is_some_and(|o| {
+                        o.in_stock && o.price.is_none() && e.product.max_price.is_some()
+                    }),
                     polls: e.polls,
                     errors: e.errors,
                 }
@@ -340,10 +360,7 @@ mod tests {
         assert_eq!(ids(&b.take_report(later, true)), [("100".into(), true)]);
         // The source keeps failing: no out-of-stock report, and once the last
         // good answer is older than the stock TTL, no refresh either.
-        let throttled = SourceError::Throttled {
-            status: 429,
-            retry_after: None,
-        };
+        let throttled = SourceError::refused(crate::source::RefusalKind::RateLimited, 429);
         let r = b.record(&t("100"), Err(&throttled), later, 2);
         assert!(!r.report_due && r.first_error);
         assert!(!b.record(&t("100"), Err(&throttled), later, 2).first_error);

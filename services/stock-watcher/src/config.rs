@@ -3,7 +3,16 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, ValueEnum};
+use reqwest::header::{HeaderName, HeaderValue};
+use tracing::{info, warn};
+
+use crate::source::{
+    cookies::{self, CookieFileError},
+    target::{DEFAULT_USER_AGENT, Endpoint, TargetSettings},
+};
 use restock_domain::{IdError, Tcin, WatcherId, duration::parse_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
@@ -22,6 +31,8 @@ pub const DEFAULT_SOURCE_URL: &str = "https://redsky.target.com";
 /// it is public and it rotates, hence the flag.
 pub const DEFAULT_TARGET_API_KEY: &str = "9f36aeafbe60771e321a7cc95a78140772ab3e96";
 pub const DEFAULT_SOURCE_BACKOFF_INITIAL: &str = "2s";
+pub const DEFAULT_PRICE_MAX_AGE: &str = "5m";
+pub const DEFAULT_BLOCK_COOLDOWN: &str = "10m";
 pub const DEFAULT_SOURCE_BACKOFF_MAX: &str = "60s";
 pub const DEFAULT_CHECKOUT_TIMEOUT: &str = "120s";
 pub const DEFAULT_RPC_TIMEOUT: &str = "5s";
@@ -114,6 +125,96 @@ pub struct WatcherConfig {
     /// Base URL of the source (the store simulator's URL for demos and tests).
     #[arg(long, env = "RESTOCK_SOURCE_URL", default_value = DEFAULT_SOURCE_URL)]
     pub source_url: String,
+
+    /// Which Target stock endpoint is polled: `hierarchy`
+    /// (product_fulfillment_and_variation_hierarchy_v1, what target.com's
+    /// product pages use), `fulfillment` (the legacy product_fulfillment_v1)
+    /// or `summary` (product_summary_with_fulfillment_v1, with the price).
+    #[arg(
+        long,
+        env = "RESTOCK_TARGET_ENDPOINT",
+        value_enum,
+        default_value = "hierarchy"
+    )]
+    pub target_endpoint: Endpoint,
+
+    /// A price older than this counts as unknown (a product with a
+    /// max_price is then never reported in stock). Prices come from the
+    /// answer when it has one, else from pdp_client_v1, asked every half of
+    /// this per product.
+    #[arg(long, env = "RESTOCK_PRICE_MAX_AGE", default_value = DEFAULT_PRICE_MAX_AGE, value_parser = parse_duration)]
+    pub price_max_age: Duration,
+
+    /// After a captcha or PerimeterX block: how long polling of the retailer
+    /// pauses before one probe (doubling while the block lasts). Also how
+    /// often a product the source does not know (404) is asked again.
+    #[arg(long, env = "RESTOCK_BLOCK_COOLDOWN", default_value = DEFAULT_BLOCK_COOLDOWN, value_parser = parse_duration)]
+    pub block_cooldown: Duration,
+
+    /// An extra query parameter `name=value` for every Target request
+    /// (repeatable; replaces a default parameter of the same name). The
+    /// environment variable takes several, separated by `&`.
+    #[arg(
+        long = "target-param",
+        env = "RESTOCK_TARGET_PARAMS",
+        value_delimiter = '&'
+    )]
+    pub target_params: Vec<String>,
+
+    /// An extra header `Name: value` for every Target request (repeatable).
+    /// The environment variable takes several, one per line.
+    #[arg(
+        long = "target-header",
+        env = "RESTOCK_TARGET_HEADERS",
+        value_delimiter = '\n'
+    )]
+    pub target_headers: Vec<String>,
+
+    /// A Netscape cookie file (cookies.txt, as browser exporters write it):
+    /// the cookies matching the source's host are sent with every request.
+    #[arg(long, env = "RESTOCK_TARGET_COOKIE_FILE")]
+    pub target_cookie_file: Option<PathBuf>,
+
+    /// The `visitor_id` parameter. Default: a random 32-hex id kept in
+    /// --visitor-id-file, so it stays the same across restarts.
+    #[arg(long, env = "RESTOCK_VISITOR_ID")]
+    pub visitor_id: Option<String>,
+
+    /// Where the default visitor id is kept. Default:
+    /// $XDG_STATE_HOME/restock/visitor-id-<watcher-id> (or
+    /// ~/.local/state/restock/...); with --source-is-simulator, not kept.
+    #[arg(long, env = "RESTOCK_VISITOR_ID_FILE")]
+    pub visitor_id_file: Option<PathBuf>,
+
+    /// The `state` parameter (two letters, e.g. VA); omitted when unset.
+    #[arg(long, env = "RESTOCK_LOCATION_STATE")]
+    pub state: Option<String>,
+
+    /// The `latitude` parameter; omitted when unset.
+    #[arg(long, env = "RESTOCK_LATITUDE", allow_hyphen_values = true)]
+    pub latitude: Option<String>,
+
+    /// The `longitude` parameter; omitted when unset.
+    #[arg(long, env = "RESTOCK_LONGITUDE", allow_hyphen_values = true)]
+    pub longitude: Option<String>,
+
+    /// The User-Agent of source requests. Default: a current desktop
+    /// browser's.
+    #[arg(long, env = "RESTOCK_USER_AGENT", default_value = DEFAULT_USER_AGENT)]
+    pub user_agent: String,
+
+    /// The source is the store simulator: send the `x-restock-watcher`
+    /// header (its poll log tells the watchers apart by it). Never set it
+    /// for a real retailer.
+    #[arg(
+        long,
+        env = "RESTOCK_SOURCE_IS_SIMULATOR",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub source_is_simulator: bool,
 
     /// The `key` query parameter of the fulfillment API.
     #[arg(long, env = "RESTOCK_TARGET_API_KEY", default_value = DEFAULT_TARGET_API_KEY)]
@@ -230,6 +331,16 @@ pub struct Settings {
     pub zip: Option<String>,
     pub source_backoff_initial: Duration,
     pub source_backoff_max: Duration,
+    pub target_endpoint: Endpoint,
+    pub price_max_age: Duration,
+    pub block_cooldown: Duration,
+    pub target_params: Vec<(String, String)>,
+    pub target_headers: Vec<(HeaderName, HeaderValue)>,
+    pub state: Option<String>,
+    pub latitude: Option<String>,
+    pub longitude: Option<String>,
+    pub user_agent: String,
+    pub source_is_simulator: bool,
     pub checkout: CheckoutSettings,
     pub checkout_timeout: Duration,
     pub rpc_timeout: Duration,
@@ -279,6 +390,20 @@ pub enum ConfigError {
     CheckoutUrl { value: String, source: UrlError },
     #[error("--checkout command needs --checkout-command (RESTOCK_CHECKOUT_COMMAND)")]
     NoCheckoutCommand,
+    #[error("--target-param {0:?} is not name=value")]
+    TargetParam(String),
+    #[error("--target-header {value:?} is not \"Name: value\": {why}")]
+    TargetHeader { value: String, why: String },
+    #[error("--user-agent is empty or not a valid header value")]
+    UserAgent,
+    #[error(transparent)]
+    CookieFile(#[from] CookieFileError),
+    #[error("--target-cookie-file {path}: a cookie value cannot be sent in a header")]
+    CookieValue { path: String },
+    #[error("--visitor-id {0:?}: use letters and digits only (Target's are 32 hex digits)")]
+    VisitorId(String),
+    #[error("--visitor-id-file {path}: {why}")]
+    VisitorIdFile { path: String, why: String },
 }
 
 impl WatcherConfig {
@@ -325,6 +450,8 @@ impl WatcherConfig {
             ("--checkout-timeout", self.checkout_timeout),
             ("--rpc-timeout", self.rpc_timeout),
             ("--reconnect-initial", self.reconnect_initial),
+            ("--price-max-age", self.price_max_age),
+            ("--block-cooldown", self.block_cooldown),
         ] {
             if value < MIN_DURATION {
                 return Err(ConfigError::TooShort { flag, value });
@@ -389,7 +516,43 @@ impl WatcherConfig {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
+        let mut target_params = Vec::new();
+        for p in self.target_params.iter().filter(|p| !p.trim().is_empty()) {
+            match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    target_params.push((k.trim().to_owned(), v.to_owned()))
+                }
+                _ => return Err(ConfigError::TargetParam(p.clone())),
+            }
+        }
+        let mut target_headers = Vec::new();
+        for h in self.target_headers.iter().filter(|h| !h.trim().is_empty()) {
+            let bad = |why: String| ConfigError::TargetHeader {
+                value: h.clone(),
+                why,
+            };
+            let (k, v) = h.split_once(':').ok_or_else(|| bad("no ':'".into()))?;
+            let name = HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|e| bad(format!("the name: {e}")))?;
+            let value =
+                HeaderValue::from_str(v.trim()).map_err(|e| bad(format!("the value: {e}")))?;
+            target_headers.push((name, value));
+        }
+        let user_agent = self.user_agent.trim().to_owned();
+        if user_agent.is_empty() || HeaderValue::from_str(&user_agent).is_err() {
+            return Err(ConfigError::UserAgent);
+        }
         Ok(Settings {
+            target_endpoint: self.target_endpoint,
+            price_max_age: self.price_max_age,
+            block_cooldown: self.block_cooldown,
+            target_params,
+            target_headers,
+            state: non_empty(&self.state),
+            latitude: non_empty(&self.latitude),
+            longitude: non_empty(&self.longitude),
+            user_agent,
+            source_is_simulator: self.source_is_simulator,
             arbiter,
             watcher_id,
             products,
@@ -411,6 +574,138 @@ impl WatcherConfig {
             reconnect_max: self.reconnect_max,
         })
     }
+}
+
+impl WatcherConfig {
+    /// The Target source's settings: reads the cookie file and the visitor
+    /// id (creating it on first start). Errors name the flag and the file.
+    pub fn target_settings(&self, s: &Settings) -> Result<TargetSettings, ConfigError> {
+        let cookie = match &self.target_cookie_file {
+            None => None,
+            Some(path) => {
+                let all = cookies::load(path)?;
+                let host = s.source_url.host_str().unwrap_or_default();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let header = cookies::header_for(&all, host, now);
+                info!(
+                    file = %path.display(),
+                    cookies = all.len(),
+                    sent = header.as_ref().map_or(0, |h| h.split("; ").count()),
+                    "cookie file read"
+                );
+                match header {
+                    Some(h) => {
+                        Some(
+                            HeaderValue::from_str(&h).map_err(|_| ConfigError::CookieValue {
+                                path: path.display().to_string(),
+                            })?,
+                        )
+                    }
+                    None => {
+                        warn!(file = %path.display(), host, "no cookie of the file matches the source's host (or all expired)");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(TargetSettings {
+            base_url: s.source_url.clone(),
+            endpoint: s.target_endpoint,
+            api_key: s.api_key.clone(),
+            store_id: s.store_id.clone(),
+            zip: s.zip.clone(),
+            state: s.state.clone(),
+            latitude: s.latitude.clone(),
+            longitude: s.longitude.clone(),
+            visitor_id: self.resolve_visitor_id(s)?,
+            user_agent: s.user_agent.clone(),
+            params: s.target_params.clone(),
+            headers: s.target_headers.clone(),
+            cookie,
+            request_timeout: s.request_timeout,
+            price_max_age: s.price_max_age,
+            simulator: s.source_is_simulator,
+            watcher_id: s.watcher_id.to_string(),
+        })
+    }
+
+    fn resolve_visitor_id(&self, s: &Settings) -> Result<String, ConfigError> {
+        let valid = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric());
+        if let Some(v) = self.visitor_id.as_deref().map(str::trim) {
+            return if valid(v) {
+                Ok(v.to_owned())
+            } else {
+                Err(ConfigError::VisitorId(v.to_owned()))
+            };
+        }
+        let path = match &self.visitor_id_file {
+            Some(p) => Some(p.clone()),
+            None if s.source_is_simulator => None,
+            None => default_visitor_id_file(s.watcher_id.as_str()),
+        };
+        let Some(path) = path else {
+            return Ok(random_visitor_id());
+        };
+        let file_err = |why: String| ConfigError::VisitorIdFile {
+            path: path.display().to_string(),
+            why,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let v = text.trim();
+                if valid(v) {
+                    Ok(v.to_owned())
+                } else {
+                    Err(file_err(format!(
+                        "holds {v:?}, not a visitor id (letters and digits)"
+                    )))
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = random_visitor_id();
+                write_visitor_id(&path, &id)
+                    .map_err(|e| file_err(format!("cannot write it: {e}")))?;
+                info!(file = %path.display(), "a new visitor id was made and kept");
+                Ok(id)
+            }
+            Err(e) => Err(file_err(format!("cannot read it: {e}"))),
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/restock/visitor-id-<id>`, else under `~/.local/state`.
+fn default_visitor_id_file(watcher_id: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(
+        base.join("restock")
+            .join(format!("visitor-id-{watcher_id}")),
+    )
+}
+
+fn write_visitor_id(path: &Path, id: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, format!("{id}\n"))
+}
+
+/// 32 upper-case hex digits, like the ids target.com gives its visitors.
+pub fn random_visitor_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 impl Settings {

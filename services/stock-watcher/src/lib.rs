@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: flags and environment variables, checked into [`config::Settings`].
 //! - `catalog`: the watch list derived from the arbiter's catalog.
-//! - `source`: stock sources (Target's fulfillment API format).
+//! - `source`: stock sources (Target's RedSky endpoints, answers that are
+//!   not stock classified by kind) and the cookie file.
 //! - `poller`: the poll loop, with jitter, a bound on requests in flight,
 //!   time limits and the source's back-off.
 //! - `book`: what the source said and what the arbiter was told; decides
@@ -85,10 +86,7 @@ use crate::{
     poller::PollSettings,
     runner::CheckoutRunner,
     session::Session,
-    source::{
-        StockSource,
-        target::{TargetSettings, TargetSource},
-    },
+    source::{StockSource, target::TargetSource},
     state::SharedState,
     status::StatusService,
 };
@@ -170,15 +168,8 @@ pub async fn run(
     let state = SharedState::new();
     let source = match settings.source {
         SourceKind::Target => Arc::new(
-            TargetSource::new(TargetSettings {
-                base_url: settings.source_url.clone(),
-                api_key: settings.api_key.clone(),
-                store_id: settings.store_id.clone(),
-                zip: settings.zip.clone(),
-                request_timeout: settings.request_timeout,
-                watcher_id: settings.watcher_id.to_string(),
-            })?
-            .counting(state.metrics().clone()),
+            TargetSource::new(config.target_settings(&settings)?)?
+                .counting(state.metrics().clone()),
         ),
     };
     let checkout = match &settings.checkout {
@@ -281,6 +272,7 @@ pub async fn run(
             request_timeout: settings.request_timeout,
             backoff_initial: settings.source_backoff_initial,
             backoff_max: settings.source_backoff_max,
+            block_cooldown: settings.block_cooldown,
             only: settings.products.clone(),
         },
         catalog_rx,

@@ -7,6 +7,12 @@
 //! - `restock_source_request_seconds`: time of one source request.
 //! - `restock_source_backoff_active`: 1 from the source's refusal (403, 429,
 //!   435, 5xx) until its next good answer.
+//! - `restock_source_blocked{kind}`: 1 while the source is paused (or
+//!   stopped) by an answer of that kind: `captcha`, `perimeterx`,
+//!   `forbidden`, `rate_limited`, `server_error`, `not_json`,
+//!   `endpoint_gone`; every kind shows, at 0 when not in force.
+//! - `restock_source_refusals_total{kind}`: every answer that is not stock,
+//!   by kind (those above, and `bad_request`, `unknown_product`).
 //! - `restock_checkouts_total{outcome}`: finished checkouts by outcome.
 //! - `restock_checkout_seconds`: one checkout, from its start on a grant to
 //!   its end.
@@ -25,7 +31,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::checkout::CheckoutOutcome;
+use crate::{
+    checkout::CheckoutOutcome,
+    source::{Reaction, RefusalKind},
+};
 
 /// Source requests take milliseconds to seconds (the limit is
 /// `--request-timeout`, 5 s by default).
@@ -61,6 +70,11 @@ struct CodeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -71,6 +85,8 @@ pub struct WatcherMetrics {
     source_requests: Family<CodeLabel, Counter>,
     source_seconds: Histogram,
     backoff_active: Gauge,
+    blocked: Family<KindLabel, Gauge>,
+    refusals: Family<KindLabel, Counter>,
     checkouts: Family<OutcomeLabel, Counter>,
     checkout_seconds: Histogram,
     arbiter_connected: Gauge,
@@ -91,7 +107,18 @@ impl Default for WatcherMetrics {
                 outcome: o.as_str(),
             });
         }
+        let blocked = Family::<KindLabel, Gauge>::default();
+        let refusals = Family::<KindLabel, Counter>::default();
+        for k in RefusalKind::ALL {
+            let label = KindLabel { kind: k.as_str() };
+            let _created = refusals.get_or_create(&label);
+            if k.reaction() != Reaction::RareProduct {
+                let _created = blocked.get_or_create(&label);
+            }
+        }
         Self {
+            blocked,
+            refusals,
             source_requests: Family::default(),
             source_seconds: Histogram::new(SOURCE_BUCKETS),
             backoff_active: Gauge::default(),
@@ -119,6 +146,16 @@ impl WatcherMetrics {
             "restock_source_backoff_active",
             "1 while the source refuses us (from a 403, 429, 435 or 5xx until its next good answer)",
             self.backoff_active.clone(),
+        );
+        registry.register(
+            "restock_source_blocked",
+            "1 while the source is paused or stopped by an answer of this kind (captcha, perimeterx, rate_limited, ...)",
+            self.blocked.clone(),
+        );
+        registry.register(
+            "restock_source_refusals",
+            "Source answers that are not stock, by kind",
+            self.refusals.clone(),
         );
         registry.register(
             "restock_checkouts",
@@ -150,6 +187,22 @@ impl WatcherMetrics {
 
     pub fn set_backoff_active(&self, active: bool) {
         self.backoff_active.set(i64::from(active));
+    }
+
+    pub fn set_blocked(&self, kind: RefusalKind, on: bool) {
+        self.blocked
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .set(i64::from(on));
+    }
+
+    pub fn source_refused(&self, kind: RefusalKind) {
+        self.refusals
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
     }
 
     pub fn checkout_finished(&self, outcome: CheckoutOutcome, seconds: f64) {

@@ -12,16 +12,32 @@
 //! (planning off, or the arbiter stream down) the watcher polls on its own
 //! schedule as above, and never stops.
 //!
-//! 403, 429, 435 and 5xx pause the whole source (one back-off shared by all
-//! products, doubling while refusals go on, reset by the first good answer);
-//! no product is reported out of stock because of them.
+//! Answers that are not stock act by their kind (see
+//! [`crate::source::RefusalKind`]); no product is ever reported out of stock
+//! because of one:
+//!
+//! - `captcha`, `perimeterx`, `forbidden` (a block): the whole retailer is
+//!   paused for `--block-cooldown`, then one probe request; while the block
+//!   lasts the pause doubles (up to 16 times the cool-down). Nothing is done
+//!   to get around it.
+//! - `rate_limited`, `server_error`, `not_json`: the whole source backs off
+//!   (`--source-backoff-initial` doubling to `--source-backoff-max`, a
+//!   `Retry-After` honored up to that maximum), then one probe.
+//! - `unknown_product`, `bad_request`: that product alone is polled once per
+//!   `--block-cooldown`.
+//! - `endpoint_gone` (410): polling stops; the error names the flag to
+//!   change (`--target-endpoint`).
+//!
+//! The first good answer ends a block or back-off.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use std::collections::HashMap;
 
 use restock_domain::{Catalog, ProductSpec, Tcin};
 use restock_runtime::{
@@ -31,9 +47,12 @@ use restock_runtime::{
 
 use crate::{
     metrics::SourceCode,
-    source::{SourceError, StockSource},
-    state::{SharedState, unix_ms},
+    source::{Reaction, Refusal, SourceError, StockSource},
+    state::{BlockRecord, SharedState, unix_ms},
 };
+
+/// Longest block pause, in cool-downs.
+const MAX_BLOCK_DOUBLINGS: u32 = 4;
 
 /// How the poller paces itself.
 #[derive(Debug, Clone)]
@@ -43,6 +62,9 @@ pub struct PollSettings {
     pub request_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// `--block-cooldown`: the first pause after a block; also how often a
+    /// product the source does not know is asked again.
+    pub block_cooldown: Duration,
     /// `--products`: empty means the whole catalog.
     pub only: Vec<Tcin>,
 }
@@ -93,6 +115,9 @@ pub async fn run<S: StockSource>(
         backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
         settings,
         list: Vec::new(),
+        blocks_in_a_row: 0,
+        probes: 0,
+        rare: HashMap::new(),
     };
     // `changed()` marks the value seen, so a wake-up from it is remembered
     // here rather than asked again with `has_changed()`.
@@ -117,6 +142,11 @@ pub async fn run<S: StockSource>(
                 }
             }
             continue;
+        }
+        if poller.state.lock().stopped.is_some() {
+            // 410: only a change of flags helps. Status stays up.
+            stop.cancelled().await;
+            return;
         }
         let round_start = Instant::now();
         let pause = poller.state.backoff_remaining(round_start);
@@ -175,6 +205,14 @@ struct Poller<S> {
     settings: PollSettings,
     backoff: Backoff,
     list: Vec<ProductSpec>,
+    /// Blocks answered in a row (0: not blocked).
+    blocks_in_a_row: u32,
+    /// Products polled rarely (unknown to the source): not before then.
+    rare: HashMap<Tcin, Instant>,
+    /// Probes after a pause take the products in turn, so one product the
+    /// source keeps refusing (a garbled answer) cannot keep every other
+    /// product from being polled.
+    probes: usize,
 }
 
 impl<S: StockSource> Poller<S> {
@@ -207,27 +245,46 @@ impl<S: StockSource> Poller<S> {
         let state = self.state.clone();
         let (source, state) = (&source, &state);
         let limit = self.settings.request_timeout;
-        let mut tcins: Vec<Tcin> = self.list.iter().map(|p| p.tcin.clone()).collect();
-        if !self.backoff.is_reset() && !tcins.is_empty() {
-            // Just out of a back-off: one probe first, so a source that
-            // still refuses gets one request, not a burst.
-            let probe = tcins.remove(0);
+        let now = Instant::now();
+        self.rare.retain(|_, until| *until > now);
+        let mut tcins: Vec<ProductSpec> = self
+            .list
+            .iter()
+            .filter(|p| !self.rare.contains_key(&p.tcin))
+            .cloned()
+            .collect();
+        if (!self.backoff.is_reset() || self.blocks_in_a_row > 0) && !tcins.is_empty() {
+            // Just out of a back-off or block: one probe first, so a source
+            // that still refuses gets one request, not a burst.
+            let probe = tcins.remove(self.probes % tcins.len());
+            self.probes = self.probes.wrapping_add(1);
             let answer = ask(source.as_ref(), state, &probe, limit).await;
-            let refused = matches!(answer, Err(SourceError::Throttled { .. }));
-            self.note_health(&probe, &answer);
-            self.apply(&probe, answer);
+            let refused = answer
+                .as_ref()
+                .err()
+                .and_then(SourceError::refusal)
+                .is_some_and(|r| {
+                    matches!(
+                        r.kind.reaction(),
+                        Reaction::Block | Reaction::Throttle | Reaction::StopEndpoint
+                    )
+                });
+            self.note_health(&probe.tcin, &answer);
+            self.apply(&probe.tcin, answer);
             if refused {
                 return;
             }
         }
         let checks = futures::stream::iter(tcins.into_iter().enumerate())
-            .map(|(i, tcin)| async move {
+            .map(|(i, product)| async move {
                 // A refusal earlier in this round pauses the rest of it.
-                if !state.backoff_remaining(Instant::now()).is_zero() {
+                if !state.backoff_remaining(Instant::now()).is_zero()
+                    || state.lock().stopped.is_some()
+                {
                     return (i, None);
                 }
-                let answer = ask(source.as_ref(), state, &tcin, limit).await;
-                (i, Some((tcin, answer)))
+                let answer = ask(source.as_ref(), state, &product, limit).await;
+                (i, Some((product.tcin, answer)))
             })
             .buffer_unordered(self.settings.max_in_flight);
         futures::pin_mut!(checks);
@@ -251,44 +308,99 @@ impl<S: StockSource> Poller<S> {
         }
     }
 
-    /// The source's health, from one answer: a refusal starts (or keeps) the
-    /// back-off, a good answer ends it.
+    /// The source's health, from one answer: a block or throttle starts
+    /// (or keeps) the pause, an unknown product is set aside, a retired
+    /// endpoint stops polling, a good answer ends it all.
     fn note_health(&mut self, tcin: &Tcin, answer: &Answer) {
         let now = Instant::now();
+        let metrics = self.state.metrics().clone();
         let mut st = self.state.lock();
-        match answer {
+        let refusal = match answer {
             Ok(_) => {
-                if !self.backoff.is_reset() {
-                    info!(source = %self.describe, "the source answers again: back-off over");
-                    self.backoff.reset();
+                if let Some(b) = st.block.take() {
+                    info!(source = %self.describe, kind = b.kind.as_str(), "the source answers again: {} over", b.kind);
+                    metrics.set_blocked(b.kind, false);
                 }
+                self.backoff.reset();
+                self.blocks_in_a_row = 0;
                 st.backoff_until = None;
-                self.state.metrics().set_backoff_active(false);
+                metrics.set_backoff_active(false);
+                return;
             }
-            Err(SourceError::Throttled {
-                status,
-                retry_after,
-            }) => {
+            Err(SourceError::Refused(r)) => r,
+            Err(_) => return,
+        };
+        metrics.source_refused(refusal.kind);
+        match refusal.kind.reaction() {
+            Reaction::Block | Reaction::Throttle => {
                 // Answers to requests sent before the pause began do not
                 // lengthen it again.
                 if st.backoff_until.is_some_and(|u| u > now) {
                     return;
                 }
-                let mut pause = self.backoff.next_delay();
-                if let Some(asked) = retry_after {
-                    pause = pause.max((*asked).min(self.settings.backoff_max));
-                }
+                let block = refusal.kind.reaction() == Reaction::Block;
+                let pause = if block {
+                    let doublings = self.blocks_in_a_row.min(MAX_BLOCK_DOUBLINGS);
+                    self.blocks_in_a_row += 1;
+                    self.settings.block_cooldown * 2u32.pow(doublings)
+                } else {
+                    let mut pause = self.backoff.next_delay();
+                    if let Some(asked) = refusal.retry_after {
+                        pause = pause.max(asked.min(self.settings.backoff_max));
+                    }
+                    pause
+                };
                 st.backoff_until = Some(now + pause);
-                self.state.metrics().set_backoff_active(true);
-                warn!(
-                    source = %self.describe,
-                    tcin = %tcin,
-                    status,
-                    backoff_ms = pause.as_millis() as u64,
-                    "the source refuses us (HTTP {status}): backing off; products keep their last known stock state"
-                );
+                metrics.set_backoff_active(true);
+                set_block(&mut st.block, refusal, &metrics);
+                drop(st);
+                let kind = refusal.kind.as_str();
+                if block {
+                    warn!(
+                        source = %self.describe,
+                        tcin = %tcin,
+                        kind,
+                        status = refusal.status,
+                        tracking_url = refusal.tracking_url.as_deref().unwrap_or(""),
+                        pause_s = pause.as_secs(),
+                        "the source blocks us ({kind}, HTTP {}): polling paused for {:?}, then one probe; nothing is done to get around it (see the README, \"Against the real Target\")",
+                        refusal.status, pause
+                    );
+                } else {
+                    warn!(
+                        source = %self.describe,
+                        tcin = %tcin,
+                        kind,
+                        status = refusal.status,
+                        backoff_ms = pause.as_millis() as u64,
+                        "the source refuses us ({kind}, HTTP {}): backing off; products keep their last known stock state",
+                        refusal.status
+                    );
+                }
             }
-            Err(_) => {}
+            Reaction::RareProduct => {
+                let cooldown = self.settings.block_cooldown;
+                drop(st);
+                if self.rare.insert(tcin.clone(), now + cooldown).is_none() {
+                    warn!(
+                        source = %self.describe,
+                        tcin = %tcin,
+                        kind = refusal.kind.as_str(),
+                        error = %refusal,
+                        "the source does not answer for this product ({}): asking again once per --block-cooldown ({cooldown:?})",
+                        refusal.kind
+                    );
+                }
+            }
+            Reaction::StopEndpoint => {
+                let why = format!(
+                    "{refusal}: the endpoint was retired; polling stopped. Choose another with --target-endpoint (RESTOCK_TARGET_ENDPOINT) and restart"
+                );
+                st.stopped = Some(why.clone());
+                set_block(&mut st.block, refusal, &metrics);
+                drop(st);
+                error!(source = %self.describe, kind = "endpoint_gone", "{why}");
+            }
         }
     }
 
@@ -302,7 +414,8 @@ impl<S: StockSource> Poller<S> {
             unix_ms(),
         );
         match &answer {
-            Err(SourceError::Throttled { .. }) | Ok(_) => {}
+            Ok(_) => {}
+            Err(SourceError::Refused(r)) if r.kind.reaction() != Reaction::RareProduct => {}
             Err(e) if recorded.first_error => warn!(
                 source = %self.describe,
                 tcin = %tcin,
@@ -324,14 +437,39 @@ type Answer = Result<crate::source::Sighting, SourceError>;
 /// One request to the source, within `limit`, timed. The source counts the
 /// answers it gets by HTTP status; a request this limit cuts short never
 /// gets one, so it is counted here.
+/// Records the source-wide block (or throttle) of `refusal`, keeping the
+/// start of an episode that goes on with the same kind.
+fn set_block(
+    slot: &mut Option<BlockRecord>,
+    refusal: &Refusal,
+    metrics: &crate::metrics::WatcherMetrics,
+) {
+    match slot {
+        Some(b) if b.kind == refusal.kind => {
+            b.detail = refusal.to_string();
+        }
+        _ => {
+            if let Some(old) = slot.take() {
+                metrics.set_blocked(old.kind, false);
+            }
+            *slot = Some(BlockRecord {
+                kind: refusal.kind,
+                detail: refusal.to_string(),
+                since_unix_ms: unix_ms(),
+            });
+        }
+    }
+    metrics.set_blocked(refusal.kind, true);
+}
+
 async fn ask<S: StockSource>(
     source: &S,
     state: &SharedState,
-    tcin: &Tcin,
+    product: &ProductSpec,
     limit: Duration,
 ) -> Answer {
     let started = Instant::now();
-    let answer = match tokio::time::timeout(limit, source.check(tcin)).await {
+    let answer = match tokio::time::timeout(limit, source.check(product)).await {
         Ok(a) => a,
         Err(_) => {
             state.metrics().source_answer(SourceCode::Timeout);
@@ -355,7 +493,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{catalog::tests::catalog, source::Sighting};
+    use crate::{
+        catalog::tests::catalog,
+        source::{RefusalKind, Sighting},
+    };
 
     /// A source whose answers are scripted per call; when the script runs
     /// out it repeats the last answer. Records call times and concurrency.
@@ -390,11 +531,11 @@ mod tests {
             "fake".into()
         }
 
-        async fn check(&self, tcin: &Tcin) -> Result<Sighting, SourceError> {
+        async fn check(&self, product: &ProductSpec) -> Result<Sighting, SourceError> {
             self.calls
                 .lock()
                 .unwrap()
-                .push((Instant::now(), tcin.to_string()));
+                .push((Instant::now(), product.tcin.to_string()));
             let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_seen.fetch_max(n, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -417,6 +558,7 @@ mod tests {
             request_timeout: Duration::from_millis(500),
             backoff_initial: Duration::from_secs(4),
             backoff_max: Duration::from_secs(16),
+            block_cooldown: Duration::from_secs(60),
             only: Vec::new(),
         }
     }
@@ -519,10 +661,7 @@ mod tests {
     });
 
     fn throttled() -> Result<Sighting, SourceError> {
-        Err(SourceError::Throttled {
-            status: 429,
-            retry_after: None,
-        })
+        Err(SourceError::refused(RefusalKind::RateLimited, 429))
     }
 
     #[tokio::test(start_paused = true)]
@@ -593,10 +732,13 @@ mod tests {
             vec![
                 throttled(),
                 throttled(),
-                Err(SourceError::Throttled {
-                    status: 503,
+                Err(SourceError::Refused(crate::source::Refusal {
                     retry_after: Some(Duration::from_secs(15)),
-                }),
+                    ..match SourceError::refused(RefusalKind::ServerError, 503) {
+                        SourceError::Refused(r) => r,
+                        _ => unreachable!(),
+                    }
+                })),
                 IN,
             ],
             Duration::ZERO,
@@ -652,8 +794,8 @@ mod tests {
         fn describe(&self) -> String {
             "slow top".into()
         }
-        async fn check(&self, tcin: &Tcin) -> Result<Sighting, SourceError> {
-            if tcin.as_str() == "1" {
+        async fn check(&self, product: &ProductSpec) -> Result<Sighting, SourceError> {
+            if product.tcin.as_str() == "1" {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             IN
@@ -685,6 +827,108 @@ mod tests {
         let r = state.lock().book.take_report(Instant::now(), false);
         let ids: Vec<&str> = r.observations.iter().map(|o| o.tcin.as_str()).collect();
         assert_eq!(ids, ["1", "2", "3"]);
+        stop.cancel();
+    }
+
+    fn captcha() -> Result<Sighting, SourceError> {
+        Err(SourceError::Refused(crate::source::Refusal {
+            tracking_url: Some("https://redsky.target.com/captcha?trackingId=t1".into()),
+            ..match SourceError::refused(RefusalKind::Captcha, 403) {
+                SourceError::Refused(r) => r,
+                _ => unreachable!(),
+            }
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_captcha_pauses_for_the_cooldown_doubling_while_it_lasts() {
+        // Blocked twice, then answers again.
+        let src = FakeSource::new(vec![captcha(), captcha(), IN], Duration::ZERO);
+        let mut s = settings();
+        s.max_in_flight = 1;
+        let (state, stop) = start(src.clone(), &[("1", 0), ("2", 0)], s);
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
+        let gauge = |kind: &str| {
+            let text =
+                restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+            text.contains(&format!("restock_source_blocked{{kind=\"{kind}\"}} 1\n"))
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(src.calls().len(), 1, "polling stops at the first block");
+        {
+            let st = state.lock();
+            let b = st.block.as_ref().expect("blocked");
+            assert_eq!(b.kind, RefusalKind::Captcha);
+            assert!(b.detail.contains("trackingId=t1"), "{}", b.detail);
+            assert_eq!(st.book.poll_statuses()[0].error_kind, "captcha");
+        }
+        assert!(gauge("captcha"));
+        // The cool-down (60 s): nothing asked; then one probe, blocked again.
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(src.calls().len(), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(src.calls().len(), 2, "one probe");
+        // Doubled: 120 s.
+        tokio::time::sleep(Duration::from_secs(118)).await;
+        assert_eq!(src.calls().len(), 2);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(src.calls().len() >= 3);
+        assert!(state.lock().block.is_none(), "over at the good answer");
+        assert!(!gauge("captcha"));
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_product_is_polled_rarely_and_410_stops_polling() {
+        struct Mixed;
+        impl StockSource for Mixed {
+            fn describe(&self) -> String {
+                "mixed".into()
+            }
+            async fn check(&self, product: &ProductSpec) -> Result<Sighting, SourceError> {
+                match product.tcin.as_str() {
+                    "404" => Err(SourceError::refused(RefusalKind::UnknownProduct, 404)),
+                    _ => IN,
+                }
+            }
+        }
+        let state = SharedState::new();
+        let catalog = Arc::new(catalog(&[("404", 0), ("2", 0)], 9_000));
+        let (_tx, rx) = watch::channel(Some(catalog));
+        let (_plans, plan_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(run(
+            Arc::new(Mixed),
+            state.clone(),
+            settings(),
+            rx,
+            plan_rx,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let polls = state.lock().book.poll_statuses();
+        assert_eq!(polls[0].polls, 1, "404: once per cool-down");
+        assert_eq!(polls[0].error_kind, "unknown_product");
+        assert!(polls[1].polls >= 10, "the others at full cadence");
+        // Its cool-down (60 s) over: asked again at the next round.
+        tokio::time::sleep(Duration::from_secs(52)).await;
+        assert_eq!(state.lock().book.poll_statuses()[0].polls, 2);
+        stop.cancel();
+
+        let src = FakeSource::new(
+            vec![Err(SourceError::refused(RefusalKind::EndpointGone, 410))],
+            Duration::ZERO,
+        );
+        let (state, stop) = start(src.clone(), &[("1", 0), ("2", 0)], settings());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            src.calls().len(),
+            1,
+            "a retired endpoint is not asked again"
+        );
+        let why = state.lock().stopped.clone().expect("stopped");
+        assert!(why.contains("--target-endpoint"), "{why}");
         stop.cancel();
     }
 

@@ -16,7 +16,16 @@ use std::{
 use restock_domain::{FencingToken, LeaseId, Tcin};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{book::StockBook, metrics::WatcherMetrics};
+use crate::{book::StockBook, metrics::WatcherMetrics, source::RefusalKind};
+
+/// The source-wide block (or throttle, or retired endpoint) in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub kind: RefusalKind,
+    /// The last such answer, with the captcha tracking URL when there is one.
+    pub detail: String,
+    pub since_unix_ms: u64,
+}
 
 /// Wall-clock milliseconds since the epoch (display only).
 pub use restock_domain::timestamp::now_unix_ms as unix_ms;
@@ -32,6 +41,10 @@ pub struct Inner {
     pub reconnects: u64,
     /// The source asked us to pause until then.
     pub backoff_until: Option<Instant>,
+    /// Why the source is paused (or stopped), until its next good answer.
+    pub block: Option<BlockRecord>,
+    /// Polling stopped for good (410 Gone): why, naming the flag to change.
+    pub stopped: Option<String>,
     pub checkout: Option<CheckoutRecord>,
     pub checkouts_purchased: u64,
     pub checkouts_failed: u64,

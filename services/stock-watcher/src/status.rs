@@ -51,6 +51,18 @@ impl StatusService {
             checkouts_purchased: st.checkouts_purchased,
             checkouts_failed: st.checkouts_failed,
             checkout_kind: self.checkout_kind.as_str().to_owned(),
+            source_blocked: st
+                .block
+                .as_ref()
+                .map(|b| b.kind.as_str().to_owned())
+                .unwrap_or_default(),
+            source_blocked_detail: match (&st.stopped, &st.block) {
+                (Some(why), _) => why.clone(),
+                (None, Some(b)) => b.detail.clone(),
+                (None, None) => String::new(),
+            },
+            source_blocked_since_unix_ms: st.block.as_ref().map_or(0, |b| b.since_unix_ms),
+            source_stopped: st.stopped.is_some(),
         }
     }
 }
@@ -64,6 +76,8 @@ fn poll_status(p: &ProductPoll) -> pb::PollStatus {
         last_error: p.last_error.clone(),
         polls: p.polls,
         errors: p.errors,
+        error_kind: p.error_kind.to_owned(),
+        price_unknown: p.price_unknown,
     }
 }
 

@@ -4,42 +4,57 @@
 //!
 //! | Route | Does |
 //! |---|---|
-//! | `GET /redsky_aggregations/v1/web/product_fulfillment_v1?key=&tcin=[&store_id=&zip=]` | the retailer's fulfillment JSON |
+//! | `GET /redsky_aggregations/v1/web/product_fulfillment_v1?key=&tcin=[&store_id=]` | a product's fulfillment, no price (see [`crate::redsky`]) |
+//! | `GET /redsky_aggregations/v1/web/product_fulfillment_and_variation_hierarchy_v1?key=&tcin=[&store_id=]` | the same, as product pages load it |
+//! | `GET /redsky_aggregations/v1/web/product_summary_with_fulfillment_v1?key=&tcins=a,b[&skip_price_promo=true]` | many products' fulfillment and prices |
+//! | `GET /redsky_aggregations/v1/web/pdp_client_v1?key=&tcin=[&pricing_store_id=]` | a product's details and price |
 //! | `POST /checkout` | a checkout, fenced and recorded |
 //! | `GET /admin/stock`, `PUT /admin/stock/{tcin}` | list / set stock and price |
-//! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the fulfillment endpoint |
+//! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the RedSky endpoints |
+//! | `GET`, `PUT`, `DELETE /admin/block` | make the RedSky endpoints answer like Target's bot wall (see [`crate::block`]) |
 //! | `GET`, `PUT /admin/checkout` | checkout delay and failure |
 //! | `GET`, `DELETE /admin/orders` | every attempt and the violations |
-//! | `GET /admin/polls[?tcin=&since_ms=]`, `DELETE /admin/polls` | every stock request: product, watcher, time (see [`crate::polls`]) |
+//! | `GET /admin/polls[?tcin=&endpoint=&since_ms=]`, `DELETE /admin/polls` | every stock request: endpoint, product, watcher, time (see [`crate::polls`]) |
 //! | `GET /healthz` | 200 when serving |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{FromRequest, Path, Query, Request, State, rejection::QueryRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderMap, HeaderValue, StatusCode,
+        header::{CONTENT_TYPE, HOST, RETRY_AFTER},
+    },
     response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::{
-    fulfillment,
+    block,
+    fulfillment::Context,
     ledger::{Attempt, Begin, CheckoutResult, Order},
     polls::{PollFilter, WATCHER_HEADER},
-    sim::{Lookup, Simulator},
+    redsky::{self, Endpoint},
+    sim::{Gate, ProductNow, Simulator},
     stock::StockError,
 };
 use restock_domain::{Price, Tcin};
 use restock_runtime::{auth::AuthPolicy, http::metrics_router, metrics::Registry};
 
-/// The fulfillment endpoint's path.
-pub const FULFILLMENT_PATH: &str = "/redsky_aggregations/v1/web/product_fulfillment_v1";
+/// The legacy fulfillment endpoint's path.
+pub const FULFILLMENT_PATH: &str = Endpoint::Fulfillment.path();
+/// The fulfillment and variation hierarchy endpoint's path.
+pub const HIERARCHY_PATH: &str = Endpoint::Hierarchy.path();
+/// The batch summary endpoint's path.
+pub const SUMMARY_PATH: &str = Endpoint::Summary.path();
+/// The product details (price) endpoint's path.
+pub const PDP_CLIENT_PATH: &str = Endpoint::PdpClient.path();
 /// Longest `lease_id` / `watcher_id` accepted in a checkout.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -50,12 +65,19 @@ pub fn router(sim: Simulator) -> Router {
     sim.metrics().register(&mut registry);
     Router::new()
         .route(FULFILLMENT_PATH, get(fulfillment_handler))
+        .route(HIERARCHY_PATH, get(hierarchy_handler))
+        .route(SUMMARY_PATH, get(summary_handler))
+        .route(PDP_CLIENT_PATH, get(pdp_client_handler))
         .route("/checkout", post(checkout))
         .route("/admin/stock", get(list_stock))
         .route("/admin/stock/{tcin}", put(set_stock).get(get_stock))
         .route(
             "/admin/faults",
             get(get_fault).put(set_fault).delete(clear_fault),
+        )
+        .route(
+            "/admin/block",
+            get(get_block).put(set_block).delete(clear_block),
         )
         .route("/admin/checkout", get(get_checkout).put(set_checkout))
         .route("/admin/orders", get(list_orders).delete(clear_orders))
@@ -128,16 +150,24 @@ fn parse_price(dollars: Option<f64>) -> Result<Option<Price>, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("price: {e}")))
 }
 
-// ---- the retailer's endpoint ----
+// ---- the retailer's endpoints ----
 
+/// The query parameters the RedSky endpoints read; Target's many others
+/// (`channel`, `page`, `visitor_id`, `zip`, …) are accepted and ignored.
 #[derive(Debug, Deserialize)]
-struct FulfillmentQuery {
+struct RedskyQuery {
     key: Option<String>,
+    /// Single-product endpoints.
     tcin: Option<String>,
+    /// The summary: comma-separated.
+    tcins: Option<String>,
     store_id: Option<String>,
-    #[allow(dead_code)] // accepted like the retailer does; stock is not per zip
-    zip: Option<String>,
+    pricing_store_id: Option<String>,
+    /// The summary: `true` leaves prices out.
+    skip_price_promo: Option<String>,
 }
+
+type RedskyRequest = Result<Query<RedskyQuery>, QueryRejection>;
 
 /// An error the way the retailer words them: `errors[].message`, plus the
 /// `error` field every answer of this simulator has.
@@ -150,54 +180,115 @@ fn retailer_error(status: StatusCode, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Records the poll, answers, and counts the answer by status.
 async fn fulfillment_handler(
     State(sim): State<Simulator>,
     headers: HeaderMap,
-    query: Result<Query<FulfillmentQuery>, QueryRejection>,
+    query: RedskyRequest,
 ) -> Response {
-    // Every request that names a product is a poll of it, whatever the
-    // answer (an injected fault included): first, so its time is the
-    // request's arrival.
-    if let Ok(Query(q)) = &query
-        && let Some(tcin) = q.tcin.as_deref().filter(|t| !t.trim().is_empty())
-    {
+    redsky(&sim, Endpoint::Fulfillment, &headers, query)
+}
+
+async fn hierarchy_handler(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    query: RedskyRequest,
+) -> Response {
+    redsky(&sim, Endpoint::Hierarchy, &headers, query)
+}
+
+async fn summary_handler(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    query: RedskyRequest,
+) -> Response {
+    redsky(&sim, Endpoint::Summary, &headers, query)
+}
+
+async fn pdp_client_handler(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    query: RedskyRequest,
+) -> Response {
+    redsky(&sim, Endpoint::PdpClient, &headers, query)
+}
+
+/// The first `MAX_ID_LEN` characters of `s`.
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(MAX_ID_LEN) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+/// The products a request names, as it spells them, each once: its `tcin`,
+/// or each piece of the summary's `tcins`.
+fn named_tcins(endpoint: Endpoint, q: &RedskyQuery) -> Vec<&str> {
+    let mut named: Vec<&str> = Vec::new();
+    if endpoint.is_batch() {
+        let mut seen = HashSet::new();
+        for t in q.tcins.as_deref().unwrap_or("").split(',').map(str::trim) {
+            if !t.is_empty() && seen.insert(t) {
+                named.push(t);
+            }
+        }
+    } else if let Some(t) = q.tcin.as_deref().filter(|t| !t.trim().is_empty()) {
+        named.push(t);
+    }
+    named
+}
+
+/// Records the polls, answers, and counts the answer by endpoint and
+/// status.
+fn redsky(
+    sim: &Simulator,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    query: RedskyRequest,
+) -> Response {
+    // Every product a request names is polled, whatever the answer (a block
+    // or an injected fault included): first, so its time is the request's
+    // arrival.
+    if let Ok(Query(q)) = &query {
         let watcher = headers
             .get(WATCHER_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let cut = |s: &str| -> String {
-            match s.char_indices().nth(MAX_ID_LEN) {
-                Some((i, _)) => s[..i].to_owned(),
-                None => s.to_owned(),
-            }
-        };
-        sim.record_poll(&cut(tcin), &cut(watcher));
+        let watcher = cut(watcher);
+        for tcin in named_tcins(endpoint, q) {
+            sim.record_poll(endpoint.name(), &cut(tcin), &watcher);
+        }
     }
-    let resp = fulfillment_answer(&sim, query);
-    sim.metrics().fulfillment_answered(resp.status().as_u16());
+    let resp = redsky_answer(sim, endpoint, headers, query);
+    let code = resp.status().as_u16();
+    sim.metrics().redsky_answered(endpoint, code);
+    if endpoint == Endpoint::Fulfillment {
+        sim.metrics().fulfillment_answered(code);
+    }
     resp
 }
 
-fn fulfillment_answer(
+fn redsky_answer(
     sim: &Simulator,
-    query: Result<Query<FulfillmentQuery>, QueryRejection>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    query: RedskyRequest,
 ) -> Response {
-    let lookup_tcin = |q: &FulfillmentQuery| -> Result<Tcin, String> {
-        let key = q.key.as_deref().unwrap_or("");
-        if key.trim().is_empty() {
-            return Err("missing required query parameter: key".into());
+    // A block or an injected fault answers before anything is looked at,
+    // the way a bot wall or rate limiter in front of the real API does.
+    match sim.gate() {
+        Gate::Open => {}
+        Gate::Blocked(b) => {
+            sim.metrics().blocked(b.kind, endpoint);
+            let host = block::safe_host(headers.get(HOST).and_then(|h| h.to_str().ok()));
+            debug!(
+                endpoint = endpoint.name(),
+                kind = b.kind.as_str(),
+                status = b.status,
+                "answering with a block"
+            );
+            return block_response(block::answer(b.kind, b.status, host, b.retry_after_now()));
         }
-        let raw = q.tcin.as_deref().unwrap_or("");
-        if raw.trim().is_empty() {
-            return Err("missing required query parameter: tcin".into());
-        }
-        Tcin::parse(raw).map_err(|e| e.to_string())
-    };
-    // An injected fault answers before anything is looked at, the way a
-    // rate limiter or bot wall in front of the real API does.
-    if let Some(f) = sim.fault() {
-        return fault_response(f.status, f.retry_after_s);
+        Gate::Fault(f) => return fault_response(f.status, f.retry_after_s),
     }
     let q = match query {
         Ok(Query(q)) => q,
@@ -208,27 +299,108 @@ fn fulfillment_answer(
             );
         }
     };
-    let tcin = match lookup_tcin(&q) {
+    if q.key.as_deref().unwrap_or("").trim().is_empty() {
+        return retailer_error(
+            StatusCode::BAD_REQUEST,
+            "missing required query parameter: key".into(),
+        );
+    }
+    let ctx = Context::new(q.store_id.as_deref(), sim.clock().unix_ms());
+    match endpoint {
+        Endpoint::Summary => summary_answer(sim, &q, &ctx),
+        Endpoint::Fulfillment => single_answer(sim, endpoint, &q, |p| {
+            redsky::product_fulfillment_v1(p, &ctx)
+        }),
+        Endpoint::Hierarchy => single_answer(sim, endpoint, &q, |p| redsky::hierarchy_v1(p, &ctx)),
+        Endpoint::PdpClient => single_answer(sim, endpoint, &q, |p| {
+            redsky::pdp_client_v1(p, &ctx, q.pricing_store_id.as_deref())
+        }),
+    }
+}
+
+/// A single-product endpoint (`tcin=`): `body` of the product, or the
+/// refusal.
+fn single_answer(
+    sim: &Simulator,
+    endpoint: Endpoint,
+    q: &RedskyQuery,
+    body: impl FnOnce(&ProductNow) -> Value,
+) -> Response {
+    let raw = q.tcin.as_deref().unwrap_or("");
+    if raw.trim().is_empty() {
+        return retailer_error(
+            StatusCode::BAD_REQUEST,
+            "missing required query parameter: tcin".into(),
+        );
+    }
+    let tcin = match Tcin::parse(raw) {
         Ok(t) => t,
-        Err(message) => return retailer_error(StatusCode::BAD_REQUEST, message),
+        Err(e) => return retailer_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match sim.lookup(&tcin) {
-        Lookup::Found { in_stock, price } => {
-            debug!(tcin = %tcin, in_stock, price = %price, "fulfillment");
-            Json(fulfillment::answer(
-                &tcin,
-                in_stock,
-                price,
-                q.store_id.as_deref(),
-            ))
-            .into_response()
-        }
-        Lookup::Unknown => retailer_error(
+    let Some(p) = sim.product_now(&tcin) else {
+        return retailer_error(
             StatusCode::NOT_FOUND,
             format!("No product found with tcin {tcin}"),
-        ),
-        Lookup::Fault(f) => fault_response(f.status, f.retry_after_s),
+        );
+    };
+    debug!(
+        endpoint = endpoint.name(),
+        tcin = %tcin,
+        in_stock = p.in_stock,
+        price = %p.price,
+        "redsky answer"
+    );
+    Json(body(&p)).into_response()
+}
+
+/// `product_summary_with_fulfillment_v1?tcins=a,b,…`: every known product
+/// named, in the order named, each once.
+fn summary_answer(sim: &Simulator, q: &RedskyQuery, ctx: &Context) -> Response {
+    let named = named_tcins(Endpoint::Summary, q);
+    if named.is_empty() {
+        return retailer_error(
+            StatusCode::BAD_REQUEST,
+            "missing required query parameter: tcins".into(),
+        );
     }
+    // `named` has each spelling once, and a tcin has one spelling.
+    let mut tcins: Vec<Tcin> = Vec::with_capacity(named.len());
+    for raw in named {
+        match Tcin::parse(raw) {
+            Ok(t) => tcins.push(t),
+            Err(e) => return retailer_error(StatusCode::BAD_REQUEST, format!("tcins: {e}")),
+        }
+    }
+    let products: Vec<ProductNow> = sim.products_now(&tcins).into_iter().flatten().collect();
+    let with_price = !q
+        .skip_price_promo
+        .as_deref()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"));
+    debug!(
+        asked = tcins.len(),
+        known = products.len(),
+        with_price,
+        "summary answer"
+    );
+    Json(redsky::summary_v1(&products, ctx, with_price)).into_response()
+}
+
+fn block_response(a: block::BlockAnswer) -> Response {
+    let code = StatusCode::from_u16(a.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = (code, a.body).into_response();
+    let h = resp.headers_mut();
+    match a.content_type {
+        Some(ct) => {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        None => {
+            h.remove(CONTENT_TYPE);
+        }
+    }
+    if let Some(s) = a.retry_after_s {
+        h.insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    resp
 }
 
 fn fault_response(status: u16, retry_after_s: Option<u64>) -> Response {
@@ -466,6 +638,34 @@ async fn clear_fault(State(sim): State<Simulator>) -> Response {
     Json(json!({ "fault": null, "cleared": was })).into_response()
 }
 
+// ---- admin: blocks ----
+
+async fn get_block(State(sim): State<Simulator>) -> Response {
+    Json(json!({ "block": sim.block() })).into_response()
+}
+
+async fn set_block(
+    State(sim): State<Simulator>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let spec = block::parse_request(&body).map_err(ApiError::BadRequest)?;
+    let view = sim.set_block(spec);
+    info!(
+        kind = spec.kind.as_str(),
+        status = spec.status,
+        for_ms = spec.duration.map(|d| d.as_millis() as u64),
+        retry_after_s = spec.retry_after_s,
+        "RedSky endpoints blocked"
+    );
+    Ok(Json(json!({ "block": view })).into_response())
+}
+
+async fn clear_block(State(sim): State<Simulator>) -> Response {
+    let was = sim.clear_block();
+    info!(cleared = was.map(|b| b.kind.as_str()), "block cleared");
+    Json(json!({ "block": null, "cleared": was })).into_response()
+}
+
 // ---- admin: checkout settings ----
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +712,7 @@ async fn clear_orders(State(sim): State<Simulator>) -> Response {
 #[serde(deny_unknown_fields)]
 struct PollsQuery {
     tcin: Option<String>,
+    endpoint: Option<String>,
     since_ms: Option<f64>,
 }
 
@@ -521,7 +722,7 @@ async fn list_polls(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::BadRequest(format!(
-            "bad query string (tcin=T, since_ms=milliseconds): {}",
+            "bad query string (tcin=T, endpoint=E, since_ms=milliseconds): {}",
             e.body_text()
         ))
     })?;
@@ -534,6 +735,7 @@ async fn list_polls(
     }
     let filter = PollFilter {
         tcin: q.tcin.filter(|t| !t.is_empty()),
+        endpoint: q.endpoint.filter(|e| !e.is_empty()),
         since_ms: q.since_ms,
     };
     Ok(Json(sim.polls(&filter)).into_response())

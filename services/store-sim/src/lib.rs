@@ -1,9 +1,12 @@
 //! The store simulator: an HTTP server that plays the retailer for demos,
-//! tests and dry runs. It serves Target's product fulfillment JSON with
-//! stock that is scripted, random or set by hand, can be told to answer
-//! 429/403/5xx for a while, and runs a checkout that refuses stale fencing
-//! tokens and records every attempt — including any two checkouts that were
-//! in progress at once, the violation the whole project exists to prevent.
+//! tests and dry runs. It serves Target's RedSky answers (fulfillment,
+//! hierarchy, batch summary, product details with price) in the shapes of
+//! recorded real answers, with stock that is scripted, random or set by
+//! hand; it can be told to answer like Target's bot wall (captcha,
+//! PerimeterX, "Press & Hold", 429) or with any 4xx/5xx for a while; and it
+//! runs a checkout that refuses stale fencing tokens and records every
+//! attempt — including any two checkouts that were in progress at once, the
+//! violation the whole project exists to prevent.
 //!
 //! # Layout
 //!
@@ -17,7 +20,9 @@
 //! - [`sim`]: all of the above behind one cloneable, mutex-guarded handle.
 //! - [`polls`]: the bounded log of every stock request, by product and
 //!   watcher (`GET /admin/polls`).
-//! - [`fulfillment`]: the retailer's answer format.
+//! - [`fulfillment`]: Target's `fulfillment` object, as recorded.
+//! - [`redsky`]: the RedSky endpoints and their answers, as recorded.
+//! - [`block`]: the bot-wall answers of `PUT /admin/block`.
 //! - [`http`]: the routes.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`config`]: flags and environment variables.
@@ -25,6 +30,7 @@
 //! [`run`] takes an already bound listener and a shutdown future, so tests
 //! bind `127.0.0.1:0` and run the server in-process.
 
+pub mod block;
 pub mod catalog;
 pub mod config;
 pub mod fulfillment;
@@ -33,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod polls;
 pub mod random;
+pub mod redsky;
 pub mod scenario;
 pub mod sim;
 pub mod stock;

@@ -1,7 +1,9 @@
-//! The poll log: every request to the fulfillment endpoint that names a
-//! product, with who sent it (the `X-Restock-Watcher` header the stock
-//! watcher sends) and when, so tests and the benchmark can see how the
-//! polls of one product are spaced across watchers (`GET /admin/polls`).
+//! The poll log: every request to a RedSky endpoint (fulfillment,
+//! hierarchy, summary, pdp) that names a product, one poll per product named
+//! (a summary of three products is three polls), with the endpoint, who sent
+//! it (the `X-Restock-Watcher` header the stock watcher sends) and when, so
+//! tests and the benchmark can see how the polls of one product are spaced
+//! across watchers (`GET /admin/polls`).
 //!
 //! Bounded: the last [`MAX_POLLS`] polls are kept, older ones are dropped
 //! (and counted), so a simulator left running for days does not grow. A
@@ -25,6 +27,8 @@ pub const WATCHER_HEADER: &str = "x-restock-watcher";
 /// One request for a product's stock.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Poll {
+    /// The aggregation asked, e.g. `product_fulfillment_v1`.
+    pub endpoint: &'static str,
     /// As the request spelled it.
     pub tcin: String,
     /// The `X-Restock-Watcher` header; `""` when absent.
@@ -41,6 +45,8 @@ pub struct Poll {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PollFilter {
     pub tcin: Option<String>,
+    /// Only polls of this endpoint (its aggregation name).
+    pub endpoint: Option<String>,
     /// Only polls at or after this `at_ms`.
     pub since_ms: Option<f64>,
 }
@@ -48,6 +54,7 @@ pub struct PollFilter {
 impl PollFilter {
     fn matches(&self, p: &Poll) -> bool {
         self.tcin.as_deref().is_none_or(|t| p.tcin == t)
+            && self.endpoint.as_deref().is_none_or(|e| p.endpoint == e)
             && self.since_ms.is_none_or(|s| p.at_ms >= s)
     }
 }
@@ -139,6 +146,11 @@ mod tests {
 
     fn poll(tcin: &str, watcher: &str, at_ms: f64) -> Poll {
         Poll {
+            endpoint: if tcin == "2" {
+                "pdp_client_v1"
+            } else {
+                "product_fulfillment_v1"
+            },
             tcin: tcin.into(),
             watcher: watcher.into(),
             at_ms,
@@ -171,6 +183,7 @@ mod tests {
         let only = |tcin: Option<&str>, since_ms: Option<f64>| -> Vec<(String, String, f64)> {
             log.view(&PollFilter {
                 tcin: tcin.map(Into::into),
+                endpoint: None,
                 since_ms,
             })
             .polls
@@ -192,5 +205,11 @@ mod tests {
         );
         assert_eq!(only(Some("2"), Some(3.0)), vec![]);
         assert_eq!(only(Some("9"), None), vec![]);
+        let pdp = log.view(&PollFilter {
+            endpoint: Some("pdp_client_v1".into()),
+            ..PollFilter::default()
+        });
+        assert_eq!(pdp.polls.len(), 1);
+        assert_eq!(pdp.polls[0].tcin, "2");
     }
 }

@@ -1,5 +1,5 @@
 //! The simulator's state behind one cloneable handle: stock, injected
-//! faults, checkout settings and the checkout ledger.
+//! faults and blocks, checkout settings and the checkout ledger.
 //!
 //! Everything sits under one `std::sync::Mutex`, not a tokio one: nothing
 //! awaits while it is held (a checkout's delay is slept *outside* the lock,
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use crate::{
+    block::{BlockKind, BlockSpec},
     catalog::{Catalog, CatalogError},
     config::{MAX_CHECKOUT_DELAY, SimConfig},
     ledger::{Attempt, Begin, CheckoutResult, Ledger, Order, Snapshot, StockCheck},
@@ -139,18 +140,62 @@ pub struct FaultView {
     pub retry_after_s: Option<u64>,
 }
 
-/// What the fulfillment endpoint should answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lookup {
-    Found { in_stock: bool, price: Price },
-    Unknown,
+/// A block of the RedSky endpoints (`PUT /admin/block`).
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    spec: BlockSpec,
+    until: Option<Instant>,
+}
+
+/// The block in force, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlockView {
+    pub kind: BlockKind,
+    /// The status blocked requests get.
+    pub status: u16,
+    /// When it ends (unix ms); `null` means until cleared.
+    pub until_ms: Option<u64>,
+    pub remaining_ms: Option<u64>,
+    /// `rate_limited` only: the `Retry-After` given in the request; `null`
+    /// means the time left (or 60 s when the block has no end).
+    pub retry_after_s: Option<u64>,
+}
+
+impl BlockView {
+    /// The `Retry-After` seconds a rate-limited answer sends now.
+    pub fn retry_after_now(&self) -> u64 {
+        self.retry_after_s.unwrap_or_else(|| {
+            self.remaining_ms
+                .map_or(crate::block::DEFAULT_RETRY_AFTER_S, |ms| {
+                    ms.div_ceil(1_000).max(1)
+                })
+        })
+    }
+}
+
+/// What stands in front of the RedSky endpoints right now: a block first
+/// (the bot wall sits at the edge), then an injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    Blocked(BlockView),
     Fault(FaultView),
+}
+
+/// One product as the RedSky endpoints show it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductNow {
+    pub tcin: Tcin,
+    pub name: String,
+    pub in_stock: bool,
+    pub price: Price,
 }
 
 #[derive(Debug)]
 struct State {
     stock: StockBook,
     fault: Option<Fault>,
+    block: Option<Block>,
     checkout: CheckoutSettings,
     ledger: Ledger,
 }
@@ -179,6 +224,7 @@ impl Simulator {
                 state: Mutex::new(State {
                     stock: StockBook::new(catalog, driver),
                     fault: None,
+                    block: None,
                     checkout,
                     ledger: Ledger::new(),
                 }),
@@ -263,30 +309,52 @@ impl Simulator {
         )
     }
 
-    /// What the fulfillment endpoint answers for `tcin` now: an injected
-    /// fault first, then the product.
-    pub fn lookup(&self, tcin: &Tcin) -> Lookup {
+    /// What stands in front of the RedSky endpoints now (an expired block
+    /// or fault is dropped).
+    pub fn gate(&self) -> Gate {
         let clock = self.inner.clock;
-        let now = clock.elapsed_ms();
         let mut s = self.lock();
-        if let Some(f) = active_fault(&mut s.fault, &clock) {
-            return Lookup::Fault(f);
+        if let Some(b) = active_block(&mut s.block, &clock) {
+            return Gate::Blocked(b);
         }
-        match s.stock.state(tcin, now) {
-            Some((_, st)) => Lookup::Found {
-                in_stock: st.in_stock,
-                price: st.price,
-            },
-            None => Lookup::Unknown,
+        match active_fault(&mut s.fault, &clock) {
+            Some(f) => Gate::Fault(f),
+            None => Gate::Open,
         }
     }
 
-    /// Records a request for `tcin`'s stock from `watcher` (`""` when the
-    /// request did not say), now.
-    pub fn record_poll(&self, tcin: &str, watcher: &str) {
+    /// Each of `tcins` now, `None` for unknown ones; one lock, so a batch
+    /// answer is one consistent moment.
+    pub fn products_now(&self, tcins: &[Tcin]) -> Vec<Option<ProductNow>> {
+        let now = self.inner.clock.elapsed_ms();
+        let mut s = self.lock();
+        tcins
+            .iter()
+            .map(|t| {
+                s.stock.state(t, now).map(|(p, st)| ProductNow {
+                    tcin: p.tcin.clone(),
+                    name: p.name.clone(),
+                    in_stock: st.in_stock,
+                    price: st.price,
+                })
+            })
+            .collect()
+    }
+
+    /// One product now, `None` when unknown.
+    pub fn product_now(&self, tcin: &Tcin) -> Option<ProductNow> {
+        self.products_now(std::slice::from_ref(tcin))
+            .pop()
+            .flatten()
+    }
+
+    /// Records a request to `endpoint` for `tcin`'s stock or price from
+    /// `watcher` (`""` when the request did not say), now.
+    pub fn record_poll(&self, endpoint: &'static str, tcin: &str, watcher: &str) {
         let clock = self.inner.clock;
         let at = clock.start.elapsed();
         self.inner.polls.record(Poll {
+            endpoint,
             tcin: tcin.to_owned(),
             watcher: watcher.to_owned(),
             at_ms: at.as_secs_f64() * 1_000.0,
@@ -339,7 +407,8 @@ impl Simulator {
         retry_after_s: Option<u64>,
     ) -> FaultView {
         let clock = self.inner.clock;
-        let until = duration.map(|d| Instant::now() + d);
+        // A duration too long to add to now is as good as none.
+        let until = duration.and_then(|d| Instant::now().checked_add(d));
         let mut s = self.lock();
         s.fault = Some(Fault {
             status,
@@ -367,6 +436,37 @@ impl Simulator {
     pub fn fault(&self) -> Option<FaultView> {
         let clock = self.inner.clock;
         active_fault(&mut self.lock().fault, &clock)
+    }
+
+    /// Blocks the RedSky endpoints as `spec` says, replacing any block in
+    /// force.
+    pub fn set_block(&self, spec: BlockSpec) -> BlockView {
+        let clock = self.inner.clock;
+        let until = spec.duration.and_then(|d| Instant::now().checked_add(d));
+        let mut s = self.lock();
+        s.block = Some(Block { spec, until });
+        active_block(&mut s.block, &clock).unwrap_or(BlockView {
+            kind: spec.kind,
+            status: spec.status,
+            until_ms: Some(clock.unix_ms()),
+            remaining_ms: Some(0),
+            retry_after_s: spec.retry_after_s,
+        })
+    }
+
+    /// Ends any block; returns the one that was in force.
+    pub fn clear_block(&self) -> Option<BlockView> {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let was = active_block(&mut s.block, &clock);
+        s.block = None;
+        was
+    }
+
+    /// The block in force, if any.
+    pub fn block(&self) -> Option<BlockView> {
+        let clock = self.inner.clock;
+        active_block(&mut self.lock().block, &clock)
     }
 
     pub fn checkout_settings(&self) -> CheckoutSettings {
@@ -489,6 +589,28 @@ fn active_fault(fault: &mut Option<Fault>, clock: &Clock) -> Option<FaultView> {
     })
 }
 
+/// The block in force now; an expired one is dropped.
+fn active_block(block: &mut Option<Block>, clock: &Clock) -> Option<BlockView> {
+    let b = (*block)?;
+    let now = Instant::now();
+    let remaining = match b.until {
+        Some(until) if until <= now => {
+            info!(kind = b.spec.kind.as_str(), "block ended");
+            *block = None;
+            return None;
+        }
+        Some(until) => Some(until.duration_since(now)),
+        None => None,
+    };
+    Some(BlockView {
+        kind: b.spec.kind,
+        status: b.spec.status,
+        until_ms: remaining.map(|r| clock.unix_ms() + r.as_millis() as u64),
+        remaining_ms: remaining.map(|r| r.as_millis() as u64),
+        retry_after_s: b.spec.retry_after_s,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -554,6 +676,55 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_block_comes_before_a_fault_and_both_expire_on_time() {
+        let catalog =
+            Catalog::parse(r#"{"products":[{"tcin":"1"}]}"#, "p", Price::from_cents(1)).unwrap();
+        let sim = Simulator::new(
+            catalog,
+            Driver::Manual,
+            CheckoutSettings {
+                delay: Duration::ZERO,
+                fail: false,
+            },
+        );
+        sim.set_fault(503, Some(Duration::from_secs(10)), None);
+        let spec = BlockSpec {
+            kind: BlockKind::RateLimited,
+            duration: Some(Duration::from_millis(2_500)),
+            status: 429,
+            retry_after_s: None,
+        };
+        let view = sim.set_block(spec);
+        assert_eq!(view.retry_after_now(), 3, "the time left, rounded up");
+        assert!(matches!(sim.gate(), Gate::Blocked(b) if b.kind == BlockKind::RateLimited));
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert!(matches!(sim.gate(), Gate::Fault(f) if f.status == 503));
+        assert_eq!(sim.block(), None);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(sim.gate(), Gate::Open);
+
+        let forever = sim.set_block(BlockSpec {
+            duration: None,
+            ..spec
+        });
+        assert_eq!(
+            forever.retry_after_now(),
+            crate::block::DEFAULT_RETRY_AFTER_S
+        );
+        assert_eq!(
+            sim.clear_block().map(|b| b.kind),
+            Some(BlockKind::RateLimited)
+        );
+        assert_eq!(sim.gate(), Gate::Open);
+        // A duration too long for the clock means "no end", not a panic.
+        sim.set_fault(500, Some(Duration::MAX), None);
+        assert_eq!(sim.fault().and_then(|f| f.until_ms), None);
+        let known = sim.products_now(&[Tcin::parse("1").unwrap(), Tcin::parse("2").unwrap()]);
+        assert!(known[0].as_ref().is_some_and(|p| !p.in_stock));
+        assert!(known[1].is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn faults_expire_on_time() {
         let catalog =
             Catalog::parse(r#"{"products":[{"tcin":"1"}]}"#, "p", Price::from_cents(1)).unwrap();
@@ -565,22 +736,15 @@ mod tests {
                 fail: false,
             },
         );
-        let one = Tcin::parse("1").unwrap();
         sim.set_fault(429, Some(Duration::from_secs(3)), None);
         assert!(matches!(
-            sim.lookup(&one),
-            Lookup::Fault(FaultView { status: 429, .. })
+            sim.gate(),
+            Gate::Fault(FaultView { status: 429, .. })
         ));
         tokio::time::advance(Duration::from_millis(2999)).await;
-        assert!(matches!(sim.lookup(&one), Lookup::Fault(_)));
+        assert!(matches!(sim.gate(), Gate::Fault(_)));
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(matches!(
-            sim.lookup(&one),
-            Lookup::Found {
-                in_stock: false,
-                ..
-            }
-        ));
+        assert_eq!(sim.gate(), Gate::Open);
         assert_eq!(sim.fault(), None);
     }
 }

@@ -394,6 +394,9 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             "target".into(),
             "--source-url".into(),
             sim.url.clone(),
+            // The simulator: its poll log tells the watchers apart by the
+            // header this turns on.
+            "--source-is-simulator".into(),
             "--checkout".into(),
             "http".into(),
             "--checkout-url".into(),

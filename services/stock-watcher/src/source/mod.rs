@@ -1,57 +1,192 @@
 //! Stock sources: where the watcher learns whether a product is in stock.
 //!
-//! - [`target`]: Target's product fulfillment JSON API (the store simulator
-//!   serves the same format).
+//! - [`target`]: Target's RedSky JSON API (three endpoint families, and
+//!   `pdp_client_v1` for the price); the store simulator serves the same
+//!   formats.
+//! - [`cookies`]: the Netscape cookie file of `--target-cookie-file`.
 //!
 //! A source answers one product at a time with a [`Sighting`] or a
 //! [`SourceError`]. An error never means "out of stock": the poller keeps the
-//! last known state, and a [`SourceError::Throttled`] answer pauses the whole
-//! source (see [`crate::poller`]).
+//! last known state. Every answer that is not stock is classified
+//! ([`RefusalKind`]), and the kind decides what the poller does
+//! ([`Reaction`]): a block pauses the whole retailer for `--block-cooldown`,
+//! a throttle backs off, an unknown product is polled rarely, a retired
+//! endpoint stops polling (see [`crate::poller`]).
 
+pub mod cookies;
 pub mod target;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductSpec};
 
 /// What the source says about one product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sighting {
     pub in_stock: bool,
-    /// The price, when the source gives one.
+    /// The price, when the source gives one (or a cached one young enough).
     pub price: Option<Price>,
+}
+
+/// What kind of answer, that is not stock, the source gave. The names are
+/// the words the logs, the status call and the metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    /// 403 with Target's captcha JSON (`captchaRelativeURL`, ...).
+    Captcha,
+    /// PerimeterX: 403/435 with `appId`/`blockScript`, or its HTML
+    /// challenge (`_pxAppId`, "Press & Hold") whatever the status.
+    PerimeterX,
+    /// 403 or 435 with a body that names neither: a block of unknown kind.
+    Forbidden,
+    /// 429.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// 400 (and any other 4xx not named here).
+    BadRequest,
+    /// 404, or an answer saying "No product found with tcin ...".
+    UnknownProduct,
+    /// 410 Gone: the endpoint was retired.
+    EndpointGone,
+    /// A success status whose body is not JSON (and not a known challenge).
+    NotJson,
+}
+
+/// What the poller does about a [`RefusalKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaction {
+    /// Pause the whole retailer for `--block-cooldown`, doubling while the
+    /// block lasts; one probe request after each pause.
+    Block,
+    /// Back off (`--source-backoff-initial`, doubling to `--source-backoff-max`).
+    Throttle,
+    /// Poll that product only once per `--block-cooldown`.
+    RareProduct,
+    /// Stop polling that endpoint: only a change of flags helps.
+    StopEndpoint,
+}
+
+impl RefusalKind {
+    pub const ALL: [RefusalKind; 9] = [
+        Self::Captcha,
+        Self::PerimeterX,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::BadRequest,
+        Self::UnknownProduct,
+        Self::EndpointGone,
+        Self::NotJson,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Captcha => "captcha",
+            Self::PerimeterX => "perimeterx",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::BadRequest => "bad_request",
+            Self::UnknownProduct => "unknown_product",
+            Self::EndpointGone => "endpoint_gone",
+            Self::NotJson => "not_json",
+        }
+    }
+
+    pub fn reaction(self) -> Reaction {
+        match self {
+            Self::Captcha | Self::PerimeterX | Self::Forbidden => Reaction::Block,
+            Self::RateLimited | Self::ServerError | Self::NotJson => Reaction::Throttle,
+            Self::BadRequest | Self::UnknownProduct => Reaction::RareProduct,
+            Self::EndpointGone => Reaction::StopEndpoint,
+        }
+    }
+}
+
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An answer that is not stock, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    /// The HTTP status (200 for a block page or "No product found" served
+    /// with 200).
+    pub status: u16,
+    /// From a `Retry-After` header in seconds, when there is one.
+    pub retry_after: Option<Duration>,
+    /// With a captcha: the tracking URL Target gave (kept for the user).
+    pub tracking_url: Option<String>,
+    /// The start of the answer, or the source's own error message.
+    pub detail: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: the source answered HTTP {}", self.kind, self.status)?;
+        if let Some(u) = &self.tracking_url {
+            write!(f, " (tracking URL {u})")?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a source could not say whether a product is in stock. Cloneable (the
 /// causes are shared) so that tests can script answers.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
-    /// 403, 429, 435 or 5xx: the source wants us to slow down (or is down).
-    #[error("the source answered HTTP {status}: backing off")]
-    Throttled {
-        status: u16,
-        /// From a `Retry-After` header in seconds, when there is one.
-        retry_after: Option<Duration>,
-    },
-    /// Any other non-success answer (404 for an unknown product, say).
-    #[error("the source answered HTTP {status}: {body}")]
-    Http { status: u16, body: String },
+    /// An answer that is not stock: a block, a throttle, an unknown product.
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("the request timed out after {0:?}")]
     Timeout(Duration),
     /// The request did not get an answer (refused, reset, a DNS failure);
     /// the reason is usually in the causes, so log it with its chain.
     #[error("the request failed: {0}")]
     Transport(#[source] Arc<reqwest::Error>),
-    /// The answer is not JSON at all (a block page, say).
-    #[error("unexpected answer: not JSON ({source}): {excerpt}")]
-    NotJson {
-        source: Arc<serde_json::Error>,
-        /// The start of the answer.
-        excerpt: String,
-    },
-    /// The answer is not in the expected format.
+    /// The answer is JSON but not in the expected format (or about another
+    /// product than the one asked for).
     #[error("unexpected answer: {0}")]
     Format(String),
+}
+
+impl SourceError {
+    /// A refusal of `kind` with HTTP `status`, no details (tests).
+    #[cfg(test)]
+    pub fn refused(kind: RefusalKind, status: u16) -> Self {
+        Self::Refused(Refusal {
+            kind,
+            status,
+            retry_after: None,
+            tracking_url: None,
+            detail: String::new(),
+        })
+    }
+
+    /// The kind of error, as the status call shows it.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.kind.as_str(),
+            Self::Timeout(_) => "timeout",
+            Self::Transport(_) => "transport",
+            Self::Format(_) => "format",
+        }
+    }
+
+    /// The refusal, when this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// Most bytes of an HTTP answer read from a stock source or a checkout.
@@ -85,6 +220,10 @@ pub trait StockSource: Send + Sync + 'static {
     fn describe(&self) -> String;
 
     /// Asks about one product. Implementations apply their own request
-    /// time limit.
-    fn check(&self, tcin: &Tcin) -> impl Future<Output = Result<Sighting, SourceError>> + Send;
+    /// time limit. A product with a `max_price` needs a price: the source
+    /// finds one (or says none is known: `price: None`).
+    fn check(
+        &self,
+        product: &ProductSpec,
+    ) -> impl Future<Output = Result<Sighting, SourceError>> + Send;
 }

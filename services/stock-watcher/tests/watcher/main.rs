@@ -10,6 +10,7 @@
 //! `TEST_LOG=1` to see every process's log.
 
 mod backoff;
+mod blocks;
 mod helpers;
 mod lease_loss;
 mod metrics;

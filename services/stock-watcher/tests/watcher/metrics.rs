@@ -91,8 +91,11 @@ async fn a_source_answering_429_shows_by_code_and_as_a_back_off() {
     let (sim, content_type) = scrape(&format!("{}/metrics", store.url())).await;
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     assert!(
-        metric(&sim, r#"store_sim_fulfillment_requests_total{code="429"}"#)
-            .is_some_and(|n| n >= 1.0),
+        metric(
+            &sim,
+            r#"store_sim_redsky_requests_total{endpoint="product_fulfillment_and_variation_hierarchy_v1",code="429"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
         "{sim}"
     );
     check_metrics("store-sim", &sim);

@@ -1,6 +1,9 @@
-//! A tiny store for the tests: serves Target's fulfillment format for the
-//! products it is told about, can answer a fault status for a while, and
-//! records every checkout POST (including when the watcher dropped one).
+//! A tiny store for the tests: serves Target's fulfillment format (at the
+//! legacy and the hierarchy endpoint, in the shape of the recorded answers
+//! in `tests/data/target/`) for the products it is told about, can answer a
+//! fault (a status and a body, such as the recorded captcha 403) for a
+//! while, and records every checkout POST (including when the watcher
+//! dropped one).
 
 use std::{
     collections::HashMap,
@@ -51,7 +54,7 @@ impl CheckoutRecord {
 struct Inner {
     stock: HashMap<String, bool>,
     prices: HashMap<String, f64>,
-    fault: Option<(u16, Instant)>,
+    fault: Option<(u16, String, Instant)>,
     mode: CheckoutMode,
     checkouts: Vec<CheckoutRecord>,
     /// Fulfillment requests: (when, answered status).
@@ -78,6 +81,10 @@ impl StoreStub {
         let app = Router::new()
             .route(
                 "/redsky_aggregations/v1/web/product_fulfillment_v1",
+                get(fulfillment),
+            )
+            .route(
+                "/redsky_aggregations/v1/web/product_fulfillment_and_variation_hierarchy_v1",
                 get(fulfillment),
             )
             .route("/checkout", post(checkout))
@@ -114,7 +121,14 @@ impl StoreStub {
 
     /// Answers `status` to every fulfillment request for `how_long`.
     pub fn set_fault(&self, status: u16, how_long: Duration) {
-        self.inner.lock().unwrap().fault = Some((status, Instant::now() + how_long));
+        self.set_fault_body(status, "slow down", how_long);
+    }
+
+    /// Answers `status` with `body` to every fulfillment request for
+    /// `how_long`.
+    pub fn set_fault_body(&self, status: u16, body: &str, how_long: Duration) {
+        self.inner.lock().unwrap().fault =
+            Some((status, body.to_owned(), Instant::now() + how_long));
     }
 
     pub fn set_checkout_mode(&self, mode: CheckoutMode) {
@@ -157,11 +171,11 @@ async fn fulfillment(
 ) -> Response {
     let mut st = inner.lock().unwrap();
     let now = Instant::now();
-    if let Some((status, until)) = st.fault
+    if let Some((status, body, until)) = st.fault.clone()
         && now < until
     {
         st.polls.push((now, status));
-        return (StatusCode::from_u16(status).unwrap(), "slow down").into_response();
+        return (StatusCode::from_u16(status).unwrap(), body).into_response();
     }
     st.polls.push((now, 200));
     let tcin = q.get("tcin").cloned().unwrap_or_default();

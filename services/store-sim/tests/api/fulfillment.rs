@@ -1,4 +1,5 @@
-//! The retailer's fulfillment endpoint and the stock admin API.
+//! The legacy fulfillment endpoint (`product_fulfillment_v1`) and the stock
+//! admin API.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -46,9 +47,12 @@ async fn answers_in_the_retailers_format_and_follows_manual_stock() {
         f["scheduled_delivery"]["availability_status"],
         "UNAVAILABLE"
     );
-    // The price starts at max_price from the config.
-    assert_eq!(product["price"]["current_retail"], json!(59.99));
-    assert_eq!(product["price"]["formatted_current_price"], "$59.99");
+    assert_eq!(
+        f["store_options"][0]["ship_to_store"]["availability_status"],
+        "UNAVAILABLE"
+    );
+    // Like every recorded fulfillment answer: no price (pdp_client_v1 has it).
+    assert!(product.get("price").is_none(), "{product}");
 
     app.set_stock("111", true).await;
     let v: Value = app.fulfillment("111").await.json().await.unwrap();
@@ -67,6 +71,10 @@ async fn answers_in_the_retailers_format_and_follows_manual_stock() {
         "IN_STOCK"
     );
     assert_eq!(f["scheduled_delivery"]["availability_status"], "IN_STOCK");
+    assert!(
+        f["store_options"][0].get("ship_to_store").is_none(),
+        "in stock, the recording has no ship_to_store"
+    );
     // The other product is untouched.
     assert_eq!(app.shipping_status("222").await, "OUT_OF_STOCK");
 
@@ -88,7 +96,9 @@ async fn prices_can_be_set_and_the_stock_list_shows_everything() {
     assert_eq!(e["formatted_price"], "$75.50");
     assert_eq!(e["source"], "manual");
 
-    let v: Value = app.fulfillment("222").await.json().await.unwrap();
+    let v = app
+        .redsky_json(store_sim::http::PDP_CLIENT_PATH, &[("tcin", "222")])
+        .await;
     assert_eq!(v["data"]["product"]["price"]["current_retail"], json!(75.5));
 
     let (status, list) = app.get_json("/admin/stock").await;

@@ -1,6 +1,6 @@
 //! Starting a simulator for one test, and small request helpers.
 
-use std::{net::SocketAddr, sync::Once, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 
 use reqwest::{Response, StatusCode};
 use restock_domain::Price;
@@ -92,6 +92,25 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A RedSky endpoint (`store_sim::http::*_PATH`) with these query
+    /// parameters, plus `key`, as a restock tool calls it.
+    pub async fn redsky(&self, path: &str, query: &[(&str, &str)]) -> Response {
+        self.client
+            .get(self.url(path))
+            .query(&[("key", "testkey")])
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A RedSky endpoint's 200 JSON answer.
+    pub async fn redsky_json(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let resp = self.redsky(path, query).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path} {query:?}");
+        resp.json().await.unwrap()
     }
 
     /// `data.product.fulfillment.shipping_options.availability_status`.
@@ -220,6 +239,83 @@ pub async fn overlapping_pair(
     assert!(in_flight, "the first checkout never got in flight");
     let second = checkout_with(client, addr, tcin, token + 1, watchers[1], false).await;
     [first.await.unwrap(), second]
+}
+
+/// A recorded answer of Target's API from `tests/data/target/` (see
+/// `SOURCES.md` there).
+pub fn fixture(name: &str) -> Value {
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "tests",
+        "data",
+        "target",
+        name,
+    ]
+    .iter()
+    .collect();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The structure of `v`: every key path with its JSON type, like
+/// `data.product.tcin: string`; array elements are `[]`, and the paths of
+/// all elements are merged. Values do not matter, only keys and types.
+pub fn shape(v: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, path: &str, out: &mut BTreeSet<String>) {
+        let kind = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, &format!("{path}[]"), out);
+                }
+                "array"
+            }
+            Value::Object(map) => {
+                for (k, child) in map {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(child, &p, out);
+                }
+                "object"
+            }
+        };
+        out.insert(format!("{path}: {kind}"));
+    }
+    let mut out = BTreeSet::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// Asserts that two answers have the same structure, showing the paths
+/// only one of them has.
+pub fn assert_same_shape(ours: &Value, recorded: &Value, what: &str) {
+    let (a, b) = (shape(ours), shape(recorded));
+    let only_ours: Vec<_> = a.difference(&b).collect();
+    let only_recorded: Vec<_> = b.difference(&a).collect();
+    assert!(
+        only_ours.is_empty() && only_recorded.is_empty(),
+        "{what}: the structure differs from the recording\n only ours: {only_ours:#?}\n only recorded: {only_recorded:#?}"
+    );
+}
+
+/// Asserts that every path of `ours` is in `recorded` (ours is a part of
+/// the recorded structure, with the same types).
+pub fn assert_shape_within(ours: &Value, recorded: &Value, what: &str) {
+    let (a, b) = (shape(ours), shape(recorded));
+    let extra: Vec<_> = a.difference(&b).collect();
+    assert!(
+        extra.is_empty(),
+        "{what}: paths the recording does not have: {extra:#?}"
+    );
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.

@@ -3,9 +3,12 @@
 //! to see the server's logs.
 
 mod bad_input;
+mod blocks;
 mod checkout;
+mod endpoints;
 mod faults;
 mod fulfillment;
 mod helpers;
 mod metrics;
 mod polls;
+mod recorded;
