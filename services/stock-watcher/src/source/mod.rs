@@ -227,3 +227,6 @@ pub trait StockSource: Send + Sync + 'static {
         product: &ProductSpec,
     ) -> impl Future<Output = Result<Sighting, SourceError>> + Send;
 }
+
+#[cfg(test)]
+mod fixtures_table;
