@@ -9,8 +9,8 @@ use restock_proto::v1::{
     self as pb, ProductState, ReleasePurchaseRequest, event::Kind as EventKind,
 };
 use restock_testkit::{
-    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherProcess, eventually,
-    products_json, purchased,
+    ArbiterEndpoint, ArbiterOptions, ArbiterProcess, StoreSimProcess, WatcherOptions,
+    WatcherProcess, eventually, products_json, purchased,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -379,5 +379,219 @@ async fn a_product_above_its_max_price_is_never_bought() {
     assert_eq!(
         product(&status(&mut c).await, "100").state,
         ProductState::Ready as i32
+    );
+}
+
+/// The simulator's stock endpoint for each `--target-endpoint`.
+const STOCK_ENDPOINTS: [(&str, &str); 3] = [
+    ("fulfillment", "product_fulfillment_v1"),
+    (
+        "hierarchy",
+        "product_fulfillment_and_variation_hierarchy_v1",
+    ),
+    ("summary", "product_summary_with_fulfillment_v1"),
+];
+
+/// `store_sim_redsky_requests_total{endpoint}`, every status summed.
+async fn redsky_requests(store: &StoreSimProcess, endpoint: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", store.url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics page");
+    let label = format!("endpoint=\"{endpoint}\"");
+    text.lines()
+        .filter(|l| l.starts_with("store_sim_redsky_requests_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Three watchers polling every product with `--target-endpoint endpoint`:
+/// the three products in stock are bought one at a time, in priority order,
+/// with no overlap at the store; only that endpoint is asked for stock.
+/// Returns the requests and the product polls the store counted on it.
+async fn purchases_cycle_in_priority_order_on(endpoint: &str) -> (u64, usize) {
+    let tcins = ["100", "200", "300"];
+    let list = products_json(&tcins);
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
+    let store = StoreSimProcess::start(list, &["--checkout-delay", "200ms"]).await;
+    let mut watchers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        watchers.push(
+            WatcherProcess::start_with(
+                WatcherOptions::new(id, arbiter.url())
+                    .store(&store)
+                    .endpoint(endpoint),
+            )
+            .await,
+        );
+    }
+    let c = arbiter.client().await;
+    arbiter.set_paused(true).await;
+    for t in ["300", "200", "100"] {
+        store.set_stock(t, true).await;
+    }
+    wait_queued(&c, &tcins).await;
+    arbiter.set_paused(false).await;
+    let orders = wait_orders(&store, "three purchases", |o| purchased(o).len() == 3).await;
+    let bought: Vec<&str> = purchased(&orders)
+        .iter()
+        .map(|o| o["tcin"].as_str().unwrap())
+        .collect();
+    assert_eq!(bought, tcins, "{endpoint}: priority order");
+    // One at a time: no two checkouts overlapped at the store.
+    assert_clean(&orders);
+    // Only the chosen endpoint is asked for stock.
+    let (_, name) = STOCK_ENDPOINTS
+        .iter()
+        .find(|(flag, _)| *flag == endpoint)
+        .expect("a known endpoint");
+    for (_, other) in STOCK_ENDPOINTS.iter().filter(|(f, _)| *f != endpoint) {
+        assert_eq!(
+            redsky_requests(&store, other).await,
+            0,
+            "{endpoint}: {other}"
+        );
+    }
+    let requests = redsky_requests(&store, name).await;
+    let mut polls = 0;
+    for t in tcins {
+        polls += store
+            .polls(t)
+            .await
+            .iter()
+            .filter(|p| !p.watcher.is_empty())
+            .count();
+    }
+    assert!(
+        requests > 0 && polls > 0,
+        "{endpoint}: {requests} requests, {polls} polls"
+    );
+    (requests, polls)
+}
+
+#[tokio::test]
+async fn purchases_cycle_in_priority_order_on_the_fulfillment_endpoint() {
+    let (requests, polls) = purchases_cycle_in_priority_order_on("fulfillment").await;
+    // One product per request (polls counted after the requests).
+    assert!(
+        polls as u64 >= requests,
+        "{requests} requests, {polls} polls"
+    );
+}
+
+#[tokio::test]
+async fn purchases_cycle_in_priority_order_on_the_hierarchy_endpoint() {
+    let (requests, polls) = purchases_cycle_in_priority_order_on("hierarchy").await;
+    assert!(
+        polls as u64 >= requests,
+        "{requests} requests, {polls} polls"
+    );
+}
+
+#[tokio::test]
+async fn purchases_cycle_in_priority_order_on_the_summary_endpoint_with_one_request_per_round() {
+    let (requests, polls) = purchases_cycle_in_priority_order_on("summary").await;
+    // Every request carried all three products: a round is one request,
+    // fewer requests than products polled. (The polls are read after the
+    // requests were counted, so a request in flight only adds polls.)
+    assert!(
+        polls as u64 >= 3 * requests,
+        "summary: {requests} requests for {polls} product polls"
+    );
+}
+
+/// Poll planning with the batch endpoint: the round (one summary request
+/// for every product) is what the plan spaces. Three watchers polling
+/// three products every 300 ms send one request each per round, in turn,
+/// about 100 ms apart.
+#[tokio::test]
+async fn summary_rounds_are_one_request_each_and_the_watchers_take_turns() {
+    let tcins = ["100", "200", "300"];
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&tcins)).await;
+    let store = StoreSimProcess::start(products_json(&tcins), &[]).await;
+    let mut watchers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        let w = WatcherProcess::start_with(
+            WatcherOptions::new(id, arbiter.url())
+                .store(&store)
+                .endpoint("summary")
+                .poll_interval("300ms"),
+        )
+        .await;
+        w.wait_connected().await;
+        watchers.push(w);
+    }
+    eventually("three watchers planned", LONG, || async {
+        let s = arbiter.status().await;
+        (s.watchers
+            .iter()
+            .filter(|w| w.connected && w.planned)
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let since = store.polls("100").await.last().map_or(0.0, |p| p.at_ms);
+    let requests_before = redsky_requests(&store, "product_summary_with_fulfillment_v1").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests =
+        redsky_requests(&store, "product_summary_with_fulfillment_v1").await - requests_before;
+    let polls: Vec<Vec<restock_testkit::Poll>> = {
+        let mut v = Vec::new();
+        for t in tcins {
+            v.push(
+                store
+                    .polls(t)
+                    .await
+                    .into_iter()
+                    .filter(|p| p.at_ms > since)
+                    .collect(),
+            );
+        }
+        v
+    };
+    // About 10 rounds per watcher in 3 s: 30 requests, each carrying all
+    // three products (every poll of 100 has one of 200 and 300 at the same
+    // moment, from the same watcher).
+    assert!(
+        (20..=40).contains(&requests),
+        "{requests} summary requests in 3 s"
+    );
+    let top = &polls[0];
+    for p in top {
+        for other in &polls[1..] {
+            assert!(
+                other
+                    .iter()
+                    .any(|o| o.watcher == p.watcher && (o.at_ms - p.at_ms).abs() < 1.0),
+                "the request at {} ms of {} did not carry every product",
+                p.at_ms,
+                p.watcher
+            );
+        }
+    }
+    // In turn, about 100 ms apart (median; a loaded machine jitters).
+    let mut gaps: Vec<f64> = restock_testkit::poll_gaps(top);
+    gaps.sort_by(f64::total_cmp);
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        (75.0..=125.0).contains(&median),
+        "median gap {median:.1} ms between summary requests: {top:?}"
+    );
+    let in_turn = top
+        .windows(3)
+        .filter(|w| {
+            let mut ids: Vec<&str> = w.iter().map(|p| p.watcher.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len() == 3
+        })
+        .count();
+    assert!(
+        in_turn * 10 >= (top.len() - 2) * 8,
+        "requests not in turn: {top:?}"
     );
 }

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use tracing::{info, warn};
 
 use crate::source::{
+    budget::{SAFE_TARGET_RPS, is_target_host},
     cookies::{self, CookieFileError},
     target::{DEFAULT_USER_AGENT, Endpoint, TargetSettings},
 };
@@ -24,7 +25,9 @@ use restock_runtime::{
 pub const DEFAULT_ARBITER: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50052";
 pub const DEFAULT_POLL_INTERVAL: &str = "1s";
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// Requests one after the other: what public tools report surviving on
+/// Target's host (see the README, "Against the real Target").
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "5s";
 pub const DEFAULT_SOURCE_URL: &str = "https://redsky.target.com";
 /// The key Target's own product pages send with every fulfillment request;
@@ -49,6 +52,48 @@ pub enum SourceKind {
     /// Target's product fulfillment JSON API (or anything serving its format,
     /// such as the store simulator).
     Target,
+}
+
+/// `--target-max-rps`: the request budget of the source's host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxRps {
+    /// 0.5 requests per second (`SAFE_TARGET_RPS`) on Target's own host,
+    /// unlimited elsewhere.
+    Auto,
+    Unlimited,
+    /// At most this many requests per second (positive).
+    PerSecond(f64),
+}
+
+impl FromStr for MaxRps {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "unlimited" => Ok(Self::Unlimited),
+            n => match n.parse::<f64>() {
+                Ok(r) if r.is_finite() && r > 0.0 => Ok(Self::PerSecond(r)),
+                _ => Err(format!(
+                    "{n:?}: give requests per second above 0 (e.g. 0.5), `auto` or `unlimited`"
+                )),
+            },
+        }
+    }
+}
+
+impl MaxRps {
+    /// The rate for a source at `url` (`None`: unlimited).
+    pub fn resolve(self, url: &reqwest::Url) -> Option<f64> {
+        match self {
+            Self::Auto => url
+                .host_str()
+                .is_some_and(is_target_host)
+                .then_some(SAFE_TARGET_RPS),
+            Self::Unlimited => None,
+            Self::PerSecond(r) => Some(r),
+        }
+    }
 }
 
 /// How a granted purchase is carried out.
@@ -110,9 +155,19 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_POLL_INTERVAL", default_value = DEFAULT_POLL_INTERVAL, value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// Most source requests in flight at once.
+    /// Most source requests in flight at once. Default 1: one after the
+    /// other, as public tools report surviving on Target's host.
     #[arg(long, env = "RESTOCK_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+
+    /// The request budget of the source's host, shared by every request
+    /// this watcher sends there (stock polls and pdp_client_v1 price
+    /// fetches), spaced evenly: requests per second (e.g. 0.5 = one every
+    /// 2 s), `unlimited`, or `auto` (the default): 0.5 when the source URL's
+    /// host is Target's own (redsky.target.com, what public tools report
+    /// surviving), unlimited for any other URL (the store simulator).
+    #[arg(long, env = "RESTOCK_TARGET_MAX_RPS", default_value = "auto", value_parser = MaxRps::from_str)]
+    pub target_max_rps: MaxRps,
 
     /// Time limit of one source request.
     #[arg(long, env = "RESTOCK_REQUEST_TIMEOUT", default_value = DEFAULT_REQUEST_TIMEOUT, value_parser = parse_duration)]
@@ -323,6 +378,8 @@ pub struct Settings {
     pub products: Vec<Tcin>,
     pub poll_interval: Duration,
     pub max_in_flight: usize,
+    /// `--target-max-rps`, resolved for the source URL (`None`: unlimited).
+    pub target_max_rps: Option<f64>,
     pub request_timeout: Duration,
     pub source: SourceKind,
     pub source_url: reqwest::Url,
@@ -558,6 +615,7 @@ impl WatcherConfig {
             products,
             poll_interval: self.poll_interval,
             max_in_flight: self.max_in_flight,
+            target_max_rps: self.target_max_rps.resolve(&source_url),
             request_timeout: self.request_timeout,
             source: self.source,
             source_url,
@@ -628,6 +686,7 @@ impl WatcherConfig {
             price_max_age: s.price_max_age,
             simulator: s.source_is_simulator,
             watcher_id: s.watcher_id.to_string(),
+            max_rps: s.target_max_rps,
         })
     }
 
@@ -709,6 +768,46 @@ pub fn random_visitor_id() -> String {
 }
 
 impl Settings {
+    /// What in these settings goes beyond what the README calls safe on
+    /// Target's own host (at most `SAFE_TARGET_RPS` requests per second,
+    /// one at a time); nothing for any other source.
+    pub fn impolite_settings(&self) -> Vec<String> {
+        if !self.source_url.host_str().is_some_and(is_target_host) {
+            return Vec::new();
+        }
+        let mut why = Vec::new();
+        match self.target_max_rps {
+            None => why.push(format!(
+                "--target-max-rps unlimited: no request budget (safe: at most {SAFE_TARGET_RPS} requests/s)"
+            )),
+            Some(r) if r > SAFE_TARGET_RPS => why.push(format!(
+                "--target-max-rps {r} requests/s is above the safe {SAFE_TARGET_RPS} (one request every {}s)",
+                1.0 / SAFE_TARGET_RPS
+            )),
+            Some(_) => {}
+        }
+        if self.max_in_flight > 1 {
+            why.push(format!(
+                "--max-in-flight {} sends requests in parallel (safe: 1, one after the other)",
+                self.max_in_flight
+            ));
+        }
+        why
+    }
+
+    /// Logs [`Settings::impolite_settings`] as warnings, with the numbers.
+    pub fn warn_if_impolite(&self) {
+        for why in self.impolite_settings() {
+            warn!(
+                source_url = %self.source_url,
+                target_max_rps = self.target_max_rps.unwrap_or(f64::INFINITY),
+                max_in_flight = self.max_in_flight,
+                safe_rps = SAFE_TARGET_RPS,
+                "settings for Target's host beyond what the README calls safe (\"Against the real Target\"): {why}; expect captcha and PerimeterX blocks"
+            );
+        }
+    }
+
     pub fn checkout_kind(&self) -> CheckoutKind {
         match self.checkout {
             CheckoutSettings::Http { .. } => CheckoutKind::Http,
@@ -844,6 +943,73 @@ mod tests {
         assert!(matches!(e, ConfigError::ArbiterUrl { .. }), "{e:?}");
         let cause = std::error::Error::source(&e).expect("the URL error");
         assert!(e.to_string().ends_with(&cause.to_string()), "{e}");
+    }
+
+    #[test]
+    fn the_request_budget_is_conservative_on_target_and_unlimited_elsewhere() {
+        let sim = ["--checkout-url", "http://x/checkout"];
+        let with = |more: &[&'static str]| {
+            let mut v: Vec<&str> = sim.to_vec();
+            v.extend_from_slice(more);
+            parse(&v)
+        };
+        // Target's host (the default URL): 0.5/s, one at a time, no warning.
+        let s = with(&[]).unwrap();
+        assert_eq!(s.target_max_rps, Some(SAFE_TARGET_RPS));
+        assert_eq!(s.max_in_flight, 1);
+        assert!(s.impolite_settings().is_empty());
+        // Any other URL: unlimited, and no warning whatever the settings.
+        let s = with(&[
+            "--source-url",
+            "http://127.0.0.1:8080",
+            "--max-in-flight",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(s.target_max_rps, None);
+        assert!(s.impolite_settings().is_empty());
+        let s = with(&[
+            "--source-url",
+            "http://127.0.0.1:8080",
+            "--target-max-rps",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(s.target_max_rps, Some(3.0));
+        // Beyond what is safe on Target's host: one warning each, with the numbers.
+        let s = with(&["--target-max-rps", "2", "--max-in-flight", "4"]).unwrap();
+        let why = s.impolite_settings();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].contains("2 requests/s") && why[0].contains("0.5"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("--max-in-flight 4"), "{why:?}");
+        let s = with(&["--target-max-rps", "unlimited"]).unwrap();
+        assert_eq!(s.target_max_rps, None);
+        assert_eq!(s.impolite_settings().len(), 1);
+        let s = with(&["--target-max-rps", "0.2"]).unwrap();
+        assert!(s.impolite_settings().is_empty());
+        for bad in ["0", "fast", "NaN", "inf"] {
+            let e = with(&["--target-max-rps", bad]).unwrap_err();
+            assert!(e.contains("--target-max-rps"), "{e}");
+        }
+        let e = with(&["--target-max-rps=-1"]).unwrap_err();
+        assert!(e.contains("--target-max-rps"), "{e}");
+    }
+
+    #[test]
+    fn the_help_states_the_budget_defaults() {
+        use clap::CommandFactory;
+        let help = WatcherConfig::command().render_long_help().to_string();
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("--target-max-rps"), "{help}");
+        assert!(flat.contains("RESTOCK_TARGET_MAX_RPS"), "{help}");
+        assert!(
+            flat.contains("0.5 when the source URL's host is Target's own")
+                && flat.contains("unlimited for any other URL"),
+            "{help}"
+        );
     }
 
     #[test]

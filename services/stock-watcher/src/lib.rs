@@ -239,6 +239,7 @@ pub async fn run(
         http_listen = %config.http_listen,
         "stock watcher starting"
     );
+    settings.warn_if_impolite();
     let server_stop = CancellationToken::new();
     let server = tokio::spawn({
         let stop = server_stop.clone();
@@ -274,6 +275,9 @@ pub async fn run(
             backoff_max: settings.source_backoff_max,
             block_cooldown: settings.block_cooldown,
             only: settings.products.clone(),
+            request_spacing: settings
+                .target_max_rps
+                .map(|r| std::time::Duration::from_secs_f64(1.0 / r)),
         },
         catalog_rx,
         plan_rx,

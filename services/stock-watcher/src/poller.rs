@@ -1,12 +1,16 @@
 //! The poll loop: every `--poll-interval` (jittered down by up to 10%) it asks the
 //! source about every product of the watch list, top priority first, with at
-//! most `--max-in-flight` requests at once and a time limit on each. Each
-//! answer goes into the stock book as it arrives, and a change wakes the
-//! arbiter session at once, so a restock reaches the arbiter without waiting
-//! for the rest of the round.
+//! most `--max-in-flight` requests at once and a time limit on each. A source
+//! that answers many products in one request (Target's batch summaries) gets
+//! them in chunks of its batch size, so a round of up to 24 products is one
+//! request; others get one request per product. Each answer goes into the
+//! stock book as it arrives, and a change wakes the arbiter session at once,
+//! so a restock reaches the arbiter without waiting for the rest of the
+//! round. The source spaces its own requests to the retailer's host
+//! (`--target-max-rps`); the round takes as long as that needs.
 //!
 //! With a poll plan from the arbiter (see the arbiter's `plan` module), the
-//! rounds follow it instead: they start at the moments it gives, one period
+//! rounds (one batch request, or one request per product) follow it instead: they start at the moments it gives, one period
 //! apart, so the watchers polling a product take turns. The plan is timed
 //! from when it arrived, with this machine's monotonic clock. Without one
 //! (planning off, or the arbiter stream down) the watcher polls on its own
@@ -47,7 +51,7 @@ use restock_runtime::{
 
 use crate::{
     metrics::SourceCode,
-    source::{Reaction, Refusal, SourceError, StockSource},
+    source::{Answer, Reaction, Refusal, SourceError, StockSource},
     state::{BlockRecord, SharedState, unix_ms},
 };
 
@@ -67,6 +71,10 @@ pub struct PollSettings {
     pub block_cooldown: Duration,
     /// `--products`: empty means the whole catalog.
     pub only: Vec<Tcin>,
+    /// The least time between two requests to the source's host
+    /// (`--target-max-rps`; `None`: unlimited). Only to know how long a
+    /// round may take: the source does the spacing.
+    pub request_spacing: Option<Duration>,
 }
 
 /// The latest catalog from the arbiter (`None` until the first one).
@@ -217,7 +225,18 @@ struct Poller<S> {
 
 impl<S: StockSource> Poller<S> {
     fn set_catalog(&mut self, catalog: Arc<Catalog>) {
-        let min_freshness = self.settings.interval * 2 + self.settings.request_timeout;
+        // A round lasts the interval, or longer when the host's budget
+        // spaces its requests (at most every product in chunks).
+        let requests = catalog
+            .products
+            .len()
+            .div_ceil(self.source.batch_size().max(1));
+        let budgeted = self
+            .settings
+            .request_spacing
+            .map_or(Duration::ZERO, |d| d.saturating_mul(requests as u32));
+        let round = self.settings.interval.max(budgeted);
+        let min_freshness = round * 2 + self.settings.request_timeout;
         let list = self
             .state
             .lock()
@@ -233,7 +252,8 @@ impl<S: StockSource> Poller<S> {
         self.state.report_due();
     }
 
-    /// One request per product, top priority first, bounded in flight.
+    /// One request per product (or per chunk of products, for a source
+    /// that answers many at once), top priority first, bounded in flight.
     ///
     /// Answers reach the stock book in priority order: an answer waits until
     /// every product above it in this round has its answer (or was skipped).
@@ -244,66 +264,111 @@ impl<S: StockSource> Poller<S> {
         let source = self.source.clone();
         let state = self.state.clone();
         let (source, state) = (&source, &state);
-        let limit = self.settings.request_timeout;
+        let limit = (!source.times_its_requests()).then_some(self.settings.request_timeout);
         let now = Instant::now();
         self.rare.retain(|_, until| *until > now);
-        let mut tcins: Vec<ProductSpec> = self
+        let products: Vec<ProductSpec> = self
             .list
             .iter()
             .filter(|p| !self.rare.contains_key(&p.tcin))
             .cloned()
             .collect();
-        if (!self.backoff.is_reset() || self.blocks_in_a_row > 0) && !tcins.is_empty() {
-            // Just out of a back-off or block: one probe first, so a source
-            // that still refuses gets one request, not a burst.
-            let probe = tcins.remove(self.probes % tcins.len());
+        let mut units: Vec<Vec<ProductSpec>> = products
+            .chunks(source.batch_size().max(1))
+            .map(<[ProductSpec]>::to_vec)
+            .collect();
+        if (!self.backoff.is_reset() || self.blocks_in_a_row > 0) && !units.is_empty() {
+            // Just out of a back-off or block: one probe request first, so a
+            // source that still refuses gets one request, not a burst.
+            let probe = units.remove(self.probes % units.len());
             self.probes = self.probes.wrapping_add(1);
             let answer = ask(source.as_ref(), state, &probe, limit).await;
-            let refused = answer
-                .as_ref()
-                .err()
-                .and_then(SourceError::refusal)
-                .is_some_and(|r| {
-                    matches!(
-                        r.kind.reaction(),
-                        Reaction::Block | Reaction::Throttle | Reaction::StopEndpoint
-                    )
-                });
-            self.note_health(&probe.tcin, &answer);
-            self.apply(&probe.tcin, answer);
+            let refused = match &answer {
+                Err(e) => e.pauses_source(),
+                Ok(answers) => answers
+                    .iter()
+                    .any(|a| a.as_ref().err().is_some_and(SourceError::pauses_source)),
+            };
+            self.note_unit_health(&probe, &answer);
+            self.apply_unit(&probe, answer);
             if refused {
                 return;
             }
         }
-        let checks = futures::stream::iter(tcins.into_iter().enumerate())
-            .map(|(i, product)| async move {
+        let checks = futures::stream::iter(units.into_iter().enumerate())
+            .map(|(i, unit)| async move {
                 // A refusal earlier in this round pauses the rest of it.
                 if !state.backoff_remaining(Instant::now()).is_zero()
                     || state.lock().stopped.is_some()
                 {
                     return (i, None);
                 }
-                let answer = ask(source.as_ref(), state, &product, limit).await;
-                (i, Some((product.tcin, answer)))
+                let answer = ask(source.as_ref(), state, &unit, limit).await;
+                (i, Some((unit, answer)))
             })
             .buffer_unordered(self.settings.max_in_flight);
         futures::pin_mut!(checks);
         // Answers by position; `None` until it arrives, `Some(None)` skipped.
-        let mut arrived: Vec<Option<Option<(Tcin, Answer)>>> = Vec::new();
+        let mut arrived: Vec<Option<Option<UnitAnswer>>> = Vec::new();
         let mut next = 0;
         while let Some((i, done)) = checks.next().await {
-            if let Some((tcin, answer)) = &done {
-                self.note_health(tcin, answer);
+            if let Some((unit, answer)) = &done {
+                self.note_unit_health(unit, answer);
             }
             if arrived.len() <= i {
                 arrived.resize_with(i + 1, || None);
             }
             arrived[i] = Some(done);
             while let Some(slot) = arrived.get_mut(next).and_then(Option::take) {
-                if let Some((tcin, answer)) = slot {
-                    self.apply(&tcin, answer);
+                if let Some((unit, answer)) = slot {
+                    self.apply_unit(&unit, answer);
                 }
                 next += 1;
+            }
+        }
+    }
+
+    /// The source's health from one request's answer: a failure of the
+    /// whole request counts once (for all its products), else each
+    /// product's answer counts.
+    fn note_unit_health(
+        &mut self,
+        unit: &[ProductSpec],
+        answer: &Result<Vec<Answer>, SourceError>,
+    ) {
+        match answer {
+            Err(e) => {
+                let tcins: Vec<Tcin> = unit.iter().map(|p| p.tcin.clone()).collect();
+                self.note_health(&tcins, &Err(e.clone()));
+            }
+            Ok(answers) => {
+                for (p, a) in unit.iter().zip(answers) {
+                    self.note_health(std::slice::from_ref(&p.tcin), a);
+                }
+            }
+        }
+    }
+
+    /// Puts one request's answers into the stock book, in order: a failure
+    /// of the whole request is every product's error; a product the source
+    /// gave no answer for gets one.
+    fn apply_unit(&mut self, unit: &[ProductSpec], answer: Result<Vec<Answer>, SourceError>) {
+        match answer {
+            Err(e) => {
+                for p in unit {
+                    self.apply(&p.tcin, Err(e.clone()));
+                }
+            }
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                for p in unit {
+                    let a = answers.next().unwrap_or_else(|| {
+                        Err(SourceError::Format(
+                            "the source gave no answer for this product".into(),
+                        ))
+                    });
+                    self.apply(&p.tcin, a);
+                }
             }
         }
     }
@@ -311,8 +376,9 @@ impl<S: StockSource> Poller<S> {
     /// The source's health, from one answer: a block or throttle starts
     /// (or keeps) the pause, an unknown product is set aside, a retired
     /// endpoint stops polling, a good answer ends it all.
-    fn note_health(&mut self, tcin: &Tcin, answer: &Answer) {
+    fn note_health(&mut self, tcins: &[Tcin], answer: &Answer) {
         let now = Instant::now();
+        let tcin = tcins.iter().map(Tcin::as_str).collect::<Vec<_>>().join(",");
         let metrics = self.state.metrics().clone();
         let mut st = self.state.lock();
         let refusal = match answer {
@@ -381,7 +447,11 @@ impl<S: StockSource> Poller<S> {
             Reaction::RareProduct => {
                 let cooldown = self.settings.block_cooldown;
                 drop(st);
-                if self.rare.insert(tcin.clone(), now + cooldown).is_none() {
+                let mut new = false;
+                for t in tcins {
+                    new |= self.rare.insert(t.clone(), now + cooldown).is_none();
+                }
+                if new {
                     warn!(
                         source = %self.describe,
                         tcin = %tcin,
@@ -432,11 +502,9 @@ impl<S: StockSource> Poller<S> {
     }
 }
 
-type Answer = Result<crate::source::Sighting, SourceError>;
+/// The products of one request and what the source said about them.
+type UnitAnswer = (Vec<ProductSpec>, Result<Vec<Answer>, SourceError>);
 
-/// One request to the source, within `limit`, timed. The source counts the
-/// answers it gets by HTTP status; a request this limit cuts short never
-/// gets one, so it is counted here.
 /// Records the source-wide block (or throttle) of `refusal`, keeping the
 /// start of an episode that goes on with the same kind.
 fn set_block(
@@ -447,6 +515,7 @@ fn set_block(
     match slot {
         Some(b) if b.kind == refusal.kind => {
             b.detail = refusal.to_string();
+            b.tracking_url.clone_from(&refusal.tracking_url);
         }
         _ => {
             if let Some(old) = slot.take() {
@@ -456,20 +525,29 @@ fn set_block(
                 kind: refusal.kind,
                 detail: refusal.to_string(),
                 since_unix_ms: unix_ms(),
+                tracking_url: refusal.tracking_url.clone(),
             });
         }
     }
     metrics.set_blocked(refusal.kind, true);
 }
 
+/// One request to the source about `unit`, within `limit` and timed (a
+/// source that times its own requests gets `None`: it may wait for its
+/// host's budget, and counts and times its requests itself). The source
+/// counts the answers it gets by HTTP status; a request this limit cuts
+/// short never gets one, so it is counted here.
 async fn ask<S: StockSource>(
     source: &S,
     state: &SharedState,
-    product: &ProductSpec,
-    limit: Duration,
-) -> Answer {
+    unit: &[ProductSpec],
+    limit: Option<Duration>,
+) -> Result<Vec<Answer>, SourceError> {
+    let Some(limit) = limit else {
+        return source.check_many(unit).await;
+    };
     let started = Instant::now();
-    let answer = match tokio::time::timeout(limit, source.check(product)).await {
+    let answer = match tokio::time::timeout(limit, source.check_many(unit)).await {
         Ok(a) => a,
         Err(_) => {
             state.metrics().source_answer(SourceCode::Timeout);
@@ -560,6 +638,7 @@ mod tests {
             backoff_max: Duration::from_secs(16),
             block_cooldown: Duration::from_secs(60),
             only: Vec::new(),
+            request_spacing: None,
         }
     }
 
@@ -930,6 +1009,146 @@ mod tests {
         let why = state.lock().stopped.clone().expect("stopped");
         assert!(why.contains("--target-endpoint"), "{why}");
         stop.cancel();
+    }
+
+    /// Answers up to two products per request (as the summaries answer 24);
+    /// "404" is unknown to it. Its first request is blocked when told.
+    struct Batch {
+        requests: Mutex<Vec<(Instant, Vec<String>)>>,
+        block_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl StockSource for Batch {
+        fn describe(&self) -> String {
+            "batch".into()
+        }
+        async fn check(&self, _: &ProductSpec) -> Result<Sighting, SourceError> {
+            panic!("a batch source is asked with check_many")
+        }
+        fn batch_size(&self) -> usize {
+            2
+        }
+        async fn check_many(&self, products: &[ProductSpec]) -> Result<Vec<Answer>, SourceError> {
+            self.requests.lock().unwrap().push((
+                Instant::now(),
+                products.iter().map(|p| p.tcin.to_string()).collect(),
+            ));
+            if self.block_next.swap(false, Ordering::SeqCst) {
+                return Err(captcha().unwrap_err());
+            }
+            Ok(products
+                .iter()
+                .map(|p| match p.tcin.as_str() {
+                    "404" => Err(SourceError::refused(RefusalKind::UnknownProduct, 200)),
+                    _ => IN,
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_source_gets_one_request_per_chunk_and_answers_per_product() {
+        let src = Arc::new(Batch {
+            requests: Mutex::new(Vec::new()),
+            block_next: std::sync::atomic::AtomicBool::new(true),
+        });
+        let state = SharedState::new();
+        let catalog = Arc::new(catalog(
+            &[("1", 0), ("2", 0), ("404", 0), ("4", 0), ("5", 0)],
+            9_000,
+        ));
+        let (_tx, rx) = watch::channel(Some(catalog));
+        let (_plans, plan_rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let mut s = settings();
+        s.max_in_flight = 1;
+        tokio::spawn(run(
+            src.clone(),
+            state.clone(),
+            s,
+            rx,
+            plan_rx,
+            stop.clone(),
+        ));
+        let requests = || -> Vec<Vec<String>> {
+            src.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect()
+        };
+        let polls = |t: &str| {
+            state
+                .lock()
+                .book
+                .poll_statuses()
+                .into_iter()
+                .find(|p| p.tcin.as_str() == t)
+                .unwrap()
+        };
+        // The first request is blocked: the whole source pauses at once, and
+        // both its products carry the block; nothing else is asked.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(requests(), [vec!["1", "2"]]);
+        assert_eq!(
+            state.lock().block.as_ref().map(|b| b.kind),
+            Some(RefusalKind::Captcha)
+        );
+        assert_eq!(polls("1").error_kind, "captcha");
+        assert_eq!(polls("2").error_kind, "captcha");
+        assert_eq!(polls("4").polls, 0);
+        // Counted once, not once per product.
+        let mut registry = restock_runtime::metrics::Registry::default();
+        state.metrics().register(&mut registry);
+        let text =
+            restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
+        assert!(
+            text.contains("restock_source_refusals_total{kind=\"captcha\"} 1\n"),
+            "{text}"
+        );
+        // After the cool-down: one probe request, then the rest in chunks of
+        // two, top priority first.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            requests(),
+            [vec!["1", "2"], vec!["1", "2"], vec!["404", "4"], vec!["5"]]
+        );
+        assert!(state.lock().block.is_none());
+        // The product the source does not know is that product's error alone.
+        assert_eq!(polls("404").error_kind, "unknown_product");
+        for t in ["1", "2", "4", "5"] {
+            assert!(polls(t).in_stock && polls(t).error_kind.is_empty(), "{t}");
+        }
+        // Next round: without it (polled rarely), two requests for four.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(requests()[4..6], [vec!["1", "2"], vec!["4", "5"]]);
+        assert_eq!(polls("404").polls, 1);
+        stop.cancel();
+    }
+
+    /// The default `check_many` asks one product at a time and stops at a
+    /// block: nothing more goes to a source that blocks.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_check_many_stops_at_a_block() {
+        let products: Vec<ProductSpec> = ["1", "2", "3"]
+            .iter()
+            .map(|t| ProductSpec::plain(Tcin::parse(t).unwrap()))
+            .collect();
+        let src = FakeSource::new(vec![IN, captcha(), IN], Duration::ZERO);
+        let answers = src.check_many(&products).await.unwrap();
+        assert_eq!(src.calls().len(), 2, "the third is not asked");
+        assert!(answers[0].is_ok());
+        assert_eq!(answers[1].as_ref().unwrap_err().kind_str(), "captcha");
+        assert_eq!(answers[2].as_ref().unwrap_err().kind_str(), "captcha");
+        let src = FakeSource::new(vec![captcha(), IN], Duration::ZERO);
+        let e = src.check_many(&products).await.unwrap_err();
+        assert_eq!(
+            e.kind_str(),
+            "captcha",
+            "a block of the first is the call's"
+        );
+        assert_eq!(src.calls().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,15 +4,18 @@
 //!   `pdp_client_v1` for the price); the store simulator serves the same
 //!   formats.
 //! - [`cookies`]: the Netscape cookie file of `--target-cookie-file`.
+//! - [`budget`]: the request budget per retailer host (`--target-max-rps`).
 //!
-//! A source answers one product at a time with a [`Sighting`] or a
-//! [`SourceError`]. An error never means "out of stock": the poller keeps the
+//! A source answers about each product with a [`Sighting`] or a
+//! [`SourceError`]: one product per request, or several in one request
+//! (Target's batch summaries; see [`StockSource::check_many`]). An error never means "out of stock": the poller keeps the
 //! last known state. Every answer that is not stock is classified
 //! ([`RefusalKind`]), and the kind decides what the poller does
 //! ([`Reaction`]): a block pauses the whole retailer for `--block-cooldown`,
 //! a throttle backs off, an unknown product is polled rarely, a retired
 //! endpoint stops polling (see [`crate::poller`]).
 
+pub mod budget;
 pub mod cookies;
 pub mod target;
 
@@ -180,6 +183,17 @@ impl SourceError {
         }
     }
 
+    /// Whether this error pauses the whole source (a block, a throttle, a
+    /// retired endpoint), not just one product.
+    pub fn pauses_source(&self) -> bool {
+        self.refusal().is_some_and(|r| {
+            matches!(
+                r.kind.reaction(),
+                Reaction::Block | Reaction::Throttle | Reaction::StopEndpoint
+            )
+        })
+    }
+
     /// The refusal, when this is one.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
@@ -214,7 +228,12 @@ pub async fn read_capped(
     Ok((body, false))
 }
 
-/// A stock source, asked about one product at a time.
+/// One product's answer.
+pub type Answer = Result<Sighting, SourceError>;
+
+/// A stock source, asked about one product at a time ([`StockSource::check`])
+/// or, when it can, about several in one request
+/// ([`StockSource::check_many`], with [`StockSource::batch_size`] above 1).
 pub trait StockSource: Send + Sync + 'static {
     /// For logs and status: what and where the source is.
     fn describe(&self) -> String;
@@ -222,10 +241,51 @@ pub trait StockSource: Send + Sync + 'static {
     /// Asks about one product. Implementations apply their own request
     /// time limit. A product with a `max_price` needs a price: the source
     /// finds one (or says none is known: `price: None`).
-    fn check(
+    fn check(&self, product: &ProductSpec) -> impl Future<Output = Answer> + Send;
+
+    /// Most products one [`StockSource::check_many`] call carries in one
+    /// request. 1 (the default): the source asks one product per request,
+    /// and the poller gives it one product at a time.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Asks about `products` (at most [`StockSource::batch_size`]): `Err`
+    /// when the request as a whole failed (a block, a throttle, a time-out:
+    /// no product got an answer), else one answer per product, in order (a
+    /// product the answer leaves out gets its own error). The default asks
+    /// each product with [`StockSource::check`] in turn, and stops at an
+    /// error that pauses the whole source (the products not asked get it
+    /// too, so nothing more is sent to a source that blocks).
+    fn check_many(
         &self,
-        product: &ProductSpec,
-    ) -> impl Future<Output = Result<Sighting, SourceError>> + Send;
+        products: &[ProductSpec],
+    ) -> impl Future<Output = Result<Vec<Answer>, SourceError>> + Send {
+        async move {
+            let mut answers = Vec::with_capacity(products.len());
+            for p in products {
+                match self.check(p).await {
+                    Err(e) if e.pauses_source() => {
+                        if answers.is_empty() {
+                            return Err(e);
+                        }
+                        answers.resize_with(products.len(), || Err(e.clone()));
+                        break;
+                    }
+                    a => answers.push(a),
+                }
+            }
+            Ok(answers)
+        }
+    }
+
+    /// True when the source bounds each of its requests itself (the HTTP
+    /// client's time limit) and may wait between them for a request budget
+    /// (`--target-max-rps`): the poller then sets no time limit of its own
+    /// on a call, so a wait for the budget is not taken for a slow answer.
+    fn times_its_requests(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,14 @@
 //!   `{"data": {"product_summaries": [{"tcin", "fulfillment", "price"?}]}}`,
 //!   matched by `tcin`; a product it does not list is an error of that
 //!   product alone ("No product found with tcin ..." is `unknown_product`).
+//!   One request carries up to [`SUMMARY_BATCH`] products
+//!   ([`StockSource::check_many`]): a poll round is one request.
+//!
+//! # The host's budget
+//!
+//! Every request (stock and price) first waits for its turn in the host's
+//! [`HostBudget`] (`--target-max-rps`); its time limit starts when it is
+//! sent.
 //!
 //! The price is `price.current_retail` (dollars) of the answer when it
 //! carries one (the summaries do unless `skip_price_promo=true`), else of
@@ -75,7 +83,8 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::{
-    MAX_ANSWER_BYTES, Refusal, RefusalKind, Sighting, SourceError, StockSource, read_capped,
+    Answer, MAX_ANSWER_BYTES, Refusal, RefusalKind, Sighting, SourceError, StockSource,
+    budget::HostBudget, read_capped,
 };
 use crate::{
     config::UrlError,
@@ -90,6 +99,9 @@ pub const HIERARCHY_PATH: &str =
     "redsky_aggregations/v1/web/product_fulfillment_and_variation_hierarchy_v1";
 /// The batch endpoint (`tcins=a,b,…`).
 pub const SUMMARY_PATH: &str = "redsky_aggregations/v1/web/product_summary_with_fulfillment_v1";
+/// Most products one summary request carries (as target.com's own pages
+/// ask them).
+pub const SUMMARY_BATCH: usize = 24;
 /// The product page's details, with the price.
 pub const PDP_CLIENT_PATH: &str = "redsky_aggregations/v1/web/pdp_client_v1";
 
@@ -169,6 +181,9 @@ pub struct TargetSettings {
     pub simulator: bool,
     /// Sent as [`WATCHER_HEADER`] to the simulator.
     pub watcher_id: String,
+    /// `--target-max-rps`, resolved: the most requests per second to the
+    /// source's host, stock and price requests together (`None`: no limit).
+    pub max_rps: Option<f64>,
 }
 
 impl TargetSettings {
@@ -192,6 +207,7 @@ impl TargetSettings {
             price_max_age: Duration::from_secs(300),
             simulator: false,
             watcher_id: "w-test".into(),
+            max_rps: None,
         }
     }
 }
@@ -223,6 +239,8 @@ pub struct TargetSource {
     prices: Mutex<HashMap<Tcin, PriceEntry>>,
     /// `pdp_client_v1` answered 410: not asked again.
     price_gone: AtomicBool,
+    /// Every request to the host takes its turn here.
+    budget: HostBudget,
 }
 
 impl TargetSource {
@@ -243,6 +261,7 @@ impl TargetSource {
             .build()
             .map_err(SetupError::Client)?;
         Ok(Self {
+            budget: HostBudget::per_second(settings.max_rps),
             settings,
             stock_url,
             price_url,
@@ -267,11 +286,18 @@ impl TargetSource {
 
     /// The stock request URL for one product.
     pub fn url_for(&self, tcin: &Tcin) -> Url {
+        self.url_for_many(std::slice::from_ref(tcin))
+    }
+
+    /// The stock request URL for `tcins` (several only with `summary`:
+    /// `tcins=a,b,…`; `page` names the first).
+    pub fn url_for_many(&self, tcins: &[Tcin]) -> Url {
         let s = &self.settings;
         let mut q: Vec<(String, String)> = vec![("key".into(), s.api_key.clone())];
+        let joined = tcins.iter().map(Tcin::as_str).collect::<Vec<_>>().join(",");
         match s.endpoint {
-            Endpoint::Summary => q.push(("tcins".into(), tcin.to_string())),
-            _ => q.push(("tcin".into(), tcin.to_string())),
+            Endpoint::Summary => q.push(("tcins".into(), joined)),
+            _ => q.push(("tcin".into(), joined)),
         }
         q.push(("is_bot".into(), "false".into()));
         if let Some(store) = &s.store_id {
@@ -282,7 +308,9 @@ impl TargetSource {
                 q.push(("required_store_id".into(), store.clone()));
             }
         }
-        self.location_and_tail(&mut q, tcin);
+        if let Some(first) = tcins.first() {
+            self.location_and_tail(&mut q, first);
+        }
         with_query(&self.stock_url, q)
     }
 
@@ -339,6 +367,15 @@ impl TargetSource {
                 SourceError::Transport(Arc::new(e))
             }
         };
+        // The host's budget first: the request's own time limit (the
+        // client's) starts when it is sent.
+        self.budget.acquire().await;
+        let started = Instant::now();
+        let took = || {
+            if let Some(m) = &self.metrics {
+                m.source_request_took(started.elapsed().as_secs_f64());
+            }
+        };
         let mut req = self
             .client
             .get(url)
@@ -355,6 +392,7 @@ impl TargetSource {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                took();
                 let e = transport(e);
                 self.count(match e {
                     SourceError::Timeout(_) => SourceCode::Timeout,
@@ -373,9 +411,9 @@ impl TargetSource {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let (body, cut_off) = read_capped(resp, MAX_ANSWER_BYTES)
-            .await
-            .map_err(transport)?;
+        let read = read_capped(resp, MAX_ANSWER_BYTES).await;
+        took();
+        let (body, cut_off) = read.map_err(transport)?;
         // A success cut off at the cap is an answer too large to read, not
         // a body that is not JSON (its cut end never parses).
         if cut_off && (200..300).contains(&status) {
@@ -526,23 +564,93 @@ impl StockSource for TargetSource {
         )
     }
 
-    async fn check(&self, product: &ProductSpec) -> Result<Sighting, SourceError> {
+    async fn check(&self, product: &ProductSpec) -> Answer {
+        if self.settings.endpoint == Endpoint::Summary {
+            let mut answers = self.check_summaries(std::slice::from_ref(product)).await?;
+            return answers
+                .pop()
+                .unwrap_or_else(|| Err(SourceError::Format("no answer for the product".into())));
+        }
+        self.check_one(product).await
+    }
+
+    fn batch_size(&self) -> usize {
+        match self.settings.endpoint {
+            Endpoint::Summary => SUMMARY_BATCH,
+            Endpoint::Fulfillment | Endpoint::Hierarchy => 1,
+        }
+    }
+
+    /// With `summary`: one request for all `products` (at most
+    /// [`SUMMARY_BATCH`]), each matched by its `tcin`; a product the answer
+    /// leaves out gets its own error. A block or throttle of the request is
+    /// the error of the whole call. Otherwise, one request per product.
+    async fn check_many(&self, products: &[ProductSpec]) -> Result<Vec<Answer>, SourceError> {
+        if self.settings.endpoint == Endpoint::Summary {
+            return self.check_summaries(products).await;
+        }
+        let mut answers = Vec::with_capacity(products.len());
+        for p in products {
+            match self.check_one(p).await {
+                Err(e) if e.pauses_source() => return Err(e),
+                a => answers.push(a),
+            }
+        }
+        Ok(answers)
+    }
+
+    fn times_its_requests(&self) -> bool {
+        true
+    }
+}
+
+impl TargetSource {
+    /// One product from a single-product endpoint.
+    async fn check_one(&self, product: &ProductSpec) -> Answer {
         let tcin = &product.tcin;
         let body = self.get(self.url_for(tcin)).await?;
         let store = self.settings.store_id.as_deref();
-        let mut sighting = match self.settings.endpoint {
-            Endpoint::Fulfillment | Endpoint::Hierarchy => parse_product(&body, tcin, store)?,
-            Endpoint::Summary => parse_summaries(&body, std::slice::from_ref(tcin), store)?
-                .pop()
-                .map_or_else(
-                    || Err(SourceError::Format("no answer for the product".into())),
-                    |(_, r)| r,
-                )?,
-        };
+        let sighting = parse_product(&body, tcin, store)?;
+        self.with_price(product, sighting).await
+    }
+
+    /// Several products in one summary request (see `check_many`).
+    async fn check_summaries(&self, products: &[ProductSpec]) -> Result<Vec<Answer>, SourceError> {
+        let tcins: Vec<Tcin> = products.iter().map(|p| p.tcin.clone()).collect();
+        let body = self.get(self.url_for_many(&tcins)).await?;
+        let store = self.settings.store_id.as_deref();
+        let parsed = parse_summaries(&body, &tcins, store)?;
+        let mut answers = Vec::with_capacity(products.len());
+        // A block of a price request stops the price requests of the rest:
+        // the products that need one get that error too.
+        let mut price_blocked: Option<SourceError> = None;
+        for (product, (_, result)) in products.iter().zip(parsed) {
+            let answer = match (result, &price_blocked) {
+                (Ok(s), Some(e)) if product.max_price.is_some() && s.price.is_none() => {
+                    Err(e.clone())
+                }
+                (Ok(s), _) => self.with_price(product, s).await,
+                (Err(e), _) => Err(e),
+            };
+            if let Err(e) = &answer
+                && e.pauses_source()
+            {
+                price_blocked = Some(e.clone());
+            }
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    /// Completes a sighting of a product with a `max_price` with its price
+    /// (from the answer, remembered, else from `pdp_client_v1`).
+    async fn with_price(&self, product: &ProductSpec, mut sighting: Sighting) -> Answer {
         if product.max_price.is_some() {
             match sighting.price {
-                Some(p) => self.remember_price(tcin, p, sighting.in_stock),
-                None => sighting.price = self.price_of(tcin, sighting.in_stock).await?,
+                Some(p) => self.remember_price(&product.tcin, p, sighting.in_stock),
+                None => {
+                    sighting.price = self.price_of(&product.tcin, sighting.in_stock).await?;
+                }
             }
         }
         Ok(sighting)
@@ -1097,6 +1205,8 @@ mod tests {
     struct Canned {
         answers: Arc<Mutex<HashMap<PathAndTcin, (u16, String)>>>,
         seen: Arc<Mutex<Vec<(String, reqwest::header::HeaderMap)>>>,
+        /// When each request arrived (tokio's clock).
+        at: Arc<Mutex<Vec<Instant>>>,
     }
 
     impl Canned {
@@ -1127,6 +1237,7 @@ mod tests {
                 let c = c.clone();
                 async move {
                     let path = req.uri().path().to_owned();
+                    c.at.lock().unwrap().push(Instant::now());
                     c.seen
                         .lock()
                         .unwrap()
@@ -1306,5 +1417,115 @@ mod tests {
         c.set(PDP_CLIENT_PATH, "1011209279", 404, "");
         let s = src.check(&p).await.unwrap();
         assert_eq!((s.in_stock, s.price), (true, None));
+    }
+
+    fn summaries(items: &[(&str, &str, Option<f64>)], errors: &[&str]) -> String {
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(tcin, status, price)| {
+                let mut v = serde_json::json!({
+                    "tcin": tcin,
+                    "fulfillment": {"shipping_options": {"availability_status": status}}
+                });
+                if let Some(p) = price {
+                    v["price"] = serde_json::json!({"current_retail": p});
+                }
+                v
+            })
+            .collect();
+        let errors: Vec<Value> = errors
+            .iter()
+            .map(|m| serde_json::json!({"message": m}))
+            .collect();
+        serde_json::json!({"data": {"product_summaries": items}, "errors": errors}).to_string()
+    }
+
+    #[tokio::test]
+    async fn summary_asks_every_product_in_one_request_and_answers_each() {
+        let c = Canned::default();
+        c.set(
+            SUMMARY_PATH,
+            "1,2,3",
+            200,
+            &summaries(
+                &[
+                    ("3", "OUT_OF_STOCK", Some(5.0)),
+                    ("1", "IN_STOCK", Some(4.29)),
+                ],
+                &["No product found with tcin 2"],
+            ),
+        );
+        c.set(SUMMARY_PATH, "4,5", 403, CAPTCHA);
+        let base = serve(c.clone()).await;
+        let src = TargetSource::new(TargetSettings::plain(base, Endpoint::Summary)).unwrap();
+        assert_eq!(src.batch_size(), SUMMARY_BATCH);
+        let products = [spec("1", Some(1_000)), spec("2", None), spec("3", None)];
+        let answers = src.check_many(&products).await.unwrap();
+        assert_eq!(c.count(SUMMARY_PATH), 1, "one request");
+        assert_eq!(c.count(PDP_CLIENT_PATH), 0, "the price came with it");
+        assert_eq!(
+            answers[0].as_ref().unwrap(),
+            &Sighting {
+                in_stock: true,
+                price: Some(Price::from_cents(429))
+            },
+            "matched by tcin, not by place"
+        );
+        assert_eq!(
+            answers[1].as_ref().unwrap_err().kind_str(),
+            "unknown_product",
+            "that product's error alone"
+        );
+        assert!(!answers[2].as_ref().unwrap().in_stock);
+        // A block of the request is the whole call's error.
+        let e = src
+            .check_many(&[spec("4", None), spec("5", None)])
+            .await
+            .unwrap_err();
+        assert_eq!(e.refusal().unwrap().kind, RefusalKind::Captcha);
+        // The request names every product.
+        let url = src.url_for_many(&[t("1"), t("2")]);
+        assert!(url.query_pairs().any(|(k, v)| k == "tcins" && v == "1,2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stock_and_price_requests_share_the_host_budget() {
+        let c = Canned::default();
+        for tcin in ["1011209279", "2"] {
+            c.set(
+                HIERARCHY_PATH,
+                tcin,
+                200,
+                &HIERARCHY_IN.replace("13356914", tcin),
+            );
+            c.set(PDP_CLIENT_PATH, tcin, 200, PDP_CLIENT);
+        }
+        let base = serve(c.clone()).await;
+        let mut s = TargetSettings::plain(base, Endpoint::Hierarchy);
+        s.max_rps = Some(0.5);
+        let src = TargetSource::new(s).unwrap();
+        // Each product needs its stock and its price: four requests.
+        let a = src.check(&spec("1011209279", Some(2_000))).await.unwrap();
+        assert_eq!(a.price, Some(Price::from_cents(1_799)));
+        // (The recorded price is about another tcin: unknown, still asked.)
+        src.check(&spec("2", Some(2_000))).await.unwrap();
+        let at = c.at.lock().unwrap().clone();
+        assert_eq!(at.len(), 4);
+        for w in at.windows(2) {
+            assert!(
+                w[1].duration_since(w[0]) >= Duration::from_secs(2),
+                "one request every 2 s: {at:?}"
+            );
+        }
+        // Unlimited (any host but Target's by default): no wait at all.
+        let c = Canned::default();
+        c.set(HIERARCHY_PATH, "1011209279", 200, HIERARCHY_OOS);
+        let base = serve(c.clone()).await;
+        let src = TargetSource::new(TargetSettings::plain(base, Endpoint::Hierarchy)).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            src.check(&spec("1011209279", None)).await.unwrap();
+        }
+        assert!(Instant::now().duration_since(t0) < Duration::from_secs(1));
     }
 }
