@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use restock_domain::{
     Catalog, Counters, Event, EventKind, FencingToken, IdError, Lease, LeaseId, Observation,
-    Outcome, Price, PriorityList, ProductSpec, ProductState, ProductStatus, Status, Tcin,
-    WatcherId, WatcherStatus, duration::millis,
+    Outcome, Price, PriorityList, ProductSpec, ProductState, ProductStatus, SourceBlock,
+    SourceBlockKind, Status, Tcin, WatcherId, WatcherStatus, duration::millis,
 };
 
 use crate::{ROLE_STANDALONE, v1 as pb};
@@ -140,6 +140,8 @@ impl From<EventKind> for pb::event::Kind {
             EventKind::CooledDown => K::CooledDown,
             EventKind::ArbiterStarted => K::ArbiterStarted,
             EventKind::Renewed => K::Renewed,
+            EventKind::SourceBlocked => K::SourceBlocked,
+            EventKind::SourceUnblocked => K::SourceUnblocked,
         }
     }
 }
@@ -336,6 +338,48 @@ impl TryFrom<pb::Catalog> for Catalog {
 
 // ----- status -----
 
+// ----- source blocks -----
+
+impl From<&SourceBlock> for pb::SourceBlock {
+    fn from(b: &SourceBlock) -> Self {
+        Self {
+            kind: b.kind.as_str().to_owned(),
+            since_unix_ms: b.since_unix_ms,
+            tracking_url: b.tracking_url.as_deref().unwrap_or_default().to_owned(),
+            paused_until_unix_ms: b.paused_until_unix_ms,
+        }
+    }
+}
+
+/// Longest tracking URL kept; a longer one is cut (it is for display).
+pub const MAX_TRACKING_URL: usize = 512;
+
+impl TryFrom<pb::SourceBlock> for SourceBlock {
+    type Error = ConvertError;
+    /// A kind this build does not know is an error (the caller ignores the
+    /// block rather than the report); an over-long tracking URL is cut.
+    fn try_from(b: pb::SourceBlock) -> Result<Self, ConvertError> {
+        let kind = SourceBlockKind::parse(&b.kind).ok_or_else(|| {
+            let shown: String = b.kind.chars().take(40).collect();
+            ConvertError::new("kind", format!("unknown source block kind {shown:?}"))
+        })?;
+        let mut url = b.tracking_url;
+        if url.len() > MAX_TRACKING_URL {
+            let mut end = MAX_TRACKING_URL;
+            while !url.is_char_boundary(end) {
+                end -= 1;
+            }
+            url.truncate(end);
+        }
+        Ok(Self {
+            kind,
+            since_unix_ms: b.since_unix_ms,
+            paused_until_unix_ms: b.paused_until_unix_ms,
+            tracking_url: (!url.is_empty()).then(|| url.into_boxed_str()),
+        })
+    }
+}
+
 impl From<&Counters> for pb::Counters {
     fn from(c: &Counters) -> Self {
         Self {
@@ -398,6 +442,8 @@ impl From<&Status> for pb::GetStatusResponse {
                     poll_interval_ms: w.poll_interval.map_or(0, millis),
                     planned: w.poll_phase.is_some(),
                     poll_phase_ms: w.poll_phase.map_or(0, millis),
+                    source_block: w.source_block.as_ref().map(Into::into),
+                    source_blocked: w.source_block.as_ref().is_some_and(SourceBlock::is_block),
                 })
                 .collect(),
             test_mode: s.test_mode,
@@ -470,6 +516,8 @@ impl TryFrom<pb::GetStatusResponse> for Status {
                         .collect::<Result<_, _>>()?,
                     poll_interval: (w.poll_interval_ms > 0).then(|| ms(w.poll_interval_ms)),
                     poll_phase: w.planned.then(|| ms(w.poll_phase_ms)),
+                    // A kind this build does not know is shown as none.
+                    source_block: w.source_block.and_then(|b| SourceBlock::try_from(b).ok()),
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -615,5 +663,30 @@ mod tests {
         assert_eq!(Lease::try_from(zero).unwrap_err().field, "fencing_token");
         let no_ttl = pb::Lease { ttl_ms: 0, ..wire };
         assert_eq!(Lease::try_from(no_ttl).unwrap_err().field, "ttl_ms");
+    }
+
+    #[test]
+    fn source_blocks_round_trip_and_unknown_kinds_are_refused() {
+        for kind in SourceBlockKind::ALL {
+            let b = SourceBlock {
+                kind,
+                since_unix_ms: 5,
+                paused_until_unix_ms: 9,
+                tracking_url: (kind == SourceBlockKind::Captcha).then(|| "/captcha?t=1".into()),
+            };
+            assert_eq!(SourceBlock::try_from(pb::SourceBlock::from(&b)), Ok(b));
+        }
+        let odd = pb::SourceBlock {
+            kind: "solar_flare".into(),
+            ..Default::default()
+        };
+        assert_eq!(SourceBlock::try_from(odd).unwrap_err().field, "kind");
+        let long = pb::SourceBlock {
+            kind: "captcha".into(),
+            tracking_url: "é".repeat(MAX_TRACKING_URL),
+            ..Default::default()
+        };
+        let b = SourceBlock::try_from(long).unwrap();
+        assert!(b.tracking_url.unwrap().len() <= MAX_TRACKING_URL);
     }
 }

@@ -266,6 +266,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
                 }],
                 polling: Vec::new(),
                 poll_interval_ms: 0,
+                source_block: None,
             },
             None,
             "",
@@ -283,6 +284,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
                     .collect(),
                 polling: Vec::new(),
                 poll_interval_ms: 0,
+                source_block: None,
             },
             Some(Code::InvalidArgument),
             "at most 10000",
@@ -350,6 +352,7 @@ async fn invalid_product_ids_are_refused_everywhere_and_change_nothing() {
             observations: Vec::new(),
             polling: vec!["200".into(), t.into()],
             poll_interval_ms: 0,
+            source_block: None,
         };
         let e = c
             .stream_stock(tokio_stream::iter(vec![first]))
@@ -493,6 +496,7 @@ async fn a_flooding_stream_is_slowed_then_cut_while_another_watcher_gets_its_gra
             }],
             polling: Vec::new(),
             poll_interval_ms: 0,
+            source_block: None,
         };
         // Bounded, in case the limit does not work.
         while sent < 100_000 && tx.send(report.clone()).await.is_ok() {
@@ -580,6 +584,7 @@ async fn two_thousand_streams_opened_and_dropped_leave_nothing_behind() {
             }],
             polling: Vec::new(),
             poll_interval_ms: 0,
+            source_block: None,
         })
         .await
         .unwrap();

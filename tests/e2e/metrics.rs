@@ -218,6 +218,7 @@ async fn a_flooding_stream_cut_counts_as_resource_exhausted() {
             }],
             polling: Vec::new(),
             poll_interval_ms: 0,
+            source_block: None,
         };
         // Bounded, in case the limit does not work.
         for _ in 0..10_000 {

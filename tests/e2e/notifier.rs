@@ -1119,3 +1119,113 @@ async fn a_corrupt_state_file_stops_it_naming_the_file() {
         "never replaced by an empty state"
     );
 }
+
+/// The watcher `id` in the arbiter's status.
+fn watcher_of<'a>(
+    s: &'a restock_proto::v1::GetStatusResponse,
+    id: &str,
+) -> &'a restock_proto::v1::WatcherStatus {
+    s.watchers
+        .iter()
+        .find(|w| w.watcher_id == id)
+        .unwrap_or_else(|| panic!("watcher {id} in the status: {s:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_block_is_shown_and_alerted_once_and_its_end_once() {
+    // A real arbiter process: the status page's `/api/status` is checked too.
+    let arbiter = ArbiterProcess::start(ArbiterOptions::products(&["100"])).await;
+    let store = StoreSimProcess::start(products_json(&["100"]), &[]).await;
+    let rx = Receiver::start().await;
+    let notifier =
+        NotifierProcess::start(&arbiter.url(), &["--notify", &rx.json_url("/hook")]).await;
+    wait_following(&notifier).await;
+    // A short cool-down, so the probes after the block come soon.
+    let w = WatcherProcess::start(&arbiter, &store, "w1", &["--block-cooldown", "500ms"]).await;
+    w.wait_connected().await;
+    eventually("w1 reporting", LONG, || async {
+        let s = arbiter.status().await;
+        let me = watcher_of(&s, "w1");
+        (me.reports > 0 && me.source_block.is_none() && !me.source_blocked).then_some(())
+    })
+    .await;
+
+    // Target's captcha wall, mid-run, until it is lifted.
+    store
+        .put("/admin/block", serde_json::json!({"kind": "captcha"}))
+        .await;
+    let block = eventually("the arbiter to show w1 blocked", LONG, || async {
+        let s = arbiter.status().await;
+        let me = watcher_of(&s, "w1");
+        me.source_blocked.then(|| me.source_block.clone()).flatten()
+    })
+    .await;
+    assert_eq!(block.kind, "captcha");
+    assert!(
+        block.tracking_url.contains("/captcha?trackingId="),
+        "{block:?}"
+    );
+    assert!(block.since_unix_ms > 0, "{block:?}");
+    // `/api/status` says the same (the page reads it).
+    let api: Value = reqwest::get(format!("{}/api/status", arbiter.http_url()))
+        .await
+        .expect("GET /api/status")
+        .json()
+        .await
+        .expect("JSON");
+    let me = api["watchers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["watcherId"] == "w1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["sourceBlocked"], true, "{api:#}");
+    assert_eq!(me["sourceBlock"]["kind"], "captcha", "{api:#}");
+    let alert = rx.wait_for("/hook", "source_blocked").await;
+    assert_eq!(alert["watcher_id"], "w1");
+    assert!(
+        alert["title"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("captcha"),
+        "{alert:#}"
+    );
+    // The probes after each cool-down meet the block again: the same
+    // episode, no new alert.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rx.alerts("/hook", "source_blocked").len(), 1);
+    assert!(rx.alerts("/hook", "source_unblocked").is_empty());
+    assert!(watcher_of(&arbiter.status().await, "w1").source_blocked);
+
+    // Lifted: the next probe answers, the status clears, one alert says so.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/admin/block", store.url()))
+        .send()
+        .await
+        .expect("DELETE /admin/block");
+    assert!(r.status().is_success(), "{}", r.status());
+    let over = rx.wait_for("/hook", "source_unblocked").await;
+    assert_eq!(over["watcher_id"], "w1");
+    eventually("the arbiter to show w1 clear", LONG, || async {
+        let s = arbiter.status().await;
+        let me = watcher_of(&s, "w1");
+        (!me.source_blocked && me.source_block.is_none()).then_some(())
+    })
+    .await;
+    // One event when the block started, one when it ended.
+    let events = arbiter.events().await;
+    let episode: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(event_kind(e), Kind::SourceBlocked | Kind::SourceUnblocked))
+        .map(|e| (event_kind(e), e.watcher_id.as_str()))
+        .collect();
+    assert_eq!(
+        episode,
+        [(Kind::SourceBlocked, "w1"), (Kind::SourceUnblocked, "w1")],
+        "{events:#?}"
+    );
+    // Anything late would have arrived by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.alerts("/hook", "source_blocked").len(), 1);
+    assert_eq!(rx.alerts("/hook", "source_unblocked").len(), 1);
+    ids_once(&rx, "/hook");
+}

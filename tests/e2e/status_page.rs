@@ -619,3 +619,74 @@ async fn a_checkout_held_past_stuck_after_raises_the_stuck_alarm_naming_its_watc
     assert_no_console_errors(&b, "with a stuck checkout").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn a_watcher_whose_source_blocks_it_is_marked_with_the_kind_until_it_ends() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let list = products_json(&["100"]);
+    let arbiter = ArbiterProcess::start(ArbiterOptions::listing(&list)).await;
+    let store = StoreSimProcess::start(list, &[]).await;
+    let w = WatcherProcess::start(
+        &arbiter,
+        &store,
+        "w-blocked",
+        &["--block-cooldown", "500ms"],
+    )
+    .await;
+    w.wait_connected().await;
+    b.open(&format!("{}/", arbiter.http_url())).await;
+    wait_page(&b, "#conn live, w-blocked connected, no alarm", |p| {
+        (p.is_live()
+            && p.alarms.is_empty()
+            && p.watchers
+                .iter()
+                .any(|(id, c)| id == "w-blocked" && c == "true"))
+        .then_some(())
+    })
+    .await;
+    const ROW: &str = "#watchers tbody tr[data-watcher='w-blocked']";
+    assert_eq!(b.attr(ROW, "data-blocked").await, None);
+
+    store
+        .put("/admin/block", serde_json::json!({"kind": "captcha"}))
+        .await;
+    b.wait_for(&format!("{ROW}[data-blocked='captcha']"), WAIT)
+        .await;
+    let shown = b
+        .text(&format!("{ROW} td.source"))
+        .await
+        .unwrap_or_default();
+    assert!(shown.starts_with("BLOCKED: captcha"), "{shown:?}");
+    let alarm = b
+        .text("#alarms li[data-alarm=source-blocked]")
+        .await
+        .unwrap_or_default();
+    assert!(
+        alarm.contains("w-blocked (captcha)"),
+        "the alarm names the watcher and the kind: {alarm:?}"
+    );
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/admin/block", store.url()))
+        .send()
+        .await
+        .expect("DELETE /admin/block");
+    assert!(r.status().is_success(), "{}", r.status());
+    wait_page(&b, "the block gone from the page", |p| {
+        (!p.alarms.iter().any(|a| a == "source-blocked")).then_some(())
+    })
+    .await;
+    b.wait_js(
+        "w-blocked no longer marked",
+        &format!(
+            "(r => r !== null && r.dataset.blocked === undefined)(document.querySelector({}))",
+            serde_json::json!(ROW)
+        ),
+        WAIT,
+    )
+    .await;
+    assert_no_console_errors(&b, "with a blocked watcher").await;
+    b.close().await;
+}

@@ -37,10 +37,15 @@ pub enum EventKind {
     ArbiterStarted,
     /// The holder renewed its lease.
     Renewed,
+    /// A watcher's stock source began blocking it (one per episode; the
+    /// detail names the kind).
+    SourceBlocked,
+    /// That block ended.
+    SourceUnblocked,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Granted,
         Self::Released,
         Self::Expired,
@@ -55,6 +60,8 @@ impl EventKind {
         Self::CooledDown,
         Self::ArbiterStarted,
         Self::Renewed,
+        Self::SourceBlocked,
+        Self::SourceUnblocked,
     ];
 
     /// The upper-case name the protocol and the command-line tool show.
@@ -74,6 +81,8 @@ impl EventKind {
             Self::CooledDown => "COOLED_DOWN",
             Self::ArbiterStarted => "ARBITER_STARTED",
             Self::Renewed => "RENEWED",
+            Self::SourceBlocked => "SOURCE_BLOCKED",
+            Self::SourceUnblocked => "SOURCE_UNBLOCKED",
         }
     }
 
@@ -200,6 +209,7 @@ mod tests {
         assert_eq!(EventKind::WatcherJoined.as_str(), "WATCHER_JOINED");
         assert!(EventKind::Expired.ends_lease());
         assert!(!EventKind::Renewed.ends_lease());
-        assert_eq!(EventKind::ALL.len(), 14);
+        assert_eq!(EventKind::ALL.len(), 16);
+        assert_eq!(EventKind::SourceBlocked.as_str(), "SOURCE_BLOCKED");
     }
 }

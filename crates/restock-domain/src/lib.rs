@@ -38,5 +38,5 @@ pub use event::{Event, EventKind};
 pub use ids::{FencingToken, IdError, LeaseId, Tcin, WatcherId};
 pub use lease::Lease;
 pub use product::{Outcome, Price, ProductState};
-pub use status::{Counters, ProductStatus, Status, WatcherStatus};
+pub use status::{Counters, ProductStatus, SourceBlock, SourceBlockKind, Status, WatcherStatus};
 pub use stock::Observation;

@@ -60,6 +60,89 @@ pub struct WatcherStatus {
     pub poll_interval: Option<Duration>,
     /// Its phase in the arbiter's poll plan, when it has one.
     pub poll_phase: Option<Duration>,
+    /// Its stock source refuses it, as it last reported (`None`: the source
+    /// answers, or the watcher never says).
+    pub source_block: Option<SourceBlock>,
+}
+
+/// How a watcher's stock source refuses it as a whole, in the watcher's
+/// words (`RefusalKind` in the watcher). Per-product refusals (an unknown
+/// product, a bad request) are not source-wide and never reported here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceBlockKind {
+    Captcha,
+    PerimeterX,
+    /// 403/435 naming neither a captcha nor PerimeterX.
+    Forbidden,
+    /// 410 Gone: polling stopped until the watcher's flags change.
+    EndpointGone,
+    RateLimited,
+    ServerError,
+    NotJson,
+}
+
+impl SourceBlockKind {
+    pub const ALL: [Self; 7] = [
+        Self::Captcha,
+        Self::PerimeterX,
+        Self::Forbidden,
+        Self::EndpointGone,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::NotJson,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Captcha => "captcha",
+            Self::PerimeterX => "perimeterx",
+            Self::Forbidden => "forbidden",
+            Self::EndpointGone => "endpoint_gone",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::NotJson => "not_json",
+        }
+    }
+
+    /// The kind named `s`, when it is one this build knows.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// A block (the status page marks it, the notifier alerts it), rather
+    /// than a back-off that ends by itself.
+    pub fn is_block(self) -> bool {
+        matches!(
+            self,
+            Self::Captcha | Self::PerimeterX | Self::Forbidden | Self::EndpointGone
+        )
+    }
+}
+
+impl std::fmt::Display for SourceBlockKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A watcher's stock source refusing it, as the watcher reported. Small on
+/// purpose: the arbiter keeps one per watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceBlock {
+    pub kind: SourceBlockKind,
+    /// When the refusal began (unix ms, the watcher's clock).
+    pub since_unix_ms: u64,
+    /// Until when the watcher pauses its polling (unix ms, the watcher's
+    /// clock); 0 when stopped for good or the probe is due.
+    pub paused_until_unix_ms: u64,
+    /// With a captcha: the retailer's tracking URL.
+    pub tracking_url: Option<Box<str>>,
+}
+
+impl SourceBlock {
+    pub fn is_block(&self) -> bool {
+        self.kind.is_block()
+    }
 }
 
 /// The whole status.

@@ -72,6 +72,7 @@ impl WatcherStream {
                 observations,
                 polling: Vec::new(),
                 poll_interval_ms: 0,
+                source_block: None,
             })
             .await
             .expect("send report");

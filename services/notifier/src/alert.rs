@@ -32,10 +32,17 @@ pub enum AlertKind {
     /// Sent on demand (`restockctl notify test`), to every destination
     /// whatever its filter.
     Test,
+    /// A watcher's stock source blocks it (captcha, PerimeterX, another
+    /// 403/435, a retired endpoint): once per block episode per watcher.
+    SourceBlocked,
+    /// That block ended. A kind of its own, not a flag on `source_blocked`:
+    /// a destination can take the block and not the all-clear (`--events`),
+    /// and every destination keeps the one JSON shape it has.
+    SourceUnblocked,
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::InStock,
         Self::CheckoutStarted,
         Self::Purchased,
@@ -45,6 +52,8 @@ impl AlertKind {
         Self::ArbiterUnreachable,
         Self::MissedEvents,
         Self::Test,
+        Self::SourceBlocked,
+        Self::SourceUnblocked,
     ];
 
     /// The name in JSON, in `--events` and in `?events=`.
@@ -59,6 +68,8 @@ impl AlertKind {
             Self::ArbiterUnreachable => "arbiter_unreachable",
             Self::MissedEvents => "missed_events",
             Self::Test => "test",
+            Self::SourceBlocked => "source_blocked",
+            Self::SourceUnblocked => "source_unblocked",
         }
     }
 }
@@ -72,7 +83,7 @@ impl fmt::Display for AlertKind {
 /// An alert kind that does not exist, as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, missed_events, test, or all)"
+    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, missed_events, source_blocked, source_unblocked, test, or all)"
 )]
 pub struct UnknownKind(pub String);
 

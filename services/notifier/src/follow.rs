@@ -434,6 +434,12 @@ pub fn view_of(s: &pb::GetStatusResponse) -> ArbiterView {
             .filter(|w| w.connected)
             .map(|w| w.watcher_id.clone())
             .collect::<BTreeSet<_>>(),
+        blocked_watchers: s
+            .watchers
+            .iter()
+            .filter(|w| w.source_blocked)
+            .map(|w| w.watcher_id.clone())
+            .collect(),
         available: s
             .products
             .iter()

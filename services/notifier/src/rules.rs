@@ -73,7 +73,22 @@ pub struct RulesState {
     pub down_since_ms: Option<u64>,
     #[serde(default)]
     pub down_alerted: bool,
+    /// Watchers whose stock source blocks them, as alerted; its end is
+    /// alerted only when its start was.
+    #[serde(default)]
+    pub blocked_watchers: BTreeSet<String>,
+    /// Blocked watchers as of an arbiter (re)start (unix ms of the start):
+    /// the arbiter keeps blocks in memory only, so a watcher still blocked
+    /// is announced again when it reconnects. A `SOURCE_BLOCKED` within
+    /// [`REANNOUNCED_WITHIN`] of the start is that, not a new episode; a
+    /// later one is new (the block ended while the arbiter was down).
+    #[serde(default)]
+    pub blocked_at_restart: BTreeMap<String, u64>,
 }
+
+/// How long after an arbiter's start a blocked watcher's block is taken as
+/// the one it had before (watchers reconnect within seconds).
+pub const REANNOUNCED_WITHIN: Duration = Duration::from_secs(120);
 
 /// What the arbiter's status says, as far as the rules care.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +100,8 @@ pub struct ArbiterView {
     pub available: BTreeSet<String>,
     /// The lease now: (tcin, watcher, token, granted at).
     pub lease: Option<(String, String, u64, u64)>,
+    /// Watchers whose stock source blocks them now.
+    pub blocked_watchers: BTreeSet<String>,
 }
 
 /// The rules, with what they know of the arbiter (names, mode).
@@ -128,6 +145,9 @@ impl Rules {
                 let a = state.products.entry(tcin.clone()).or_default();
                 a.available = true;
             }
+            // Blocked before the notifier looked: not alerted, but its end
+            // will be.
+            state.blocked_watchers = view.blocked_watchers;
         }
         state.watchers = view.connected_watchers;
         self.watchers_changed(state, now_ms);
@@ -213,6 +233,24 @@ impl Rules {
                 if let Some(w) = watcher {
                     state.watchers.remove(&w);
                     self.watchers_changed(state, e.unix_ms);
+                }
+            }
+            EventKind::SourceBlocked => {
+                if let Some(w) = watcher {
+                    let reannounced = state
+                        .blocked_at_restart
+                        .remove(&w)
+                        .is_some_and(|at| e.unix_ms.saturating_sub(at) <= ms(REANNOUNCED_WITHIN));
+                    if state.blocked_watchers.insert(w.clone()) && !reannounced {
+                        out.push(self.source_blocked(e, &w));
+                    }
+                }
+            }
+            EventKind::SourceUnblocked => {
+                if let Some(w) = watcher
+                    && state.blocked_watchers.remove(&w)
+                {
+                    out.push(self.source_unblocked(e, &w));
                 }
             }
             _ => {}
@@ -369,6 +407,11 @@ impl Rules {
     /// ended by its own RELEASED or EXPIRED. Without this a product that
     /// sold out while the arbiter was down would never alert again.
     fn arbiter_started(&self, state: &mut RulesState, at_ms: u64) {
+        // Blocks are the arbiter's memory only: each is announced again
+        // when its watcher reconnects, or never if it ended meanwhile.
+        for w in std::mem::take(&mut state.blocked_watchers) {
+            state.blocked_at_restart.insert(w, at_ms);
+        }
         let leased = state.lease.as_ref().map(|l| l.tcin.clone());
         let available: Vec<String> = state
             .products
@@ -410,6 +453,43 @@ impl Rules {
         a.fencing_token = e.fencing_token.map(|t| t.get());
         a.watcher_id = e.watcher_id.as_ref().map(|w| w.to_string());
         a.in_test_mode(self.test_mode)
+    }
+
+    /// A watcher's stock source blocks it. Its id is the event's, so it is
+    /// sent once; the kind is the first word of the event's detail.
+    fn source_blocked(&self, e: &Event, watcher: &str) -> Alert {
+        let (kind, what) = split_kind(&e.detail);
+        let mut message = format!(
+            "The stock source blocks watcher {watcher} ({kind}): it polls nothing until the block ends, so restocks it would see are missed."
+        );
+        if !what.is_empty() {
+            message.push_str(&format!(" Detail: {what}."));
+        }
+        message.push_str(
+            " Nothing is done to get around it; see the README, \"Against the real Target\".",
+        );
+        self.about(
+            e,
+            AlertKind::SourceBlocked,
+            format!("Source blocked ({kind}): watcher {watcher}"),
+            message,
+        )
+    }
+
+    /// That block ended.
+    fn source_unblocked(&self, e: &Event, watcher: &str) -> Alert {
+        let (kind, what) = split_kind(&e.detail);
+        let mut message = format!("The {kind} block of watcher {watcher} is over");
+        if !what.is_empty() {
+            message.push_str(&format!(": {what}"));
+        }
+        message.push('.');
+        self.about(
+            e,
+            AlertKind::SourceUnblocked,
+            format!("Source unblocked: watcher {watcher}"),
+            message,
+        )
     }
 
     fn in_stock(&self, e: &Event, tcin: &str) -> Alert {
@@ -474,6 +554,15 @@ impl Rules {
                 )
             }
         }
+    }
+}
+
+/// The kind (`captcha`) and the rest of a `SOURCE_*` event's detail
+/// (`captcha: the stock source ...`).
+fn split_kind(detail: &str) -> (&str, &str) {
+    match detail.split_once(':') {
+        Some((kind, rest)) if !kind.is_empty() && !kind.contains(' ') => (kind, rest.trim()),
+        _ => ("unknown kind", detail.trim()),
     }
 }
 
@@ -745,5 +834,113 @@ mod tests {
         assert_eq!(price_from_detail(r#"HTTP 200: {"price": 5.5}"#), Some(550));
         assert_eq!(price_from_detail(r#"{"price_cents": 12}"#), Some(12));
         assert_eq!(price_from_detail("order 42"), None);
+    }
+
+    fn source(kind: EventKind, watcher: &str, detail: &str, seq: u64) -> Event {
+        Event::new(kind)
+            .watcher(&WatcherId::parse(watcher).unwrap())
+            .detail(detail)
+            .at(seq, 1_000 * seq)
+    }
+
+    #[test]
+    fn a_block_episode_alerts_once_when_it_starts_and_once_when_it_ends() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let blocked = source(
+            EventKind::SourceBlocked,
+            "w1",
+            "captcha: the stock source blocks this watcher; tracking URL /captcha?trackingId=t1",
+            5,
+        );
+        let a = r.on_event(&mut s, &blocked);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].kind, AlertKind::SourceBlocked);
+        // Its id is the event's: the same event replayed makes the same id.
+        assert_eq!(a[0].id, "e5-source_blocked");
+        assert_eq!(a[0].watcher_id.as_deref(), Some("w1"));
+        assert_eq!(a[0].title, "Source blocked (captcha): watcher w1");
+        assert!(
+            a[0].message.contains("/captcha?trackingId=t1"),
+            "{}",
+            a[0].message
+        );
+        // Announced again: no repeat.
+        let again = source(EventKind::SourceBlocked, "w1", "perimeterx: ...", 9);
+        assert!(r.on_event(&mut s, &again).is_empty());
+        // Another watcher's block is its own episode.
+        let other = source(EventKind::SourceBlocked, "w2", "forbidden: ...", 10);
+        assert_eq!(r.on_event(&mut s, &other).len(), 1);
+        // The end: one alert, then nothing more.
+        let over = source(
+            EventKind::SourceUnblocked,
+            "w1",
+            "captcha: over; the source answers w1 again",
+            11,
+        );
+        let a = r.on_event(&mut s, &over);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].kind, AlertKind::SourceUnblocked);
+        assert_eq!(a[0].id, "e11-source_unblocked");
+        assert!(
+            a[0].message
+                .starts_with("The captcha block of watcher w1 is over"),
+            "{}",
+            a[0].message
+        );
+        assert!(r.on_event(&mut s, &over).is_empty());
+        // A new block after it is a new episode.
+        assert_eq!(
+            r.on_event(
+                &mut s,
+                &source(EventKind::SourceBlocked, "w1", "captcha: x", 12)
+            )
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn after_an_arbiter_restart_a_block_announced_again_is_the_same_episode() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let b = |w: &str, seq: u64| source(EventKind::SourceBlocked, w, "captcha: x", seq);
+        assert_eq!(r.on_event(&mut s, &b("w1", 1)).len(), 1);
+        assert_eq!(r.on_event(&mut s, &b("w2", 2)).len(), 1);
+        // The arbiter restarts (at 3 s); w1 reconnects still blocked soon
+        // after: the same episode. w2's block ended while it was down.
+        assert!(r.on_event(&mut s, &started(3, 3_000)).is_empty());
+        assert!(r.on_event(&mut s, &b("w1", 5)).is_empty());
+        let over = source(EventKind::SourceUnblocked, "w1", "captcha: over", 6);
+        assert_eq!(r.on_event(&mut s, &over).len(), 1);
+        // w2 blocked again long after: a new episode, alerted.
+        let later = source(EventKind::SourceBlocked, "w2", "captcha: y", 1_000);
+        assert_eq!(r.on_event(&mut s, &later).len(), 1);
+    }
+
+    #[test]
+    fn a_block_seen_before_the_notifier_looked_is_not_alerted_but_its_end_is() {
+        let r = rules();
+        let mut r = r;
+        let mut s = RulesState::default();
+        let view = ArbiterView {
+            blocked_watchers: ["w1".to_owned()].into(),
+            connected_watchers: ["w1".to_owned()].into(),
+            ..Default::default()
+        };
+        r.on_status(&mut s, view, 1_000, true);
+        let over = source(EventKind::SourceUnblocked, "w1", "captcha: over", 3);
+        assert_eq!(r.on_event(&mut s, &over).len(), 1);
+        // An end whose start was never alerted is not alerted either.
+        let stray = source(EventKind::SourceUnblocked, "w9", "captcha: over", 4);
+        assert!(r.on_event(&mut s, &stray).is_empty());
+        // The state file keeps it (and an old one without it still loads).
+        s.blocked_watchers.insert("w2".into());
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<RulesState>(&json).unwrap(), s);
+        assert_eq!(
+            serde_json::from_str::<RulesState>("{}").unwrap(),
+            RulesState::default()
+        );
     }
 }

@@ -367,6 +367,7 @@ impl WatcherStream {
             observations: first,
             polling: Vec::new(),
             poll_interval_ms: 0,
+            source_block: None,
         })
         .await
         .map_err(|_| anyhow!("stream of {id} closed before its first report"))?;
@@ -428,6 +429,7 @@ impl WatcherStream {
                 observations,
                 polling: Vec::new(),
                 poll_interval_ms: 0,
+                source_block: None,
             })
             .await
             .map_err(|_| anyhow!("the stream of watcher {} is closed", self.id))

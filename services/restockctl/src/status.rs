@@ -177,6 +177,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
             "POLLING",
             "EVERY",
             "PHASE",
+            "SOURCE",
         ]);
         for w in &s.watchers {
             watchers.add_row(vec![
@@ -200,10 +201,34 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
                 } else {
                     "own".to_owned()
                 }),
+                Cell::new(match &w.source_block {
+                    None => "ok".to_owned(),
+                    Some(b) if w.source_blocked => format!("BLOCKED: {}", b.kind),
+                    Some(b) => format!("backing off: {}", b.kind),
+                }),
             ]);
         }
         text.push_str(&crate::format::trim_lines(&watchers.to_string()));
         text.push('\n');
+        for w in s.watchers.iter().filter(|w| w.source_blocked) {
+            let Some(b) = &w.source_block else { continue };
+            text.push_str(&format!(
+                "  {}: its stock source blocks it ({}) since {}",
+                w.watcher_id,
+                b.kind,
+                ago(now_unix_ms, b.since_unix_ms)
+            ));
+            if b.paused_until_unix_ms > now_unix_ms {
+                text.push_str(&format!(
+                    "; paused {} more",
+                    duration_ms(b.paused_until_unix_ms - now_unix_ms)
+                ));
+            }
+            if !b.tracking_url.is_empty() {
+                text.push_str(&format!("; tracking URL {}", b.tracking_url));
+            }
+            text.push('\n');
+        }
     }
 
     let c = s.counters.unwrap_or_default();
@@ -264,6 +289,7 @@ mod tests {
                 poll_interval_ms: 300,
                 planned: true,
                 poll_phase_ms: 100,
+                ..Default::default()
             }],
             test_mode: true,
             next_fencing_token: 8,
@@ -282,6 +308,45 @@ mod tests {
         assert!(text.contains("cool-down 4.0s left"), "{text}");
         assert!(text.contains("1.0s ago"), "{text}");
         assert!(text.contains("last event #42"), "{text}");
+        assert!(!text.contains("BLOCKED"), "{text}");
+    }
+
+    #[test]
+    fn a_blocked_watcher_is_named_with_its_kind() {
+        let s = pb::GetStatusResponse {
+            watchers: vec![
+                pb::WatcherStatus {
+                    watcher_id: "w1".into(),
+                    connected: true,
+                    source_block: Some(pb::SourceBlock {
+                        kind: "captcha".into(),
+                        since_unix_ms: 4_000,
+                        tracking_url: "/captcha?trackingId=t1".into(),
+                        paused_until_unix_ms: 70_000,
+                    }),
+                    source_blocked: true,
+                    ..Default::default()
+                },
+                pb::WatcherStatus {
+                    watcher_id: "w2".into(),
+                    connected: true,
+                    source_block: Some(pb::SourceBlock {
+                        kind: "rate_limited".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = render("http://a:1", &s, 10_000);
+        assert!(text.contains("BLOCKED: captcha"), "{text}");
+        assert!(text.contains("backing off: rate_limited"), "{text}");
+        assert!(
+            text.contains("w1: its stock source blocks it (captcha) since 6.0s ago; paused 1m00s more; tracking URL /captcha?trackingId=t1"),
+            "{text}"
+        );
+        assert!(!text.contains("w2: its stock source"), "{text}");
     }
 
     #[test]

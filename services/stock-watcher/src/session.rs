@@ -9,7 +9,12 @@
 //! sees. The arbiter answers with its catalog, which feeds the poller. Then
 //! the session sends a report whenever the poller says something changed,
 //! plus a refresh of every in-stock product every third of the stock TTL (the
-//! arbiter drops sightings that are not repeated within the TTL). Grants and
+//! arbiter drops sightings that are not repeated within the TTL). Every
+//! report also says whether the source blocks the watcher (a captcha,
+//! PerimeterX, a retired endpoint, a back-off; `StockReport.source_block`),
+//! and a change of that is a report of its own within [`BLOCK_CHECK`], so
+//! the arbiter can show it and its history mark when a block starts and
+//! ends. Grants and
 //! revocations pushed by the arbiter go to the checkout runner, which keeps
 //! going over unary calls while the stream is down.
 //!
@@ -32,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tracing::{error, info, warn};
 
-use restock_domain::{Catalog, FencingToken, Lease, LeaseId, Tcin, WatcherId};
+use restock_domain::{Catalog, FencingToken, Lease, LeaseId, SourceBlock, Tcin, WatcherId};
 use restock_proto::ConvertError;
 use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::is_not_leader};
 
@@ -41,7 +46,7 @@ use crate::{
     book::ReportContent,
     poller::PollTurn,
     runner::{CheckoutRunner, Revocation},
-    state::{SharedState, unix_ms},
+    state::{BlockToken, SharedState, unix_ms},
 };
 
 /// How long the arbiter may take to send its catalog on a new stream.
@@ -52,6 +57,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(5);
 const DEFAULT_REFRESH: Duration = Duration::from_secs(3);
 /// Queued reports per stream.
 const OUTBOUND_BUFFER: usize = 64;
+/// How often the session looks whether the source's block changed (a block
+/// starting or ending is reported within this, or at once with a change of
+/// stock): a lock and a comparison, no message unless it changed.
+const BLOCK_CHECK: Duration = Duration::from_millis(250);
 
 /// Why a stream ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -217,15 +226,18 @@ impl Session {
         };
         let mut client = PurchaseArbiterClient::with_interceptor(channel, self.link.token());
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        let hello = {
+        let (hello, block, mut told_block) = {
             let mut st = self.state.lock();
             st.book.new_stream();
-            st.book.take_report(Instant::now(), true)
+            let now = Instant::now();
+            let (block, token) = st.source_block(now);
+            (st.book.take_report(now, true), block, token)
         };
         let in_stock = hello.observations.len();
         tx.send(stock_report(
             Some((&self.watcher_id, self.poll_interval)),
             hello,
+            block.as_ref(),
         ))
         .await
         .map_err(|_| StreamError::Ended)?;
@@ -271,6 +283,8 @@ impl Session {
             "connected to the arbiter"
         );
         let mut refresh = refresh_timer(refresh_every);
+        let mut block_check = tokio::time::interval(BLOCK_CHECK);
+        block_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -288,8 +302,14 @@ impl Session {
                     Ok(None) => return Err(StreamError::Ended),
                     Err(s) => return Err(StreamError::from_status(s)),
                 },
-                () = self.state.wait_report_due() => self.send_report(&tx, false).await?,
-                _ = refresh.tick() => self.send_report(&tx, true).await?,
+                () = self.state.wait_report_due() => self.send_report(&tx, false, &mut told_block).await?,
+                _ = refresh.tick() => self.send_report(&tx, true, &mut told_block).await?,
+                _ = block_check.tick() => {
+                    let changed = self.state.lock().source_block(Instant::now()).1 != told_block;
+                    if changed {
+                        self.send_report(&tx, false, &mut told_block).await?;
+                    }
+                }
             }
         }
     }
@@ -404,12 +424,20 @@ impl Session {
         &self,
         tx: &mpsc::Sender<pb::StockReport>,
         refresh: bool,
+        told_block: &mut BlockToken,
     ) -> Result<(), StreamError> {
-        let content = self.state.lock().book.take_report(Instant::now(), refresh);
-        if content.is_empty() {
-            return Ok(());
-        }
-        tx.send(stock_report(None, content))
+        let (content, block) = {
+            let mut st = self.state.lock();
+            let now = Instant::now();
+            let (block, token) = st.source_block(now);
+            let content = st.book.take_report(now, refresh);
+            if content.is_empty() && token == *told_block {
+                return Ok(());
+            }
+            *told_block = token;
+            (content, block)
+        };
+        tx.send(stock_report(None, content, block.as_ref()))
             .await
             .map_err(|_| StreamError::Ended)
     }
@@ -437,9 +465,15 @@ fn catalog_from_pb(mut c: pb::Catalog) -> Result<Catalog, ConvertError> {
 }
 
 /// A `StockReport` carrying `content`; only the first report of a stream
-/// names the watcher and says how often it polls.
-fn stock_report(hello: Option<(&WatcherId, Duration)>, content: ReportContent) -> pb::StockReport {
+/// names the watcher and says how often it polls. Every report says what
+/// blocks the source (`block`), so a report without one ends a block.
+fn stock_report(
+    hello: Option<(&WatcherId, Duration)>,
+    content: ReportContent,
+    block: Option<&SourceBlock>,
+) -> pb::StockReport {
     pb::StockReport {
+        source_block: block.map(pb::SourceBlock::from),
         watcher_id: hello.map(|(w, _)| w.to_string()).unwrap_or_default(),
         poll_interval_ms: hello.map_or(0, |(_, every)| {
             u64::try_from(every.as_millis()).unwrap_or(u64::MAX)
@@ -535,7 +569,11 @@ mod tests {
             }],
             polling: Some(vec![Tcin::parse("100").unwrap()]),
         };
-        let first = stock_report(Some((&w, Duration::from_millis(300))), content.clone());
+        let first = stock_report(
+            Some((&w, Duration::from_millis(300))),
+            content.clone(),
+            None,
+        );
         assert_eq!(first.watcher_id, "w1");
         assert_eq!(first.poll_interval_ms, 300);
         assert_eq!(first.polling, ["100"]);
@@ -547,9 +585,43 @@ mod tests {
                 polling: None,
                 ..content
             },
+            None,
         );
         assert!(later.watcher_id.is_empty() && later.polling.is_empty());
         assert_eq!(later.poll_interval_ms, 0);
+        assert!(first.source_block.is_none() && later.source_block.is_none());
+    }
+
+    #[test]
+    fn every_report_says_what_blocks_the_source() {
+        use crate::{source::RefusalKind, state::BlockRecord};
+        let state = SharedState::new();
+        let now = Instant::now();
+        assert_eq!(state.lock().source_block(now), (None, None));
+        {
+            let mut st = state.lock();
+            st.block = Some(BlockRecord {
+                kind: RefusalKind::Captcha,
+                detail: String::new(),
+                since_unix_ms: 1_000,
+                tracking_url: Some("/captcha?trackingId=x".into()),
+            });
+            st.backoff_until = Some(now + Duration::from_secs(600));
+        }
+        let (block, token) = state.lock().source_block(now);
+        let block = block.expect("blocked");
+        assert!(token.is_some());
+        let r = stock_report(None, ReportContent::default(), Some(&block));
+        let b = r.source_block.expect("sent");
+        assert_eq!(b.kind, "captcha");
+        assert_eq!(b.since_unix_ms, 1_000);
+        assert_eq!(b.tracking_url, "/captcha?trackingId=x");
+        assert!(b.paused_until_unix_ms >= unix_ms() + 590_000);
+        // The token is stable while nothing changes, so no report repeats it.
+        assert_eq!(state.lock().source_block(now).1, token);
+        // A per-product refusal is not the source's.
+        state.lock().block.as_mut().unwrap().kind = RefusalKind::UnknownProduct;
+        assert_eq!(state.lock().source_block(now), (None, None));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use restock_domain::{FencingToken, LeaseId, Tcin};
+use restock_domain::{FencingToken, LeaseId, SourceBlock, SourceBlockKind, Tcin};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{book::StockBook, metrics::WatcherMetrics, source::RefusalKind};
@@ -25,6 +25,48 @@ pub struct BlockRecord {
     /// The last such answer, with the captcha tracking URL when there is one.
     pub detail: String,
     pub since_unix_ms: u64,
+    /// With a captcha: the tracking URL the retailer gave (last answer's).
+    pub tracking_url: Option<String>,
+}
+
+/// What the arbiter was last told of the source's block on one stream: a
+/// report is due when it differs (see [`Inner::source_block`]).
+pub type BlockToken = Option<(RefusalKind, u64, Option<Instant>, Option<String>)>;
+
+impl Inner {
+    /// The source-wide refusal in force, as the arbiter is told it on the
+    /// stream (`None`: the source answers), and the token that says whether
+    /// it changed since the last report. Per-product refusals are never
+    /// source-wide, so they are not in `block`.
+    pub fn source_block(&self, now: Instant) -> (Option<SourceBlock>, BlockToken) {
+        let Some(b) = &self.block else {
+            return (None, None);
+        };
+        let kind = match b.kind {
+            RefusalKind::Captcha => SourceBlockKind::Captcha,
+            RefusalKind::PerimeterX => SourceBlockKind::PerimeterX,
+            RefusalKind::Forbidden => SourceBlockKind::Forbidden,
+            RefusalKind::EndpointGone => SourceBlockKind::EndpointGone,
+            RefusalKind::RateLimited => SourceBlockKind::RateLimited,
+            RefusalKind::ServerError => SourceBlockKind::ServerError,
+            RefusalKind::NotJson => SourceBlockKind::NotJson,
+            RefusalKind::BadRequest | RefusalKind::UnknownProduct => return (None, None),
+        };
+        // Stopped for good (410) has no pause end; a pause over is 0 too.
+        let until = self.backoff_until.filter(|_| self.stopped.is_none());
+        let paused_until_unix_ms = until
+            .map(|u| u.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
+            .map_or(0, |left| unix_ms() + left.as_millis() as u64);
+        let block = SourceBlock {
+            kind,
+            since_unix_ms: b.since_unix_ms,
+            paused_until_unix_ms,
+            tracking_url: b.tracking_url.as_deref().map(Into::into),
+        };
+        let token = Some((b.kind, b.since_unix_ms, until, b.tracking_url.clone()));
+        (Some(block), token)
+    }
 }
 
 /// Wall-clock milliseconds since the epoch (display only).

@@ -344,7 +344,10 @@ impl Checker {
             | EventKind::Reset
             | EventKind::WatcherJoined
             | EventKind::WatcherLeft
-            | EventKind::CooledDown => {}
+            | EventKind::CooledDown
+            // A watcher's source blocking it moves no product or lease.
+            | EventKind::SourceBlocked
+            | EventKind::SourceUnblocked => {}
         }
         self.apply_product_state(e);
         self.apply_pending();

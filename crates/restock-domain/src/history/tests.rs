@@ -705,3 +705,27 @@ fn odd_times_and_sequences_do_not_panic() {
     m.warn("late", u64::MAX);
     assert_eq!(m.events_seen(), 1);
 }
+
+#[test]
+fn a_watcher_blocked_mid_cycle_moves_nothing_and_is_no_problem() {
+    let mut m = checker();
+    m.observe_status(&ready3(1), T0);
+    let w = WatcherId::parse("w1").unwrap();
+    feed(
+        &mut m,
+        &[
+            granted(2, T0 + SEC, "100", "lease-1", 1, St::Ready),
+            build::plain(3, T0 + 2 * SEC, Kind::SourceBlocked)
+                .watcher(&w)
+                .detail("captcha: the stock source blocks this watcher"),
+            build::plain(4, T0 + 3 * SEC, Kind::SourceUnblocked)
+                .watcher(&w)
+                .detail("captcha: over"),
+            released(5, T0 + 4 * SEC, "100", "lease-1", 1),
+        ],
+    );
+    m.observe_status(&ready3(5), T0 + 5 * SEC);
+    assert!(m.problems().is_empty(), "{:#?}", m.problems());
+    assert!(m.warnings().is_empty(), "{:#?}", m.warnings());
+    assert_eq!(m.completed_cycles(), 1);
+}

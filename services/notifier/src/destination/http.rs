@@ -175,9 +175,11 @@ fn colour(kind: AlertKind) -> u32 {
         AlertKind::CheckoutStarted => 0x34_98_db,
         AlertKind::Purchased => 0xf1_c4_0f,
         AlertKind::CheckoutFailed | AlertKind::Stuck => 0xe7_4c_3c,
-        AlertKind::NoWatchers | AlertKind::ArbiterUnreachable | AlertKind::MissedEvents => {
-            0xe6_7e_22
-        }
+        AlertKind::NoWatchers
+        | AlertKind::ArbiterUnreachable
+        | AlertKind::MissedEvents
+        | AlertKind::SourceBlocked => 0xe6_7e_22,
+        AlertKind::SourceUnblocked => 0x2e_cc_71,
         AlertKind::Test => 0x95_a5_a6,
     }
 }
@@ -239,6 +241,8 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
         AlertKind::CheckoutFailed | AlertKind::Stuck | AlertKind::ArbiterUnreachable => 4,
         // Purchases or restocks among the missed events went unalerted.
         AlertKind::MissedEvents => 4,
+        // Nothing is polled until it ends: as urgent as no watchers.
+        AlertKind::SourceBlocked => 4,
         _ => 3,
     };
     let mut tags: Vec<String> = tags.to_vec();
@@ -248,6 +252,8 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
             AlertKind::Purchased => "tada",
             AlertKind::CheckoutFailed | AlertKind::Stuck | AlertKind::MissedEvents => "warning",
             AlertKind::ArbiterUnreachable | AlertKind::NoWatchers => "rotating_light",
+            AlertKind::SourceBlocked => "no_entry",
+            AlertKind::SourceUnblocked => "white_check_mark",
             AlertKind::CheckoutStarted => "hourglass_flowing_sand",
             AlertKind::Test => "white_check_mark",
         }

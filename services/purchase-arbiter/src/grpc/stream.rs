@@ -12,9 +12,9 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use restock_domain::{Observation, Tcin, WatcherId};
+use restock_domain::{Observation, SourceBlock, Tcin, WatcherId};
 
 use super::{
     ArbiterService, BoxStream, live_lease_to_pb,
@@ -117,7 +117,7 @@ impl Reader {
         let mut next = Some(first);
         let mut bucket = self.limit.map(|l| ReportBucket::new(l, Instant::now()));
         loop {
-            if let Some((polling, poll_interval, observations)) = next.take()
+            if let Some((polling, poll_interval, observations, source_block)) = next.take()
                 && self
                     .handle
                     .report(
@@ -126,6 +126,7 @@ impl Reader {
                         polling,
                         poll_interval,
                         observations,
+                        source_block,
                     )
                     .await
                     .is_err()
@@ -216,8 +217,13 @@ fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status
 }
 
 /// A report as the task takes it: the polling list and the poll interval
-/// when the watcher sent them, and the observations.
-type ParsedReport = (Option<Vec<Tcin>>, Option<Duration>, Vec<Observation>);
+/// when the watcher sent them, the observations, and its source's block.
+type ParsedReport = (
+    Option<Vec<Tcin>>,
+    Option<Duration>,
+    Vec<Observation>,
+    Option<SourceBlock>,
+);
 
 /// The longest poll interval a watcher may announce; a longer one is a
 /// mistake (or garbage), and would make a plan nobody can follow.
@@ -271,5 +277,12 @@ fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport,
         }
         ms => Some(Duration::from_millis(ms)),
     };
-    Ok((polling, poll_interval, observations))
+    // A block of a kind this build does not know (a newer watcher) is
+    // shown as none rather than refusing the report.
+    let source_block = r.source_block.and_then(|b| {
+        SourceBlock::try_from(b)
+            .inspect_err(|e| debug!(watcher_id = %watcher, error = %e, "source block ignored"))
+            .ok()
+    });
+    Ok((polling, poll_interval, observations, source_block))
 }

@@ -31,7 +31,8 @@ use tokio::time::Instant;
 
 use restock_domain::{
     Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriceCheck,
-    PriorityList, ProductSpec, ProductState, Tcin, WatcherId,
+    PriorityList, ProductSpec, ProductState, SourceBlock, SourceBlockKind, Tcin, WatcherId,
+    duration::short,
 };
 
 pub use clock::{Clock, Now};
@@ -258,6 +259,9 @@ struct Watcher {
     polling: Vec<Tcin>,
     /// Its `--poll-interval`, once it said (kept across reconnects).
     poll_interval: Option<Duration>,
+    /// Its stock source refusing it, as its last report said; kept while
+    /// it is away (it reports again when it comes back). Not saved.
+    source_block: Option<SourceBlock>,
 }
 
 /// The whole arbiter state. See the module documentation.
@@ -898,6 +902,7 @@ impl Arbiter {
                 reports: 0,
                 polling: Vec::new(),
                 poll_interval: None,
+                source_block: None,
             });
         let replaced = w.conn.is_some();
         w.conn = Some(conn);
@@ -998,6 +1003,46 @@ impl Arbiter {
             })
             .collect();
         (ranked, watchers)
+    }
+
+    /// What a watcher's report says of its stock source (every report of
+    /// a watcher that knows says it; `None` is "it answers"). A block
+    /// starting is a `SOURCE_BLOCKED` event, its end `SOURCE_UNBLOCKED`:
+    /// one pair per episode, however often it is repeated, whatever its
+    /// kind changes to meanwhile. Back-offs (`rate_limited`, ...) are kept
+    /// for the status but are no block.
+    pub fn set_source_block(
+        &mut self,
+        now: Now,
+        watcher_id: &WatcherId,
+        conn: u64,
+        block: Option<SourceBlock>,
+    ) {
+        if !self.is_current_conn(watcher_id, conn) {
+            return;
+        }
+        let w = self.watchers.get_mut(watcher_id).expect("checked");
+        if w.source_block == block {
+            return;
+        }
+        let was = w
+            .source_block
+            .as_ref()
+            .filter(|b| b.is_block())
+            .map(|b| b.kind);
+        w.source_block = block;
+        let event = match (was, w.source_block.as_ref().filter(|b| b.is_block())) {
+            (None, Some(b)) => Event::new(EventKind::SourceBlocked).detail(block_detail(b)),
+            (Some(kind), None) => Event::new(EventKind::SourceUnblocked).detail(format!(
+                "{kind}: over; the source answers {watcher_id} again{}",
+                match &w.source_block {
+                    Some(b) => format!(" (backing off: {})", b.kind),
+                    None => String::new(),
+                }
+            )),
+            _ => return,
+        };
+        self.emit(now, event.watcher(watcher_id));
     }
 
     /// A batch of observations from a watcher's stream.
@@ -1242,4 +1287,23 @@ pub struct Resume {
     pub ended: Vec<EndedLease>,
     pub answers: Vec<(AnswerKey, AcquireAnswer)>,
     pub history: Vec<Event>,
+}
+
+/// The detail of a `SOURCE_BLOCKED` event: the kind first (`captcha: ...`),
+/// then what the watcher does about it.
+fn block_detail(b: &SourceBlock) -> String {
+    let mut d = format!("{}: the stock source blocks this watcher", b.kind);
+    if b.kind == SourceBlockKind::EndpointGone {
+        d.push_str("; the endpoint was retired and polling stopped (choose another with --target-endpoint)");
+    } else if b.paused_until_unix_ms > b.since_unix_ms {
+        let pause = Duration::from_millis(b.paused_until_unix_ms - b.since_unix_ms);
+        d.push_str(&format!(
+            "; polling paused for {}, then one probe",
+            short(pause)
+        ));
+    }
+    if let Some(u) = &b.tracking_url {
+        d.push_str(&format!("; tracking URL {u}"));
+    }
+    d
 }

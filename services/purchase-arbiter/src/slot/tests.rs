@@ -1496,6 +1496,7 @@ async fn status_shows_each_watcher_with_its_last_report() {
                 polling: vec![t("A"), t("B")],
                 poll_interval: None,
                 poll_phase: None,
+                source_block: None,
             },
             WatcherStatus {
                 watcher_id: w("w2"),
@@ -1506,6 +1507,7 @@ async fn status_shows_each_watcher_with_its_last_report() {
                 polling: vec![],
                 poll_interval: None,
                 poll_phase: None,
+                source_block: None,
             },
         ]
     );
@@ -1529,4 +1531,163 @@ async fn a_refused_acquire_for_a_new_id_leaves_no_product_behind() {
     release(&mut a, &c, &held, Outcome::Aborted);
     granted(acquire(&mut a, &c, "new-one", "w2", ""));
     assert_eq!(a.status(c.now()).products.len(), 2);
+}
+
+fn block(kind: SourceBlockKind, since: u64) -> Option<SourceBlock> {
+    Some(SourceBlock {
+        kind,
+        since_unix_ms: since,
+        paused_until_unix_ms: since + 600_000,
+        tracking_url: (kind == SourceBlockKind::Captcha).then(|| "/captcha?trackingId=t1".into()),
+    })
+}
+
+/// The `SOURCE_*` events a call made.
+fn source_events(a: &mut Arbiter) -> Vec<Event> {
+    a.take_effects()
+        .events
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::SourceBlocked | EventKind::SourceUnblocked
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_block_episode_is_one_event_when_it_starts_and_one_when_it_ends() {
+    let (mut a, c) = fixture(ABC);
+    a.connect(c.now(), &w("w1"), 1);
+    a.take_effects();
+    // Not blocked: nothing.
+    a.set_source_block(c.now(), &w("w1"), 1, None);
+    assert!(source_events(&mut a).is_empty());
+    // A captcha: one event naming the watcher, the kind, the pause and the URL.
+    a.set_source_block(c.now(), &w("w1"), 1, block(SourceBlockKind::Captcha, T0));
+    let e = source_events(&mut a);
+    assert_eq!(kinds(&e), [EventKind::SourceBlocked]);
+    assert_eq!(e[0].watcher_id, Some(w("w1")));
+    assert!(e[0].detail.starts_with("captcha: "), "{}", e[0].detail);
+    assert!(e[0].detail.contains("paused for 10m"), "{}", e[0].detail);
+    assert!(
+        e[0].detail.contains("/captcha?trackingId=t1"),
+        "{}",
+        e[0].detail
+    );
+    let status = a.status(c.now());
+    let shown = status.watchers[0].source_block.as_ref().expect("shown");
+    assert_eq!(shown.kind, SourceBlockKind::Captcha);
+    // Repeated, a new probe's pause, another block kind: the same episode.
+    a.set_source_block(c.now(), &w("w1"), 1, block(SourceBlockKind::Captcha, T0));
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::Captcha, T0 + 1),
+    );
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::PerimeterX, T0 + 2),
+    );
+    assert!(source_events(&mut a).is_empty());
+    assert_eq!(
+        a.status(c.now()).watchers[0]
+            .source_block
+            .as_ref()
+            .unwrap()
+            .kind,
+        SourceBlockKind::PerimeterX
+    );
+    // Away and back still blocked: no new episode (the block is kept).
+    a.disconnect(c.now(), &w("w1"), 1, "gone");
+    assert!(a.status(c.now()).watchers[0].source_block.is_some());
+    a.connect(c.now(), &w("w1"), 2);
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        2,
+        block(SourceBlockKind::PerimeterX, T0 + 2),
+    );
+    assert!(source_events(&mut a).is_empty());
+    // A replaced stream's last words change nothing.
+    a.set_source_block(c.now(), &w("w1"), 1, None);
+    assert!(source_events(&mut a).is_empty());
+    // Over: one event, and the status is clear.
+    a.set_source_block(c.now(), &w("w1"), 2, None);
+    let e = source_events(&mut a);
+    assert_eq!(kinds(&e), [EventKind::SourceUnblocked]);
+    assert!(
+        e[0].detail.starts_with("perimeterx: over"),
+        "{}",
+        e[0].detail
+    );
+    assert!(a.status(c.now()).watchers[0].source_block.is_none());
+    // A new block is a new episode.
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        2,
+        block(SourceBlockKind::Forbidden, T0 + 9),
+    );
+    assert_eq!(kinds(&source_events(&mut a)), [EventKind::SourceBlocked]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_back_off_is_shown_but_is_no_block() {
+    let (mut a, c) = fixture(ABC);
+    a.connect(c.now(), &w("w1"), 1);
+    a.take_effects();
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::RateLimited, T0),
+    );
+    assert!(source_events(&mut a).is_empty());
+    let shown = a.status(c.now()).watchers[0].source_block.clone().unwrap();
+    assert!(!shown.is_block());
+    // A captcha after the back-off starts an episode; a back-off after the
+    // captcha ends it (the source answers, if only to throttle).
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::Captcha, T0 + 1),
+    );
+    assert_eq!(kinds(&source_events(&mut a)), [EventKind::SourceBlocked]);
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::ServerError, T0 + 2),
+    );
+    let e = source_events(&mut a);
+    assert_eq!(kinds(&e), [EventKind::SourceUnblocked]);
+    assert!(
+        e[0].detail.contains("backing off: server_error"),
+        "{}",
+        e[0].detail
+    );
+    // A retired endpoint is a block too.
+    a.set_source_block(
+        c.now(),
+        &w("w1"),
+        1,
+        block(SourceBlockKind::EndpointGone, T0 + 3),
+    );
+    let e = source_events(&mut a);
+    assert_eq!(kinds(&e), [EventKind::SourceBlocked]);
+    assert!(e[0].detail.contains("--target-endpoint"), "{}", e[0].detail);
+    // No block of an unknown watcher is kept.
+    a.set_source_block(
+        c.now(),
+        &w("nobody"),
+        9,
+        block(SourceBlockKind::Captcha, T0),
+    );
+    assert!(source_events(&mut a).is_empty());
 }

@@ -56,6 +56,7 @@ impl Arbiter {
                 poll_interval: w.poll_interval,
                 // The task's poll plan fills it in.
                 poll_phase: None,
+                source_block: w.source_block.clone(),
             })
             .collect();
         watchers.sort_by(|a, b| a.watcher_id.cmp(&b.watcher_id));

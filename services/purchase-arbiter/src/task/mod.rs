@@ -75,7 +75,7 @@ use restock_runtime::error::Chain;
 
 use restock_domain::{
     Catalog, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
-    ProductState, Status, Tcin, WatcherId, lease::holder_margin,
+    ProductState, SourceBlock, Status, Tcin, WatcherId, lease::holder_margin,
 };
 
 use crate::{
@@ -196,6 +196,8 @@ enum Command {
         polling: Option<Vec<Tcin>>,
         poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
+        /// What the report says of the watcher's stock source.
+        source_block: Option<SourceBlock>,
     },
     Status {
         reply: Reply<Status>,
@@ -323,6 +325,7 @@ impl ArbiterHandle {
         polling: Option<Vec<Tcin>>,
         poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
+        source_block: Option<SourceBlock>,
     ) -> Result<(), ArbiterError> {
         self.tx
             .send(Command::Report {
@@ -331,6 +334,7 @@ impl ArbiterHandle {
                 polling,
                 poll_interval,
                 observations,
+                source_block,
             })
             .await
             .map_err(|_| ArbiterError::ShuttingDown)
@@ -548,7 +552,11 @@ impl Published {
         // list); these three never do.
         self.products |= !matches!(
             e.kind,
-            EventKind::Renewed | EventKind::WatcherJoined | EventKind::WatcherLeft
+            EventKind::Renewed
+                | EventKind::WatcherJoined
+                | EventKind::WatcherLeft
+                | EventKind::SourceBlocked
+                | EventKind::SourceUnblocked
         );
     }
 }
@@ -713,7 +721,9 @@ impl<S: StateStore> ArbiterTask<S> {
                 polling,
                 poll_interval,
                 observations,
+                source_block,
             } => {
+                a.set_source_block(now, &watcher_id, conn, source_block);
                 if polling.is_some() {
                     self.planning.touch();
                 }

@@ -224,7 +224,7 @@ impl Running {
             observed_at_unix_ms: 0,
         };
         self.handle
-            .report(w(watcher), conn, None, None, vec![obs])
+            .report(w(watcher), conn, None, None, vec![obs], None)
             .await
             .unwrap();
     }

@@ -170,6 +170,20 @@
       const interval = num(w.pollIntervalMs);
       cell(tr, (polls ? polls + ' products' : 'all') + (interval ? ' every ' + shortDuration(interval) : ''));
       cell(tr, w.planned ? 'at ' + shortDuration(num(w.pollPhaseMs)) : (status.pollPlanning ? '-' : 'own'));
+      // Its stock source: a block (captcha, perimeterx, forbidden,
+      // endpoint_gone) marks the row; a back-off is only named.
+      const block = w.sourceBlock;
+      if (block && w.sourceBlocked) {
+        tr.dataset.blocked = block.kind;
+        tr.classList.add('blocked');
+        const since = num(block.sinceUnixMs);
+        const src = cell(tr, 'BLOCKED: ' + block.kind + (since ? ' since ' + clockTime(since) : ''), 'bad source');
+        src.title = block.trackingUrl ? 'tracking URL ' + block.trackingUrl : '';
+      } else if (block) {
+        cell(tr, 'backing off: ' + block.kind, 'source');
+      } else {
+        cell(tr, 'ok', 'ok source');
+      }
       rows.push(tr);
     }
     body.replaceChildren(...rows);
@@ -219,6 +233,12 @@
     }
     if (!(status.watchers || []).some((w) => w.connected)) {
       out.push(['no-watchers', 'No watcher connected: nothing is being watched.']);
+    }
+    const blocked = (status.watchers || []).filter((w) => w.sourceBlocked && w.sourceBlock);
+    if (blocked.length) {
+      out.push(['source-blocked', 'Stock source blocked: ' +
+        blocked.map((w) => w.watcherId + ' (' + w.sourceBlock.kind + ')').join(', ') +
+        '. A blocked watcher polls nothing until the block ends.']);
     }
     if (status.paused) {
       out.push(['paused', 'Paused: no new checkout starts until it is resumed.']);
