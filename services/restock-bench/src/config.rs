@@ -106,6 +106,44 @@ pub struct BenchConfig {
     #[arg(long, env = "RESTOCK_BENCH_E2E_PRODUCTS", default_value_t = 3)]
     pub e2e_products: usize,
 
+    /// Which parts of the end-to-end scenario run: `matrix` (issue 14: N
+    /// watchers polling every T, planned and unplanned) and `budget`
+    /// (issue 20: 24 products, each watcher held to a request budget,
+    /// per-product requests against batch summaries).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_PARTS", value_delimiter = ',', default_value = "matrix,budget", value_parser = ["matrix", "budget"])]
+    pub e2e_parts: Vec<String>,
+
+    /// Watcher counts of the budgeted end-to-end rows.
+    #[arg(
+        long,
+        env = "RESTOCK_BENCH_E2E_BUDGET_WATCHERS",
+        value_delimiter = ',',
+        default_value = "1,3"
+    )]
+    pub e2e_budget_watchers: Vec<usize>,
+
+    /// Each watcher's request budget in the budgeted rows (its
+    /// `--target-max-rps`, requests per second).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_BUDGET_RPS", default_value_t = 1.0)]
+    pub e2e_budget_rps: f64,
+
+    /// The poll interval of the budgeted batch rows (default: 1/R, all the
+    /// budget allows); a longer one leaves the budget slack, which lets the
+    /// poll plan move a watcher's requests to its turn.
+    #[arg(long, env = "RESTOCK_BENCH_E2E_BUDGET_BATCH_INTERVAL", value_parser = restock_domain::duration::parse_duration)]
+    pub e2e_budget_batch_interval: Option<Duration>,
+
+    /// Flips per budgeted row polling the batch summaries (default 60; 5
+    /// with --quick).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_BUDGET_SAMPLES")]
+    pub e2e_budget_samples: Option<usize>,
+
+    /// Flips per budgeted row polling one product per request (default 4:
+    /// each takes a round of 24 s / N on average; 0 with --quick, which
+    /// skips those rows).
+    #[arg(long, env = "RESTOCK_BENCH_E2E_BUDGET_PER_PRODUCT_SAMPLES")]
+    pub e2e_budget_per_product_samples: Option<usize>,
+
     /// Where the end-to-end scenario writes traces: every flip with the
     /// machine's CPU and I/O stall time (/proc/pressure) and the arbiter's
     /// slow fdatasyncs (its /metrics) around it, and for each slow flip
@@ -186,6 +224,12 @@ impl BenchConfig {
         if let Some(n) = self.e2e_samples {
             plan.e2e_samples = n;
         }
+        if let Some(n) = self.e2e_budget_samples {
+            plan.budget_batch_samples = n;
+        }
+        if let Some(n) = self.e2e_budget_per_product_samples {
+            plan.budget_per_product_samples = n;
+        }
         if let Some(n) = self.failover_kills {
             plan.failover_kills = n;
         }
@@ -212,16 +256,47 @@ impl BenchConfig {
         })
     }
 
+    /// Whether the end-to-end scenario runs that part (`matrix`,
+    /// `budget`).
+    pub fn e2e_part(&self, part: &str) -> bool {
+        self.e2e_parts.iter().any(|p| p == part)
+    }
+
     /// The end-to-end scenario's time limit unless one is given: its
     /// configurations × flips × (two poll intervals + half a second), plus
-    /// 30 s per configuration to start and settle.
+    /// 30 s per configuration to start and settle; the budgeted rows, each
+    /// flips × (two rounds / N + 5 s), plus a round and a minute.
     pub fn e2e_timeout(&self) -> Duration {
         if let Some(t) = self.scenario_timeout {
             return t;
         }
-        let samples = self.plan().e2e_samples as u32;
+        let plan = self.plan();
+        let samples = plan.e2e_samples as u32;
         let mut total = Duration::ZERO;
-        for poll in self.e2e_poll_intervals() {
+        if self.e2e_part("budget") {
+            let spacing = Duration::from_secs_f64(1.0 / self.e2e_budget_rps.max(0.01));
+            for &n in &self.e2e_budget_watchers {
+                let n = n.max(1) as u32;
+                for (requests, flips) in [
+                    (1, plan.budget_batch_samples),
+                    (24, plan.budget_per_product_samples),
+                ] {
+                    if flips == 0 {
+                        continue;
+                    }
+                    let round = spacing * requests;
+                    total += (round * 2 / n + Duration::from_secs(5)) * flips as u32
+                        + round
+                        + Duration::from_secs(60);
+                }
+            }
+        }
+        let polls = if self.e2e_part("matrix") {
+            self.e2e_poll_intervals()
+        } else {
+            Vec::new()
+        };
+        for poll in polls {
             let configs = (self.e2e_watchers().len() * self.e2e_planning.len()) as u32;
             total += (poll * 2 + Duration::from_millis(500)) * samples * configs
                 + Duration::from_secs(30) * configs;
@@ -264,6 +339,10 @@ pub struct Plan {
     pub memory_reporting_for: Duration,
     /// Samples per end-to-end configuration.
     pub e2e_samples: usize,
+    /// Flips per budgeted end-to-end row (issue 20): polling the batch
+    /// summaries, and one product per request (0: those rows are skipped).
+    pub budget_batch_samples: usize,
+    pub budget_per_product_samples: usize,
     /// Leaders stopped with kill -9 and with SIGTERM in the failover
     /// scenario.
     pub failover_kills: usize,
@@ -281,6 +360,8 @@ impl Plan {
         ingest_for: Duration::from_secs(10),
         memory_reporting_for: Duration::from_secs(5),
         e2e_samples: 200,
+        budget_batch_samples: 60,
+        budget_per_product_samples: 4,
         failover_kills: 20,
         failover_terms: 5,
     };
@@ -294,6 +375,8 @@ impl Plan {
         ingest_for: Duration::from_secs(2),
         memory_reporting_for: Duration::from_secs(1),
         e2e_samples: 5,
+        budget_batch_samples: 5,
+        budget_per_product_samples: 0,
         failover_kills: 5,
         failover_terms: 2,
     };

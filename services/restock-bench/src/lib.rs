@@ -43,6 +43,12 @@ use crate::{config::BenchConfig, restock::Env, scenarios::Ctx, stats::Row};
 /// targets. Fails (after writing what was measured) if any scenario failed.
 pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     let mut selected = config.selected()?;
+    if !(config.e2e_budget_rps.is_finite() && config.e2e_budget_rps > 0.0) {
+        bail!(
+            "--e2e-budget-rps must be a number of requests per second above 0, not {}",
+            config.e2e_budget_rps
+        );
+    }
     let env = Env {
         bin_dir: config.bin_dir()?,
         work_dir: config.work_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -110,6 +116,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
         e2e_planning: config.e2e_planning.clone(),
         e2e_products: config.e2e_products.max(1),
         e2e_trace_dir: config.e2e_trace_dir.clone(),
+        e2e_matrix: config.e2e_part("matrix"),
+        e2e_budget: config.e2e_part("budget"),
+        e2e_budget_watchers: config.e2e_budget_watchers.clone(),
+        e2e_budget_rps: config.e2e_budget_rps,
+        e2e_budget_batch_interval: config.e2e_budget_batch_interval,
         failover_election_ttl: config.failover_election_ttl,
     };
     let limit = config.timeout();
@@ -183,11 +194,14 @@ fn print_results(rows: &[Row]) {
     if let Some(e2e) = report::e2e_table(rows) {
         println!("End to end (issue 14):\n\n{e2e}\n");
     }
+    if let Some(budget) = report::budget_table(rows) {
+        println!("End to end under a request budget (issue 20):\n\n{budget}\n");
+    }
     if let Some(replicas) = report::replicas_table(rows) {
         println!("Arbiter replicas on etcd (issue 13):\n\n{replicas}\n");
     }
     println!(
-        "Targets (issues 7 and 14):\n\n{}\n",
+        "Targets (issues 7, 14 and 20):\n\n{}\n",
         report::targets_table(&report::targets(rows))
     );
 }

@@ -72,7 +72,7 @@ pub fn table(rows: &[Row]) -> String {
 /// The end-to-end rows side by side: latency and the poll-gap spread of
 /// each configuration; `None` without end-to-end rows.
 pub fn e2e_table(rows: &[Row]) -> Option<String> {
-    let e2e = find(rows, "end_to_end", System::Restock, None);
+    let e2e = matrix_rows(rows);
     if e2e.is_empty() {
         return None;
     }
@@ -112,6 +112,144 @@ pub fn e2e_table(rows: &[Row]) -> Option<String> {
         ]);
     }
     Some(t.to_string())
+}
+
+/// The end-to-end rows of issue 14's matrix (not under a request budget).
+fn matrix_rows(rows: &[Row]) -> Vec<&Row> {
+    find(rows, "end_to_end", System::Restock, None)
+        .into_iter()
+        .filter(|r| r.endpoint.is_none())
+        .collect()
+}
+
+/// The end-to-end rows under a request budget (issue 20).
+fn budget_rows(rows: &[Row]) -> Vec<&Row> {
+    find(rows, "end_to_end", System::Restock, None)
+        .into_iter()
+        .filter(|r| r.endpoint.is_some())
+        .collect()
+}
+
+/// The budgeted end-to-end rows side by side (issue 20): latency, and the
+/// requests spent; `None` without them.
+pub fn budget_table(rows: &[Row]) -> Option<String> {
+    let b = budget_rows(rows);
+    if b.is_empty() {
+        return None;
+    }
+    let mut t = Table::new();
+    t.load_preset(ASCII_MARKDOWN);
+    t.set_header(vec![
+        "N",
+        "R req/s",
+        "endpoint",
+        "T s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "requests",
+        "req/detection",
+        "req/s per watcher",
+        "min req gap ms",
+        "product gap median ms",
+        "flips",
+    ]);
+    let num =
+        |v: Option<f64>, digits: usize| v.map_or_else(String::new, |v| format!("{v:.digits$}"));
+    for r in b {
+        t.add_row(vec![
+            r.watchers.map_or_else(String::new, |n| n.to_string()),
+            num(r.max_rps, 1),
+            r.endpoint.unwrap_or_default().to_owned(),
+            num(r.poll_interval_ms.map(|ms| ms as f64 / 1_000.0), 0),
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.max_us),
+            r.requests.map_or_else(String::new, |v| v.to_string()),
+            num(r.requests_per_detection, 1),
+            num(r.requests_per_s_per_watcher, 2),
+            num(r.min_request_gap_ms, 0),
+            num(r.poll_gap_p50_ms, 0),
+            r.samples.map_or_else(String::new, |v| v.to_string()),
+        ]);
+    }
+    Some(t.to_string())
+}
+
+/// Issue 20: with the batch endpoint, p99 ≤ 1/(N·R) + 50 ms, beside
+/// per-product polling measured in the same run; and every watcher within
+/// its budget.
+fn budget_targets(rows: &[Row]) -> Vec<TargetCheck> {
+    let b = budget_rows(rows);
+    let mut out = Vec::new();
+    for r in b.iter().filter(|r| r.endpoint == Some("summary")) {
+        let (Some(p99), Some(rps)) = (r.p99_us, r.max_rps) else {
+            continue;
+        };
+        let n = r.watchers.unwrap_or(1).max(1);
+        let limit_ms = 1_000.0 / (n as f64 * rps) + 50.0;
+        let per_product = b
+            .iter()
+            .find(|o| {
+                o.endpoint == Some("hierarchy")
+                    && o.watchers == r.watchers
+                    && o.max_rps == r.max_rps
+            })
+            .and_then(|o| o.p99_us)
+            .map_or_else(String::new, |p| {
+                format!("; one request per product: p99 {:.1} s", p / 1_000_000.0)
+            });
+        out.push(TargetCheck {
+            target: format!(
+                "budget: batch p99 ≤ 1/(N·R) + 50 ms, N = {n}, R = {rps} req/s, {} products",
+                r.products.unwrap_or(0)
+            ),
+            measured: format!(
+                "p99 {:.0} ms vs {limit_ms:.0} ms (p50 {:.0} ms; {:.1} requests per detection){per_product}",
+                p99 / 1_000.0,
+                r.p50_us.unwrap_or(0.0) / 1_000.0,
+                r.requests_per_detection.unwrap_or(0.0),
+            ),
+            met: Some(p99 <= limit_ms * 1_000.0),
+        });
+    }
+    // The budget held: no watcher sent more than R requests per second
+    // (2% for the clocks), nor two requests closer than 0.98/R (arrival
+    // times at the simulator carry the scheduling of both sides).
+    let rates: Vec<(f64, f64, Option<f64>)> = b
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.max_rps?,
+                r.requests_per_s_per_watcher?,
+                r.min_request_gap_ms,
+            ))
+        })
+        .collect();
+    if !rates.is_empty() {
+        let worst = rates
+            .iter()
+            .map(|(rps, rate, _)| rate / rps)
+            .fold(0.0, f64::max);
+        let tightest = rates
+            .iter()
+            .filter_map(|(rps, _, gap)| Some((*gap)? * rps / 1_000.0))
+            .fold(f64::INFINITY, f64::min);
+        out.push(TargetCheck {
+            target: "budget: every watcher within R (budgeted rows)".into(),
+            measured: format!(
+                "at most {:.2} of R on average; shortest gap between one watcher's requests {}",
+                worst,
+                if tightest.is_finite() {
+                    format!("{tightest:.3} of 1/R")
+                } else {
+                    "not seen".into()
+                }
+            ),
+            met: Some(worst <= 1.02 && (!tightest.is_finite() || tightest >= 0.98)),
+        });
+    }
+    out
 }
 
 /// The rows of issue 13 side by side: hand-off and grant with the arbiter
@@ -353,7 +491,7 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
         },
         None => not_measured("≤ 64 MB resident with 1,000 watcher streams"),
     });
-    let e2e = find(rows, "end_to_end", System::Restock, None);
+    let e2e = matrix_rows(rows);
     for r in &e2e {
         let name = r.variant.as_deref().unwrap_or("");
         let (Some(p99), Some(poll)) = (r.p99_us, r.poll_interval_ms) else {
@@ -416,6 +554,7 @@ pub fn targets(rows: &[Row]) -> Vec<TargetCheck> {
             None => not_measured(&target),
         });
     }
+    out.extend(budget_targets(rows));
     out
 }
 
@@ -563,6 +702,81 @@ mod tests {
         assert!(table.contains("| planned"), "{table}");
         assert!(table.contains("2.90"), "{table}");
         assert_eq!(e2e_table(&rows[..0]), None);
+    }
+
+    #[test]
+    fn budgeted_rows_are_checked_against_one_over_n_r_and_kept_out_of_issue_14s() {
+        use crate::stats::BudgetFigures;
+        let row = |n: usize, endpoint: &'static str, p99_ms: u64, requests: u64, gap: f64| {
+            Row::new("end_to_end", System::Restock)
+                .variant(format!("{n} watchers, {endpoint}"))
+                .latencies(&lat(p99_ms * 1_000))
+                .poll_interval(Duration::from_secs(if endpoint == "summary" {
+                    1
+                } else {
+                    24
+                }))
+                .watchers(n)
+                .planned(true)
+                .budget(&BudgetFigures {
+                    endpoint,
+                    max_rps: 1.0,
+                    products: 24,
+                    watchers: n,
+                    requests,
+                    detections: 10,
+                    seconds: 100.0,
+                    min_request_gap_ms: Some(gap),
+                })
+        };
+        let rows = vec![
+            // 1/(1·1) + 50 ms = 1,050 ms.
+            row(1, "summary", 990, 100, 1_000.2),
+            row(1, "hierarchy", 23_500, 100, 999.8),
+            // 1/(3·1) + 50 ms = 383 ms.
+            row(3, "summary", 420, 300, 1_001.0),
+        ];
+        let checks = targets(&rows);
+        assert!(
+            !checks.iter().any(|c| c.target.contains("T/N + 10 ms")),
+            "budgeted rows are not issue 14's: {checks:?}"
+        );
+        let find = |text: &str| {
+            checks
+                .iter()
+                .find(|c| c.target.contains(text))
+                .unwrap_or_else(|| panic!("no target with {text:?} in {checks:?}"))
+        };
+        let one = find("N = 1,");
+        assert_eq!(one.met, Some(true));
+        assert!(one.measured.contains("vs 1050 ms"), "{}", one.measured);
+        assert!(
+            one.measured.contains("per product: p99 23.5 s"),
+            "{}",
+            one.measured
+        );
+        assert!(
+            one.measured.contains("10.0 requests per detection"),
+            "{}",
+            one.measured
+        );
+        assert_eq!(find("N = 3,").met, Some(false));
+        // 300 requests / 100 s / 3 watchers = 1.0 per second.
+        assert_eq!(find("within R").met, Some(true));
+        assert_eq!(e2e_table(&rows), None);
+        let table = budget_table(&rows).unwrap();
+        assert!(table.contains("| hierarchy"), "{table}");
+        assert!(table.contains("| 24 "), "{table}");
+        assert_eq!(budget_table(&rows[..0]), None);
+        // A watcher over its budget.
+        let over = vec![row(1, "summary", 500, 150, 600.0)];
+        assert_eq!(
+            targets(&over)
+                .iter()
+                .find(|c| c.target.contains("within R"))
+                .and_then(|c| c.met),
+            Some(false)
+        );
     }
 
     #[test]

@@ -86,6 +86,31 @@ pub struct Row {
     /// Failover: the replicas' `--election-ttl`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub election_ttl_ms: Option<u64>,
+    /// End to end under a request budget (issue 20): the watchers'
+    /// `--target-endpoint` (`summary`: one request per round for every
+    /// product; `hierarchy`: one request per product).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'static str>,
+    /// Budgeted: each watcher's `--target-max-rps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rps: Option<f64>,
+    /// Budgeted: products every watcher polls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub products: Option<u64>,
+    /// Budgeted: requests the simulator answered during the measurement
+    /// (every RedSky endpoint, every watcher).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Budgeted: `requests` divided by the flips detected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_detection: Option<f64>,
+    /// Budgeted: `requests` per watcher per second of the measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_s_per_watcher: Option<f64>,
+    /// Budgeted: the shortest time between two requests of one watcher
+    /// (the simulator's poll log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_request_gap_ms: Option<f64>,
 }
 
 impl Row {
@@ -111,6 +136,13 @@ impl Row {
             poll_gap_spread: None,
             store: None,
             election_ttl_ms: None,
+            endpoint: None,
+            max_rps: None,
+            products: None,
+            requests: None,
+            requests_per_detection: None,
+            requests_per_s_per_watcher: None,
+            min_request_gap_ms: None,
         }
     }
 
@@ -182,6 +214,20 @@ impl Row {
         self
     }
 
+    /// Sets the figures of a row under a request budget (issue 20).
+    pub fn budget(mut self, b: &BudgetFigures) -> Self {
+        self.endpoint = Some(b.endpoint);
+        self.max_rps = Some(b.max_rps);
+        self.products = Some(b.products as u64);
+        self.requests = Some(b.requests);
+        self.requests_per_detection =
+            (b.detections > 0).then(|| round2(b.requests as f64 / b.detections as f64));
+        self.requests_per_s_per_watcher = (b.seconds > 0.0 && b.watchers > 0)
+            .then(|| round2(b.requests as f64 / b.seconds / b.watchers as f64));
+        self.min_request_gap_ms = b.min_request_gap_ms.map(round1);
+        self
+    }
+
     /// Sets the poll-gap figures (nothing when there were no gaps).
     pub fn poll_gaps(mut self, g: &GapSummary) -> Self {
         if g.count > 0 {
@@ -191,6 +237,22 @@ impl Row {
         }
         self
     }
+}
+
+/// What a measurement under a request budget counted besides latency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetFigures {
+    pub endpoint: &'static str,
+    pub max_rps: f64,
+    pub products: usize,
+    pub watchers: usize,
+    /// Requests the simulator answered during the measurement.
+    pub requests: u64,
+    /// Flips detected (each one checkout).
+    pub detections: usize,
+    /// How long the measurement took.
+    pub seconds: f64,
+    pub min_request_gap_ms: Option<f64>,
 }
 
 /// Gaps between consecutive polls, in milliseconds.

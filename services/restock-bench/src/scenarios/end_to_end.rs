@@ -26,6 +26,26 @@
 //! The poll-gap figures come from the simulator's poll log (`GET
 //! /admin/polls`): for each product, the gaps between consecutive polls by
 //! any watcher during the measurement; their median, p99 and p99/median.
+//!
+//! # Under a request budget (issue 20)
+//!
+//! Against a retailer that blocks, requests are what a user has to spend.
+//! The budgeted rows watch [`BUDGET_PRODUCTS`] products with each watcher
+//! held to R requests per second (`--target-max-rps`, one request at a
+//! time), poll planning on, N = 1 and 3 watchers (`--e2e-budget-watchers`),
+//! in two ways side by side: `summary` (Target's batch endpoint: one
+//! request per round carries all 24 products; poll interval 1/R) and
+//! `hierarchy` (one request per product; the budget spaces the 24
+//! requests, so a round, and the poll interval told to the arbiter, is
+//! 24/R). Each row also counts the requests the simulator answered during
+//! the measurement (`store_sim_redsky_requests_total`), per detection and
+//! per watcher per second, and the shortest gap between two requests of one
+//! watcher (the poll log), which shows the budget held.
+//!
+//! Flips of the budgeted rows wait a random part of one poll interval (the
+//! batch rows) or of T/N (the per-product rows: with the plan, the polls of
+//! a product repeat every T/N, so that is uniform over their phases too,
+//! and keeps a flip at 24 s rounds to half a minute).
 
 use std::{
     collections::HashMap,
@@ -48,7 +68,7 @@ use super::{Ctx, progress};
 use crate::{
     procs::{self, ChildProcess},
     restock::{self, ArbiterProcess, ArbiterSpec, Env, write_product_config},
-    stats::{GapSummary, Latencies, Row, System},
+    stats::{BudgetFigures, GapSummary, Latencies, Row, System},
 };
 
 const SCENARIO: &str = "end_to_end";
@@ -57,18 +77,98 @@ const WAIT: Duration = Duration::from_secs(15);
 /// traced).
 const SLOW_MARGIN: Duration = Duration::from_millis(10);
 
-/// One configuration of the matrix.
+/// Products the budgeted rows watch: one batch summary request's worth.
+pub const BUDGET_PRODUCTS: usize = 24;
+/// Products one `product_summary_with_fulfillment_v1` request carries.
+pub const SUMMARY_BATCH: usize = 24;
+
+/// How the watchers of a budgeted row ask Target's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `product_fulfillment_and_variation_hierarchy_v1`: one request per
+    /// product (the watcher's default endpoint).
+    Hierarchy,
+    /// `product_summary_with_fulfillment_v1`: one request for up to 24.
+    Summary,
+}
+
+impl Endpoint {
+    /// The watcher's `--target-endpoint` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Hierarchy => "hierarchy",
+            Self::Summary => "summary",
+        }
+    }
+
+    /// Products one request carries.
+    pub fn batch(self) -> usize {
+        match self {
+            Self::Hierarchy => 1,
+            Self::Summary => SUMMARY_BATCH,
+        }
+    }
+}
+
+/// A budgeted row: the endpoint, each watcher's budget, the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub endpoint: Endpoint,
+    /// 1/R: the least time between two requests of one watcher.
+    pub spacing: Duration,
+    pub products: usize,
+}
+
+impl Budget {
+    pub fn rps(&self) -> f64 {
+        1.0 / self.spacing.as_secs_f64()
+    }
+
+    /// Requests one round of every product takes.
+    pub fn requests_per_round(&self) -> usize {
+        self.products.div_ceil(self.endpoint.batch()).max(1)
+    }
+
+    /// The shortest round the budget allows: the poll interval.
+    pub fn round(&self) -> Duration {
+        self.spacing * self.requests_per_round() as u32
+    }
+}
+
+/// One configuration of the matrix, or a budgeted row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
     pub watchers: usize,
     pub poll: Duration,
     pub planned: bool,
+    /// Issue 20: a request budget and endpoint (`None`: the issue-14
+    /// matrix, every watcher unlimited on the legacy default endpoint).
+    pub budget: Option<Budget>,
 }
 
 impl Variant {
-    /// The row's variant name: N, T and the planning setting.
+    /// The row's variant name: N, T and the planning setting; for a
+    /// budgeted row, N, the products, R and the endpoint.
     pub fn name(&self) -> String {
         let plural = if self.watchers == 1 { "" } else { "s" };
+        if let Some(b) = self.budget {
+            let how = match b.endpoint {
+                Endpoint::Summary => "summary, 1 request per round",
+                Endpoint::Hierarchy => "hierarchy, 1 request per product",
+            };
+            let every = if self.poll == b.round() {
+                String::new()
+            } else {
+                format!(", every {} ms", self.poll.as_millis())
+            };
+            return format!(
+                "{} watcher{plural}, {} products, {} req/s each, {how}{every}, {}",
+                self.watchers,
+                b.products,
+                b.rps(),
+                if self.planned { "planned" } else { "unplanned" }
+            );
+        }
         format!(
             "{} watcher{plural} every {} ms, {}",
             self.watchers,
@@ -91,12 +191,93 @@ impl Variant {
     /// For file names.
     fn slug(&self) -> String {
         format!(
-            "n{}-t{}ms-{}",
+            "n{}-t{}ms-{}{}",
             self.watchers,
             self.poll.as_millis(),
-            if self.planned { "planned" } else { "unplanned" }
+            if self.planned { "planned" } else { "unplanned" },
+            self.budget
+                .map_or_else(String::new, |b| format!("-{}", b.endpoint.flag()))
         )
     }
+
+    /// The part of a period a flip waits at random before it flips: a
+    /// whole poll interval, or T/N for a budgeted per-product row (see the
+    /// module's documentation).
+    fn phase_period(&self) -> Duration {
+        match self.budget {
+            Some(b) if self.planned && b.requests_per_round() > 1 => {
+                self.poll / self.watchers.max(1) as u32
+            }
+            _ => self.poll,
+        }
+    }
+
+    /// The longest wait for a flip's checkout or for the system to be
+    /// idle.
+    fn wait(&self) -> Duration {
+        WAIT.max(self.poll + Duration::from_secs(10))
+    }
+
+    /// How long the watchers get to settle into the plan before measuring:
+    /// three periods, or for a round longer than a second (per-product
+    /// under a budget) one round and 3 s, which ends every first round
+    /// (started before the plan arrived).
+    ///
+    /// A batch row polling slower than its budget needs (`T` above 1/R)
+    /// gets the rounds it takes its budget to let go of the phase of its
+    /// first request: each round's request waits for the budget's next
+    /// turn (1/R after the last request), so a watcher's lag behind its
+    /// planned turn shrinks by only `T − 1/R` a round (at `T = 1/R` it
+    /// never does; see docs/benchmarks.md, issue 20).
+    fn settle(&self) -> Duration {
+        match self.budget {
+            Some(b) if b.round() > Duration::from_secs(1) => b.round() + Duration::from_secs(3),
+            Some(b) if self.poll > b.spacing => {
+                let slack = (self.poll - b.spacing).as_secs_f64();
+                let rounds = (b.spacing.as_secs_f64() / slack).ceil().min(60.0) as u32;
+                self.poll * (rounds + 3) + Duration::from_secs(1)
+            }
+            Some(b) => b.round() * 3 + Duration::from_secs(1),
+            None => self.poll * 3 + Duration::from_millis(300),
+        }
+    }
+}
+
+/// The budgeted rows: for each watcher count, the batch endpoint then one
+/// request per product, planned; `per_product: false` leaves the latter
+/// out. The batch rows poll every `batch_interval` when it is longer than
+/// the budget's 1/R.
+pub fn budget_matrix(
+    watchers: &[usize],
+    rps: f64,
+    per_product: bool,
+    batch_interval: Option<Duration>,
+) -> Vec<Variant> {
+    let spacing = Duration::from_secs_f64(1.0 / rps);
+    let mut out = Vec::new();
+    for &n in watchers {
+        for endpoint in [Endpoint::Summary, Endpoint::Hierarchy] {
+            if endpoint == Endpoint::Hierarchy && !per_product {
+                continue;
+            }
+            let budget = Budget {
+                endpoint,
+                spacing,
+                products: BUDGET_PRODUCTS,
+            };
+            let poll = match (endpoint, batch_interval) {
+                (Endpoint::Summary, Some(t)) => t.max(budget.round()),
+                _ => budget.round(),
+            };
+            out.push(Variant {
+                watchers: n.max(1),
+                poll,
+                planned: true,
+                budget: Some(budget),
+            });
+        }
+    }
+    out
 }
 
 /// The configurations in the order they run: by interval, then watcher
@@ -110,6 +291,7 @@ pub fn matrix(watchers: &[usize], polls: &[Duration], planning: &[bool]) -> Vec<
                     watchers: n.max(1),
                     poll,
                     planned,
+                    budget: None,
                 });
             }
         }
@@ -136,24 +318,52 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         );
     }
     let mut rows = Vec::new();
-    for v in matrix(
-        &ctx.e2e_watchers,
-        &ctx.e2e_poll_intervals,
-        &ctx.e2e_planning,
-    ) {
+    let mut variants = Vec::new();
+    if ctx.e2e_matrix {
+        variants = matrix(
+            &ctx.e2e_watchers,
+            &ctx.e2e_poll_intervals,
+            &ctx.e2e_planning,
+        );
+    }
+    if ctx.e2e_budget {
+        if !plans {
+            warn!(
+                scenario = SCENARIO,
+                "this purchase-arbiter cannot plan polls: the budgeted rows (planned) are skipped"
+            );
+        } else {
+            let per_product = ctx.plan.budget_per_product_samples > 0;
+            if !per_product {
+                info!(
+                    scenario = SCENARIO,
+                    "budgeted rows: one request per product is skipped (0 flips, as with --quick: a round is 24 s)"
+                );
+            }
+            variants.extend(budget_matrix(
+                &ctx.e2e_budget_watchers,
+                ctx.e2e_budget_rps,
+                per_product,
+                ctx.e2e_budget_batch_interval,
+            ));
+        }
+    }
+    for v in variants {
         if v.planned && !plans {
             continue;
         }
+        let samples = samples_of(ctx, &v);
         info!(
             scenario = SCENARIO,
             variant = %v.name(),
-            samples = ctx.plan.e2e_samples,
-            products = ctx.e2e_products,
+            samples,
+            products = v.budget.map_or(ctx.e2e_products, |b| b.products),
+            poll_ms = v.poll.as_millis() as u64,
             "restock: store flip → checkout request"
         );
         let t0 = Instant::now();
         let m = measure(ctx, v, plans).await?;
-        let row = Row::new(SCENARIO, System::Restock)
+        let mut row = Row::new(SCENARIO, System::Restock)
             .variant(v.name())
             .fsync(true)
             .latencies(&m.lat)
@@ -161,6 +371,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             .watchers(v.watchers)
             .planned(v.planned)
             .poll_gaps(&m.gaps);
+        if let Some(b) = &m.budget {
+            row = row.budget(b);
+            info!(
+                scenario = SCENARIO,
+                variant = %v.name(),
+                requests = b.requests,
+                detections = b.detections,
+                seconds = b.seconds,
+                min_request_gap_ms = ?b.min_request_gap_ms,
+                "requests during the measurement"
+            );
+        }
         info!(
             scenario = SCENARIO,
             variant = %v.name(),
@@ -177,6 +399,15 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Flips of a row.
+fn samples_of(ctx: &Ctx, v: &Variant) -> usize {
+    match v.budget {
+        None => ctx.plan.e2e_samples,
+        Some(b) if b.endpoint == Endpoint::Summary => ctx.plan.budget_batch_samples,
+        Some(_) => ctx.plan.budget_per_product_samples,
+    }
 }
 
 /// A running `store-sim`.
@@ -285,6 +516,78 @@ impl StoreSim {
     async fn polls(&self) -> anyhow::Result<Value> {
         self.get("/admin/polls").await
     }
+
+    /// Requests answered so far by every RedSky endpoint, whatever the
+    /// answer (`store_sim_redsky_requests_total`, summed over codes).
+    async fn redsky_requests(&self) -> anyhow::Result<HashMap<String, u64>> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .context("GET /metrics on store-sim")?
+            .error_for_status()
+            .context("GET /metrics on store-sim")?
+            .text()
+            .await
+            .context("store-sim's metrics")?;
+        Ok(parse_redsky_requests(&text))
+    }
+}
+
+/// `store_sim_redsky_requests_total{endpoint, code}` by endpoint.
+fn parse_redsky_requests(text: &str) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("store_sim_redsky_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let Some(endpoint) = labels
+            .split("endpoint=\"")
+            .nth(1)
+            .and_then(|e| e.split('"').next())
+        else {
+            continue;
+        };
+        let Ok(n) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        *out.entry(endpoint.to_owned()).or_insert(0) += n as u64;
+    }
+    out
+}
+
+/// The shortest gap (ms) between two requests of one watcher in a poll
+/// log: a watcher's polls less than 50 ms apart are one request (a batch
+/// summary logs one poll per product it names).
+pub fn min_request_gap(polls: &Value) -> Option<f64> {
+    const SAME_REQUEST_MS: f64 = 50.0;
+    let mut by_watcher: HashMap<&str, Vec<f64>> = HashMap::new();
+    for p in polls["polls"].as_array().into_iter().flatten() {
+        if let (Some(w), Some(at)) = (p["watcher"].as_str(), p["at_ms"].as_f64()) {
+            by_watcher.entry(w).or_default().push(at);
+        }
+    }
+    let mut min: Option<f64> = None;
+    for times in by_watcher.values_mut() {
+        times.sort_by(f64::total_cmp);
+        let mut starts: Vec<f64> = Vec::new();
+        let mut last = f64::NEG_INFINITY;
+        for &t in times.iter() {
+            if t - last >= SAME_REQUEST_MS {
+                starts.push(t);
+            }
+            last = t;
+        }
+        for w in starts.windows(2) {
+            let gap = w[1] - w[0];
+            min = Some(min.map_or(gap, |m: f64| m.min(gap)));
+        }
+    }
+    min
 }
 
 /// The earliest start (ms) of a checkout of `tcin` at or after `since`.
@@ -335,6 +638,8 @@ struct Measured {
     extra_checkouts: usize,
     /// Flips during which another product's checkout ran (left out).
     busy_flips: usize,
+    /// Budgeted rows: the requests counted.
+    budget: Option<BudgetFigures>,
 }
 
 /// Follows the arbiter's events into memory (for traces).
@@ -359,13 +664,14 @@ fn follow_events(
 }
 
 async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<Measured> {
-    let samples = ctx.plan.e2e_samples;
+    let samples = samples_of(ctx, &v);
+    let wait = v.wait();
     // Tracing also reads the machine's stall counters and the arbiter's
     // fsync histogram around every flip.
     let tracing = ctx.e2e_trace_dir.is_some();
     let log = if tracing { "info" } else { "warn" };
     let dir = ctx.env.temp_dir("restock-bench-e2e-")?;
-    let products = restock::product_ids(ctx.e2e_products.max(1));
+    let products = restock::product_ids(v.budget.map_or(ctx.e2e_products, |b| b.products).max(1));
     let config = dir.path().join("product_config.json");
     write_product_config(&config, &products)?;
     let sim = StoreSim::start(&ctx.env, dir.path(), &config, log).await?;
@@ -406,6 +712,18 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             "--reconnect-max".into(),
             "500ms".into(),
         ]);
+        if let Some(b) = v.budget {
+            // Issue 20: the endpoint, and a budget stated explicitly (its
+            // default is unlimited for any host but Target's).
+            args.extend([
+                "--target-endpoint".to_owned(),
+                b.endpoint.flag().to_owned(),
+                "--target-max-rps".into(),
+                b.rps().to_string(),
+                "--max-in-flight".into(),
+                "1".into(),
+            ]);
+        }
         let env_vars = HashMap::from([("RUST_LOG".to_owned(), log.to_owned())]);
         let mut p = ChildProcess::start(
             &format!("stock-watcher e2e-w{i}"),
@@ -426,8 +744,13 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     restock::wait_connected(&control, v.watchers, WAIT).await?;
     let (events, follower) = follow_events(arbiter.client().await?);
     // Let every watcher settle into its schedule (or the plan) first.
-    tokio::time::sleep(v.poll * 3 + Duration::from_millis(300)).await;
+    tokio::time::sleep(v.settle()).await;
     sim.delete("/admin/polls").await?;
+    let requests_before = match v.budget {
+        Some(_) => Some(sim.redsky_requests().await?),
+        None => None,
+    };
+    let measuring = Instant::now();
 
     let mut lat = Latencies::with_capacity(samples);
     let mut all = Vec::with_capacity(samples);
@@ -437,7 +760,7 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     let mut busy_flips = 0usize;
     for k in 0..samples {
         let tcin = &products[k % products.len()];
-        wait_idle(&sim, &control, &watcher_clients, &products, tcin).await?;
+        wait_idle(&sim, &control, &watcher_clients, &products, tcin, wait).await?;
         let before = sim.orders().await?;
         violations += before["violations"].as_u64().unwrap_or(0);
         let n = before["orders"].as_array().map_or(0, Vec::len);
@@ -450,12 +773,12 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             Some(u) => Some(fsync_buckets(&sim.http, u).await?),
             None => None,
         };
-        let phase = rand::rng().random_range(0..v.poll.as_micros() as u64);
+        let phase = rand::rng().random_range(0..v.phase_period().as_micros().max(1) as u64);
         tokio::time::sleep(Duration::from_micros(phase)).await;
         let flipped = sim.set_stock(tcin, true).await?;
         let (arrived, at_arrival) = procs::eventually(
             &format!("sample {k}: a checkout of {tcin} after the flip"),
-            WAIT,
+            wait,
             || async {
                 let o = sim.orders().await?;
                 Ok(first_checkout_since(&o, tcin, flipped).map(|t| (t, o)))
@@ -519,8 +842,22 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
         }
     }
     for t in &products {
-        wait_idle(&sim, &control, &watcher_clients, &products, t).await?;
+        wait_idle(&sim, &control, &watcher_clients, &products, t, wait).await?;
     }
+    let seconds = measuring.elapsed().as_secs_f64();
+    let requests = match requests_before {
+        Some(before) => {
+            let after = sim.redsky_requests().await?;
+            let by_endpoint: Vec<(String, u64)> = after
+                .iter()
+                .map(|(e, n)| (e.clone(), n.saturating_sub(*before.get(e).unwrap_or(&0))))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            info!(scenario = SCENARIO, variant = %v.name(), ?by_endpoint, "requests by endpoint");
+            Some(by_endpoint.iter().map(|(_, n)| n).sum::<u64>())
+        }
+        None => None,
+    };
     let last = sim.orders().await?;
     violations += last["violations"].as_u64().unwrap_or(0);
     extra_checkouts += last["orders"]
@@ -537,6 +874,19 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
         );
     }
     let gaps = GapSummary::of(&poll_gaps(&polls));
+    let budget = match (v.budget, requests) {
+        (Some(b), Some(requests)) => Some(BudgetFigures {
+            endpoint: b.endpoint.flag(),
+            max_rps: b.rps(),
+            products: b.products,
+            watchers: v.watchers,
+            requests,
+            detections: samples,
+            seconds,
+            min_request_gap_ms: min_request_gap(&polls),
+        }),
+        _ => None,
+    };
     follower.abort();
     if let Some(out) = &ctx.e2e_trace_dir {
         write_traces(
@@ -565,6 +915,7 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
         gaps,
         extra_checkouts,
         busy_flips,
+        budget,
     })
 }
 
@@ -747,8 +1098,9 @@ async fn wait_idle(
     watchers: &[StockWatcherClient<Channel>],
     products: &[String],
     next: &str,
+    limit: Duration,
 ) -> anyhow::Result<()> {
-    procs::eventually("the end-to-end system to be idle", WAIT, || {
+    procs::eventually("the end-to-end system to be idle", limit, || {
         let mut c = control.clone();
         let watchers = watchers.to_vec();
         async move {
@@ -833,6 +1185,67 @@ mod tests {
         assert_eq!(d["over_10ms"], 2);
         assert_eq!(d["over_50ms"], 2);
         assert_eq!(d["over_250ms"], 1);
+    }
+
+    #[test]
+    fn budgeted_rows_pace_polls_by_the_budget() {
+        let rows = budget_matrix(&[1, 3], 1.0, true, None);
+        let names: Vec<String> = rows.iter().map(Variant::name).collect();
+        assert_eq!(
+            names,
+            vec![
+                "1 watcher, 24 products, 1 req/s each, summary, 1 request per round, planned",
+                "1 watcher, 24 products, 1 req/s each, hierarchy, 1 request per product, planned",
+                "3 watchers, 24 products, 1 req/s each, summary, 1 request per round, planned",
+                "3 watchers, 24 products, 1 req/s each, hierarchy, 1 request per product, planned",
+            ]
+        );
+        // Batch: one request a round, every second; per product: 24 s.
+        assert_eq!(rows[0].poll, Duration::from_secs(1));
+        assert_eq!(rows[1].poll, Duration::from_secs(24));
+        assert_eq!(rows[0].phase_period(), Duration::from_secs(1));
+        assert_eq!(rows[3].phase_period(), Duration::from_secs(8));
+        assert_eq!(rows[3].settle(), Duration::from_secs(27));
+        assert!(rows[1].wait() >= Duration::from_secs(34));
+        assert_eq!(rows[0].settle(), Duration::from_secs(4));
+        assert_eq!(budget_matrix(&[3], 1.0, false, None).len(), 1);
+        assert_eq!(
+            budget_matrix(&[1], 0.5, true, None)[1].poll,
+            Duration::from_secs(48)
+        );
+        // A batch interval above 1/R: said in the name; settling takes the
+        // rounds the lag needs to shrink (1 s / 0.1 s = 10, and 3 more).
+        let slack = budget_matrix(&[3], 1.0, true, Some(Duration::from_millis(1_100)));
+        assert_eq!(slack[0].poll, Duration::from_millis(1_100));
+        assert_eq!(slack[1].poll, Duration::from_secs(24));
+        assert!(slack[0].name().contains("round, every 1100 ms, planned"));
+        assert_eq!(slack[0].settle(), Duration::from_millis(1_100 * 13 + 1_000));
+    }
+
+    #[test]
+    fn requests_come_from_the_metrics_and_their_gaps_from_the_poll_log() {
+        let text = "# TYPE store_sim_redsky_requests_total counter\n\
+             store_sim_redsky_requests_total{endpoint=\"product_summary_with_fulfillment_v1\",code=\"200\"} 7\n\
+             store_sim_redsky_requests_total{code=\"403\",endpoint=\"product_summary_with_fulfillment_v1\"} 2\n\
+             store_sim_redsky_requests_total{endpoint=\"pdp_client_v1\",code=\"200\"} 1\n\
+             store_sim_fulfillment_requests_total{code=\"200\"} 5\n";
+        let r = parse_redsky_requests(text);
+        assert_eq!(r["product_summary_with_fulfillment_v1"], 9);
+        assert_eq!(r["pdp_client_v1"], 1);
+        assert_eq!(r.len(), 2);
+        // Watcher a: a batch at 0 (three products logged within 1 ms), the
+        // next at 1,000.5; watcher b: one product at 10 and at 1,400.
+        let polls = json!({"polls": [
+            {"tcin": "1", "watcher": "a", "at_ms": 0.0},
+            {"tcin": "2", "watcher": "a", "at_ms": 0.4},
+            {"tcin": "3", "watcher": "a", "at_ms": 0.9},
+            {"tcin": "1", "watcher": "b", "at_ms": 10.0},
+            {"tcin": "1", "watcher": "a", "at_ms": 1_000.5},
+            {"tcin": "2", "watcher": "a", "at_ms": 1_000.7},
+            {"tcin": "1", "watcher": "b", "at_ms": 1_400.0},
+        ]});
+        assert_eq!(min_request_gap(&polls), Some(1_000.5));
+        assert_eq!(min_request_gap(&json!({"polls": []})), None);
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub struct Ctx {
     pub e2e_planning: Vec<bool>,
     pub e2e_products: usize,
     pub e2e_trace_dir: Option<std::path::PathBuf>,
+    /// Whether the end-to-end scenario runs the matrix of issue 14 and the
+    /// budgeted rows of issue 20.
+    pub e2e_matrix: bool,
+    pub e2e_budget: bool,
+    pub e2e_budget_watchers: Vec<usize>,
+    pub e2e_budget_rps: f64,
+    pub e2e_budget_batch_interval: Option<std::time::Duration>,
     pub failover_election_ttl: std::time::Duration,
 }
 
