@@ -173,7 +173,12 @@ pub async fn run<S: StockSource>(
         // A plan that arrives (or ends) meanwhile decides again.
         loop {
             let turn = *plans.borrow_and_update();
-            let next = next_round(&poller.settings, round_start, turn);
+            let next = next_round(
+                &poller.settings,
+                round_start,
+                turn,
+                poller.source.next_request_at(),
+            );
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => break,
@@ -182,7 +187,7 @@ pub async fn run<S: StockSource>(
                         // No more plans: our own schedule from here on.
                         tokio::select! {
                             () = stop.cancelled() => return,
-                            () = tokio::time::sleep_until(next_round(&poller.settings, round_start, None)) => break,
+                            () = tokio::time::sleep_until(next_round(&poller.settings, round_start, None, None)) => break,
                         }
                     }
                 }
@@ -191,17 +196,40 @@ pub async fn run<S: StockSource>(
     }
 }
 
+/// How early a planned turn may come before the budget's slot and still be
+/// taken (the budget then holds the request that long): turns and slots
+/// are computed on the same clock from periods that need not divide
+/// evenly, so an exact comparison would skip whole turns on rounding.
+const BUDGET_SLACK: Duration = Duration::from_millis(5);
+
 /// When the round after the one that started at `round_start` starts.
 ///
-/// With a plan: its first turn after `round_start`; a round that ran past
-/// its next turn waits for the one after (the turns of the others stay
-/// where they are). Without: jittered so watchers do not poll in step, but
-/// only downwards: the gap between two rounds never exceeds
-/// --poll-interval, which is what bounds the time from a restock to its
-/// sighting.
-fn next_round(settings: &PollSettings, round_start: Instant, plan: Option<PollTurn>) -> Instant {
+/// With a plan: its first turn after `round_start`, and not before the
+/// source's budget can serve it (`budget_free`, see
+/// [`StockSource::next_request_at`]); a round that ran past its next turn
+/// waits for the one after (the turns of the others stay where they are).
+/// Without: jittered so watchers do not poll in step, but only downwards:
+/// the gap between two rounds never exceeds --poll-interval, which is what
+/// bounds the time from a restock to its sighting.
+fn next_round(
+    settings: &PollSettings,
+    round_start: Instant,
+    plan: Option<PollTurn>,
+    budget_free: Option<Instant>,
+) -> Instant {
     match plan {
-        Some(turn) => turn.next_after(round_start.max(Instant::now())),
+        Some(turn) => {
+            let mut after = round_start.max(Instant::now());
+            if let Some(free) = budget_free {
+                // next_after is strictly after its argument: a turn exactly
+                // at the slot (less the slack) is still taken.
+                let earliest = free
+                    .checked_sub(BUDGET_SLACK + Duration::from_nanos(1))
+                    .unwrap_or(free);
+                after = after.max(earliest);
+            }
+            turn.next_after(after)
+        }
         None => round_start + jitter_below(settings.interval, 0.1),
     }
 }
@@ -585,6 +613,8 @@ mod tests {
         in_flight: AtomicUsize,
         max_seen: AtomicUsize,
         delay: Duration,
+        /// What it says of its request budget (`next_request_at`).
+        budget_free: Mutex<Option<Instant>>,
     }
 
     impl FakeSource {
@@ -596,6 +626,7 @@ mod tests {
                 in_flight: AtomicUsize::new(0),
                 max_seen: AtomicUsize::new(0),
                 delay,
+                budget_free: Mutex::new(None),
             })
         }
 
@@ -607,6 +638,10 @@ mod tests {
     impl StockSource for FakeSource {
         fn describe(&self) -> String {
             "fake".into()
+        }
+
+        fn next_request_at(&self) -> Option<Instant> {
+            *self.budget_free.lock().unwrap()
         }
 
         async fn check(&self, product: &ProductSpec) -> Result<Sighting, SourceError> {
@@ -699,6 +734,47 @@ mod tests {
         assert_eq!(turn.next_after(t0 + ms(50)), t0 + ms(350));
         assert_eq!(turn.next_after(t0 + ms(349)), t0 + ms(350));
         assert_eq!(turn.next_after(t0 + ms(1_000)), t0 + ms(1_250));
+    }
+
+    /// A planned turn the source's budget cannot serve yet is skipped for
+    /// the first one it can: the round then lands on the plan's phase, not
+    /// wherever the budget would have delayed it to (which would keep a
+    /// watcher on the phase of its first request).
+    #[tokio::test(start_paused = true)]
+    async fn a_planned_round_waits_for_the_first_turn_the_budget_can_serve() {
+        let src = FakeSource::new(vec![IN], Duration::ZERO);
+        let mut s = settings();
+        s.interval = Duration::from_millis(300);
+        let (_state, stop, plans) = start_planned(src.clone(), &[("1", 0)], s);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t0 = Instant::now();
+        let ms = |m| Duration::from_millis(m);
+        // The budget is spent until t0 + 500; the plan's turns are at
+        // t0 + 120 + k·300. Turns at 120 and 420 cannot be served; 720 can,
+        // and so can every turn after it. A turn only a hair before the
+        // budget's slot (rounding) is taken, not skipped.
+        *src.budget_free.lock().unwrap() = Some(t0 + ms(500));
+        plans.send_replace(Some(PollTurn {
+            first: t0 + ms(120),
+            period: ms(300),
+            position: 1,
+            of: 2,
+        }));
+        tokio::time::sleep(ms(750)).await;
+        *src.budget_free.lock().unwrap() = Some(t0 + ms(1_021));
+        tokio::time::sleep(ms(700)).await;
+        let rounds: Vec<u128> = src
+            .calls()
+            .iter()
+            .filter(|(at, _)| *at >= t0)
+            .map(|(at, _)| at.duration_since(t0).as_millis())
+            .collect();
+        assert_eq!(
+            rounds,
+            [720, 1_020, 1_320],
+            "the first turn the budget can serve, then the plan"
+        );
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]

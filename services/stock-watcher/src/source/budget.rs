@@ -59,6 +59,12 @@ impl HostBudget {
         self.spacing
     }
 
+    /// When the next request may go (`None`: no limit, or no request yet).
+    pub fn next_free(&self) -> Option<Instant> {
+        self.spacing?;
+        *self.next.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits for this request's turn. The turn is taken when asked (first
     /// come, first served); a caller dropped while waiting leaves its turn
     /// unused, which only makes the next request later, never earlier.

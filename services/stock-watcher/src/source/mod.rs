@@ -286,6 +286,18 @@ pub trait StockSource: Send + Sync + 'static {
     fn times_its_requests(&self) -> bool {
         false
     }
+
+    /// When the source's request budget lets its next request go (`None`:
+    /// now, or no budget). The poller starts a planned round at the first
+    /// turn of the plan at or after it: a turn the budget cannot serve would
+    /// only be delayed to the budget's slot, and a watcher whose interval
+    /// equals its budget would then stay on the phase of its first request
+    /// for ever, whatever the plan says (three watchers polling together
+    /// instead of a third of a period apart; docs/benchmarks.md, "Detection
+    /// under a request budget").
+    fn next_request_at(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -602,6 +602,10 @@ impl StockSource for TargetSource {
     fn times_its_requests(&self) -> bool {
         true
     }
+
+    fn next_request_at(&self) -> Option<Instant> {
+        self.budget.next_free()
+    }
 }
 
 impl TargetSource {
