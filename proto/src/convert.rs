@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use restock_domain::{
-    Catalog, Counters, Event, EventKind, FencingToken, IdError, Lease, LeaseId, Observation,
-    Outcome, Price, PriorityList, ProductSpec, ProductState, ProductStatus, SourceBlock,
-    SourceBlockKind, Status, Tcin, WatcherId, WatcherStatus, duration::millis,
+    BudgetLimits, BudgetSource, BudgetStatus, Catalog, Counters, Event, EventKind, FencingToken,
+    IdError, Lease, LeaseId, Observation, Outcome, Price, PriorityList, ProductSpec, ProductState,
+    ProductStatus, SourceBlock, SourceBlockKind, Status, Tcin, WatcherId, WatcherStatus,
+    duration::millis,
 };
 
 use crate::{ROLE_STANDALONE, v1 as pb};
@@ -71,6 +72,7 @@ impl From<ProductState> for pb::ProductState {
             ProductState::Attempting => Self::Attempting,
             ProductState::Purchased => Self::Purchased,
             ProductState::Failed => Self::Failed,
+            ProductState::OverBudget => Self::OverBudget,
         }
     }
 }
@@ -142,6 +144,10 @@ impl From<EventKind> for pb::event::Kind {
             EventKind::Renewed => K::Renewed,
             EventKind::SourceBlocked => K::SourceBlocked,
             EventKind::SourceUnblocked => K::SourceUnblocked,
+            EventKind::OverBudget => K::OverBudget,
+            EventKind::BudgetExhausted => K::BudgetExhausted,
+            EventKind::BudgetAvailable => K::BudgetAvailable,
+            EventKind::BudgetChanged => K::BudgetChanged,
         }
     }
 }
@@ -427,6 +433,8 @@ impl From<&Status> for pb::GetStatusResponse {
                         as i32,
                     last_detail: p.last_detail.clone(),
                     effective_poll_interval_ms: p.effective_poll_interval.map_or(0, millis),
+                    price_cents: p.price.map(Price::cents),
+                    held_back: p.held_back.clone(),
                 })
                 .collect(),
             watchers: s
@@ -461,7 +469,90 @@ impl From<&Status> for pb::GetStatusResponse {
             // a replica (see `GetStatusResponse.role`).
             role: ROLE_STANDALONE.into(),
             leader_url: String::new(),
+            budget: Some((&s.budget).into()),
         }
+    }
+}
+
+// ----- the spending limit -----
+
+impl From<&BudgetLimits> for pb::BudgetLimits {
+    fn from(l: &BudgetLimits) -> Self {
+        Self {
+            max_spend_cents: l.max_spend.map(Price::cents),
+            max_purchases: l.max_purchases,
+            window_ms: l.window.map_or(0, millis),
+        }
+    }
+}
+
+impl From<pb::BudgetLimits> for BudgetLimits {
+    fn from(l: pb::BudgetLimits) -> Self {
+        Self {
+            max_spend: l.max_spend_cents.map(Price::from_cents),
+            max_purchases: l.max_purchases,
+            window: (l.window_ms > 0).then(|| ms(l.window_ms)),
+        }
+    }
+}
+
+/// The `source` string of a budget status.
+pub const BUDGET_FROM_CONFIG: &str = "config";
+pub const BUDGET_FROM_OPERATOR: &str = "operator";
+
+impl From<&BudgetStatus> for pb::BudgetStatus {
+    fn from(b: &BudgetStatus) -> Self {
+        let (source, reason, at) = match &b.source {
+            BudgetSource::Config => (BUDGET_FROM_CONFIG, String::new(), 0),
+            BudgetSource::Operator { reason, at_unix_ms } => {
+                (BUDGET_FROM_OPERATOR, reason.clone(), *at_unix_ms)
+            }
+        };
+        Self {
+            limits: b.limits.as_ref().map(Into::into),
+            source: source.into(),
+            operator_reason: reason,
+            operator_set_unix_ms: at,
+            spent_cents: b.spent.cents(),
+            purchases: b.purchases,
+            reserved_cents: b.reserved.map(Price::cents),
+            reserved_for_tcin: b
+                .reserved_for
+                .as_ref()
+                .map_or_else(String::new, Tcin::to_string),
+            left_cents: b.left.map(Price::cents),
+            purchases_left: b.purchases_left,
+            next_roll_off_unix_ms: b.next_roll_off_unix_ms.unwrap_or(0),
+            held_back: b.held_back,
+        }
+    }
+}
+
+impl TryFrom<pb::BudgetStatus> for BudgetStatus {
+    type Error = ConvertError;
+    fn try_from(b: pb::BudgetStatus) -> Result<Self, ConvertError> {
+        let reserved_for = (!b.reserved_for_tcin.is_empty())
+            .then(|| id("reserved_for_tcin", Tcin::parse, &b.reserved_for_tcin))
+            .transpose()?;
+        Ok(Self {
+            limits: b.limits.map(Into::into),
+            source: if b.source == BUDGET_FROM_OPERATOR {
+                BudgetSource::Operator {
+                    reason: b.operator_reason,
+                    at_unix_ms: b.operator_set_unix_ms,
+                }
+            } else {
+                BudgetSource::Config
+            },
+            spent: Price::from_cents(b.spent_cents),
+            purchases: b.purchases,
+            reserved: b.reserved_cents.map(Price::from_cents),
+            reserved_for,
+            left: b.left_cents.map(Price::from_cents),
+            purchases_left: b.purchases_left,
+            next_roll_off_unix_ms: (b.next_roll_off_unix_ms > 0).then_some(b.next_roll_off_unix_ms),
+            held_back: b.held_back,
+        })
     }
 }
 
@@ -494,6 +585,8 @@ impl TryFrom<pb::GetStatusResponse> for Status {
                     last_detail: p.last_detail,
                     effective_poll_interval: (p.effective_poll_interval_ms > 0)
                         .then(|| ms(p.effective_poll_interval_ms)),
+                    price: p.price_cents.map(Price::from_cents),
+                    held_back: p.held_back,
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -539,6 +632,12 @@ impl TryFrom<pb::GetStatusResponse> for Status {
             failure_cooldown: ms(s.failure_cooldown_ms),
             config_path: s.config_path,
             poll_planning: s.poll_planning,
+            budget: s
+                .budget
+                .map(BudgetStatus::try_from)
+                .transpose()
+                .map_err(|e| e.within("budget"))?
+                .unwrap_or_else(BudgetStatus::none),
         })
     }
 }

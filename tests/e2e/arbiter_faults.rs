@@ -68,6 +68,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             fencing_token: 0,
             outcome: pb::Outcome::Purchased as i32,
             detail: String::new(),
+            paid_price_cents: None,
         })
         .await
         .unwrap_err();
@@ -85,6 +86,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
                 fencing_token: lease.fencing_token,
                 outcome,
                 detail: String::new(),
+                paid_price_cents: None,
             })
             .await
             .unwrap_err();

@@ -222,6 +222,7 @@ async fn killing_the_holder_mid_checkout_expires_its_lease_and_another_watcher_b
             fencing_token: stale_token,
             outcome: pb::Outcome::Purchased as i32,
             detail: "late".into(),
+            paid_price_cents: None,
         })
         .await
         .unwrap_err();

@@ -169,6 +169,7 @@ async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
             fencing_token: l.fencing_token,
             outcome: pb::Outcome::Failed as i32,
             detail: "test".into(),
+            paid_price_cents: None,
         })
         .await
         .unwrap();
@@ -216,6 +217,7 @@ async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
         fencing_token: held.fencing_token,
         outcome: pb::Outcome::Purchased as i32,
         detail: "bought".into(),
+        paid_price_cents: None,
     })
     .await
     .expect("released at the new leader");

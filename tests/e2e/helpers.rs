@@ -43,6 +43,7 @@ pub async fn release(
         fencing_token: lease.fencing_token,
         outcome: outcome as i32,
         detail: "e2e".into(),
+        paid_price_cents: None,
     })
     .await
     .map(|r| r.into_inner())

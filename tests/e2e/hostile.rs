@@ -232,6 +232,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
             fencing_token: lease.fencing_token,
             outcome: pb::Outcome::Failed as i32,
             detail: "x".repeat(2 * 1024 * 1024),
+            paid_price_cents: None,
         })
         .await
         .unwrap_err();
@@ -246,6 +247,7 @@ async fn oversize_messages_are_refused_and_the_lease_is_intact() {
             fencing_token: lease.fencing_token,
             outcome: pb::Outcome::Failed as i32,
             detail: "x".repeat(5_000),
+            paid_price_cents: None,
         })
         .await
         .unwrap_err();
@@ -407,6 +409,7 @@ async fn unknown_leases_and_wrong_tokens_change_nothing() {
                 fencing_token: token,
                 outcome: pb::Outcome::Purchased as i32,
                 detail: String::new(),
+                paid_price_cents: None,
             })
             .await
             .map(|_| ())

@@ -181,6 +181,7 @@ async fn every_guarded_call_is_refused(
         fencing_token: 1,
         outcome: pb::Outcome::Purchased as i32,
         detail: String::new(),
+        paid_price_cents: None,
     };
     assert_unauthenticated(
         "ReleasePurchase",

@@ -10,7 +10,11 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use serde::Deserialize;
 
-use crate::{ids::Tcin, product::Price};
+use crate::{
+    budget::{BudgetLimits, FileBudget},
+    ids::Tcin,
+    product::Price,
+};
 
 /// One configured product.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,11 +105,21 @@ pub enum CatalogError {
         tcin: String,
         message: String,
     },
+    #[error("product config {path}: {field}: {message}")]
+    Budget {
+        path: String,
+        /// `budget.max_spend`, `budget.window`, ... or `budget` itself.
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
 struct FileFormat {
     products: Vec<FileProduct>,
+    /// The fleet's spending limit; absent: none.
+    #[serde(default)]
+    budget: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +141,8 @@ struct FileProduct {
 pub struct PriorityList {
     products: Vec<ProductSpec>,
     rank: HashMap<Tcin, usize>,
+    /// The `"budget"` of the file, when it has one.
+    budget: Option<BudgetLimits>,
 }
 
 impl PriorityList {
@@ -139,7 +155,22 @@ impl PriorityList {
         for (i, p) in products.iter().enumerate() {
             rank.entry(p.tcin.clone()).or_insert(i);
         }
-        Self { products, rank }
+        Self {
+            products,
+            rank,
+            budget: None,
+        }
+    }
+
+    /// The same list with a spending limit.
+    pub fn with_budget(mut self, budget: Option<BudgetLimits>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The product config's spending limit, if it sets one.
+    pub fn budget(&self) -> Option<&BudgetLimits> {
+        self.budget.as_ref()
     }
 
     /// Reads and validates a product config file.
@@ -159,6 +190,10 @@ impl PriorityList {
             column: e.column(),
             message: json_error_message(&e),
         })?;
+        let budget = match file.budget {
+            None => None,
+            Some(value) => Some(parse_budget(value, path)?),
+        };
         let mut products = Vec::with_capacity(file.products.len());
         let mut seen = HashMap::new();
         for (i, p) in file.products.into_iter().enumerate() {
@@ -194,7 +229,7 @@ impl PriorityList {
                 enabled: p.enabled.unwrap_or(true),
             });
         }
-        Ok(Self::new(products))
+        Ok(Self::new(products).with_budget(budget))
     }
 
     /// The configured products, top priority first.
@@ -227,6 +262,35 @@ impl PriorityList {
     pub fn priority(&self, tcin: &Tcin) -> Option<u32> {
         self.rank.get(tcin).map(|&i| (i + 1) as u32)
     }
+}
+
+/// Reads the `"budget"` object; an error names the field that is wrong.
+fn parse_budget(value: serde_json::Value, path: &str) -> Result<BudgetLimits, CatalogError> {
+    let bad = |field: &str, message: String| CatalogError::Budget {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    if !value.is_object() {
+        return Err(bad(
+            "budget",
+            format!(
+                "must be an object like {{\"max_spend\": 250.00, \"max_purchases\": 4, \"window\": \"24h\"}}, not {value}"
+            ),
+        ));
+    }
+    let file: FileBudget = serde_json::from_value(value).map_err(|e| {
+        // serde names an unknown or mistyped field in its message.
+        bad("budget", json_error_message(&e))
+    })?;
+    file.limits().map_err(|(field, message)| {
+        let field = if field == "budget" {
+            "budget".to_owned()
+        } else {
+            format!("budget.{field}")
+        };
+        bad(&field, message)
+    })
 }
 
 /// A JSON parse error's message without serde's trailing "at line L column
@@ -307,6 +371,53 @@ mod tests {
             assert!(
                 err.contains(want) && err.contains("p.json"),
                 "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_budget_is_read_with_any_of_its_three_fields() {
+        let list = PriorityList::parse(
+            r#"{"products":[{"tcin":"1"}],"budget":{"max_spend":250.00,"max_purchases":4,"window":"24h"}}"#,
+            "p.json",
+        )
+        .unwrap();
+        let b = list.budget().copied().unwrap();
+        assert_eq!(b.max_spend, Some(Price::from_cents(25_000)));
+        assert_eq!(b.max_purchases, Some(4));
+        assert_eq!(b.window, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(b.describe(), "$250.00, 4 purchases per 1day");
+        let only = PriorityList::parse(r#"{"products":[],"budget":{"max_purchases":2}}"#, "p.json")
+            .unwrap();
+        assert_eq!(only.budget().unwrap().window, None);
+        assert_eq!(only.budget().unwrap().describe(), "2 purchases in all");
+        let none = PriorityList::parse(r#"{"products":[]}"#, "p.json").unwrap();
+        assert!(none.budget().is_none());
+    }
+
+    #[test]
+    fn a_bad_budget_names_the_file_and_the_field() {
+        let cases = [
+            (r#"{"max_spend":-5}"#, "budget.max_spend"),
+            (r#"{"max_spend":"lots"}"#, "budget:"),
+            (r#"{"max_spend":50,"window":"soon"}"#, "budget.window"),
+            (r#"{"max_spend":50,"window":"0s"}"#, "budget.window"),
+            (r#"{"max_purchases":-1}"#, "budget:"),
+            (r#"{"window":"24h"}"#, "limits nothing"),
+            (r#"{}"#, "limits nothing"),
+            // A typo must not leave the card without its limit.
+            (r#"{"max_spent":50}"#, "max_spent"),
+            (r#"[50]"#, "budget:"),
+        ];
+        for (budget, want) in cases {
+            let text = format!(r#"{{"products":[{{"tcin":"1"}}],"budget":{budget}}}"#);
+            let err = match PriorityList::parse(&text, "conf/p.json") {
+                Ok(list) => panic!("{budget} was taken: {:?}", list.budget()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("conf/p.json") && err.contains(want),
+                "{budget}: {err}"
             );
         }
     }

@@ -42,10 +42,22 @@ pub enum EventKind {
     SourceBlocked,
     /// That block ended.
     SourceUnblocked,
+    /// A product in stock is held back by the spending limit (queued →
+    /// over_budget; the detail says which limit).
+    OverBudget,
+    /// The spending limit began holding products back (one per episode:
+    /// what the notifier alerts).
+    BudgetExhausted,
+    /// It holds none back any more: room came back, the limit was raised,
+    /// or the products held back went out of stock.
+    BudgetAvailable,
+    /// The limits changed (an operator's `SetBudget` with its reason, or
+    /// the product config), or the spend record was reset.
+    BudgetChanged,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::Granted,
         Self::Released,
         Self::Expired,
@@ -62,6 +74,10 @@ impl EventKind {
         Self::Renewed,
         Self::SourceBlocked,
         Self::SourceUnblocked,
+        Self::OverBudget,
+        Self::BudgetExhausted,
+        Self::BudgetAvailable,
+        Self::BudgetChanged,
     ];
 
     /// The upper-case name the protocol and the command-line tool show.
@@ -83,6 +99,10 @@ impl EventKind {
             Self::Renewed => "RENEWED",
             Self::SourceBlocked => "SOURCE_BLOCKED",
             Self::SourceUnblocked => "SOURCE_UNBLOCKED",
+            Self::OverBudget => "OVER_BUDGET",
+            Self::BudgetExhausted => "BUDGET_EXHAUSTED",
+            Self::BudgetAvailable => "BUDGET_AVAILABLE",
+            Self::BudgetChanged => "BUDGET_CHANGED",
         }
     }
 
@@ -209,7 +229,7 @@ mod tests {
         assert_eq!(EventKind::WatcherJoined.as_str(), "WATCHER_JOINED");
         assert!(EventKind::Expired.ends_lease());
         assert!(!EventKind::Renewed.ends_lease());
-        assert_eq!(EventKind::ALL.len(), 16);
+        assert_eq!(EventKind::ALL.len(), 20);
         assert_eq!(EventKind::SourceBlocked.as_str(), "SOURCE_BLOCKED");
     }
 }

@@ -10,6 +10,8 @@
 //! - [`product`]: [`ProductState`], [`Outcome`], [`Price`].
 //! - [`catalog`]: the product list in priority order ([`PriorityList`]) and
 //!   its config file parser; the [`Catalog`] a watcher is sent.
+//! - [`budget`]: the fleet's spending limit ([`BudgetLimits`]) and what
+//!   the arbiter shows of it ([`BudgetStatus`]).
 //! - [`stock`]: an [`Observation`] of one product by a watcher.
 //! - [`lease`]: a [`Lease`] as a holder or onlooker sees it.
 //! - [`event`]: the arbiter's numbered transitions ([`Event`], [`EventKind`]).
@@ -22,6 +24,7 @@
 //!   monitor` and the fault suite, and [`history::build`] for made-up
 //!   histories.
 
+pub mod budget;
 pub mod catalog;
 pub mod duration;
 pub mod event;
@@ -33,6 +36,7 @@ pub mod status;
 pub mod stock;
 pub mod timestamp;
 
+pub use budget::{BudgetLimits, BudgetSource, BudgetStatus};
 pub use catalog::{Catalog, CatalogError, PriceCheck, PriorityList, ProductSpec};
 pub use event::{Event, EventKind};
 pub use ids::{FencingToken, IdError, LeaseId, Tcin, WatcherId};

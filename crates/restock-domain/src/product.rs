@@ -6,7 +6,8 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Where a product is in its purchase cycle:
-/// `Ready` → `Queued` → `Attempting` → `Purchased` | `Failed`.
+/// `Ready` → `Queued` → `Attempting` → `Purchased` | `Failed`, and
+/// `Queued` ⇄ `OverBudget` while the spending limit holds it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProductState {
@@ -20,15 +21,20 @@ pub enum ProductState {
     Purchased,
     /// The last attempt failed; eligible again after the cool-down.
     Failed,
+    /// In stock, but granting it would go past the spending limit (or its
+    /// price is unknown and the limit has a `max_spend`): held back until
+    /// the budget has room for it.
+    OverBudget,
 }
 
 impl ProductState {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Ready,
         Self::Queued,
         Self::Attempting,
         Self::Purchased,
         Self::Failed,
+        Self::OverBudget,
     ];
 
     /// The lower-case name used in JSON, logs and metrics labels.
@@ -39,6 +45,7 @@ impl ProductState {
             Self::Attempting => "attempting",
             Self::Purchased => "purchased",
             Self::Failed => "failed",
+            Self::OverBudget => "over_budget",
         }
     }
 }

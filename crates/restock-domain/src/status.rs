@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    budget::BudgetStatus,
     ids::{FencingToken, Tcin, WatcherId},
     lease::Lease,
-    product::{Outcome, ProductState},
+    product::{Outcome, Price, ProductState},
 };
 
 /// Running totals since the state was created.
@@ -44,6 +45,10 @@ pub struct ProductStatus {
     /// How often some connected watcher polls it, all together; `None`
     /// when none says it does.
     pub effective_poll_interval: Option<Duration>,
+    /// The newest price a watcher reported (what a grant reserves).
+    pub price: Option<Price>,
+    /// Why the spending limit holds it back (state `over_budget`).
+    pub held_back: String,
 }
 
 /// A watcher's line in the status.
@@ -166,6 +171,8 @@ pub struct Status {
     pub config_path: String,
     /// Whether the arbiter plans the watchers' polling.
     pub poll_planning: bool,
+    /// The spending limit and what was spent.
+    pub budget: BudgetStatus,
 }
 
 impl Status {

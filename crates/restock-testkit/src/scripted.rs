@@ -494,6 +494,13 @@ impl PurchaseArbiter for Service {
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         not_scripted()
     }
+
+    async fn set_budget(
+        &self,
+        _: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::SetBudgetResponse>, Status> {
+        not_scripted()
+    }
 }
 
 #[cfg(test)]
@@ -542,6 +549,7 @@ mod tests {
             fencing_token: 7,
             outcome: pb::Outcome::Purchased as i32,
             detail: "done".into(),
+            paid_price_cents: None,
         };
         let refused = c.release_purchase(release.clone()).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unavailable);

@@ -37,6 +37,12 @@ pub const IDEMPOTENCY_ENTRIES: usize = 4_096;
 /// recognised as harmless. A holder is late by seconds, a few leases at most.
 pub const ENDED_LEASES: usize = 1_024;
 
+/// Purchases the spending limit's record keeps one by one (it is saved
+/// whole with every write). Beyond it the oldest two are merged into one at
+/// the later time, which can only make spend count longer, never shorter.
+/// A thousand purchases inside one window is far past any real budget.
+pub const BUDGET_SPENDS: usize = 1_024;
+
 /// Event sequence numbers are reserved on disk in blocks of this size: one
 /// extra write per thousand events instead of one per event, and a restart
 /// continues after the block, so a number shown before a crash is never

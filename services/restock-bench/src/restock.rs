@@ -464,6 +464,7 @@ pub async fn release(
         fencing_token: lease.fencing_token,
         outcome: outcome as i32,
         detail: "restock-bench".into(),
+        paid_price_cents: None,
     })
     .await
     .with_context(|| {

@@ -158,7 +158,15 @@ pub enum Command {
         /// Free text kept in the event history (order number, error).
         #[arg(long)]
         detail: Option<String>,
+        /// With --outcome purchased: what the checkout paid, in dollars
+        /// (counted against the budget instead of the reserved price).
+        #[arg(long, value_parser = parse_dollars)]
+        paid: Option<u64>,
     },
+    /// The fleet's spending limit: shows it, or (with the token) replaces
+    /// it, goes back to the product config's, or resets the spend record.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
     /// Asks the server's grpc.health.v1 service; exits 0 only when it says
     /// SERVING. Works against any gRPC server with the standard health
     /// service (the arbiter, a watcher), e.g. as a container health check.
@@ -171,6 +179,55 @@ pub enum Command {
     /// destination's delivery record.
     #[command(subcommand)]
     Notify(NotifyCommand),
+}
+
+/// `budget` subcommands. Every change needs --reason: it goes into the
+/// event history (BUDGET_CHANGED).
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// The limits in force, spent, reserved and left.
+    Show,
+    /// Replaces the limits (until the product config's budget changes).
+    Set {
+        /// Most spend (dollars) in the window, counting the checkout in
+        /// flight.
+        #[arg(long, value_parser = parse_dollars, required_unless_present_any = ["max_purchases", "none"])]
+        max_spend: Option<u64>,
+        /// Most purchases in the window, counting the one in flight.
+        #[arg(long)]
+        max_purchases: Option<u32>,
+        /// Spend older than this rolls off (24h, 7d); without it spend
+        /// counts for ever.
+        #[arg(long, value_parser = parse_positive_duration)]
+        window: Option<Duration>,
+        /// Lift every limit instead.
+        #[arg(long, conflicts_with_all = ["max_spend", "max_purchases", "window"])]
+        none: bool,
+        /// Why (kept in the event history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Goes back to the product config's budget, dropping limits set here.
+    UseConfig {
+        #[arg(long)]
+        reason: String,
+    },
+    /// Forgets the spend recorded so far (the checkout in flight, if any,
+    /// keeps its reservation).
+    Reset {
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Dollars as typed (`49.99`) to cents.
+fn parse_dollars(s: &str) -> Result<u64, String> {
+    let d: f64 = s
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|e| format!("{s:?} is not an amount in dollars: {e}"))?;
+    restock_domain::Price::from_dollars(d).map(restock_domain::Price::cents)
 }
 
 /// `notify` subcommands.

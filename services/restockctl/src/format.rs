@@ -196,6 +196,108 @@ pub struct ProductJson {
     pub last_outcome: String,
     pub last_detail: String,
     pub effective_poll_interval_ms: u64,
+    /// The newest price a watcher reported, in cents.
+    pub price_cents: Option<u64>,
+    /// With OVER_BUDGET: why the spending limit holds it back.
+    pub held_back: String,
+}
+
+/// The spending limit as JSON: `GetStatusResponse.budget`'s fields.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BudgetJson {
+    /// `None`: no limit in force.
+    pub limits: Option<BudgetLimitsJson>,
+    pub source: String,
+    pub operator_reason: String,
+    pub operator_set_unix_ms: u64,
+    pub spent_cents: u64,
+    pub purchases: u32,
+    pub reserved_cents: Option<u64>,
+    pub reserved_for_tcin: String,
+    pub left_cents: Option<u64>,
+    pub purchases_left: Option<u32>,
+    pub next_roll_off_unix_ms: u64,
+    pub held_back: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetLimitsJson {
+    pub max_spend_cents: Option<u64>,
+    pub max_purchases: Option<u32>,
+    pub window_ms: u64,
+}
+
+impl From<&pb::BudgetStatus> for BudgetJson {
+    fn from(b: &pb::BudgetStatus) -> Self {
+        Self {
+            limits: b.limits.as_ref().map(|l| BudgetLimitsJson {
+                max_spend_cents: l.max_spend_cents,
+                max_purchases: l.max_purchases,
+                window_ms: l.window_ms,
+            }),
+            source: b.source.clone(),
+            operator_reason: b.operator_reason.clone(),
+            operator_set_unix_ms: b.operator_set_unix_ms,
+            spent_cents: b.spent_cents,
+            purchases: b.purchases,
+            reserved_cents: b.reserved_cents,
+            reserved_for_tcin: b.reserved_for_tcin.clone(),
+            left_cents: b.left_cents,
+            purchases_left: b.purchases_left,
+            next_roll_off_unix_ms: b.next_roll_off_unix_ms,
+            held_back: b.held_back,
+        }
+    }
+}
+
+/// `$12.34` of cents.
+pub fn dollars(cents: u64) -> String {
+    restock_domain::Price::from_cents(cents).formatted()
+}
+
+/// One line for people: the limits, what was spent and what is left.
+pub fn budget_line(b: &pb::BudgetStatus, now_unix_ms: u64) -> String {
+    let Some(l) = &b.limits else {
+        return format!(
+            "no limit ({} spent over {} purchases recorded)",
+            dollars(b.spent_cents),
+            b.purchases
+        );
+    };
+    let limits: restock_domain::BudgetLimits = (*l).into();
+    let mut parts = vec![format!("limit {}", limits.describe())];
+    if b.source == restock_proto::convert::BUDGET_FROM_OPERATOR {
+        parts.push(format!("set by an operator: {}", b.operator_reason));
+    }
+    parts.push(format!(
+        "spent {} over {} purchase{}",
+        dollars(b.spent_cents),
+        b.purchases,
+        if b.purchases == 1 { "" } else { "s" }
+    ));
+    if let Some(r) = b.reserved_cents {
+        parts.push(format!(
+            "{} reserved for {}",
+            dollars(r),
+            b.reserved_for_tcin
+        ));
+    }
+    if let Some(left) = b.left_cents {
+        parts.push(format!("{} left", dollars(left)));
+    }
+    if let Some(n) = b.purchases_left {
+        parts.push(format!("{n} purchases left"));
+    }
+    if b.next_roll_off_unix_ms > now_unix_ms {
+        parts.push(format!(
+            "oldest spend rolls off in {}",
+            duration_ms(b.next_roll_off_unix_ms - now_unix_ms)
+        ));
+    }
+    if b.held_back > 0 {
+        parts.push(format!("HOLDING BACK {} product(s)", b.held_back));
+    }
+    parts.join("; ")
 }
 
 /// A watcher's line of status as JSON.
@@ -246,6 +348,7 @@ pub struct StatusJson {
     pub config_path: String,
     pub unix_ms: u64,
     pub poll_planning: bool,
+    pub budget: BudgetJson,
 }
 
 impl StatusJson {
@@ -271,6 +374,8 @@ impl StatusJson {
                     last_outcome: outcome_name(p.last_outcome),
                     last_detail: p.last_detail.clone(),
                     effective_poll_interval_ms: p.effective_poll_interval_ms,
+                    price_cents: p.price_cents,
+                    held_back: p.held_back.clone(),
                 })
                 .collect(),
             watchers: s
@@ -310,6 +415,7 @@ impl StatusJson {
             config_path: s.config_path.clone(),
             unix_ms: s.unix_ms,
             poll_planning: s.poll_planning,
+            budget: s.budget.as_ref().map(BudgetJson::from).unwrap_or_default(),
         }
     }
 }

@@ -104,18 +104,20 @@ async fn execute(cli: Cli, out: &mut dyn std::io::Write) -> Result<u8, CtlError>
             token,
             outcome,
             detail,
+            paid,
         } => {
             operator::release(
                 &target,
                 &lease_id,
                 token,
-                outcome,
+                (outcome, paid),
                 detail.as_deref(),
                 json,
                 out,
             )
             .await
         }
+        Command::Budget(cmd) => operator::budget(&target, cmd, json, out).await,
         Command::Health { service } => health::run(&target, &service, json, out).await,
         Command::Notify(NotifyCommand::Test { notify }) => {
             notify::test(&target, notify.as_deref(), json, out).await

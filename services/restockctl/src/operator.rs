@@ -9,10 +9,10 @@ use restock_proto::v1 as pb;
 use serde::Serialize;
 
 use crate::{
-    cli::OutcomeArg,
+    cli::{BudgetCommand, OutcomeArg},
     client::Target,
     error::{CtlError, EXIT_NEGATIVE, EXIT_OK},
-    format::{LeaseJson, duration_ms, state_name, time},
+    format::{BudgetJson, LeaseJson, budget_line, duration_ms, now_unix_ms, state_name, time},
 };
 
 fn print_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), CtlError> {
@@ -84,6 +84,72 @@ pub async fn set_paused(
         writeln!(out, "arbiter resumed: purchases are granted again")?;
     }
     Ok(EXIT_OK)
+}
+
+/// `budget show|set|use-config|reset`.
+pub async fn budget(
+    target: &Target,
+    cmd: BudgetCommand,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, CtlError> {
+    let req = match cmd {
+        BudgetCommand::Show => {
+            let (_, _, status) = target.find_leader().await?;
+            let b = status.budget.unwrap_or_default();
+            print_budget(&b, "", json, out)?;
+            return Ok(EXIT_OK);
+        }
+        BudgetCommand::Set {
+            max_spend,
+            max_purchases,
+            window,
+            none,
+            reason,
+        } => pb::SetBudgetRequest {
+            limits: (!none).then(|| pb::BudgetLimits {
+                max_spend_cents: max_spend,
+                max_purchases,
+                window_ms: window.map_or(0, |w| w.as_millis() as u64),
+            }),
+            lift: none,
+            reason,
+            ..Default::default()
+        },
+        BudgetCommand::UseConfig { reason } => pb::SetBudgetRequest {
+            use_config: true,
+            reason,
+            ..Default::default()
+        },
+        BudgetCommand::Reset { reason } => pb::SetBudgetRequest {
+            reset_spend: true,
+            reason,
+            ..Default::default()
+        },
+    };
+    let r = target
+        .leader_call("SetBudget", |mut c| {
+            let req = req.clone();
+            async move { c.set_budget(req).await }
+        })
+        .await?;
+    let b = r.budget.unwrap_or_default();
+    print_budget(&b, "budget changed: ", json, out)?;
+    Ok(EXIT_OK)
+}
+
+fn print_budget(
+    b: &pb::BudgetStatus,
+    lead: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    if json {
+        print_json(out, &BudgetJson::from(b))
+    } else {
+        writeln!(out, "{lead}{}", budget_line(b, now_unix_ms()))?;
+        Ok(())
+    }
 }
 
 /// `reload`.
@@ -232,7 +298,7 @@ pub async fn release(
     target: &Target,
     lease_id: &str,
     token: u64,
-    outcome: OutcomeArg,
+    (outcome, paid): (OutcomeArg, Option<u64>),
     detail: Option<&str>,
     json: bool,
     out: &mut dyn Write,
@@ -245,6 +311,7 @@ pub async fn release(
                 fencing_token: token,
                 outcome: outcome as i32,
                 detail: detail.unwrap_or_default().to_owned(),
+                paid_price_cents: paid,
             };
             async move { c.release_purchase(req).await }
         })

@@ -9,7 +9,7 @@ use restock_proto::{ROLE_FOLLOWER, ROLE_STANDALONE, v1 as pb};
 use crate::{
     client::Target,
     error::CtlError,
-    format::{StatusJson, duration_ms, outcome_word, shorten, state_name},
+    format::{StatusJson, budget_line, dollars, duration_ms, outcome_word, shorten, state_name},
 };
 
 /// Fetches the status (the leader's, when `--arbiter` lists replicas: a
@@ -102,6 +102,9 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
     } else {
         "Polling   each watcher on its own schedule (--poll-planning false)\n"
     });
+    if let Some(b) = &s.budget {
+        text.push_str(&format!("Budget    {}\n", budget_line(b, now_unix_ms)));
+    }
 
     text.push_str("\nProducts\n");
     let mut products = table(&[
@@ -110,6 +113,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
         "STATE",
         "PURCHASES",
         "IN STOCK AT",
+        "PRICE",
         "POLLED EVERY",
         "LAST OUTCOME",
         "NAME",
@@ -125,6 +129,9 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
                 "cool-down {} left",
                 duration_ms(p.cooldown_remaining_ms)
             ));
+        }
+        if !p.held_back.is_empty() {
+            note.push(shorten(&p.held_back, 80));
         }
         if !p.last_detail.is_empty() {
             // A checkout's detail can be a whole HTTP answer; `--json` has it
@@ -143,6 +150,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
             Cell::new(state_name(p.state)),
             Cell::new(format!("{} of {}", p.purchases, p.quantity)),
             Cell::new(in_stock),
+            Cell::new(p.price_cents.map_or_else(|| "-".to_owned(), dollars)),
             Cell::new(if p.effective_poll_interval_ms == 0 {
                 "-".to_owned()
             } else {

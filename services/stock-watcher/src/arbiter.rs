@@ -39,7 +39,7 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-use restock_domain::{FencingToken, Lease, LeaseId, Outcome};
+use restock_domain::{FencingToken, Lease, LeaseId, Outcome, Price};
 
 use crate::lease::{self, HeldLease, RenewError, Renewer};
 
@@ -378,6 +378,7 @@ impl ArbiterCalls {
         lease: &HeldLease,
         outcome: Outcome,
         detail: &str,
+        paid: Option<Price>,
         retry_until: Instant,
         min_attempts: u32,
     ) -> ReleaseAnswer {
@@ -393,6 +394,7 @@ impl ArbiterCalls {
                         fencing_token: lease.token.get(),
                         outcome: pb::Outcome::from(outcome) as i32,
                         detail: detail.to_owned(),
+                        paid_price_cents: paid.map(Price::cents),
                     });
                     req.set_timeout(self.rpc_timeout);
                     async move { client.release_purchase(req).await }

@@ -250,6 +250,7 @@ impl CheckoutRunner {
                     &held,
                     Outcome::Aborted,
                     &detail,
+                    None,
                     until,
                     MIN_RELEASE_ATTEMPTS,
                 )
@@ -367,7 +368,14 @@ impl CheckoutRunner {
         }
         let answer = inner
             .calls
-            .release(&held, outcome.into(), &detail, until, MIN_RELEASE_ATTEMPTS)
+            .release(
+                &held,
+                outcome.into(),
+                &detail,
+                kept.result.paid,
+                until,
+                MIN_RELEASE_ATTEMPTS,
+            )
             .await;
         if outcome == CheckoutOutcome::Purchased
             && !matches!(answer, ReleaseAnswer::Accepted { .. })

@@ -119,6 +119,8 @@ pub fn status(sequence: u64, products: &[(Tcin, ProductState)], lease: Option<Le
                 last_outcome: None,
                 last_detail: String::new(),
                 effective_poll_interval: None,
+                price: None,
+                held_back: String::new(),
             })
             .collect(),
         watchers: Vec::new(),
@@ -132,5 +134,6 @@ pub fn status(sequence: u64, products: &[(Tcin, ProductState)], lease: Option<Le
         failure_cooldown: Duration::from_secs(60),
         config_path: String::new(),
         poll_planning: false,
+        budget: crate::BudgetStatus::none(),
     }
 }

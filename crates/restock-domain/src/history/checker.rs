@@ -333,7 +333,7 @@ impl Checker {
                 self.ranks = None;
                 self.ranks_valid_from = e.sequence;
                 for p in self.products.values_mut() {
-                    if p.state == ProductState::Queued {
+                    if matches!(p.state, ProductState::Queued | ProductState::OverBudget) {
                         p.state = ProductState::Ready;
                         p.since = t;
                     }
@@ -347,7 +347,13 @@ impl Checker {
             | EventKind::CooledDown
             // A watcher's source blocking it moves no product or lease.
             | EventKind::SourceBlocked
-            | EventKind::SourceUnblocked => {}
+            | EventKind::SourceUnblocked
+            // The spending limit holds products back (a product event the
+            // transition record applies) or says how it stands.
+            | EventKind::OverBudget
+            | EventKind::BudgetExhausted
+            | EventKind::BudgetAvailable
+            | EventKind::BudgetChanged => {}
         }
         self.apply_product_state(e);
         self.apply_pending();

@@ -17,7 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use restock_domain::{FencingToken, LeaseId, Outcome, PriorityList, ProductState, Tcin, WatcherId};
+use restock_domain::{
+    BudgetLimits, FencingToken, LeaseId, Outcome, Price, PriorityList, ProductState, Tcin,
+    WatcherId,
+};
 use restock_proto::convert;
 use restock_runtime::error::chain_text;
 
@@ -28,7 +31,7 @@ use crate::{
     limits::{MAX_DETAIL_BYTES, MAX_REQUEST_ID_BYTES},
     replica::Replica,
     slot::{AcquireAnswer, ActiveLease, Refusal, SlotError},
-    task::{ArbiterError, ArbiterHandle},
+    task::{ArbiterError, ArbiterHandle, BudgetChange},
 };
 
 /// Maps every arbiter error to a status code and a message that says what
@@ -181,7 +184,8 @@ impl PurchaseArbiter for ArbiterService {
                         resp.pending_tcin = pending_tcin.to_string();
                     }
                     R::CoolingDown { retry_after_ms } => resp.retry_after_ms = retry_after_ms,
-                    R::AlreadyPurchased { .. } | R::Paused | R::Disabled => {}
+                    R::AlreadyPurchased { .. } | R::Paused | R::Disabled | R::OverBudget { .. } => {
+                    }
                 }
             }
         }
@@ -217,9 +221,24 @@ impl PurchaseArbiter for ArbiterService {
                 r.detail.len()
             )));
         }
+        let paid = match r.paid_price_cents {
+            Some(_) if outcome != Outcome::Purchased => {
+                return Err(Status::invalid_argument(format!(
+                    "paid_price_cents is for a PURCHASED release; this one says {}",
+                    outcome.as_str()
+                )));
+            }
+            Some(c) if c > MAX_PAID_CENTS => {
+                return Err(Status::invalid_argument(format!(
+                    "paid_price_cents {c} is more than {} cents: not a price",
+                    MAX_PAID_CENTS
+                )));
+            }
+            c => c.map(Price::from_cents),
+        };
         let (released, state) = self
             .handle()?
-            .release(lease_id.clone(), token, outcome, r.detail)
+            .release(lease_id.clone(), token, outcome, r.detail, paid)
             .await
             .map_err(|e| {
                 warn!(lease_id = %lease_id, fencing_token = token.0, error = %e, "release refused");
@@ -312,6 +331,71 @@ impl PurchaseArbiter for ArbiterService {
             config_path: self.config_path.display().to_string(),
         }))
     }
+
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::SetBudgetResponse>, Status> {
+        let change = budget_change(request.into_inner())?;
+        let status = self
+            .handle()?
+            .set_budget(change.clone())
+            .await
+            .map_err(to_status)?;
+        info!(
+            reason = %change.reason,
+            limits = ?change.limits,
+            use_config = change.use_config,
+            reset_spend = change.reset_spend,
+            "budget changed by an operator"
+        );
+        Ok(Response::new(pb::SetBudgetResponse {
+            budget: Some((&status).into()),
+        }))
+    }
+}
+
+/// Highest `paid_price_cents` taken: the config's own price ceiling.
+const MAX_PAID_CENTS: u64 = (restock_domain::product::MAX_PRICE_DOLLARS as u64) * 100;
+
+/// Checks a `SetBudget` request into what the task applies.
+fn budget_change(r: pb::SetBudgetRequest) -> Result<BudgetChange, Status> {
+    if r.reason.len() > MAX_DETAIL_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "reason is {} bytes long; at most {MAX_DETAIL_BYTES} are kept",
+            r.reason.len()
+        )));
+    }
+    let chosen = usize::from(r.limits.is_some()) + usize::from(r.lift) + usize::from(r.use_config);
+    if chosen > 1 {
+        return Err(Status::invalid_argument(
+            "give one of limits, lift and use_config, not several",
+        ));
+    }
+    let limits = match (r.limits, r.lift) {
+        (Some(l), _) => {
+            if l.max_spend_cents.is_some_and(|c| c > MAX_PAID_CENTS) {
+                return Err(Status::invalid_argument(format!(
+                    "limits.max_spend_cents is more than {MAX_PAID_CENTS} cents"
+                )));
+            }
+            let l = BudgetLimits::from(l);
+            if !l.limits_anything() {
+                return Err(Status::invalid_argument(
+                    "limits names neither max_spend_cents nor max_purchases; to lift every limit set lift",
+                ));
+            }
+            Some(Some(l))
+        }
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    Ok(BudgetChange {
+        limits,
+        use_config: r.use_config,
+        reset_spend: r.reset_spend,
+        reason: r.reason,
+    })
 }
 
 #[cfg(test)]

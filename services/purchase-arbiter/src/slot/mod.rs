@@ -15,6 +15,7 @@
 //! state is saved and read back is the store's business (`store::saved`),
 //! through the read accessors and [`Arbiter::resume`] at the end of this file.
 
+mod budget;
 mod clock;
 mod lease;
 mod view;
@@ -30,11 +31,12 @@ use std::{
 use tokio::time::Instant;
 
 use restock_domain::{
-    Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriceCheck,
-    PriorityList, ProductSpec, ProductState, SourceBlock, SourceBlockKind, Tcin, WatcherId,
-    duration::short,
+    BudgetLimits, Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, Price,
+    PriceCheck, PriorityList, ProductSpec, ProductState, SourceBlock, SourceBlockKind, Tcin,
+    WatcherId, duration::short,
 };
 
+pub use budget::{Budget, OperatorLimits, Reservation, Spend};
 pub use clock::{Clock, Now};
 pub use lease::{ActiveLease, EndedLease};
 
@@ -85,6 +87,10 @@ pub enum Refusal {
     },
     Paused,
     Disabled,
+    /// The spending limit holds it back; the detail says which limit.
+    OverBudget {
+        detail: String,
+    },
 }
 
 impl Refusal {
@@ -97,6 +103,7 @@ impl Refusal {
             Self::CoolingDown { .. } => "cooling_down",
             Self::Paused => "paused",
             Self::Disabled => "disabled",
+            Self::OverBudget { .. } => "over_budget",
         }
     }
 
@@ -120,6 +127,7 @@ impl Refusal {
             ),
             Self::Paused => "the arbiter is paused: no purchase is granted".into(),
             Self::Disabled => "the product is disabled in the product config".into(),
+            Self::OverBudget { detail } => detail.clone(),
         }
     }
 }
@@ -200,6 +208,11 @@ pub struct Product {
     last_detail: String,
     /// Connected watchers that reported it in stock, and when.
     sightings: BTreeMap<WatcherId, Sighting>,
+    /// The newest price a watcher reported (not saved: watchers report
+    /// again). What a grant reserves.
+    price: Option<Price>,
+    /// Why the spending limit holds it back (while OVER_BUDGET).
+    held_back: String,
 }
 
 impl Product {
@@ -223,6 +236,8 @@ impl Product {
             last_outcome,
             last_detail,
             sightings: BTreeMap::new(),
+            price: None,
+            held_back: String::new(),
         }
     }
 
@@ -283,6 +298,14 @@ pub struct Arbiter {
     /// `AcquirePurchase` answers by (watcher, request id), for retries.
     answers: BoundedMap<AnswerKey, AcquireAnswer>,
     counters: Counters,
+    /// The spending limit's record (saved).
+    budget: Budget,
+    /// The room the budget had at the last settle (not saved): room that
+    /// grows ends a `BUDGET_EXHAUSTED` episode.
+    budget_room: Option<(u64, u32)>,
+    /// The newest reading of the clocks, to turn the budget's wall-clock
+    /// roll-off into a monotonic deadline.
+    last_now: Option<Now>,
     effects: Effects,
 }
 
@@ -365,6 +388,12 @@ impl Arbiter {
                 consider(s.at + self.timing.stock_ttl);
             }
         }
+        if let Some(now) = self.last_now
+            && let (Some(limits), _) = self.budget_limits()
+            && let Some(at) = self.budget.next_roll_off(limits.window, now.unix_ms)
+        {
+            consider(now.mono + Duration::from_millis(at.saturating_sub(now.unix_ms)));
+        }
         next
     }
 
@@ -423,10 +452,12 @@ impl Arbiter {
         let from = p.state;
         let to = match (from, should_queue) {
             (ProductState::Ready, true) => ProductState::Queued,
-            (ProductState::Queued, false) => ProductState::Ready,
+            (ProductState::Queued | ProductState::OverBudget, false) => ProductState::Ready,
             _ => return,
         };
-        self.products.get_mut(tcin).expect("checked").state = to;
+        let p = self.products.get_mut(tcin).expect("checked");
+        p.state = to;
+        p.held_back.clear();
         let kind = if to == ProductState::Queued {
             EventKind::Queued
         } else {
@@ -461,6 +492,7 @@ impl Arbiter {
                 lease,
                 Outcome::Expired,
                 "lease expired: the holder stopped renewing".into(),
+                None,
             );
         }
         // Stale sightings, and cool-downs that ended.
@@ -498,14 +530,237 @@ impl Arbiter {
         for tcin in touched {
             self.requeue(now, &tcin, "in-stock report went stale");
         }
-        self.grant_next(now);
+        self.apply_budget(now);
+        if self.grant_next(now) {
+            // The grant's reservation may leave no room for others.
+            self.apply_budget(now);
+        }
+    }
+
+    // ----- the spending limit -----
+
+    /// The limits in force (the product config's, or an operator's that
+    /// replaced them), and where they come from.
+    pub fn budget_limits(&self) -> (Option<BudgetLimits>, restock_domain::BudgetSource) {
+        self.budget.limits(self.catalog.budget())
+    }
+
+    /// The spending limit's record.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Why the budget would not let `tcin` be granted now; `None` when it
+    /// fits (or no limit is in force).
+    fn over_budget(&self, now: Now, tcin: &Tcin) -> Option<String> {
+        let (Some(limits), _) = self.budget_limits() else {
+            return None;
+        };
+        let price = self.products.get(tcin).and_then(|p| p.price);
+        self.budget.why_not(&limits, price, now.unix_ms)
+    }
+
+    /// Rolls spend out of the window, then moves products in stock
+    /// between QUEUED and OVER_BUDGET as the budget (counting the
+    /// reservation in flight) has room for them, and opens or ends the
+    /// episode the notifier alerts: one `BUDGET_EXHAUSTED` when the limit
+    /// starts holding products back, one `BUDGET_AVAILABLE` when room
+    /// comes back and nothing is held back any more.
+    fn apply_budget(&mut self, now: Now) {
+        self.last_now = Some(now);
+        let (limits, _) = self.budget_limits();
+        if self
+            .budget
+            .roll_off(limits.and_then(|l| l.window), now.unix_ms)
+        {
+            self.effects.must_persist = true;
+        }
+        let mut let_through = false;
+        let ids: Vec<Tcin> = self
+            .products
+            .iter()
+            .filter(|(_, p)| matches!(p.state, ProductState::Queued | ProductState::OverBudget))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tcin in ids {
+            let why = self.over_budget(now, &tcin);
+            let p = self.products.get_mut(&tcin).expect("listed above");
+            match (p.state, why) {
+                (ProductState::Queued, Some(why)) => {
+                    p.state = ProductState::OverBudget;
+                    p.held_back = why.clone();
+                    self.emit(
+                        now,
+                        Event::new(EventKind::OverBudget)
+                            .product(&tcin, ProductState::Queued, ProductState::OverBudget)
+                            .detail(why),
+                    );
+                }
+                (ProductState::OverBudget, Some(why)) => p.held_back = why,
+                (ProductState::OverBudget, None) => {
+                    p.state = ProductState::Queued;
+                    p.held_back.clear();
+                    let_through = true;
+                    self.emit(
+                        now,
+                        Event::new(EventKind::Queued)
+                            .product(&tcin, ProductState::OverBudget, ProductState::Queued)
+                            .detail("the budget has room for it again"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let held = self
+            .products
+            .values()
+            .filter(|p| p.state == ProductState::OverBudget)
+            .count();
+        let room = self.budget.room(limits.as_ref(), now.unix_ms);
+        let grew = self
+            .budget_room
+            .is_some_and(|(c, n)| room.0 > c || room.1 > n);
+        self.budget_room = Some(room);
+        if held > 0 && !self.budget.exhausted() {
+            self.budget.set_exhausted(true);
+            self.effects.must_persist = true;
+            let detail = format!(
+                "the spending limit ({}) holds back {held} product{} in stock",
+                limits.map_or_else(|| "none".to_owned(), |l| l.describe()),
+                if held == 1 { "" } else { "s" }
+            );
+            self.emit(now, Event::new(EventKind::BudgetExhausted).detail(detail));
+        } else if held == 0 && self.budget.exhausted() && (let_through || grew || limits.is_none())
+        {
+            self.budget.set_exhausted(false);
+            self.effects.must_persist = true;
+            let detail = match limits {
+                Some(l) => format!("the spending limit ({}) has room again", l.describe()),
+                None => "no spending limit is in force".to_owned(),
+            };
+            self.emit(now, Event::new(EventKind::BudgetAvailable).detail(detail));
+        }
+    }
+
+    /// The spend of a lease that ended: a purchase is spend (at the price
+    /// the checkout paid, else the one reserved); an expired lease counts
+    /// as spent too, since its holder went silent mid-checkout and may
+    /// have bought (fail closed: an operator resets it when it did not);
+    /// any other outcome frees the reservation.
+    fn settle_reservation(
+        &mut self,
+        now: Now,
+        lease: &ActiveLease,
+        outcome: Outcome,
+        paid: Option<Price>,
+    ) -> Option<String> {
+        let reserved = self.budget.take_reservation(&lease.lease_id);
+        // A lease without a reservation that expires was never pushed
+        // (`expire_unpushed` took it) or comes from a state written before
+        // budgets: no checkout of it is known to have run.
+        let counts =
+            outcome == Outcome::Purchased || (outcome == Outcome::Expired && reserved.is_some());
+        if !counts {
+            return None;
+        }
+        let price = paid.or_else(|| reserved.as_ref().and_then(|r| r.price));
+        self.budget.record(Spend {
+            at_unix_ms: now.unix_ms,
+            cents: price.map_or(0, Price::cents),
+            purchases: 1,
+        });
+        Some(match (outcome, price) {
+            (Outcome::Expired, Some(p)) => format!(
+                "; {p} counted as spent (the checkout may have bought; reset the budget if it did not)"
+            ),
+            (Outcome::Expired, None) => {
+                "; counted as a purchase (the checkout may have bought)".to_owned()
+            }
+            (_, Some(p)) => format!("; {p} spent"),
+            (_, None) => "; price unknown, counted as a purchase".to_owned(),
+        })
+    }
+
+    /// `SetBudget`: an operator replaces the limits (`Some(None)` lifts
+    /// them all), goes back to the product config's (`use_config`), and/or
+    /// forgets the spend recorded so far (`reset_spend`). The reason goes
+    /// into the event history.
+    pub fn set_budget(
+        &mut self,
+        now: Now,
+        limits: Option<Option<BudgetLimits>>,
+        use_config: bool,
+        reset_spend: bool,
+        reason: &str,
+    ) -> Result<(), SlotError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(SlotError::Invalid(
+                "a reason is required: it goes into the event history".into(),
+            ));
+        }
+        if use_config && limits.is_some() {
+            return Err(SlotError::Invalid(
+                "give new limits or go back to the product config's, not both".into(),
+            ));
+        }
+        if !use_config && limits.is_none() && !reset_spend {
+            return Err(SlotError::Invalid(
+                "nothing to do: give new limits, go back to the product config's, or reset the spend"
+                    .into(),
+            ));
+        }
+        if let Some(Some(l)) = &limits
+            && !l.limits_anything()
+        {
+            return Err(SlotError::Invalid(
+                "the new budget names neither max_spend nor max_purchases; to lift every limit say so (no limits)".into(),
+            ));
+        }
+        self.settle(now);
+        let mut did = Vec::new();
+        if let Some(new) = limits {
+            self.budget.set_operator(Some(OperatorLimits {
+                limits: new,
+                config_was: self.catalog.budget().copied(),
+                reason: reason.to_owned(),
+                at_unix_ms: now.unix_ms,
+            }));
+            did.push(match new {
+                Some(l) => format!("limits set to {}", l.describe()),
+                None => "every limit lifted".to_owned(),
+            });
+        }
+        if use_config {
+            self.budget.set_operator(None);
+            did.push(match self.catalog.budget() {
+                Some(l) => format!("back to the product config's limits ({})", l.describe()),
+                None => "back to the product config, which sets no limit".to_owned(),
+            });
+        }
+        if reset_spend {
+            let t = self.budget.totals(None, now.unix_ms);
+            self.budget.reset_spends();
+            did.push(format!(
+                "spend record reset ({} over {} purchases forgotten)",
+                Price::from_cents(t.spent),
+                t.purchases
+            ));
+        }
+        self.emit(
+            now,
+            Event::new(EventKind::BudgetChanged).detail(format!("{}: {reason}", did.join("; "))),
+        );
+        self.effects.must_persist = true;
+        self.settle(now);
+        Ok(())
     }
 
     /// When the slot is free and not paused, grants the best queued product
     /// to the connected watcher that saw it most recently.
-    fn grant_next(&mut self, now: Now) {
+    fn grant_next(&mut self, now: Now) -> bool {
         if self.lease.is_some() || self.paused {
-            return;
+            return false;
         }
         let pick = self.ranked().into_iter().find_map(|tcin| {
             let p = &self.products[tcin];
@@ -526,7 +781,9 @@ impl Arbiter {
                 conn,
                 lease,
             });
+            return true;
         }
+        false
     }
 
     fn grant(&mut self, now: Now, tcin: &Tcin, watcher_id: &WatcherId, how: &str) -> ActiveLease {
@@ -551,6 +808,12 @@ impl Arbiter {
         let p = self.products.get_mut(tcin).expect("granted products exist");
         let from = p.state;
         p.state = ProductState::Attempting;
+        let price = p.price;
+        self.budget.reserve(Reservation {
+            lease_id: lease.lease_id.clone(),
+            tcin: tcin.clone(),
+            price,
+        });
         self.lease = Some(lease.clone());
         self.counters.grants += 1;
         self.emit(
@@ -565,7 +828,17 @@ impl Arbiter {
     }
 
     /// Ends the (already taken) lease with an outcome and moves its product on.
-    fn end_lease(&mut self, now: Now, lease: ActiveLease, outcome: Outcome, detail: String) {
+    fn end_lease(
+        &mut self,
+        now: Now,
+        lease: ActiveLease,
+        outcome: Outcome,
+        mut detail: String,
+        paid: Option<Price>,
+    ) {
+        if let Some(spend) = self.settle_reservation(now, &lease, outcome, paid) {
+            detail.push_str(&spend);
+        }
         let test_mode = self.timing.test_mode;
         let cooldown = self.timing.failure_cooldown;
         let quantity = self.spec(&lease.tcin).map_or(1, |s| s.quantity);
@@ -748,6 +1021,9 @@ impl Arbiter {
                 holder_watcher_id: l.watcher_id.clone(),
             });
         }
+        if let Some(detail) = self.over_budget(now, tcin) {
+            return Some(Refusal::OverBudget { detail });
+        }
         None
     }
 
@@ -802,6 +1078,7 @@ impl Arbiter {
 
     /// `ReleasePurchase`: ends the current lease with the checkout's outcome.
     /// Returns `false` for a harmless repeat of a release already done.
+    #[cfg(test)]
     pub fn release(
         &mut self,
         now: Now,
@@ -809,6 +1086,20 @@ impl Arbiter {
         token: FencingToken,
         outcome: Outcome,
         detail: &str,
+    ) -> Result<(bool, ProductState), SlotError> {
+        self.release_paid(now, lease_id, token, outcome, detail, None)
+    }
+
+    /// [`Self::release`] with what a purchase paid, when the checkout
+    /// said (counted against the budget instead of the reserved price).
+    pub fn release_paid(
+        &mut self,
+        now: Now,
+        lease_id: &LeaseId,
+        token: FencingToken,
+        outcome: Outcome,
+        detail: &str,
+        paid: Option<Price>,
     ) -> Result<(bool, ProductState), SlotError> {
         if outcome == Outcome::Expired {
             return Err(SlotError::Invalid(
@@ -832,7 +1123,7 @@ impl Arbiter {
         }
         let lease = self.lease.take().expect("checked");
         let tcin = lease.tcin.clone();
-        self.end_lease(now, lease, outcome, detail.to_owned());
+        self.end_lease(now, lease, outcome, detail.to_owned(), paid);
         let state = self.products[&tcin].state;
         self.settle(now);
         Ok((true, state))
@@ -857,6 +1148,7 @@ impl Arbiter {
                 lease,
                 Outcome::Aborted,
                 "grant could not be delivered to the watcher".into(),
+                None,
             );
         }
         self.settle(now);
@@ -872,6 +1164,8 @@ impl Arbiter {
         if self.lease.as_ref().is_some_and(|l| &l.lease_id == lease_id) {
             let lease = self.lease.take().expect("checked");
             let left = ms(lease.remaining(now));
+            // Never pushed, so no checkout ran: nothing was spent.
+            self.budget.take_reservation(&lease.lease_id);
             self.end_lease(
                 now,
                 lease,
@@ -879,6 +1173,7 @@ impl Arbiter {
                 format!(
                     "lease expired before it could be pushed: the write that held the grant left {left} ms of it, less than its holder's safety margin"
                 ),
+                None,
             );
         }
         self.settle(now);
@@ -1067,6 +1362,11 @@ impl Arbiter {
         self.counters.observations += observations.len() as u64;
         let mut result = Ok(());
         for o in observations {
+            if let Some(price) = o.price
+                && let Some(p) = self.products.get_mut(&o.tcin)
+            {
+                p.price = Some(price);
+            }
             // Checked here too, not only by the watcher: a watcher of an
             // older version (or one whose source gives no price) cannot
             // make the arbiter buy over the limit.
@@ -1082,6 +1382,9 @@ impl Arbiter {
                         continue;
                     }
                 };
+                if o.price.is_some() {
+                    p.price = o.price;
+                }
                 let was_seen = p
                     .sightings
                     .insert(watcher_id.clone(), Sighting { at: now.mono });
@@ -1149,7 +1452,25 @@ impl Arbiter {
     /// and rank after the listed ones.
     pub fn reload(&mut self, now: Now, catalog: PriorityList) {
         let n = catalog.len();
+        let budget_was = self.budget_limits().0;
+        let config_budget_changed = catalog.budget() != self.catalog.budget();
         self.catalog = catalog;
+        if config_budget_changed {
+            let replaced = self.budget.forget_replaced_operator(self.catalog.budget());
+            let now_limits = self.budget_limits().0;
+            if replaced || now_limits != budget_was {
+                let detail = format!(
+                    "the product config's budget changed: {}{}",
+                    now_limits.map_or_else(|| "no limit".to_owned(), |l| l.describe()),
+                    if replaced {
+                        "; it replaces the limits an operator had set"
+                    } else {
+                        ""
+                    }
+                );
+                self.emit(now, Event::new(EventKind::BudgetChanged).detail(detail));
+            }
+        }
         self.add_configured_products();
         let ids: Vec<Tcin> = self.products.keys().cloned().collect();
         for tcin in &ids {
@@ -1224,6 +1545,7 @@ impl Arbiter {
         a.sequence_reserved = saved.sequence_reserved;
         a.next_sequence = saved.sequence_reserved + 1;
         a.counters = saved.counters;
+        a.budget = saved.budget;
         a.products.extend(saved.products);
         a.add_configured_products();
         let mut started = "state restored".to_owned();
@@ -1243,6 +1565,19 @@ impl Arbiter {
             );
             a.product_mut(&lease.tcin)?.state = ProductState::Attempting;
             a.lease = Some(lease);
+        }
+        // Saved together, so a reservation belongs to the carried lease;
+        // one that does not (a state written by hand, say) counts as
+        // spent rather than vanish: the limit fails closed.
+        if let Some(r) = a.budget.reservation().cloned()
+            && a.lease.as_ref().is_none_or(|l| l.lease_id != r.lease_id)
+        {
+            a.budget.take_reservation(&r.lease_id);
+            a.budget.record(Spend {
+                at_unix_ms: now.unix_ms,
+                cents: r.price.map_or(0, Price::cents),
+                purchases: 1,
+            });
         }
         a.ended = BoundedLog::restored(ENDED_LEASES, saved.ended);
         a.answers = BoundedMap::restored(IDEMPOTENCY_ENTRIES, saved.answers);
@@ -1268,6 +1603,9 @@ impl Arbiter {
             ended: BoundedLog::new(ENDED_LEASES),
             answers: BoundedMap::new(IDEMPOTENCY_ENTRIES),
             counters: Counters::default(),
+            budget: Budget::default(),
+            budget_room: None,
+            last_now: None,
             effects: Effects::default(),
         }
     }
@@ -1287,6 +1625,7 @@ pub struct Resume {
     pub ended: Vec<EndedLease>,
     pub answers: Vec<(AnswerKey, AcquireAnswer)>,
     pub history: Vec<Event>,
+    pub budget: Budget,
 }
 
 /// The detail of a `SOURCE_BLOCKED` event: the kind first (`captcha: ...`),

@@ -1691,3 +1691,5 @@ async fn a_back_off_is_shown_but_is_no_block() {
     );
     assert!(source_events(&mut a).is_empty());
 }
+
+mod budget;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use restock_domain::{FencingToken, ProductStatus, Status, WatcherStatus};
+use restock_domain::{
+    BudgetStatus, FencingToken, Price, ProductState, ProductStatus, Status, WatcherStatus,
+};
 
 use super::{Arbiter, Now};
 
@@ -40,6 +42,8 @@ impl Arbiter {
                     last_outcome: p.last_outcome,
                     last_detail: p.last_detail.clone(),
                     effective_poll_interval: effective.get(tcin).copied(),
+                    price: p.price,
+                    held_back: p.held_back.clone(),
                 }
             })
             .collect();
@@ -74,6 +78,34 @@ impl Arbiter {
             failure_cooldown: self.timing.failure_cooldown,
             config_path: String::new(),
             poll_planning: false,
+            budget: self.budget_status(now),
+        }
+    }
+
+    /// What the status shows of the spending limit.
+    pub fn budget_status(&self, now: Now) -> BudgetStatus {
+        let (limits, source) = self.budget_limits();
+        let window = limits.and_then(|l| l.window);
+        let totals = self.budget().totals(window, now.unix_ms);
+        let reservation = self.budget().reservation();
+        let (room_cents, room_purchases) = self.budget().room(limits.as_ref(), now.unix_ms);
+        BudgetStatus {
+            limits,
+            source,
+            spent: Price::from_cents(totals.spent),
+            purchases: totals.purchases,
+            reserved: reservation.map(|r| r.price.unwrap_or(Price::from_cents(0))),
+            reserved_for: reservation.map(|r| r.tcin.clone()),
+            left: limits
+                .and_then(|l| l.max_spend)
+                .map(|_| Price::from_cents(room_cents)),
+            purchases_left: limits.and_then(|l| l.max_purchases).map(|_| room_purchases),
+            next_roll_off_unix_ms: self.budget().next_roll_off(window, now.unix_ms),
+            held_back: self
+                .products
+                .values()
+                .filter(|p| p.state == ProductState::OverBudget)
+                .count() as u32,
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub counters: Counters,
     #[serde(default)]
     pub events: Vec<Event>,
+    /// The spending limit's record (absent in files from before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SavedBudget>,
 }
 
 impl Snapshot {
@@ -51,6 +54,7 @@ impl Snapshot {
         self.paused = d.paused;
         self.lease = d.lease;
         self.counters = d.counters;
+        self.budget = d.budget;
         for t in &d.removed_products {
             self.products.remove(t);
         }
@@ -122,6 +126,55 @@ pub struct Delta {
     pub idempotency: Vec<SavedAnswer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
+    /// The spending limit's record, whole (it is small and bounded): each
+    /// record replaces the one before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SavedBudget>,
+}
+
+/// The spending limit's record as saved: every purchase kept (oldest
+/// first), the reservation of the lease in flight, an operator's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBudget {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spends: Vec<SavedSpend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<SavedReservation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<SavedOperatorLimits>,
+    #[serde(default)]
+    pub exhausted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSpend {
+    pub at_unix_ms: u64,
+    pub cents: u64,
+    pub purchases: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedReservation {
+    pub lease_id: LeaseId,
+    pub tcin: Tcin,
+    pub price_cents: Option<u64>,
+}
+
+/// Limits as saved; `None` fields are no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedLimits {
+    pub max_spend_cents: Option<u64>,
+    pub max_purchases: Option<u32>,
+    pub window_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOperatorLimits {
+    /// `None`: the operator lifted every limit.
+    pub limits: Option<SavedLimits>,
+    pub config_was: Option<SavedLimits>,
+    pub reason: String,
+    pub at_unix_ms: u64,
 }
 
 /// A product as saved: its state (QUEUED saved as READY) and history.
@@ -191,4 +244,7 @@ pub enum SavedRefusal {
     },
     Paused,
     Disabled,
+    OverBudget {
+        detail: String,
+    },
 }

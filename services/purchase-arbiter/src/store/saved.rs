@@ -5,15 +5,16 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use restock_domain::{PriorityList, ProductState, Tcin};
+use restock_domain::{BudgetLimits, Price, PriorityList, ProductState, Tcin};
 
 use super::format::{
-    Delta, SNAPSHOT_VERSION, SavedAnswer, SavedEndedLease, SavedLease, SavedProduct, SavedRefusal,
-    Snapshot, saved_event_count,
+    Delta, SNAPSHOT_VERSION, SavedAnswer, SavedBudget, SavedEndedLease, SavedLease, SavedLimits,
+    SavedOperatorLimits, SavedProduct, SavedRefusal, SavedReservation, SavedSpend, Snapshot,
+    saved_event_count,
 };
 use crate::slot::{
-    AcquireAnswer, ActiveLease, AnswerKey, Arbiter, EndedLease, Now, Product, Refusal, Resume,
-    SlotError, Timing, ms,
+    AcquireAnswer, ActiveLease, AnswerKey, Arbiter, Budget, EndedLease, Now, OperatorLimits,
+    Product, Refusal, Reservation, Resume, SlotError, Spend, Timing, ms,
 };
 
 /// The durable part of the state, whole.
@@ -38,7 +39,84 @@ pub fn snapshot(a: &Arbiter, now: Now) -> Snapshot {
             .newest(saved_event_count(a.history().iter().rev()))
             .cloned()
             .collect(),
+        budget: saved_budget(a.budget()),
     }
+}
+
+/// The spending limit's record as saved; `None` while it holds nothing
+/// (so state files of arbiters that never bought stay as they were).
+fn saved_budget(b: &Budget) -> Option<SavedBudget> {
+    let saved = SavedBudget {
+        spends: b
+            .spends()
+            .map(|s| SavedSpend {
+                at_unix_ms: s.at_unix_ms,
+                cents: s.cents,
+                purchases: s.purchases,
+            })
+            .collect(),
+        reservation: b.reservation().map(|r| SavedReservation {
+            lease_id: r.lease_id.clone(),
+            tcin: r.tcin.clone(),
+            price_cents: r.price.map(Price::cents),
+        }),
+        operator: b.operator().map(|o| SavedOperatorLimits {
+            limits: o.limits.as_ref().map(saved_limits),
+            config_was: o.config_was.as_ref().map(saved_limits),
+            reason: o.reason.clone(),
+            at_unix_ms: o.at_unix_ms,
+        }),
+        exhausted: b.exhausted(),
+    };
+    let empty = saved.spends.is_empty()
+        && saved.reservation.is_none()
+        && saved.operator.is_none()
+        && !saved.exhausted;
+    (!empty).then_some(saved)
+}
+
+fn saved_limits(l: &BudgetLimits) -> SavedLimits {
+    SavedLimits {
+        max_spend_cents: l.max_spend.map(Price::cents),
+        max_purchases: l.max_purchases,
+        window_ms: l.window.map(ms),
+    }
+}
+
+fn limits_from_saved(l: SavedLimits) -> BudgetLimits {
+    BudgetLimits {
+        max_spend: l.max_spend_cents.map(Price::from_cents),
+        max_purchases: l.max_purchases,
+        window: l.window_ms.map(Duration::from_millis),
+    }
+}
+
+fn budget_from_saved(b: Option<SavedBudget>) -> Budget {
+    let Some(b) = b else {
+        return Budget::default();
+    };
+    Budget::restored(
+        b.spends
+            .into_iter()
+            .map(|s| Spend {
+                at_unix_ms: s.at_unix_ms,
+                cents: s.cents,
+                purchases: s.purchases,
+            })
+            .collect(),
+        b.reservation.map(|r| Reservation {
+            lease_id: r.lease_id,
+            tcin: r.tcin,
+            price: r.price_cents.map(Price::from_cents),
+        }),
+        b.operator.map(|o| OperatorLimits {
+            limits: o.limits.map(limits_from_saved),
+            config_was: o.config_was.map(limits_from_saved),
+            reason: o.reason,
+            at_unix_ms: o.at_unix_ms,
+        }),
+        b.exhausted,
+    )
 }
 
 /// What the state file (snapshot and journal) holds, as far as the arbiter
@@ -145,6 +223,7 @@ impl SaveMarks {
                 .map(saved_answer)
                 .collect(),
             events,
+            budget: saved_budget(a.budget()),
         };
         let mark = PersistMark {
             events_upto: a.last_sequence(),
@@ -186,7 +265,7 @@ fn saved_product(p: &Product) -> SavedProduct {
 
 fn saved_state(s: ProductState) -> ProductState {
     match s {
-        ProductState::Queued => ProductState::Ready,
+        ProductState::Queued | ProductState::OverBudget => ProductState::Ready,
         s => s,
     }
 }
@@ -266,6 +345,7 @@ fn saved_refusal(r: &Refusal) -> SavedRefusal {
         Refusal::CoolingDown { retry_after_ms } => SavedRefusal::CoolingDown { retry_after_ms },
         Refusal::Paused => SavedRefusal::Paused,
         Refusal::Disabled => SavedRefusal::Disabled,
+        Refusal::OverBudget { detail } => SavedRefusal::OverBudget { detail },
     }
 }
 
@@ -285,6 +365,7 @@ fn refusal_from_saved(r: SavedRefusal) -> Refusal {
         SavedRefusal::CoolingDown { retry_after_ms } => Refusal::CoolingDown { retry_after_ms },
         SavedRefusal::Paused => Refusal::Paused,
         SavedRefusal::Disabled => Refusal::Disabled,
+        SavedRefusal::OverBudget { detail } => Refusal::OverBudget { detail },
     }
 }
 
@@ -313,7 +394,9 @@ pub fn restore(
             // Nothing is queued or attempting before watchers report again
             // and the lease (below) is put back.
             let state = match p.state {
-                ProductState::Queued | ProductState::Attempting => ProductState::Ready,
+                ProductState::Queued | ProductState::OverBudget | ProductState::Attempting => {
+                    ProductState::Ready
+                }
                 s => s,
             };
             let cooldown = p.cooldown_until_unix_ms.map(|u| {
@@ -392,6 +475,7 @@ pub fn restore(
             ended,
             answers,
             history: snapshot.events,
+            budget: budget_from_saved(snapshot.budget),
         },
         catalog,
         timing,

@@ -74,8 +74,9 @@ use tracing::{debug, error, info, warn};
 use restock_runtime::error::Chain;
 
 use restock_domain::{
-    Catalog, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, PriorityList,
-    ProductState, SourceBlock, Status, Tcin, WatcherId, lease::holder_margin,
+    BudgetLimits, BudgetStatus, Catalog, Event, EventKind, FencingToken, LeaseId, Observation,
+    Outcome, Price, PriorityList, ProductState, SourceBlock, Status, Tcin, WatcherId,
+    lease::holder_margin,
 };
 
 use crate::{
@@ -178,6 +179,7 @@ enum Command {
         token: FencingToken,
         outcome: Outcome,
         detail: String,
+        paid: Option<Price>,
         reply: Reply<(bool, ProductState)>,
     },
     Connect {
@@ -218,6 +220,20 @@ enum Command {
         catalog: PriorityList,
         reply: Reply<usize>,
     },
+    SetBudget {
+        change: BudgetChange,
+        reply: Reply<BudgetStatus>,
+    },
+}
+
+/// What an operator's `SetBudget` asks (see [`Arbiter::set_budget`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetChange {
+    /// New limits (`Some(None)`: lift them all).
+    pub limits: Option<Option<BudgetLimits>>,
+    pub use_config: bool,
+    pub reset_spend: bool,
+    pub reason: String,
 }
 
 /// A cloneable handle to the arbiter task.
@@ -271,15 +287,22 @@ impl ArbiterHandle {
         token: FencingToken,
         outcome: Outcome,
         detail: String,
+        paid: Option<Price>,
     ) -> Result<(bool, ProductState), ArbiterError> {
         self.call(|reply| Command::Release {
             lease_id,
             token,
             outcome,
             detail,
+            paid,
             reply,
         })
         .await
+    }
+
+    pub async fn set_budget(&self, change: BudgetChange) -> Result<BudgetStatus, ArbiterError> {
+        self.call(|reply| Command::SetBudget { change, reply })
+            .await
     }
 
     /// A new stream id, unique for this process.
@@ -673,10 +696,11 @@ impl<S: StateStore> ArbiterTask<S> {
                 token,
                 outcome,
                 detail,
+                paid,
                 reply,
             } => {
                 let r = a
-                    .release(now, &lease_id, token, outcome, &detail)
+                    .release_paid(now, &lease_id, token, outcome, &detail, paid)
                     .map_err(ArbiterError::from);
                 replies.push(pending(reply, r));
             }
@@ -778,6 +802,19 @@ impl<S: StateStore> ArbiterTask<S> {
                 a.reload(now, catalog);
                 self.planning.touch();
                 replies.push(pending(reply, Ok(n)));
+            }
+            Command::SetBudget { change, reply } => {
+                let r = a
+                    .set_budget(
+                        now,
+                        change.limits,
+                        change.use_config,
+                        change.reset_spend,
+                        &change.reason,
+                    )
+                    .map(|()| a.budget_status(now))
+                    .map_err(ArbiterError::from);
+                replies.push(pending(reply, r));
             }
         }
     }

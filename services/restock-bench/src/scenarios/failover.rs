@@ -397,6 +397,7 @@ impl LeaderClient {
             fencing_token: lease.fencing_token,
             outcome: pb::Outcome::Purchased as i32,
             detail: "restock-bench failover".into(),
+            paid_price_cents: None,
         };
         if let Err(s) = self
             .call(|mut c| {

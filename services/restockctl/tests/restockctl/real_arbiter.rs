@@ -230,6 +230,7 @@ async fn monitor_in_test_mode_reports_clean_cycles() {
                 fencing_token: lease.fencing_token,
                 outcome: pb::Outcome::Purchased as i32,
                 detail: format!("order {i}"),
+                paid_price_cents: None,
             })
             .await
             .expect("ReleasePurchase");

@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use restock_domain::Price;
+
 use super::{CheckoutJob, CheckoutOutcome, CheckoutResult};
 use crate::source::{MAX_ANSWER_BYTES, read_capped};
 
@@ -109,7 +111,14 @@ pub fn judge(status: u16, body: &str) -> CheckoutResult {
     let summary = format!("HTTP {status}: {}", body.trim());
     match result {
         "purchased" if (200..300).contains(&status) => {
-            CheckoutResult::new(CheckoutOutcome::Purchased, summary)
+            // The price it was bought at, in dollars, when the answer says
+            // (the simulator's order carries it): what the budget counts.
+            let paid = doc
+                .as_ref()
+                .and_then(|d| d.get("price"))
+                .and_then(Value::as_f64)
+                .and_then(|d| Price::from_dollars(d).ok());
+            CheckoutResult::new(CheckoutOutcome::Purchased, summary).paid(paid)
         }
         "out_of_stock" => CheckoutResult::new(CheckoutOutcome::OutOfStock, summary),
         _ => CheckoutResult::new(
@@ -127,6 +136,25 @@ mod tests {
 
     use super::*;
     use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
+
+    #[test]
+    fn a_purchase_says_what_it_paid_when_the_answer_has_a_price() {
+        let r = judge(
+            200,
+            r#"{"result":"purchased","order_id":"o-1","price":29.99}"#,
+        );
+        assert_eq!(r.outcome, CheckoutOutcome::Purchased);
+        assert_eq!(r.paid, Some(Price::from_cents(2999)));
+        assert_eq!(judge(200, r#"{"result":"purchased"}"#).paid, None);
+        assert_eq!(
+            judge(200, r#"{"result":"purchased","price":-3}"#).paid,
+            None
+        );
+        assert_eq!(
+            judge(409, r#"{"result":"out_of_stock","price":5}"#).paid,
+            None
+        );
+    }
 
     #[test]
     fn answers_map_to_outcomes() {

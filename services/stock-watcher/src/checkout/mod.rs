@@ -13,7 +13,7 @@ pub mod http;
 
 use tokio_util::sync::CancellationToken;
 
-use restock_domain::{FencingToken, LeaseId, Outcome, Tcin, WatcherId};
+use restock_domain::{FencingToken, LeaseId, Outcome, Price, Tcin, WatcherId};
 
 pub use command::CommandCheckout;
 pub use http::HttpCheckout;
@@ -66,6 +66,10 @@ impl From<CheckoutOutcome> for Outcome {
 pub struct CheckoutResult {
     pub outcome: CheckoutOutcome,
     pub detail: String,
+    /// What a purchase paid for the unit, when the checkout said: the
+    /// arbiter counts it against the budget instead of the price it
+    /// reserved.
+    pub paid: Option<Price>,
 }
 
 impl CheckoutResult {
@@ -73,7 +77,14 @@ impl CheckoutResult {
         Self {
             outcome,
             detail: truncate(detail.into(), MAX_DETAIL),
+            paid: None,
         }
+    }
+
+    /// The same result, saying what the purchase paid.
+    pub fn paid(mut self, price: Option<Price>) -> Self {
+        self.paid = price;
+        self
     }
 }
 
