@@ -81,6 +81,36 @@ async fn grpcurl_lists_describes_checks_health_and_calls_the_arbiter() {
     assert_eq!(v["products"][0]["state"], "ATTEMPTING", "{status}");
     assert_eq!(v["products"][1]["state"], "READY");
 
+    // The spending limit, as the README sets it from the command line: the
+    // lease in flight reserves, the reason goes into the history.
+    let set = call(&[
+        "-d",
+        r#"{"limits":{"max_spend_cents":"5000","max_purchases":3,"window_ms":"86400000"},"reason":"grpcurl"}"#,
+        addr,
+        "restock.v1.PurchaseArbiter/SetBudget",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&set).unwrap();
+    assert_eq!(v["budget"]["source"], "operator", "{set}");
+    assert_eq!(v["budget"]["operatorReason"], "grpcurl", "{set}");
+    assert_eq!(v["budget"]["limits"]["maxSpendCents"], "5000", "{set}");
+    assert_eq!(v["budget"]["reservedForTcin"], "100", "{set}");
+    assert_eq!(v["budget"]["purchasesLeft"], 2, "{set}");
+    let (ok, _, err) = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"reset_spend":true}"#,
+            addr,
+            "restock.v1.PurchaseArbiter/SetBudget",
+        ],
+    );
+    assert!(!ok, "a change without a reason is refused");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("reason"),
+        "{err}"
+    );
+
     // A bad request: grpcurl exits non-zero with the status code and message.
     let (ok, _, err) = run_grpcurl(
         &grpcurl,

@@ -196,6 +196,11 @@ async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
     let mut c = all[second].client().await;
     let s = status(&mut c).await;
     let since_kill = killed_at.elapsed().as_millis() as u64;
+    // The spending limit's record came over with it: the lease in flight
+    // still holds its reservation, and the failed attempts spent nothing.
+    let budget = s.budget.clone().expect("the status has the budget");
+    assert_eq!(budget.reserved_for_tcin, "100", "{budget:?}");
+    assert_eq!((budget.spent_cents, budget.purchases), (0, 0), "{budget:?}");
     let lease = s.active_lease.expect("the lease carried over");
     assert_eq!(lease.lease_id, held.lease_id);
     assert_eq!(lease.fencing_token, held.fencing_token);
@@ -217,7 +222,7 @@ async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
         fencing_token: held.fencing_token,
         outcome: pb::Outcome::Purchased as i32,
         detail: "bought".into(),
-        paid_price_cents: None,
+        paid_price_cents: Some(4_999),
     })
     .await
     .expect("released at the new leader");
@@ -233,6 +238,22 @@ async fn a_held_lease_and_the_tokens_survive_the_leaders_death() {
     all[first].kill9_and_restart().await;
     let still = one_leader(&all, &[0, 1, 2], Duration::from_secs(15)).await;
     assert_eq!(still, second, "a restarted replica does not take over");
+
+    // A second failover keeps the spend made at the second leader.
+    all[second].process.kill9();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != second).collect();
+    let third = one_leader(&all, &rest, Duration::from_secs(15)).await;
+    let mut c = all[third].client().await;
+    let budget = status(&mut c).await.budget.expect("the budget");
+    assert_eq!(
+        (budget.spent_cents, budget.purchases),
+        (4_999, 1),
+        "{budget:?}"
+    );
+    assert_eq!(
+        budget.reserved_for_tcin, "200",
+        "the lease of 200 in flight"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 mod arbiter;
 mod arbiter_faults;
 mod arbiter_grpcurl;
+mod budget;
 mod cycle;
 mod etcd;
 mod ha;

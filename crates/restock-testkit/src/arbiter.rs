@@ -132,6 +132,8 @@ pub struct ArbiterOptions {
     /// `--store etcd` (a replica): where etcd is and how the replicas
     /// elect their leader. `None`: the state file in the arbiter's folder.
     pub etcd: Option<EtcdStore>,
+    /// The product config's `"budget"` object (with `products_json`).
+    pub budget: Option<serde_json::Value>,
 }
 
 /// A replica's `--store etcd` flags (see [`ArbiterProcess::start_replica`]).
@@ -158,6 +160,7 @@ impl Default for ArbiterOptions {
             extra_args: Vec::new(),
             health_tls: None,
             etcd: None,
+            budget: None,
         }
     }
 }
@@ -183,9 +186,16 @@ impl ArbiterOptions {
     /// Writes the product config into `dir` and returns every flag but
     /// `--listen` (the caller says where).
     fn flags(&self, dir: &std::path::Path) -> Vec<String> {
-        let config = match &self.products_json {
-            Some(json) => write_products(dir, json),
-            None => {
+        let config = match (&self.products_json, &self.budget) {
+            (Some(json), Some(budget)) => {
+                let path = write_products(dir, json);
+                let text = serde_json::json!({ "products": json, "budget": budget });
+                std::fs::write(&path, serde_json::to_vec_pretty(&text).expect("JSON"))
+                    .expect("write config");
+                path
+            }
+            (Some(json), None) => write_products(dir, json),
+            (None, _) => {
                 let products: Vec<&str> = self.products.iter().map(String::as_str).collect();
                 write_product_config(dir, &products)
             }

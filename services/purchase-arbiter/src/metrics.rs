@@ -39,13 +39,14 @@ use crate::slot::ActiveLease;
 
 /// The `reason` label values: the protocol's refusal reasons
 /// ([`crate::slot::Refusal::reason`]), all present from the start at 0.
-const REFUSAL_REASONS: [&str; 6] = [
+const REFUSAL_REASONS: [&str; 7] = [
     "another_purchase_active",
     "higher_priority_pending",
     "already_purchased",
     "cooling_down",
     "paused",
     "disabled",
+    "over_budget",
 ];
 
 /// A hand-off is one batch and one write: milliseconds, more on a slow
@@ -98,6 +99,11 @@ pub struct ArbiterMetrics {
     products: Family<StateLabel, Gauge>,
     /// `products`' handles, by [`ProductState`].
     product_states: [Gauge; ProductState::ALL.len()],
+    budget_spent: Gauge<f64, AtomicU64>,
+    budget_reserved: Gauge<f64, AtomicU64>,
+    budget_left: Gauge<f64, AtomicU64>,
+    budget_purchases: Gauge,
+    budget_purchases_left: Gauge<f64, AtomicU64>,
 }
 
 impl Default for ArbiterMetrics {
@@ -142,6 +148,11 @@ impl Default for ArbiterMetrics {
             observations: Counter::default(),
             products,
             product_states,
+            budget_spent: Gauge::default(),
+            budget_reserved: Gauge::default(),
+            budget_left: Gauge::default(),
+            budget_purchases: Gauge::default(),
+            budget_purchases_left: Gauge::default(),
         }
     }
 }
@@ -193,6 +204,31 @@ impl ArbiterMetrics {
             "restock_lease_expirations",
             "Leases ended by the arbiter because the holder stopped renewing",
             self.expirations.clone(),
+        );
+        registry.register(
+            "restock_budget_spent_dollars",
+            "Spend counted against the budget: purchases inside its window (all recorded, without a window), in dollars",
+            self.budget_spent.clone(),
+        );
+        registry.register(
+            "restock_budget_reserved_dollars",
+            "What the lease in flight holds back from the budget (its product's price at the grant), in dollars",
+            self.budget_reserved.clone(),
+        );
+        registry.register(
+            "restock_budget_left_dollars",
+            "max_spend less spent and reserved, in dollars; NaN when the budget sets no max_spend",
+            self.budget_left.clone(),
+        );
+        registry.register(
+            "restock_budget_purchases",
+            "Purchases counted against the budget (inside its window)",
+            self.budget_purchases.clone(),
+        );
+        registry.register(
+            "restock_budget_purchases_left",
+            "max_purchases less purchases and the one in flight; NaN when the budget sets no max_purchases",
+            self.budget_purchases_left.clone(),
         );
         registry.register(
             "restock_handoff_seconds",
@@ -292,6 +328,20 @@ impl ArbiterMetrics {
         for (gauge, n) in self.product_states.iter().zip(counts) {
             gauge.set(n);
         }
+    }
+
+    /// The spending limit as it stands: spend and purchases in the window,
+    /// the reservation in flight, and what is left (NaN where there is no
+    /// such limit).
+    pub fn set_budget(&self, b: &restock_domain::BudgetStatus) {
+        self.budget_spent.set(b.spent.dollars());
+        self.budget_reserved
+            .set(b.reserved.map_or(0.0, restock_domain::Price::dollars));
+        self.budget_left
+            .set(b.left.map_or(f64::NAN, restock_domain::Price::dollars));
+        self.budget_purchases.set(i64::from(b.purchases));
+        self.budget_purchases_left
+            .set(b.purchases_left.map_or(f64::NAN, f64::from));
     }
 
     pub fn handoff_took(&self, seconds: f64) {

@@ -459,6 +459,7 @@ pub fn spawn<S: StateStore>(
         batch_started: Instant::now(),
         handoff_from: None,
         planning: Planning::new(poll_planning),
+        budget_gauges_until: 0,
     };
     let join = tokio::spawn(task.run(shutdown));
     (
@@ -472,6 +473,9 @@ pub fn spawn<S: StateStore>(
 
 struct ArbiterTask<S> {
     arbiter: Arbiter,
+    /// When the budget gauges next go stale by themselves (the oldest
+    /// spend rolling off), unix ms; `u64::MAX` when never.
+    budget_gauges_until: u64,
     clock: Clock,
     store: S,
     /// What the state file holds, so a journal record carries only changes.
@@ -997,6 +1001,14 @@ impl<S: StateStore> ArbiterTask<S> {
         if products_changed {
             self.metrics
                 .set_products(a.products().map(|(_, p)| p.state()));
+        }
+        // Spend moves with events (a lease ending, a budget change) and as
+        // it rolls off by itself.
+        let now = self.clock.now();
+        if products_changed || now.unix_ms >= self.budget_gauges_until {
+            let b = a.budget_status(now);
+            self.metrics.set_budget(&b);
+            self.budget_gauges_until = b.next_roll_off_unix_ms.unwrap_or(u64::MAX);
         }
         self.metrics.set_watchers_connected(self.streams.len());
     }
