@@ -247,6 +247,16 @@ pub struct Settings {
     pub liveness_margin_ms: u64,
     /// How far two processes' clocks may disagree.
     pub clock_tolerance_ms: u64,
+    /// The product config's budget, when the run sets one.
+    pub budget: Option<BudgetSetting>,
+}
+
+/// The spending limit a run sets: at most `max_purchases` purchases in any
+/// `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSetting {
+    pub max_purchases: usize,
+    pub window_ms: u64,
 }
 
 /// Everything the checker reads.
@@ -548,6 +558,9 @@ pub fn check(h: &History) -> Report {
     ];
     checks.push(store_saw_no_overlap(h, &mut counts));
     checks.push(no_overlap(h, &mut counts));
+    if let Some(b) = h.settings.budget {
+        checks.push(never_over_budget(h, b));
+    }
     checks.push(tokens_increase(h));
     checks.push(no_stale_token(h, &leases));
     checks.push(checkouts_end_inside_their_lease(h, &leases));
@@ -923,6 +936,60 @@ fn deposed_leaders_wrote_nothing(h: &History, ha: &HaHistory, notes: &mut Vec<St
     Check {
         name: "HA: a deposed leader wrote nothing after its successor led (a resumed one granted nothing and stepped down)",
         scope: format!("{looked_at} leader faults"),
+        failures,
+    }
+}
+
+/// The store bought at most `max_purchases` in any window of the budget's
+/// length, by the store's own start times. Why that is what the arbiter
+/// promises: it grants only while the purchases it counted inside the
+/// window (each counted when its lease ended, expiries too) leave room,
+/// one lease at a time; a lease ends after its checkout started at the
+/// store (the holder starts none without trusted time left), and the next
+/// grant comes after that end. So every purchase that started inside a
+/// window before another purchase's grant was counted by then. The window
+/// is shortened by the clock tolerance, as the store's and the arbiter's
+/// clocks may disagree that much.
+fn never_over_budget(h: &History, b: BudgetSetting) -> Check {
+    let mut starts: Vec<(u64, &StoreOrder)> = h
+        .store
+        .orders
+        .iter()
+        .filter(|o| o.accepted && o.result == "purchased")
+        .map(|o| (o.started_at_ms, o))
+        .collect();
+    starts.sort_by_key(|(t, o)| (*t, o.id));
+    let window = b.window_ms.saturating_sub(h.settings.clock_tolerance_ms);
+    let mut failures = Vec::new();
+    let mut first = 0;
+    for (i, &(t, o)) in starts.iter().enumerate() {
+        while starts[first].0 + window <= t {
+            first += 1;
+        }
+        let inside = i + 1 - first;
+        if inside > b.max_purchases {
+            let tokens: Vec<String> = starts[first..=i]
+                .iter()
+                .map(|(_, o)| o.token.to_string())
+                .collect();
+            failures.push(format!(
+                "{inside} purchases started within {} ms (tokens {}), ending with order #{} at {t}: the budget allows {} per {} ms",
+                window,
+                tokens.join(", "),
+                o.id,
+                b.max_purchases,
+                b.window_ms
+            ));
+        }
+    }
+    Check {
+        name: "the store never bought more than the budget allows in any window",
+        scope: format!(
+            "{} purchases, at most {} per {} ms",
+            starts.len(),
+            b.max_purchases,
+            b.window_ms
+        ),
         failures,
     }
 }
@@ -1475,6 +1542,7 @@ mod tests {
             stuck_after_ms: STUCK_AFTER,
             liveness_margin_ms: 3_000,
             clock_tolerance_ms: 100,
+            budget: None,
         }
     }
 
@@ -1596,6 +1664,36 @@ mod tests {
         assert_eq!(r.counts.grants, 3);
         assert_eq!(r.counts.store_purchases, 3);
         assert_eq!(r.counts.arbiter_purchases, 3);
+    }
+
+    #[test]
+    fn purchases_past_the_budget_in_one_window_are_caught() {
+        let mut s = Script::default();
+        s.cycle(1_000, 1, "w1");
+        s.cycle(1_600, 2, "w2");
+        s.cycle(3_000, 3, "w1");
+        let mut h = s.history();
+        h.settings.budget = Some(BudgetSetting {
+            max_purchases: 2,
+            window_ms: 2_200,
+        });
+        // Starts at 1005, 1605 and 3005: the third is 2000 ms after the
+        // first, inside 2100 ms (2200 less the clock tolerance).
+        assert_only_failed(
+            &check(&h),
+            "the store never bought more than the budget allows in any window",
+            "3 purchases started within 2100 ms (tokens 1, 2, 3)",
+        );
+        h.settings.budget = Some(BudgetSetting {
+            max_purchases: 2,
+            window_ms: 2_000,
+        });
+        assert!(check(&h).passed(), "{}", check(&h).render(1));
+        h.settings.budget = Some(BudgetSetting {
+            max_purchases: 3,
+            window_ms: 60_000,
+        });
+        assert!(check(&h).passed());
     }
 
     #[test]

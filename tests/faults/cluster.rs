@@ -35,6 +35,29 @@ use crate::{
 
 /// Short, so that faults land mid-checkout and expiries come quickly.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// The product config's budget: at most this many purchases in any
+/// [`BUDGET_WINDOW`]. Purchases in TEST_MODE come 0.3 to 1.4 s apart, so
+/// it binds now and then (a product waits OVER_BUDGET for the oldest to
+/// roll off, under a second), and the checker holds the store's order book
+/// to it.
+pub const BUDGET_MAX_PURCHASES: usize = 2;
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(1);
+
+/// The `"budget"` object of the product config.
+pub fn budget_json() -> serde_json::Value {
+    serde_json::json!({
+        "max_purchases": BUDGET_MAX_PURCHASES,
+        "window": format!("{}ms", BUDGET_WINDOW.as_millis()),
+    })
+}
+
+/// The budget as the checker reads it.
+pub fn budget_setting() -> crate::checker::BudgetSetting {
+    crate::checker::BudgetSetting {
+        max_purchases: BUDGET_MAX_PURCHASES,
+        window_ms: BUDGET_WINDOW.as_millis() as u64,
+    }
+}
 pub const STOCK_TTL: Duration = Duration::from_secs(3);
 pub const FAILURE_COOLDOWN: Duration = Duration::from_secs(1);
 /// Store checkout times are drawn from this range (ms): below the TTL, and
@@ -86,7 +109,8 @@ impl Cluster {
     /// Starts everything and waits until every watcher is connected.
     pub async fn start(watchers_per_host: usize) -> Self {
         let arbiter = ArbiterProcess::start(ArbiterOptions {
-            products: PRODUCTS.iter().map(|s| (*s).to_owned()).collect(),
+            products_json: Some(products_json(&PRODUCTS)),
+            budget: Some(budget_json()),
             lease_ttl: format!("{}ms", LEASE_TTL.as_millis()),
             stock_ttl: format!("{}ms", STOCK_TTL.as_millis()),
             failure_cooldown: format!("{}ms", FAILURE_COOLDOWN.as_millis()),

@@ -227,6 +227,7 @@ pub async fn run(seconds: u64, seed: u64, kinds: Vec<FaultKind>) {
             // etcd lease runs out) before the usual margin.
             liveness_margin_ms: (ELECTION_TTL + LIVENESS_MARGIN).as_millis() as u64,
             clock_tolerance_ms: CLOCK_TOLERANCE_MS,
+            budget: Some(crate::cluster::budget_setting()),
         },
         ha: Some(HaHistory {
             served_by,

@@ -260,6 +260,7 @@ async fn never_two_checkouts_at_once_whatever_fails() {
             stuck_after_ms: STUCK_AFTER.as_millis() as u64,
             liveness_margin_ms: LIVENESS_MARGIN.as_millis() as u64,
             clock_tolerance_ms: CLOCK_TOLERANCE_MS,
+            budget: Some(cluster::budget_setting()),
         },
         ha: None,
     };

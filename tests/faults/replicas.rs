@@ -143,7 +143,8 @@ impl ReplicaCluster {
             let name = format!("arbiter-{r}");
             let arbiter = ArbiterProcess::start_replica(
                 ArbiterOptions {
-                    products: PRODUCTS.iter().map(|s| (*s).to_owned()).collect(),
+                    products_json: Some(products_json(&PRODUCTS)),
+                    budget: Some(crate::cluster::budget_json()),
                     lease_ttl: format!("{}ms", LEASE_TTL.as_millis()),
                     stock_ttl: format!("{}ms", STOCK_TTL.as_millis()),
                     failure_cooldown: format!("{}ms", FAILURE_COOLDOWN.as_millis()),

@@ -41,10 +41,22 @@ impl BudgetLimits {
         }
         let mut s = parts.join(", ");
         match self.window {
-            Some(w) => s.push_str(&format!(" per {}", humantime::format_duration(w))),
+            Some(w) => s.push_str(&format!(" per {}", window_text(w))),
             None => s.push_str(" in all"),
         }
         s
+    }
+}
+
+/// A window as people write it in the config: `24h`, `90m`, `30s`,
+/// `500ms` (the largest whole unit).
+pub fn window_text(w: Duration) -> String {
+    let ms = crate::duration::millis(w);
+    match ms {
+        m if m >= 3_600_000 && m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m >= 60_000 && m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m >= 1_000 && m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
     }
 }
 

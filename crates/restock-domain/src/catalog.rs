@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(b.max_spend, Some(Price::from_cents(25_000)));
         assert_eq!(b.max_purchases, Some(4));
         assert_eq!(b.window, Some(Duration::from_secs(24 * 3600)));
-        assert_eq!(b.describe(), "$250.00, 4 purchases per 1day");
+        assert_eq!(b.describe(), "$250.00, 4 purchases per 24h");
         let only = PriorityList::parse(r#"{"products":[],"budget":{"max_purchases":2}}"#, "p.json")
             .unwrap();
         assert_eq!(only.budget().unwrap().window, None);

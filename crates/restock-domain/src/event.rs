@@ -48,8 +48,10 @@ pub enum EventKind {
     /// The spending limit began holding products back (one per episode:
     /// what the notifier alerts).
     BudgetExhausted,
-    /// It holds none back any more: room came back, the limit was raised,
-    /// or the products held back went out of stock.
+    /// It holds none back any more and has room again: spend rolled off,
+    /// a reservation was freed, a held product fits, or the limit was
+    /// raised or lifted. (Held products merely going out of stock end
+    /// nothing: the limit would still stop them.)
     BudgetAvailable,
     /// The limits changed (an operator's `SetBudget` with its reason, or
     /// the product config), or the spend record was reset.

@@ -236,7 +236,7 @@ impl Budget {
         let t = self.totals(limits.window, now_unix_ms);
         let in_flight = u32::from(self.reservation.is_some());
         let per = match limits.window {
-            Some(w) => format!(" in the last {}", humantime::format_duration(w)),
+            Some(w) => format!(" in the last {}", restock_domain::budget::window_text(w)),
             None => String::new(),
         };
         if let Some(max) = limits.max_purchases
