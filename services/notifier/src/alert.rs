@@ -39,10 +39,16 @@ pub enum AlertKind {
     /// a destination can take the block and not the all-clear (`--events`),
     /// and every destination keeps the one JSON shape it has.
     SourceUnblocked,
+    /// The fleet-wide spending limit began holding products in stock back
+    /// (`BUDGET_EXHAUSTED`): once per episode.
+    BudgetExhausted,
+    /// That episode ended: room came back (`BUDGET_AVAILABLE`). A kind of
+    /// its own for the same reason as `source_unblocked`.
+    BudgetAvailable,
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::InStock,
         Self::CheckoutStarted,
         Self::Purchased,
@@ -54,6 +60,8 @@ impl AlertKind {
         Self::Test,
         Self::SourceBlocked,
         Self::SourceUnblocked,
+        Self::BudgetExhausted,
+        Self::BudgetAvailable,
     ];
 
     /// The name in JSON, in `--events` and in `?events=`.
@@ -70,6 +78,8 @@ impl AlertKind {
             Self::Test => "test",
             Self::SourceBlocked => "source_blocked",
             Self::SourceUnblocked => "source_unblocked",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::BudgetAvailable => "budget_available",
         }
     }
 }
@@ -83,7 +93,7 @@ impl fmt::Display for AlertKind {
 /// An alert kind that does not exist, as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, missed_events, source_blocked, source_unblocked, test, or all)"
+    "unknown alert kind {0:?} (known: in_stock, checkout_started, purchased, checkout_failed, stuck, no_watchers, arbiter_unreachable, missed_events, source_blocked, source_unblocked, budget_exhausted, budget_available, test, or all)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -208,6 +218,17 @@ mod tests {
         assert_eq!(
             serde_json::to_value(AlertKind::MissedEvents).unwrap(),
             "missed_events"
+        );
+        assert_eq!(
+            serde_json::to_value(AlertKind::BudgetExhausted).unwrap(),
+            "budget_exhausted"
+        );
+        assert_eq!(
+            parse_kinds("budget_exhausted budget_available")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [AlertKind::BudgetExhausted, AlertKind::BudgetAvailable]
         );
         let e = parse_kinds("in_stock,restock").unwrap_err().to_string();
         assert!(e.contains("\"restock\""), "{e}");

@@ -56,7 +56,8 @@ pub struct NotifierConfig {
     /// The alert kinds destinations without `?events=` receive (comma
     /// separated, or `all`): in_stock, checkout_started, purchased,
     /// checkout_failed, stuck, no_watchers, arbiter_unreachable,
-    /// missed_events.
+    /// missed_events, source_blocked, source_unblocked, budget_exhausted,
+    /// budget_available.
     #[arg(long, env = "RESTOCK_NOTIFY_EVENTS", default_value = "all")]
     pub events: String,
 

@@ -440,6 +440,7 @@ pub fn view_of(s: &pb::GetStatusResponse) -> ArbiterView {
             .filter(|w| w.source_blocked)
             .map(|w| w.watcher_id.clone())
             .collect(),
+        budget_exhausted: s.budget.as_ref().is_some_and(|b| b.held_back > 0),
         available: s
             .products
             .iter()

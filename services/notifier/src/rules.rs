@@ -84,6 +84,19 @@ pub struct RulesState {
     /// later one is new (the block ended while the arbiter was down).
     #[serde(default)]
     pub blocked_at_restart: BTreeMap<String, u64>,
+    /// A spending-limit episode is open: its `BUDGET_EXHAUSTED` was
+    /// alerted (or it was in force when a fresh notifier looked), so its
+    /// `BUDGET_AVAILABLE` is alerted and another `BUDGET_EXHAUSTED` is not
+    /// news unless the end was missed.
+    #[serde(default)]
+    pub budget_exhausted: bool,
+    /// The arbiter (re)started while that episode was open: a
+    /// `BUDGET_EXHAUSTED` after it is the same episode announced again (an
+    /// arbiter that lost track of it), not a new one. Without a restart in
+    /// between the arbiter never sends two, so a second one means its end
+    /// was missed (a gap in the events) and is alerted.
+    #[serde(default)]
+    pub budget_exhausted_at_restart: bool,
 }
 
 /// How long after an arbiter's start a blocked watcher's block is taken as
@@ -102,6 +115,8 @@ pub struct ArbiterView {
     pub lease: Option<(String, String, u64, u64)>,
     /// Watchers whose stock source blocks them now.
     pub blocked_watchers: BTreeSet<String>,
+    /// The spending limit holds products back now.
+    pub budget_exhausted: bool,
 }
 
 /// The rules, with what they know of the arbiter (names, mode).
@@ -148,6 +163,9 @@ impl Rules {
             // Blocked before the notifier looked: not alerted, but its end
             // will be.
             state.blocked_watchers = view.blocked_watchers;
+            // Likewise a spending limit holding products back.
+            state.budget_exhausted = view.budget_exhausted;
+            state.budget_exhausted_at_restart = false;
         }
         state.watchers = view.connected_watchers;
         self.watchers_changed(state, now_ms);
@@ -251,6 +269,20 @@ impl Rules {
                     && state.blocked_watchers.remove(&w)
                 {
                     out.push(self.source_unblocked(e, &w));
+                }
+            }
+            EventKind::BudgetExhausted => {
+                let repeated = state.budget_exhausted && state.budget_exhausted_at_restart;
+                state.budget_exhausted = true;
+                state.budget_exhausted_at_restart = false;
+                if !repeated {
+                    out.push(self.budget_exhausted(e));
+                }
+            }
+            EventKind::BudgetAvailable => {
+                state.budget_exhausted_at_restart = false;
+                if std::mem::take(&mut state.budget_exhausted) {
+                    out.push(self.budget_available(e));
                 }
             }
             _ => {}
@@ -412,6 +444,11 @@ impl Rules {
         for w in std::mem::take(&mut state.blocked_watchers) {
             state.blocked_at_restart.insert(w, at_ms);
         }
+        // The arbiter saves its budget episode, so it normally goes on
+        // without a word; one that lost it announces it again.
+        if state.budget_exhausted {
+            state.budget_exhausted_at_restart = true;
+        }
         let leased = state.lease.as_ref().map(|l| l.tcin.clone());
         let available: Vec<String> = state
             .products
@@ -492,6 +529,46 @@ impl Rules {
         )
     }
 
+    /// The spending limit holds products in stock back. Its id is the
+    /// event's, so it is sent once; the limit is the one the event's detail
+    /// names (`the spending limit ($250.00, 4 purchases per 24h) holds
+    /// back 2 products in stock`).
+    fn budget_exhausted(&self, e: &Event) -> Alert {
+        let detail = e.detail.trim().trim_end_matches('.');
+        let title = match limit_in(detail) {
+            Some(limit) => format!("Budget exhausted: {limit}"),
+            None => "Budget exhausted".to_owned(),
+        };
+        let what = if detail.is_empty() {
+            "The spending limit holds back products in stock".to_owned()
+        } else {
+            capitalised(detail)
+        };
+        self.about(
+            e,
+            AlertKind::BudgetExhausted,
+            title,
+            format!(
+                "{what}: they are not bought until it has room again (spend rolls out of its window, a checkout in flight fails, or an operator changes it: restockctl budget)."
+            ),
+        )
+    }
+
+    /// That episode ended: room came back.
+    fn budget_available(&self, e: &Event) -> Alert {
+        let detail = e.detail.trim().trim_end_matches('.');
+        let title = match limit_in(detail) {
+            Some(limit) => format!("Budget available: {limit}"),
+            None => "Budget available".to_owned(),
+        };
+        let mut message = "Room came back".to_owned();
+        if !detail.is_empty() {
+            message.push_str(&format!(": {detail}"));
+        }
+        message.push_str("; products in stock are bought again.");
+        self.about(e, AlertKind::BudgetAvailable, title, message)
+    }
+
     fn in_stock(&self, e: &Event, tcin: &str) -> Alert {
         let name = self.name(tcin);
         let mut a = self.about(
@@ -563,6 +640,23 @@ fn split_kind(detail: &str) -> (&str, &str) {
     match detail.split_once(':') {
         Some((kind, rest)) if !kind.is_empty() && !kind.contains(' ') => (kind, rest.trim()),
         _ => ("unknown kind", detail.trim()),
+    }
+}
+
+/// The limit a `BUDGET_*` event's detail names in brackets (`the spending
+/// limit ($250.00 per 24h) has room again`).
+fn limit_in(detail: &str) -> Option<&str> {
+    let start = detail.find('(')? + 1;
+    let end = start + detail.get(start..)?.find(')')?;
+    let limit = detail.get(start..end)?.trim();
+    (!limit.is_empty()).then_some(limit)
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -942,5 +1036,130 @@ mod tests {
             serde_json::from_str::<RulesState>("{}").unwrap(),
             RulesState::default()
         );
+    }
+
+    fn budget(kind: EventKind, detail: &str, seq: u64) -> Event {
+        Event::new(kind).detail(detail).at(seq, 1_000 * seq)
+    }
+
+    const EXHAUSTED: &str =
+        "the spending limit ($250.00, 4 purchases per 24h) holds back 2 products in stock";
+    const ROOM: &str = "the spending limit ($250.00, 4 purchases per 24h) has room again";
+
+    #[test]
+    fn a_budget_episode_alerts_once_when_it_starts_and_once_when_it_ends() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let exhausted = budget(EventKind::BudgetExhausted, EXHAUSTED, 5);
+        let a = r.on_event(&mut s, &exhausted);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].kind, AlertKind::BudgetExhausted);
+        // Its id is the event's: the same event replayed makes the same id.
+        assert_eq!(a[0].id, "e5-budget_exhausted");
+        assert_eq!(
+            a[0].title,
+            "Budget exhausted: $250.00, 4 purchases per 24h"
+        );
+        assert!(
+            a[0].message.starts_with(
+                "The spending limit ($250.00, 4 purchases per 24h) holds back 2 products in stock: they are not bought"
+            ),
+            "{}",
+            a[0].message
+        );
+        assert_eq!(a[0].tcin, None);
+        assert_eq!(a[0].watcher_id, None);
+        assert!(s.budget_exhausted);
+        // Products going over budget in it are not alerted one by one.
+        let over = Event::new(EventKind::OverBudget)
+            .product(&t("100"), ProductState::Queued, ProductState::OverBudget)
+            .detail("budget: 4 of 4 purchases made in the last 1day")
+            .at(6, 6_000);
+        assert!(r.on_event(&mut s, &over).is_empty());
+        // The end: one alert, then nothing more.
+        let room = budget(EventKind::BudgetAvailable, ROOM, 11);
+        let a = r.on_event(&mut s, &room);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].kind, AlertKind::BudgetAvailable);
+        assert_eq!(a[0].id, "e11-budget_available");
+        assert_eq!(
+            a[0].title,
+            "Budget available: $250.00, 4 purchases per 24h"
+        );
+        assert_eq!(
+            a[0].message,
+            "Room came back: the spending limit ($250.00, 4 purchases per 24h) has room again; products in stock are bought again."
+        );
+        assert!(r.on_event(&mut s, &room).is_empty());
+        // A new episode after it is alerted again.
+        let again = r.on_event(&mut s, &budget(EventKind::BudgetExhausted, EXHAUSTED, 12));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "e12-budget_exhausted");
+        // A limit lifted by an operator ends it without naming one.
+        let lifted = budget(
+            EventKind::BudgetAvailable,
+            "no spending limit is in force",
+            13,
+        );
+        let a = r.on_event(&mut s, &lifted);
+        assert_eq!(a[0].title, "Budget available");
+        assert!(
+            a[0].message.contains("no spending limit is in force"),
+            "{}",
+            a[0].message
+        );
+        // The changes themselves are not alerted.
+        let changed = budget(EventKind::BudgetChanged, "limits lifted: sale over", 14);
+        assert!(r.on_event(&mut s, &changed).is_empty());
+    }
+
+    #[test]
+    fn after_an_arbiter_restart_a_budget_episode_announced_again_is_the_same_one() {
+        let r = rules();
+        let mut s = RulesState::default();
+        let exhausted = |seq| budget(EventKind::BudgetExhausted, EXHAUSTED, seq);
+        assert_eq!(r.on_event(&mut s, &exhausted(1)).len(), 1);
+        // The arbiter restarts while it is open and announces it again.
+        assert!(r.on_event(&mut s, &started(1_001, 1_001_000)).is_empty());
+        assert!(r.on_event(&mut s, &exhausted(1_002)).is_empty());
+        assert!(s.budget_exhausted);
+        // Its end is alerted once.
+        let room = budget(EventKind::BudgetAvailable, ROOM, 1_003);
+        assert_eq!(r.on_event(&mut s, &room).len(), 1);
+        // A restart with no episode open leaves the next one news.
+        assert!(r.on_event(&mut s, &started(2_001, 2_001_000)).is_empty());
+        assert_eq!(r.on_event(&mut s, &exhausted(2_002)).len(), 1);
+        // Without a restart the arbiter never sends two: a second one
+        // means the end was missed (a gap), so it is a new episode.
+        assert_eq!(r.on_event(&mut s, &exhausted(2_100)).len(), 1);
+    }
+
+    #[test]
+    fn a_budget_episode_seen_before_the_notifier_looked_is_not_alerted_but_its_end_is() {
+        let mut r = rules();
+        let mut s = RulesState::default();
+        let view = ArbiterView {
+            budget_exhausted: true,
+            ..Default::default()
+        };
+        r.on_status(&mut s, view, 1_000, true);
+        assert!(s.budget_exhausted);
+        let room = budget(EventKind::BudgetAvailable, ROOM, 3);
+        assert_eq!(r.on_event(&mut s, &room).len(), 1);
+        // An end whose start was never alerted is not alerted either.
+        assert!(r.on_event(&mut s, &room).is_empty());
+        // Resuming (not fresh): the replayed events say what happened.
+        let mut resumed = RulesState::default();
+        let view = ArbiterView {
+            budget_exhausted: true,
+            ..Default::default()
+        };
+        r.on_status(&mut resumed, view, 1_000, false);
+        assert!(!resumed.budget_exhausted);
+        // The state file keeps it (and an old one without it still loads).
+        s.budget_exhausted = true;
+        s.budget_exhausted_at_restart = true;
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<RulesState>(&json).unwrap(), s);
     }
 }

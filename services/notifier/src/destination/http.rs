@@ -178,8 +178,9 @@ fn colour(kind: AlertKind) -> u32 {
         AlertKind::NoWatchers
         | AlertKind::ArbiterUnreachable
         | AlertKind::MissedEvents
-        | AlertKind::SourceBlocked => 0xe6_7e_22,
-        AlertKind::SourceUnblocked => 0x2e_cc_71,
+        | AlertKind::SourceBlocked
+        | AlertKind::BudgetExhausted => 0xe6_7e_22,
+        AlertKind::SourceUnblocked | AlertKind::BudgetAvailable => 0x2e_cc_71,
         AlertKind::Test => 0x95_a5_a6,
     }
 }
@@ -253,7 +254,8 @@ pub fn ntfy_body(a: &Alert, topic: &str, priority: Option<u8>, tags: &[String]) 
             AlertKind::CheckoutFailed | AlertKind::Stuck | AlertKind::MissedEvents => "warning",
             AlertKind::ArbiterUnreachable | AlertKind::NoWatchers => "rotating_light",
             AlertKind::SourceBlocked => "no_entry",
-            AlertKind::SourceUnblocked => "white_check_mark",
+            AlertKind::SourceUnblocked | AlertKind::BudgetAvailable => "white_check_mark",
+            AlertKind::BudgetExhausted => "money_with_wings",
             AlertKind::CheckoutStarted => "hourglass_flowing_sand",
             AlertKind::Test => "white_check_mark",
         }

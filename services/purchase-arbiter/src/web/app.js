@@ -79,6 +79,43 @@
     return td;
   }
 
+  const has = (v) => v !== undefined && v !== null;
+
+  // Cents as people read them ($19.99), as the arbiter writes prices.
+  function dollars(cents) {
+    const c = Math.max(0, Math.round(num(cents)));
+    return '$' + Math.floor(c / 100) + '.' + String(c % 100).padStart(2, '0');
+  }
+
+  function plural(n, word) {
+    return n + ' ' + word + (n === 1 ? '' : 's');
+  }
+
+  // A budget window (24 h, 7 d, 30 min) in whole units when it has them.
+  function windowSpan(ms) {
+    const day = 86400000;
+    if (ms % day === 0 && ms >= 2 * day) return ms / day + ' d';
+    if (ms % 3600000 === 0) return ms / 3600000 + ' h';
+    if (ms % 60000 === 0) return ms / 60000 + ' min';
+    return shortDuration(ms);
+  }
+
+  // BudgetLimits as one phrase: "$250.00, 4 purchases per 24 h".
+  function limitText(l) {
+    const parts = [];
+    if (has(l.maxSpendCents)) parts.push(dollars(l.maxSpendCents));
+    if (has(l.maxPurchases)) parts.push(plural(num(l.maxPurchases), 'purchase'));
+    if (!parts.length) parts.push('no limit');
+    const w = num(l.windowMs);
+    return parts.join(', ') + (w ? ' per ' + windowSpan(w) : ' in all');
+  }
+
+  // Why the spending limit holds a product back, without the "budget:"
+  // its reason starts with (the state already says so).
+  function heldBackText(why) {
+    return String(why || '').replace(/^budget:\s*/, '');
+  }
+
   function productName(tcin) {
     if (!status) return tcin;
     const p = (status.products || []).find((x) => x.tcin === tcin);
@@ -116,6 +153,70 @@
     tick();
   }
 
+  // The spending limit: its limits and where they come from, what was
+  // spent and reserved against it, what is left, and a warning while it
+  // holds products in stock back.
+  function renderBudget() {
+    const b = status.budget;
+    const box = $('budget');
+    box.hidden = !b;
+    if (!b) return;
+    const l = b.limits;
+    box.dataset.limit = l ? 'set' : 'none';
+    $('budget-limit').textContent = l
+      ? 'Limit: ' + limitText(l)
+      : 'No limit: spend is recorded, nothing is held back.';
+    const operator = $('budget-operator');
+    operator.hidden = b.source !== 'operator';
+    operator.textContent = b.source === 'operator'
+      ? 'Set by an operator: ' + (b.operatorReason || '(no reason given)')
+      : '';
+    const setAt = num(b.operatorSetUnixMs);
+    operator.title = b.source === 'operator' && setAt ? 'since ' + new Date(setAt).toLocaleString() : '';
+    const w = l ? num(l.windowMs) : 0;
+    // In the window the limit names (all recorded, without one).
+    $('budget-spent').textContent = dollars(b.spentCents) + ' (' + plural(num(b.purchases), 'purchase') + ')';
+    const reservedFor = b.reservedForTcin || '';
+    const reserving = has(b.reservedCents) || reservedFor !== '';
+    $('budget-reserved').textContent = reserving
+      ? (has(b.reservedCents) ? dollars(b.reservedCents) : 'unknown price') +
+        (reservedFor ? ' for ' + productName(reservedFor) : '')
+      : 'none';
+    $('budget-left-box').hidden = !has(b.leftCents);
+    $('budget-left').textContent = has(b.leftCents) ? dollars(b.leftCents) : '-';
+    $('budget-purchases-left-box').hidden = !has(b.purchasesLeft);
+    $('budget-purchases-left').textContent = has(b.purchasesLeft) ? String(num(b.purchasesLeft)) : '-';
+    const rollOff = num(b.nextRollOffUnixMs);
+    $('budget-roll-off-box').hidden = !(w && rollOff);
+    $('budget-roll-off').dataset.at = String(rollOff);
+    const held = num(b.heldBack);
+    box.dataset.heldBack = held > 0 ? 'true' : 'false';
+    const heldLine = $('budget-held');
+    heldLine.hidden = held === 0;
+    if (held > 0) {
+      const names = (status.products || [])
+        .filter((p) => stateName(p.state) === 'over_budget')
+        .map((p) => p.name || p.tcin);
+      heldLine.textContent = 'Holding back ' + plural(held, 'product') + ' in stock' +
+        (names.length ? ': ' + names.join(', ') : '') + '.';
+    } else {
+      heldLine.textContent = '';
+    }
+    tickBudget();
+  }
+
+  // The roll-off countdown, from the arbiter's clock.
+  function tickBudget() {
+    const dd = $('budget-roll-off');
+    const at = num(dd.dataset.at);
+    if (!at) {
+      dd.textContent = '-';
+      return;
+    }
+    const left = at - serverNow();
+    dd.textContent = left > 0 ? 'in ' + shortDuration(left) : 'now';
+  }
+
   function renderProducts() {
     const body = $('products').tBodies[0];
     const rows = [];
@@ -135,8 +236,28 @@
       if (state === 'failed' && num(p.cooldownRemainingMs) > 0) {
         stateText += ' (again in ' + shortDuration(num(p.cooldownRemainingMs)) + ')';
       }
-      const st = cell(tr, stateText, 'state');
+      const st = cell(tr, '', 'state');
       st.dataset.state = state;
+      const stateLabel = document.createElement('span');
+      stateLabel.className = 'state-name';
+      stateLabel.textContent = state === 'over_budget' ? 'over budget' : stateText;
+      st.appendChild(stateLabel);
+      if (state === 'over_budget') {
+        // Held back by the spending limit: at what price, and why.
+        if (has(p.priceCents)) {
+          const price = document.createElement('span');
+          price.className = 'price';
+          price.textContent = ' ' + dollars(p.priceCents);
+          st.appendChild(price);
+        }
+        if (p.heldBack) {
+          const why = document.createElement('div');
+          why.className = 'held-back-why';
+          why.textContent = heldBackText(p.heldBack);
+          st.appendChild(why);
+          st.title = p.heldBack;
+        }
+      }
       // In TEST_MODE purchases are voided and cycle past the quantity.
       cell(tr, status.testMode ? String(num(p.purchases)) : num(p.purchases) + ' / ' + (num(p.quantity) || 1));
       const seenAt = p.inStockAt || [];
@@ -240,6 +361,12 @@
         blocked.map((w) => w.watcherId + ' (' + w.sourceBlock.kind + ')').join(', ') +
         '. A blocked watcher polls nothing until the block ends.']);
     }
+    const budget = status.budget;
+    const held = budget ? num(budget.heldBack) : 0;
+    if (held > 0) {
+      out.push(['over-budget', 'Spending limit reached: holding back ' + plural(held, 'product') + ' in stock' +
+        (budget.limits ? ' (' + limitText(budget.limits) + ')' : '') + '. They are not bought until the budget has room again.']);
+    }
     if (status.paused) {
       out.push(['paused', 'Paused: no new checkout starts until it is resumed.']);
     }
@@ -264,6 +391,7 @@
     if (!status) return;
     renderHeader();
     renderSlot();
+    renderBudget();
     renderProducts();
     renderWatchers();
     renderCycles();
@@ -283,6 +411,7 @@
       for (const td of document.querySelectorAll('#watchers td.age')) {
         td.textContent = reportAge(num(td.dataset.lastReport));
       }
+      if (status.budget) tickBudget();
     }
     renderAlarms();
   }
