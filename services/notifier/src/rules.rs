@@ -1056,10 +1056,7 @@ mod tests {
         assert_eq!(a[0].kind, AlertKind::BudgetExhausted);
         // Its id is the event's: the same event replayed makes the same id.
         assert_eq!(a[0].id, "e5-budget_exhausted");
-        assert_eq!(
-            a[0].title,
-            "Budget exhausted: $250.00, 4 purchases per 24h"
-        );
+        assert_eq!(a[0].title, "Budget exhausted: $250.00, 4 purchases per 24h");
         assert!(
             a[0].message.starts_with(
                 "The spending limit ($250.00, 4 purchases per 24h) holds back 2 products in stock: they are not bought"
@@ -1082,10 +1079,7 @@ mod tests {
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!(a[0].kind, AlertKind::BudgetAvailable);
         assert_eq!(a[0].id, "e11-budget_available");
-        assert_eq!(
-            a[0].title,
-            "Budget available: $250.00, 4 purchases per 24h"
-        );
+        assert_eq!(a[0].title, "Budget available: $250.00, 4 purchases per 24h");
         assert_eq!(
             a[0].message,
             "Room came back: the spending limit ($250.00, 4 purchases per 24h) has room again; products in stock are bought again."

@@ -306,6 +306,9 @@ pub struct Arbiter {
     /// The newest reading of the clocks, to turn the budget's wall-clock
     /// roll-off into a monotonic deadline.
     last_now: Option<Now>,
+    /// The limits changed: the next settle looks at every product even if
+    /// none is in force now.
+    budget_lifted: bool,
     effects: Effects,
 }
 
@@ -569,6 +572,14 @@ impl Arbiter {
     fn apply_budget(&mut self, now: Now) {
         self.last_now = Some(now);
         let (limits, _) = self.budget_limits();
+        // Without a limit nothing is held back: the pass is needed only
+        // once after the limits were lifted (to let held products go and
+        // end the episode). This keeps settling a report as cheap as it
+        // was for the arbiters that set no budget.
+        if limits.is_none() && !self.budget.exhausted() && !self.budget_lifted {
+            return;
+        }
+        self.budget_lifted = false;
         if self
             .budget
             .roll_off(limits.and_then(|l| l.window), now.unix_ms)
@@ -747,6 +758,7 @@ impl Arbiter {
                 t.purchases
             ));
         }
+        self.budget_lifted = true;
         self.emit(
             now,
             Event::new(EventKind::BudgetChanged).detail(format!("{}: {reason}", did.join("; "))),
@@ -1456,6 +1468,7 @@ impl Arbiter {
         let config_budget_changed = catalog.budget() != self.catalog.budget();
         self.catalog = catalog;
         if config_budget_changed {
+            self.budget_lifted = true;
             let replaced = self.budget.forget_replaced_operator(self.catalog.budget());
             let now_limits = self.budget_limits().0;
             if replaced || now_limits != budget_was {
@@ -1606,6 +1619,7 @@ impl Arbiter {
             budget: Budget::default(),
             budget_room: None,
             last_now: None,
+            budget_lifted: false,
             effects: Effects::default(),
         }
     }

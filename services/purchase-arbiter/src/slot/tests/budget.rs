@@ -368,3 +368,23 @@ async fn spend_is_recorded_without_a_budget_and_counts_once_one_is_set() {
     report(&mut a, &c, "w1", 1, &[priced("B", 2_000)]);
     assert_eq!(state(&a, &c, "B"), ProductState::OverBudget);
 }
+
+#[tokio::test(start_paused = true)]
+async fn lifting_every_limit_lets_the_held_products_go_and_ends_the_episode() {
+    let (mut a, c) = budget_fixture(AB, r#"{"max_purchases":1}"#);
+    report(&mut a, &c, "w1", 1, &[in_stock("A")]);
+    let (_, _, la) = one_pushed_grant(&mut a);
+    release(&mut a, &c, &la, Outcome::Purchased);
+    report(&mut a, &c, "w1", 1, &[in_stock("B")]);
+    assert_eq!(state(&a, &c, "B"), ProductState::OverBudget);
+    a.take_effects();
+    a.set_budget(c.now(), Some(None), false, false, "no limit tonight")
+        .unwrap();
+    let fx = a.take_effects();
+    let ks = kinds(&fx.events);
+    assert!(ks.contains(&EventKind::BudgetAvailable), "{ks:?}");
+    assert!(ks.contains(&EventKind::Granted), "{ks:?}");
+    assert!(a.status(c.now()).budget.limits.is_none());
+    // Spend is still recorded with no limit in force.
+    assert_eq!(a.status(c.now()).budget.purchases, 1);
+}
