@@ -37,11 +37,14 @@ pub const IDEMPOTENCY_ENTRIES: usize = 4_096;
 /// recognised as harmless. A holder is late by seconds, a few leases at most.
 pub const ENDED_LEASES: usize = 1_024;
 
-/// Purchases the spending limit's record keeps one by one (it is saved
-/// whole with every write). Beyond it the oldest two are merged into one at
-/// the later time, which can only make spend count longer, never shorter.
-/// A thousand purchases inside one window is far past any real budget.
-pub const BUDGET_SPENDS: usize = 1_024;
+/// Purchases the spending limit's record keeps one by one. It is saved
+/// whole with every write that changes it (each grant and release), so it
+/// must stay small: 128 entries are a few KB of JSON. Beyond it the oldest
+/// two are merged into one at the later time, which can only make spend
+/// count longer, never shorter; spend older than the window is dropped
+/// first, so merging happens only with more than 128 purchases inside one
+/// window (or with no window, where only the sums matter).
+pub const BUDGET_SPENDS: usize = 128;
 
 /// Event sequence numbers are reserved on disk in blocks of this size: one
 /// extra write per thousand events instead of one per event, and a restart

@@ -56,6 +56,9 @@ pub struct Budget {
     /// The limit is holding (or held, when last asked) products back: the
     /// episode a `BUDGET_EXHAUSTED` opened and a `BUDGET_AVAILABLE` ends.
     exhausted: bool,
+    /// Moves on with every change (not saved): a journal record carries
+    /// the record only when it moved since the last write.
+    version: u64,
 }
 
 /// Sums inside the window.
@@ -78,6 +81,7 @@ impl Budget {
             reservation,
             operator,
             exhausted,
+            version: 0,
         };
         for s in spends {
             b.push(s);
@@ -101,8 +105,14 @@ impl Budget {
         self.exhausted
     }
 
+    /// See the field: equal versions mean an equal record.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub(super) fn set_exhausted(&mut self, on: bool) {
         self.exhausted = on;
+        self.version += 1;
     }
 
     /// The limits in force given the product config's, and where they
@@ -129,6 +139,7 @@ impl Budget {
             .is_some_and(|op| op.config_was.as_ref() != config)
         {
             self.operator = None;
+            self.version += 1;
             return true;
         }
         false
@@ -136,16 +147,19 @@ impl Budget {
 
     pub(super) fn set_operator(&mut self, op: Option<OperatorLimits>) {
         self.operator = op;
+        self.version += 1;
     }
 
     /// Forgets every recorded spend (the reservation in flight stays: its
     /// checkout may still buy).
     pub(super) fn reset_spends(&mut self) {
         self.spends.clear();
+        self.version += 1;
     }
 
     pub(super) fn reserve(&mut self, r: Reservation) {
         self.reservation = Some(r);
+        self.version += 1;
     }
 
     /// Takes the reservation of `lease_id`, if it holds one.
@@ -155,6 +169,7 @@ impl Budget {
             .as_ref()
             .is_some_and(|r| &r.lease_id == lease_id)
         {
+            self.version += 1;
             return self.reservation.take();
         }
         None
@@ -165,6 +180,7 @@ impl Budget {
     /// would, never earlier, so the limit is never loosened by the bound.
     pub(super) fn record(&mut self, spend: Spend) {
         self.push(spend);
+        self.version += 1;
     }
 
     fn push(&mut self, spend: Spend) {
@@ -191,7 +207,11 @@ impl Budget {
         {
             self.spends.pop_front();
         }
-        self.spends.len() != before
+        let dropped = self.spends.len() != before;
+        if dropped {
+            self.version += 1;
+        }
+        dropped
     }
 
     /// Spend and purchases inside `window` (all recorded, without one).

@@ -1434,6 +1434,7 @@ impl Arbiter {
         p.state = ProductState::Ready;
         p.purchases = 0;
         p.cooldown_until = None;
+        p.held_back.clear();
         self.emit(
             now,
             Event::new(EventKind::Reset).product(tcin, from, ProductState::Ready),

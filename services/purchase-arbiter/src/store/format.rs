@@ -54,7 +54,9 @@ impl Snapshot {
         self.paused = d.paused;
         self.lease = d.lease;
         self.counters = d.counters;
-        self.budget = d.budget;
+        if let Some(b) = d.budget {
+            self.budget = (!b.is_empty()).then_some(b);
+        }
         for t in &d.removed_products {
             self.products.remove(t);
         }
@@ -126,15 +128,16 @@ pub struct Delta {
     pub idempotency: Vec<SavedAnswer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<Event>,
-    /// The spending limit's record, whole (it is small and bounded): each
-    /// record replaces the one before.
+    /// The spending limit's record, whole (it is small and bounded), when
+    /// it changed since the previous record; an empty one means it holds
+    /// nothing any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<SavedBudget>,
 }
 
 /// The spending limit's record as saved: every purchase kept (oldest
 /// first), the reservation of the lease in flight, an operator's limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedBudget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spends: Vec<SavedSpend>,
@@ -144,6 +147,15 @@ pub struct SavedBudget {
     pub operator: Option<SavedOperatorLimits>,
     #[serde(default)]
     pub exhausted: bool,
+}
+
+impl SavedBudget {
+    pub fn is_empty(&self) -> bool {
+        self.spends.is_empty()
+            && self.reservation.is_none()
+            && self.operator.is_none()
+            && !self.exhausted
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

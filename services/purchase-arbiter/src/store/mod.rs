@@ -535,7 +535,14 @@ mod tests {
         // A small journal limit, so the run crosses several full writes.
         let store = StateFile::new(Some(path.clone()), false).with_compact_at(8 * 1024);
         let clock = Clock::new();
-        let mut a = Arbiter::new(catalog(), timing(), clock.now());
+        // With a budget that binds and rolls off, so the spending limit's
+        // record (saved only when it changed) is exercised too.
+        let budget = restock_domain::BudgetLimits {
+            max_spend: Some(restock_domain::Price::from_cents(5_000)),
+            max_purchases: Some(3),
+            window: Some(std::time::Duration::from_millis(20)),
+        };
+        let mut a = Arbiter::new(catalog().with_budget(Some(budget)), timing(), clock.now());
         let mut marks = SaveMarks::default();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let tcins: Vec<Tcin> = ["1", "2", "3", "4", "5"]
@@ -560,7 +567,7 @@ mod tests {
                     let obs = [Observation {
                         tcin: t.clone(),
                         in_stock: rng.next(2) == 0,
-                        price: None,
+                        price: Some(restock_domain::Price::from_cents(500 + 500 * rng.next(4))),
                         observed_at_unix_ms: 0,
                     }];
                     a.report(now, w, conn, None, &obs).unwrap();
@@ -593,6 +600,9 @@ mod tests {
                 }
                 6 => {
                     let _ = a.reset(now, t);
+                }
+                _ if rng.next(20) == 0 => {
+                    a.set_budget(now, None, false, true, "start over").unwrap();
                 }
                 _ => a.set_paused(now, rng.next(4) == 0),
             }

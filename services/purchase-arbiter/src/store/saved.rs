@@ -68,10 +68,7 @@ fn saved_budget(b: &Budget) -> Option<SavedBudget> {
         }),
         exhausted: b.exhausted(),
     };
-    let empty = saved.spends.is_empty()
-        && saved.reservation.is_none()
-        && saved.operator.is_none()
-        && !saved.exhausted;
+    let empty = saved.is_empty();
     (!empty).then_some(saved)
 }
 
@@ -133,6 +130,8 @@ pub struct SaveMarks {
     answers_total: u64,
     /// Each product as the disk holds it.
     products: HashMap<Tcin, SavedProduct>,
+    /// [`Budget::version`] of the spending limit's record on disk.
+    budget_version: u64,
 }
 
 /// Where a write brings the disk to. Handed back with
@@ -144,6 +143,7 @@ pub struct PersistMark {
     ended_total: u64,
     answers_total: u64,
     products: ProductsMark,
+    budget_version: u64,
 }
 
 #[derive(Debug)]
@@ -161,6 +161,7 @@ impl SaveMarks {
     /// The mark of a full [`snapshot`] of `a` taken now.
     pub fn full(a: &Arbiter) -> PersistMark {
         PersistMark {
+            budget_version: a.budget().version(),
             events_upto: a.last_sequence(),
             ended_total: a.ended().total(),
             answers_total: a.answers().total(),
@@ -223,9 +224,13 @@ impl SaveMarks {
                 .map(saved_answer)
                 .collect(),
             events,
-            budget: saved_budget(a.budget()),
+            // Whole, and only when it changed (an empty one stands for
+            // "none left": Snapshot::apply drops it).
+            budget: (a.budget().version() != self.budget_version)
+                .then(|| saved_budget(a.budget()).unwrap_or_default()),
         };
         let mark = PersistMark {
+            budget_version: a.budget().version(),
             events_upto: a.last_sequence(),
             ended_total: a.ended().total(),
             answers_total: a.answers().total(),
@@ -239,6 +244,7 @@ impl SaveMarks {
         self.events_upto = mark.events_upto;
         self.ended_total = mark.ended_total;
         self.answers_total = mark.answers_total;
+        self.budget_version = mark.budget_version;
         match mark.products {
             ProductsMark::All(all) => self.products = all,
             ProductsMark::Changed { upserted, removed } => {
