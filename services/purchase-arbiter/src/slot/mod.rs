@@ -208,11 +208,6 @@ pub struct Product {
     last_detail: String,
     /// Connected watchers that reported it in stock, and when.
     sightings: BTreeMap<WatcherId, Sighting>,
-    /// The newest price a watcher reported (not saved: watchers report
-    /// again). What a grant reserves.
-    price: Option<Price>,
-    /// Why the spending limit holds it back (while OVER_BUDGET).
-    held_back: String,
 }
 
 impl Product {
@@ -236,8 +231,6 @@ impl Product {
             last_outcome,
             last_detail,
             sightings: BTreeMap::new(),
-            price: None,
-            held_back: String::new(),
         }
     }
 
@@ -300,6 +293,12 @@ pub struct Arbiter {
     counters: Counters,
     /// The spending limit's record (saved).
     budget: Budget,
+    /// The newest price a watcher reported for each tracked product (not
+    /// saved: watchers report again): what a grant reserves. Kept apart
+    /// from [`Product`] so the products scanned on every report stay small.
+    prices: HashMap<Tcin, Price>,
+    /// Why the spending limit holds each OVER_BUDGET product back.
+    held_back: HashMap<Tcin, String>,
     /// The room the budget had at the last settle (not saved): room that
     /// grows ends a `BUDGET_EXHAUSTED` episode.
     budget_room: Option<(u64, u32)>,
@@ -458,9 +457,8 @@ impl Arbiter {
             (ProductState::Queued | ProductState::OverBudget, false) => ProductState::Ready,
             _ => return,
         };
-        let p = self.products.get_mut(tcin).expect("checked");
-        p.state = to;
-        p.held_back.clear();
+        self.products.get_mut(tcin).expect("checked").state = to;
+        self.held_back.remove(tcin);
         let kind = if to == ProductState::Queued {
             EventKind::Queued
         } else {
@@ -559,7 +557,7 @@ impl Arbiter {
         let (Some(limits), _) = self.budget_limits() else {
             return None;
         };
-        let price = self.products.get(tcin).and_then(|p| p.price);
+        let price = self.prices.get(tcin).copied();
         self.budget.why_not(&limits, price, now.unix_ms)
     }
 
@@ -599,7 +597,7 @@ impl Arbiter {
             match (p.state, why) {
                 (ProductState::Queued, Some(why)) => {
                     p.state = ProductState::OverBudget;
-                    p.held_back = why.clone();
+                    self.held_back.insert(tcin.clone(), why.clone());
                     self.emit(
                         now,
                         Event::new(EventKind::OverBudget)
@@ -607,10 +605,12 @@ impl Arbiter {
                             .detail(why),
                     );
                 }
-                (ProductState::OverBudget, Some(why)) => p.held_back = why,
+                (ProductState::OverBudget, Some(why)) => {
+                    self.held_back.insert(tcin, why);
+                }
                 (ProductState::OverBudget, None) => {
                     p.state = ProductState::Queued;
-                    p.held_back.clear();
+                    self.held_back.remove(&tcin);
                     let_through = true;
                     self.emit(
                         now,
@@ -820,7 +820,7 @@ impl Arbiter {
         let p = self.products.get_mut(tcin).expect("granted products exist");
         let from = p.state;
         p.state = ProductState::Attempting;
-        let price = p.price;
+        let price = self.prices.get(tcin).copied();
         self.budget.reserve(Reservation {
             lease_id: lease.lease_id.clone(),
             tcin: tcin.clone(),
@@ -1374,11 +1374,6 @@ impl Arbiter {
         self.counters.observations += observations.len() as u64;
         let mut result = Ok(());
         for o in observations {
-            if let Some(price) = o.price
-                && let Some(p) = self.products.get_mut(&o.tcin)
-            {
-                p.price = Some(price);
-            }
             // Checked here too, not only by the watcher: a watcher of an
             // older version (or one whose source gives no price) cannot
             // make the arbiter buy over the limit.
@@ -1394,9 +1389,6 @@ impl Arbiter {
                         continue;
                     }
                 };
-                if o.price.is_some() {
-                    p.price = o.price;
-                }
                 let was_seen = p
                     .sightings
                     .insert(watcher_id.clone(), Sighting { at: now.mono });
@@ -1412,6 +1404,16 @@ impl Arbiter {
                     _ => format!("reported out of stock by {watcher_id}"),
                 };
                 self.requeue(now, &o.tcin, &why);
+            }
+            if let Some(price) = o.price
+                && self.products.contains_key(&o.tcin)
+            {
+                match self.prices.get_mut(&o.tcin) {
+                    Some(known) => *known = price,
+                    None => {
+                        self.prices.insert(o.tcin.clone(), price);
+                    }
+                }
             }
         }
         self.settle(now);
@@ -1434,7 +1436,7 @@ impl Arbiter {
         p.state = ProductState::Ready;
         p.purchases = 0;
         p.cooldown_until = None;
-        p.held_back.clear();
+        self.held_back.remove(tcin);
         self.emit(
             now,
             Event::new(EventKind::Reset).product(tcin, from, ProductState::Ready),
@@ -1618,6 +1620,8 @@ impl Arbiter {
             answers: BoundedMap::new(IDEMPOTENCY_ENTRIES),
             counters: Counters::default(),
             budget: Budget::default(),
+            prices: HashMap::new(),
+            held_back: HashMap::new(),
             budget_room: None,
             last_now: None,
             budget_lifted: false,

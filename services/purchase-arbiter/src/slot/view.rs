@@ -42,8 +42,8 @@ impl Arbiter {
                     last_outcome: p.last_outcome,
                     last_detail: p.last_detail.clone(),
                     effective_poll_interval: effective.get(tcin).copied(),
-                    price: p.price,
-                    held_back: p.held_back.clone(),
+                    price: self.prices.get(tcin).copied(),
+                    held_back: self.held_back.get(tcin).cloned().unwrap_or_default(),
                 }
             })
             .collect();

@@ -460,6 +460,7 @@ pub fn spawn<S: StateStore>(
         handoff_from: None,
         planning: Planning::new(poll_planning),
         budget_gauges_until: 0,
+        budget_gauges_version: u64::MAX,
     };
     let join = tokio::spawn(task.run(shutdown));
     (
@@ -476,6 +477,8 @@ struct ArbiterTask<S> {
     /// When the budget gauges next go stale by themselves (the oldest
     /// spend rolling off), unix ms; `u64::MAX` when never.
     budget_gauges_until: u64,
+    /// [`crate::slot::Budget::version`] the gauges show.
+    budget_gauges_version: u64,
     clock: Clock,
     store: S,
     /// What the state file holds, so a journal record carries only changes.
@@ -1002,13 +1005,18 @@ impl<S: StateStore> ArbiterTask<S> {
             self.metrics
                 .set_products(a.products().map(|(_, p)| p.state()));
         }
-        // Spend moves with events (a lease ending, a budget change) and as
-        // it rolls off by itself.
-        let now = self.clock.now();
-        if products_changed || now.unix_ms >= self.budget_gauges_until {
-            let b = a.budget_status(now);
+        // Spend moves when the record changes (a grant's reservation, a
+        // release, a budget change) and as it rolls off by itself; stock
+        // reports never move it, so ingest pays one comparison.
+        let version = a.budget().version();
+        if version != self.budget_gauges_version
+            || (self.budget_gauges_until != u64::MAX
+                && self.clock.now().unix_ms >= self.budget_gauges_until)
+        {
+            let b = a.budget_status(self.clock.now());
             self.metrics.set_budget(&b);
             self.budget_gauges_until = b.next_roll_off_unix_ms.unwrap_or(u64::MAX);
+            self.budget_gauges_version = version;
         }
         self.metrics.set_watchers_connected(self.streams.len());
     }
