@@ -61,6 +61,18 @@ pub struct Budget {
     version: u64,
 }
 
+/// How close in time two purchases are merged into one entry of the
+/// record, under `window` (the window in force, if any): a 64th of the
+/// window (a purchase then counts at most that much longer than it
+/// should), and with no window an hour (only the sums matter then, and a
+/// window set later of an hour or more counts nearly exactly).
+pub fn merge_span(window: Option<Duration>) -> Duration {
+    match window {
+        Some(w) => w / 64,
+        None => Duration::from_secs(3_600),
+    }
+}
+
 /// Sums inside the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
@@ -175,11 +187,25 @@ impl Budget {
         None
     }
 
-    /// Records a purchase. A full record merges its two oldest entries
-    /// into one at the later time: spend then rolls off later than it
-    /// would, never earlier, so the limit is never loosened by the bound.
-    pub(super) fn record(&mut self, spend: Spend) {
-        self.push(spend);
+    /// Records a purchase. One within `merge_within` of the newest entry
+    /// is added to it, at the later time (see [`merge_span`]); a full
+    /// record merges its two oldest entries likewise. Either way spend
+    /// rolls off later than it would, never earlier, so the limit is never
+    /// loosened, and the record (written with every grant and release)
+    /// stays a few entries long however many purchases a TEST_MODE night
+    /// makes.
+    pub(super) fn record(&mut self, spend: Spend, merge_within: Duration) {
+        match self.spends.back_mut() {
+            Some(last)
+                if spend.at_unix_ms >= last.at_unix_ms
+                    && spend.at_unix_ms - last.at_unix_ms <= ms(merge_within) =>
+            {
+                last.at_unix_ms = spend.at_unix_ms;
+                last.cents = last.cents.saturating_add(spend.cents);
+                last.purchases = last.purchases.saturating_add(spend.purchases);
+            }
+            _ => self.push(spend),
+        }
         self.version += 1;
     }
 
@@ -336,8 +362,8 @@ mod tests {
     #[test]
     fn spend_counts_inside_the_window_and_rolls_off() {
         let mut b = Budget::default();
-        b.record(spend(1_000, 3_000));
-        b.record(spend(5_000, 2_000));
+        b.record(spend(1_000, 3_000), Duration::ZERO);
+        b.record(spend(5_000, 2_000), Duration::ZERO);
         let w = Some(Duration::from_secs(10));
         assert_eq!(b.totals(w, 10_999).spent, 5_000);
         assert_eq!(b.totals(w, 11_000).spent, 2_000);
@@ -370,7 +396,7 @@ mod tests {
     fn purchases_count_the_one_in_flight() {
         let mut b = Budget::default();
         let l = limits(None, Some(2), Some(60));
-        b.record(spend(0, 0));
+        b.record(spend(0, 0), Duration::ZERO);
         assert_eq!(b.why_not(&l, None, 1_000), None);
         b.reserve(Reservation {
             lease_id: LeaseId::parse("l1").unwrap(),
@@ -395,7 +421,7 @@ mod tests {
     fn a_full_record_merges_its_oldest_and_never_loosens_the_limit() {
         let mut b = Budget::default();
         for i in 0..(BUDGET_SPENDS as u64 + 10) {
-            b.record(spend(i, 100));
+            b.record(spend(i, 100), Duration::ZERO);
         }
         assert_eq!(b.spends().count(), BUDGET_SPENDS);
         let t = b.totals(None, 0);
@@ -403,6 +429,26 @@ mod tests {
         assert_eq!(t.purchases, BUDGET_SPENDS as u32 + 10);
         // The merged spend rolls off at the later of the merged times.
         assert_eq!(b.spends().next().unwrap().at_unix_ms, 10);
+    }
+
+    #[test]
+    fn purchases_close_together_share_an_entry_at_the_later_time() {
+        let mut b = Budget::default();
+        let w = Duration::from_secs(64);
+        let span = merge_span(Some(w));
+        assert_eq!(span, Duration::from_secs(1));
+        b.record(spend(10_000, 100), span);
+        b.record(spend(10_900, 200), span);
+        b.record(spend(12_000, 400), span);
+        let entries: Vec<(u64, u64, u32)> = b
+            .spends()
+            .map(|s| (s.at_unix_ms, s.cents, s.purchases))
+            .collect();
+        assert_eq!(entries, [(10_900, 300, 2), (12_000, 400, 1)]);
+        // The merged pair rolls off with the later one, never earlier.
+        assert_eq!(b.totals(Some(w), 10_000 + 64_000).purchases, 3);
+        assert_eq!(b.totals(Some(w), 10_900 + 64_000).purchases, 1);
+        assert_eq!(merge_span(None), Duration::from_secs(3_600));
     }
 
     #[test]

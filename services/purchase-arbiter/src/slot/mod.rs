@@ -675,11 +675,15 @@ impl Arbiter {
             return None;
         }
         let price = paid.or_else(|| reserved.as_ref().and_then(|r| r.price));
-        self.budget.record(Spend {
-            at_unix_ms: now.unix_ms,
-            cents: price.map_or(0, Price::cents),
-            purchases: 1,
-        });
+        let window = self.budget_limits().0.and_then(|l| l.window);
+        self.budget.record(
+            Spend {
+                at_unix_ms: now.unix_ms,
+                cents: price.map_or(0, Price::cents),
+                purchases: 1,
+            },
+            budget::merge_span(window),
+        );
         Some(match (outcome, price) {
             (Outcome::Expired, Some(p)) => format!(
                 "; {p} counted as spent (the checkout may have bought; reset the budget if it did not)"
@@ -1589,11 +1593,15 @@ impl Arbiter {
             && a.lease.as_ref().is_none_or(|l| l.lease_id != r.lease_id)
         {
             a.budget.take_reservation(&r.lease_id);
-            a.budget.record(Spend {
-                at_unix_ms: now.unix_ms,
-                cents: r.price.map_or(0, Price::cents),
-                purchases: 1,
-            });
+            let window = a.budget_limits().0.and_then(|l| l.window);
+            a.budget.record(
+                Spend {
+                    at_unix_ms: now.unix_ms,
+                    cents: r.price.map_or(0, Price::cents),
+                    purchases: 1,
+                },
+                budget::merge_span(window),
+            );
         }
         a.ended = BoundedLog::restored(ENDED_LEASES, saved.ended);
         a.answers = BoundedMap::restored(IDEMPOTENCY_ENTRIES, saved.answers);
