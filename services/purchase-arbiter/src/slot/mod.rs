@@ -458,7 +458,9 @@ impl Arbiter {
             _ => return,
         };
         self.products.get_mut(tcin).expect("checked").state = to;
-        self.held_back.remove(tcin);
+        if from == ProductState::OverBudget {
+            self.held_back.remove(tcin);
+        }
         let kind = if to == ProductState::Queued {
             EventKind::Queued
         } else {
@@ -1440,7 +1442,9 @@ impl Arbiter {
         p.state = ProductState::Ready;
         p.purchases = 0;
         p.cooldown_until = None;
-        self.held_back.remove(tcin);
+        if from == ProductState::OverBudget {
+            self.held_back.remove(tcin);
+        }
         self.emit(
             now,
             Event::new(EventKind::Reset).product(tcin, from, ProductState::Ready),
