@@ -854,7 +854,11 @@ impl Arbiter {
         mut detail: String,
         paid: Option<Price>,
     ) {
-        if let Some(spend) = self.settle_reservation(now, &lease, outcome, paid) {
+        // The holder's detail is kept as it said it; what the budget
+        // counted is added only while a limit is in force.
+        if let Some(spend) = self.settle_reservation(now, &lease, outcome, paid)
+            && self.budget_limits().0.is_some()
+        {
             detail.push_str(&spend);
         }
         let test_mode = self.timing.test_mode;
