@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use restock_domain::{
     BudgetLimits, BudgetSource, BudgetStatus, Catalog, Counters, Event, EventKind, FencingToken,
-    IdError, Lease, LeaseId, Observation, Outcome, Price, PriorityList, ProductSpec, ProductState,
-    ProductStatus, SourceBlock, SourceBlockKind, Status, Tcin, WatcherId, WatcherStatus,
+    IdError, Lease, LeaseId, Observation, Outcome, Price, PriorityList, ProductId, ProductSpec,
+    ProductState, ProductStatus, SourceBlock, SourceBlockKind, Status, WatcherId, WatcherStatus,
     duration::millis,
 };
 
@@ -169,7 +169,11 @@ impl From<&Event> for pb::Event {
             sequence: e.sequence,
             unix_ms: e.unix_ms,
             kind: pb::event::Kind::from(e.kind) as i32,
-            tcin: e.tcin.as_ref().map(Tcin::to_string).unwrap_or_default(),
+            tcin: e
+                .tcin
+                .as_ref()
+                .map(ProductId::to_string)
+                .unwrap_or_default(),
             watcher_id: e
                 .watcher_id
                 .as_ref()
@@ -198,7 +202,7 @@ impl TryFrom<pb::Event> for Event {
             sequence: e.sequence,
             unix_ms: e.unix_ms,
             kind: event_kind(e.kind)?,
-            tcin: optional_id("tcin", Tcin::parse, &e.tcin)?,
+            tcin: optional_id("tcin", ProductId::parse, &e.tcin)?,
             watcher_id: optional_id("watcher_id", WatcherId::parse, &e.watcher_id)?,
             lease_id: optional_id("lease_id", LeaseId::parse, &e.lease_id)?,
             fencing_token: (e.fencing_token > 0).then_some(FencingToken(e.fencing_token)),
@@ -235,7 +239,7 @@ impl TryFrom<pb::Lease> for Lease {
         }
         Ok(Self {
             lease_id: id("lease_id", LeaseId::parse, &l.lease_id)?,
-            tcin: id("tcin", Tcin::parse, &l.tcin)?,
+            tcin: id("tcin", ProductId::parse, &l.tcin)?,
             watcher_id: id("watcher_id", WatcherId::parse, &l.watcher_id)?,
             token: FencingToken::presented(l.fencing_token)
                 .map_err(|e| ConvertError::new("fencing_token", e.to_string()))?,
@@ -264,7 +268,7 @@ impl TryFrom<pb::StockObservation> for Observation {
     type Error = ConvertError;
     fn try_from(o: pb::StockObservation) -> Result<Self, ConvertError> {
         Ok(Self {
-            tcin: id("tcin", Tcin::parse, &o.tcin)?,
+            tcin: id("tcin", ProductId::parse, &o.tcin)?,
             in_stock: o.in_stock,
             price: o.price_cents.map(Price::from_cents),
             observed_at_unix_ms: o.observed_at_unix_ms,
@@ -308,7 +312,7 @@ impl TryFrom<pb::Catalog> for Catalog {
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
-                let tcin = id("tcin", Tcin::parse, &p.tcin)
+                let tcin = id("tcin", ProductId::parse, &p.tcin)
                     .map_err(|e| e.within(&format!("products[{i}]")))?;
                 let priority = if p.priority == 0 {
                     u32::MAX
@@ -446,7 +450,7 @@ impl From<&Status> for pb::GetStatusResponse {
                     last_report_unix_ms: w.last_report_unix_ms,
                     connected_since_unix_ms: w.connected_since_unix_ms,
                     reports: w.reports,
-                    polling: w.polling.iter().map(Tcin::to_string).collect(),
+                    polling: w.polling.iter().map(ProductId::to_string).collect(),
                     poll_interval_ms: w.poll_interval.map_or(0, millis),
                     planned: w.poll_phase.is_some(),
                     poll_phase_ms: w.poll_phase.map_or(0, millis),
@@ -519,7 +523,7 @@ impl From<&BudgetStatus> for pb::BudgetStatus {
             reserved_for_tcin: b
                 .reserved_for
                 .as_ref()
-                .map_or_else(String::new, Tcin::to_string),
+                .map_or_else(String::new, ProductId::to_string),
             left_cents: b.left.map(Price::cents),
             purchases_left: b.purchases_left,
             next_roll_off_unix_ms: b.next_roll_off_unix_ms.unwrap_or(0),
@@ -532,7 +536,7 @@ impl TryFrom<pb::BudgetStatus> for BudgetStatus {
     type Error = ConvertError;
     fn try_from(b: pb::BudgetStatus) -> Result<Self, ConvertError> {
         let reserved_for = (!b.reserved_for_tcin.is_empty())
-            .then(|| id("reserved_for_tcin", Tcin::parse, &b.reserved_for_tcin))
+            .then(|| id("reserved_for_tcin", ProductId::parse, &b.reserved_for_tcin))
             .transpose()?;
         Ok(Self {
             limits: b.limits.map(Into::into),
@@ -566,7 +570,7 @@ impl TryFrom<pb::GetStatusResponse> for Status {
             .map(|(i, p)| {
                 let at = |e: ConvertError| e.within(&format!("products[{i}]"));
                 Ok(ProductStatus {
-                    tcin: id("tcin", Tcin::parse, &p.tcin).map_err(at)?,
+                    tcin: id("tcin", ProductId::parse, &p.tcin).map_err(at)?,
                     name: p.name,
                     priority: p.priority,
                     state: product_state("state", p.state)
@@ -605,7 +609,7 @@ impl TryFrom<pb::GetStatusResponse> for Status {
                     polling: w
                         .polling
                         .iter()
-                        .map(|t| id("polling", Tcin::parse, t).map_err(at))
+                        .map(|t| id("polling", ProductId::parse, t).map_err(at))
                         .collect::<Result<_, _>>()?,
                     poll_interval: (w.poll_interval_ms > 0).then(|| ms(w.poll_interval_ms)),
                     poll_phase: w.planned.then(|| ms(w.poll_phase_ms)),
@@ -646,8 +650,8 @@ impl TryFrom<pb::GetStatusResponse> for Status {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     #[test]

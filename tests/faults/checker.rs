@@ -1529,7 +1529,7 @@ fn purchases_match(
 
 #[cfg(test)]
 mod tests {
-    use restock_domain::{Lease, LeaseId, ProductState, Tcin, WatcherId, history::build};
+    use restock_domain::{Lease, LeaseId, ProductId, ProductState, WatcherId, history::build};
 
     use super::*;
 
@@ -1550,7 +1550,7 @@ mod tests {
     fn lease(token: u64, watcher: &str) -> Lease {
         build::lease(
             &LeaseId::parse(&format!("lease-{token}")).unwrap(),
-            &Tcin::parse("100").unwrap(),
+            &ProductId::parse("100").unwrap(),
             &WatcherId::parse(watcher).unwrap(),
             token,
             0,
@@ -1921,7 +1921,7 @@ mod tests {
         s.grant(1_000, 1, "w1");
         s.order(1, "w1", 1_005, 1_505, "purchased");
         let mut other = lease(1, "w1");
-        other.tcin = Tcin::parse("200").unwrap();
+        other.tcin = ProductId::parse("200").unwrap();
         let seq = s.next();
         s.events
             .push(build::released(seq, 1_510, &other, Outcome::Purchased));

@@ -121,7 +121,7 @@ pub struct BudgetStatus {
     /// reservation.
     pub reserved: Option<Price>,
     /// The product whose lease holds the reservation.
-    pub reserved_for: Option<crate::Tcin>,
+    pub reserved_for: Option<crate::ProductId>,
     /// `max_spend` less spent and reserved; `None` without a `max_spend`.
     pub left: Option<Price>,
     /// `max_purchases` less purchases and the one in flight.

@@ -1,6 +1,6 @@
 //! The product list and its priority order, read from
 //! `config/product_config.json` (top-down: the first product is the most
-//! wanted). Products that are not in the file rank after every listed one,
+//! wanted; one list across retailers). Products that are not in the file rank after every listed one,
 //! ordered by product id so the order is stable across restarts.
 //!
 //! The arbiter, the store simulator and the watcher (through the
@@ -12,14 +12,14 @@ use serde::Deserialize;
 
 use crate::{
     budget::{BudgetLimits, FileBudget},
-    ids::Tcin,
     product::Price,
+    product_id::{ProductId, Retailer},
 };
 
 /// One configured product.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductSpec {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub name: String,
     /// Highest price the user pays; `None` means no limit.
     pub max_price: Option<Price>,
@@ -31,7 +31,7 @@ pub struct ProductSpec {
 
 impl ProductSpec {
     /// A product known only by its id: no price limit, one to buy, enabled.
-    pub fn plain(tcin: Tcin) -> Self {
+    pub fn plain(tcin: ProductId) -> Self {
         Self {
             name: tcin.to_string(),
             tcin,
@@ -98,11 +98,12 @@ pub enum CatalogError {
         column: usize,
         message: String,
     },
-    #[error("product config {path}: product #{index} ({tcin:?}): {message}")]
+    #[error("product config {path}: product #{index} ({product:?}): {message}")]
     Product {
         path: String,
         index: usize,
-        tcin: String,
+        /// What the entry names (its id as written, or its shop and item).
+        product: String,
         message: String,
     },
     #[error("product config {path}: {field}: {message}")]
@@ -122,9 +123,25 @@ struct FileFormat {
     budget: Option<serde_json::Value>,
 }
 
+/// One entry of `"products"`. A product is named by its retailer's own
+/// fields (`"tcin"` for Target; `"shop"` and `"variant"` or `"handle"` for
+/// Shopify), or by `"id"` in the product id's written form.
 #[derive(Deserialize)]
 struct FileProduct {
-    tcin: String,
+    /// `"target"` (the default) or `"shopify"`.
+    #[serde(default)]
+    retailer: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    tcin: Option<String>,
+    #[serde(default)]
+    shop: Option<String>,
+    /// A Shopify variant id: a number, or a string of digits.
+    #[serde(default)]
+    variant: Option<serde_json::Value>,
+    #[serde(default)]
+    handle: Option<String>,
     #[serde(default)]
     name: String,
     /// Dollars, as the original bot's config had it.
@@ -136,11 +153,97 @@ struct FileProduct {
     enabled: Option<bool>,
 }
 
+impl FileProduct {
+    /// What the entry names, for error messages.
+    fn named(&self) -> String {
+        if let Some(id) = self.id.as_ref().or(self.tcin.as_ref()) {
+            return id.clone();
+        }
+        let item = match (&self.variant, &self.handle) {
+            (Some(v), _) => v.to_string().trim_matches('"').to_owned(),
+            (None, Some(h)) => h.clone(),
+            (None, None) => String::new(),
+        };
+        match &self.shop {
+            Some(shop) => format!("{shop}/{item}"),
+            None => item,
+        }
+    }
+
+    /// The product id the entry names, checked against its retailer's rule.
+    fn product_id(&self) -> Result<ProductId, String> {
+        let retailer = match &self.retailer {
+            None => None,
+            Some(r) => Some(Retailer::parse(r).map_err(|e| e.to_string())?),
+        };
+        if let Some(id) = &self.id {
+            if self.tcin.is_some()
+                || self.shop.is_some()
+                || self.variant.is_some()
+                || self.handle.is_some()
+            {
+                return Err("\"id\" names the product alone: drop \"tcin\", \"shop\", \"variant\" and \"handle\"".into());
+            }
+            let id = ProductId::parse(id).map_err(|e| e.to_string())?;
+            if let Some(r) = retailer
+                && r != id.retailer()
+            {
+                return Err(format!(
+                    "\"retailer\" is {r:?} but the id names a {} product",
+                    id.retailer()
+                ));
+            }
+            return Ok(id);
+        }
+        match retailer.unwrap_or(Retailer::Target) {
+            Retailer::Target => {
+                if self.shop.is_some() || self.variant.is_some() || self.handle.is_some() {
+                    return Err("a Target product has a \"tcin\", not \"shop\", \"variant\" or \"handle\" (set \"retailer\": \"shopify\" for a Shopify one)".into());
+                }
+                let tcin = self
+                    .tcin
+                    .as_deref()
+                    .ok_or("no \"tcin\" (a Target product needs one; or give \"id\")")?;
+                ProductId::target(tcin).map_err(|e| e.to_string())
+            }
+            Retailer::Shopify => {
+                if self.tcin.is_some() {
+                    return Err("a Shopify product has \"shop\" and \"variant\" (or \"handle\"), not \"tcin\"".into());
+                }
+                let shop = self.shop.as_deref().ok_or(
+                    "no \"shop\" (a Shopify product needs the shop's host name, e.g. \"kith.com\")",
+                )?;
+                let item = match (&self.variant, &self.handle) {
+                    (Some(_), Some(_)) => {
+                        return Err("give \"variant\" or \"handle\", not both".into());
+                    }
+                    (Some(serde_json::Value::Number(n)), None) => n.to_string(),
+                    (Some(serde_json::Value::String(s)), None)
+                        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        s.clone()
+                    }
+                    (Some(other), None) => {
+                        return Err(format!(
+                            "\"variant\" must be a Shopify variant id (a number), not {other}"
+                        ));
+                    }
+                    (None, Some(h)) => h.clone(),
+                    (None, None) => {
+                        return Err("no \"variant\" or \"handle\" (a variant is what gets bought; a handle means any variant)".into());
+                    }
+                };
+                ProductId::parse(&format!("shopify:{shop}/{item}")).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// The configured products in priority order, with a lookup by id.
 #[derive(Debug, Clone, Default)]
 pub struct PriorityList {
     products: Vec<ProductSpec>,
-    rank: HashMap<Tcin, usize>,
+    rank: HashMap<ProductId, usize>,
     /// The `"budget"` of the file, when it has one.
     budget: Option<BudgetLimits>,
 }
@@ -198,13 +301,14 @@ impl PriorityList {
         let mut seen = HashMap::new();
         for (i, p) in file.products.into_iter().enumerate() {
             let index = i + 1;
+            let named = p.named();
             let bad = |message: String| CatalogError::Product {
                 path: path.to_owned(),
                 index,
-                tcin: p.tcin.clone(),
+                product: named.clone(),
                 message,
             };
-            let tcin = Tcin::parse(&p.tcin).map_err(|e| bad(e.to_string()))?;
+            let tcin = p.product_id().map_err(bad)?;
             if let Some(first) = seen.insert(tcin.clone(), index) {
                 return Err(bad(format!("listed twice (first as product #{first})")));
             }
@@ -237,13 +341,13 @@ impl PriorityList {
         &self.products
     }
 
-    pub fn get(&self, tcin: &Tcin) -> Option<&ProductSpec> {
+    pub fn get(&self, tcin: &ProductId) -> Option<&ProductSpec> {
         self.rank.get(tcin).map(|&i| &self.products[i])
     }
 
     /// Sort key: configured products by their place, then every other
     /// product after them by id.
-    pub fn rank_key<'a>(&self, tcin: &'a Tcin) -> (usize, &'a str) {
+    pub fn rank_key<'a>(&self, tcin: &'a ProductId) -> (usize, &'a str) {
         match self.rank.get(tcin) {
             Some(&i) => (i, ""),
             None => (usize::MAX, tcin.as_str()),
@@ -259,7 +363,7 @@ impl PriorityList {
     }
 
     /// A configured product's place, 1 = top priority.
-    pub fn priority(&self, tcin: &Tcin) -> Option<u32> {
+    pub fn priority(&self, tcin: &ProductId) -> Option<u32> {
         self.rank.get(tcin).map(|&i| (i + 1) as u32)
     }
 }
@@ -335,8 +439,8 @@ mod tests {
     #[test]
     fn unlisted_products_rank_after_listed_ones_in_a_stable_order() {
         let list = PriorityList::parse(r#"{"products":[{"tcin":"z"},{"tcin":"a"}]}"#, "p").unwrap();
-        let ids = ["b", "a", "c", "z"].map(|s| Tcin::parse(s).unwrap());
-        let mut sorted: Vec<&Tcin> = ids.iter().collect();
+        let ids = ["b", "a", "c", "z"].map(|s| ProductId::parse(s).unwrap());
+        let mut sorted: Vec<&ProductId> = ids.iter().collect();
         sorted.sort_by_key(|t| list.rank_key(t));
         let names: Vec<&str> = sorted.iter().map(|t| t.as_str()).collect();
         assert_eq!(names, ["z", "a", "b", "c"]);
@@ -373,6 +477,93 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn one_priority_list_holds_products_of_several_retailers() {
+        let list = PriorityList::parse(
+            r#"{"products":[
+                {"retailer":"shopify","shop":"Shop.Example.com","variant":39493483,"name":"ETB at the shop"},
+                {"tcin":"94300069","name":"ETB at Target"},
+                {"retailer":"target","tcin":"94336414"},
+                {"retailer":"shopify","shop":"shop.example.com","handle":"booster-bundle"},
+                {"retailer":"shopify","shop":"shop.example.com","variant":"77"},
+                {"id":"shopify:other.example/5"},
+                {"id":"target:93954446"}
+            ]}"#,
+            "p.json",
+        )
+        .unwrap();
+        let ids: Vec<&str> = list.products().iter().map(|p| p.tcin.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "shopify:shop.example.com/39493483",
+                "94300069",
+                "94336414",
+                "shopify:shop.example.com/booster-bundle",
+                "shopify:shop.example.com/77",
+                "shopify:other.example/5",
+                "93954446",
+            ]
+        );
+        let retailers: Vec<Retailer> = list.products().iter().map(|p| p.tcin.retailer()).collect();
+        assert_eq!(retailers[..2], [Retailer::Shopify, Retailer::Target]);
+        assert_eq!(
+            list.priority(&ProductId::parse("94300069").unwrap()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_bad_retailer_entry_says_what_is_missing_or_mixed() {
+        let cases = [
+            (r#"{"retailer":"bestbuy","tcin":"1"}"#, "known retailers"),
+            (r#"{"retailer":"shopify","tcin":"1"}"#, "not \"tcin\""),
+            (r#"{"retailer":"shopify","variant":1}"#, "no \"shop\""),
+            (
+                r#"{"retailer":"shopify","shop":"a.com"}"#,
+                "no \"variant\" or \"handle\"",
+            ),
+            (
+                r#"{"retailer":"shopify","shop":"a.com","variant":1,"handle":"x"}"#,
+                "not both",
+            ),
+            (
+                r#"{"retailer":"shopify","shop":"a.com","variant":"x1"}"#,
+                "\"variant\" must be",
+            ),
+            (
+                r#"{"retailer":"shopify","shop":"https://a.com","variant":1}"#,
+                "host name",
+            ),
+            (r#"{"shop":"a.com","variant":1}"#, "retailer\": \"shopify"),
+            (r#"{"name":"nothing"}"#, "no \"tcin\""),
+            (
+                r#"{"id":"shopify:a.com/1","retailer":"target"}"#,
+                "names a shopify product",
+            ),
+            (r#"{"id":"1","tcin":"1"}"#, "names the product alone"),
+        ];
+        for (entry, want) in cases {
+            let text = format!(r#"{{"products":[{{"tcin":"9"}},{entry}]}}"#);
+            let err = match PriorityList::parse(&text, "conf/p.json") {
+                Ok(list) => panic!("{entry} was taken: {:?}", list.products()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("conf/p.json") && err.contains(want),
+                "{entry}: {err}"
+            );
+        }
+        // The same variant written two ways is one product, listed twice.
+        let err = PriorityList::parse(
+            r#"{"products":[{"id":"shopify:a.com/1"},{"retailer":"shopify","shop":"A.com","variant":1}]}"#,
+            "p.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listed twice"), "{err}");
     }
 
     #[test]

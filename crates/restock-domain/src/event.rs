@@ -6,8 +6,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::{FencingToken, LeaseId, Tcin, WatcherId},
+    ids::{FencingToken, LeaseId, WatcherId},
     product::{Outcome, ProductState},
+    product_id::ProductId,
 };
 
 /// What kind of transition an event records.
@@ -129,7 +130,7 @@ pub struct Event {
     pub unix_ms: u64,
     pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcin: Option<Tcin>,
+    pub tcin: Option<ProductId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watcher_id: Option<WatcherId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +174,7 @@ impl Event {
     }
 
     /// A product moving from one state to another.
-    pub fn product(mut self, tcin: &Tcin, from: ProductState, to: ProductState) -> Self {
+    pub fn product(mut self, tcin: &ProductId, from: ProductState, to: ProductState) -> Self {
         self.tcin = Some(tcin.clone());
         self.from_state = Some(from);
         self.to_state = Some(to);
@@ -184,7 +185,7 @@ impl Event {
     pub fn lease(
         mut self,
         lease_id: &LeaseId,
-        tcin: &Tcin,
+        tcin: &ProductId,
         watcher_id: &WatcherId,
         token: FencingToken,
     ) -> Self {
@@ -217,7 +218,7 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_json_without_empty_fields() {
-        let t = Tcin::parse("1").unwrap();
+        let t = ProductId::parse("1").unwrap();
         let e = Event::new(EventKind::Queued)
             .product(&t, ProductState::Ready, ProductState::Queued)
             .at(7, 1_000);

@@ -4,7 +4,7 @@
 //!
 //! | type | rule |
 //! | --- | --- |
-//! | [`Tcin`] | 1–64 letters, digits, `-`, `_` |
+//! | [`ProductId`](crate::ProductId) | a retailer's product: a bare TCIN, or `shopify:<shop>/<variant>` (see [`crate::product_id`]) |
 //! | [`WatcherId`] | 1–64 letters, digits, `-`, `_`, `.` (host names are the default) |
 //! | [`LeaseId`] | 1–128 printable ASCII characters, no spaces |
 //! | [`FencingToken`] | a number above 0 |
@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest product id or watcher id accepted.
+/// Longest watcher id accepted.
 pub const MAX_ID_LEN: usize = 64;
 /// Longest lease id accepted.
 pub const MAX_LEASE_ID_LEN: usize = 128;
@@ -38,6 +38,12 @@ pub enum IdError {
     },
     #[error("{what} is 0; pass the token that came with the lease")]
     Zero { what: &'static str },
+    #[error("{what} {value:?} is not valid: {why}")]
+    Malformed {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 /// One id rule: what the id is called in messages, its longest length, and
@@ -75,20 +81,9 @@ impl Rule {
     }
 }
 
-fn tcin_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '-' || c == '_'
-}
-
 fn watcher_char(c: char) -> bool {
-    tcin_char(c) || c == '.'
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
 }
-
-const TCIN: Rule = Rule {
-    what: "product id (tcin)",
-    max: MAX_ID_LEN,
-    allowed: "letters, digits, '-' and '_'",
-    ok: tcin_char,
-};
 
 const WATCHER: Rule = Rule {
     what: "watcher id",
@@ -159,13 +154,6 @@ macro_rules! string_id {
         }
     };
 }
-
-string_id!(
-    /// A retailer's product id (Target calls it a TCIN): 1–64 letters,
-    /// digits, `-` or `_`.
-    Tcin,
-    TCIN
-);
 
 string_id!(
     /// The name a watcher goes by: 1–64 letters, digits, `-`, `_` or `.`
@@ -239,32 +227,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tcin_accepts_digits_letters_dash_underscore() {
-        for ok in ["94300069", "A-b_9", &"x".repeat(MAX_ID_LEN)] {
-            assert_eq!(Tcin::parse(ok).unwrap().as_str(), ok);
-        }
-    }
-
-    #[test]
-    fn tcin_refuses_bad_values_with_a_reason() {
-        assert_eq!(
-            Tcin::parse(""),
-            Err(IdError::Empty {
-                what: "product id (tcin)"
-            })
-        );
-        let long = "1".repeat(MAX_ID_LEN + 1);
-        assert!(matches!(
-            Tcin::parse(&long),
-            Err(IdError::TooLong { len: 65, .. })
-        ));
-        let err = Tcin::parse("12 34").unwrap_err();
-        assert!(err.to_string().contains("' '"), "{err}");
-        assert!(Tcin::parse("a/b").is_err());
-        assert!(Tcin::parse("tcin.1").is_err());
-    }
-
-    #[test]
     fn watcher_ids_may_be_host_names() {
         assert!(WatcherId::parse("box-1.example.lan").is_ok());
         assert!(WatcherId::parse("").is_err());
@@ -315,9 +277,6 @@ mod tests {
 
     #[test]
     fn ids_round_trip_through_json_and_refuse_invalid_json() {
-        let t: Tcin = serde_json::from_str("\"123\"").unwrap();
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"123\"");
-        assert!(serde_json::from_str::<Tcin>("\"1 2\"").is_err());
         assert!(serde_json::from_str::<WatcherId>("\"w.1\"").is_ok());
         assert_eq!(serde_json::to_string(&FencingToken(5)).unwrap(), "5");
     }

@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use crate::ids::{FencingToken, LeaseId, Tcin, WatcherId};
+use crate::ids::{FencingToken, LeaseId, WatcherId};
+use crate::product_id::ProductId;
 
 /// One grant of the purchase slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     /// How long the lease lasts from a grant or renewal.

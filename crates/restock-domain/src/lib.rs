@@ -5,8 +5,10 @@
 //!
 //! # Layout
 //!
-//! - [`ids`]: [`Tcin`], [`WatcherId`], [`LeaseId`], [`FencingToken`]: one
-//!   type per id, one rule each.
+//! - [`product_id`]: [`ProductId`], a [`Retailer`] plus that retailer's id
+//!   (a TCIN, or a Shopify shop and variant), one rule per retailer.
+//! - [`ids`]: [`WatcherId`], [`LeaseId`], [`FencingToken`]: one type per id,
+//!   one rule each.
 //! - [`product`]: [`ProductState`], [`Outcome`], [`Price`].
 //! - [`catalog`]: the product list in priority order ([`PriorityList`]) and
 //!   its config file parser; the [`Catalog`] a watcher is sent.
@@ -32,6 +34,7 @@ pub mod history;
 pub mod ids;
 pub mod lease;
 pub mod product;
+pub mod product_id;
 pub mod status;
 pub mod stock;
 pub mod timestamp;
@@ -39,8 +42,9 @@ pub mod timestamp;
 pub use budget::{BudgetLimits, BudgetSource, BudgetStatus};
 pub use catalog::{Catalog, CatalogError, PriceCheck, PriorityList, ProductSpec};
 pub use event::{Event, EventKind};
-pub use ids::{FencingToken, IdError, LeaseId, Tcin, WatcherId};
+pub use ids::{FencingToken, IdError, LeaseId, WatcherId};
 pub use lease::Lease;
 pub use product::{Outcome, Price, ProductState};
+pub use product_id::{ProductId, Retailer, ShopifyItem, ShopifyRef};
 pub use status::{Counters, ProductStatus, SourceBlock, SourceBlockKind, Status, WatcherStatus};
 pub use stock::Observation;

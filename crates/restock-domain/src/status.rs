@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     budget::BudgetStatus,
-    ids::{FencingToken, Tcin, WatcherId},
+    ids::{FencingToken, WatcherId},
     lease::Lease,
     product::{Outcome, Price, ProductState},
+    product_id::ProductId,
 };
 
 /// Running totals since the state was created.
@@ -27,7 +28,7 @@ pub struct Counters {
 /// A product's line in the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductStatus {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub name: String,
     /// 1 = top priority; products not in the config rank after the listed
     /// ones.
@@ -60,7 +61,7 @@ pub struct WatcherStatus {
     pub connected_since_unix_ms: u64,
     pub reports: u64,
     /// The products it says it polls.
-    pub polling: Vec<Tcin>,
+    pub polling: Vec<ProductId>,
     /// Its `--poll-interval`, when it said.
     pub poll_interval: Option<Duration>,
     /// Its phase in the arbiter's poll plan, when it has one.
@@ -176,7 +177,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn product(&self, tcin: &Tcin) -> Option<&ProductStatus> {
+    pub fn product(&self, tcin: &ProductId) -> Option<&ProductStatus> {
         self.products.iter().find(|p| &p.tcin == tcin)
     }
 

@@ -1,11 +1,11 @@
 //! What a watcher saw when it polled a product.
 
-use crate::{ids::Tcin, product::Price};
+use crate::{product::Price, product_id::ProductId};
 
 /// One poll result of one product, as a watcher reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub in_stock: bool,
     /// The price the source showed, when it showed one.
     pub price: Option<Price>,

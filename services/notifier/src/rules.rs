@@ -682,7 +682,7 @@ pub fn price_from_detail(detail: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
+    use restock_domain::{FencingToken, LeaseId, ProductId, WatcherId};
 
     use super::*;
 
@@ -695,8 +695,8 @@ mod tests {
         })
     }
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     fn queued(seq: u64, at: u64) -> Event {

@@ -369,7 +369,7 @@ fn state_index(s: ProductState) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use restock_domain::{Tcin, WatcherId};
+    use restock_domain::{ProductId, WatcherId};
     use restock_runtime::metrics::{Format, render};
 
     use super::*;
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn every_refusal_reason_has_its_series_from_the_start() {
-        let tcin = Tcin::parse("100").unwrap();
+        let tcin = ProductId::parse("100").unwrap();
         let watcher = WatcherId::parse("w1").unwrap();
         for r in [
             Refusal::AnotherPurchaseActive {

@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use restock_domain::{Tcin, WatcherId};
+use restock_domain::{ProductId, WatcherId};
 
 /// What the planner needs of one connected watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +42,11 @@ pub struct PollInput {
     /// Its `--poll-interval`.
     pub period: Duration,
     /// What it polls; empty means every product.
-    pub polling: Vec<Tcin>,
+    pub polling: Vec<ProductId>,
 }
 
 impl PollInput {
-    fn polls(&self, tcin: &Tcin) -> bool {
+    fn polls(&self, tcin: &ProductId) -> bool {
         self.polling.is_empty() || self.polling.contains(tcin)
     }
 }
@@ -85,7 +85,7 @@ pub struct Plan {
 }
 
 /// Plans `watchers` over the products in priority order (`ranked`).
-pub fn plan(ranked: &[Tcin], watchers: &[PollInput]) -> Plan {
+pub fn plan(ranked: &[ProductId], watchers: &[PollInput]) -> Plan {
     let mut groups: BTreeMap<Duration, Vec<&PollInput>> = BTreeMap::new();
     for w in watchers.iter().filter(|w| !w.period.is_zero()) {
         groups.entry(w.period).or_default().push(w);
@@ -172,7 +172,10 @@ fn middle_of_widest_gap(points: &[f64]) -> f64 {
 }
 
 /// How often each product is polled by all of `watchers` together.
-pub fn effective_intervals(ranked: &[Tcin], watchers: &[PollInput]) -> HashMap<Tcin, Duration> {
+pub fn effective_intervals(
+    ranked: &[ProductId],
+    watchers: &[PollInput],
+) -> HashMap<ProductId, Duration> {
     ranked
         .iter()
         .filter_map(|tcin| {
@@ -190,8 +193,8 @@ pub fn effective_intervals(ranked: &[Tcin], watchers: &[PollInput]) -> HashMap<T
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     fn w(id: &str, period_ms: u64, polling: &[&str]) -> PollInput {

@@ -488,7 +488,7 @@ impl Renewer for ArbiterCalls {
 
 #[cfg(test)]
 mod tests {
-    use restock_domain::Tcin;
+    use restock_domain::ProductId;
 
     use super::*;
 
@@ -507,7 +507,7 @@ mod tests {
     fn held(ttl: Duration) -> HeldLease {
         HeldLease {
             lease_id: LeaseId::parse("lease-1").unwrap(),
-            tcin: Tcin::parse("100").unwrap(),
+            tcin: ProductId::parse("100").unwrap(),
             token: FencingToken(1),
             ttl,
             remaining: ttl,

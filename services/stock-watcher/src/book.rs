@@ -14,7 +14,7 @@ use std::{collections::HashMap, time::Duration};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use restock_domain::{Catalog, Observation, Price, ProductSpec, Tcin};
+use restock_domain::{Catalog, Observation, Price, ProductId, ProductSpec};
 use restock_runtime::error::chain_text;
 
 use crate::{
@@ -93,7 +93,7 @@ pub struct ReportContent {
     /// In stock first, each group in priority order.
     pub observations: Vec<Observation>,
     /// The products polled, when that list must be (re)sent.
-    pub polling: Option<Vec<Tcin>>,
+    pub polling: Option<Vec<ProductId>>,
 }
 
 impl ReportContent {
@@ -105,7 +105,7 @@ impl ReportContent {
 /// The last poll of one product, as the status call shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductPoll {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub in_stock: bool,
     pub price: Option<Price>,
     pub last_poll_unix_ms: u64,
@@ -124,8 +124,8 @@ pub struct ProductPoll {
 #[derive(Debug, Default)]
 pub struct StockBook {
     /// Polled products in priority order.
-    order: Vec<Tcin>,
-    entries: HashMap<Tcin, Entry>,
+    order: Vec<ProductId>,
+    entries: HashMap<ProductId, Entry>,
     /// Products no longer polled that the arbiter still believes in stock.
     retract: Vec<Entry>,
     polling_changed: bool,
@@ -141,14 +141,14 @@ impl StockBook {
     pub fn set_catalog(
         &mut self,
         catalog: &Catalog,
-        only: &[Tcin],
+        only: &[ProductId],
         min_freshness: Duration,
     ) -> Vec<ProductSpec> {
         let (list, unknown) = watch_list(catalog, only);
         for t in unknown {
             warn!(tcin = %t, "--products names a product the arbiter's catalog does not list; it is not polled");
         }
-        let new_order: Vec<Tcin> = list.iter().map(|p| p.tcin.clone()).collect();
+        let new_order: Vec<ProductId> = list.iter().map(|p| p.tcin.clone()).collect();
         let mut old = std::mem::take(&mut self.entries);
         for p in &list {
             let mut e = old.remove(&p.tcin).unwrap_or_else(|| Entry::new(p.clone()));
@@ -174,7 +174,7 @@ impl StockBook {
     /// Records one poll. See [`Recorded`].
     pub fn record(
         &mut self,
-        tcin: &Tcin,
+        tcin: &ProductId,
         result: Result<Sighting, &SourceError>,
         now: Instant,
         unix_ms: u64,
@@ -302,8 +302,8 @@ mod tests {
     use super::*;
     use crate::catalog::tests::catalog;
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     fn book(products: &[(&str, u64)]) -> StockBook {

@@ -3,12 +3,12 @@
 //! in [`crate::session`]); this adds what only a watcher decides: the enabled
 //! products, in priority order, limited by `--products`.
 
-use restock_domain::{Catalog, ProductSpec, Tcin};
+use restock_domain::{Catalog, ProductId, ProductSpec};
 
 /// The products to poll, in priority order: enabled ones, limited to `only`
 /// when it is not empty. Also returns the ids of `only` that the catalog
 /// does not list (they are not polled).
-pub fn watch_list(catalog: &Catalog, only: &[Tcin]) -> (Vec<ProductSpec>, Vec<Tcin>) {
+pub fn watch_list(catalog: &Catalog, only: &[ProductId]) -> (Vec<ProductSpec>, Vec<ProductId>) {
     let list = catalog
         .products
         .products()
@@ -40,7 +40,7 @@ pub(crate) mod tests {
                 products
                     .iter()
                     .map(|(t, max)| ProductSpec {
-                        tcin: Tcin::parse(t).unwrap(),
+                        tcin: ProductId::parse(t).unwrap(),
                         name: format!("Product {t}"),
                         max_price: (*max > 0).then(|| Price::from_cents(*max)),
                         quantity: 1,
@@ -54,8 +54,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::source::{
     cookies::{self, CookieFileError},
     target::{DEFAULT_USER_AGENT, Endpoint, TargetSettings},
 };
-use restock_domain::{IdError, Tcin, WatcherId, duration::parse_duration};
+use restock_domain::{IdError, ProductId, WatcherId, duration::parse_duration};
 use restock_runtime::{
     LogArgs, ReadyFileArgs,
     arbiters::{ArbiterListError, ArbiterUrls},
@@ -375,7 +375,7 @@ pub struct Settings {
     pub arbiter: ArbiterUrls,
     pub watcher_id: WatcherId,
     /// Empty means every product of the catalog.
-    pub products: Vec<Tcin>,
+    pub products: Vec<ProductId>,
     pub poll_interval: Duration,
     pub max_in_flight: usize,
     /// `--target-max-rps`, resolved for the source URL (`None`: unlimited).
@@ -495,7 +495,7 @@ impl WatcherConfig {
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
         {
-            let t = Tcin::parse(p).map_err(ConfigError::Products)?;
+            let t = ProductId::parse(p).map_err(ConfigError::Products)?;
             if !products.contains(&t) {
                 products.push(t);
             }
@@ -864,7 +864,10 @@ mod tests {
         assert_eq!(s.poll_interval, Duration::from_millis(200));
         assert_eq!(
             s.products,
-            vec![Tcin::parse("100").unwrap(), Tcin::parse("200").unwrap()]
+            vec![
+                ProductId::parse("100").unwrap(),
+                ProductId::parse("200").unwrap()
+            ]
         );
         assert_eq!(s.checkout_kind(), CheckoutKind::Http);
         assert_eq!(s.failover_allowance, Duration::from_secs(20));

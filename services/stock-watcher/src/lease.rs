@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use restock_domain::{FencingToken, Lease, LeaseId, Tcin};
+use restock_domain::{FencingToken, Lease, LeaseId, ProductId};
 use restock_runtime::error::{Chain, chain_text};
 
 use crate::checkout::{CheckoutOutcome, CheckoutResult};
@@ -31,7 +31,7 @@ const MIN_CALL_LIMIT: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub token: FencingToken,
     pub ttl: Duration,
     /// What the arbiter said was left when it made the message.
@@ -334,7 +334,7 @@ mod tests {
     fn lease() -> HeldLease {
         HeldLease {
             lease_id: LeaseId::parse("lease-1").unwrap(),
-            tcin: Tcin::parse("100").unwrap(),
+            tcin: ProductId::parse("100").unwrap(),
             token: FencingToken(1),
             ttl: TTL,
             remaining: TTL,
@@ -546,7 +546,7 @@ mod tests {
         let now = Instant::now();
         let mut grant = Lease {
             lease_id: LeaseId::parse("lease-1").unwrap(),
-            tcin: Tcin::parse("100").unwrap(),
+            tcin: ProductId::parse("100").unwrap(),
             watcher_id: restock_domain::WatcherId::parse("w").unwrap(),
             token: FencingToken(4),
             ttl: Duration::from_secs(30),

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 
 use std::collections::HashMap;
 
-use restock_domain::{Catalog, ProductSpec, Tcin};
+use restock_domain::{Catalog, ProductId, ProductSpec};
 use restock_runtime::{
     backoff::{Backoff, jitter_below},
     error::Chain,
@@ -70,7 +70,7 @@ pub struct PollSettings {
     /// product the source does not know is asked again.
     pub block_cooldown: Duration,
     /// `--products`: empty means the whole catalog.
-    pub only: Vec<Tcin>,
+    pub only: Vec<ProductId>,
     /// The least time between two requests to the source's host
     /// (`--target-max-rps`; `None`: unlimited). Only to know how long a
     /// round may take: the source does the spacing.
@@ -244,7 +244,7 @@ struct Poller<S> {
     /// Blocks answered in a row (0: not blocked).
     blocks_in_a_row: u32,
     /// Products polled rarely (unknown to the source): not before then.
-    rare: HashMap<Tcin, Instant>,
+    rare: HashMap<ProductId, Instant>,
     /// Probes after a pause take the products in turn, so one product the
     /// source keeps refusing (a garbled answer) cannot keep every other
     /// product from being polled.
@@ -366,7 +366,7 @@ impl<S: StockSource> Poller<S> {
     ) {
         match answer {
             Err(e) => {
-                let tcins: Vec<Tcin> = unit.iter().map(|p| p.tcin.clone()).collect();
+                let tcins: Vec<ProductId> = unit.iter().map(|p| p.tcin.clone()).collect();
                 self.note_health(&tcins, &Err(e.clone()));
             }
             Ok(answers) => {
@@ -404,9 +404,13 @@ impl<S: StockSource> Poller<S> {
     /// The source's health, from one answer: a block or throttle starts
     /// (or keeps) the pause, an unknown product is set aside, a retired
     /// endpoint stops polling, a good answer ends it all.
-    fn note_health(&mut self, tcins: &[Tcin], answer: &Answer) {
+    fn note_health(&mut self, tcins: &[ProductId], answer: &Answer) {
         let now = Instant::now();
-        let tcin = tcins.iter().map(Tcin::as_str).collect::<Vec<_>>().join(",");
+        let tcin = tcins
+            .iter()
+            .map(ProductId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         let metrics = self.state.metrics().clone();
         let mut st = self.state.lock();
         let refusal = match answer {
@@ -504,7 +508,7 @@ impl<S: StockSource> Poller<S> {
 
     /// Puts one answer into the stock book; wakes the session when the
     /// arbiter must hear of it.
-    fn apply(&mut self, tcin: &Tcin, answer: Answer) {
+    fn apply(&mut self, tcin: &ProductId, answer: Answer) {
         let recorded = self.state.lock().book.record(
             tcin,
             answer.as_ref().copied(),
@@ -1209,7 +1213,7 @@ mod tests {
     async fn the_default_check_many_stops_at_a_block() {
         let products: Vec<ProductSpec> = ["1", "2", "3"]
             .iter()
-            .map(|t| ProductSpec::plain(Tcin::parse(t).unwrap()))
+            .map(|t| ProductSpec::plain(ProductId::parse(t).unwrap()))
             .collect();
         let src = FakeSource::new(vec![IN, captcha(), IN], Duration::ZERO);
         let answers = src.check_many(&products).await.unwrap();
@@ -1231,7 +1235,7 @@ mod tests {
     async fn products_limits_the_watch_list() {
         let src = FakeSource::new(vec![IN], Duration::ZERO);
         let mut s = settings();
-        s.only = vec![Tcin::parse("2").unwrap()];
+        s.only = vec![ProductId::parse("2").unwrap()];
         let (_state, stop) = start(src.clone(), &[("1", 0), ("2", 0)], s);
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         stop.cancel();

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tracing::{error, info, warn};
 
-use restock_domain::{Catalog, FencingToken, Lease, LeaseId, SourceBlock, Tcin, WatcherId};
+use restock_domain::{Catalog, FencingToken, Lease, LeaseId, ProductId, SourceBlock, WatcherId};
 use restock_proto::ConvertError;
 use restock_runtime::{arbiters::Move, backoff::Backoff, error::Chain, leader::is_not_leader};
 
@@ -450,7 +450,7 @@ impl Session {
 /// so this is defence, and one bad entry should not stop every product
 /// from being polled. Anything else that does not convert is an error.
 fn catalog_from_pb(mut c: pb::Catalog) -> Result<Catalog, ConvertError> {
-    c.products.retain(|p| match Tcin::parse(&p.tcin) {
+    c.products.retain(|p| match ProductId::parse(&p.tcin) {
         Ok(_) => true,
         Err(e) => {
             warn!(
@@ -487,7 +487,7 @@ fn stock_report(
             .polling
             .unwrap_or_default()
             .iter()
-            .map(Tcin::to_string)
+            .map(ProductId::to_string)
             .collect(),
     }
 }
@@ -547,7 +547,7 @@ mod tests {
             .map(|p| p.tcin.as_str())
             .collect();
         assert_eq!(ids, ["100", "200", "300"]);
-        let t = |s| Tcin::parse(s).unwrap();
+        let t = |s| ProductId::parse(s).unwrap();
         assert_eq!(
             c.products.get(&t("200")).unwrap().max_price,
             Some(Price::from_cents(2_000))
@@ -562,12 +562,12 @@ mod tests {
         let w = WatcherId::parse("w1").unwrap();
         let content = ReportContent {
             observations: vec![Observation {
-                tcin: Tcin::parse("100").unwrap(),
+                tcin: ProductId::parse("100").unwrap(),
                 in_stock: true,
                 price: Some(Price::from_cents(1_250)),
                 observed_at_unix_ms: 7,
             }],
-            polling: Some(vec![Tcin::parse("100").unwrap()]),
+            polling: Some(vec![ProductId::parse("100").unwrap()]),
         };
         let first = stock_report(
             Some((&w, Duration::from_millis(300))),

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use restock_domain::{FencingToken, LeaseId, SourceBlock, SourceBlockKind, Tcin};
+use restock_domain::{FencingToken, LeaseId, ProductId, SourceBlock, SourceBlockKind};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{book::StockBook, metrics::WatcherMetrics, source::RefusalKind};
@@ -95,7 +95,7 @@ pub struct Inner {
 /// The checkout in progress, as the status call shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutRecord {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub lease_id: LeaseId,
     pub token: FencingToken,
     pub started_at_unix_ms: u64,

@@ -9,12 +9,12 @@ use std::{collections::HashMap, path::Path};
 pub use restock_domain::CatalogError;
 use restock_domain::PriorityList;
 
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 
 /// One product the simulator knows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Product {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub name: String,
     /// The user's price limit from the config, shown in `GET /admin/stock`.
     pub max_price: Option<Price>,
@@ -29,7 +29,7 @@ pub struct Product {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     products: Vec<Product>,
-    index: HashMap<Tcin, usize>,
+    index: HashMap<ProductId, usize>,
 }
 
 impl Catalog {
@@ -70,10 +70,10 @@ impl Catalog {
         for (i, spec) in list.products().iter().enumerate() {
             // The arbiter has checked the id by the same rules; this only
             // moves it into the simulator's type.
-            let tcin = Tcin::parse(spec.tcin.as_str()).map_err(|e| CatalogError::Product {
+            let tcin = ProductId::parse(spec.tcin.as_str()).map_err(|e| CatalogError::Product {
                 path: path.to_owned(),
                 index: i + 1,
-                tcin: spec.tcin.to_string(),
+                product: spec.tcin.to_string(),
                 message: e.to_string(),
             })?;
             let max_price = spec.max_price;
@@ -94,12 +94,12 @@ impl Catalog {
     }
 
     /// The place of a product in [`Self::products`].
-    pub fn position(&self, tcin: &Tcin) -> Option<usize> {
+    pub fn position(&self, tcin: &ProductId) -> Option<usize> {
         self.index.get(tcin).copied()
     }
 
     /// Looks a product up by id.
-    pub fn get(&self, tcin: &Tcin) -> Option<&Product> {
+    pub fn get(&self, tcin: &ProductId) -> Option<&Product> {
         self.position(tcin).map(|i| &self.products[i])
     }
 
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(p[1].name, "1");
         assert_eq!(p[1].initial_price, DEFAULT);
         assert_eq!(p[1].max_price, None);
-        assert_eq!(c.position(&Tcin::parse("1").unwrap()), Some(1));
+        assert_eq!(c.position(&ProductId::parse("1").unwrap()), Some(1));
     }
 
     #[test]

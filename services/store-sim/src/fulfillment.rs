@@ -25,7 +25,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use restock_domain::Tcin;
+use restock_domain::ProductId;
 
 /// The store id used when the request names none.
 pub const DEFAULT_LOCATION_ID: &str = "1375";
@@ -93,7 +93,7 @@ impl Context {
 }
 
 /// The `fulfillment` object of `tcin`.
-pub fn fulfillment(tcin: &Tcin, in_stock: bool, ctx: &Context, flavor: Flavor) -> Value {
+pub fn fulfillment(tcin: &ProductId, in_stock: bool, ctx: &Context, flavor: Flavor) -> Value {
     let qty = if in_stock { IN_STOCK_QUANTITY } else { 0.0 };
     let status = |s: &str| json!({ "availability_status": s });
 
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn every_channel_says_in_stock_or_out_as_recorded() {
-        let t = Tcin::parse("123").unwrap();
+        let t = ProductId::parse("123").unwrap();
         let f = fulfillment(&t, true, &ctx(), Flavor::Product);
         assert_eq!(f["product_id"], "123");
         assert_eq!(f["shipping_options"]["availability_status"], "IN_STOCK");

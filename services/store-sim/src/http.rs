@@ -44,7 +44,7 @@ use crate::{
     sim::{Gate, ProductNow, Simulator},
     stock::StockError,
 };
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 use restock_runtime::{auth::AuthPolicy, http::metrics_router, metrics::Registry};
 
 /// The legacy fulfillment endpoint's path.
@@ -139,8 +139,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-fn parse_tcin(raw: &str) -> Result<Tcin, ApiError> {
-    Tcin::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+fn parse_tcin(raw: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn parse_price(dollars: Option<f64>) -> Result<Option<Price>, ApiError> {
@@ -333,7 +333,7 @@ fn single_answer(
             "missing required query parameter: tcin".into(),
         );
     }
-    let tcin = match Tcin::parse(raw) {
+    let tcin = match ProductId::parse(raw) {
         Ok(t) => t,
         Err(e) => return retailer_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -364,9 +364,9 @@ fn summary_answer(sim: &Simulator, q: &RedskyQuery, ctx: &Context) -> Response {
         );
     }
     // `named` has each spelling once, and a tcin has one spelling.
-    let mut tcins: Vec<Tcin> = Vec::with_capacity(named.len());
+    let mut tcins: Vec<ProductId> = Vec::with_capacity(named.len());
     for raw in named {
-        match Tcin::parse(raw) {
+        match ProductId::parse(raw) {
             Ok(t) => tcins.push(t),
             Err(e) => return retailer_error(StatusCode::BAD_REQUEST, format!("tcins: {e}")),
         }

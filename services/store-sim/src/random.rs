@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use restock_domain::Tcin;
+use restock_domain::ProductId;
 
 /// What the random timeline says about one product at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct RandomRestocks {
     seed: u64,
     restock_every_ms: f64,
     in_stock_for_ms: f64,
-    timelines: HashMap<Tcin, Timeline>,
+    timelines: HashMap<ProductId, Timeline>,
 }
 
 impl RandomRestocks {
@@ -47,7 +47,7 @@ impl RandomRestocks {
         seed: u64,
         restock_every: Duration,
         in_stock_for: Duration,
-        products: impl IntoIterator<Item = &'a Tcin>,
+        products: impl IntoIterator<Item = &'a ProductId>,
     ) -> Self {
         let restock_every_ms = (restock_every.as_secs_f64() * 1000.0).max(1.0);
         let in_stock_for_ms = (in_stock_for.as_secs_f64() * 1000.0).max(1.0);
@@ -80,7 +80,7 @@ impl RandomRestocks {
     /// The product's state `elapsed_ms` after start. Time is expected to
     /// move forward; asking about an earlier moment returns the latest
     /// state computed. Unknown products are out of stock.
-    pub fn state_at(&mut self, tcin: &Tcin, elapsed_ms: u64) -> RandomState {
+    pub fn state_at(&mut self, tcin: &ProductId, elapsed_ms: u64) -> RandomState {
         let Some(tl) = self.timelines.get_mut(tcin) else {
             return RandomState {
                 in_stock: false,
@@ -123,11 +123,11 @@ fn fnv1a(s: &str) -> u64 {
 mod tests {
     use super::*;
 
-    fn ids(names: &[&str]) -> Vec<Tcin> {
-        names.iter().map(|n| Tcin::parse(n).unwrap()).collect()
+    fn ids(names: &[&str]) -> Vec<ProductId> {
+        names.iter().map(|n| ProductId::parse(n).unwrap()).collect()
     }
 
-    fn trace(r: &mut RandomRestocks, t: &Tcin, until_ms: u64) -> Vec<bool> {
+    fn trace(r: &mut RandomRestocks, t: &ProductId, until_ms: u64) -> Vec<bool> {
         (0..until_ms)
             .step_by(100)
             .map(|ms| r.state_at(t, ms).in_stock)

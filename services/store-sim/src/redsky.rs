@@ -21,7 +21,7 @@ use crate::{
     fulfillment::{Context, Flavor, fulfillment},
     sim::ProductNow,
 };
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 
 /// Target's delivery fees as the hierarchy answers carry them
 /// (`pay_per_order_charges`); the simulator charges nothing.
@@ -83,7 +83,7 @@ impl Endpoint {
 
 /// The product page URL Target gives in `item.enrichment.buy_url` (the
 /// short form, which target.com redirects to the one with the slug).
-pub fn buy_url(tcin: &Tcin) -> String {
+pub fn buy_url(tcin: &ProductId) -> String {
     format!("https://www.target.com/p/-/A-{tcin}")
 }
 
@@ -202,7 +202,7 @@ mod tests {
 
     fn product(tcin: &str, in_stock: bool, cents: u64) -> ProductNow {
         ProductNow {
-            tcin: Tcin::parse(tcin).unwrap(),
+            tcin: ProductId::parse(tcin).unwrap(),
             name: format!("Product {tcin}"),
             in_stock,
             price: Price::from_cents(cents),

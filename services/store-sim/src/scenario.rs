@@ -24,7 +24,7 @@ use std::{collections::HashMap, path::Path};
 
 use serde::Deserialize;
 
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 
 /// Why a scenario file could not be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub struct ScriptedState {
 pub struct Scenario {
     period_ms: Option<u64>,
     /// Windows per product, sorted by start, not overlapping.
-    windows: HashMap<Tcin, Vec<Window>>,
+    windows: HashMap<ProductId, Vec<Window>>,
 }
 
 impl Scenario {
@@ -119,7 +119,8 @@ impl Scenario {
         }
         let mut windows = HashMap::with_capacity(file.products.len());
         for (id, list) in file.products {
-            let tcin = Tcin::parse(&id).map_err(|e| invalid(format!("product {id:?}: {e}")))?;
+            let tcin =
+                ProductId::parse(&id).map_err(|e| invalid(format!("product {id:?}: {e}")))?;
             let mut parsed = Vec::with_capacity(list.len());
             for (i, w) in list.into_iter().enumerate() {
                 let at = format!("product {id}, window #{}", i + 1);
@@ -164,7 +165,7 @@ impl Scenario {
     }
 
     /// Builds a scenario directly (tests, embedding).
-    pub fn new(period_ms: Option<u64>, windows: HashMap<Tcin, Vec<Window>>) -> Self {
+    pub fn new(period_ms: Option<u64>, windows: HashMap<ProductId, Vec<Window>>) -> Self {
         let windows = windows
             .into_iter()
             .map(|(t, mut w)| {
@@ -176,7 +177,7 @@ impl Scenario {
     }
 
     /// The products the scenario names.
-    pub fn products(&self) -> impl Iterator<Item = &Tcin> {
+    pub fn products(&self) -> impl Iterator<Item = &ProductId> {
         self.windows.keys()
     }
 
@@ -185,7 +186,7 @@ impl Scenario {
     }
 
     /// The product's scripted state `elapsed_ms` after start.
-    pub fn state_at(&self, tcin: &Tcin, elapsed_ms: u64) -> ScriptedState {
+    pub fn state_at(&self, tcin: &ProductId, elapsed_ms: u64) -> ScriptedState {
         let Some(windows) = self.windows.get(tcin).filter(|w| !w.is_empty()) else {
             return ScriptedState {
                 in_stock: false,
@@ -227,8 +228,8 @@ fn last_boundary(windows: &[Window], period_ms: Option<u64>, t: u64) -> Option<u
 mod tests {
     use super::*;
 
-    fn tcin(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn tcin(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::{
     scenario::{Scenario, ScenarioError},
     stock::{Driver, StockBook, StockError, StockSource, StockState},
 };
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 
 /// Why the simulator could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,7 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// One product as `GET /admin/stock` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StockEntry {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub name: String,
     pub in_stock: bool,
     /// Dollars.
@@ -185,7 +185,7 @@ pub enum Gate {
 /// One product as the RedSky endpoints show it now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductNow {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub name: String,
     pub in_stock: bool,
     pub price: Price,
@@ -245,7 +245,7 @@ impl Simulator {
             let mut unknown: Vec<&str> = scenario
                 .products()
                 .filter(|t| catalog.get(t).is_none())
-                .map(Tcin::as_str)
+                .map(ProductId::as_str)
                 .collect();
             if !unknown.is_empty() {
                 unknown.sort_unstable();
@@ -266,7 +266,7 @@ impl Simulator {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64)
             });
-            let ids: Vec<Tcin> = catalog.products().iter().map(|p| p.tcin.clone()).collect();
+            let ids: Vec<ProductId> = catalog.products().iter().map(|p| p.tcin.clone()).collect();
             Driver::Random(RandomRestocks::new(
                 seed,
                 config.restock_every,
@@ -325,7 +325,7 @@ impl Simulator {
 
     /// Each of `tcins` now, `None` for unknown ones; one lock, so a batch
     /// answer is one consistent moment.
-    pub fn products_now(&self, tcins: &[Tcin]) -> Vec<Option<ProductNow>> {
+    pub fn products_now(&self, tcins: &[ProductId]) -> Vec<Option<ProductNow>> {
         let now = self.inner.clock.elapsed_ms();
         let mut s = self.lock();
         tcins
@@ -342,7 +342,7 @@ impl Simulator {
     }
 
     /// One product now, `None` when unknown.
-    pub fn product_now(&self, tcin: &Tcin) -> Option<ProductNow> {
+    pub fn product_now(&self, tcin: &ProductId) -> Option<ProductNow> {
         self.products_now(std::slice::from_ref(tcin))
             .pop()
             .flatten()
@@ -387,7 +387,7 @@ impl Simulator {
     /// Sets a product's stock and/or price by hand.
     pub fn set_stock(
         &self,
-        tcin: &Tcin,
+        tcin: &ProductId,
         in_stock: Option<bool>,
         price: Option<Price>,
     ) -> Result<StockEntry, StockError> {
@@ -492,7 +492,7 @@ impl Simulator {
 
     /// Checks and records the start of a checkout; an accepted one comes
     /// with the settings it must run with.
-    pub fn begin_checkout(&self, attempt: Attempt, tcin: &Tcin) -> (Begin, CheckoutSettings) {
+    pub fn begin_checkout(&self, attempt: Attempt, tcin: &ProductId) -> (Begin, CheckoutSettings) {
         let clock = self.inner.clock;
         let mut s = self.lock();
         let stock = match s.stock.state(tcin, clock.elapsed_ms()) {
@@ -719,7 +719,10 @@ mod tests {
         // A duration too long for the clock means "no end", not a panic.
         sim.set_fault(500, Some(Duration::MAX), None);
         assert_eq!(sim.fault().and_then(|f| f.until_ms), None);
-        let known = sim.products_now(&[Tcin::parse("1").unwrap(), Tcin::parse("2").unwrap()]);
+        let known = sim.products_now(&[
+            ProductId::parse("1").unwrap(),
+            ProductId::parse("2").unwrap(),
+        ]);
         assert!(known[0].as_ref().is_some_and(|p| !p.in_stock));
         assert!(known[1].is_none());
     }

@@ -23,7 +23,7 @@ use crate::{
     random::RandomRestocks,
     scenario::Scenario,
 };
-use restock_domain::{Price, Tcin};
+use restock_domain::{Price, ProductId};
 
 /// What moves stock without an operator.
 #[derive(Debug)]
@@ -96,7 +96,7 @@ pub struct StockBook {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StockError {
     #[error("no product with tcin {0}")]
-    UnknownProduct(Tcin),
+    UnknownProduct(ProductId),
 }
 
 impl StockBook {
@@ -125,7 +125,7 @@ impl StockBook {
     }
 
     /// A product's state `now_ms` after start; `None` for unknown products.
-    pub fn state(&mut self, tcin: &Tcin, now_ms: u64) -> Option<(&Product, StockState)> {
+    pub fn state(&mut self, tcin: &ProductId, now_ms: u64) -> Option<(&Product, StockState)> {
         let i = self.catalog.position(tcin)?;
         let state = self.state_of(i, now_ms);
         Some((&self.catalog.products()[i], state))
@@ -145,7 +145,7 @@ impl StockBook {
     /// documentation for how long that lasts) and returns its new state.
     pub fn set(
         &mut self,
-        tcin: &Tcin,
+        tcin: &ProductId,
         in_stock: Option<bool>,
         price: Option<Price>,
         now_ms: u64,
@@ -226,8 +226,8 @@ mod tests {
     use super::*;
     use crate::scenario::Window;
 
-    fn tcin(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn tcin(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     fn catalog() -> Catalog {
@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn a_manual_setting_wins_until_the_next_random_transition() {
         let cat = catalog();
-        let ids: Vec<Tcin> = cat.products().iter().map(|p| p.tcin.clone()).collect();
+        let ids: Vec<ProductId> = cat.products().iter().map(|p| p.tcin.clone()).collect();
         let random = RandomRestocks::new(9, Duration::from_secs(1), Duration::from_secs(1), &ids);
         let mut book = StockBook::new(cat, Driver::Random(random));
         let one = tcin("1");

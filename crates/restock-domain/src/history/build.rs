@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use crate::{
     event::{Event, EventKind},
-    ids::{FencingToken, LeaseId, Tcin, WatcherId},
+    ids::{FencingToken, LeaseId, WatcherId},
     lease::Lease,
     product::{Outcome, ProductState},
+    product_id::ProductId,
     status::{Counters, ProductStatus, Status},
 };
 
@@ -24,7 +25,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// `expires_at_unix_ms` and `remaining`.
 pub fn lease(
     lease_id: &LeaseId,
-    tcin: &Tcin,
+    tcin: &ProductId,
     watcher_id: &WatcherId,
     token: u64,
     granted_at_unix_ms: u64,
@@ -46,7 +47,7 @@ pub fn product_event(
     sequence: u64,
     at: u64,
     kind: EventKind,
-    tcin: &Tcin,
+    tcin: &ProductId,
     from: ProductState,
     to: ProductState,
 ) -> Event {
@@ -100,7 +101,11 @@ pub fn expired(sequence: u64, at: u64, l: &Lease) -> Event {
 /// A status at event `sequence`: `products` in priority order (1 = first),
 /// all configured, in the states given; `lease` holding the slot. TEST_MODE,
 /// next token 1, the rest empty.
-pub fn status(sequence: u64, products: &[(Tcin, ProductState)], lease: Option<Lease>) -> Status {
+pub fn status(
+    sequence: u64,
+    products: &[(ProductId, ProductState)],
+    lease: Option<Lease>,
+) -> Status {
     Status {
         lease,
         products: products

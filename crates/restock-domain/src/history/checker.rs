@@ -12,8 +12,9 @@ use super::records::{Cycle, CycleEnd, Notice, Problem, ProblemKind, Warning};
 use crate::{
     duration::{millis, short_ms},
     event::{Event, EventKind},
-    ids::{FencingToken, LeaseId, Tcin, WatcherId},
+    ids::{FencingToken, LeaseId, WatcherId},
     product::ProductState,
+    product_id::ProductId,
     status::Status,
     timestamp::rfc3339_ms,
 };
@@ -37,7 +38,7 @@ struct Tracked {
 #[derive(Debug, Clone, Copy)]
 struct Named<'a> {
     lease_id: &'a LeaseId,
-    tcin: &'a Tcin,
+    tcin: &'a ProductId,
     watcher_id: &'a WatcherId,
     token: FencingToken,
 }
@@ -57,7 +58,7 @@ impl<'a> Named<'a> {
 #[derive(Debug, Clone)]
 struct Held {
     lease_id: LeaseId,
-    tcin: Tcin,
+    tcin: ProductId,
     watcher_id: WatcherId,
     token: FencingToken,
     /// Index into `cycles`.
@@ -91,10 +92,10 @@ pub struct Checker {
     complete: bool,
     /// The newest event applied (or the point the first snapshot described).
     last_seq: u64,
-    products: BTreeMap<Tcin, Tracked>,
+    products: BTreeMap<ProductId, Tracked>,
     /// Priorities from the latest usable snapshot; `None` after a reload or
     /// a restart until a snapshot taken after it arrives.
-    ranks: Option<BTreeMap<Tcin, Rank>>,
+    ranks: Option<BTreeMap<ProductId, Rank>>,
     /// Sequence of the last reload/restart: snapshots at or after it carry
     /// the current priorities.
     ranks_valid_from: u64,
@@ -632,7 +633,7 @@ impl Checker {
 
     /// Checks that need nothing but the snapshot itself.
     fn check_snapshot(&mut self, s: &Status, at: u64) {
-        let attempting: Vec<&Tcin> = s
+        let attempting: Vec<&ProductId> = s
             .products
             .iter()
             .filter(|p| p.state == ProductState::Attempting)
@@ -887,7 +888,7 @@ impl Checker {
         key: String,
         sequence: Option<u64>,
         at: u64,
-        tcin: &Tcin,
+        tcin: &ProductId,
         detail: String,
     ) {
         if !self.reported.insert(key) {
@@ -927,7 +928,7 @@ fn upper(s: ProductState) -> String {
     s.as_str().to_ascii_uppercase()
 }
 
-fn ranks_of(s: &Status) -> BTreeMap<Tcin, Rank> {
+fn ranks_of(s: &Status) -> BTreeMap<ProductId, Rank> {
     s.products
         .iter()
         .map(|p| {
@@ -945,14 +946,14 @@ fn ranks_of(s: &Status) -> BTreeMap<Tcin, Rank> {
 /// The arbiter's ordering: configured products by their place in the list,
 /// then every other product by id. A product the snapshot did not list yet
 /// is a new, unconfigured one (every configured product is listed).
-fn rank_key<'a>(ranks: &BTreeMap<Tcin, Rank>, tcin: &'a Tcin) -> (u64, &'a str) {
+fn rank_key<'a>(ranks: &BTreeMap<ProductId, Rank>, tcin: &'a ProductId) -> (u64, &'a str) {
     match ranks.get(tcin) {
         Some(r) if r.configured => (u64::from(r.priority), ""),
         _ => (u64::MAX, tcin.as_str()),
     }
 }
 
-fn priority_text(ranks: &BTreeMap<Tcin, Rank>, tcin: &Tcin) -> String {
+fn priority_text(ranks: &BTreeMap<ProductId, Rank>, tcin: &ProductId) -> String {
     match ranks.get(tcin) {
         Some(r) if r.configured => format!("priority {}", r.priority),
         _ => "not in the product config".into(),

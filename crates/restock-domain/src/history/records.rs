@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::{
     event::{Event, EventKind},
-    ids::{FencingToken, LeaseId, Tcin, WatcherId},
+    ids::{FencingToken, LeaseId, WatcherId},
     product::Outcome,
+    product_id::ProductId,
 };
 
 /// The promises the checker holds a history to, one kind of problem each.
@@ -65,7 +66,7 @@ pub struct Problem {
     /// passing of time did.
     pub sequence: Option<u64>,
     /// The product it is about (the one granted, stuck, or switched to).
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub detail: String,
 }
 
@@ -104,7 +105,7 @@ pub struct Cycle {
     /// 1, 2, ... in order of grant.
     pub number: usize,
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     pub started_at_unix_ms: u64,

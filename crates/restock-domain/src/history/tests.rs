@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::{Checker, Cycle, CycleEnd, Notice, ProblemKind, build};
 use crate::{
     event::{Event, EventKind as Kind},
-    ids::{LeaseId, Tcin, WatcherId},
+    ids::{LeaseId, WatcherId},
     lease::Lease,
     product::{Outcome, ProductState as St},
+    product_id::ProductId,
     status::Status,
 };
 
@@ -20,8 +21,8 @@ fn checker() -> Checker {
     Checker::new(Duration::from_secs(120))
 }
 
-fn t(tcin: &str) -> Tcin {
-    Tcin::parse(tcin).unwrap()
+fn t(tcin: &str) -> ProductId {
+    ProductId::parse(tcin).unwrap()
 }
 
 /// A lease held by watcher `w1`.
@@ -37,7 +38,7 @@ fn lease(id: &str, tcin: &str, token: u64, granted_at: u64) -> Lease {
 
 /// Products in priority order (1 = first), all configured.
 fn snapshot(seq: u64, products: &[(&str, St)], lease: Option<Lease>) -> Status {
-    let products: Vec<(Tcin, St)> = products.iter().map(|(p, s)| (t(p), *s)).collect();
+    let products: Vec<(ProductId, St)> = products.iter().map(|(p, s)| (t(p), *s)).collect();
     build::status(seq, &products, lease)
 }
 

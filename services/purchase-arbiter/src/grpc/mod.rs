@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use restock_domain::{
-    BudgetLimits, FencingToken, LeaseId, Outcome, Price, PriorityList, ProductState, Tcin,
+    BudgetLimits, FencingToken, LeaseId, Outcome, Price, PriorityList, ProductId, ProductState,
     WatcherId,
 };
 use restock_proto::convert;
@@ -54,8 +54,8 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn tcin(value: &str) -> Result<Tcin, Status> {
-    Tcin::parse(value).map_err(invalid)
+fn tcin(value: &str) -> Result<ProductId, Status> {
+    ProductId::parse(value).map_err(invalid)
 }
 
 fn watcher_id(value: &str) -> Result<WatcherId, Status> {
@@ -430,7 +430,7 @@ mod tests {
         let (code, message) = code_and_message(SlotError::UnknownLease(lease).into());
         assert_eq!(code, Code::NotFound);
         assert!(message.contains("lease-9-x"), "{message}");
-        let tcin = Tcin::parse("123").unwrap();
+        let tcin = ProductId::parse("123").unwrap();
         let (code, message) = code_and_message(SlotError::UnknownProduct(tcin).into());
         assert_eq!(code, Code::NotFound);
         assert!(message.contains("product 123"), "{message}");

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use restock_domain::{Observation, SourceBlock, Tcin, WatcherId};
+use restock_domain::{Observation, ProductId, SourceBlock, WatcherId};
 
 use super::{
     ArbiterService, BoxStream, live_lease_to_pb,
@@ -219,7 +219,7 @@ fn watcher_message_to_pb(m: WatcherMessage) -> Result<pb::ArbiterMessage, Status
 /// A report as the task takes it: the polling list and the poll interval
 /// when the watcher sent them, the observations, and its source's block.
 type ParsedReport = (
-    Option<Vec<Tcin>>,
+    Option<Vec<ProductId>>,
     Option<Duration>,
     Vec<Observation>,
     Option<SourceBlock>,
@@ -261,7 +261,7 @@ fn parse_report(watcher: &WatcherId, r: pb::StockReport) -> Result<ParsedReport,
             .polling
             .iter()
             .map(|p| {
-                Tcin::parse(p).map_err(|e| {
+                ProductId::parse(p).map_err(|e| {
                     Status::invalid_argument(format!("polling list from {watcher}: {e}"))
                 })
             })

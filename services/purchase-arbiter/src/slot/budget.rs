@@ -9,7 +9,7 @@
 
 use std::{collections::VecDeque, time::Duration};
 
-use restock_domain::{BudgetLimits, BudgetSource, LeaseId, Price, Tcin};
+use restock_domain::{BudgetLimits, BudgetSource, LeaseId, Price, ProductId};
 
 use crate::limits::BUDGET_SPENDS;
 
@@ -30,7 +30,7 @@ pub struct Spend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub price: Option<Price>,
 }
 
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(b.why_not(&l, Some(Price::from_cents(3_000)), 0), None);
         b.reserve(Reservation {
             lease_id: LeaseId::parse("l1").unwrap(),
-            tcin: Tcin::parse("1").unwrap(),
+            tcin: ProductId::parse("1").unwrap(),
             price: Some(Price::from_cents(3_000)),
         });
         let why = b.why_not(&l, Some(Price::from_cents(2_500)), 0).unwrap();
@@ -400,7 +400,7 @@ mod tests {
         assert_eq!(b.why_not(&l, None, 1_000), None);
         b.reserve(Reservation {
             lease_id: LeaseId::parse("l1").unwrap(),
-            tcin: Tcin::parse("1").unwrap(),
+            tcin: ProductId::parse("1").unwrap(),
             price: None,
         });
         let why = b.why_not(&l, None, 1_000).unwrap();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use restock_domain::{
-    Event, EventKind, FencingToken, LeaseId, Outcome, Tcin, WatcherId, lease::Lease as LeaseView,
+    Event, EventKind, FencingToken, LeaseId, Outcome, ProductId, WatcherId,
+    lease::Lease as LeaseView,
 };
 
 use super::Now;
@@ -17,7 +18,7 @@ use super::Now;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveLease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     pub ttl: Duration,
@@ -57,7 +58,7 @@ impl ActiveLease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedLease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     pub outcome: Outcome,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use restock_domain::{
     BudgetLimits, Counters, Event, EventKind, FencingToken, LeaseId, Observation, Outcome, Price,
-    PriceCheck, PriorityList, ProductSpec, ProductState, SourceBlock, SourceBlockKind, Tcin,
+    PriceCheck, PriorityList, ProductId, ProductSpec, ProductState, SourceBlock, SourceBlockKind,
     WatcherId, duration::short,
 };
 
@@ -73,11 +73,11 @@ pub type AnswerKey = (WatcherId, String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     AnotherPurchaseActive {
-        holder_tcin: Tcin,
+        holder_tcin: ProductId,
         holder_watcher_id: WatcherId,
     },
     HigherPriorityPending {
-        pending_tcin: Tcin,
+        pending_tcin: ProductId,
     },
     AlreadyPurchased {
         purchases: u32,
@@ -150,7 +150,7 @@ pub enum SlotError {
     #[error("no lease {0:?} is known to this arbiter")]
     UnknownLease(LeaseId),
     #[error("product {0} is not known to this arbiter")]
-    UnknownProduct(Tcin),
+    UnknownProduct(ProductId),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -264,7 +264,7 @@ struct Watcher {
     last_report_unix_ms: u64,
     last_seen: Instant,
     reports: u64,
-    polling: Vec<Tcin>,
+    polling: Vec<ProductId>,
     /// Its `--poll-interval`, once it said (kept across reconnects).
     poll_interval: Option<Duration>,
     /// Its stock source refusing it, as its last report said; kept while
@@ -277,7 +277,7 @@ struct Watcher {
 pub struct Arbiter {
     timing: Timing,
     catalog: PriorityList,
-    products: HashMap<Tcin, Product>,
+    products: HashMap<ProductId, Product>,
     watchers: HashMap<WatcherId, Watcher>,
     lease: Option<ActiveLease>,
     next_token: u64,
@@ -296,9 +296,9 @@ pub struct Arbiter {
     /// The newest price a watcher reported for each tracked product (not
     /// saved: watchers report again): what a grant reserves. Kept apart
     /// from [`Product`] so the products scanned on every report stay small.
-    prices: HashMap<Tcin, Price>,
+    prices: HashMap<ProductId, Price>,
     /// Why the spending limit holds each OVER_BUDGET product back.
-    held_back: HashMap<Tcin, String>,
+    held_back: HashMap<ProductId, String>,
     /// The room the budget had at the last settle (not saved): room that
     /// grows ends a `BUDGET_EXHAUSTED` episode.
     budget_room: Option<(u64, u32)>,
@@ -418,7 +418,7 @@ impl Arbiter {
 
     // ----- products -----
 
-    fn product_mut(&mut self, tcin: &Tcin) -> Result<&mut Product, SlotError> {
+    fn product_mut(&mut self, tcin: &ProductId) -> Result<&mut Product, SlotError> {
         if !self.products.contains_key(tcin) {
             if self.products.len() >= MAX_PRODUCTS {
                 return Err(SlotError::Full(format!(
@@ -430,11 +430,11 @@ impl Arbiter {
         Ok(self.products.get_mut(tcin).expect("inserted above"))
     }
 
-    fn spec(&self, tcin: &Tcin) -> Option<&ProductSpec> {
+    fn spec(&self, tcin: &ProductId) -> Option<&ProductSpec> {
         self.catalog.get(tcin)
     }
 
-    fn enabled(&self, tcin: &Tcin) -> bool {
+    fn enabled(&self, tcin: &ProductId) -> bool {
         self.spec(tcin).is_none_or(|s| s.enabled)
     }
 
@@ -446,7 +446,7 @@ impl Arbiter {
     }
 
     /// Moves a READY/QUEUED product to the state its sightings say.
-    fn requeue(&mut self, now: Now, tcin: &Tcin, why: &str) {
+    fn requeue(&mut self, now: Now, tcin: &ProductId, why: &str) {
         let Some(p) = self.products.get(tcin) else {
             return;
         };
@@ -470,8 +470,8 @@ impl Arbiter {
     }
 
     /// Products in priority order.
-    fn ranked(&self) -> Vec<&Tcin> {
-        let mut ids: Vec<&Tcin> = self.products.keys().collect();
+    fn ranked(&self) -> Vec<&ProductId> {
+        let mut ids: Vec<&ProductId> = self.products.keys().collect();
         ids.sort_by_key(|t| self.catalog.rank_key(t));
         ids
     }
@@ -555,7 +555,7 @@ impl Arbiter {
 
     /// Why the budget would not let `tcin` be granted now; `None` when it
     /// fits (or no limit is in force).
-    fn over_budget(&self, now: Now, tcin: &Tcin) -> Option<String> {
+    fn over_budget(&self, now: Now, tcin: &ProductId) -> Option<String> {
         let (Some(limits), _) = self.budget_limits() else {
             return None;
         };
@@ -587,7 +587,7 @@ impl Arbiter {
             self.effects.must_persist = true;
         }
         let mut let_through = false;
-        let ids: Vec<Tcin> = self
+        let ids: Vec<ProductId> = self
             .products
             .iter()
             .filter(|(_, p)| matches!(p.state, ProductState::Queued | ProductState::OverBudget))
@@ -804,7 +804,13 @@ impl Arbiter {
         false
     }
 
-    fn grant(&mut self, now: Now, tcin: &Tcin, watcher_id: &WatcherId, how: &str) -> ActiveLease {
+    fn grant(
+        &mut self,
+        now: Now,
+        tcin: &ProductId,
+        watcher_id: &WatcherId,
+        how: &str,
+    ) -> ActiveLease {
         let token = FencingToken(self.next_token);
         self.next_token += 1;
         let ttl = self.timing.lease_ttl;
@@ -943,7 +949,7 @@ impl Arbiter {
     pub fn acquire(
         &mut self,
         now: Now,
-        tcin: &Tcin,
+        tcin: &ProductId,
         watcher_id: &WatcherId,
         request_id: &str,
     ) -> Result<AcquireAnswer, SlotError> {
@@ -1003,7 +1009,7 @@ impl Arbiter {
         }
     }
 
-    fn refusal(&self, now: Now, tcin: &Tcin) -> Option<Refusal> {
+    fn refusal(&self, now: Now, tcin: &ProductId) -> Option<Refusal> {
         if self.paused {
             return Some(Refusal::Paused);
         }
@@ -1305,7 +1311,7 @@ impl Arbiter {
 
     /// What poll planning needs: every connected watcher that said how
     /// often it polls, and the products in priority order.
-    pub fn poll_inputs(&self) -> (Vec<Tcin>, Vec<crate::plan::PollInput>) {
+    pub fn poll_inputs(&self) -> (Vec<ProductId>, Vec<crate::plan::PollInput>) {
         let ranked = self.ranked().into_iter().cloned().collect();
         let watchers = self
             .watchers
@@ -1368,7 +1374,7 @@ impl Arbiter {
         now: Now,
         watcher_id: &WatcherId,
         conn: u64,
-        polling: Option<Vec<Tcin>>,
+        polling: Option<Vec<ProductId>>,
         observations: &[Observation],
     ) -> Result<(), SlotError> {
         if !self.is_current_conn(watcher_id, conn) {
@@ -1432,7 +1438,7 @@ impl Arbiter {
 
     /// `ResetProduct`: back to ready (or queued when in stock), purchases and
     /// cool-down cleared. A product holding the lease cannot be reset.
-    pub fn reset(&mut self, now: Now, tcin: &Tcin) -> Result<ProductState, SlotError> {
+    pub fn reset(&mut self, now: Now, tcin: &ProductId) -> Result<ProductState, SlotError> {
         self.settle(now);
         let Some(p) = self.products.get_mut(tcin) else {
             return Err(SlotError::UnknownProduct(tcin.clone()));
@@ -1500,7 +1506,7 @@ impl Arbiter {
             }
         }
         self.add_configured_products();
-        let ids: Vec<Tcin> = self.products.keys().cloned().collect();
+        let ids: Vec<ProductId> = self.products.keys().cloned().collect();
         for tcin in &ids {
             self.requeue(now, tcin, "product config reloaded");
         }
@@ -1532,12 +1538,12 @@ impl Arbiter {
     }
 
     /// Every tracked product, in no particular order.
-    pub fn products(&self) -> impl Iterator<Item = (&Tcin, &Product)> {
+    pub fn products(&self) -> impl Iterator<Item = (&ProductId, &Product)> {
         self.products.iter()
     }
 
     /// One tracked product.
-    pub fn product(&self, tcin: &Tcin) -> Option<&Product> {
+    pub fn product(&self, tcin: &ProductId) -> Option<&Product> {
         self.products.get(tcin)
     }
 
@@ -1654,7 +1660,7 @@ pub struct Resume {
     pub paused: bool,
     pub sequence_reserved: u64,
     pub counters: Counters,
-    pub products: Vec<(Tcin, Product)>,
+    pub products: Vec<(ProductId, Product)>,
     pub lease: Option<ActiveLease>,
     /// Oldest first, as are the two below.
     pub ended: Vec<EndedLease>,

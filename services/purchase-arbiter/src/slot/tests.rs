@@ -49,8 +49,8 @@ fn fixture_with(products: &str, timing: Timing) -> (Arbiter, Clock) {
     (a, clock)
 }
 
-fn t(s: &str) -> Tcin {
-    Tcin::parse(s).unwrap()
+fn t(s: &str) -> ProductId {
+    ProductId::parse(s).unwrap()
 }
 
 fn w(s: &str) -> WatcherId {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use restock_domain::{
-    Counters, Event, FencingToken, LeaseId, Outcome, ProductState, Tcin, WatcherId,
+    Counters, Event, FencingToken, LeaseId, Outcome, ProductId, ProductState, WatcherId,
 };
 
 use crate::limits::{ENDED_LEASES, IDEMPOTENCY_ENTRIES, SAVED_EVENT_BYTES, SAVED_EVENTS};
@@ -29,7 +29,7 @@ pub struct Snapshot {
     pub next_fencing_token: u64,
     pub sequence_reserved: u64,
     pub paused: bool,
-    pub products: BTreeMap<Tcin, SavedProduct>,
+    pub products: BTreeMap<ProductId, SavedProduct>,
     pub lease: Option<SavedLease>,
     #[serde(default)]
     pub ended_leases: Vec<SavedEndedLease>,
@@ -119,9 +119,9 @@ pub struct Delta {
     pub lease: Option<SavedLease>,
     pub counters: Counters,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub products: BTreeMap<Tcin, SavedProduct>,
+    pub products: BTreeMap<ProductId, SavedProduct>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed_products: Vec<Tcin>,
+    pub removed_products: Vec<ProductId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ended_leases: Vec<SavedEndedLease>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -168,7 +168,7 @@ pub struct SavedSpend {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedReservation {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub price_cents: Option<u64>,
 }
 
@@ -205,7 +205,7 @@ pub struct SavedProduct {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedLease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub fencing_token: FencingToken,
     pub ttl_ms: u64,
@@ -229,7 +229,7 @@ pub struct SavedAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedEndedLease {
     pub lease_id: LeaseId,
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub watcher_id: WatcherId,
     pub token: FencingToken,
     pub outcome: Outcome,
@@ -242,11 +242,11 @@ pub struct SavedEndedLease {
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum SavedRefusal {
     AnotherPurchaseActive {
-        holder_tcin: Tcin,
+        holder_tcin: ProductId,
         holder_watcher_id: WatcherId,
     },
     HigherPriorityPending {
-        pending_tcin: Tcin,
+        pending_tcin: ProductId,
     },
     AlreadyPurchased {
         purchases: u32,

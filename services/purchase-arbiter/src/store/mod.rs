@@ -460,7 +460,7 @@ impl StateFile {
 mod tests {
     use super::*;
     use crate::slot::{Arbiter, Clock, Now, Timing};
-    use restock_domain::{PriorityList, Tcin, WatcherId};
+    use restock_domain::{PriorityList, ProductId, WatcherId};
     use saved::{SaveMarks, snapshot};
     use std::time::Duration;
 
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn the_journal_replays_to_exactly_the_full_snapshot() {
-        use restock_domain::{FencingToken, Observation, Outcome, Tcin, WatcherId};
+        use restock_domain::{FencingToken, Observation, Outcome, ProductId, WatcherId};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         // A small journal limit, so the run crosses several full writes.
@@ -545,9 +545,9 @@ mod tests {
         let mut a = Arbiter::new(catalog().with_budget(Some(budget)), timing(), clock.now());
         let mut marks = SaveMarks::default();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let tcins: Vec<Tcin> = ["1", "2", "3", "4", "5"]
+        let tcins: Vec<ProductId> = ["1", "2", "3", "4", "5"]
             .iter()
-            .map(|t| Tcin::parse(t).unwrap())
+            .map(|t| ProductId::parse(t).unwrap())
             .collect();
         let watchers: Vec<WatcherId> = ["a", "b", "c"]
             .iter()
@@ -654,7 +654,7 @@ mod tests {
         persist(&store, &a, &mut marks, clock.now());
         a.acquire(
             clock.now(),
-            &restock_domain::Tcin::parse("1").unwrap(),
+            &restock_domain::ProductId::parse("1").unwrap(),
             &restock_domain::WatcherId::parse("w").unwrap(),
             "r1",
         )
@@ -847,7 +847,7 @@ mod tests {
         let mut a = Arbiter::new(list.clone(), timing(), granted);
         let w = WatcherId::parse("w1").unwrap();
         let answer = a
-            .acquire(granted, &Tcin::parse("111").unwrap(), &w, "r1")
+            .acquire(granted, &ProductId::parse("111").unwrap(), &w, "r1")
             .unwrap();
         assert!(matches!(answer, crate::slot::AcquireAnswer::Granted(_)));
         let ttl_ms = timing().lease_ttl.as_millis() as u64;

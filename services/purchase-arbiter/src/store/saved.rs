@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use restock_domain::{BudgetLimits, Price, PriorityList, ProductState, Tcin};
+use restock_domain::{BudgetLimits, Price, PriorityList, ProductId, ProductState};
 
 use super::format::{
     Delta, SNAPSHOT_VERSION, SavedAnswer, SavedBudget, SavedEndedLease, SavedLease, SavedLimits,
@@ -129,7 +129,7 @@ pub struct SaveMarks {
     /// The same for the idempotency answers.
     answers_total: u64,
     /// Each product as the disk holds it.
-    products: HashMap<Tcin, SavedProduct>,
+    products: HashMap<ProductId, SavedProduct>,
     /// [`Budget::version`] of the spending limit's record on disk.
     budget_version: u64,
 }
@@ -149,11 +149,11 @@ pub struct PersistMark {
 #[derive(Debug)]
 enum ProductsMark {
     /// A full snapshot: the disk now holds exactly these products.
-    All(HashMap<Tcin, SavedProduct>),
+    All(HashMap<ProductId, SavedProduct>),
     /// A delta: these changed, these were removed.
     Changed {
-        upserted: Vec<(Tcin, SavedProduct)>,
-        removed: Vec<Tcin>,
+        upserted: Vec<(ProductId, SavedProduct)>,
+        removed: Vec<ProductId>,
     },
 }
 
@@ -188,7 +188,7 @@ impl SaveMarks {
                 upserted.push((tcin.clone(), saved_product(product)));
             }
         }
-        let removed: Vec<Tcin> = self
+        let removed: Vec<ProductId> = self
             .products
             .keys()
             .filter(|t| a.product(t).is_none())

@@ -75,7 +75,7 @@ use restock_runtime::error::Chain;
 
 use restock_domain::{
     BudgetLimits, BudgetStatus, Catalog, Event, EventKind, FencingToken, LeaseId, Observation,
-    Outcome, Price, PriorityList, ProductState, SourceBlock, Status, Tcin, WatcherId,
+    Outcome, Price, PriorityList, ProductId, ProductState, SourceBlock, Status, WatcherId,
     lease::holder_margin,
 };
 
@@ -164,7 +164,7 @@ type Reply<T> = oneshot::Sender<Result<T, ArbiterError>>;
 
 enum Command {
     Acquire {
-        tcin: Tcin,
+        tcin: ProductId,
         watcher_id: WatcherId,
         request_id: String,
         reply: Reply<AcquireAnswer>,
@@ -195,7 +195,7 @@ enum Command {
     Report {
         watcher_id: WatcherId,
         conn: u64,
-        polling: Option<Vec<Tcin>>,
+        polling: Option<Vec<ProductId>>,
         poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
         /// What the report says of the watcher's stock source.
@@ -209,7 +209,7 @@ enum Command {
         reply: Reply<(Vec<Event>, broadcast::Receiver<Event>, u64)>,
     },
     Reset {
-        tcin: Tcin,
+        tcin: ProductId,
         reply: Reply<ProductState>,
     },
     SetPaused {
@@ -255,7 +255,7 @@ impl ArbiterHandle {
 
     pub async fn acquire(
         &self,
-        tcin: Tcin,
+        tcin: ProductId,
         watcher_id: WatcherId,
         request_id: String,
     ) -> Result<AcquireAnswer, ArbiterError> {
@@ -345,7 +345,7 @@ impl ArbiterHandle {
         &self,
         watcher_id: WatcherId,
         conn: u64,
-        polling: Option<Vec<Tcin>>,
+        polling: Option<Vec<ProductId>>,
         poll_interval: Option<std::time::Duration>,
         observations: Vec<Observation>,
         source_block: Option<SourceBlock>,
@@ -388,7 +388,7 @@ impl ArbiterHandle {
         self.call(|reply| Command::Events { from, reply }).await
     }
 
-    pub async fn reset(&self, tcin: Tcin) -> Result<ProductState, ArbiterError> {
+    pub async fn reset(&self, tcin: ProductId) -> Result<ProductState, ArbiterError> {
         self.call(|reply| Command::Reset { tcin, reply }).await
     }
 
@@ -592,7 +592,7 @@ impl Published {
 }
 
 fn log_event(e: &Event) {
-    debug!(sequence = e.sequence, kind = ?e.kind, tcin = ?e.tcin.as_ref().map(Tcin::as_str), "event");
+    debug!(sequence = e.sequence, kind = ?e.kind, tcin = ?e.tcin.as_ref().map(ProductId::as_str), "event");
 }
 
 /// Runs a blocking state write on the blocking pool.

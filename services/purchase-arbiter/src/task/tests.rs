@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use restock_domain::{EventKind, Observation, PriorityList, Tcin, WatcherId};
+use restock_domain::{EventKind, Observation, PriorityList, ProductId, WatcherId};
 use tokio::{
     sync::{broadcast, mpsc},
     task::JoinHandle,
@@ -261,8 +261,8 @@ impl Drop for Running {
     }
 }
 
-fn t(s: &str) -> Tcin {
-    Tcin::parse(s).unwrap()
+fn t(s: &str) -> ProductId {
+    ProductId::parse(s).unwrap()
 }
 
 fn w(s: &str) -> WatcherId {

@@ -453,11 +453,11 @@ mod tests {
     #[test]
     fn the_report_shows_domain_values_with_the_proto_s_names() {
         use restock_domain::{
-            EventKind, LeaseId, Outcome, ProductState, Tcin, WatcherId, history::build,
+            EventKind, LeaseId, Outcome, ProductId, ProductState, WatcherId, history::build,
         };
         let lease = build::lease(
             &LeaseId::parse("lease-1").unwrap(),
-            &Tcin::parse("100").unwrap(),
+            &ProductId::parse("100").unwrap(),
             &WatcherId::parse("w1").unwrap(),
             3,
             1_000,

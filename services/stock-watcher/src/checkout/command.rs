@@ -187,11 +187,11 @@ async fn tail_text(tail: &Mutex<VecDeque<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
+    use restock_domain::{FencingToken, LeaseId, ProductId, WatcherId};
 
     fn job() -> CheckoutJob {
         CheckoutJob {
-            tcin: Tcin::parse("100").unwrap(),
+            tcin: ProductId::parse("100").unwrap(),
             lease_id: LeaseId::parse("lease-7-x").unwrap(),
             fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),

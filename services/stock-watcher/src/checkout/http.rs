@@ -135,7 +135,7 @@ mod tests {
     use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 
     use super::*;
-    use restock_domain::{FencingToken, LeaseId, Tcin, WatcherId};
+    use restock_domain::{FencingToken, LeaseId, ProductId, WatcherId};
 
     #[test]
     fn a_purchase_says_what_it_paid_when_the_answer_has_a_price() {
@@ -180,7 +180,7 @@ mod tests {
 
     fn job(test_mode: bool) -> CheckoutJob {
         CheckoutJob {
-            tcin: Tcin::parse("100").unwrap(),
+            tcin: ProductId::parse("100").unwrap(),
             lease_id: LeaseId::parse("lease-7-x").unwrap(),
             fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),

@@ -13,7 +13,7 @@ pub mod http;
 
 use tokio_util::sync::CancellationToken;
 
-use restock_domain::{FencingToken, LeaseId, Outcome, Price, Tcin, WatcherId};
+use restock_domain::{FencingToken, LeaseId, Outcome, Price, ProductId, WatcherId};
 
 pub use command::CommandCheckout;
 pub use http::HttpCheckout;
@@ -24,7 +24,7 @@ pub const MAX_DETAIL: usize = 1_000;
 /// What a checkout is asked to buy, and under which lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutJob {
-    pub tcin: Tcin,
+    pub tcin: ProductId,
     pub lease_id: LeaseId,
     pub fencing_token: FencingToken,
     pub watcher_id: WatcherId,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use restock_domain::Tcin;
+use restock_domain::ProductId;
 
 use super::{
     SourceError,
@@ -54,7 +54,7 @@ fn error_text(e: &SourceError) -> String {
 }
 
 /// What the watcher says of `body`, in the table's words.
-fn says(endpoint: &str, status: u16, body: &[u8], tcin: &Tcin) -> String {
+fn says(endpoint: &str, status: u16, body: &[u8], tcin: &ProductId) -> String {
     if let Some(r) = classify(status, body) {
         return format!("blocked: {}", r.kind);
     }
@@ -112,7 +112,7 @@ fn every_row_of_the_fixtures_table_in_docs_matches_the_parser() {
             panic!("a row of five cells: {row:?}");
         };
         let file = file.trim_matches('`');
-        let tcin = Tcin::parse(tcin).unwrap();
+        let tcin = ProductId::parse(tcin).unwrap();
         let status: u16 = status.parse().unwrap();
         let got = says(endpoint, status, &recording(file), &tcin);
         assert_eq!(got, want, "{file} ({endpoint}, tcin {tcin})");

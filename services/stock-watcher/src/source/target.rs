@@ -90,7 +90,7 @@ use crate::{
     config::UrlError,
     metrics::{SourceCode, WatcherMetrics},
 };
-use restock_domain::{Price, ProductSpec, Tcin};
+use restock_domain::{Price, ProductId, ProductSpec};
 
 /// The legacy endpoint's path under the base URL.
 pub const FULFILLMENT_PATH: &str = "redsky_aggregations/v1/web/product_fulfillment_v1";
@@ -236,7 +236,7 @@ pub struct TargetSource {
     client: reqwest::Client,
     /// Where answers are counted by HTTP status (`None` in unit tests).
     metrics: Option<WatcherMetrics>,
-    prices: Mutex<HashMap<Tcin, PriceEntry>>,
+    prices: Mutex<HashMap<ProductId, PriceEntry>>,
     /// `pdp_client_v1` answered 410: not asked again.
     price_gone: AtomicBool,
     /// Every request to the host takes its turn here.
@@ -285,16 +285,20 @@ impl TargetSource {
     }
 
     /// The stock request URL for one product.
-    pub fn url_for(&self, tcin: &Tcin) -> Url {
+    pub fn url_for(&self, tcin: &ProductId) -> Url {
         self.url_for_many(std::slice::from_ref(tcin))
     }
 
     /// The stock request URL for `tcins` (several only with `summary`:
     /// `tcins=a,b,…`; `page` names the first).
-    pub fn url_for_many(&self, tcins: &[Tcin]) -> Url {
+    pub fn url_for_many(&self, tcins: &[ProductId]) -> Url {
         let s = &self.settings;
         let mut q: Vec<(String, String)> = vec![("key".into(), s.api_key.clone())];
-        let joined = tcins.iter().map(Tcin::as_str).collect::<Vec<_>>().join(",");
+        let joined = tcins
+            .iter()
+            .map(ProductId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         match s.endpoint {
             Endpoint::Summary => q.push(("tcins".into(), joined)),
             _ => q.push(("tcin".into(), joined)),
@@ -315,7 +319,7 @@ impl TargetSource {
     }
 
     /// The `pdp_client_v1` URL for one product's price.
-    pub fn price_url_for(&self, tcin: &Tcin) -> Url {
+    pub fn price_url_for(&self, tcin: &ProductId) -> Url {
         let s = &self.settings;
         let mut q: Vec<(String, String)> = vec![
             ("key".into(), s.api_key.clone()),
@@ -333,7 +337,7 @@ impl TargetSource {
         with_query(&self.price_url, q)
     }
 
-    fn location_and_tail(&self, q: &mut Vec<(String, String)>, tcin: &Tcin) {
+    fn location_and_tail(&self, q: &mut Vec<(String, String)>, tcin: &ProductId) {
         let s = &self.settings;
         for (k, v) in [
             ("zip", &s.zip),
@@ -440,7 +444,11 @@ impl TargetSource {
     /// no price younger than `--price-max-age` is known. Blocks and
     /// throttles of the price request are the source's errors (they pause
     /// polling); other failures leave the price unknown.
-    async fn price_of(&self, tcin: &Tcin, in_stock: bool) -> Result<Option<Price>, SourceError> {
+    async fn price_of(
+        &self,
+        tcin: &ProductId,
+        in_stock: bool,
+    ) -> Result<Option<Price>, SourceError> {
         let max_age = self.settings.price_max_age;
         let refresh = max_age / 2;
         let now = Instant::now();
@@ -522,7 +530,7 @@ impl TargetSource {
         }
     }
 
-    fn note_stock(&self, tcin: &Tcin, in_stock: bool) {
+    fn note_stock(&self, tcin: &ProductId, in_stock: bool) {
         if let Some(e) = self
             .prices
             .lock()
@@ -533,7 +541,7 @@ impl TargetSource {
         }
     }
 
-    fn remember_price(&self, tcin: &Tcin, price: Price, in_stock: bool) {
+    fn remember_price(&self, tcin: &ProductId, price: Price, in_stock: bool) {
         let now = Instant::now();
         self.prices
             .lock()
@@ -620,7 +628,7 @@ impl TargetSource {
 
     /// Several products in one summary request (see `check_many`).
     async fn check_summaries(&self, products: &[ProductSpec]) -> Result<Vec<Answer>, SourceError> {
-        let tcins: Vec<Tcin> = products.iter().map(|p| p.tcin.clone()).collect();
+        let tcins: Vec<ProductId> = products.iter().map(|p| p.tcin.clone()).collect();
         let body = self.get(self.url_for_many(&tcins)).await?;
         let store = self.settings.store_id.as_deref();
         let parsed = parse_summaries(&body, &tcins, store)?;
@@ -770,7 +778,7 @@ fn unknown_product(message: String) -> SourceError {
 /// store is `store` (see the module documentation).
 pub fn parse_product(
     body: &[u8],
-    tcin: &Tcin,
+    tcin: &ProductId,
     store: Option<&str>,
 ) -> Result<Sighting, SourceError> {
     let doc = parse_json(body)?;
@@ -789,7 +797,7 @@ pub fn parse_product(
 /// reads its stock and price.
 fn read_product(
     product: &Value,
-    tcin: &Tcin,
+    tcin: &ProductId,
     store: Option<&str>,
 ) -> Result<Sighting, SourceError> {
     if let Some(got) = product.get("tcin").and_then(Value::as_str)
@@ -875,9 +883,9 @@ fn current_price(product: &Value) -> Option<Price> {
 #[allow(clippy::type_complexity)]
 pub fn parse_summaries(
     body: &[u8],
-    tcins: &[Tcin],
+    tcins: &[ProductId],
     store: Option<&str>,
-) -> Result<Vec<(Tcin, Result<Sighting, SourceError>)>, SourceError> {
+) -> Result<Vec<(ProductId, Result<Sighting, SourceError>)>, SourceError> {
     let doc = parse_json(body)?;
     let summaries = doc
         .pointer("/data/product_summaries")
@@ -922,7 +930,7 @@ pub fn parse_summaries(
 }
 
 /// Reads a `pdp_client_v1` answer's price (`None`: the answer has none).
-pub fn parse_price(body: &[u8], tcin: &Tcin) -> Result<Option<Price>, SourceError> {
+pub fn parse_price(body: &[u8], tcin: &ProductId) -> Result<Option<Price>, SourceError> {
     let doc = parse_json(body)?;
     let Some(product) = doc.pointer("/data/product").filter(|p| p.is_object()) else {
         return Err(match first_error_message(&doc) {
@@ -964,8 +972,8 @@ mod tests {
         include_str!("../../../../tests/data/target/summary_v1-threshr-29.json");
     const CAPTCHA: &str = include_str!("../../../../tests/data/target/block-captcha-403.json");
 
-    fn t(s: &str) -> Tcin {
-        Tcin::parse(s).unwrap()
+    fn t(s: &str) -> ProductId {
+        ProductId::parse(s).unwrap()
     }
 
     #[test]
@@ -1015,7 +1023,7 @@ mod tests {
     #[test]
     fn recorded_summaries_read_per_product_and_per_channel() {
         let doc: Value = serde_json::from_str(SUMMARY_29).unwrap();
-        let all: Vec<Tcin> = doc["data"]["product_summaries"]
+        let all: Vec<ProductId> = doc["data"]["product_summaries"]
             .as_array()
             .unwrap()
             .iter()

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use reqwest::StatusCode;
-use restock_domain::Tcin;
+use restock_domain::ProductId;
 use serde_json::{Value, json};
 use store_sim::{
     scenario::{Scenario, Window},
@@ -136,7 +136,7 @@ async fn prices_can_be_set_and_the_stock_list_shows_everything() {
 
 #[tokio::test]
 async fn a_scenario_moves_stock_on_its_own() {
-    let tcin = Tcin::parse("222").unwrap();
+    let tcin = ProductId::parse("222").unwrap();
     let scenario = Scenario::new(
         None,
         HashMap::from([(
