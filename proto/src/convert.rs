@@ -357,6 +357,7 @@ impl From<&SourceBlock> for pb::SourceBlock {
             since_unix_ms: b.since_unix_ms,
             tracking_url: b.tracking_url.as_deref().unwrap_or_default().to_owned(),
             paused_until_unix_ms: b.paused_until_unix_ms,
+            source: b.source.to_string(),
         }
     }
 }
@@ -373,19 +374,24 @@ impl TryFrom<pb::SourceBlock> for SourceBlock {
             let shown: String = b.kind.chars().take(40).collect();
             ConvertError::new("kind", format!("unknown source block kind {shown:?}"))
         })?;
-        let mut url = b.tracking_url;
-        if url.len() > MAX_TRACKING_URL {
-            let mut end = MAX_TRACKING_URL;
-            while !url.is_char_boundary(end) {
-                end -= 1;
+        let cut = |mut text: String, max: usize| {
+            if text.len() > max {
+                let mut end = max;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
             }
-            url.truncate(end);
-        }
+            text
+        };
+        let url = cut(b.tracking_url, MAX_TRACKING_URL);
         Ok(Self {
             kind,
             since_unix_ms: b.since_unix_ms,
             paused_until_unix_ms: b.paused_until_unix_ms,
             tracking_url: (!url.is_empty()).then(|| url.into_boxed_str()),
+            // "shopify:" and a host name fit; anything longer is not a name.
+            source: cut(b.source, restock_domain::product_id::MAX_PRODUCT_ID_LEN).into_boxed_str(),
         })
     }
 }
@@ -425,6 +431,7 @@ impl From<&Status> for pb::GetStatusResponse {
                 .iter()
                 .map(|p| pb::ProductStatus {
                     tcin: p.tcin.to_string(),
+                    retailer: p.tcin.retailer().as_str().to_owned(),
                     name: p.name.clone(),
                     priority: p.priority,
                     state: pb::ProductState::from(p.state) as i32,
@@ -776,6 +783,7 @@ mod tests {
                 since_unix_ms: 5,
                 paused_until_unix_ms: 9,
                 tracking_url: (kind == SourceBlockKind::Captcha).then(|| "/captcha?t=1".into()),
+                source: "shopify:cards.example".into(),
             };
             assert_eq!(SourceBlock::try_from(pb::SourceBlock::from(&b)), Ok(b));
         }

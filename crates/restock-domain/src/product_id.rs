@@ -275,6 +275,22 @@ impl ProductId {
         Some(ShopifyRef { shop, item })
     }
 
+    /// The id as people read it: `TCIN 94300069`, `Shopify cards.example
+    /// variant 4001`, `Shopify cards.example product etb`.
+    pub fn describe(&self) -> String {
+        match self.shopify() {
+            None => format!("TCIN {}", self.0),
+            Some(ShopifyRef {
+                shop,
+                item: ShopifyItem::Variant(v),
+            }) => format!("Shopify {shop} variant {v}"),
+            Some(ShopifyRef {
+                shop,
+                item: ShopifyItem::Handle(h),
+            }) => format!("Shopify {shop} product {h}"),
+        }
+    }
+
     /// The retailer's own id (the TCIN, or `<shop>/<variant>`): what a
     /// person reads beside the retailer's name.
     pub fn local(&self) -> &str {
@@ -358,6 +374,11 @@ mod tests {
         assert_eq!(v.retailer(), Retailer::Shopify);
         assert_eq!(v.tcin(), None);
         assert_eq!(v.local(), "kith.com/39493483");
+        assert_eq!(v.describe(), "Shopify kith.com variant 39493483");
+        assert_eq!(
+            ProductId::parse("94300069").unwrap().describe(),
+            "TCIN 94300069"
+        );
         assert_eq!(
             v.shopify(),
             Some(ShopifyRef {

@@ -85,10 +85,17 @@ pub enum SourceBlockKind {
     RateLimited,
     ServerError,
     NotJson,
+    /// A bot wall's challenge page (Cloudflare's "Just a moment...", or
+    /// `cf-mitigated: challenge`) in front of a shop.
+    BotWall,
+    /// A Shopify shop closed behind its password page.
+    PasswordPage,
+    /// Shopify's HTTP 430 ("security rejection").
+    SecurityRejection,
 }
 
 impl SourceBlockKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::Captcha,
         Self::PerimeterX,
         Self::Forbidden,
@@ -96,6 +103,9 @@ impl SourceBlockKind {
         Self::RateLimited,
         Self::ServerError,
         Self::NotJson,
+        Self::BotWall,
+        Self::PasswordPage,
+        Self::SecurityRejection,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +117,9 @@ impl SourceBlockKind {
             Self::RateLimited => "rate_limited",
             Self::ServerError => "server_error",
             Self::NotJson => "not_json",
+            Self::BotWall => "bot_wall",
+            Self::PasswordPage => "password_page",
+            Self::SecurityRejection => "security_rejection",
         }
     }
 
@@ -120,7 +133,13 @@ impl SourceBlockKind {
     pub fn is_block(self) -> bool {
         matches!(
             self,
-            Self::Captcha | Self::PerimeterX | Self::Forbidden | Self::EndpointGone
+            Self::Captcha
+                | Self::PerimeterX
+                | Self::Forbidden
+                | Self::EndpointGone
+                | Self::BotWall
+                | Self::PasswordPage
+                | Self::SecurityRejection
         )
     }
 }
@@ -143,9 +162,22 @@ pub struct SourceBlock {
     pub paused_until_unix_ms: u64,
     /// With a captcha: the retailer's tracking URL.
     pub tracking_url: Option<Box<str>>,
+    /// Which of the watcher's sources: `target` or `shopify:<shop>`; empty
+    /// from an older watcher (whose one source is Target).
+    pub source: Box<str>,
 }
 
 impl SourceBlock {
+    /// The source's name for people: `target` when an older watcher left
+    /// it out.
+    pub fn source_name(&self) -> &str {
+        if self.source.is_empty() {
+            "target"
+        } else {
+            &self.source
+        }
+    }
+
     pub fn is_block(&self) -> bool {
         self.kind.is_block()
     }

@@ -220,7 +220,8 @@ impl Rules {
                         AlertKind::CheckoutStarted,
                         format!("Checkout started: {name}"),
                         format!(
-                            "{who} is checking out {name} (TCIN {t}) with fencing token {}.",
+                            "{who} is checking out {name} ({}) with fencing token {}.",
+                            product_text(t),
                             token.unwrap_or(0)
                         ),
                     ));
@@ -318,9 +319,9 @@ impl Rules {
                     AlertKind::Stuck,
                     format!("Purchase stuck: {name}"),
                     format!(
-                        "{} has held the purchase slot for {name} (TCIN {}) for {held} (fencing token {}); the limit is {}.",
+                        "{} has held the purchase slot for {name} ({}) for {held} (fencing token {}); the limit is {}.",
                         l.watcher_id,
-                        l.tcin,
+                        product_text(&l.tcin),
                         l.token,
                         short(self.settings.stuck_after)
                     ),
@@ -575,7 +576,7 @@ impl Rules {
             e,
             AlertKind::InStock,
             format!("In stock: {name}"),
-            format!("{name} (TCIN {tcin}) is in stock."),
+            format!("{name} ({}) is in stock.", product_text(tcin)),
         );
         // The queueing is not a lease: no token, no single watcher.
         a.fencing_token = None;
@@ -605,7 +606,8 @@ impl Rules {
                     AlertKind::Purchased,
                     format!("Purchased: {name}"),
                     format!(
-                        "{who} bought {name} (TCIN {tcin}){price_text}, fencing token {token}.{detail}"
+                        "{who} bought {name} ({}){price_text}, fencing token {token}.{detail}",
+                        product_text(tcin)
                     ),
                 );
                 a.price_cents = price;
@@ -616,7 +618,8 @@ impl Rules {
                 AlertKind::CheckoutFailed,
                 format!("Lease expired: {name}"),
                 format!(
-                    "{who} stopped renewing its lease on {name} (TCIN {tcin}, fencing token {token}); the arbiter ended it.{detail}"
+                    "{who} stopped renewing its lease on {name} ({}, fencing token {token}); the arbiter ended it.{detail}",
+                    product_text(tcin)
                 ),
             ),
             (_, outcome) => {
@@ -626,7 +629,8 @@ impl Rules {
                     AlertKind::CheckoutFailed,
                     format!("Checkout failed: {name}"),
                     format!(
-                        "{who}'s checkout of {name} (TCIN {tcin}, fencing token {token}) ended {how}.{detail}"
+                        "{who}'s checkout of {name} ({}, fencing token {token}) ended {how}.{detail}",
+                        product_text(tcin)
                     ),
                 )
             }
@@ -678,6 +682,15 @@ pub fn price_from_detail(detail: &str) -> Option<u64> {
     restock_domain::Price::from_dollars(dollars)
         .ok()
         .map(|p| p.cents())
+}
+
+/// A product id as alerts write it: `TCIN 94300069` (Target), `Shopify
+/// cards.example variant 4001` or `Shopify cards.example product etb`.
+fn product_text(id: &str) -> String {
+    match restock_domain::ProductId::parse(id) {
+        Ok(p) => p.describe(),
+        Err(_) => format!("product {id}"),
+    }
 }
 
 #[cfg(test)]

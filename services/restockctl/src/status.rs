@@ -109,7 +109,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
     text.push_str("\nProducts\n");
     let mut products = table(&[
         "PRIORITY",
-        "TCIN",
+        "PRODUCT",
         "STATE",
         "PURCHASES",
         "IN STOCK AT",
@@ -221,8 +221,13 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
         for w in s.watchers.iter().filter(|w| w.source_blocked) {
             let Some(b) = &w.source_block else { continue };
             text.push_str(&format!(
-                "  {}: its stock source blocks it ({}) since {}",
+                "  {}: its stock source {} blocks it ({}) since {}",
                 w.watcher_id,
+                if b.source.is_empty() {
+                    "target"
+                } else {
+                    &b.source
+                },
                 b.kind,
                 ago(now_unix_ms, b.since_unix_ms)
             ));
@@ -331,6 +336,7 @@ mod tests {
                         since_unix_ms: 4_000,
                         tracking_url: "/captcha?trackingId=t1".into(),
                         paused_until_unix_ms: 70_000,
+                        source: "shopify:cards.example".into(),
                     }),
                     source_blocked: true,
                     ..Default::default()
@@ -351,7 +357,7 @@ mod tests {
         assert!(text.contains("BLOCKED: captcha"), "{text}");
         assert!(text.contains("backing off: rate_limited"), "{text}");
         assert!(
-            text.contains("w1: its stock source blocks it (captcha) since 6.0s ago; paused 1m00s more; tracking URL /captcha?trackingId=t1"),
+            text.contains("w1: its stock source shopify:cards.example blocks it (captcha) since 6.0s ago; paused 1m00s more; tracking URL /captcha?trackingId=t1"),
             "{text}"
         );
         assert!(!text.contains("w2: its stock source"), "{text}");

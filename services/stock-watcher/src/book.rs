@@ -28,6 +28,9 @@ struct Entry {
     product: ProductSpec,
     /// The source's last successful answer, stamped with when it was polled.
     seen: Option<Observation>,
+    /// The Shopify variant that answer saw (the one to buy, for a product
+    /// named by handle).
+    variant: Option<u64>,
     last_success: Option<Instant>,
     last_poll_unix_ms: u64,
     last_error: String,
@@ -46,6 +49,7 @@ impl Entry {
         Self {
             product,
             seen: None,
+            variant: None,
             last_success: None,
             last_poll_unix_ms: 0,
             last_error: String::new(),
@@ -171,6 +175,12 @@ impl StockBook {
         list
     }
 
+    /// The Shopify variant the last good answer about `id` saw (`None`
+    /// for Target, or when none was seen).
+    pub fn variant(&self, id: &ProductId) -> Option<u64> {
+        self.entries.get(id).and_then(|e| e.variant)
+    }
+
     /// Records one poll. See [`Recorded`].
     pub fn record(
         &mut self,
@@ -215,6 +225,7 @@ impl StockBook {
                     price: s.price,
                     observed_at_unix_ms: unix_ms,
                 });
+                e.variant = s.variant;
                 e.last_success = Some(now);
                 e.last_error.clear();
                 e.last_error_kind = "";
@@ -316,6 +327,7 @@ mod tests {
         Ok(Sighting {
             in_stock,
             price: None,
+            variant: None,
         })
     }
 
@@ -380,12 +392,14 @@ mod tests {
         let expensive = Ok(Sighting {
             in_stock: true,
             price: Some(Price::from_cents(1_500)),
+            variant: None,
         });
         assert!(!b.record(&t("100"), expensive, now, 1).report_due);
         assert!(b.take_report(now, true).is_empty());
         let cheap = Ok(Sighting {
             in_stock: true,
             price: Some(Price::from_cents(900)),
+            variant: None,
         });
         assert!(b.record(&t("100"), cheap, now, 2).report_due);
         let r = b.take_report(now, false);

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::source::{
     budget::{SAFE_TARGET_RPS, is_target_host},
     cookies::{self, CookieFileError},
+    shopify::{DEFAULT_SHOPIFY_RPS, ShopDirectory},
     target::{DEFAULT_USER_AGENT, Endpoint, TargetSettings},
 };
 use restock_domain::{IdError, ProductId, WatcherId, duration::parse_duration};
@@ -253,6 +254,36 @@ pub struct WatcherConfig {
     #[arg(long, env = "RESTOCK_LONGITUDE", allow_hyphen_values = true)]
     pub longitude: Option<String>,
 
+    /// Where a Shopify shop is asked, as `shop=URL` (repeat the flag, or
+    /// separate with commas): the shop's products are read from
+    /// `URL/products.json`. A shop not named here is asked at
+    /// `https://<shop>` (the host name its product ids carry). The store
+    /// simulator plays shops at `http://<sim>/shops/<shop>`.
+    #[arg(
+        long = "shopify-url",
+        env = "RESTOCK_SHOPIFY_URLS",
+        value_delimiter = ','
+    )]
+    pub shopify_urls: Vec<String>,
+
+    /// Watch a collection of a shop instead of its whole product list, as
+    /// `shop=collection-handle` (repeat, or separate with commas): one
+    /// request then reads `/collections/<handle>/products.json`, which
+    /// suits a shop of more than 250 products.
+    #[arg(
+        long = "shopify-collection",
+        env = "RESTOCK_SHOPIFY_COLLECTIONS",
+        value_delimiter = ','
+    )]
+    pub shopify_collections: Vec<String>,
+
+    /// The request budget of each Shopify shop (each shop has its own, and
+    /// its requests go one at a time): requests per second, `unlimited`, or
+    /// `auto` (the default): 1 per second, unlimited with
+    /// `--source-is-simulator`. Shops answer 429 to faster clients.
+    #[arg(long, env = "RESTOCK_SHOPIFY_MAX_RPS", default_value = "auto", value_parser = MaxRps::from_str)]
+    pub shopify_max_rps: MaxRps,
+
     /// The User-Agent of source requests. Default: a current desktop
     /// browser's.
     #[arg(long, env = "RESTOCK_USER_AGENT", default_value = DEFAULT_USER_AGENT)]
@@ -398,6 +429,10 @@ pub struct Settings {
     pub longitude: Option<String>,
     pub user_agent: String,
     pub source_is_simulator: bool,
+    /// `--shopify-url` and `--shopify-collection`.
+    pub shops: ShopDirectory,
+    /// `--shopify-max-rps`, resolved (`None`: unlimited).
+    pub shopify_max_rps: Option<f64>,
     pub checkout: CheckoutSettings,
     pub checkout_timeout: Duration,
     pub rpc_timeout: Duration,
@@ -461,6 +496,12 @@ pub enum ConfigError {
     VisitorId(String),
     #[error("--visitor-id-file {path}: {why}")]
     VisitorIdFile { path: String, why: String },
+    #[error("{flag} {value:?}: {why}")]
+    Shopify {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 impl WatcherConfig {
@@ -599,7 +640,16 @@ impl WatcherConfig {
         if user_agent.is_empty() || HeaderValue::from_str(&user_agent).is_err() {
             return Err(ConfigError::UserAgent);
         }
+        let shops = self.shop_directory()?;
+        let shopify_max_rps = match self.shopify_max_rps {
+            MaxRps::Auto if self.source_is_simulator => None,
+            MaxRps::Auto => Some(DEFAULT_SHOPIFY_RPS),
+            MaxRps::Unlimited => None,
+            MaxRps::PerSecond(r) => Some(r),
+        };
         Ok(Settings {
+            shops,
+            shopify_max_rps,
             target_endpoint: self.target_endpoint,
             price_max_age: self.price_max_age,
             block_cooldown: self.block_cooldown,
@@ -635,6 +685,65 @@ impl WatcherConfig {
 }
 
 impl WatcherConfig {
+    /// `--shopify-url` and `--shopify-collection`, checked: each names a
+    /// shop by its host name (as product ids write it).
+    fn shop_directory(&self) -> Result<ShopDirectory, ConfigError> {
+        let mut dir = ShopDirectory::default();
+        let split = |flag: &'static str, v: &str| -> Result<(String, String), ConfigError> {
+            let bad = |why: String| ConfigError::Shopify {
+                flag,
+                value: v.to_owned(),
+                why,
+            };
+            let (shop, rest) = v.split_once('=').ok_or_else(|| {
+                bad(
+                    "not shop=value (e.g. cards.example=http://127.0.0.1:8080/shops/cards.example)"
+                        .into(),
+                )
+            })?;
+            // The shop must be one a product id can name.
+            let id = ProductId::parse(&format!("shopify:{}/1", shop.trim()))
+                .map_err(|e| bad(format!("the shop: {e}")))?;
+            let shop = id.shopify().map(|s| s.shop.to_owned()).unwrap_or_default();
+            Ok((shop, rest.trim().to_owned()))
+        };
+        for v in self.shopify_urls.iter().filter(|v| !v.trim().is_empty()) {
+            let (shop, url) = split("--shopify-url", v)?;
+            let bad = |why: String| ConfigError::Shopify {
+                flag: "--shopify-url",
+                value: v.clone(),
+                why,
+            };
+            let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                return Err(bad(
+                    "the URL must be http:// or https:// with no query".into()
+                ));
+            }
+            dir.urls.insert(shop, parsed);
+        }
+        for v in self
+            .shopify_collections
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+        {
+            let (shop, handle) = split("--shopify-collection", v)?;
+            if handle.is_empty()
+                || !handle
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::Shopify {
+                    flag: "--shopify-collection",
+                    value: v.clone(),
+                    why: "a collection handle is lower-case letters, digits, '-' and '_'".into(),
+                });
+            }
+            dir.collections.insert(shop, handle);
+        }
+        Ok(dir)
+    }
+
     /// The Target source's settings: reads the cookie file and the visitor
     /// id (creating it on first start). Errors name the flag and the file.
     pub fn target_settings(&self, s: &Settings) -> Result<TargetSettings, ConfigError> {

@@ -64,6 +64,7 @@ mod status;
 
 use std::{future::Future, sync::Arc};
 
+use restock_domain::Retailer;
 use restock_proto::v1::stock_watcher_server::{self, StockWatcherServer};
 use restock_runtime::auth::{AuthError, AuthPolicy, SendToken, ServerTls};
 use restock_runtime::{
@@ -74,7 +75,7 @@ use restock_runtime::{
     metrics::Registry,
     rpc_metrics::{GrpcMetrics, RpcMetricsError},
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -83,10 +84,14 @@ use crate::{
     arbiter::{ArbiterCalls, ArbiterLink},
     checkout::{Checkout, CommandCheckout, HttpCheckout},
     config::{CheckoutSettings, SourceKind, WatcherConfig},
-    poller::PollSettings,
+    poller::{CatalogWatch, PlanWatch, PollSettings, Scope},
     runner::CheckoutRunner,
     session::Session,
-    source::{StockSource, target::TargetSource},
+    source::{
+        StockSource,
+        shopify::{ShopifySettings, ShopifySource},
+        target::TargetSource,
+    },
     state::SharedState,
     status::StatusService,
 };
@@ -103,6 +108,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("stock source: {0}")]
     Source(#[from] source::target::SetupError),
+    #[error("Shopify source: cannot build the HTTP client: {0}")]
+    ShopifyClient(#[source] reqwest::Error),
     #[error("checkout HTTP client: {0}")]
     CheckoutClient(#[from] reqwest::Error),
     /// An `--arbiter` URL's endpoint or TLS set-up (the error names the
@@ -195,6 +202,7 @@ pub async fn run(
         settings.watcher_id.clone(),
         settings.rpc_timeout,
         catalog_rx.clone(),
+        settings.shops.clone(),
     );
 
     let status = StatusService {
@@ -264,20 +272,34 @@ pub async fn run(
     });
 
     let poll_stop = CancellationToken::new();
+    let poll_settings = PollSettings {
+        interval: settings.poll_interval,
+        max_in_flight: settings.max_in_flight,
+        request_timeout: settings.request_timeout,
+        backoff_initial: settings.source_backoff_initial,
+        backoff_max: settings.source_backoff_max,
+        block_cooldown: settings.block_cooldown,
+        only: settings.products.clone(),
+        request_spacing: settings
+            .target_max_rps
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / r)),
+        scope: Scope::Retailer(Retailer::Target),
+    };
+    // Target's poller runs from the start; each Shopify shop gets a poller
+    // of its own when the catalog first lists one of its products.
     let poller = tokio::spawn(poller::run(
         source,
         state.clone(),
-        PollSettings {
-            interval: settings.poll_interval,
-            max_in_flight: settings.max_in_flight,
-            request_timeout: settings.request_timeout,
-            backoff_initial: settings.source_backoff_initial,
-            backoff_max: settings.source_backoff_max,
-            block_cooldown: settings.block_cooldown,
-            only: settings.products.clone(),
-            request_spacing: settings
-                .target_max_rps
-                .map(|r| std::time::Duration::from_secs_f64(1.0 / r)),
+        poll_settings.clone(),
+        catalog_rx.clone(),
+        plan_rx.clone(),
+        poll_stop.clone(),
+    ));
+    let shops = tokio::spawn(run_shops(
+        ShopPollers {
+            settings: settings.clone(),
+            poll: poll_settings,
+            state: state.clone(),
         },
         catalog_rx,
         plan_rx,
@@ -324,6 +346,7 @@ pub async fn run(
     runner.stream_closed();
     runner.wait_idle().await;
     let _ = poller.await;
+    let _ = shops.await;
     server_stop.cancel();
     if failed.is_none() {
         match server.await {
@@ -344,4 +367,85 @@ pub async fn run(
         None => Ok(()),
         Some(why) => Err(why),
     }
+}
+
+/// What a Shopify shop's poller needs.
+struct ShopPollers {
+    settings: config::Settings,
+    poll: PollSettings,
+    state: SharedState,
+}
+
+/// Starts one poller per Shopify shop the catalog lists (a shop dropped
+/// from the catalog keeps an idle poller: it has nothing to poll), and
+/// waits for them when `stop` is cancelled.
+async fn run_shops(
+    shops: ShopPollers,
+    mut catalogs: CatalogWatch,
+    plans: PlanWatch,
+    stop: CancellationToken,
+) {
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut started = std::collections::HashSet::new();
+    loop {
+        let listed: Vec<String> = catalogs
+            .borrow_and_update()
+            .as_ref()
+            .map(|c| {
+                c.products
+                    .products()
+                    .iter()
+                    .filter(|p| shops.poll.only.is_empty() || shops.poll.only.contains(&p.tcin))
+                    .filter_map(|p| p.tcin.shopify().map(|s| s.shop.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for shop in listed {
+            if !started.insert(shop.clone()) {
+                continue;
+            }
+            let s = &shops.settings;
+            let source = ShopifySource::new(ShopifySettings {
+                shop: shop.clone(),
+                directory: s.shops.clone(),
+                user_agent: s.user_agent.clone(),
+                request_timeout: s.request_timeout,
+                max_rps: s.shopify_max_rps,
+                simulator: s.source_is_simulator,
+                watcher_id: s.watcher_id.to_string(),
+            });
+            let source = match source {
+                Ok(src) => Arc::new(src.counting(shops.state.metrics().clone())),
+                Err(e) => {
+                    error!(shop = %shop, error = %Chain(&StartError::ShopifyClient(e)), "cannot poll this shop");
+                    continue;
+                }
+            };
+            info!(shop = %shop, source = %source.describe(), "polling a Shopify shop");
+            let mut poll = shops.poll.clone();
+            poll.scope = Scope::Shop(shop);
+            poll.request_spacing = s
+                .shopify_max_rps
+                .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+            // One request at a time per shop.
+            poll.max_in_flight = 1;
+            running.spawn(poller::run(
+                source,
+                shops.state.clone(),
+                poll,
+                catalogs.clone(),
+                plans.clone(),
+                stop.clone(),
+            ));
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = catalogs.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
 }

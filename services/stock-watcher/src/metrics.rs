@@ -5,14 +5,17 @@
 //!   HTTP status, so 403/429/435 blocks show; `transport` when no answer came
 //!   (refused, reset, DNS), `timeout` when none came in time.
 //! - `restock_source_request_seconds`: time of one source request.
-//! - `restock_source_backoff_active`: 1 from the source's refusal (403, 429,
-//!   435, 5xx) until its next good answer.
-//! - `restock_source_blocked{kind}`: 1 while the source is paused (or
+//! - `restock_source_backoff_active`: how many of the watcher's sources
+//!   (Target, each Shopify shop) are paused by a refusal (403, 429, 430, 435,
+//!   5xx, a bot wall) until their next good answer: 1 or 0 with one source.
+//! - `restock_source_blocked{kind}`: how many sources are paused (or
 //!   stopped) by an answer of that kind: `captcha`, `perimeterx`,
-//!   `forbidden`, `rate_limited`, `server_error`, `not_json`,
-//!   `endpoint_gone`; every kind shows, at 0 when not in force.
+//!   `forbidden`, `bot_wall`, `password_page`, `security_rejection`,
+//!   `rate_limited`, `server_error`, `not_json`, `endpoint_gone`; every kind
+//!   shows, at 0 when not in force.
 //! - `restock_source_refusals_total{kind}`: every answer that is not stock,
-//!   by kind (those above, and `bad_request`, `unknown_product`).
+//!   by kind (those above, and `bad_request`, `unknown_product`,
+//!   `not_listed`).
 //! - `restock_checkouts_total{outcome}`: finished checkouts by outcome.
 //! - `restock_checkout_seconds`: one checkout, from its start on a grant to
 //!   its end.
@@ -112,7 +115,7 @@ impl Default for WatcherMetrics {
         for k in RefusalKind::ALL {
             let label = KindLabel { kind: k.as_str() };
             let _created = refusals.get_or_create(&label);
-            if k.reaction() != Reaction::RareProduct {
+            if !matches!(k.reaction(), Reaction::RareProduct | Reaction::Keep) {
                 let _created = blocked.get_or_create(&label);
             }
         }
@@ -144,12 +147,12 @@ impl WatcherMetrics {
         );
         registry.register(
             "restock_source_backoff_active",
-            "1 while the source refuses us (from a 403, 429, 435 or 5xx until its next good answer)",
+            "Sources that refuse us now (from a 403, 429, 430, 435, 5xx or bot wall until their next good answer)",
             self.backoff_active.clone(),
         );
         registry.register(
             "restock_source_blocked",
-            "1 while the source is paused or stopped by an answer of this kind (captcha, perimeterx, rate_limited, ...)",
+            "Sources paused or stopped by an answer of this kind (captcha, perimeterx, bot_wall, rate_limited, ...)",
             self.blocked.clone(),
         );
         registry.register(
@@ -185,16 +188,27 @@ impl WatcherMetrics {
         self.source_seconds.observe(seconds);
     }
 
-    pub fn set_backoff_active(&self, active: bool) {
-        self.backoff_active.set(i64::from(active));
-    }
-
-    pub fn set_blocked(&self, kind: RefusalKind, on: bool) {
-        self.blocked
-            .get_or_create(&KindLabel {
-                kind: kind.as_str(),
-            })
-            .set(i64::from(on));
+    /// Sets the back-off and block gauges from every source's state.
+    pub fn set_source_gauges(&self, sources: &[crate::state::SourceHealth]) {
+        self.backoff_active.set(
+            sources
+                .iter()
+                .filter(|s| s.backoff_until.is_some() || s.stopped.is_some())
+                .count() as i64,
+        );
+        for kind in RefusalKind::ALL {
+            let n = sources
+                .iter()
+                .filter(|s| s.block.as_ref().is_some_and(|b| b.kind == kind))
+                .count();
+            if !matches!(kind.reaction(), Reaction::RareProduct | Reaction::Keep) {
+                self.blocked
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_str(),
+                    })
+                    .set(n as i64);
+            }
+        }
     }
 
     pub fn source_refused(&self, kind: RefusalKind) {

@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 
 use std::collections::HashMap;
 
-use restock_domain::{Catalog, ProductId, ProductSpec};
+use restock_domain::{Catalog, ProductId, ProductSpec, Retailer};
 use restock_runtime::{
     backoff::{Backoff, jitter_below},
     error::Chain,
@@ -71,10 +71,40 @@ pub struct PollSettings {
     pub block_cooldown: Duration,
     /// `--products`: empty means the whole catalog.
     pub only: Vec<ProductId>,
+    /// Which products of the watch list this poller's source answers for.
+    pub scope: Scope,
     /// The least time between two requests to the source's host
     /// (`--target-max-rps`; `None`: unlimited). Only to know how long a
     /// round may take: the source does the spacing.
     pub request_spacing: Option<Duration>,
+}
+
+/// The products one poller (one source) answers for: the watcher runs one
+/// poller per source, each with its own pause, so a block by one shop never
+/// stops Target or another shop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every product of the retailer (Target).
+    Retailer(Retailer),
+    /// The products of one Shopify shop (its host name).
+    Shop(String),
+}
+
+impl Scope {
+    pub fn covers(&self, id: &ProductId) -> bool {
+        match self {
+            Self::Retailer(r) => id.retailer() == *r,
+            Self::Shop(shop) => id.shopify().is_some_and(|s| s.shop == shop),
+        }
+    }
+
+    /// The source's name in status, logs and the arbiter's view.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Retailer(r) => r.as_str().to_owned(),
+            Self::Shop(shop) => format!("shopify:{shop}"),
+        }
+    }
 }
 
 /// The latest catalog from the arbiter (`None` until the first one).
@@ -116,7 +146,9 @@ pub async fn run<S: StockSource>(
     mut plans: PlanWatch,
     stop: CancellationToken,
 ) {
+    let slot = state.add_source(&settings.scope.name());
     let mut poller = Poller {
+        slot,
         describe: source.describe(),
         source,
         state,
@@ -151,13 +183,13 @@ pub async fn run<S: StockSource>(
             }
             continue;
         }
-        if poller.state.lock().stopped.is_some() {
+        if poller.state.lock().sources[slot].stopped.is_some() {
             // 410: only a change of flags helps. Status stays up.
             stop.cancelled().await;
             return;
         }
         let round_start = Instant::now();
-        let pause = poller.state.backoff_remaining(round_start);
+        let pause = poller.state.backoff_remaining(slot, round_start);
         if !pause.is_zero() {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -235,6 +267,8 @@ fn next_round(
 }
 
 struct Poller<S> {
+    /// This source's place in the shared state's `sources`.
+    slot: usize,
     source: Arc<S>,
     describe: String,
     state: SharedState,
@@ -265,16 +299,17 @@ impl<S: StockSource> Poller<S> {
             .map_or(Duration::ZERO, |d| d.saturating_mul(requests as u32));
         let round = self.settings.interval.max(budgeted);
         let min_freshness = round * 2 + self.settings.request_timeout;
-        let list = self
-            .state
-            .lock()
-            .book
-            .set_catalog(&catalog, &self.settings.only, min_freshness);
-        if list.is_empty() {
+        let mut list =
+            self.state
+                .lock()
+                .book
+                .set_catalog(&catalog, &self.settings.only, min_freshness);
+        if list.is_empty() && self.settings.scope == Scope::Retailer(Retailer::Target) {
             warn!(
                 "no product to poll: the catalog lists none that is enabled and allowed by --products"
             );
         }
+        list.retain(|p| self.settings.scope.covers(&p.tcin));
         self.list = list;
         // The polling list (and maybe a retraction) goes to the arbiter.
         self.state.report_due();
@@ -323,11 +358,12 @@ impl<S: StockSource> Poller<S> {
                 return;
             }
         }
+        let slot = self.slot;
         let checks = futures::stream::iter(units.into_iter().enumerate())
             .map(|(i, unit)| async move {
                 // A refusal earlier in this round pauses the rest of it.
-                if !state.backoff_remaining(Instant::now()).is_zero()
-                    || state.lock().stopped.is_some()
+                if !state.backoff_remaining(slot, Instant::now()).is_zero()
+                    || state.lock().sources[slot].stopped.is_some()
                 {
                     return (i, None);
                 }
@@ -412,17 +448,18 @@ impl<S: StockSource> Poller<S> {
             .collect::<Vec<_>>()
             .join(",");
         let metrics = self.state.metrics().clone();
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let refusal = match answer {
             Ok(_) => {
-                if let Some(b) = st.block.take() {
+                let source = st.source(self.slot);
+                if let Some(b) = source.block.take() {
                     info!(source = %self.describe, kind = b.kind.as_str(), "the source answers again: {} over", b.kind);
-                    metrics.set_blocked(b.kind, false);
                 }
                 self.backoff.reset();
                 self.blocks_in_a_row = 0;
-                st.backoff_until = None;
-                metrics.set_backoff_active(false);
+                source.backoff_until = None;
+                metrics.set_source_gauges(&st.sources);
                 return;
             }
             Err(SourceError::Refused(r)) => r,
@@ -430,10 +467,11 @@ impl<S: StockSource> Poller<S> {
         };
         metrics.source_refused(refusal.kind);
         match refusal.kind.reaction() {
+            Reaction::Keep => {}
             Reaction::Block | Reaction::Throttle => {
                 // Answers to requests sent before the pause began do not
                 // lengthen it again.
-                if st.backoff_until.is_some_and(|u| u > now) {
+                if st.source(self.slot).backoff_until.is_some_and(|u| u > now) {
                     return;
                 }
                 let block = refusal.kind.reaction() == Reaction::Block;
@@ -448,10 +486,11 @@ impl<S: StockSource> Poller<S> {
                     }
                     pause
                 };
-                st.backoff_until = Some(now + pause);
-                metrics.set_backoff_active(true);
-                set_block(&mut st.block, refusal, &metrics);
-                drop(st);
+                let source = st.source(self.slot);
+                source.backoff_until = Some(now + pause);
+                set_block(&mut source.block, refusal);
+                metrics.set_source_gauges(&st.sources);
+                drop(guard);
                 let kind = refusal.kind.as_str();
                 if block {
                     warn!(
@@ -478,7 +517,7 @@ impl<S: StockSource> Poller<S> {
             }
             Reaction::RareProduct => {
                 let cooldown = self.settings.block_cooldown;
-                drop(st);
+                drop(guard);
                 let mut new = false;
                 for t in tcins {
                     new |= self.rare.insert(t.clone(), now + cooldown).is_none();
@@ -498,9 +537,11 @@ impl<S: StockSource> Poller<S> {
                 let why = format!(
                     "{refusal}: the endpoint was retired; polling stopped. Choose another with --target-endpoint (RESTOCK_TARGET_ENDPOINT) and restart"
                 );
-                st.stopped = Some(why.clone());
-                set_block(&mut st.block, refusal, &metrics);
-                drop(st);
+                let source = st.source(self.slot);
+                source.stopped = Some(why.clone());
+                set_block(&mut source.block, refusal);
+                metrics.set_source_gauges(&st.sources);
+                drop(guard);
                 error!(source = %self.describe, kind = "endpoint_gone", "{why}");
             }
         }
@@ -517,7 +558,8 @@ impl<S: StockSource> Poller<S> {
         );
         match &answer {
             Ok(_) => {}
-            Err(SourceError::Refused(r)) if r.kind.reaction() != Reaction::RareProduct => {}
+            Err(SourceError::Refused(r))
+                if !matches!(r.kind.reaction(), Reaction::RareProduct | Reaction::Keep) => {}
             Err(e) if recorded.first_error => warn!(
                 source = %self.describe,
                 tcin = %tcin,
@@ -539,20 +581,13 @@ type UnitAnswer = (Vec<ProductSpec>, Result<Vec<Answer>, SourceError>);
 
 /// Records the source-wide block (or throttle) of `refusal`, keeping the
 /// start of an episode that goes on with the same kind.
-fn set_block(
-    slot: &mut Option<BlockRecord>,
-    refusal: &Refusal,
-    metrics: &crate::metrics::WatcherMetrics,
-) {
+fn set_block(slot: &mut Option<BlockRecord>, refusal: &Refusal) {
     match slot {
         Some(b) if b.kind == refusal.kind => {
             b.detail = refusal.to_string();
             b.tracking_url.clone_from(&refusal.tracking_url);
         }
         _ => {
-            if let Some(old) = slot.take() {
-                metrics.set_blocked(old.kind, false);
-            }
             *slot = Some(BlockRecord {
                 kind: refusal.kind,
                 detail: refusal.to_string(),
@@ -561,7 +596,6 @@ fn set_block(
             });
         }
     }
-    metrics.set_blocked(refusal.kind, true);
 }
 
 /// One request to the source about `unit`, within `limit` and timed (a
@@ -670,6 +704,7 @@ mod tests {
 
     fn settings() -> PollSettings {
         PollSettings {
+            scope: Scope::Retailer(Retailer::Target),
             interval: Duration::from_secs(1),
             max_in_flight: 2,
             request_timeout: Duration::from_millis(500),
@@ -817,6 +852,7 @@ mod tests {
     const IN: Result<Sighting, SourceError> = Ok(Sighting {
         in_stock: true,
         price: None,
+        variant: None,
     });
 
     fn throttled() -> Result<Sighting, SourceError> {
@@ -862,7 +898,7 @@ mod tests {
         // One request, refused; the second product was skipped.
         assert_eq!(src.calls().len(), 1);
         assert_eq!(backoff_active(), Some(1));
-        let left = state.backoff_remaining(Instant::now());
+        let left = state.backoff_remaining(0, Instant::now());
         assert!(
             left >= Duration::from_millis(1_800) && left <= Duration::from_secs(4),
             "{left:?}"
@@ -879,7 +915,7 @@ mod tests {
         // After it, polling resumes and the back-off clears.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(src.calls().len() >= 3);
-        assert_eq!(state.backoff_remaining(Instant::now()), Duration::ZERO);
+        assert_eq!(state.backoff_remaining(0, Instant::now()), Duration::ZERO);
         assert!(state.lock().book.poll_statuses().iter().all(|p| p.in_stock));
         assert_eq!(backoff_active(), Some(0));
         stop.cancel();
@@ -908,7 +944,7 @@ mod tests {
         let mut pauses = Vec::new();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let left = state.backoff_remaining(Instant::now());
+            let left = state.backoff_remaining(0, Instant::now());
             pauses.push(left);
             tokio::time::sleep(left + Duration::from_millis(5)).await;
         }
@@ -1017,7 +1053,7 @@ mod tests {
         assert_eq!(src.calls().len(), 1, "polling stops at the first block");
         {
             let st = state.lock();
-            let b = st.block.as_ref().expect("blocked");
+            let b = st.sources[0].block.as_ref().expect("blocked");
             assert_eq!(b.kind, RefusalKind::Captcha);
             assert!(b.detail.contains("trackingId=t1"), "{}", b.detail);
             assert_eq!(st.book.poll_statuses()[0].error_kind, "captcha");
@@ -1033,7 +1069,10 @@ mod tests {
         assert_eq!(src.calls().len(), 2);
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(src.calls().len() >= 3);
-        assert!(state.lock().block.is_none(), "over at the good answer");
+        assert!(
+            state.lock().sources[0].block.is_none(),
+            "over at the good answer"
+        );
         assert!(!gauge("captcha"));
         stop.cancel();
     }
@@ -1086,7 +1125,7 @@ mod tests {
             1,
             "a retired endpoint is not asked again"
         );
-        let why = state.lock().stopped.clone().expect("stopped");
+        let why = state.lock().sources[0].stopped.clone().expect("stopped");
         assert!(why.contains("--target-endpoint"), "{why}");
         stop.cancel();
     }
@@ -1172,7 +1211,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(requests(), [vec!["1", "2"]]);
         assert_eq!(
-            state.lock().block.as_ref().map(|b| b.kind),
+            state.lock().sources[0].block.as_ref().map(|b| b.kind),
             Some(RefusalKind::Captcha)
         );
         assert_eq!(polls("1").error_kind, "captcha");
@@ -1194,7 +1233,7 @@ mod tests {
             requests(),
             [vec!["1", "2"], vec!["1", "2"], vec!["404", "4"], vec!["5"]]
         );
-        assert!(state.lock().block.is_none());
+        assert!(state.lock().sources[0].block.is_none());
         // The product the source does not know is that product's error alone.
         assert_eq!(polls("404").error_kind, "unknown_product");
         for t in ["1", "2", "4", "5"] {

@@ -20,13 +20,14 @@ use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
-use restock_domain::{FencingToken, Lease, LeaseId, Outcome, WatcherId};
+use restock_domain::{FencingToken, Lease, LeaseId, Outcome, ShopifyItem, WatcherId};
 
 use crate::{
     arbiter::{ArbiterCalls, ReleaseAnswer},
-    checkout::{Checkout, CheckoutJob, CheckoutOutcome},
+    checkout::{Checkout, CheckoutJob, CheckoutOutcome, ShopCheckout},
     lease::{self, EndedBy, HeldLease},
     poller::CatalogWatch,
+    source::shopify::ShopDirectory,
     state::{CheckoutRecord, SharedState, unix_ms},
 };
 
@@ -57,6 +58,8 @@ struct Inner {
     watcher_id: WatcherId,
     rpc_timeout: Duration,
     catalogs: CatalogWatch,
+    /// Where each Shopify shop is (for the checkout's shop URL).
+    shops: ShopDirectory,
     /// The running checkout. A std mutex: held for a field swap only.
     active: Mutex<Option<Active>>,
     tasks: TaskTracker,
@@ -87,9 +90,11 @@ impl CheckoutRunner {
         watcher_id: WatcherId,
         rpc_timeout: Duration,
         catalogs: CatalogWatch,
+        shops: ShopDirectory,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                shops,
                 checkout,
                 calls,
                 state,
@@ -265,12 +270,21 @@ impl CheckoutRunner {
             .borrow()
             .as_ref()
             .is_some_and(|c| c.test_mode);
+        let shop = held.tcin.shopify().map(|s| ShopCheckout {
+            shop: s.shop.to_owned(),
+            shop_url: inner.shops.base_url(s.shop),
+            variant: match s.item {
+                ShopifyItem::Variant(v) => Some(v),
+                ShopifyItem::Handle(_) => inner.state.lock().book.variant(&held.tcin),
+            },
+        });
         let job = CheckoutJob {
             tcin: held.tcin.clone(),
             lease_id: held.lease_id.clone(),
             fencing_token: held.token,
             watcher_id: inner.watcher_id.clone(),
             test_mode,
+            shop,
         };
         info!(
             tcin = %held.tcin,

@@ -598,8 +598,12 @@ mod tests {
         let state = SharedState::new();
         let now = Instant::now();
         assert_eq!(state.lock().source_block(now), (None, None));
+        let shop = state.add_source("shopify:cards.example");
+        let target = state.add_source("target");
+        assert_eq!(state.add_source("target"), target);
         {
-            let mut st = state.lock();
+            let mut guard = state.lock();
+            let st = guard.source(target);
             st.block = Some(BlockRecord {
                 kind: RefusalKind::Captcha,
                 detail: String::new(),
@@ -614,13 +618,27 @@ mod tests {
         let r = stock_report(None, ReportContent::default(), Some(&block));
         let b = r.source_block.expect("sent");
         assert_eq!(b.kind, "captcha");
+        assert_eq!(b.source, "target");
         assert_eq!(b.since_unix_ms, 1_000);
         assert_eq!(b.tracking_url, "/captcha?trackingId=x");
         assert!(b.paused_until_unix_ms >= unix_ms() + 590_000);
         // The token is stable while nothing changes, so no report repeats it.
         assert_eq!(state.lock().source_block(now).1, token);
-        // A per-product refusal is not the source's.
-        state.lock().block.as_mut().unwrap().kind = RefusalKind::UnknownProduct;
+        // A block of Target outranks a back-off of the shop listed first.
+        state.lock().source(shop).block = Some(BlockRecord {
+            kind: RefusalKind::RateLimited,
+            detail: String::new(),
+            since_unix_ms: 2_000,
+            tracking_url: None,
+        });
+        let (worst, _) = state.lock().source_block(now);
+        assert_eq!(worst.unwrap().source.as_ref(), "target");
+        // A per-product refusal is not the source's: the shop's back-off
+        // is what is left to tell.
+        state.lock().source(target).block.as_mut().unwrap().kind = RefusalKind::UnknownProduct;
+        let (left, _) = state.lock().source_block(now);
+        assert_eq!(left.unwrap().source.as_ref(), "shopify:cards.example");
+        state.lock().source(shop).block = None;
         assert_eq!(state.lock().source_block(now), (None, None));
     }
 

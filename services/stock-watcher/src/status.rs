@@ -27,8 +27,25 @@ pub struct StatusService {
 impl StatusService {
     /// The status as the protocol shows it.
     pub fn snapshot(&self) -> pb::GetWatcherStatusResponse {
-        let backoff_remaining_ms = self.state.backoff_remaining(Instant::now()).as_millis() as u64;
+        let now = Instant::now();
         let st = self.state.lock();
+        // The source refused worst (see `Inner::worst_source`), named when
+        // the watcher has several.
+        let worst = st.worst_source().map(|i| &st.sources[i]);
+        let backoff_remaining_ms = st
+            .sources
+            .iter()
+            .map(|s| s.backoff_remaining(now))
+            .max()
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let named = |text: &str, name: &str| {
+            if st.sources.len() > 1 {
+                format!("{name}: {text}")
+            } else {
+                text.to_owned()
+            }
+        };
         pb::GetWatcherStatusResponse {
             watcher_id: self.watcher_id.to_string(),
             // The replica streamed with (the leader), else the URLs given.
@@ -51,18 +68,22 @@ impl StatusService {
             checkouts_purchased: st.checkouts_purchased,
             checkouts_failed: st.checkouts_failed,
             checkout_kind: self.checkout_kind.as_str().to_owned(),
-            source_blocked: st
-                .block
-                .as_ref()
+            source_blocked: worst
+                .and_then(|s| s.block.as_ref())
                 .map(|b| b.kind.as_str().to_owned())
                 .unwrap_or_default(),
-            source_blocked_detail: match (&st.stopped, &st.block) {
-                (Some(why), _) => why.clone(),
-                (None, Some(b)) => b.detail.clone(),
-                (None, None) => String::new(),
+            source_blocked_detail: match worst {
+                Some(s) => match (&s.stopped, &s.block) {
+                    (Some(why), _) => named(why, &s.name),
+                    (None, Some(b)) => named(&b.detail, &s.name),
+                    (None, None) => String::new(),
+                },
+                None => String::new(),
             },
-            source_blocked_since_unix_ms: st.block.as_ref().map_or(0, |b| b.since_unix_ms),
-            source_stopped: st.stopped.is_some(),
+            source_blocked_since_unix_ms: worst
+                .and_then(|s| s.block.as_ref())
+                .map_or(0, |b| b.since_unix_ms),
+            source_stopped: st.sources.iter().any(|s| s.stopped.is_some()),
         }
     }
 }

@@ -1672,7 +1672,11 @@ pub struct Resume {
 /// The detail of a `SOURCE_BLOCKED` event: the kind first (`captcha: ...`),
 /// then what the watcher does about it.
 fn block_detail(b: &SourceBlock) -> String {
-    let mut d = format!("{}: the stock source blocks this watcher", b.kind);
+    let mut d = format!(
+        "{}: the stock source {} blocks this watcher",
+        b.kind,
+        b.source_name()
+    );
     if b.kind == SourceBlockKind::EndpointGone {
         d.push_str("; the endpoint was retired and polling stopped (choose another with --target-endpoint)");
     } else if b.paused_until_unix_ms > b.since_unix_ms {

@@ -1539,6 +1539,7 @@ fn block(kind: SourceBlockKind, since: u64) -> Option<SourceBlock> {
         since_unix_ms: since,
         paused_until_unix_ms: since + 600_000,
         tracking_url: (kind == SourceBlockKind::Captcha).then(|| "/captcha?trackingId=t1".into()),
+        source: Box::default(),
     })
 }
 

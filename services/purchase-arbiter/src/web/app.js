@@ -226,12 +226,12 @@
       tr.dataset.tcin = p.tcin;
       tr.dataset.state = state;
       cell(tr, p.configured === false ? '-' : num(p.priority));
+      tr.dataset.retailer = p.retailer || 'target';
       const name = cell(tr, p.name || p.tcin);
-      if (p.name) {
-        const code = document.createElement('code');
-        code.textContent = ' ' + p.tcin;
-        name.appendChild(code);
-      }
+      // Who sells it: a TCIN is Target's; other retailers' ids name them.
+      const code = document.createElement('code');
+      code.textContent = ' ' + (p.tcin.includes(':') ? p.tcin : 'target:' + p.tcin);
+      if (p.name) name.appendChild(code);
       let stateText = state;
       if (state === 'failed' && num(p.cooldownRemainingMs) > 0) {
         stateText += ' (again in ' + shortDuration(num(p.cooldownRemainingMs)) + ')';
@@ -298,10 +298,11 @@
         tr.dataset.blocked = block.kind;
         tr.classList.add('blocked');
         const since = num(block.sinceUnixMs);
-        const src = cell(tr, 'BLOCKED: ' + block.kind + (since ? ' since ' + clockTime(since) : ''), 'bad source');
+        const src = cell(tr, 'BLOCKED: ' + block.kind + (block.source ? ' at ' + block.source : '') +
+          (since ? ' since ' + clockTime(since) : ''), 'bad source');
         src.title = block.trackingUrl ? 'tracking URL ' + block.trackingUrl : '';
       } else if (block) {
-        cell(tr, 'backing off: ' + block.kind, 'source');
+        cell(tr, 'backing off: ' + block.kind + (block.source ? ' at ' + block.source : ''), 'source');
       } else {
         cell(tr, 'ok', 'ok source');
       }
@@ -358,7 +359,8 @@
     const blocked = (status.watchers || []).filter((w) => w.sourceBlocked && w.sourceBlock);
     if (blocked.length) {
       out.push(['source-blocked', 'Stock source blocked: ' +
-        blocked.map((w) => w.watcherId + ' (' + w.sourceBlock.kind + ')').join(', ') +
+        blocked.map((w) => w.watcherId + ' (' + w.sourceBlock.kind +
+          (w.sourceBlock.source ? ' at ' + w.sourceBlock.source : '') + ')').join(', ') +
         '. A blocked watcher polls nothing until the block ends.']);
     }
     const budget = status.budget;

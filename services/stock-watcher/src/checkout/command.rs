@@ -1,7 +1,12 @@
 //! The command checkout: runs the user's program with `sh -c` in a process
-//! group of its own, with `RESTOCK_TCIN`, `RESTOCK_FENCING_TOKEN`,
-//! `RESTOCK_LEASE_ID`, `RESTOCK_WATCHER_ID` and `RESTOCK_TEST_MODE`
-//! (`true`/`false`) in its environment. Exit 0 means purchased, exit 3 means
+//! group of its own, with `RESTOCK_PRODUCT_ID` (the product id;
+//! `RESTOCK_TCIN` carries it too, as before retailers), `RESTOCK_RETAILER`
+//! (`target`, `shopify`), `RESTOCK_FENCING_TOKEN`, `RESTOCK_LEASE_ID`,
+//! `RESTOCK_WATCHER_ID` and `RESTOCK_TEST_MODE` (`true`/`false`) in its
+//! environment, and for a Shopify product `RESTOCK_SHOP` (host name),
+//! `RESTOCK_SHOP_URL`, `RESTOCK_VARIANT` and `RESTOCK_CART_URL` (the cart
+//! permalink `<shop URL>/cart/<variant>:1`; the last two only when a
+//! variant is known). Exit 0 means purchased, exit 3 means
 //! out of stock, anything else failed. Its output goes to the watcher's log.
 //!
 //! When the time limit passes or the lease is lost, the whole process group
@@ -33,6 +38,22 @@ pub struct CommandCheckout {
     timeout: Duration,
 }
 
+/// The Shopify variables of a job (none for Target).
+fn shop_env(job: &CheckoutJob) -> Vec<(&'static str, String)> {
+    let Some(s) = &job.shop else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        ("RESTOCK_SHOP", s.shop.clone()),
+        ("RESTOCK_SHOP_URL", s.shop_url.clone()),
+    ];
+    if let (Some(v), Some(cart)) = (s.variant, s.cart_url()) {
+        env.push(("RESTOCK_VARIANT", v.to_string()));
+        env.push(("RESTOCK_CART_URL", cart));
+    }
+    env
+}
+
 impl CommandCheckout {
     pub fn new(command: String, timeout: Duration) -> Self {
         Self { command, timeout }
@@ -43,6 +64,8 @@ impl CommandCheckout {
         cmd.arg("-c")
             .arg(&self.command)
             .env("RESTOCK_TCIN", job.tcin.as_str())
+            .env("RESTOCK_PRODUCT_ID", job.tcin.as_str())
+            .env("RESTOCK_RETAILER", job.tcin.retailer().as_str())
             .env("RESTOCK_FENCING_TOKEN", job.fencing_token.to_string())
             .env("RESTOCK_LEASE_ID", job.lease_id.as_str())
             .env("RESTOCK_WATCHER_ID", job.watcher_id.as_str())
@@ -50,6 +73,7 @@ impl CommandCheckout {
                 "RESTOCK_TEST_MODE",
                 if job.test_mode { "true" } else { "false" },
             )
+            .envs(shop_env(job))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -196,6 +220,7 @@ mod tests {
             fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),
             test_mode: true,
+            shop: None,
         }
     }
 
@@ -247,6 +272,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the script did not write its pid");
+    }
+
+    #[tokio::test]
+    async fn a_shopify_checkout_gets_the_shop_the_variant_and_the_cart_permalink() {
+        let mut j = job();
+        j.tcin = ProductId::parse("shopify:cards.example/4001").unwrap();
+        j.shop = Some(super::super::ShopCheckout {
+            shop: "cards.example".into(),
+            shop_url: "http://127.0.0.1:9/shops/cards.example".into(),
+            variant: Some(4001),
+        });
+        let script = r#"test "$RESTOCK_PRODUCT_ID|$RESTOCK_TCIN|$RESTOCK_RETAILER|$RESTOCK_SHOP|$RESTOCK_VARIANT|$RESTOCK_CART_URL" = "shopify:cards.example/4001|shopify:cards.example/4001|shopify|cards.example|4001|http://127.0.0.1:9/shops/cards.example/cart/4001:1""#;
+        let r = CommandCheckout::new(script.into(), Duration::from_secs(10))
+            .run(&j, &CancellationToken::new())
+            .await;
+        assert_eq!(r.outcome, CheckoutOutcome::Purchased, "{r:?}");
+        // Target's checkouts see no shop variables.
+        let r = run(
+            r#"test "$RESTOCK_RETAILER" = target && test -z "${RESTOCK_SHOP+x}${RESTOCK_CART_URL+x}""#,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(r.outcome, CheckoutOutcome::Purchased, "{r:?}");
     }
 
     #[tokio::test]

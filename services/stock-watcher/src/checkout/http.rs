@@ -1,5 +1,7 @@
 //! The HTTP checkout: `POST {url}` with
-//! `{"tcin", "fencing_token", "lease_id", "watcher_id", "test_mode"}`.
+//! `{"tcin", "fencing_token", "lease_id", "watcher_id", "test_mode",
+//! "retailer"}` (`tcin` carries the product id of any retailer), and for a
+//! Shopify product `"shop"`, `"shop_url"` and `"variant"` (when known).
 //! A 2xx answer with `"result": "purchased"` is a purchase; `"out_of_stock"`
 //! (with any status) is out of stock; everything else (a `stale_token`
 //! refusal, a 5xx, a transport error, the time limit) is a failure whose
@@ -25,6 +27,13 @@ struct CheckoutRequest<'a> {
     lease_id: &'a str,
     watcher_id: &'a str,
     test_mode: bool,
+    retailer: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shop: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shop_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<u64>,
 }
 
 /// See the module documentation.
@@ -55,6 +64,10 @@ impl HttpCheckout {
             lease_id: job.lease_id.as_str(),
             watcher_id: job.watcher_id.as_str(),
             test_mode: job.test_mode,
+            retailer: job.tcin.retailer().as_str(),
+            shop: job.shop.as_ref().map(|s| s.shop.as_str()),
+            shop_url: job.shop.as_ref().map(|s| s.shop_url.as_str()),
+            variant: job.shop.as_ref().and_then(|s| s.variant),
         };
         let call = async {
             let resp = self
@@ -185,6 +198,7 @@ mod tests {
             fencing_token: FencingToken(7),
             watcher_id: WatcherId::parse("w1").unwrap(),
             test_mode,
+            shop: None,
         }
     }
 
@@ -227,7 +241,7 @@ mod tests {
         let body = seen.lock().unwrap()[0].clone();
         assert_eq!(
             body,
-            serde_json::json!({"tcin": "100", "fencing_token": 7, "lease_id": "lease-7-x", "watcher_id": "w1", "test_mode": true})
+            serde_json::json!({"tcin": "100", "fencing_token": 7, "lease_id": "lease-7-x", "watcher_id": "w1", "test_mode": true, "retailer": "target"})
         );
     }
 

@@ -31,6 +31,28 @@ pub struct CheckoutJob {
     /// The simulator voids the order (the cart is emptied) so the cycle can
     /// repeat forever.
     pub test_mode: bool,
+    /// For a Shopify product: the shop and the variant to buy.
+    pub shop: Option<ShopCheckout>,
+}
+
+/// What a checkout needs to buy from a Shopify shop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShopCheckout {
+    /// The shop's host name.
+    pub shop: String,
+    /// Where the watcher asks it (`--shopify-url`, else `https://<shop>`).
+    pub shop_url: String,
+    /// The variant: the id's own, or for a product named by handle the one
+    /// last seen available (`None` when none was seen).
+    pub variant: Option<u64>,
+}
+
+impl ShopCheckout {
+    /// The shop's cart permalink for one unit of the variant.
+    pub fn cart_url(&self) -> Option<String> {
+        self.variant
+            .map(|v| format!("{}/cart/{v}:1", self.shop_url))
+    }
 }
 
 /// How a checkout ended: the holder's share of the domain's [`Outcome`]

@@ -3,6 +3,8 @@
 //! - [`target`]: Target's RedSky JSON API (three endpoint families, and
 //!   `pdp_client_v1` for the price); the store simulator serves the same
 //!   formats.
+//! - [`shopify`]: a Shopify storefront's public product list, one shop per
+//!   source; [`shopify_format`] reads its recorded answers.
 //! - [`cookies`]: the Netscape cookie file of `--target-cookie-file`.
 //! - [`budget`]: the request budget per retailer host (`--target-max-rps`).
 //!
@@ -17,6 +19,8 @@
 
 pub mod budget;
 pub mod cookies;
+pub mod shopify;
+pub mod shopify_format;
 pub mod target;
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
@@ -29,6 +33,9 @@ pub struct Sighting {
     pub in_stock: bool,
     /// The price, when the source gives one (or a cached one young enough).
     pub price: Option<Price>,
+    /// The Shopify variant seen (for a product named by handle: the one
+    /// available, which the checkout buys); `None` for Target.
+    pub variant: Option<u64>,
 }
 
 /// What kind of answer, that is not stock, the source gave. The names are
@@ -54,6 +61,18 @@ pub enum RefusalKind {
     EndpointGone,
     /// A success status whose body is not JSON (and not a known challenge).
     NotJson,
+    /// A bot wall's challenge page in front of a shop (Cloudflare's
+    /// `cf-mitigated: challenge` or its "Just a moment..." page), whatever
+    /// the status.
+    BotWall,
+    /// A Shopify shop closed behind its password page (a redirect to
+    /// `/password`, or the page itself where JSON was asked).
+    PasswordPage,
+    /// Shopify's HTTP 430, "security rejection".
+    SecurityRejection,
+    /// The answer lists the shop's products, but not this one (a variant or
+    /// handle not on sale, or not yet): not out of stock, and polled on.
+    NotListed,
 }
 
 /// What the poller does about a [`RefusalKind`].
@@ -68,10 +87,14 @@ pub enum Reaction {
     RareProduct,
     /// Stop polling that endpoint: only a change of flags helps.
     StopEndpoint,
+    /// Nothing: the product keeps its place in every round (it is shown as
+    /// refused, keeps its last known stock state, and is never reported in
+    /// stock on it).
+    Keep,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 9] = [
+    pub const ALL: [RefusalKind; 13] = [
         Self::Captcha,
         Self::PerimeterX,
         Self::Forbidden,
@@ -81,6 +104,10 @@ impl RefusalKind {
         Self::UnknownProduct,
         Self::EndpointGone,
         Self::NotJson,
+        Self::BotWall,
+        Self::PasswordPage,
+        Self::SecurityRejection,
+        Self::NotListed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,15 +121,25 @@ impl RefusalKind {
             Self::UnknownProduct => "unknown_product",
             Self::EndpointGone => "endpoint_gone",
             Self::NotJson => "not_json",
+            Self::BotWall => "bot_wall",
+            Self::PasswordPage => "password_page",
+            Self::SecurityRejection => "security_rejection",
+            Self::NotListed => "not_listed",
         }
     }
 
     pub fn reaction(self) -> Reaction {
         match self {
-            Self::Captcha | Self::PerimeterX | Self::Forbidden => Reaction::Block,
+            Self::Captcha
+            | Self::PerimeterX
+            | Self::Forbidden
+            | Self::BotWall
+            | Self::PasswordPage
+            | Self::SecurityRejection => Reaction::Block,
             Self::RateLimited | Self::ServerError | Self::NotJson => Reaction::Throttle,
             Self::BadRequest | Self::UnknownProduct => Reaction::RareProduct,
             Self::EndpointGone => Reaction::StopEndpoint,
+            Self::NotListed => Reaction::Keep,
         }
     }
 }

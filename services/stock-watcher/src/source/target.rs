@@ -813,6 +813,7 @@ fn read_product(
     Ok(Sighting {
         in_stock: Channels::read(fulfillment, store).any(),
         price: current_price(product),
+        variant: None,
     })
 }
 
@@ -983,7 +984,8 @@ mod tests {
             s,
             Sighting {
                 in_stock: true,
-                price: None
+                price: None,
+                variant: None,
             },
             "in stock, no price"
         );
@@ -992,7 +994,8 @@ mod tests {
             s,
             Sighting {
                 in_stock: false,
-                price: None
+                price: None,
+                variant: None,
             },
             "out of stock everywhere"
         );
@@ -1312,7 +1315,8 @@ mod tests {
             got,
             Sighting {
                 in_stock: true,
-                price: None
+                price: None,
+                variant: None,
             }
         );
         assert_eq!(c.count(PDP_CLIENT_PATH), 0);
@@ -1479,7 +1483,8 @@ mod tests {
             answers[0].as_ref().unwrap(),
             &Sighting {
                 in_stock: true,
-                price: Some(Price::from_cents(429))
+                price: Some(Price::from_cents(429)),
+                variant: None,
             },
             "matched by tcin, not by place"
         );
