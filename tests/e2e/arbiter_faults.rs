@@ -40,9 +40,11 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     let mut c = arbiter.client().await;
 
     let cases = [
-        ("", "w1", "product id (tcin) is empty"),
+        ("", "w1", "product id is empty"),
         ("12 34", "w1", "' '"),
         (&"9".repeat(65) as &str, "w1", "at most 64"),
+        ("bestbuy:6614313", "w1", "unknown retailer \"bestbuy\""),
+        ("shopify:cards.example", "w1", "shopify:<shop host>/"),
         ("100", "", "watcher id is empty"),
         ("100", "w 1", "watcher id"),
     ];

@@ -87,7 +87,7 @@ pub struct BlockSpec {
 const FIELDS: &str = "kind, for, status, retry_after";
 
 /// A duration field: `"30s"`-style text or a whole number of seconds.
-fn duration_field(name: &str, v: &Value) -> Result<Duration, String> {
+pub(crate) fn duration_field(name: &str, v: &Value) -> Result<Duration, String> {
     let d = match v {
         Value::String(s) => parse_duration(s).map_err(|e| format!("{name}: {e}"))?,
         Value::Number(n) => n.as_u64().map(Duration::from_secs).ok_or_else(|| {

@@ -1,8 +1,11 @@
 //! The products the simulator sells, read from the arbiter's product config
-//! (`{"products": [{"tcin", "name", "max_price", "quantity"}, ...]}`) with
-//! the arbiter's own parser, so one file drives both services and both
-//! accept and refuse the same files. `enabled` is the arbiter's business:
-//! the store sells disabled products too.
+//! (`{"products": [{"tcin", "name", "max_price", "quantity"}, ...]}`, and
+//! Shopify entries `{"retailer": "shopify", "shop", "variant" or "handle",
+//! ...}`) with the arbiter's own parser, so one file drives both services
+//! and both accept and refuse the same files. `enabled` is the arbiter's
+//! business: the store sells disabled products too. Which shops and
+//! storefront products the Shopify entries make is
+//! [`crate::shopify::store`]'s business.
 
 use std::{collections::HashMap, path::Path};
 

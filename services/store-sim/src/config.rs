@@ -40,7 +40,7 @@ pub fn parse_dollars(s: &str) -> Result<f64, String> {
 #[command(
     name = "store-sim",
     version,
-    about = "Plays the retailer: Target's RedSky answers as recorded, with scripted, random or manual stock, blocks and faults on demand, and a checkout that checks fencing tokens and records overlaps"
+    about = "Plays the retailers: Target's RedSky answers and Shopify storefronts as recorded, with scripted, random or manual stock, blocks and faults on demand, and a checkout that checks fencing tokens and records overlaps"
 )]
 pub struct SimConfig {
     /// Address to serve HTTP on.

@@ -8,13 +8,21 @@
 //! | `GET /redsky_aggregations/v1/web/product_fulfillment_and_variation_hierarchy_v1?key=&tcin=[&store_id=]` | the same, as product pages load it |
 //! | `GET /redsky_aggregations/v1/web/product_summary_with_fulfillment_v1?key=&tcins=a,b[&skip_price_promo=true]` | many products' fulfillment and prices |
 //! | `GET /redsky_aggregations/v1/web/pdp_client_v1?key=&tcin=[&pricing_store_id=]` | a product's details and price |
-//! | `POST /checkout` | a checkout, fenced and recorded |
-//! | `GET /admin/stock`, `PUT /admin/stock/{tcin}` | list / set stock and price |
-//! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the RedSky endpoints |
+//! | `GET /shops/{shop}/products.json?limit=&page=` | a Shopify shop's products, a page at a time (see [`crate::shopify`]) |
+//! | `GET /shops/{shop}/collections/{collection}/products.json?limit=&page=` | the same: every collection holds every product of the shop |
+//! | `GET /shops/{shop}/products/{handle}.json`, `….js` | one product: prices as strings (`.json`) or cents with availability (`.js`) |
+//! | `GET /shops/{shop}/password` | the shop's password page (where a `password` block redirects) |
+//! | `GET /products.json`, `/collections/{collection}/products.json`, `/products/{handle}.json`, `.js`, `/password` | the same, for the shop named by the `Host` header (`cards.example[:port]`) |
+//! | `POST /checkout` | a checkout, fenced and recorded (Target and Shopify products, one ledger) |
+//! | `GET /admin/stock[?id=]` | every product's stock and price, or one |
+//! | `GET`, `PUT /admin/stock/{id}`, `PUT /admin/stock?id={id}` | one product's stock and price; a Shopify id's `/` percent-encoded (`shopify:cards.example%2F40000000001`) or not |
+//! | `GET`, `PUT`, `DELETE /admin/faults` | inject a status on the retailers' endpoints (all, or `"retailer"`'s) |
 //! | `GET`, `PUT`, `DELETE /admin/block` | make the RedSky endpoints answer like Target's bot wall (see [`crate::block`]) |
+//! | `GET`, `PUT`, `DELETE[?shop=] /admin/shopify/block` | make one shop's storefront (or every shop's) answer 429, 430, a Cloudflare challenge or the password page (see [`crate::shopify::block`]) |
+//! | `GET /admin/shopify/shops` | the shops served, their products, handles and variant ids |
 //! | `GET`, `PUT /admin/checkout` | checkout delay and failure |
 //! | `GET`, `DELETE /admin/orders` | every attempt and the violations |
-//! | `GET /admin/polls[?tcin=&endpoint=&since_ms=]`, `DELETE /admin/polls` | every stock request: endpoint, product, watcher, time (see [`crate::polls`]) |
+//! | `GET /admin/polls[?tcin=&endpoint=&since_ms=]`, `DELETE /admin/polls` | every stock request: endpoint, product, watcher, time (see [`crate::polls`]; Shopify requests too) |
 //! | `GET /healthz` | 200 when serving |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 
@@ -41,10 +49,11 @@ use crate::{
     ledger::{Attempt, Begin, CheckoutResult, Order},
     polls::{PollFilter, WATCHER_HEADER},
     redsky::{self, Endpoint},
+    shopify,
     sim::{Gate, ProductNow, Simulator},
     stock::StockError,
 };
-use restock_domain::{Price, ProductId};
+use restock_domain::{Price, ProductId, Retailer};
 use restock_runtime::{auth::AuthPolicy, http::metrics_router, metrics::Registry};
 
 /// The legacy fulfillment endpoint's path.
@@ -69,8 +78,9 @@ pub fn router(sim: Simulator) -> Router {
         .route(SUMMARY_PATH, get(summary_handler))
         .route(PDP_CLIENT_PATH, get(pdp_client_handler))
         .route("/checkout", post(checkout))
-        .route("/admin/stock", get(list_stock))
-        .route("/admin/stock/{tcin}", put(set_stock).get(get_stock))
+        .route("/admin/stock", get(list_stock).put(set_stock_by_query))
+        // A catch-all, so a Shopify id's `/` may be sent as is or as %2F.
+        .route("/admin/stock/{*id}", put(set_stock).get(get_stock))
         .route(
             "/admin/faults",
             get(get_fault).put(set_fault).delete(clear_fault),
@@ -83,6 +93,7 @@ pub fn router(sim: Simulator) -> Router {
         .route("/admin/orders", get(list_orders).delete(clear_orders))
         .route("/admin/polls", get(list_polls).delete(clear_polls))
         .route("/healthz", get(healthz))
+        .merge(shopify::routes::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(sim)
@@ -213,7 +224,7 @@ async fn pdp_client_handler(
 }
 
 /// The first `MAX_ID_LEN` characters of `s`.
-fn cut(s: &str) -> String {
+pub(crate) fn cut(s: &str) -> String {
     match s.char_indices().nth(MAX_ID_LEN) {
         Some((i, _)) => s[..i].to_owned(),
         None => s.to_owned(),
@@ -415,6 +426,9 @@ fn fault_response(status: u16, retry_after_s: Option<u64>) -> Response {
 
 // ---- checkout ----
 
+/// Other fields (the watcher sends `retailer`, and `shop`, `shop_url` and
+/// `variant` for Shopify products) are accepted and ignored: `tcin`, a product id of any
+/// retailer, says what is bought.
 #[derive(Debug, Deserialize)]
 struct CheckoutRequest {
     tcin: String,
@@ -557,15 +571,38 @@ struct SetStockRequest {
     price: Option<f64>,
 }
 
-async fn list_stock(State(sim): State<Simulator>) -> Response {
-    Json(json!({ "products": sim.stock() })).into_response()
+/// `?id=` of `/admin/stock` (`?tcin=` works too).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockQuery {
+    #[serde(alias = "tcin")]
+    id: Option<String>,
 }
 
-async fn get_stock(
+fn stock_query(
+    query: Result<Query<StockQuery>, QueryRejection>,
+) -> Result<Option<String>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "bad query string (id=<product id>): {}",
+            e.body_text()
+        ))
+    })?;
+    Ok(q.id.filter(|i| !i.trim().is_empty()))
+}
+
+async fn list_stock(
     State(sim): State<Simulator>,
-    Path(raw): Path<String>,
+    query: Result<Query<StockQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let tcin = parse_tcin(&raw)?;
+    match stock_query(query)? {
+        Some(id) => one_stock(&sim, &id),
+        None => Ok(Json(json!({ "products": sim.stock() })).into_response()),
+    }
+}
+
+fn one_stock(sim: &Simulator, raw: &str) -> Result<Response, ApiError> {
+    let tcin = parse_tcin(raw)?;
     sim.stock()
         .into_iter()
         .find(|e| e.tcin == tcin)
@@ -573,12 +610,36 @@ async fn get_stock(
         .ok_or_else(|| ApiError::NotFound(format!("no product with tcin {tcin}")))
 }
 
+async fn get_stock(
+    State(sim): State<Simulator>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    one_stock(&sim, &raw)
+}
+
+async fn set_stock_by_query(
+    State(sim): State<Simulator>,
+    query: Result<Query<StockQuery>, QueryRejection>,
+    JsonBody(req): JsonBody<SetStockRequest>,
+) -> Result<Response, ApiError> {
+    let Some(id) = stock_query(query)? else {
+        return Err(ApiError::BadRequest(
+            "name the product: PUT /admin/stock/{id} or PUT /admin/stock?id={id}".into(),
+        ));
+    };
+    change_stock(&sim, &id, req)
+}
+
 async fn set_stock(
     State(sim): State<Simulator>,
     Path(raw): Path<String>,
     JsonBody(req): JsonBody<SetStockRequest>,
 ) -> Result<Response, ApiError> {
-    let tcin = parse_tcin(&raw)?;
+    change_stock(&sim, &raw, req)
+}
+
+fn change_stock(sim: &Simulator, raw: &str, req: SetStockRequest) -> Result<Response, ApiError> {
+    let tcin = parse_tcin(raw)?;
     if req.in_stock.is_none() && req.price.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to change: send {\"in_stock\": true|false} and/or {\"price\": dollars}".into(),
@@ -607,6 +668,10 @@ struct SetFaultRequest {
     for_ms: Option<u64>,
     #[serde(default)]
     retry_after_s: Option<u64>,
+    /// `"target"` or `"shopify"`: only that retailer's endpoints; absent:
+    /// every retailer's.
+    #[serde(default)]
+    retailer: Option<String>,
 }
 
 async fn get_fault(State(sim): State<Simulator>) -> Response {
@@ -623,12 +688,24 @@ async fn set_fault(
             req.status
         )));
     }
-    let view = sim.set_fault(
+    let retailer = req
+        .retailer
+        .as_deref()
+        .map(Retailer::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("retailer: {e}")))?;
+    let view = sim.set_fault_for(
         req.status,
         req.for_ms.map(Duration::from_millis),
         req.retry_after_s,
+        retailer,
     );
-    info!(status = req.status, for_ms = req.for_ms, "fault injected");
+    info!(
+        status = req.status,
+        for_ms = req.for_ms,
+        retailer = view.retailer.unwrap_or("all"),
+        "fault injected"
+    );
     Ok(Json(json!({ "fault": view })).into_response())
 }
 

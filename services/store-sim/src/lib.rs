@@ -1,16 +1,21 @@
-//! The store simulator: an HTTP server that plays the retailer for demos,
+//! The store simulator: an HTTP server that plays the retailers for demos,
 //! tests and dry runs. It serves Target's RedSky answers (fulfillment,
-//! hierarchy, batch summary, product details with price) in the shapes of
+//! hierarchy, batch summary, product details with price) and, on the same
+//! port, the Shopify storefronts the product config names (`products.json`,
+//! collections, a product's `.json` and `.js`), each in the shapes of
 //! recorded real answers, with stock that is scripted, random or set by
 //! hand; it can be told to answer like Target's bot wall (captcha,
-//! PerimeterX, "Press & Hold", 429) or with any 4xx/5xx for a while; and it
-//! runs a checkout that refuses stale fencing tokens and records every
-//! attempt — including any two checkouts that were in progress at once, the
-//! violation the whole project exists to prevent.
+//! PerimeterX, "Press & Hold", 429), like a Shopify shop's throttles and
+//! walls (429, 430, Cloudflare's challenge, the password page) or with any
+//! 4xx/5xx for a while; and it runs one checkout for every retailer that
+//! refuses stale fencing tokens and records every attempt — including any
+//! two checkouts that were in progress at once, the violation the whole
+//! project exists to prevent.
 //!
 //! # Layout
 //!
-//! - [`catalog`]: the product list, read from the arbiter's config file.
+//! - [`catalog`]: the product list (Target and Shopify products), read from
+//!   the arbiter's config file.
 //! - [`scenario`]: scripted in-stock windows (pure functions of time).
 //! - [`random`]: seeded random restocks and sell-outs.
 //! - [`stock`]: each product's stock and price from those sources and from
@@ -23,6 +28,10 @@
 //! - [`fulfillment`]: Target's `fulfillment` object, as recorded.
 //! - [`redsky`]: the RedSky endpoints and their answers, as recorded.
 //! - [`block`]: the bot-wall answers of `PUT /admin/block`.
+//! - [`shopify`]: the Shopify storefronts: shops, products, handles and
+//!   variant ids derived from the catalog ([`shopify::store`]), their
+//!   answers ([`shopify::json`]), their blocks (`PUT /admin/shopify/block`,
+//!   [`shopify::block`]) and routes ([`shopify::routes`]).
 //! - [`http`]: the routes.
 //! - [`metrics`]: the Prometheus metrics behind `GET /metrics`.
 //! - [`config`]: flags and environment variables.
@@ -41,6 +50,7 @@ pub mod polls;
 pub mod random;
 pub mod redsky;
 pub mod scenario;
+pub mod shopify;
 pub mod sim;
 pub mod stock;
 

@@ -12,6 +12,12 @@
 //!   blocks and faults included.
 //! - `store_sim_blocked_answers_total{kind, endpoint}`: answers a block
 //!   (`PUT /admin/block`) gave instead of data, by block kind.
+//! - `store_sim_shopify_requests_total{endpoint, code}`: answers of the
+//!   Shopify storefront endpoints (`shopify_products`,
+//!   `shopify_collection_products`, `shopify_product_json`,
+//!   `shopify_product_js`) by status, blocks, faults and 404s included.
+//! - `store_sim_shopify_blocked_answers_total{kind, endpoint}`: answers a
+//!   storefront block (`PUT /admin/shopify/block`) gave instead of data.
 //! - `store_sim_checkouts_total{result}`: checkout attempts by result,
 //!   refused ones (stale token, out of stock) included.
 //! - `store_sim_violations_total`: checkouts found in progress at the same
@@ -27,7 +33,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{block::BlockKind, ledger::CheckoutResult, redsky::Endpoint};
+use crate::{
+    block::BlockKind,
+    ledger::CheckoutResult,
+    redsky::Endpoint,
+    shopify::{block::ShopifyBlockKind, routes::ShopifyEndpoint},
+};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
@@ -57,6 +68,8 @@ pub struct SimMetrics {
     fulfillment: Family<CodeLabel, Counter>,
     redsky: Family<EndpointCodeLabel, Counter>,
     blocked: Family<BlockedLabel, Counter>,
+    shopify: Family<EndpointCodeLabel, Counter>,
+    shopify_blocked: Family<BlockedLabel, Counter>,
     checkouts: Family<ResultLabel, Counter>,
     violations: Counter,
 }
@@ -78,6 +91,16 @@ impl SimMetrics {
             "store_sim_blocked_answers",
             "Answers a block gave instead of data, by block kind and endpoint",
             self.blocked.clone(),
+        );
+        registry.register(
+            "store_sim_shopify_requests",
+            "Answers of the Shopify storefront endpoints by endpoint and HTTP status, blocks and faults included",
+            self.shopify.clone(),
+        );
+        registry.register(
+            "store_sim_shopify_blocked_answers",
+            "Answers a storefront block gave instead of data, by block kind and endpoint",
+            self.shopify_blocked.clone(),
         );
         registry.register(
             "store_sim_checkouts",
@@ -109,6 +132,26 @@ impl SimMetrics {
     /// Counts an answer a block gave instead of data.
     pub fn blocked(&self, kind: BlockKind, endpoint: Endpoint) {
         self.blocked
+            .get_or_create(&BlockedLabel {
+                kind: kind.as_str(),
+                endpoint: endpoint.name(),
+            })
+            .inc();
+    }
+
+    /// Counts an answer of a storefront endpoint.
+    pub fn shopify_answered(&self, endpoint: ShopifyEndpoint, code: u16) {
+        self.shopify
+            .get_or_create(&EndpointCodeLabel {
+                endpoint: endpoint.name(),
+                code,
+            })
+            .inc();
+    }
+
+    /// Counts an answer a storefront block gave instead of data.
+    pub fn shopify_blocked(&self, kind: ShopifyBlockKind, endpoint: ShopifyEndpoint) {
+        self.shopify_blocked
             .get_or_create(&BlockedLabel {
                 kind: kind.as_str(),
                 endpoint: endpoint.name(),

@@ -8,6 +8,7 @@
 //! flight" a single atomic decision.
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -25,9 +26,13 @@ use crate::{
     polls::{Poll, PollFilter, PollLog, PollsView},
     random::RandomRestocks,
     scenario::{Scenario, ScenarioError},
+    shopify::{
+        block::{ShopifyBlockSpec, ShopifyBlockView},
+        store::{Placement, Storefronts},
+    },
     stock::{Driver, StockBook, StockError, StockSource, StockState},
 };
-use restock_domain::{Price, ProductId};
+use restock_domain::{Price, ProductId, Retailer};
 
 /// Why the simulator could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -119,14 +124,20 @@ pub struct StockEntry {
     /// From the product config (dollars), `null` if none.
     pub max_price: Option<Price>,
     pub quantity: u32,
+    /// Shopify products only: where the storefront serves it (its shop,
+    /// handle, product id and variant ids).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shopify: Option<Placement>,
 }
 
-/// An injected fault on the fulfillment endpoint.
+/// An injected fault on the retailers' endpoints.
 #[derive(Debug, Clone, Copy)]
 struct Fault {
     status: u16,
     until: Option<Instant>,
     retry_after_s: Option<u64>,
+    /// Only this retailer's endpoints; `None`: every retailer's.
+    retailer: Option<Retailer>,
 }
 
 /// The fault in force, as the admin API shows it.
@@ -138,6 +149,16 @@ pub struct FaultView {
     pub remaining_ms: Option<u64>,
     /// Sent as a `Retry-After` header (seconds) when set.
     pub retry_after_s: Option<u64>,
+    /// `"target"` or `"shopify"`: only that retailer's endpoints; `null`:
+    /// every retailer's.
+    pub retailer: Option<&'static str>,
+}
+
+impl FaultView {
+    /// Whether it stands in front of `retailer`'s endpoints.
+    pub fn applies_to(&self, retailer: Retailer) -> bool {
+        self.retailer.is_none_or(|r| r == retailer.as_str())
+    }
 }
 
 /// A block of the RedSky endpoints (`PUT /admin/block`).
@@ -182,6 +203,29 @@ pub enum Gate {
     Fault(FaultView),
 }
 
+/// What stands in front of a shop's storefront right now: its own block,
+/// else an all-shops block, else an injected fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShopifyGate {
+    Open,
+    Blocked(ShopifyBlockView),
+    Fault(FaultView),
+}
+
+/// A storefront block (`PUT /admin/shopify/block`).
+#[derive(Debug, Clone)]
+struct ShopifyBlock {
+    spec: ShopifyBlockSpec,
+    until: Option<Instant>,
+}
+
+/// The storefront blocks in force: for every shop, and per shop.
+#[derive(Debug, Default)]
+struct ShopifyBlocks {
+    all: Option<ShopifyBlock>,
+    shops: BTreeMap<String, ShopifyBlock>,
+}
+
 /// One product as the RedSky endpoints show it now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductNow {
@@ -196,6 +240,7 @@ struct State {
     stock: StockBook,
     fault: Option<Fault>,
     block: Option<Block>,
+    shopify_blocks: ShopifyBlocks,
     checkout: CheckoutSettings,
     ledger: Ledger,
 }
@@ -203,6 +248,8 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     clock: Clock,
+    /// The shops and their products (fixed at start).
+    storefronts: Storefronts,
     state: Mutex<State>,
     /// Its own lock: recording a poll never waits for the stock state's.
     polls: PollLog,
@@ -218,13 +265,16 @@ pub struct Simulator {
 impl Simulator {
     /// A simulator for these products, moved by `driver`.
     pub fn new(catalog: Catalog, driver: Driver, checkout: CheckoutSettings) -> Self {
+        let storefronts = Storefronts::from_catalog(&catalog);
         Self {
             inner: Arc::new(Inner {
                 clock: Clock::new(),
+                storefronts,
                 state: Mutex::new(State {
                     stock: StockBook::new(catalog, driver),
                     fault: None,
                     block: None,
+                    shopify_blocks: ShopifyBlocks::default(),
                     checkout,
                     ledger: Ledger::new(),
                 }),
@@ -299,11 +349,17 @@ impl Simulator {
         &self.inner.clock
     }
 
+    /// The shops served and their products.
+    pub fn storefronts(&self) -> &Storefronts {
+        &self.inner.storefronts
+    }
+
     /// The stock driver, for logs.
     pub fn describe(&self) -> String {
         let s = self.lock();
+        let shops = self.inner.storefronts.shops().count();
         format!(
-            "{} products, stock: {}",
+            "{} products ({shops} Shopify shops), stock: {}",
             s.stock.catalog().len(),
             s.stock.driver().describe()
         )
@@ -318,8 +374,95 @@ impl Simulator {
             return Gate::Blocked(b);
         }
         match active_fault(&mut s.fault, &clock) {
-            Some(f) => Gate::Fault(f),
-            None => Gate::Open,
+            Some(f) if f.applies_to(Retailer::Target) => Gate::Fault(f),
+            _ => Gate::Open,
+        }
+    }
+
+    /// What stands in front of `shop`'s storefront now (expired blocks and
+    /// faults are dropped).
+    pub fn shopify_gate(&self, shop: &str) -> ShopifyGate {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let blocks = &mut s.shopify_blocks;
+        let own = match blocks.shops.get_mut(shop) {
+            Some(b) => {
+                let v = shopify_view(b, &clock);
+                if v.is_none() {
+                    blocks.shops.remove(shop);
+                }
+                v
+            }
+            None => None,
+        };
+        if let Some(v) = own.or_else(|| active_shopify_all(&mut blocks.all, &clock)) {
+            return ShopifyGate::Blocked(v);
+        }
+        match active_fault(&mut s.fault, &clock) {
+            Some(f) if f.applies_to(Retailer::Shopify) => ShopifyGate::Fault(f),
+            _ => ShopifyGate::Open,
+        }
+    }
+
+    /// Blocks one shop's storefront (or every shop's) as `spec` says,
+    /// replacing the block in force for the same shop (or for all shops).
+    pub fn set_shopify_block(&self, spec: ShopifyBlockSpec) -> ShopifyBlockView {
+        let clock = self.inner.clock;
+        let until = spec.duration.and_then(|d| Instant::now().checked_add(d));
+        let block = ShopifyBlock { spec, until };
+        let view = shopify_view(&block, &clock).unwrap_or_else(|| ShopifyBlockView {
+            shop: block.spec.shop.clone(),
+            kind: block.spec.kind,
+            status: block.spec.status,
+            until_ms: Some(clock.unix_ms()),
+            remaining_ms: Some(0),
+            retry_after_s: block.spec.retry_after_s,
+        });
+        let mut s = self.lock();
+        match block.spec.shop.clone() {
+            Some(shop) => {
+                s.shopify_blocks.shops.insert(shop, block);
+            }
+            None => s.shopify_blocks.all = Some(block),
+        }
+        view
+    }
+
+    /// The storefront blocks in force: the all-shops one first, then by
+    /// shop.
+    pub fn shopify_blocks(&self) -> Vec<ShopifyBlockView> {
+        let clock = self.inner.clock;
+        let mut s = self.lock();
+        let blocks = &mut s.shopify_blocks;
+        let mut out: Vec<ShopifyBlockView> = active_shopify_all(&mut blocks.all, &clock)
+            .into_iter()
+            .collect();
+        blocks.shops.retain(|_, b| match shopify_view(b, &clock) {
+            Some(v) => {
+                out.push(v);
+                true
+            }
+            None => false,
+        });
+        out
+    }
+
+    /// Ends the storefront blocks of `shop` (`Some`), or every storefront
+    /// block (`None`); returns the ones that were in force.
+    pub fn clear_shopify_blocks(&self, shop: Option<&str>) -> Vec<ShopifyBlockView> {
+        let was = self.shopify_blocks();
+        let mut s = self.lock();
+        match shop {
+            Some(shop) => {
+                s.shopify_blocks.shops.remove(shop);
+                was.into_iter()
+                    .filter(|b| b.shop.as_deref() == Some(shop))
+                    .collect()
+            }
+            None => {
+                s.shopify_blocks = ShopifyBlocks::default();
+                was
+            }
         }
     }
 
@@ -376,11 +519,28 @@ impl Simulator {
     pub fn stock(&self) -> Vec<StockEntry> {
         let clock = self.inner.clock;
         let now = clock.elapsed_ms();
+        let fronts = &self.inner.storefronts;
         let mut s = self.lock();
         s.stock
             .states(now)
             .iter()
-            .map(|(p, st)| entry(&clock, p, st))
+            .map(|(p, st)| entry(&clock, fronts, p, st))
+            .collect()
+    }
+
+    /// Each of `ids` now as `GET /admin/stock` shows it, `None` for
+    /// unknown ones; one lock, so an answer about many is one moment.
+    pub fn stock_of(&self, ids: &[&ProductId]) -> Vec<Option<StockEntry>> {
+        let clock = self.inner.clock;
+        let now = clock.elapsed_ms();
+        let fronts = &self.inner.storefronts;
+        let mut s = self.lock();
+        ids.iter()
+            .map(|id| {
+                s.stock
+                    .state(id, now)
+                    .map(|(p, st)| entry(&clock, fronts, p, &st))
+            })
             .collect()
     }
 
@@ -395,16 +555,28 @@ impl Simulator {
         let now = clock.elapsed_ms();
         let mut s = self.lock();
         let (p, st) = s.stock.set(tcin, in_stock, price, now)?;
-        Ok(entry(&clock, p, &st))
+        Ok(entry(&clock, &self.inner.storefronts, p, &st))
     }
 
-    /// Makes the fulfillment endpoint answer `status` for `duration` (until
-    /// cleared when `None`).
+    /// Makes every retailer's endpoints answer `status` for `duration`
+    /// (until cleared when `None`).
     pub fn set_fault(
         &self,
         status: u16,
         duration: Option<Duration>,
         retry_after_s: Option<u64>,
+    ) -> FaultView {
+        self.set_fault_for(status, duration, retry_after_s, None)
+    }
+
+    /// Makes `retailer`'s endpoints (every retailer's when `None`) answer
+    /// `status` for `duration` (until cleared when `None`).
+    pub fn set_fault_for(
+        &self,
+        status: u16,
+        duration: Option<Duration>,
+        retry_after_s: Option<u64>,
+        retailer: Option<Retailer>,
     ) -> FaultView {
         let clock = self.inner.clock;
         // A duration too long to add to now is as good as none.
@@ -414,12 +586,14 @@ impl Simulator {
             status,
             until,
             retry_after_s,
+            retailer,
         });
         active_fault(&mut s.fault, &clock).unwrap_or(FaultView {
             status,
             until_ms: Some(clock.unix_ms()),
             remaining_ms: Some(0),
             retry_after_s,
+            retailer: retailer.map(Retailer::as_str),
         })
     }
 
@@ -554,7 +728,12 @@ impl Simulator {
     }
 }
 
-fn entry(clock: &Clock, p: &crate::catalog::Product, st: &StockState) -> StockEntry {
+fn entry(
+    clock: &Clock,
+    fronts: &Storefronts,
+    p: &crate::catalog::Product,
+    st: &StockState,
+) -> StockEntry {
     StockEntry {
         tcin: p.tcin.clone(),
         name: p.name.clone(),
@@ -565,6 +744,7 @@ fn entry(clock: &Clock, p: &crate::catalog::Product, st: &StockState) -> StockEn
         changed_at_ms: st.changed_at_ms.map(|ms| clock.to_unix_ms(ms)),
         max_price: p.max_price,
         quantity: p.quantity,
+        shopify: fronts.placement(&p.tcin),
     }
 }
 
@@ -586,7 +766,43 @@ fn active_fault(fault: &mut Option<Fault>, clock: &Clock) -> Option<FaultView> {
         until_ms: remaining.map(|r| clock.unix_ms() + r.as_millis() as u64),
         remaining_ms: remaining.map(|r| r.as_millis() as u64),
         retry_after_s: f.retry_after_s,
+        retailer: f.retailer.map(Retailer::as_str),
     })
+}
+
+/// A storefront block as the admin API shows it now; `None` once it has
+/// ended.
+fn shopify_view(b: &ShopifyBlock, clock: &Clock) -> Option<ShopifyBlockView> {
+    let now = Instant::now();
+    let remaining = match b.until {
+        Some(until) if until <= now => {
+            info!(
+                kind = b.spec.kind.as_str(),
+                shop = b.spec.shop.as_deref().unwrap_or("*"),
+                "storefront block ended"
+            );
+            return None;
+        }
+        Some(until) => Some(until.duration_since(now)),
+        None => None,
+    };
+    Some(ShopifyBlockView {
+        shop: b.spec.shop.clone(),
+        kind: b.spec.kind,
+        status: b.spec.status,
+        until_ms: remaining.map(|r| clock.unix_ms() + r.as_millis() as u64),
+        remaining_ms: remaining.map(|r| r.as_millis() as u64),
+        retry_after_s: b.spec.retry_after_s,
+    })
+}
+
+/// The all-shops storefront block in force now; an expired one is dropped.
+fn active_shopify_all(block: &mut Option<ShopifyBlock>, clock: &Clock) -> Option<ShopifyBlockView> {
+    let v = shopify_view(block.as_ref()?, clock);
+    if v.is_none() {
+        *block = None;
+    }
+    v
 }
 
 /// The block in force now; an expired one is dropped.
@@ -725,6 +941,72 @@ mod tests {
         ]);
         assert!(known[0].as_ref().is_some_and(|p| !p.in_stock));
         assert!(known[1].is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shops_own_block_wins_then_all_shops_then_a_fault_for_its_retailer() {
+        use crate::shopify::block::{ShopifyBlockKind, ShopifyBlockSpec};
+        let catalog = Catalog::parse(
+            r#"{"products":[{"tcin":"1"},
+                {"retailer":"shopify","shop":"a.example","variant":5},
+                {"retailer":"shopify","shop":"b.example","variant":6}]}"#,
+            "p",
+            Price::from_cents(1),
+        )
+        .unwrap();
+        let sim = Simulator::new(
+            catalog,
+            Driver::Manual,
+            CheckoutSettings {
+                delay: Duration::ZERO,
+                fail: false,
+            },
+        );
+        let spec = |kind, shop: Option<&str>, secs| ShopifyBlockSpec {
+            kind,
+            shop: shop.map(str::to_owned),
+            duration: Some(Duration::from_secs(secs)),
+            status: kind.statuses()[0],
+            retry_after_s: None,
+        };
+        sim.set_fault_for(503, None, None, Some(Retailer::Shopify));
+        assert_eq!(sim.gate(), Gate::Open, "a Shopify fault spares RedSky");
+        sim.set_shopify_block(spec(ShopifyBlockKind::Throttled, None, 10));
+        let view = sim.set_shopify_block(spec(ShopifyBlockKind::Cloudflare, Some("a.example"), 2));
+        assert_eq!(view.remaining_ms, Some(2_000));
+        let kind = |shop| match sim.shopify_gate(shop) {
+            ShopifyGate::Blocked(b) => Some(b.kind.as_str()),
+            ShopifyGate::Fault(f) => Some(if f.status == 503 { "fault" } else { "?" }),
+            ShopifyGate::Open => None,
+        };
+        assert_eq!(kind("a.example"), Some("cloudflare"));
+        assert_eq!(kind("b.example"), Some("throttled"));
+        assert_eq!(sim.shopify_blocks().len(), 2);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(kind("a.example"), Some("throttled"), "its own block ended");
+        assert_eq!(sim.shopify_blocks().len(), 1);
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(kind("a.example"), Some("fault"));
+        assert!(sim.shopify_blocks().is_empty());
+        sim.set_fault_for(500, None, None, Some(Retailer::Target));
+        assert_eq!(kind("a.example"), None, "a Target fault spares the shops");
+        assert!(matches!(sim.gate(), Gate::Fault(f) if f.status == 500));
+
+        sim.set_shopify_block(spec(ShopifyBlockKind::Password, Some("a.example"), 60));
+        sim.set_shopify_block(spec(ShopifyBlockKind::Throttled, None, 60));
+        let cleared = sim.clear_shopify_blocks(Some("a.example"));
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].kind, ShopifyBlockKind::Password);
+        assert_eq!(kind("a.example"), Some("throttled"));
+        assert_eq!(sim.clear_shopify_blocks(None).len(), 1);
+        assert_eq!(kind("a.example"), None);
+
+        let stock = sim.stock();
+        assert_eq!(stock[0].shopify, None);
+        assert_eq!(
+            stock[1].shopify.as_ref().map(|p| p.variant_ids.clone()),
+            Some(vec![5])
+        );
     }
 
     #[tokio::test(start_paused = true)]

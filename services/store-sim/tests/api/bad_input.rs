@@ -26,7 +26,10 @@ async fn malformed_checkouts_are_refused_and_not_recorded() {
         (r#"{"fencing_token": 1}"#, "tcin"),
         (r#"{"tcin": "111"}"#, "fencing_token"),
         (r#"{"tcin": "111", "fencing_token": -1}"#, "expected u64"),
-        (r#"{"tcin": "1 1", "fencing_token": 1}"#, "tcin"),
+        (
+            r#"{"tcin": "1 1", "fencing_token": 1}"#,
+            "product id \"1 1\"",
+        ),
     ];
     for (body, want) in cases {
         let resp = app
@@ -86,7 +89,11 @@ async fn malformed_admin_requests_are_refused() {
             "invalid JSON",
         ),
         ("/admin/stock/111", json!({"price": -5}), "price"),
-        ("/admin/stock/a%20b", json!({"in_stock": true}), "tcin"),
+        (
+            "/admin/stock/a%20b",
+            json!({"in_stock": true}),
+            "product id \"a b\"",
+        ),
         ("/admin/checkout", json!({"delay": 5}), "unknown field"),
         ("/admin/faults", json!({"status": "429"}), "invalid JSON"),
     ] {

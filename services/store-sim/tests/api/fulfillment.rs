@@ -173,7 +173,7 @@ async fn missing_parameters_and_unknown_products_get_json_errors() {
         (vec![("tcin", "111")], "key"),
         (vec![("key", "k")], "tcin"),
         (vec![("key", ""), ("tcin", "111")], "key"),
-        (vec![("key", "k"), ("tcin", "1 1")], "tcin"),
+        (vec![("key", "k"), ("tcin", "1 1")], "product id \"1 1\""),
     ] {
         let resp = app
             .client

@@ -14,6 +14,16 @@ pub const PRODUCTS: &str = r#"{"products":[
     {"tcin":"222","name":"Booster Bundle"}
 ]}"#;
 
+/// Target and Shopify products side by side: two shops, one of them with
+/// two variant entries and a handle entry.
+pub const SHOPIFY_PRODUCTS: &str = r#"{"products":[
+    {"tcin":"111","name":"Elite Trainer Box","max_price":59.99,"quantity":2},
+    {"retailer":"shopify","shop":"cards.example","variant":40000000001,"name":"Prismatic Evolutions Elite Trainer Box","max_price":59.99},
+    {"retailer":"shopify","shop":"cards.example","variant":40000000002,"name":"Surging Sparks Booster Bundle","max_price":32.99},
+    {"retailer":"shopify","shop":"cards.example","handle":"journey-together-bundle","name":"Journey Together Booster Bundle","max_price":29.99},
+    {"retailer":"shopify","shop":"other.example","variant":50000000001,"name":"Switch 2"}
+]}"#;
+
 /// A running simulator; stops when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -42,8 +52,18 @@ pub async fn spawn_app(checkout_delay: Duration) -> TestApp {
 
 /// Starts a store with [`PRODUCTS`] moved by `driver`.
 pub async fn spawn_app_with(driver: Driver, checkout_delay: Duration) -> TestApp {
+    spawn_store(PRODUCTS, driver, checkout_delay).await
+}
+
+/// Starts a store with [`SHOPIFY_PRODUCTS`], no stock driver.
+pub async fn spawn_shopify_app(checkout_delay: Duration) -> TestApp {
+    spawn_store(SHOPIFY_PRODUCTS, Driver::Manual, checkout_delay).await
+}
+
+/// Starts a store selling `products` (a product config's JSON).
+pub async fn spawn_store(products: &str, driver: Driver, checkout_delay: Duration) -> TestApp {
     init_logs();
-    let catalog = Catalog::parse(PRODUCTS, "test products", Price::from_cents(999)).unwrap();
+    let catalog = Catalog::parse(products, "test products", Price::from_cents(999)).unwrap();
     let sim = Simulator::new(
         catalog,
         driver,
@@ -244,13 +264,22 @@ pub async fn overlapping_pair(
 /// A recorded answer of Target's API from `tests/data/target/` (see
 /// `SOURCES.md` there).
 pub fn fixture(name: &str) -> Value {
+    recording("target", name)
+}
+
+/// A recorded answer of a Shopify storefront from `tests/data/shopify/`.
+pub fn shopify_fixture(name: &str) -> Value {
+    recording("shopify", name)
+}
+
+fn recording(retailer: &str, name: &str) -> Value {
     let path: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "..",
         "..",
         "tests",
         "data",
-        "target",
+        retailer,
         name,
     ]
     .iter()

@@ -12,3 +12,5 @@ mod helpers;
 mod metrics;
 mod polls;
 mod recorded;
+mod shopify;
+mod shopify_blocks;
