@@ -21,5 +21,6 @@ mod metrics;
 mod notifier;
 mod poll_plan;
 mod raw_h2;
+mod retailers;
 mod security;
 mod status_page;
