@@ -155,10 +155,17 @@ fn repo_listing() -> Listing {
         .expect("a product list")
         .iter()
         .map(|p| {
-            (
-                p["tcin"].as_str().expect("a tcin").to_owned(),
-                p["name"].as_str().unwrap_or_default().to_owned(),
-            )
+            // A Target entry names its TCIN; a Shopify one its shop and
+            // variant: the id is read as the arbiter reads it.
+            let id = match p["tcin"].as_str() {
+                Some(tcin) => tcin.to_owned(),
+                None => format!(
+                    "shopify:{}/{}",
+                    p["shop"].as_str().expect("a shop"),
+                    p["variant"].as_u64().expect("a variant")
+                ),
+            };
+            (id, p["name"].as_str().unwrap_or_default().to_owned())
         })
         .collect();
     assert!(products.len() >= 4, "{}: {products:?}", path.display());

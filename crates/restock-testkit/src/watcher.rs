@@ -111,7 +111,7 @@ impl WatcherOptions {
             "--source".into(),
             "target".into(),
             "--source-url".into(),
-            source,
+            source.clone(),
             // Every test source is the simulator (or a stub standing in for
             // it): its poll log tells the watchers apart by the header this
             // flag turns on.
@@ -119,6 +119,8 @@ impl WatcherOptions {
             "--target-endpoint".into(),
             self.target_endpoint.clone(),
         ];
+        // Every Shopify shop of a test is played by the same simulator.
+        args.extend(["--shopify-url".into(), format!("*={source}/shops/{{shop}}")]);
         if let Some(url) = &self.checkout_url {
             args.extend(["--checkout".into(), "http".into(), "--checkout-url".into()]);
             args.push(url.clone());

@@ -258,7 +258,9 @@ pub struct WatcherConfig {
     /// separate with commas): the shop's products are read from
     /// `URL/products.json`. A shop not named here is asked at
     /// `https://<shop>` (the host name its product ids carry). The store
-    /// simulator plays shops at `http://<sim>/shops/<shop>`.
+    /// simulator plays shops at `http://<sim>/shops/<shop>`; `*=URL`
+    /// applies to every shop not named, with `{shop}` in the URL replaced by
+    /// the shop's host name (`*=http://store-sim:8080/shops/{shop}`).
     #[arg(
         long = "shopify-url",
         env = "RESTOCK_SHOPIFY_URLS",
@@ -708,18 +710,29 @@ impl WatcherConfig {
             Ok((shop, rest.trim().to_owned()))
         };
         for v in self.shopify_urls.iter().filter(|v| !v.trim().is_empty()) {
-            let (shop, url) = split("--shopify-url", v)?;
             let bad = |why: String| ConfigError::Shopify {
                 flag: "--shopify-url",
                 value: v.clone(),
                 why,
             };
-            let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
-                return Err(bad(
-                    "the URL must be http:// or https:// with no query".into()
-                ));
+            let check = |url: &str| -> Result<reqwest::Url, ConfigError> {
+                let parsed =
+                    reqwest::Url::parse(url).map_err(|e| bad(format!("not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                    return Err(bad(
+                        "the URL must be http:// or https:// with no query".into()
+                    ));
+                }
+                Ok(parsed)
+            };
+            if let Some(template) = v.trim().strip_prefix("*=") {
+                // Checked with a shop put in.
+                check(&template.replace("{shop}", "shop.example"))?;
+                dir.every = Some(template.trim().to_owned());
+                continue;
             }
+            let (shop, url) = split("--shopify-url", v)?;
+            let parsed = check(&url)?;
             dir.urls.insert(shop, parsed);
         }
         for v in self
@@ -1122,6 +1135,62 @@ mod tests {
                 && flat.contains("unlimited for any other URL"),
             "{help}"
         );
+    }
+
+    #[test]
+    fn shopify_flags_name_shops_and_a_bad_one_names_the_flag() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["--checkout-url", "http://127.0.0.1:9/checkout"];
+            all.extend_from_slice(args);
+            parse(&all)
+        };
+        let s = parse(&[
+            "--shopify-url",
+            "Cards.Example=http://127.0.0.1:8080/shops/cards.example,*=http://sim:8080/shops/{shop}",
+            "--shopify-collection",
+            "cards.example=pokemon",
+            "--products",
+            "94300069,shopify:cards.example/4001",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.shops.base_url("cards.example"),
+            "http://127.0.0.1:8080/shops/cards.example"
+        );
+        assert_eq!(
+            s.shops.base_url("b.example"),
+            "http://sim:8080/shops/b.example"
+        );
+        assert_eq!(
+            s.shops.list_path("cards.example"),
+            "/collections/pokemon/products.json"
+        );
+        assert_eq!(s.products[1].as_str(), "shopify:cards.example/4001");
+        // One request a second per shop by default; none with the simulator.
+        assert_eq!(s.shopify_max_rps, Some(1.0));
+        let sim = parse(&["--source-is-simulator"]).unwrap();
+        assert_eq!(sim.shopify_max_rps, None);
+        let set = parse(&["--shopify-max-rps", "0.25"]).unwrap();
+        assert_eq!(set.shopify_max_rps, Some(0.25));
+        for (args, want) in [
+            (["--shopify-url", "cards.example"], "not shop=value"),
+            (
+                ["--shopify-url", "https://cards.example=http://x"],
+                "the shop",
+            ),
+            (
+                ["--shopify-url", "a.example=ftp://x"],
+                "http:// or https://",
+            ),
+            (["--shopify-url", "*=not a url"], "not a URL"),
+            (
+                ["--shopify-collection", "a.example=Big Sale"],
+                "collection handle",
+            ),
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert!(e.contains(args[0]) && e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub const DEFAULT_SHOPIFY_RPS: f64 = 1.0;
 pub struct ShopDirectory {
     /// Base URL by shop host (default `https://<shop>`).
     pub urls: HashMap<String, Url>,
+    /// `*=URL`: the base URL of every shop not named in `urls`, with
+    /// `{shop}` replaced by the shop's host name (the simulator plays
+    /// every shop at `http://<sim>/shops/{shop}`).
+    pub every: Option<String>,
     /// Collection handle by shop host (default: the whole product list).
     pub collections: HashMap<String, String>,
 }
@@ -71,9 +75,13 @@ pub struct ShopDirectory {
 impl ShopDirectory {
     /// The shop's base URL, with no trailing `/`.
     pub fn base_url(&self, shop: &str) -> String {
-        match self.urls.get(shop) {
-            Some(u) => u.as_str().trim_end_matches('/').to_owned(),
-            None => format!("https://{shop}"),
+        match (self.urls.get(shop), &self.every) {
+            (Some(u), _) => u.as_str().trim_end_matches('/').to_owned(),
+            (None, Some(every)) => every
+                .replace("{shop}", shop)
+                .trim_end_matches('/')
+                .to_owned(),
+            (None, None) => format!("https://{shop}"),
         }
     }
 
