@@ -63,7 +63,11 @@ pub fn product_ids(n: usize) -> Vec<String> {
 pub fn write_product_config(path: &Path, tcins: &[String]) -> anyhow::Result<()> {
     let products: Vec<serde_json::Value> = tcins
         .iter()
-        .map(|t| serde_json::json!({"tcin": t, "name": format!("Bench product {t}")}))
+        .map(|t| {
+            // A Shopify variant is named by its id; a Target product by TCIN.
+            let key = if t.contains(':') { "id" } else { "tcin" };
+            serde_json::json!({key: t, "name": format!("Bench product {t}")})
+        })
         .collect();
     let text = serde_json::to_vec(&serde_json::json!({ "products": products }))?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))

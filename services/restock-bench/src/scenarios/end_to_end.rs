@@ -81,6 +81,11 @@ const SLOW_MARGIN: Duration = Duration::from_millis(10);
 pub const BUDGET_PRODUCTS: usize = 24;
 /// Products one `product_summary_with_fulfillment_v1` request carries.
 pub const SUMMARY_BATCH: usize = 24;
+/// The shop the Shopify rows watch (played by the simulator).
+pub const BENCH_SHOP: &str = "bench.example";
+/// Variants one Shopify `products.json` page carries (250 products, each
+/// with its variants: the 24 watched fit in one).
+pub const SHOPIFY_PAGE: usize = 250;
 
 /// How the watchers of a budgeted row ask Target's API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,9 @@ pub enum Endpoint {
     Hierarchy,
     /// `product_summary_with_fulfillment_v1`: one request for up to 24.
     Summary,
+    /// Issue 23: a Shopify shop's `products.json`, one request per round
+    /// for every watched variant of the shop.
+    Shopify,
 }
 
 impl Endpoint {
@@ -98,6 +106,7 @@ impl Endpoint {
         match self {
             Self::Hierarchy => "hierarchy",
             Self::Summary => "summary",
+            Self::Shopify => "shopify",
         }
     }
 
@@ -106,6 +115,7 @@ impl Endpoint {
         match self {
             Self::Hierarchy => 1,
             Self::Summary => SUMMARY_BATCH,
+            Self::Shopify => SHOPIFY_PAGE,
         }
     }
 }
@@ -155,6 +165,7 @@ impl Variant {
             let how = match b.endpoint {
                 Endpoint::Summary => "summary, 1 request per round",
                 Endpoint::Hierarchy => "hierarchy, 1 request per product",
+                Endpoint::Shopify => "Shopify products.json, 1 request per round",
             };
             let every = if self.poll == b.round() {
                 String::new()
@@ -256,7 +267,7 @@ pub fn budget_matrix(
     let spacing = Duration::from_secs_f64(1.0 / rps);
     let mut out = Vec::new();
     for &n in watchers {
-        for endpoint in [Endpoint::Summary, Endpoint::Hierarchy] {
+        for endpoint in [Endpoint::Summary, Endpoint::Shopify, Endpoint::Hierarchy] {
             if endpoint == Endpoint::Hierarchy && !per_product {
                 continue;
             }
@@ -266,7 +277,7 @@ pub fn budget_matrix(
                 products: BUDGET_PRODUCTS,
             };
             let poll = match (endpoint, batch_interval) {
-                (Endpoint::Summary, Some(t)) => t.max(budget.round()),
+                (Endpoint::Summary | Endpoint::Shopify, Some(t)) => t.max(budget.round()),
                 _ => budget.round(),
             };
             out.push(Variant {
@@ -405,7 +416,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 fn samples_of(ctx: &Ctx, v: &Variant) -> usize {
     match v.budget {
         None => ctx.plan.e2e_samples,
-        Some(b) if b.endpoint == Endpoint::Summary => ctx.plan.budget_batch_samples,
+        Some(b) if b.endpoint != Endpoint::Hierarchy => ctx.plan.budget_batch_samples,
         Some(_) => ctx.plan.budget_per_product_samples,
     }
 }
@@ -517,8 +528,10 @@ impl StoreSim {
         self.get("/admin/polls").await
     }
 
-    /// Requests answered so far by every RedSky endpoint, whatever the
-    /// answer (`store_sim_redsky_requests_total`, summed over codes).
+    /// Stock requests answered so far by every RedSky endpoint and every
+    /// Shopify storefront endpoint, whatever the answer
+    /// (`store_sim_redsky_requests_total` and
+    /// `store_sim_shopify_requests_total`, summed over codes).
     async fn redsky_requests(&self) -> anyhow::Result<HashMap<String, u64>> {
         let text = self
             .http
@@ -535,11 +548,15 @@ impl StoreSim {
     }
 }
 
-/// `store_sim_redsky_requests_total{endpoint, code}` by endpoint.
+/// `store_sim_redsky_requests_total{endpoint, code}` and
+/// `store_sim_shopify_requests_total{endpoint, code}` by endpoint.
 fn parse_redsky_requests(text: &str) -> HashMap<String, u64> {
     let mut out = HashMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("store_sim_redsky_requests_total{") else {
+        let Some(rest) = line
+            .strip_prefix("store_sim_redsky_requests_total{")
+            .or_else(|| line.strip_prefix("store_sim_shopify_requests_total{"))
+        else {
             continue;
         };
         let Some((labels, value)) = rest.split_once('}') else {
@@ -671,7 +688,14 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
     let tracing = ctx.e2e_trace_dir.is_some();
     let log = if tracing { "info" } else { "warn" };
     let dir = ctx.env.temp_dir("restock-bench-e2e-")?;
-    let products = restock::product_ids(v.budget.map_or(ctx.e2e_products, |b| b.products).max(1));
+    let mut products =
+        restock::product_ids(v.budget.map_or(ctx.e2e_products, |b| b.products).max(1));
+    if v.budget.is_some_and(|b| b.endpoint == Endpoint::Shopify) {
+        // The same numbers, as variants of one shop.
+        for p in &mut products {
+            *p = format!("shopify:{BENCH_SHOP}/{p}");
+        }
+    }
     let config = dir.path().join("product_config.json");
     write_product_config(&config, &products)?;
     let sim = StoreSim::start(&ctx.env, dir.path(), &config, log).await?;
@@ -712,7 +736,16 @@ async fn measure(ctx: &Ctx, v: Variant, arbiter_plans: bool) -> anyhow::Result<M
             "--reconnect-max".into(),
             "500ms".into(),
         ]);
-        if let Some(b) = v.budget {
+        if let Some(b) = v.budget.filter(|b| b.endpoint == Endpoint::Shopify) {
+            // Issue 23: the shop, played by the simulator, and its budget
+            // stated explicitly (unlimited with --source-is-simulator).
+            args.extend([
+                "--shopify-url".to_owned(),
+                format!("{BENCH_SHOP}={}/shops/{BENCH_SHOP}", sim.url),
+                "--shopify-max-rps".into(),
+                b.rps().to_string(),
+            ]);
+        } else if let Some(b) = v.budget {
             // Issue 20: the endpoint, and a budget stated explicitly (its
             // default is unlimited for any host but Target's).
             args.extend([
@@ -1195,29 +1228,36 @@ mod tests {
             names,
             vec![
                 "1 watcher, 24 products, 1 req/s each, summary, 1 request per round, planned",
+                "1 watcher, 24 products, 1 req/s each, Shopify products.json, 1 request per round, planned",
                 "1 watcher, 24 products, 1 req/s each, hierarchy, 1 request per product, planned",
                 "3 watchers, 24 products, 1 req/s each, summary, 1 request per round, planned",
+                "3 watchers, 24 products, 1 req/s each, Shopify products.json, 1 request per round, planned",
                 "3 watchers, 24 products, 1 req/s each, hierarchy, 1 request per product, planned",
             ]
         );
-        // Batch: one request a round, every second; per product: 24 s.
+        // Batch (Target's summary, a shop's products.json): one request a
+        // round, every second; per product: 24 s.
         assert_eq!(rows[0].poll, Duration::from_secs(1));
-        assert_eq!(rows[1].poll, Duration::from_secs(24));
+        assert_eq!(rows[1].poll, Duration::from_secs(1));
+        assert_eq!(rows[2].poll, Duration::from_secs(24));
         assert_eq!(rows[0].phase_period(), Duration::from_secs(1));
-        assert_eq!(rows[3].phase_period(), Duration::from_secs(8));
-        assert_eq!(rows[3].settle(), Duration::from_secs(27));
-        assert!(rows[1].wait() >= Duration::from_secs(34));
+        assert_eq!(rows[4].phase_period(), Duration::from_secs(1));
+        assert_eq!(rows[5].phase_period(), Duration::from_secs(8));
+        assert_eq!(rows[5].settle(), Duration::from_secs(27));
+        assert!(rows[2].wait() >= Duration::from_secs(34));
         assert_eq!(rows[0].settle(), Duration::from_secs(4));
-        assert_eq!(budget_matrix(&[3], 1.0, false, None).len(), 1);
+        assert_eq!(rows[1].settle(), Duration::from_secs(4));
+        assert_eq!(budget_matrix(&[3], 1.0, false, None).len(), 2);
         assert_eq!(
-            budget_matrix(&[1], 0.5, true, None)[1].poll,
+            budget_matrix(&[1], 0.5, true, None)[2].poll,
             Duration::from_secs(48)
         );
         // A batch interval above 1/R: said in the name; settling takes the
         // rounds the lag needs to shrink (1 s / 0.1 s = 10, and 3 more).
         let slack = budget_matrix(&[3], 1.0, true, Some(Duration::from_millis(1_100)));
         assert_eq!(slack[0].poll, Duration::from_millis(1_100));
-        assert_eq!(slack[1].poll, Duration::from_secs(24));
+        assert_eq!(slack[1].poll, Duration::from_millis(1_100));
+        assert_eq!(slack[2].poll, Duration::from_secs(24));
         assert!(slack[0].name().contains("round, every 1100 ms, planned"));
         assert_eq!(slack[0].settle(), Duration::from_millis(1_100 * 13 + 1_000));
     }
@@ -1228,11 +1268,14 @@ mod tests {
              store_sim_redsky_requests_total{endpoint=\"product_summary_with_fulfillment_v1\",code=\"200\"} 7\n\
              store_sim_redsky_requests_total{code=\"403\",endpoint=\"product_summary_with_fulfillment_v1\"} 2\n\
              store_sim_redsky_requests_total{endpoint=\"pdp_client_v1\",code=\"200\"} 1\n\
-             store_sim_fulfillment_requests_total{code=\"200\"} 5\n";
+             store_sim_fulfillment_requests_total{code=\"200\"} 5\n\
+             store_sim_shopify_requests_total{endpoint=\"shopify_products\",code=\"200\"} 4\n\
+             store_sim_shopify_requests_total{endpoint=\"shopify_products\",code=\"429\"} 1\n";
         let r = parse_redsky_requests(text);
+        assert_eq!(r.get("shopify_products"), Some(&5));
         assert_eq!(r["product_summary_with_fulfillment_v1"], 9);
         assert_eq!(r["pdp_client_v1"], 1);
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 3);
         // Watcher a: a batch at 0 (three products logged within 1 ms), the
         // next at 1,000.5; watcher b: one product at 10 and at 1,400.
         let polls = json!({"polls": [
