@@ -498,14 +498,16 @@ impl Rules {
     fn source_blocked(&self, e: &Event, watcher: &str) -> Alert {
         let (kind, what) = split_kind(&e.detail);
         let mut message = format!(
-            "The stock source blocks watcher {watcher} ({kind}): it polls nothing until the block ends, so restocks it would see are missed."
+            "The stock source blocks watcher {watcher} ({kind}): it polls nothing there until the block ends, so restocks it would see are missed."
         );
         if !what.is_empty() {
             message.push_str(&format!(" Detail: {what}."));
         }
-        message.push_str(
-            " Nothing is done to get around it; see the README, \"Against the real Target\".",
-        );
+        message.push_str(if what.contains("shopify:") {
+            " Nothing is done to get around it; see the README, \"Shopify storefronts\"."
+        } else {
+            " Nothing is done to get around it; see the README, \"Against the real Target\"."
+        });
         self.about(
             e,
             AlertKind::SourceBlocked,

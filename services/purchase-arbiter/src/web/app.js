@@ -361,7 +361,7 @@
       out.push(['source-blocked', 'Stock source blocked: ' +
         blocked.map((w) => w.watcherId + ' (' + w.sourceBlock.kind +
           (w.sourceBlock.source ? ' at ' + w.sourceBlock.source : '') + ')').join(', ') +
-        '. A blocked watcher polls nothing until the block ends.']);
+        '. A blocked watcher polls nothing at that source until the block ends.']);
     }
     const budget = status.budget;
     const held = budget ? num(budget.heldBack) : 0;
