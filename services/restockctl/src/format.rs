@@ -184,7 +184,10 @@ impl From<&pb::Lease> for LeaseJson {
 /// A product's line of status as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProductJson {
+    /// The product id (a bare TCIN for Target).
     pub tcin: String,
+    /// `target` or `shopify`.
+    pub retailer: String,
     pub name: String,
     pub priority: u32,
     pub state: String,
@@ -376,6 +379,11 @@ impl StatusJson {
                     effective_poll_interval_ms: p.effective_poll_interval_ms,
                     price_cents: p.price_cents,
                     held_back: p.held_back.clone(),
+                    retailer: if p.retailer.is_empty() {
+                        "target".to_owned()
+                    } else {
+                        p.retailer.clone()
+                    },
                 })
                 .collect(),
             watchers: s

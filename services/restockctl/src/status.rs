@@ -109,6 +109,7 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
     text.push_str("\nProducts\n");
     let mut products = table(&[
         "PRIORITY",
+        "RETAILER",
         "PRODUCT",
         "STATE",
         "PURCHASES",
@@ -146,6 +147,12 @@ pub fn render(url: &str, s: &pb::GetStatusResponse, now_unix_ms: u64) -> String 
         let outcome = outcome_word(p.last_outcome);
         products.add_row(vec![
             Cell::new(p.priority).set_alignment(CellAlignment::Right),
+            // An older arbiter does not say: its products are Target's.
+            Cell::new(if p.retailer.is_empty() {
+                "target"
+            } else {
+                &p.retailer
+            }),
             Cell::new(&p.tcin),
             Cell::new(state_name(p.state)),
             Cell::new(format!("{} of {}", p.purchases, p.quantity)),
