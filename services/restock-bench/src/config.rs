@@ -277,7 +277,10 @@ impl BenchConfig {
             let spacing = Duration::from_secs_f64(1.0 / self.e2e_budget_rps.max(0.01));
             for &n in &self.e2e_budget_watchers {
                 let n = n.max(1) as u32;
+                // Target's summary and a Shopify shop: one request a round;
+                // Target's hierarchy: one per product.
                 for (requests, flips) in [
+                    (1, plan.budget_batch_samples),
                     (1, plan.budget_batch_samples),
                     (24, plan.budget_per_product_samples),
                 ] {
