@@ -268,7 +268,10 @@ impl TryFrom<pb::StockObservation> for Observation {
     type Error = ConvertError;
     fn try_from(o: pb::StockObservation) -> Result<Self, ConvertError> {
         Ok(Self {
-            tcin: id("tcin", ProductId::parse, &o.tcin)?,
+            // Every report carries these: a bare TCIN is taken as it came,
+            // without a copy.
+            tcin: ProductId::try_from(o.tcin)
+                .map_err(|e| ConvertError::new("tcin", e.to_string()))?,
             in_stock: o.in_stock,
             price: o.price_cents.map(Price::from_cents),
             observed_at_unix_ms: o.observed_at_unix_ms,

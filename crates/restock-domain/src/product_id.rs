@@ -101,6 +101,16 @@ fn tcin_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// The common case, a valid bare TCIN, in one pass over its bytes (every
+/// stock report carries product ids: the arbiter checks them all).
+fn is_plain_tcin(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_TCIN_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn bad_char(value: &str, bad: char, allowed: &'static str) -> IdError {
     IdError::BadChar {
         what: WHAT,
@@ -205,6 +215,9 @@ impl ProductId {
     /// Checks `value` against its retailer's rule (see the module
     /// documentation) and keeps its canonical form.
     pub fn parse(value: &str) -> Result<Self, IdError> {
+        if is_plain_tcin(value) {
+            return Ok(Self(value.to_owned()));
+        }
         let len = value.chars().count();
         if len > MAX_PRODUCT_ID_LEN {
             return Err(IdError::TooLong {
@@ -301,8 +314,10 @@ impl ProductId {
 impl TryFrom<String> for ProductId {
     type Error = IdError;
     fn try_from(value: String) -> Result<Self, IdError> {
-        // The canonical form is kept as it is (no copy): a bare TCIN, or a
-        // Shopify id already in lower case.
+        // A bare TCIN is kept as it came (no copy).
+        if is_plain_tcin(&value) {
+            return Ok(Self(value));
+        }
         Self::parse(&value)
     }
 }

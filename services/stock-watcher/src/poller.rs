@@ -310,6 +310,19 @@ impl<S: StockSource> Poller<S> {
             );
         }
         list.retain(|p| self.settings.scope.covers(&p.tcin));
+        if list.is_empty() {
+            // Nothing of this source is watched any more (a shop dropped
+            // from the catalog): its block, if any, no longer stands for
+            // anything the watcher polls.
+            let metrics = self.state.metrics().clone();
+            let mut st = self.state.lock();
+            let source = st.source(self.slot);
+            if source.block.is_some() && source.stopped.is_none() {
+                source.block = None;
+                source.backoff_until = None;
+                metrics.set_source_gauges(&st.sources);
+            }
+        }
         self.list = list;
         // The polling list (and maybe a retraction) goes to the arbiter.
         self.state.report_due();
