@@ -671,7 +671,7 @@ async fn a_watcher_whose_source_blocks_it_is_marked_with_the_kind_until_it_ends(
         .await
         .unwrap_or_default();
     assert!(
-        alarm.contains("w-blocked (captcha)"),
+        alarm.contains("w-blocked (captcha at target)"),
         "the alarm names the watcher and the kind: {alarm:?}"
     );
 

@@ -217,7 +217,9 @@ impl FileProduct {
                     (Some(_), Some(_)) => {
                         return Err("give \"variant\" or \"handle\", not both".into());
                     }
-                    (Some(serde_json::Value::Number(n)), None) => n.to_string(),
+                    (Some(serde_json::Value::Number(n)), None) if n.as_u64().is_some() => {
+                        n.to_string()
+                    }
                     (Some(serde_json::Value::String(s)), None)
                         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
                     {
@@ -226,6 +228,11 @@ impl FileProduct {
                     (Some(other), None) => {
                         return Err(format!(
                             "\"variant\" must be a Shopify variant id (a number), not {other}"
+                        ));
+                    }
+                    (None, Some(h)) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit()) => {
+                        return Err(format!(
+                            "\"handle\" {h:?} is a number: a variant id goes in \"variant\""
                         ));
                     }
                     (None, Some(h)) => h.clone(),
@@ -558,7 +565,7 @@ mod tests {
         }
         // The same variant written two ways is one product, listed twice.
         let err = PriorityList::parse(
-            r#"{"products":[{"id":"shopify:a.com/1"},{"retailer":"shopify","shop":"A.com","variant":1}]}"#,
+            r#"{"products":[{"id":"shopify:a.com/1"},{"retailer":"shopify","shop":"A.com","variant":"01"}]}"#,
             "p.json",
         )
         .unwrap_err()

@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::IdError;
 
-/// Longest product id accepted, in characters (a shop's host name is at
-/// most 253 of them).
-pub const MAX_PRODUCT_ID_LEN: usize = 320;
+/// Longest product id accepted, in characters: `shopify:`, a shop's host
+/// name (at most 253) and a handle (at most 255).
+pub const MAX_PRODUCT_ID_LEN: usize = 520;
 /// Longest TCIN accepted.
 pub const MAX_TCIN_LEN: usize = 64;
 /// Longest Shopify product handle accepted.
@@ -186,10 +186,11 @@ fn check_shopify(value: &str, rest: &str) -> Result<String, IdError> {
         ));
     }
     if item.bytes().all(|b| b.is_ascii_digit()) {
-        match item.parse::<u64>() {
-            Ok(v) if v > 0 => {}
-            _ => return Err(malformed(value, "the variant id is not a number above 0")),
-        }
+        // One spelling per variant: `007` is variant 7.
+        return match item.parse::<u64>() {
+            Ok(v) if v > 0 => Ok(format!("shopify:{shop}/{v}")),
+            _ => Err(malformed(value, "the variant id is not a number above 0")),
+        };
     } else {
         if item.len() > MAX_HANDLE_LEN {
             return Err(malformed(
@@ -205,6 +206,12 @@ fn check_shopify(value: &str, rest: &str) -> Result<String, IdError> {
                 value,
                 bad,
                 "lower-case letters, digits, '-' and '_' in a product handle (a variant id is all digits)",
+            ));
+        }
+        if !item.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(malformed(
+                value,
+                "a product handle has at least one letter (a variant id is all digits)",
             ));
         }
     }
@@ -410,6 +417,11 @@ mod tests {
             ProductId::shopify_variant("kith.com", 5).unwrap().as_str(),
             "shopify:kith.com/5"
         );
+        // One spelling per variant.
+        assert_eq!(
+            ProductId::parse("shopify:kith.com/007").unwrap(),
+            ProductId::shopify_variant("kith.com", 7).unwrap()
+        );
     }
 
     #[test]
@@ -428,6 +440,7 @@ mod tests {
             ("shopify:.kith.com/1", "not a host name"),
             ("shopify:kith.com/Big-Handle", "'B'"),
             ("shopify:kith.com/a/b", "'/'"),
+            ("shopify:kith.com/-_-", "at least one letter"),
             ("bestbuy:6614313", "unknown retailer \"bestbuy\""),
         ];
         for (value, says) in cases {

@@ -170,8 +170,15 @@ impl StockBook {
                 "watch list set from the arbiter's catalog"
             );
         }
+        // Every source's poller sets the same catalog: the slowest
+        // source's rounds decide how long a sighting stays fresh.
+        let keep = if new_order != self.order {
+            Duration::ZERO
+        } else {
+            self.freshness
+        };
         self.order = new_order;
-        self.freshness = catalog.stock_ttl.max(min_freshness);
+        self.freshness = catalog.stock_ttl.max(min_freshness).max(keep);
         list
     }
 
@@ -225,7 +232,10 @@ impl StockBook {
                     price: s.price,
                     observed_at_unix_ms: unix_ms,
                 });
-                e.variant = s.variant;
+                // The variant last seen available stays the one to buy.
+                if s.variant.is_some() {
+                    e.variant = s.variant;
+                }
                 e.last_success = Some(now);
                 e.last_error.clear();
                 e.last_error_kind = "";

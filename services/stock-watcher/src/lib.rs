@@ -401,7 +401,7 @@ async fn run_shops(
             })
             .unwrap_or_default();
         for shop in listed {
-            if !started.insert(shop.clone()) {
+            if started.contains(&shop) {
                 continue;
             }
             let s = &shops.settings;
@@ -422,6 +422,7 @@ async fn run_shops(
                 }
             };
             info!(shop = %shop, source = %source.describe(), "polling a Shopify shop");
+            started.insert(shop.clone());
             let mut poll = shops.poll.clone();
             poll.scope = Scope::Shop(shop);
             poll.request_spacing = s

@@ -289,9 +289,13 @@ impl<S: StockSource> Poller<S> {
     fn set_catalog(&mut self, catalog: Arc<Catalog>) {
         // A round lasts the interval, or longer when the host's budget
         // spaces its requests (at most every product in chunks).
+        let scope = &self.settings.scope;
         let requests = catalog
             .products
-            .len()
+            .products()
+            .iter()
+            .filter(|p| scope.covers(&p.tcin))
+            .count()
             .div_ceil(self.source.batch_size().max(1));
         let budgeted = self
             .settings
@@ -463,8 +467,18 @@ impl<S: StockSource> Poller<S> {
         let metrics = self.state.metrics().clone();
         let mut guard = self.state.lock();
         let st = &mut *guard;
+        // A product the answer does not list (`not_listed`) is still an
+        // answer of the source: it answers again.
+        let answered = match answer {
+            Ok(_) => true,
+            Err(SourceError::Refused(r)) if r.kind.reaction() == Reaction::Keep => {
+                metrics.source_refused(r.kind);
+                true
+            }
+            Err(_) => false,
+        };
         let refusal = match answer {
-            Ok(_) => {
+            _ if answered => {
                 let source = st.source(self.slot);
                 if let Some(b) = source.block.take() {
                     info!(source = %self.describe, kind = b.kind.as_str(), "the source answers again: {} over", b.kind);
@@ -476,7 +490,7 @@ impl<S: StockSource> Poller<S> {
                 return;
             }
             Err(SourceError::Refused(r)) => r,
-            Err(_) => return,
+            Ok(_) | Err(_) => return,
         };
         metrics.source_refused(refusal.kind);
         match refusal.kind.reaction() {
@@ -1087,6 +1101,41 @@ mod tests {
             "over at the good answer"
         );
         assert!(!gauge("captcha"));
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_not_listed_answer_ends_a_block_and_keeps_the_product_polled() {
+        // A shop that walled us, then lists its products without the
+        // watched one: the shop answers again, and the product is asked
+        // every round.
+        let not_listed = || {
+            Err(SourceError::Refused(Refusal {
+                kind: RefusalKind::NotListed,
+                status: 200,
+                retry_after: None,
+                tracking_url: None,
+                detail: "variant 1 is not in the shop's product list".into(),
+            }))
+        };
+        let src = FakeSource::new(vec![captcha(), not_listed()], Duration::ZERO);
+        let mut s = settings();
+        s.max_in_flight = 1;
+        let (state, stop) = start(src.clone(), &[("1", 0)], s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(state.lock().sources[0].block.is_some());
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(
+            state.lock().sources[0].block.is_none(),
+            "the list's answer ends the block"
+        );
+        let calls = src.calls().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(src.calls().len() >= calls + 4, "polled every round");
+        assert_eq!(
+            state.lock().book.poll_statuses()[0].error_kind,
+            "not_listed"
+        );
         stop.cancel();
     }
 

@@ -344,9 +344,9 @@ fn single_answer(
             "missing required query parameter: tcin".into(),
         );
     }
-    let tcin = match ProductId::parse(raw) {
+    let tcin = match target_id(raw) {
         Ok(t) => t,
-        Err(e) => return retailer_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return retailer_error(StatusCode::BAD_REQUEST, e),
     };
     let Some(p) = sim.product_now(&tcin) else {
         return retailer_error(
@@ -364,6 +364,16 @@ fn single_answer(
     Json(body(&p)).into_response()
 }
 
+/// A TCIN as RedSky takes it: bare, as Target writes it (another
+/// retailer's id, or `target:` before it, is not one).
+fn target_id(raw: &str) -> Result<ProductId, String> {
+    let id = ProductId::parse(raw).map_err(|e| e.to_string())?;
+    if id.tcin() != Some(raw) {
+        return Err(format!("{raw:?} is not a TCIN"));
+    }
+    Ok(id)
+}
+
 /// `product_summary_with_fulfillment_v1?tcins=a,b,…`: every known product
 /// named, in the order named, each once.
 fn summary_answer(sim: &Simulator, q: &RedskyQuery, ctx: &Context) -> Response {
@@ -377,7 +387,7 @@ fn summary_answer(sim: &Simulator, q: &RedskyQuery, ctx: &Context) -> Response {
     // `named` has each spelling once, and a tcin has one spelling.
     let mut tcins: Vec<ProductId> = Vec::with_capacity(named.len());
     for raw in named {
-        match ProductId::parse(raw) {
+        match target_id(raw) {
             Ok(t) => tcins.push(t),
             Err(e) => return retailer_error(StatusCode::BAD_REQUEST, format!("tcins: {e}")),
         }

@@ -1352,11 +1352,16 @@ impl Arbiter {
             .source_block
             .as_ref()
             .filter(|b| b.is_block())
-            .map(|b| b.kind);
+            .map(|b| (b.kind, b.source.clone()));
         w.source_block = block;
         let event = match (was, w.source_block.as_ref().filter(|b| b.is_block())) {
             (None, Some(b)) => Event::new(EventKind::SourceBlocked).detail(block_detail(b)),
-            (Some(kind), None) => Event::new(EventKind::SourceUnblocked).detail(format!(
+            // A watcher reports its worst block: one at another of its
+            // sources (Target, a shop) is told as a block of its own.
+            (Some((_, source)), Some(b)) if source != b.source => {
+                Event::new(EventKind::SourceBlocked).detail(block_detail(b))
+            }
+            (Some((kind, _)), None) => Event::new(EventKind::SourceUnblocked).detail(format!(
                 "{kind}: over; the source answers {watcher_id} again{}",
                 match &w.source_block {
                     Some(b) => format!(" (backing off: {})", b.kind),

@@ -67,14 +67,14 @@ async fn status_shows_the_slot_products_and_counters() {
         .skip_while(|l| !l.starts_with("Products"))
         .skip(2)
         .take(3)
-        .map(|l| l.split_whitespace().take(3).collect())
+        .map(|l| l.split_whitespace().take(4).collect())
         .collect();
     assert_eq!(
         rows,
         [
-            ["1", "100", "READY"],
-            ["2", "200", "ATTEMPTING"],
-            ["3", "300", "READY"]
+            ["1", "target", "100", "READY"],
+            ["2", "target", "200", "ATTEMPTING"],
+            ["3", "target", "300", "READY"]
         ],
         "{text}"
     );

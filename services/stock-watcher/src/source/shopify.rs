@@ -228,9 +228,19 @@ impl ShopifySource {
         // A redirect to the password page was followed: its URL says so.
         let location = header(LOCATION)
             .or_else(|| Some(resp.url().path().to_owned()).filter(|p| p.ends_with("/password")));
+        // reqwest follows redirects: a list answered from the password
+        // page's URL is the password page, whatever it says.
+        let at_password = resp.url().path().ends_with("/password");
         let read = read_capped(resp, MAX_PAGE_BYTES).await;
         took();
         let (body, cut_off) = read.map_err(transport)?;
+        if at_password {
+            return Err(SourceError::Refused(refusal(
+                ShopRefusal::PasswordPage,
+                status,
+                &body,
+            )));
+        }
         if let Some(r) = shopify_format::classify(
             status,
             content_type.as_deref(),
