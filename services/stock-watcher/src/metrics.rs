@@ -1,9 +1,11 @@
 //! The watcher's own Prometheus metrics (the per-RPC ones of its status
 //! server come from `restock-runtime`):
 //!
-//! - `restock_source_requests_total{code}`: answers from the stock source by
-//!   HTTP status, so 403/429/435 blocks show; `transport` when no answer came
-//!   (refused, reset, DNS), `timeout` when none came in time.
+//! - `restock_source_requests_total{code, retailer}`: answers from the
+//!   stock sources by HTTP status, so 403/429/430/435 blocks show;
+//!   `transport` when no answer came (refused, reset, DNS), `timeout` when
+//!   none came in time; `retailer` is `target` or `shopify` (a shop's 429 is
+//!   not Target's).
 //! - `restock_source_request_seconds`: time of one source request.
 //! - `restock_source_backoff_active`: how many of the watcher's sources
 //!   (Target, each Shopify shop) are paused by a refusal (403, 429, 430, 435,
@@ -27,6 +29,8 @@
 //! the source's answer code is a small `Copy` value, not a string.
 
 use std::fmt::Write as _;
+
+use restock_domain::Retailer;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -70,6 +74,8 @@ impl EncodeLabelValue for SourceCode {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: SourceCode,
+    /// `target` or `shopify`: whose answers (a shop's 429 is not Target's).
+    retailer: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,10 +183,13 @@ impl WatcherMetrics {
         );
     }
 
-    /// One answer (or its absence) from the source.
-    pub fn source_answer(&self, code: SourceCode) {
+    /// One answer (or its absence) from a source of `retailer`.
+    pub fn source_answer(&self, retailer: Retailer, code: SourceCode) {
         self.source_requests
-            .get_or_create(&CodeLabel { code })
+            .get_or_create(&CodeLabel {
+                code,
+                retailer: retailer.as_str(),
+            })
             .inc();
     }
 
@@ -244,16 +253,18 @@ mod tests {
         let m = WatcherMetrics::default();
         let mut r = Registry::default();
         m.register(&mut r);
-        m.source_answer(SourceCode::Status(429));
-        m.source_answer(SourceCode::Status(429));
-        m.source_answer(SourceCode::Transport);
-        m.source_answer(SourceCode::Timeout);
+        m.source_answer(Retailer::Target, SourceCode::Status(429));
+        m.source_answer(Retailer::Target, SourceCode::Status(429));
+        m.source_answer(Retailer::Shopify, SourceCode::Status(429));
+        m.source_answer(Retailer::Target, SourceCode::Transport);
+        m.source_answer(Retailer::Target, SourceCode::Timeout);
         m.checkout_finished(CheckoutOutcome::Purchased, 0.3);
         let text = render(&r, Format::Text);
         for line in [
-            "restock_source_requests_total{code=\"429\"} 2\n",
-            "restock_source_requests_total{code=\"transport\"} 1\n",
-            "restock_source_requests_total{code=\"timeout\"} 1\n",
+            "restock_source_requests_total{code=\"429\",retailer=\"target\"} 2\n",
+            "restock_source_requests_total{code=\"429\",retailer=\"shopify\"} 1\n",
+            "restock_source_requests_total{code=\"transport\",retailer=\"target\"} 1\n",
+            "restock_source_requests_total{code=\"timeout\",retailer=\"target\"} 1\n",
             "restock_checkouts_total{outcome=\"purchased\"} 1\n",
             "restock_checkouts_total{outcome=\"failed\"} 0\n",
         ] {

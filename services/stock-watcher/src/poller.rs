@@ -643,7 +643,8 @@ async fn ask<S: StockSource>(
     let answer = match tokio::time::timeout(limit, source.check_many(unit)).await {
         Ok(a) => a,
         Err(_) => {
-            state.metrics().source_answer(SourceCode::Timeout);
+            let retailer = unit.first().map_or(Retailer::Target, |p| p.tcin.retailer());
+            state.metrics().source_answer(retailer, SourceCode::Timeout);
             Err(SourceError::Timeout(limit))
         }
     };
@@ -1003,8 +1004,9 @@ mod tests {
         let text =
             restock_runtime::metrics::render(&registry, restock_runtime::metrics::Format::Text);
         assert!(
-            text.contains("restock_source_requests_total{code=\"timeout\"} 1\n")
-                && text.contains("restock_source_request_seconds_count 1\n"),
+            text.contains(
+                "restock_source_requests_total{code=\"timeout\",retailer=\"target\"} 1\n"
+            ) && text.contains("restock_source_request_seconds_count 1\n"),
             "{text}"
         );
     }

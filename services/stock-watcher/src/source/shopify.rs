@@ -35,7 +35,7 @@ use reqwest::{
 };
 use tokio::time::Instant;
 
-use restock_domain::{Price, ProductSpec, ShopifyItem};
+use restock_domain::{Price, ProductSpec, Retailer, ShopifyItem};
 
 use super::{
     Answer, Refusal, RefusalKind, Sighting, SourceError, StockSource,
@@ -149,7 +149,7 @@ impl ShopifySource {
 
     fn count(&self, code: SourceCode) {
         if let Some(m) = &self.metrics {
-            m.source_answer(code);
+            m.source_answer(Retailer::Shopify, code);
         }
     }
 

@@ -90,7 +90,7 @@ use crate::{
     config::UrlError,
     metrics::{SourceCode, WatcherMetrics},
 };
-use restock_domain::{Price, ProductId, ProductSpec};
+use restock_domain::{Price, ProductId, ProductSpec, Retailer};
 
 /// The legacy endpoint's path under the base URL.
 pub const FULFILLMENT_PATH: &str = "redsky_aggregations/v1/web/product_fulfillment_v1";
@@ -280,7 +280,7 @@ impl TargetSource {
 
     fn count(&self, code: SourceCode) {
         if let Some(m) = &self.metrics {
-            m.source_answer(code);
+            m.source_answer(Retailer::Target, code);
         }
     }
 

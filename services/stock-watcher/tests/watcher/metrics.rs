@@ -55,12 +55,17 @@ async fn a_source_answering_429_shows_by_code_and_as_a_back_off() {
     )
     .await;
     let url = watcher.metrics_url();
-    let before = until(&url, r#"restock_source_requests_total{code="200"}"#, |v| {
-        v > 0.0
-    })
+    let before = until(
+        &url,
+        r#"restock_source_requests_total{code="200",retailer="target"}"#,
+        |v| v > 0.0,
+    )
     .await;
     assert_eq!(
-        metric(&before, r#"restock_source_requests_total{code="429"}"#),
+        metric(
+            &before,
+            r#"restock_source_requests_total{code="429",retailer="target"}"#
+        ),
         None
     );
     assert_eq!(metric(&before, "restock_source_backoff_active"), Some(0.0));
@@ -72,9 +77,11 @@ async fn a_source_answering_429_shows_by_code_and_as_a_back_off() {
             serde_json::json!({"status": 429, "for_ms": 10_000}),
         )
         .await;
-    let during = until(&url, r#"restock_source_requests_total{code="429"}"#, |v| {
-        v >= 1.0
-    })
+    let during = until(
+        &url,
+        r#"restock_source_requests_total{code="429",retailer="target"}"#,
+        |v| v >= 1.0,
+    )
     .await;
     let during = if metric(&during, "restock_source_backoff_active") == Some(1.0) {
         during
