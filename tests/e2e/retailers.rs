@@ -117,6 +117,12 @@ async fn priority_order_holds_across_retailers_one_checkout_at_a_time() {
     );
     let ws = watcher.status().await;
     assert!(ws.source_blocked.is_empty(), "{ws:?}");
+    // Its status names both sources it polls.
+    assert!(
+        ws.source.starts_with("target ") && ws.source.contains("shopify:cards.example"),
+        "{}",
+        ws.source
+    );
 }
 
 #[tokio::test]

@@ -133,6 +133,9 @@ pub struct StockBook {
     /// Products no longer polled that the arbiter still believes in stock.
     retract: Vec<Entry>,
     polling_changed: bool,
+    /// `--products` naming products the catalog lacks was logged (again
+    /// when the watch list changes).
+    unknown_told: bool,
     /// How old the last good answer may be for a product to be refreshed.
     freshness: Duration,
 }
@@ -149,10 +152,14 @@ impl StockBook {
         min_freshness: Duration,
     ) -> Vec<ProductSpec> {
         let (list, unknown) = watch_list(catalog, only);
-        for t in unknown {
-            warn!(tcin = %t, "--products names a product the arbiter's catalog does not list; it is not polled");
-        }
         let new_order: Vec<ProductId> = list.iter().map(|p| p.tcin.clone()).collect();
+        // Every source's poller sets the same catalog: said once.
+        if new_order != self.order || !self.unknown_told {
+            for t in &unknown {
+                warn!(tcin = %t, "--products names a product the arbiter's catalog does not list; it is not polled");
+            }
+            self.unknown_told = true;
+        }
         let mut old = std::mem::take(&mut self.entries);
         for p in &list {
             let mut e = old.remove(&p.tcin).unwrap_or_else(|| Entry::new(p.clone()));

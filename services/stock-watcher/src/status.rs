@@ -61,7 +61,16 @@ impl StatusService {
                 0
             },
             reconnects: st.reconnects,
-            source: self.source.clone(),
+            // Target's source, and each shop polled.
+            source: std::iter::once(self.source.clone())
+                .chain(
+                    st.sources
+                        .iter()
+                        .filter(|s| s.name.starts_with("shopify:"))
+                        .map(|s| s.name.clone()),
+                )
+                .collect::<Vec<_>>()
+                .join("; "),
             backoff_remaining_ms,
             products: st.book.poll_statuses().iter().map(poll_status).collect(),
             checkout: st.checkout.as_ref().map(checkout_status),
