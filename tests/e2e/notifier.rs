@@ -234,6 +234,7 @@ async fn three_watchers_one_restock_one_in_stock_alert_and_one_purchase_alert() 
     let in_stock = rx.alerts("/hook", "in_stock");
     assert_eq!(in_stock.len(), 1, "{in_stock:#?}");
     assert_eq!(in_stock[0]["tcin"], "100");
+    assert_eq!(in_stock[0]["retailer"], "target");
     assert_eq!(in_stock[0]["name"], "Product 100");
     assert_eq!(rx.alerts("/hook", "checkout_started").len(), 1);
     assert_eq!(rx.alerts("/hook", "purchased").len(), 1);

@@ -135,7 +135,12 @@ pub struct Alert {
     pub kind: AlertKind,
     pub title: String,
     pub message: String,
+    /// The product id (a bare TCIN for Target).
     pub tcin: Option<String>,
+    /// `target` or `shopify`, with a product (`null` in alerts saved
+    /// before retailers).
+    #[serde(default)]
+    pub retailer: Option<String>,
     pub name: Option<String>,
     pub price_cents: Option<u64>,
     pub fencing_token: Option<u64>,
@@ -148,6 +153,14 @@ pub struct Alert {
 pub const TEST_MODE_PREFIX: &str = "[TEST MODE] ";
 
 impl Alert {
+    /// Sets the product the alert is about, and its retailer.
+    pub fn about_product(&mut self, id: &str) {
+        self.retailer = restock_domain::ProductId::parse(id)
+            .ok()
+            .map(|p| p.retailer().as_str().to_owned());
+        self.tcin = Some(id.to_owned());
+    }
+
     /// An alert with `key` as its id (the destination's part is added when
     /// it is queued), `title` prefixed in TEST_MODE.
     pub fn new(key: String, kind: AlertKind, title: String, message: String, unix_ms: u64) -> Self {
@@ -157,6 +170,7 @@ impl Alert {
             title,
             message,
             tcin: None,
+            retailer: None,
             name: None,
             price_cents: None,
             fencing_token: None,
@@ -251,6 +265,7 @@ mod tests {
                 "message",
                 "name",
                 "price_cents",
+                "retailer",
                 "tcin",
                 "test_mode",
                 "title",
@@ -262,5 +277,13 @@ mod tests {
         assert_eq!(v["kind"], "test");
         assert_eq!(v["title"], "[TEST MODE] T");
         assert!(v["tcin"].is_null());
+        // An alert saved before retailers still reads.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("retailer");
+        let back: Alert = serde_json::from_value(old).unwrap();
+        assert_eq!(back.retailer, None);
+        let mut b = back;
+        b.about_product("shopify:cards.example/4001");
+        assert_eq!(b.retailer.as_deref(), Some("shopify"));
     }
 }

@@ -327,7 +327,7 @@ impl Rules {
                     ),
                     now_ms,
                 );
-                a.tcin = Some(l.tcin.clone());
+                a.about_product(&l.tcin);
                 a.name = self.names.get(&l.tcin).cloned();
                 a.fencing_token = Some(l.token);
                 a.watcher_id = Some(l.watcher_id.clone());
@@ -486,7 +486,9 @@ impl Rules {
             message,
             e.unix_ms,
         );
-        a.tcin = e.tcin.as_ref().map(|t| t.to_string());
+        if let Some(t) = &e.tcin {
+            a.about_product(t.as_str());
+        }
         a.name = a.tcin.as_ref().and_then(|t| self.names.get(t)).cloned();
         a.fencing_token = e.fencing_token.map(|t| t.get());
         a.watcher_id = e.watcher_id.as_ref().map(|w| w.to_string());

@@ -21,6 +21,8 @@ pub async fn run(path: &Path, alert: &Alert, limit: Duration) -> Result<Sent, Se
         .env("RESTOCK_ALERT_TITLE", &alert.title)
         .env("RESTOCK_ALERT_MESSAGE", &alert.message)
         .env("RESTOCK_ALERT_TCIN", opt(&alert.tcin))
+        .env("RESTOCK_ALERT_PRODUCT_ID", opt(&alert.tcin))
+        .env("RESTOCK_ALERT_RETAILER", opt(&alert.retailer))
         .env("RESTOCK_ALERT_NAME", opt(&alert.name))
         .env(
             "RESTOCK_ALERT_PRICE_CENTS",
