@@ -513,6 +513,36 @@ async fn reload_by_rpc_and_sighup_changes_priorities_and_a_bad_file_keeps_the_ol
     assert!(err.message().contains("line 3"), "{err}");
     assert_eq!(order(&status(&mut c).await), ["200", "100", "300"]);
 
+    // So are a bad budget and a Shopify entry without its variant: the
+    // message names the file and the field, and nothing changes.
+    for (text, names) in [
+        (
+            r#"{"products":[{"tcin":"100"}],"budget":{"max_spend":50,"window":"soon"}}"#,
+            "budget.window",
+        ),
+        (
+            r#"{"products":[{"tcin":"100"},{"retailer":"shopify","shop":"cards.example"}]}"#,
+            "no \"variant\" or \"handle\"",
+        ),
+    ] {
+        std::fs::write(arbiter.config_file(), text).unwrap();
+        let err = c
+            .reload_config(pb::ReloadConfigRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(
+            err.message().contains("product_config.json") && err.message().contains(names),
+            "{err}"
+        );
+        let s = status(&mut c).await;
+        assert_eq!(order(&s), ["200", "100", "300"]);
+        assert!(
+            s.budget.as_ref().is_none_or(|b| b.limits.is_none()),
+            "{s:?}"
+        );
+    }
+
     // SIGHUP reloads too.
     restock_testkit::write_product_config(arbiter.dir.path(), &["300", "200"]);
     arbiter.process.signal("-HUP");
